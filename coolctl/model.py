@@ -1,0 +1,164 @@
+"""The shared vocabulary of coolctl: points, readings, commands and canonical point names.
+
+Every layer speaks in these types, so a driver, a controller and a simulator can be written
+without knowing each other. Units are fixed per canonical point here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+
+class Unit(str, enum.Enum):
+    """Units used in code. SI base units, except flow in litres per minute (the industry's)."""
+
+    CELSIUS = "celsius"
+    PASCAL = "pascals"
+    WATT = "watts"
+    JOULE = "joules"
+    LITRE = "litres"
+    LITRE_PER_MINUTE = "litres_per_minute"
+    RATIO = "ratio"  # 0..1
+    BOOLEAN = "boolean"  # 0 or 1
+    SECOND = "seconds"
+
+
+@dataclass(frozen=True, slots=True)
+class PointSpec:
+    """What a canonical point means and in which unit its values are."""
+
+    name: str
+    unit: Unit
+    description: str
+
+
+def _specs(*specs: PointSpec) -> dict[str, PointSpec]:
+    return {spec.name: spec for spec in specs}
+
+
+CANONICAL_POINTS: Mapping[str, PointSpec] = _specs(
+    # CDU, secondary (rack) side
+    PointSpec("supply_temperature", Unit.CELSIUS, "coolant temperature leaving the CDU to the rack"),
+    PointSpec("return_temperature", Unit.CELSIUS, "coolant temperature coming back from the rack"),
+    PointSpec("flow", Unit.LITRE_PER_MINUTE, "secondary coolant flow"),
+    PointSpec("differential_pressure", Unit.PASCAL, "secondary supply minus return pressure"),
+    PointSpec("pump_speed", Unit.RATIO, "measured pump speed as a fraction of full speed"),
+    PointSpec("pump_speed_command", Unit.RATIO, "commanded pump speed as a fraction of full speed"),
+    PointSpec("pump_power", Unit.WATT, "pump electrical power"),
+    PointSpec("pump_running", Unit.BOOLEAN, "1 while the active pump turns, 0 when it has failed"),
+    PointSpec("standby_pump_active", Unit.BOOLEAN, "1 when the standby pump has taken over"),
+    PointSpec("heat_removed", Unit.WATT, "heat moved from the rack loop to facility water"),
+    PointSpec("reservoir_level", Unit.LITRE, "coolant in the CDU reservoir"),
+    PointSpec("leak_detected", Unit.BOOLEAN, "1 while a leak detector is wet"),
+    # CDU, primary (facility) side
+    PointSpec("facility_supply_temperature", Unit.CELSIUS, "facility water entering the CDU"),
+    PointSpec("facility_return_temperature", Unit.CELSIUS, "facility water leaving the CDU"),
+    PointSpec("primary_flow", Unit.LITRE_PER_MINUTE, "facility water flow through the exchanger"),
+    PointSpec("valve_position", Unit.RATIO, "measured primary valve opening"),
+    PointSpec("valve_command", Unit.RATIO, "commanded primary valve opening"),
+    # PDU and servers
+    PointSpec("power", Unit.WATT, "electrical power drawn by the device"),
+    PointSpec("energy", Unit.JOULE, "electrical energy counted by the device"),
+    PointSpec("power_limit", Unit.WATT, "power cap in force on a server"),
+    PointSpec("chip_temperature", Unit.CELSIUS, "hottest processor temperature of a server"),
+    PointSpec("coolant_outlet_temperature", Unit.CELSIUS, "coolant temperature leaving a server"),
+    PointSpec("inlet_temperature", Unit.CELSIUS, "air or coolant temperature at the rack inlet"),
+)
+
+
+class Quality(str, enum.Enum):
+    """How far a reading may be trusted. Only `good` readings drive automatic control."""
+
+    GOOD = "good"
+    STALE = "stale"  # the value is old: the device has not answered within its timeout
+    BAD = "bad"  # the device answered with an error or with something that makes no sense
+    MISSING = "missing"  # there has never been a value
+
+
+class Source(str, enum.Enum):
+    """Who asked for a command, in rising precedence."""
+
+    AUTO = "auto"
+    OVERRIDE = "override"
+    INTERLOCK = "interlock"
+    FAILSAFE = "failsafe"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PointId:
+    """One named quantity on one device of one rack: `rack/device/name`."""
+
+    rack: str
+    device: str
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> PointId:
+        parts = text.split("/")
+        if len(parts) != 3 or not all(parts):
+            raise ValueError(f"point {text!r} is not of the form rack/device/point")
+        return cls(*parts)
+
+    def __str__(self) -> str:
+        return f"{self.rack}/{self.device}/{self.name}"
+
+    @property
+    def unit(self) -> Unit | None:
+        spec = CANONICAL_POINTS.get(self.name)
+        return spec.unit if spec else None
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """A value seen at a monotonic time `ts` (seconds), with its quality.
+
+    `value` is None for `missing` readings and for `bad` ones that carry nothing usable.
+    """
+
+    point: PointId
+    value: float | None
+    ts: float
+    quality: Quality
+
+    @property
+    def usable(self) -> bool:
+        return self.quality is Quality.GOOD and self.value is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A request to move an actuator point to `value`, with who asked and why."""
+
+    point: PointId
+    value: float
+    source: Source
+    reason: str
+
+
+class Snapshot(Mapping[PointId, Reading]):
+    """The latest reading of every point, as seen at time `now` (monotonic seconds).
+
+    Controllers receive a snapshot and the time; they never look anything up elsewhere.
+    """
+
+    __slots__ = ("_readings", "now")
+
+    def __init__(self, readings: Iterable[Reading], now: float) -> None:
+        self._readings: dict[PointId, Reading] = {r.point: r for r in readings}
+        self.now = now
+
+    def __getitem__(self, point: PointId) -> Reading:
+        return self._readings[point]
+
+    def __iter__(self) -> Iterator[PointId]:
+        return iter(self._readings)
+
+    def __len__(self) -> int:
+        return len(self._readings)
+
+    def value(self, point: PointId) -> float | None:
+        """The value of a good reading, or None if it is absent or not good."""
+        reading = self._readings.get(point)
+        return reading.value if reading is not None and reading.usable else None

@@ -1,0 +1,1 @@
+"""Protocol adapters: Modbus TCP, Redfish, MQTT. They only talk protocols; they decide nothing."""

@@ -1,0 +1,1 @@
+"""Device profiles: data files that map a device model to canonical points."""
