@@ -1,0 +1,674 @@
+"""Modbus TCP front-end of a simulated device: serves a register map from a point store.
+
+The register map is a device profile (TOML, as in `drivers/profiles/`), read here with our own
+small parser and encoder: the simulator must not share code with `coolctl.drivers`, or a bug in
+the driver's decoding would be mirrored here and go unnoticed.
+
+pymodbus supplies the TCP listener and the PDU framing. The register bank is ours (it stands
+where pymodbus puts its `SimCore`), so that writes reach the store, out-of-range values and
+injected faults become Modbus exception responses, and no deprecated datastore is touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import importlib.util
+import logging
+import math
+import socket
+import struct
+import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from pymodbus.constants import ExcCodes
+from pymodbus.pdu import ModbusPDU
+from pymodbus.server import ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
+from pymodbus.simulator import SimData, SimDevice
+from pymodbus.simulator.simcore import SimCore
+
+__all__ = [
+    "MappedPoint",
+    "ModbusDeviceServer",
+    "PointStore",
+    "decode_words",
+    "encode_value",
+    "load_register_map",
+    "resolve_register_map",
+]
+
+LOG = logging.getLogger("coolctl.simulators.modbus")
+
+TABLES = ("holding", "input", "coil", "discrete")
+BIT_TABLES = frozenset({"coil", "discrete"})
+WRITABLE_TABLES = frozenset({"holding", "coil"})
+WORD_ORDERS = ("big", "little")
+
+# words per value; bool is one bit in a coil/discrete table
+_WIDTH = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2, "bool": 1}
+_INT_RANGE = {
+    "int16": (-(2**15), 2**15 - 1),
+    "uint16": (0, 2**16 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "uint32": (0, 2**32 - 1),
+}
+_FLOAT32_MAX: float = struct.unpack(">f", b"\x7f\x7f\xff\xff")[0]
+
+# Modbus function code -> table it addresses
+_TABLE_OF_FC = {1: "coil", 5: "coil", 15: "coil", 2: "discrete", 4: "input"}
+_TABLE_OF_FC.update(dict.fromkeys((3, 6, 16, 22, 23), "holding"))
+# function codes whose datastore read is a client's read (the others only echo a write)
+_READ_FCS = frozenset({1, 2, 3, 4, 23})
+
+
+class PointStore(Protocol):
+    """What a simulated device serves: the plant's values, and where client writes go."""
+
+    def read_points(self) -> Mapping[str, float]:
+        """Canonical point name -> engineering value, in the unit of coolctl.model."""
+        ...
+
+    def write_point(self, name: str, value: float) -> None:
+        """Apply a client's write; raise ValueError to reject it."""
+        ...
+
+
+# --------------------------------------------------------------------------- register map
+
+
+@dataclass(frozen=True, slots=True)
+class MappedPoint:
+    """One point of a register map: where it lives and how raw counts become a value."""
+
+    name: str
+    table: str
+    address: int
+    type: str
+    scale: float = 1.0
+    offset: float = 0.0
+    word_order: str = "big"
+    writable: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+
+    @property
+    def addresses(self) -> range:
+        """The protocol addresses (registers or bits) the point occupies."""
+        return range(self.address, self.address + _WIDTH[self.type])
+
+    def accepts(self, value: float) -> bool:
+        """Whether a written engineering value lies within the point's min/max."""
+        if math.isnan(value) or math.isinf(value):
+            return False
+        low_ok = self.minimum is None or value >= self.minimum or _close(value, self.minimum)
+        high_ok = self.maximum is None or value <= self.maximum or _close(value, self.maximum)
+        return low_ok and high_ok
+
+
+def _close(a: float, b: float) -> bool:
+    """Tolerance for bounds, so that raw*scale float noise does not reject an exact bound."""
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def resolve_register_map(source: str | Path) -> Path:
+    """A path as given, or a shipped profile by name ("sim-cdu") from coolctl.drivers.
+
+    `find_spec` locates the drivers folder without executing the package, so the simulator
+    does not depend on driver code, only on the profile data shipped beside it.
+    """
+    path = Path(source)
+    if isinstance(source, Path) or path.suffix == ".toml" or len(path.parts) > 1:
+        return path
+    spec = importlib.util.find_spec("coolctl.drivers")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for folder in folders:
+        candidate = Path(folder) / "profiles" / f"{source}.toml"
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"no register map named {source!r} in coolctl.drivers profiles")
+
+
+def load_register_map(source: str | Path) -> tuple[str, list[MappedPoint]]:
+    """Read a register map (profile TOML): its name and its points, checked for consistency."""
+    path = resolve_register_map(source)
+    with path.open("rb") as handle:
+        document = tomllib.load(handle)
+    profile = document.get("profile", {})
+    default_order = str(profile.get("word_order", "big"))
+    points = [_parse_point(entry, default_order) for entry in document.get("point", [])]
+    if not points:
+        raise ValueError(f"{path}: the register map lists no [[point]]")
+    _check_layout(points, path)
+    return str(profile.get("name", path.stem)), points
+
+
+def _parse_point(entry: Mapping[str, Any], default_order: str) -> MappedPoint:
+    """One [[point]] table -> MappedPoint, rejecting what the server could not serve."""
+    name = str(entry["name"])
+    table, kind = str(entry["table"]), str(entry["type"])
+    order = str(entry.get("word_order", default_order))
+    address = int(entry["address"])
+    writable = bool(entry.get("writable", False))
+    problems = [
+        f"table {table!r} not one of {TABLES}" if table not in TABLES else "",
+        f"type {kind!r} not one of {tuple(_WIDTH)}" if kind not in _WIDTH else "",
+        f"word_order {order!r} not big|little" if order not in WORD_ORDERS else "",
+        "address outside 0..65535" if not 0 <= address <= 65536 - _WIDTH.get(kind, 1) else "",
+        "writable only makes sense in holding or coil"
+        if writable and table not in WRITABLE_TABLES
+        else "",
+        "scale must not be 0" if float(entry.get("scale", 1.0)) == 0.0 else "",
+    ]
+    if table in TABLES and kind in _WIDTH and (kind == "bool") != (table in BIT_TABLES):
+        problems.append("bool belongs in coil/discrete, numbers in holding/input")
+    if found := [p for p in problems if p]:
+        raise ValueError(f"point {name!r}: " + "; ".join(found))
+    return MappedPoint(
+        name=name,
+        table=table,
+        address=address,
+        type=kind,
+        scale=float(entry.get("scale", 1.0)),
+        offset=float(entry.get("offset", 0.0)),
+        word_order=order,
+        writable=writable,
+        minimum=_optional_float(entry.get("min")),
+        maximum=_optional_float(entry.get("max")),
+    )
+
+
+def _optional_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def _check_layout(points: Sequence[MappedPoint], path: Path) -> None:
+    """Refuse duplicate names and overlapping addresses: either would make reads ambiguous."""
+    names: set[str] = set()
+    owners: dict[tuple[str, int], str] = {}
+    for point in points:
+        if point.name in names:
+            raise ValueError(f"{path}: point {point.name!r} is listed twice")
+        names.add(point.name)
+        for address in point.addresses:
+            other = owners.setdefault((point.table, address), point.name)
+            if other != point.name:
+                raise ValueError(
+                    f"{path}: {point.name!r} overlaps {other!r} at {point.table} {address}"
+                )
+
+
+# --------------------------------------------------------------------------- encoder
+
+
+def encode_value(point: MappedPoint, value: float) -> list[int] | None:
+    """Engineering value -> words (or one 0/1 bit) as the device would hold them.
+
+    Integers round to the nearest count and clamp to the type's range, so a wild plant value
+    pins at the limit instead of wrapping. NaN has no integer meaning: None (leave as is).
+    """
+    if point.type == "bool":
+        return None if math.isnan(value) else [1 if abs(value) >= 0.5 else 0]
+    counts = (value - point.offset) / point.scale
+    if point.type == "float32":
+        clamped = counts if math.isnan(counts) else max(-_FLOAT32_MAX, min(_FLOAT32_MAX, counts))
+        return _order_words(struct.unpack(">HH", struct.pack(">f", clamped)), point.word_order)
+    if math.isnan(counts):
+        return None
+    low, high = _INT_RANGE[point.type]
+    raw = low if counts <= low else high if counts >= high else math.floor(counts + 0.5)
+    if point.type in ("int16", "uint16"):
+        return [raw & 0xFFFF]
+    raw &= 0xFFFFFFFF
+    return _order_words((raw >> 16, raw & 0xFFFF), point.word_order)
+
+
+def decode_words(point: MappedPoint, words: Sequence[int]) -> float:
+    """Words (or one bit) as a client wrote them -> engineering value."""
+    if point.type == "bool":
+        return 1.0 if words[0] else 0.0
+    if point.type in ("int16", "uint16"):
+        raw = words[0]
+        return _scaled(point, raw - 0x10000 if point.type == "int16" and raw >= 0x8000 else raw)
+    high, low = _order_words(words, point.word_order)
+    packed = struct.pack(">HH", high, low)
+    fmt = {"int32": ">i", "uint32": ">I", "float32": ">f"}[point.type]
+    raw_value: float = struct.unpack(fmt, packed)[0]
+    return _scaled(point, raw_value)
+
+
+def _scaled(point: MappedPoint, raw: float) -> float:
+    """raw * scale + offset; a decimal scale (0.1, 0.001) divides so that 700 -> 0.7 exactly.
+
+    IEEE division is correctly rounded, so raw / 1000 is the double nearest the decimal value,
+    whereas raw * 0.001 may land one ulp off (0.7000000000000001) and surprise the store.
+    """
+    inverse = 1.0 / point.scale
+    divisor = round(inverse)
+    if abs(point.scale) < 1.0 and math.isclose(inverse, divisor, rel_tol=1e-12):
+        return raw / divisor + point.offset
+    return raw * point.scale + point.offset
+
+
+def _order_words(words: Sequence[int], word_order: str) -> list[int]:
+    """Big word order puts the high word first; little swaps the two (and is its own inverse)."""
+    return [words[0], words[1]] if word_order == "big" else [words[1], words[0]]
+
+
+# --------------------------------------------------------------------------- register bank
+
+
+class _RegisterBank(SimCore):
+    """The device's memory, in the place pymodbus gives its SimCore.
+
+    Every request PDU reaches the datastore only through `async_getValues`,
+    `async_setValues` and `device_ids`, so overriding those is all pymodbus needs; the
+    SimCore base is there for the server's type, not for its behaviour.
+    """
+
+    def __init__(
+        self, points: Sequence[MappedPoint], unit_id: int, write: Callable[[str, float], None]
+    ) -> None:
+        # SimCore.__init__ is deliberately not called: it would build a SimRuntime we never use.
+        self.devices = {}
+        self.unit_id = unit_id
+        self.failing_point: str | None = None
+        self.response_delay_s = 0.0
+        self._write = write
+        self._words: dict[str, dict[int, int]] = {table: {} for table in TABLES}
+        self._owner: dict[str, dict[int, MappedPoint]] = {table: {} for table in TABLES}
+        for point in points:
+            for address in point.addresses:
+                self._words[point.table][address] = 0
+                self._owner[point.table][address] = point
+
+    def device_ids(self) -> list[int]:
+        return [self.unit_id]
+
+    def load(self, point: MappedPoint, words: Sequence[int]) -> None:
+        """Put a point's encoded words into memory (refresh from the plant)."""
+        memory = self._words[point.table]
+        for address, word in zip(point.addresses, words, strict=True):
+            memory[address] = word
+
+    def read(self, point: MappedPoint) -> list[int]:
+        """A point's words as held now."""
+        return [self._words[point.table][a] for a in point.addresses]
+
+    async def async_getValues(
+        self, device_id: int, func_code: int, address: int, count: int = 1
+    ) -> list[int] | list[bool] | ExcCodes:
+        table = _TABLE_OF_FC.get(func_code)
+        if device_id != self.unit_id:
+            return ExcCodes.GATEWAY_NO_RESPONSE
+        if table is None:
+            return ExcCodes.ILLEGAL_FUNCTION
+        span = range(address, address + count)
+        memory = self._words[table]
+        if any(a not in memory for a in span):
+            return ExcCodes.ILLEGAL_ADDRESS
+        if func_code in _READ_FCS and self._touches_failing(table, span):
+            return ExcCodes.DEVICE_FAILURE
+        if table in BIT_TABLES:
+            return [bool(memory[a]) for a in span]
+        return [memory[a] for a in span]
+
+    async def async_setValues(
+        self, device_id: int, func_code: int, address: int, values: list[int] | list[bool]
+    ) -> ExcCodes | None:
+        table = _TABLE_OF_FC.get(func_code)
+        if device_id != self.unit_id:
+            return ExcCodes.GATEWAY_NO_RESPONSE
+        if table not in WRITABLE_TABLES:
+            return ExcCodes.ILLEGAL_FUNCTION
+        written = {address + i: int(v) for i, v in enumerate(values)}
+        points = self._points_at(table, written)
+        if points is None or not all(p.writable for p in points):
+            return ExcCodes.ILLEGAL_ADDRESS
+        return self._apply(points, written)
+
+    def _points_at(self, table: str, addresses: Iterable[int]) -> list[MappedPoint] | None:
+        """The points covering these addresses, in address order; None if one is unmapped."""
+        owners = self._owner[table]
+        found: list[MappedPoint] = []
+        for address in addresses:
+            point = owners.get(address)
+            if point is None:
+                return None
+            if point not in found:
+                found.append(point)
+        return found
+
+    def _touches_failing(self, table: str, span: range) -> bool:
+        owners = self._owner[table]
+        return self.failing_point is not None and any(
+            owners[a].name == self.failing_point for a in span
+        )
+
+    def _apply(self, points: Sequence[MappedPoint], written: Mapping[int, int]) -> ExcCodes | None:
+        """Decode, range-check, hand to the store, and only then keep the words.
+
+        A partial write of a 32-bit point is merged with the word it leaves alone. Points of a
+        multi-point write go to the store in address order and stop at the first rejection.
+        """
+        proposed = []
+        for point in points:
+            words = [written.get(a, self._words[point.table][a]) for a in point.addresses]
+            value = decode_words(point, words)
+            if not point.accepts(value):
+                LOG.debug("rejected write %s=%r: outside its min/max", point.name, value)
+                return ExcCodes.ILLEGAL_VALUE
+            proposed.append((point, words, value))
+        for point, words, value in proposed:
+            try:
+                self._write(point.name, value)
+            except ValueError as exc:
+                LOG.debug("rejected write %s=%r: %s", point.name, value, exc)
+                return ExcCodes.ILLEGAL_VALUE
+            self.load(point, words)
+        return None
+
+
+# --------------------------------------------------------------------------- pymodbus glue
+
+
+class _RequestHandler(ServerRequestHandler):
+    """One client connection. Answers requests one at a time, in order, after the delay.
+
+    pymodbus keeps only `last_pdu` per connection and reads it again after awaiting the
+    datastore, so a request arriving during a slow answer would be mixed up with it; here
+    each request is captured on arrival and answered in its own turn.
+    """
+
+    def __init__(self, owner: _DeviceTcpServer) -> None:
+        super().__init__(owner, owner.trace_packet, owner.trace_pdu, owner.trace_connect)  # type: ignore[no-untyped-call]
+        self._bank = owner.bank
+        self._turn = asyncio.Lock()
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """A connection accepted just before the device went offline is closed on arrival.
+
+        pymodbus closes the connections it knows when the listener closes, but one whose
+        transport was still being made has nothing to close yet and would leak.
+        """
+        if self.is_closing:
+            transport.close()
+            return
+        super().connection_made(transport)
+
+    def callback_data(self, data: bytes, addr: tuple[Any, ...] | None = None) -> int:
+        """Take every complete frame in the buffer (pymodbus takes one per call)."""
+        used = 0
+        while used < len(data):
+            step = super().callback_data(data[used:], addr)
+            if self.last_pdu is not None:
+                task = self.loop.create_task(self._answer(self.last_pdu, self.last_addr))
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
+            if step <= 0:
+                break
+            used += step
+        return used
+
+    def handle_later(self) -> None:
+        """Requests are scheduled by callback_data instead, with their PDU captured."""
+
+    def callback_disconnected(self, exc: Exception | None) -> None:
+        super().callback_disconnected(exc)
+        for task in self._pending:
+            task.cancel()
+
+    async def _answer(self, pdu: ModbusPDU, addr: tuple[Any, ...] | None) -> None:
+        async with self._turn:
+            if self._bank.response_delay_s > 0:
+                await asyncio.sleep(self._bank.response_delay_s)
+            if not self.transport:
+                return  # the link went down while the device was busy
+            # handle_request does not yield with our bank, so last_pdu stays ours throughout
+            self.last_pdu, self.last_addr = pdu, addr
+            await super().handle_request()  # type: ignore[no-untyped-call]
+
+
+class _DeviceTcpServer(ModbusTcpServer):
+    """A pymodbus TCP server on a socket we bound ourselves, with our bank and handler.
+
+    Binding outside pymodbus gives the real port at once (port=0) and lets a server come
+    back online on the same port synchronously.
+    """
+
+    def __init__(self, bank: _RegisterBank, sock: socket.socket) -> None:
+        self.bank = bank
+        self._listen_socket = sock
+        placeholder = SimDevice(bank.unit_id, simdata=SimData(0))
+        super().__init__(placeholder, address=sock.getsockname()[:2])
+        self.context = bank
+
+    def init_setup_connect_listen(self, host: str, port: int) -> None:
+        self.call_create = functools.partial(
+            self.loop.create_server, self.handle_new_connection, sock=self._listen_socket
+        )
+
+    def stop_accepting(self) -> None:
+        """Take new connections no more; the socket itself closes with the listener."""
+        if self._listen_socket.fileno() >= 0:
+            self.loop.remove_reader(self._listen_socket.fileno())
+
+    def callback_new_connection(self) -> _RequestHandler:
+        handler = _RequestHandler(self)
+        # accepted by asyncio just before the listener closed: close it once it is made
+        handler.is_closing = self.is_closing
+        return handler
+
+
+async def _loop_turns(count: int) -> None:
+    """Let callbacks already scheduled on the event loop run."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket; SO_REUSEADDR so a restart on the same port is not refused."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(64)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+# --------------------------------------------------------------------------- public server
+
+
+class ModbusDeviceServer:
+    """One simulated device on Modbus TCP, serving `store` through a register map.
+
+    Several can share one event loop, each on its own port; each stops on its own.
+    """
+
+    def __init__(
+        self,
+        register_map: str | Path,
+        store: PointStore,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        unit_id: int = 1,
+        refresh_interval_s: float = 0.05,
+    ) -> None:
+        if not 0 <= unit_id <= 255:
+            raise ValueError(f"unit_id {unit_id} outside 0..255")
+        if refresh_interval_s <= 0:
+            raise ValueError("refresh_interval_s must be positive")
+        self.name, self.points = load_register_map(register_map)
+        self.host = host
+        self.port = port
+        self.unit_id = unit_id
+        self.refresh_interval_s = refresh_interval_s
+        self.writes: list[tuple[str, float]] = []
+        self._store = store
+        self._by_name = {point.name: point for point in self.points}
+        self._bank = _RegisterBank(self.points, unit_id, self._write)
+        self._server: _DeviceTcpServer | None = None
+        self._listening: asyncio.Task[None] | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self._offline = False
+        self._store_failing = False
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def offline(self) -> bool:
+        return self._offline
+
+    async def start(self) -> None:
+        """Fill the registers, bind, and serve; afterwards `port` is the real port."""
+        if self._refresher is not None:
+            raise RuntimeError(f"modbus device {self.name} already started")
+        self.refresh()
+        self._offline = False
+        self._go_online()
+        assert self._listening is not None
+        try:
+            await self._listening
+        except BaseException:
+            self._close_server()
+            raise
+        self._refresher = asyncio.create_task(self._refresh_loop(), name=f"modbus {self.name}")
+        LOG.info("modbus device %s (unit %d) serving on %s", self.name, self.unit_id, self.address)
+
+    async def stop(self) -> None:
+        """Stop this device only: its listener, its connections, its refresh task."""
+        if self._refresher is None:
+            return
+        self._refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._refresher
+        self._refresher = None
+        if self._listening is not None and not self._listening.done():
+            with contextlib.suppress(Exception):
+                await self._listening
+        if self._server is not None:
+            # Python 3.11's asyncio leaks a connection whose accept is in flight when the
+            # listener closes: stop accepting, let those arrive, then close everything.
+            self._server.stop_accepting()
+            await _loop_turns(2)
+        self._close_server()
+        await _loop_turns(2)  # closed transports release their sockets
+        LOG.info("modbus device %s on %s stopped", self.name, self.address)
+
+    # faults ------------------------------------------------------------------------------
+
+    def set_offline(self, offline: bool) -> None:
+        """Link loss: drop clients and refuse new ones; back online on the same port."""
+        if self._refresher is None:
+            raise RuntimeError(f"modbus device {self.name} is not running")
+        if offline == self._offline:
+            return
+        if offline:
+            self._offline = True
+            self._go_offline()
+        else:
+            self._go_online()
+            self._offline = False
+        LOG.info("modbus device %s %s", self.name, "offline" if offline else "back online")
+
+    def set_response_delay(self, seconds: float) -> None:
+        """Delay every reply, as a slow or overloaded device would."""
+        if seconds < 0 or math.isnan(seconds):
+            raise ValueError("response delay must be >= 0")
+        self._bank.response_delay_s = seconds
+
+    def fail_reads(self, point: str | None) -> None:
+        """Answer reads touching this point's registers with SLAVE_DEVICE_FAILURE (4)."""
+        if point is not None and point not in self._by_name:
+            raise ValueError(f"{self.name} has no point {point!r}")
+        self._bank.failing_point = point
+
+    # plant <-> registers -----------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Copy the store's values into the registers now (also done every interval)."""
+        values = self._store.read_points()
+        for point in self.points:
+            if point.name in values:
+                words = encode_value(point, float(values[point.name]))
+                if words is not None:
+                    self._bank.load(point, words)
+
+    def registers(self, point: str) -> list[int]:
+        """The words (or bit) a point holds now, for tests and diagnostics."""
+        return self._bank.read(self._by_name[point])
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_interval_s)
+            try:
+                self.refresh()
+            except Exception:
+                if not self._store_failing:
+                    LOG.exception("modbus device %s: reading the point store failed", self.name)
+                self._store_failing = True
+            else:
+                if self._store_failing:
+                    LOG.info("modbus device %s: point store readable again", self.name)
+                self._store_failing = False
+
+    def _write(self, name: str, value: float) -> None:
+        """Called by the bank for an accepted write; ValueError from the store rejects it."""
+        self._store.write_point(name, value)
+        self.writes.append((name, value))
+
+    # listener ----------------------------------------------------------------------------
+
+    def _go_online(self) -> None:
+        """Bind now (so the port is known and connections queue) and start serving."""
+        if self._server is not None:
+            return  # an offline spell shorter than one loop turn: that listener stays
+        sock = _bind(self.host, self.port)
+        self.port = sock.getsockname()[1]
+        try:
+            self._server = _DeviceTcpServer(self._bank, sock)
+        except BaseException:
+            sock.close()
+            raise
+        self._listening = asyncio.get_running_loop().create_task(
+            self._server.serve_forever(background=True)
+        )
+        self._listening.add_done_callback(self._listen_done)
+
+    def _listen_done(self, task: asyncio.Task[None]) -> None:
+        """Report a listener that failed to open while running (start() raises it instead)."""
+        if self._refresher is not None and not task.cancelled() and task.exception():
+            LOG.error("modbus device %s: could not listen on %s", self.name, self.address)
+
+    def _go_offline(self) -> None:
+        """Close the listener and every client connection of this device.
+
+        If pymodbus has not finished opening the listener yet, closing now would leave it to
+        open afterwards; the close then waits for it, unless the device is back online by then.
+        """
+        listening = self._listening
+        if listening is not None and not listening.done():
+            listening.add_done_callback(lambda _: self._close_server() if self._offline else None)
+            return
+        self._close_server()
+
+    def _close_server(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
