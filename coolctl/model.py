@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 
-class Unit(str, enum.Enum):
+class Unit(enum.StrEnum):
     """Units used in code. SI base units, except flow in litres per minute (the industry's)."""
 
     CELSIUS = "celsius"
@@ -40,7 +40,7 @@ def _specs(*specs: PointSpec) -> dict[str, PointSpec]:
 
 CANONICAL_POINTS: Mapping[str, PointSpec] = _specs(
     # CDU, secondary (rack) side
-    PointSpec("supply_temperature", Unit.CELSIUS, "coolant temperature leaving the CDU to the rack"),
+    PointSpec("supply_temperature", Unit.CELSIUS, "coolant leaving the CDU to the rack"),
     PointSpec("return_temperature", Unit.CELSIUS, "coolant temperature coming back from the rack"),
     PointSpec("flow", Unit.LITRE_PER_MINUTE, "secondary coolant flow"),
     PointSpec("differential_pressure", Unit.PASCAL, "secondary supply minus return pressure"),
@@ -68,7 +68,7 @@ CANONICAL_POINTS: Mapping[str, PointSpec] = _specs(
 )
 
 
-class Quality(str, enum.Enum):
+class Quality(enum.StrEnum):
     """How far a reading may be trusted. Only `good` readings drive automatic control."""
 
     GOOD = "good"
@@ -77,7 +77,7 @@ class Quality(str, enum.Enum):
     MISSING = "missing"  # there has never been a value
 
 
-class Source(str, enum.Enum):
+class Source(enum.StrEnum):
     """Who asked for a command, in rising precedence."""
 
     AUTO = "auto"

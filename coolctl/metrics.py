@@ -1,0 +1,251 @@
+"""Prometheus metrics, computed at scrape time from the state the daemon already holds.
+
+No second bookkeeping: the collector reads the telemetry store, the drivers' counters, the loop
+states and the actuator channels when Prometheus asks, on the event loop (it must not block).
+Names follow the Prometheus conventions: `coolctl_` prefix, base units in names, `_total` on
+counters, enums as one series per state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+import coolctl
+from coolctl.control.loops import LoopMode
+from coolctl.model import CANONICAL_POINTS, Quality, Reading, Source, Unit
+
+if TYPE_CHECKING:
+    from coolctl.runtime import Daemon
+
+_UNIT_SUFFIX = {
+    Unit.CELSIUS: "_celsius",
+    Unit.PASCAL: "_pascals",
+    Unit.WATT: "_watts",
+    Unit.JOULE: "_joules",
+    Unit.LITRE: "_litres",
+    Unit.LITRE_PER_MINUTE: "_litres_per_minute",
+    Unit.RATIO: "_ratio",
+    Unit.BOOLEAN: "",
+    Unit.SECOND: "_seconds",
+}
+
+
+def point_metric_name(point: str) -> str:
+    """`supply_temperature` → `coolctl_supply_temperature_celsius`."""
+    spec = CANONICAL_POINTS[point]
+    return f"coolctl_{point}{_UNIT_SUFFIX[spec.unit]}"
+
+
+class DaemonCollector(Collector):
+    """Yields every metric of a running daemon from its live state."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # registration must not call collect()
+
+    def collect(self) -> Iterator[Metric]:
+        now = self.daemon.clock()
+        wall_offset = time.time() - now
+        yield from self._info()
+        yield from self._points(self.daemon.store.readings(now))
+        yield from self._devices(now, wall_offset)
+        yield from self._loops()
+        yield from self._actuators()
+        yield from self._ticks()
+
+    def _info(self) -> Iterator[Metric]:
+        info = InfoMetricFamily("coolctl_build", "coolctl version")
+        info.add_metric([], {"version": coolctl.__version__})
+        yield info
+        up = GaugeMetricFamily(
+            "coolctl_daemon_start_time_seconds", "When the daemon started (Unix time)"
+        )
+        if self.daemon.started_at is not None:
+            up.add_metric([], time.time() - (self.daemon.clock() - self.daemon.started_at))
+        yield up
+
+    def _points(self, readings: list[Reading]) -> Iterator[Metric]:
+        families: dict[str, GaugeMetricFamily] = {}
+        quality = GaugeMetricFamily(
+            "coolctl_point_quality",
+            "Quality of each point's latest reading, one series per state (1 = current)",
+            labels=["rack", "device", "point", "quality"],
+        )
+        for reading in sorted(readings, key=lambda r: r.point):
+            point = reading.point
+            for state in Quality:
+                quality.add_metric(
+                    [point.rack, point.device, point.name, state.value],
+                    1.0 if reading.quality is state else 0.0,
+                )
+            if not reading.usable or point.name not in CANONICAL_POINTS:
+                continue  # only good values are exported as values: never pass old ones off
+            name = point_metric_name(point.name)
+            family = families.get(name)
+            if family is None:
+                family = families[name] = GaugeMetricFamily(
+                    name,
+                    CANONICAL_POINTS[point.name].description,
+                    labels=["rack", "device"],
+                )
+            assert reading.value is not None
+            family.add_metric([point.rack, point.device], reading.value)
+        yield from families.values()
+        yield quality
+
+    def _devices(self, now: float, wall_offset: float) -> Iterator[Metric]:
+        labels = ["rack", "device"]
+        up = GaugeMetricFamily(
+            "coolctl_device_up", "1 if the device's last poll succeeded", labels=labels
+        )
+        last_success = GaugeMetricFamily(
+            "coolctl_device_last_success_timestamp_seconds",
+            "When the device last answered a whole poll (Unix time)",
+            labels=labels,
+        )
+        duration = GaugeMetricFamily(
+            "coolctl_device_poll_duration_seconds",
+            "Duration of the device's last poll",
+            labels=labels,
+        )
+        polls = CounterMetricFamily("coolctl_device_polls", "Polls attempted", labels=labels)
+        errors = CounterMetricFamily(
+            "coolctl_device_poll_errors",
+            "Poll errors by kind (timeout, connection, exception, garbled)",
+            labels=[*labels, "kind"],
+        )
+        missed = CounterMetricFamily(
+            "coolctl_device_poll_missed",
+            "Poll slots skipped because the previous poll overran",
+            labels=labels,
+        )
+        for (rack, device), handle in sorted(self.daemon.devices.items()):
+            stats = handle.client.stats
+            key = [rack, device]
+            up.add_metric(key, 1.0 if stats.connected and stats.consecutive_failures == 0 else 0.0)
+            if stats.last_success_ts is not None:
+                last_success.add_metric(key, stats.last_success_ts + wall_offset)
+            duration.add_metric(key, stats.last_poll_duration_s)
+            polls.add_metric(key, stats.polls)
+            for kind, count in sorted(stats.errors_by_kind.items()):
+                errors.add_metric([*key, kind], count)
+            missed.add_metric(key, self.daemon.poll_stats[(rack, device)].missed)
+        yield from (up, last_success, duration, polls, errors, missed)
+
+    def _loops(self) -> Iterator[Metric]:
+        labels = ["rack", "loop"]
+        setpoint = GaugeMetricFamily(
+            "coolctl_loop_setpoint",
+            "Loop setpoint, in the unit of its measurement",
+            labels=[*labels, "unit"],
+        )
+        measurement = GaugeMetricFamily(
+            "coolctl_loop_measurement",
+            "Loop measured variable, in the unit of its measurement",
+            labels=[*labels, "unit"],
+        )
+        error = GaugeMetricFamily(
+            "coolctl_loop_error",
+            "Setpoint minus measurement, in the unit of its measurement",
+            labels=[*labels, "unit"],
+        )
+        output = GaugeMetricFamily(
+            "coolctl_loop_output", "Loop output asked of the actuator", labels=[*labels, "actuator"]
+        )
+        mode = GaugeMetricFamily(
+            "coolctl_loop_mode", "Loop mode, one series per state", labels=[*labels, "mode"]
+        )
+        for rack_id, rack in sorted(self.daemon.racks.items()):
+            for loop_id, loop in sorted(rack.controller.loops.items()):
+                state, spec = loop.state, loop.spec
+                unit = spec.measurement.unit
+                unit_label = unit.value if unit else ""
+                setpoint.add_metric([rack_id, loop_id, unit_label], state.setpoint)
+                if state.measurement is not None:
+                    measurement.add_metric([rack_id, loop_id, unit_label], state.measurement)
+                    error.add_metric(
+                        [rack_id, loop_id, unit_label], state.setpoint - state.measurement
+                    )
+                if state.output is not None:
+                    output.add_metric([rack_id, loop_id, str(spec.actuator)], state.output)
+                for each in LoopMode:
+                    mode.add_metric([rack_id, loop_id, each.value], float(state.mode is each))
+        yield from (setpoint, measurement, error, output, mode)
+
+    def _actuators(self) -> Iterator[Metric]:
+        labels = ["rack", "device", "point"]
+        command = GaugeMetricFamily(
+            "coolctl_actuator_command",
+            "Last command sent to the actuator, after clamping",
+            labels=[*labels, "source"],
+        )
+        writes = CounterMetricFamily(
+            "coolctl_actuator_writes", "Writes verified by read-back", labels=labels
+        )
+        failures = CounterMetricFamily(
+            "coolctl_actuator_write_failures",
+            "Writes that failed or did not read back",
+            labels=labels,
+        )
+        clamped = CounterMetricFamily(
+            "coolctl_actuator_clamped", "Commands changed by bounds or slew limits", labels=labels
+        )
+        skipped = CounterMetricFamily(
+            "coolctl_actuator_unchanged",
+            "Commands not written because the device already held the value",
+            labels=labels,
+        )
+        commands = CounterMetricFamily(
+            "coolctl_actuator_commands", "Commands by source", labels=[*labels, "source"]
+        )
+        for rack in sorted(self.daemon.racks.values(), key=lambda r: r.config.id):
+            for point, channel in sorted(rack.actuators.items()):
+                stats = channel.stats
+                key = [point.rack, point.device, point.name]
+                if stats.last_command is not None:
+                    command.add_metric(
+                        [*key, stats.last_command.source.value], stats.last_command.value
+                    )
+                writes.add_metric(key, stats.writes)
+                failures.add_metric(key, stats.write_failures)
+                clamped.add_metric(key, stats.clamped)
+                skipped.add_metric(key, stats.skipped_unchanged)
+                for source in Source:
+                    commands.add_metric(
+                        [*key, source.value], stats.commands_by_source.get(source, 0)
+                    )
+        yield from (command, writes, failures, clamped, skipped, commands)
+
+    def _ticks(self) -> Iterator[Metric]:
+        ticks = CounterMetricFamily("coolctl_control_ticks", "Control ticks run", labels=["rack"])
+        missed = CounterMetricFamily(
+            "coolctl_control_deadline_misses",
+            "Control ticks skipped because a tick overran its period",
+            labels=["rack"],
+        )
+        duration = GaugeMetricFamily(
+            "coolctl_control_tick_duration_seconds",
+            "Duration of the last control tick",
+            labels=["rack"],
+        )
+        errors = CounterMetricFamily(
+            "coolctl_controller_errors", "Control ticks where a controller raised", labels=["rack"]
+        )
+        for rack_id, rack in sorted(self.daemon.racks.items()):
+            ticks.add_metric([rack_id], rack.tick_stats.runs)
+            missed.add_metric([rack_id], rack.tick_stats.missed)
+            duration.add_metric([rack_id], rack.tick_stats.last_duration_s)
+            errors.add_metric([rack_id], rack.controller_errors)
+        yield from (ticks, missed, duration, errors)

@@ -1,0 +1,121 @@
+"""Rack loops: the right commands from a snapshot, failsafe when blind, deterministic."""
+
+from __future__ import annotations
+
+from coolctl.control.loops import LoopMode, LoopSpec, PidLoop, RackController
+from coolctl.control.pid import PidConfig, PidGains
+from coolctl.model import PointId, Quality, Reading, Snapshot, Source
+
+FLOW = PointId("r01", "cdu1", "flow")
+SUPPLY = PointId("r01", "cdu1", "supply_temperature")
+RETURN = PointId("r01", "cdu1", "return_temperature")
+PUMP = PointId("r01", "cdu1", "pump_speed_command")
+
+
+def pump_loop(**overrides: object) -> LoopSpec:
+    fields: dict[str, object] = {
+        "name": "pump",
+        "measurement": FLOW,
+        "actuator": PUMP,
+        "setpoint": 150.0,
+        "pid": PidConfig(PidGains(kp=0.002, ki=0.004), output_min=0.2, output_max=1.0),
+        "failsafe_output": 1.0,
+    }
+    fields.update(overrides)
+    return LoopSpec(**fields)  # type: ignore[arg-type]
+
+
+def snapshot(now: float, **values: tuple[float | None, Quality]) -> Snapshot:
+    points = {"flow": FLOW, "supply": SUPPLY, "ret": RETURN}
+    return Snapshot(
+        [Reading(points[k], v, now, q) for k, (v, q) in values.items()],
+        now,
+    )
+
+
+def test_auto_command_moves_towards_setpoint() -> None:
+    loop = PidLoop(pump_loop())
+    (low,) = loop.step(snapshot(0.0, flow=(100.0, Quality.GOOD)), 0.0)
+    (later,) = loop.step(snapshot(1.0, flow=(100.0, Quality.GOOD)), 1.0)
+    assert low.source is Source.AUTO and low.point == PUMP
+    assert later.value > low.value  # flow too low: speed goes up
+    assert loop.state.mode is LoopMode.AUTO and loop.state.measurement == 100.0
+    assert "setpoint 150" in later.reason
+
+
+def test_failsafe_when_measurement_is_not_good() -> None:
+    loop = PidLoop(pump_loop())
+    for quality in (Quality.STALE, Quality.BAD):
+        (command,) = loop.step(snapshot(0.0, flow=(120.0, quality)), 0.0)
+        assert command.source is Source.FAILSAFE and command.value == 1.0
+        assert f"r01/cdu1/flow is {quality.value}" in command.reason
+    (missing,) = loop.step(snapshot(1.0), 1.0)
+    assert "is missing" in missing.reason and loop.state.mode is LoopMode.FAILSAFE
+
+
+def test_return_from_failsafe_is_bumpless() -> None:
+    loop = PidLoop(pump_loop())
+    loop.step(snapshot(0.0), 0.0)  # blind: failsafe 1.0
+    (command,) = loop.step(snapshot(1.0, flow=(150.0, Quality.GOOD)), 1.0)
+    assert command.source is Source.AUTO
+    assert abs(command.value - 1.0) < 1e-9  # at setpoint: carries on from where failsafe left it
+
+
+def test_difference_measurement_for_coolant_delta_t() -> None:
+    spec = pump_loop(
+        measurement=RETURN,
+        measurement_subtrahend=SUPPLY,
+        setpoint=10.0,
+        pid=PidConfig(PidGains(kp=0.05, ki=0.01), 0.2, 1.0, action="direct"),
+    )
+    loop = PidLoop(spec)
+    loop.step(snapshot(0.0, supply=(30.0, Quality.GOOD), ret=(44.0, Quality.GOOD)), 0.0)
+    assert loop.state.measurement == 14.0
+    (command,) = loop.step(
+        snapshot(1.0, supply=(30.0, Quality.GOOD), ret=(44.0, Quality.GOOD)), 1.0
+    )
+    assert command.value > 0.2  # ΔT too high: more flow
+    (blind,) = loop.step(snapshot(2.0, supply=(30.0, Quality.GOOD)), 2.0)
+    assert blind.source is Source.FAILSAFE and "return_temperature is missing" in blind.reason
+
+
+def test_disabled_loop_commands_nothing() -> None:
+    loop = PidLoop(pump_loop(enabled=False))
+    assert loop.step(snapshot(0.0, flow=(100.0, Quality.GOOD)), 0.0) == []
+    assert loop.state.mode is LoopMode.DISABLED
+
+
+def test_rack_controller_is_deterministic() -> None:
+    def run() -> list[float]:
+        controller = RackController("r01", [pump_loop()])
+        values = []
+        for step in range(20):
+            now = float(step)
+            flow = 100.0 + 2.5 * step
+            commands = controller.step(snapshot(now, flow=(flow, Quality.GOOD)), now)
+            values += [c.value for c in commands]
+        return values
+
+    assert run() == run()
+
+
+def test_applied_clamp_keeps_integrator_consistent() -> None:
+    controller = RackController("r01", [pump_loop()])
+    controller.step(snapshot(0.0, flow=(50.0, Quality.GOOD)), 0.0)
+    controller.applied(PUMP, 0.5, 0.0)  # the clamp held the pump lower than asked
+    (second,) = controller.step(snapshot(1.0, flow=(50.0, Quality.GOOD)), 1.0)
+    # continues from what was applied, plus one second of integral action: no windup jump
+    assert 0.5 < second.value <= 0.5 + 0.004 * 100 * 1.0 + 1e-9
+
+
+def test_start_is_bumpless_from_the_actuators_current_value() -> None:
+    loop = PidLoop(pump_loop())
+    at_setpoint = Snapshot(
+        [
+            Reading(FLOW, 150.0, 0.0, Quality.GOOD),
+            Reading(PUMP, 0.63, 0.0, Quality.GOOD),
+        ],
+        0.0,
+    )
+    (command,) = loop.step(at_setpoint, 0.0)
+    assert abs(command.value - 0.63) < 1e-9  # takes over where the device stands
