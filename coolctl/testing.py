@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,14 +48,20 @@ def _config(config: Config | str | Path) -> Config:
 
 @asynccontextmanager
 async def simulated_rack(
-    config: Config | str | Path, *, time_scale: float = 1.0, load: float = 0.6
+    config: Config | str | Path,
+    *,
+    time_scale: float = 1.0,
+    load: float = 0.6,
+    plant: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[tuple[LiveSimulation, Config]]:
     """Serve a config's simulated devices on free loopback ports.
 
-    Yields the running simulation and the config re-pointed at it.
+    Yields the running simulation and the config re-pointed at it. `plant` overrides plant
+    parameters (e.g. `{"initial_valve": 0.5}`) for every rack.
     """
     loaded = _config(config)
-    simulation = LiveSimulation(sim_specs(loaded, port=0, load=load), time_scale=time_scale)
+    specs = sim_specs(loaded, port=0, load=load, plant=plant)
+    simulation = LiveSimulation(specs, time_scale=time_scale)
     async with simulation:
         yield simulation, with_services(loaded, simulation.services)
 
@@ -95,12 +102,16 @@ class HilRack:
 
 @asynccontextmanager
 async def hil_rack(
-    config: Config | str | Path, *, time_scale: float = 1.0, load: float = 0.6
+    config: Config | str | Path,
+    *,
+    time_scale: float = 1.0,
+    load: float = 0.6,
+    plant: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[HilRack]:
     """Simulated devices, the daemon against them, and `/metrics` on a free port."""
     async with AsyncExitStack() as stack:
         simulation, pointed = await stack.enter_async_context(
-            simulated_rack(config, time_scale=time_scale, load=load)
+            simulated_rack(config, time_scale=time_scale, load=load, plant=plant)
         )
         pointed = _metrics_on_free_port(pointed)
         daemon, metrics = await serve_daemon(pointed, stack)

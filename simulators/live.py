@@ -65,11 +65,22 @@ class Service:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceWrite:
+    """A setpoint a simulated device accepted, with when: what HIL tests check commands by."""
+
+    wall_time_s: float  # time.monotonic() when it arrived
+    plant_time_s: float
+    point: str
+    value: float
+
+
 class CduPoints:
     """The CDU's view of the plant: its readings, and the two setpoints it accepts."""
 
     def __init__(self, plant: RackPlant) -> None:
         self.plant = plant
+        self.writes: list[DeviceWrite] = []
         self._writers: Mapping[str, Callable[[float], None]] = {
             "pump_speed_command": plant.set_pump_speed_command,
             "valve_command": plant.set_valve_command,
@@ -83,6 +94,7 @@ class CduPoints:
         if writer is None:
             raise ValueError(f"{name} is not writable on the CDU")
         writer(value)
+        self.writes.append(DeviceWrite(time.monotonic(), self.plant.time_s, name, value))
 
 
 class PduPoints:
@@ -90,6 +102,7 @@ class PduPoints:
 
     def __init__(self, plant: RackPlant) -> None:
         self.plant = plant
+        self.writes: list[DeviceWrite] = []
 
     def read_points(self) -> Mapping[str, float]:
         return self.plant.pdu_readings()
@@ -98,7 +111,10 @@ class PduPoints:
         raise ValueError(f"{name} is not writable on the PDU")
 
 
-_POINT_SOURCES = {"cdu": CduPoints, "pdu": PduPoints}
+_POINT_SOURCES: Mapping[str, Callable[[RackPlant], CduPoints | PduPoints]] = {
+    "cdu": CduPoints,
+    "pdu": PduPoints,
+}
 
 
 class LiveSimulation:
@@ -114,6 +130,7 @@ class LiveSimulation:
         self.specs = {spec.rack: spec for spec in racks}
         self.plants: dict[str, RackPlant] = {}
         self.servers: dict[tuple[str, str], ModbusDeviceServer] = {}
+        self.points: dict[tuple[str, str], CduPoints | PduPoints] = {}
         self.services: list[Service] = []
         self._task: asyncio.Task[None] | None = None
         for spec in racks:
@@ -122,6 +139,7 @@ class LiveSimulation:
             self.plants[spec.rack] = plant
             for device in spec.devices:
                 source = _POINT_SOURCES[device.kind](plant)
+                self.points[(spec.rack, device.device)] = source
                 self.servers[(spec.rack, device.device)] = ModbusDeviceServer(
                     device.register_map,
                     source,
@@ -156,6 +174,10 @@ class LiveSimulation:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+    def writes(self, rack: str, device: str) -> list[DeviceWrite]:
+        """Every setpoint the simulated device accepted, in order."""
+        return self.points[(rack, device)].writes
 
     def service(self, rack: str, device: str) -> Service:
         return next(s for s in self.services if (s.rack, s.device) == (rack, device))

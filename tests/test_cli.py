@@ -1,0 +1,149 @@
+"""The command line as an operator uses it: sim serve, probe, run, exit codes, clean shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "deploy" / "config" / "example.toml"
+COOLCTL = [sys.executable, "-m", "coolctl.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*COOLCTL, *args], capture_output=True, text=True, timeout=timeout, cwd="/", check=False
+    )
+
+
+@pytest.fixture
+def served() -> Iterator[dict[str, str]]:
+    """`coolctl sim serve --port 0` in a child process; yields device -> host:port."""
+    process = subprocess.Popen(
+        [*COOLCTL, "sim", "serve", "--config", str(EXAMPLE), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd="/",
+    )
+    assert process.stdout is not None
+    addresses = {}
+    try:
+        for _ in range(2):
+            line = process.stdout.readline()
+            protocol, address, *fields = line.split()
+            assert protocol == "modbus", line
+            labels = dict(field.split("=", 1) for field in fields)
+            addresses[labels["device"]] = address
+        yield addresses
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+
+
+def test_sim_serve_prints_one_line_per_service_and_probe_reads_them(
+    served: dict[str, str],
+) -> None:
+    assert set(served) == {"cdu1", "pdu1"}
+    table = run("probe", "modbus", served["cdu1"], "--profile", "sim-cdu")
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert header.split() == ["POINT", "VALUE", "UNIT", "QUALITY"]
+    assert len(rows) == 17 and all(row.split()[-1] == "good" for row in rows)
+    as_json = run("probe", "modbus", served["pdu1"], "--profile", "sim-pdu", "--json")
+    points = {entry["point"]: entry for entry in json.loads(as_json.stdout)}
+    assert points["power"]["unit"] == "watts" and points["power"]["quality"] == "good"
+    assert points["power"]["value"] > 10_000
+
+
+def test_probe_of_a_device_that_is_not_there_exits_3() -> None:
+    result = run(
+        "probe", "modbus", f"127.0.0.1:{free_port()}", "--profile", "sim-cdu", "--timeout", "0.3"
+    )
+    assert result.returncode == 3
+    assert "no good reading" in result.stderr and "connection" in result.stderr
+    assert all(line.split()[-1] == "missing" for line in result.stdout.splitlines()[1:])
+
+
+def test_probe_with_a_bad_profile_says_so() -> None:
+    result = run("probe", "modbus", "127.0.0.1:1", "--profile", "no-such-profile")
+    assert result.returncode == 1 and "no-such-profile" in result.stderr
+
+
+def test_run_controls_the_served_rack_and_stops_cleanly_on_sigterm(
+    served: dict[str, str], tmp_path: Path
+) -> None:
+    config = EXAMPLE.read_text()
+    for device, address in served.items():
+        default_port = {"cdu1": "15020", "pdu1": "15021"}[device]
+        config = config.replace(f"port = {default_port}", f"port = {address.rsplit(':', 1)[1]}")
+    path = tmp_path / "site.toml"
+    path.write_text(config)
+    metrics_port = free_port()
+    daemon = subprocess.Popen(
+        [*COOLCTL, "run", "--config", str(path), "--metrics-listen", f"127.0.0.1:{metrics_port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd="/",
+    )
+    try:
+        deadline = time.monotonic() + 20
+        text = ""
+        while time.monotonic() < deadline and "coolctl_actuator_writes_total" not in text:
+            time.sleep(0.3)
+            try:
+                url = f"http://127.0.0.1:{metrics_port}/metrics"
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    text = response.read().decode()
+            except OSError:
+                continue
+        assert 'coolctl_supply_temperature_celsius{device="cdu1",rack="r01"}' in text
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, stderr = daemon.communicate(timeout=10)
+    assert daemon.returncode == 0, stderr
+    assert "stopping" in stderr and "stopped" in stderr
+
+
+def test_run_with_a_bad_config_exits_1(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[racks.r01]\ncontrol_period_s = -1\n")
+    result = run("run", "--config", str(path))
+    assert result.returncode == 1
+    assert "racks.r01.control_period_s: must be greater than 0" in result.stderr
+
+
+def test_demo_runs_for_its_duration_and_prints_status() -> None:
+    env = {**os.environ}
+    result = subprocess.run(
+        [*COOLCTL, "demo", "--duration", "4", "--status-every", "1", "--metrics-port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd="/",
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("metrics http://127.0.0.1:") for line in lines)
+    status = [line for line in lines if "| supply" in line]
+    assert status and "pump" in status[-1] and "auto" in status[-1]
+    assert lines[-1] == "demo stopped"
