@@ -57,8 +57,9 @@ class ActuatorChannel:
         self._writer = writer
         self._pending: tuple[Command, float] | None = None
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
+        self._idle = asyncio.Event()  # set while nothing is queued or being written
         self._idle.set()
+        self._writing = False
         self._task: asyncio.Task[None] | None = None
         self._device_value: float | None = None
 
@@ -71,9 +72,15 @@ class ActuatorChannel:
         if self._task is None:
             return
         self._pending = None
+        if not self._writing:
+            self._idle.set()
         await self._idle.wait()
         await cancel_and_wait([self._task])
         self._task = None
+
+    async def idle(self) -> None:
+        """Wait until every submitted command has been written (or has failed)."""
+        await self._idle.wait()
 
     def observe(self, device_value: float | None, now: float) -> None:
         """The latest polled value of the actuator point, to spot a device that drifted.
@@ -101,6 +108,7 @@ class ActuatorChannel:
         if self._pending is not None:
             stats.coalesced += 1
         self._pending = (clamped, now)
+        self._idle.clear()
         self._wake.set()
         return clamped
 
@@ -120,12 +128,13 @@ class ActuatorChannel:
             await self._wake.wait()
             self._wake.clear()
             pending, self._pending = self._pending, None
-            if pending is None:
-                continue
-            self._idle.clear()
-            try:
-                await self._write(*pending)
-            finally:
+            if pending is not None:
+                self._writing = True
+                try:
+                    await self._write(*pending)
+                finally:
+                    self._writing = False
+            if self._pending is None:
                 self._idle.set()
 
     async def _write(self, command: Command, decided_at: float) -> None:

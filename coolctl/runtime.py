@@ -127,7 +127,12 @@ class RackRuntime:
             if channel is None:
                 continue
             channel.observe(snapshot.value(command.point), now)
-            applied = channel.submit(command, now)
+            try:
+                applied = channel.submit(command, now)
+            except ValueError as exc:  # a non-finite command: refused, never written
+                self.controller_errors += 1
+                log.error("%s: command refused: %s", self.config.id, exc)
+                continue
             if applied.value != command.value:
                 self.controller.applied(command.point, applied.value, now)
 
