@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import coolctl
-from coolctl.config import ConfigError, load_config
-from coolctl.devices import check_profiles
+from coolctl.devices import load_or_report
 
 EXIT_OK = 0
 EXIT_BAD = 1
@@ -127,14 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def check_config(files: Sequence[Path]) -> int:
     status = EXIT_OK
     for path in files:
-        try:
-            config = load_config(path)
-            problems = check_profiles(config)
-            if problems:
-                raise ConfigError(problems)
-        except ConfigError as exc:
-            for problem in exc.problems:
-                print(problem, file=sys.stderr)
+        config = load_or_report(path)
+        if config is None:
             status = EXIT_BAD
             continue
         devices = sum(len(rack.devices) for rack in config.racks.values())

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
 
-from coolctl.config import Config, ConfigError, load_config, parse_host_port
-from coolctl.devices import check_profiles
+from coolctl.config import Config, parse_host_port
+from coolctl.devices import load_or_report
 from coolctl.http import MetricsServer
 from coolctl.logs import setup_logging
 from coolctl.runtime import Daemon
@@ -40,14 +39,8 @@ async def serve_daemon(config: Config, stack: AsyncExitStack) -> tuple[Daemon, M
 async def run_daemon(
     config_path: Path, metrics_listen: str | None = None, log_format: str | None = None
 ) -> int:
-    try:
-        config = load_config(config_path)
-        problems = check_profiles(config)
-        if problems:
-            raise ConfigError(problems)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    config = load_or_report(config_path)
+    if config is None:
         return 1
     setup_logging(log_format or config.daemon.log_format, config.daemon.log_level)
     if metrics_listen:

@@ -16,9 +16,9 @@ from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
 
-from coolctl.config import DEFAULT_METRICS_PORT, Config, ConfigError, load_config
+from coolctl.config import DEFAULT_METRICS_PORT, Config
 from coolctl.daemon import serve_daemon, stop_on_signals
-from coolctl.devices import check_profiles
+from coolctl.devices import load_or_report
 from coolctl.logs import setup_logging
 from coolctl.model import PointId
 from coolctl.runtime import Daemon
@@ -34,17 +34,7 @@ def builtin_config_path() -> Path:
 
 
 def _load(config_path: Path | None) -> Config | None:
-    path = config_path or builtin_config_path()
-    try:
-        config = load_config(path)
-        problems = check_profiles(config)
-        if problems:
-            raise ConfigError(problems)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return None
-    return config
+    return load_or_report(config_path or builtin_config_path())
 
 
 async def _wait(stop: asyncio.Event, duration_s: float | None) -> None:

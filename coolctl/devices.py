@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
-from coolctl.config import Config, DeviceConfig
+from coolctl.config import Config, ConfigError, DeviceConfig, load_config
 from coolctl.drivers.modbus import DeviceStats, ModbusDevice
 from coolctl.drivers.modbus_profile import ModbusProfile, ProfileError, load_profile
 from coolctl.model import Reading
@@ -76,6 +78,25 @@ def writable_points(profile: ModbusProfile) -> dict[str, WritableSpec]:
             resolution = abs(point.scale) if point.data_type != "bool" else 1.0
             specs[point.name] = WritableSpec(low, high, resolution)
     return specs
+
+
+def load_checked_config(path: str | Path) -> Config:
+    """Load a config and check it against its devices' profiles; ConfigError names it all."""
+    config = load_config(path)
+    problems = check_profiles(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load_or_report(path: str | Path) -> Config | None:
+    """For commands: the checked config, or None after printing every problem to stderr."""
+    try:
+        return load_checked_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
 
 
 def check_profiles(config: Config) -> list[str]:

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from coolctl.config import Config, ConfigError, load_config
+from coolctl.config import Config
 from coolctl.daemon import serve_daemon
-from coolctl.devices import check_profiles
+from coolctl.devices import load_checked_config
 from coolctl.http import MetricsServer
 from coolctl.model import PointId
 from coolctl.runtime import Daemon
@@ -37,13 +37,7 @@ __all__ = ["HilRack", "coolctl_hil", "hil_rack", "simulated_rack"]
 
 
 def _config(config: Config | str | Path) -> Config:
-    if isinstance(config, Config):
-        return config
-    loaded = load_config(config)
-    problems = check_profiles(loaded)
-    if problems:
-        raise ConfigError(problems)
-    return loaded
+    return config if isinstance(config, Config) else load_checked_config(config)
 
 
 @asynccontextmanager
