@@ -162,3 +162,27 @@ class Snapshot(Mapping[PointId, Reading]):
         """The value of a good reading, or None if it is absent or not good."""
         reading = self._readings.get(point)
         return reading.value if reading is not None and reading.usable else None
+
+
+class Severity(enum.StrEnum):
+    """How loud an event is: info for decisions, warning for trouble, critical for safety."""
+
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happened and that operators should be able to read back.
+
+    `kind` is a short machine word (`interlock_leak`, `failsafe`, `override_set`, …);
+    `ts` is monotonic seconds like every other time in the daemon.
+    """
+
+    rack: str
+    kind: str
+    severity: Severity
+    message: str
+    ts: float
+    source: str = "supervisor"
