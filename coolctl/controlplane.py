@@ -1,0 +1,173 @@
+"""What operators can see and change, independent of how they reach it.
+
+The control API (HTTP+JSON over a UNIX socket), the CLI and the tests all speak to the daemon
+through this protocol; the store keeps these records. Times here are Unix seconds (operators
+and the audit log need wall-clock time), unlike the monotonic times of the control path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+Mode = Literal["auto", "manual"]
+"""auto: the loops drive the actuators; manual: only operator overrides and interlocks do."""
+
+JsonObject = dict[str, Any]
+
+
+class ControlError(Exception):
+    """A request that cannot be carried out; `status` is the HTTP status the API answers with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class OverrideRecord:
+    """An operator's override of one target on one rack.
+
+    `target` is an actuator point (`cdu1/pump_speed_command`) or a loop setpoint
+    (`pump.setpoint`). `expires_at` is None for a permanent override.
+    """
+
+    id: int
+    rack: str
+    target: str
+    value: float
+    who: str
+    why: str
+    created_at: float
+    expires_at: float | None
+
+    def as_json(self) -> JsonObject:
+        return {
+            "id": self.id,
+            "rack": self.rack,
+            "target": self.target,
+            "value": self.value,
+            "who": self.who,
+            "why": self.why,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One operator action, append-only: who did what, when, with which details."""
+
+    id: int
+    at: float
+    who: str
+    action: str  # override_set, override_clear, override_expired, mode_set, reload, ...
+    rack: str | None
+    details: Mapping[str, Any]
+
+    def as_json(self) -> JsonObject:
+        return {
+            "id": self.id,
+            "at": self.at,
+            "who": self.who,
+            "action": self.action,
+            "rack": self.rack,
+            "details": dict(self.details),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """A stored event (see coolctl.model.Event), with its id and wall-clock time."""
+
+    id: int
+    at: float
+    rack: str
+    kind: str
+    severity: str
+    message: str
+    source: str
+
+    def as_json(self) -> JsonObject:
+        return {
+            "id": self.id,
+            "at": self.at,
+            "rack": self.rack,
+            "kind": self.kind,
+            "severity": self.severity,
+            "message": self.message,
+            "source": self.source,
+        }
+
+
+class ControlPlane(Protocol):
+    """The operations behind the control API. Errors are ControlError (4xx) and nothing is
+    half-applied: a call either takes full effect (stored, audited) or none."""
+
+    def status(self) -> JsonObject:
+        """Daemon-wide summary: version, uptime, config path, racks with their state."""
+        ...
+
+    def racks(self) -> list[JsonObject]:
+        """Per rack: mode, failsafe, active interlocks, budget and power, loops, overrides."""
+        ...
+
+    def points(self, rack: str | None = None) -> list[JsonObject]:
+        """Every point: rack, device, point, value, unit, quality, age_s."""
+        ...
+
+    def loops(self, rack: str | None = None) -> list[JsonObject]:
+        """Every loop: rack, loop, mode, setpoint, measurement, output, actuator, reason."""
+        ...
+
+    def overrides(self, rack: str | None = None) -> list[OverrideRecord]: ...
+
+    async def set_override(
+        self, rack: str, target: str, value: float, ttl_s: float | None, who: str, why: str
+    ) -> OverrideRecord:
+        """Refused (ControlError 400) when the value is outside the target's safe bounds; the
+        message names the bounds. Returns once the override is durably stored."""
+        ...
+
+    async def clear_override(self, rack: str, target: str, who: str, why: str) -> OverrideRecord:
+        """ControlError 404 when there is no such override."""
+        ...
+
+    async def set_mode(self, rack: str, mode: Mode, who: str, why: str) -> JsonObject: ...
+
+    def events(self, since_id: int = 0, limit: int = 100) -> list[EventRecord]: ...
+
+    async def wait_events(
+        self, since_id: int, timeout_s: float, limit: int = 100
+    ) -> list[EventRecord]:
+        """Events after `since_id`, waiting up to `timeout_s` for one to arrive (for --follow)."""
+        ...
+
+    def audit(self, since_id: int = 0, limit: int = 100) -> list[AuditRecord]: ...
+
+    async def reload(self, who: str) -> JsonObject:
+        """Validate and apply the config file again; ControlError 400 (old config kept) if bad."""
+        ...
+
+
+def target_kind(target: str) -> Literal["actuator", "setpoint"]:
+    """`device/point` is an actuator; `loop.setpoint` is a loop's setpoint."""
+    if "/" in target:
+        return "actuator"
+    if target.endswith(".setpoint") and target.count(".") == 1:
+        return "setpoint"
+    raise ControlError(400, f"target {target!r} is neither device/point nor LOOP.setpoint")
+
+
+__all__: Sequence[str] = (
+    "AuditRecord",
+    "ControlError",
+    "ControlPlane",
+    "EventRecord",
+    "JsonObject",
+    "Mode",
+    "OverrideRecord",
+    "target_kind",
+)
