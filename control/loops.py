@@ -18,20 +18,20 @@ class LoopMode(StrEnum):
     """What a loop is doing this tick; exported one series per state."""
 
     AUTO = "auto"
-    FAILSAFE = "failsafe"  # a reading it needs is not good: the actuator goes to its safe output
+    BLIND = "blind"  # a reading it needs is not good: it asks for nothing (the supervisor holds,
+    # then goes to failsafe)
     DISABLED = "disabled"
 
 
 @dataclass(frozen=True, slots=True)
 class LoopSpec:
-    """What one loop holds, with what, and where to go when it cannot see."""
+    """What one loop holds, and with what."""
 
     name: str
     measurement: PointId
     actuator: PointId
     setpoint: float
     pid: PidConfig
-    failsafe_output: float
     measurement_subtrahend: PointId | None = None  # set for a difference, e.g. coolant ΔT
     enabled: bool = True
 
@@ -58,40 +58,47 @@ class LoopState:
 
 
 class PidLoop:
-    """One PID loop with its failsafe: when its inputs are not good it commands the safe output."""
+    """One PID loop. When its inputs are not good it asks for nothing and says why: what the
+    actuator does then (hold, failsafe) is the safety supervisor's decision, not the loop's."""
 
     def __init__(self, spec: LoopSpec) -> None:
         self.spec = spec
         self.pid = Pid(spec.pid)
+        self.setpoint_override: float | None = None
         self.state = LoopState(LoopMode.DISABLED, spec.setpoint, None, None, "not run yet")
+
+    @property
+    def setpoint(self) -> float:
+        """The setpoint in force: an operator's override, or the configured one."""
+        return self.spec.setpoint if self.setpoint_override is None else self.setpoint_override
 
     def step(self, snapshot: Snapshot, now: float) -> list[Command]:
         spec = self.spec
+        setpoint = self.setpoint
         if not spec.enabled:
-            self.state = LoopState(LoopMode.DISABLED, spec.setpoint, None, None, "disabled")
+            self.state = LoopState(LoopMode.DISABLED, setpoint, None, None, "disabled")
             return []
         measured = self._measure(snapshot)
         if isinstance(measured, str):
-            return [self._failsafe(measured, now)]
+            return self._blind(measured)
         if self.pid.output is None:
             self._start_from_actuator(snapshot, measured, now)
         try:
-            output = self.pid.update(spec.setpoint, measured, now)
+            output = self.pid.update(setpoint, measured, now)
         except ValueError as exc:
-            return [self._failsafe(f"PID refused its inputs: {exc}", now)]
+            return self._blind(f"{spec.name}: PID refused its inputs: {exc}")
         reason = (
-            f"{spec.name}: {spec.describe_measurement()} = {measured:.4g},"
-            f" setpoint {spec.setpoint:.4g}"
+            f"{spec.name}: {spec.describe_measurement()} = {measured:.4g}, setpoint {setpoint:.4g}"
         )
-        self.state = LoopState(LoopMode.AUTO, spec.setpoint, measured, output, reason)
+        self.state = LoopState(LoopMode.AUTO, setpoint, measured, output, reason)
         return [Command(spec.actuator, output, Source.AUTO, reason)]
 
     def applied(self, value: float, now: float) -> None:
-        """The actuator now holds `value` (after clamping): keep the integrator consistent."""
-        state = self.state
+        """The actuator now holds `value` (clamped, overridden, interlocked, failsafe): track it,
+        so that when the loop is in charge again it starts from there, bumplessly."""
         output = self.pid.output
-        if state.mode is LoopMode.AUTO and output is not None and abs(output - value) > 1e-12:
-            self.pid.track(value, now, state.measurement)
+        if output is None or abs(output - value) > 1e-12:
+            self.pid.track(value, now, self.state.measurement)
 
     def _start_from_actuator(self, snapshot: Snapshot, measured: float, now: float) -> None:
         """Bumpless start: take over from wherever the device's setpoint stands now.
@@ -115,11 +122,9 @@ class PidLoop:
             values.append(value)
         return values[0] - values[1] if len(values) == 2 else values[0]
 
-    def _failsafe(self, reason: str, now: float) -> Command:
-        output = self.spec.failsafe_output
-        self.pid.track(output, now)
-        self.state = LoopState(LoopMode.FAILSAFE, self.spec.setpoint, None, output, reason)
-        return Command(self.spec.actuator, output, Source.FAILSAFE, f"{reason}; failsafe output")
+    def _blind(self, reason: str) -> list[Command]:
+        self.state = LoopState(LoopMode.BLIND, self.setpoint, None, self.pid.output, reason)
+        return []
 
 
 class RackController:
@@ -146,3 +151,6 @@ class RackController:
         loop = self._by_actuator.get(actuator)
         if loop is not None:
             loop.applied(value, now)
+
+    def loop_of(self, actuator: PointId) -> PidLoop | None:
+        return self._by_actuator.get(actuator)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import coolctl
 from coolctl.devices import load_or_report
+from coolctl.operator_cli import add_operator_commands, run_operator_command
 
 EXIT_OK = 0
 EXIT_BAD = 1
@@ -80,11 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--time-scale", type=float, default=1.0, metavar="K")
     serve.add_argument("--load", type=float, default=0.6, help="starting server load, 0..1")
     serve.add_argument("--duration", type=float, metavar="SECONDS")
+    add_operator_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "operator_command", None):
+        return run_operator_command(args)
     try:
         if args.command == "check-config":
             return check_config(args.files)

@@ -20,7 +20,8 @@ from coolctl.model import CANONICAL_POINTS
 DEFAULT_METRICS_PORT = 18850
 """Outside 9100–9999 (the exporters' range, fully allocated) and below the ephemeral ports."""
 
-DRIVERS = ("modbus",)
+DRIVERS = ("modbus", "mqtt")
+LEAK_RESPONSES = ("stop", "safe_speed")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -63,14 +64,15 @@ class Measurement:
 @dataclass(frozen=True, slots=True)
 class DeviceConfig:
     id: str
-    driver: Literal["modbus"]
-    address: str
+    driver: Literal["modbus", "mqtt"]
+    address: str  # Modbus: host; MQTT: unused (the [mqtt] broker)
     port: int
     unit: int
     profile: str
     poll_interval_s: float
     timeout_s: float
     stale_after_s: float
+    topic_prefix: str = ""  # MQTT: fills {prefix} in the profile's topic templates
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,19 @@ class LoopConfig:
     slew_per_s: float | None
     failsafe_output: float
     enabled: bool
+    shutdown_output: float | None = None  # None: hand the actuator back to the device on stop
+
+
+@dataclass(frozen=True, slots=True)
+class SafetyConfig:
+    """The supervisor's settings for one rack (see control/supervisor.py)."""
+
+    failsafe_after_s: float = 3.0
+    hold_s: float = 10.0
+    leak_response: Literal["stop", "safe_speed"] = "stop"
+    pump_safe_speed: float = 0.3
+    standby_changeover_s: float = 2.0
+    temperature_limits: Mapping[DeviceRef, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +114,11 @@ class RackConfig:
     control_period_s: float
     devices: Mapping[str, DeviceConfig]
     loops: Mapping[str, LoopConfig]
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    power_budget_w: float | None = None
+    budget_point: DeviceRef | None = None  # an upstream coordinator's budget, e.g. over MQTT
+    budget_min_w: float = 0.0  # budgets outside this range from upstream are rejected
+    budget_max_w: float = 10e6
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +127,25 @@ class DaemonConfig:
     metrics_port: int = DEFAULT_METRICS_PORT
     log_format: Literal["text", "json", "journal"] = "text"
     log_level: str = "INFO"
+    state_directory: Path | None = None  # None: $STATE_DIRECTORY (systemd) or /var/lib/coolctl
+    control_socket: Path | None = None  # None: $RUNTIME_DIRECTORY/control.sock or /run/coolctl/…
+    control_socket_group: str | None = None
+    control_listen: tuple[str, int] | None = None  # optional TCP listener (bearer token)
+    control_token_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    """The broker the daemon subscribes to sensors on and publishes its state and events to."""
+
+    host: str
+    port: int = 1883
+    username: str | None = None
+    password_file: Path | None = None  # or a systemd credential, never the password itself
+    password_credential: str | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    topic_root: str = "coolctl/{site}"  # state: ROOT/RACK/state, events: ROOT/RACK/events
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +154,7 @@ class Config:
     site: str
     daemon: DaemonConfig
     racks: Mapping[str, RackConfig] = field(default_factory=dict)
+    mqtt: MqttConfig | None = None
 
 
 def load_config(path: str | Path) -> Config:
@@ -255,7 +295,7 @@ class _Reader:
 
     def config(self, raw: Mapping[str, Any], path: Path | None) -> Config | None:
         try:
-            top = self.table(raw, {"site", "daemon", "racks"})
+            top = self.table(raw, {"site", "daemon", "racks", "mqtt"})
         except _Invalid:
             return None
         site = "site"
@@ -271,6 +311,10 @@ class _Reader:
                 daemon = self.daemon(top.get("daemon", {}))
         except _Invalid:
             pass
+        mqtt = None
+        if "mqtt" in top:
+            with self.at("mqtt"), suppress(_Invalid):
+                mqtt = self.mqtt(top["mqtt"])
         racks: dict[str, RackConfig] = {}
         for rack_id, entry in self.each(top, "racks"):
             rack = self.rack(rack_id, entry)
@@ -278,10 +322,70 @@ class _Reader:
                 racks[rack_id] = rack
         if "racks" not in top:
             self.problem("no racks configured: add at least one [racks.<id>] table")
-        return Config(path=path, site=site, daemon=daemon, racks=racks)
+        if mqtt is None and "mqtt" not in top:
+            self._check_no_mqtt_needed(racks)
+        return Config(path=path, site=site, daemon=daemon, racks=racks, mqtt=mqtt)
+
+    def _check_no_mqtt_needed(self, racks: Mapping[str, RackConfig]) -> None:
+        for rack in racks.values():
+            users = [f"devices.{d.id}" for d in rack.devices.values() if d.driver == "mqtt"]
+            for user in users:
+                self.problem(f"{user} needs an [mqtt] table with the broker", f"racks.{rack.id}")
+
+    def mqtt(self, raw: object) -> MqttConfig:
+        table = self.table(
+            raw,
+            {
+                "broker",
+                "username",
+                "password_file",
+                "password_credential",
+                "tls",
+                "ca_file",
+                "topic_root",
+            },
+        )
+        try:
+            host, port = parse_host_port(self.string(table, "broker"))
+        except ValueError as exc:
+            self.problem(str(exc), "broker")
+            raise _Invalid from exc
+        if "password" in table:
+            self.problem("never put a password in the config: use password_file or a credential")
+        password_file = self.path(table, "password_file")
+        credential = table.get("password_credential")
+        if credential is not None:
+            credential = self.string(table, "password_credential")
+        if password_file and credential:
+            self.problem("give password_file or password_credential, not both")
+        return MqttConfig(
+            host=host,
+            port=port,
+            username=self.string(table, "username") if "username" in table else None,
+            password_file=password_file,
+            password_credential=credential,
+            tls=self.get(table, "tls", _as_bool, "true or false", False),
+            ca_file=self.path(table, "ca_file"),
+            topic_root=self.string(table, "topic_root", "coolctl/{site}"),
+        )
+
+    def path(self, table: Mapping[str, Any], key: str) -> Path | None:
+        return Path(self.string(table, key)) if key in table else None
 
     def daemon(self, raw: object) -> DaemonConfig:
-        table = self.table(raw, {"metrics_listen", "log_format", "log_level"})
+        table = self.table(
+            raw,
+            {
+                "metrics_listen",
+                "log_format",
+                "log_level",
+                "state_directory",
+                "control_socket",
+                "control_socket_group",
+                "control_listen",
+                "control_token_file",
+            },
+        )
         host, port = "127.0.0.1", DEFAULT_METRICS_PORT
         if "metrics_listen" in table:
             listen = self.string(table, "metrics_listen")
@@ -291,12 +395,48 @@ class _Reader:
                 self.problem(str(exc), "metrics_listen")
         log_format = self.choice(table, "log_format", ("text", "json", "journal"), "text")
         log_level = self.choice(table, "log_level", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO")
-        return DaemonConfig(host, port, log_format, log_level)  # type: ignore[arg-type]
+        control_listen = None
+        if "control_listen" in table:
+            try:
+                control_listen = parse_host_port(self.string(table, "control_listen"))
+            except ValueError as exc:
+                self.problem(str(exc), "control_listen")
+        token_file = self.path(table, "control_token_file")
+        if control_listen and token_file is None:
+            self.problem("a TCP control listener needs control_token_file", "control_listen")
+        group = table.get("control_socket_group")
+        return DaemonConfig(
+            host,
+            port,
+            log_format,  # type: ignore[arg-type]
+            log_level,
+            state_directory=self.path(table, "state_directory"),
+            control_socket=self.path(table, "control_socket"),
+            control_socket_group=self.string(table, "control_socket_group") if group else None,
+            control_listen=control_listen,
+            control_token_file=token_file,
+        )
 
     def rack(self, rack_id: str, raw: object) -> RackConfig | None:
         try:
-            table = self.table(raw, {"control_period_s", "devices", "loops"})
+            table = self.table(
+                raw,
+                {
+                    "control_period_s",
+                    "devices",
+                    "loops",
+                    "safety",
+                    "power_budget_w",
+                    "budget_point",
+                    "budget_min_w",
+                    "budget_max_w",
+                },
+            )
             period = self.number(table, "control_period_s", 1.0, positive=True)
+            budget = table.get("power_budget_w")
+            power_budget_w = self.number(table, "power_budget_w", positive=True) if budget else None
+            budget_min_w = self.number(table, "budget_min_w", 0.0, minimum=0.0)
+            budget_max_w = self.number(table, "budget_max_w", 10e6, positive=True)
         except _Invalid:
             return None
         devices = {}
@@ -305,12 +445,60 @@ class _Reader:
                 devices[device_id] = self.device(device_id, entry)
         if not devices and "devices" not in table:
             self.problem("no devices: add at least one [racks.<rack>.devices.<id>] table")
+        budget_point = None
+        if "budget_point" in table:
+            with suppress(_Invalid):
+                budget_point = self.ref(self.string(table, "budget_point"), devices, "budget_point")
         loops = {}
         for loop_id, entry in self.each(table, "loops"):
             with suppress(_Invalid):
                 loops[loop_id] = self.loop(loop_id, entry, devices)
         self._check_one_loop_per_actuator(loops)
-        return RackConfig(rack_id, period, devices, loops)
+        safety = SafetyConfig()
+        if "safety" in table:
+            with self.at("safety"), suppress(_Invalid):
+                safety = self.safety(table["safety"], devices)
+        return RackConfig(
+            rack_id,
+            period,
+            devices,
+            loops,
+            safety,
+            power_budget_w,
+            budget_point,
+            budget_min_w,
+            budget_max_w,
+        )
+
+    def safety(self, raw: object, devices: Mapping[str, DeviceConfig]) -> SafetyConfig:
+        table = self.table(
+            raw,
+            {
+                "failsafe_after_s",
+                "hold_s",
+                "leak_response",
+                "pump_safe_speed",
+                "standby_changeover_s",
+                "temperature_limits",
+            },
+        )
+        limits: dict[DeviceRef, float] = {}
+        raw_limits = table.get("temperature_limits", {})
+        if not isinstance(raw_limits, Mapping):
+            self.problem("must be a table of device/point = limit in °C", "temperature_limits")
+            raise _Invalid
+        with self.at("temperature_limits"):
+            for text in raw_limits:
+                with suppress(_Invalid):
+                    limits[self.ref(text, devices, text)] = self.number(raw_limits, text)
+        return SafetyConfig(
+            failsafe_after_s=self.number(table, "failsafe_after_s", 3.0, positive=True),
+            hold_s=self.number(table, "hold_s", 10.0, minimum=0.0),
+            leak_response=self.choice(table, "leak_response", LEAK_RESPONSES, "stop"),  # type: ignore[arg-type]
+            pump_safe_speed=self.number(table, "pump_safe_speed", 0.3, minimum=0.0),
+            standby_changeover_s=self.number(table, "standby_changeover_s", 2.0, positive=True),
+            temperature_limits=limits,
+        )
 
     def device(self, device_id: str, raw: object) -> DeviceConfig:
         table = self.table(
@@ -324,9 +512,12 @@ class _Reader:
                 "poll_interval_s",
                 "timeout_s",
                 "stale_after_s",
+                "topic_prefix",
             },
         )
         driver = self.choice(table, "driver", DRIVERS, None)
+        if driver == "mqtt":
+            return self.mqtt_device(device_id, table)
         address = self.string(table, "address")
         port = self.integer(table, "port", 502, 1, 65535)
         unit = self.integer(table, "unit", 1, 0, 255)
@@ -351,6 +542,25 @@ class _Reader:
             stale_after,
         )
 
+    def mqtt_device(self, device_id: str, table: Mapping[str, Any]) -> DeviceConfig:
+        """MQTT devices have no address of their own: messages come from the [mqtt] broker."""
+        for key in ("address", "port", "unit", "poll_interval_s", "timeout_s"):
+            if key in table:
+                self.problem("not used by an mqtt device (the broker is in [mqtt])", key)
+        stale_after = self.number(table, "stale_after_s", 5.0, positive=True)
+        return DeviceConfig(
+            device_id,
+            "mqtt",
+            "",
+            0,
+            0,
+            self.string(table, "profile"),
+            1.0,
+            1.0,
+            stale_after,
+            self.string(table, "topic_prefix", ""),
+        )
+
     def loop(self, loop_id: str, raw: object, devices: Mapping[str, DeviceConfig]) -> LoopConfig:
         table = self.table(
             raw,
@@ -368,6 +578,7 @@ class _Reader:
                 "slew_per_s",
                 "failsafe_output",
                 "enabled",
+                "shutdown_output",
             },
         )
         measurement = self.measurement(self.string(table, "measurement"), devices)
@@ -394,6 +605,9 @@ class _Reader:
             )
             raise _Invalid
         enabled = self.get(table, "enabled", _as_bool, "true or false", True)
+        shutdown = None
+        if "shutdown_output" in table:
+            shutdown = self.number(table, "shutdown_output")
         return LoopConfig(
             loop_id,
             measurement,
@@ -409,6 +623,7 @@ class _Reader:
             slew_per_s,
             failsafe,
             enabled,
+            shutdown,
         )
 
     def measurement(self, text: str, devices: Mapping[str, DeviceConfig]) -> Measurement:

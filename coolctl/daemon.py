@@ -1,19 +1,19 @@
-"""`coolctl run`: the daemon's life from config to clean shutdown."""
+"""`coolctl run`: the daemon's life from config to clean shutdown, as systemd runs it."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
 
 from coolctl.config import Config, parse_host_port
+from coolctl.controlplane import ControlError
 from coolctl.devices import load_or_report
-from coolctl.http import MetricsServer
 from coolctl.logs import setup_logging
-from coolctl.runtime import Daemon
+from coolctl.service import Service, ServiceOptions, control_socket, run_until, state_directory
 
 log = logging.getLogger("coolctl.daemon")
 
@@ -25,15 +25,28 @@ def stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(signum, stop.set)
 
 
-async def serve_daemon(config: Config, stack: AsyncExitStack) -> tuple[Daemon, MetricsServer]:
-    """Start a daemon and its metrics listener; both stop when `stack` closes."""
-    daemon = Daemon(config)
-    metrics = MetricsServer(daemon, config.daemon.metrics_host, config.daemon.metrics_port)
-    await metrics.start()
-    stack.push_async_callback(metrics.stop)
-    await daemon.start()
-    stack.push_async_callback(daemon.stop)
-    return daemon, metrics
+def reload_on_sighup(service: Service) -> None:
+    """SIGHUP reloads the config (systemctl reload): validated first, old one kept if bad."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        with contextlib.suppress(ControlError):  # already logged and reported as an event
+            await service.reload()
+
+    def on_hup() -> None:
+        task = loop.create_task(reload())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+
+
+def service_options(config: Config) -> ServiceOptions:
+    return ServiceOptions(
+        store_path=state_directory(config) / "coolctl.db",
+        socket_path=control_socket(config),
+    )
 
 
 async def run_daemon(
@@ -45,23 +58,28 @@ async def run_daemon(
     setup_logging(log_format or config.daemon.log_format, config.daemon.log_level)
     if metrics_listen:
         host, port = parse_host_port(metrics_listen)
-        config = replace(
-            config, daemon=replace(config.daemon, metrics_host=host, metrics_port=port)
-        )
+        listen = replace(config.daemon, metrics_host=host, metrics_port=port)
+        config = replace(config, daemon=listen)
+    service = Service(config, service_options(config))
     stop = asyncio.Event()
     stop_on_signals(stop)
-    async with AsyncExitStack() as stack:
-        try:
-            _, metrics = await serve_daemon(config, stack)
-        except OSError as exc:
-            log.error(
-                "cannot listen for metrics on %s:%s: %s",
-                config.daemon.metrics_host,
-                config.daemon.metrics_port,
-                exc.strerror or exc,
-            )
-            return 3
-        log.info("config %s loaded; metrics at %s", config_path, metrics.url)
+    reload_on_sighup(service)
+
+    async def started() -> None:
+        metrics = service.metrics.url if service.metrics else "off"
+        log.info(
+            "config %s loaded; metrics at %s; control socket %s",
+            config_path,
+            metrics,
+            service.options.socket_path,
+        )
         await stop.wait()
         log.info("stopping")
+
+    try:
+        await run_until(service, stop, started)
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 3
+    log.info("stopped")
     return 0

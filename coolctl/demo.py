@@ -12,16 +12,18 @@ import errno
 import importlib.resources
 import logging
 import sys
+import tempfile
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
 
 from coolctl.config import DEFAULT_METRICS_PORT, Config
-from coolctl.daemon import serve_daemon, stop_on_signals
+from coolctl.daemon import stop_on_signals
 from coolctl.devices import load_or_report
 from coolctl.logs import setup_logging
 from coolctl.model import PointId
 from coolctl.runtime import Daemon
+from coolctl.service import Service, ServiceOptions
 from coolctl.simrack import sim_specs, with_services
 from coolctl.simulators.live import LiveSimulation
 
@@ -93,20 +95,31 @@ async def run_demo(
         simulation = LiveSimulation(specs, time_scale=time_scale)
         await simulation.start()
         stack.push_async_callback(simulation.stop)
-        for service in simulation.services:
-            print(service.line(), flush=True)
+        for sim_service in simulation.services:
+            print(sim_service.line(), flush=True)
         config = with_services(config, simulation.services)
+        state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="coolctl-demo-")))
+        options = ServiceOptions(state / "coolctl.db", state / "control.sock")
         port = DEFAULT_METRICS_PORT if metrics_port is None else metrics_port
+        service = Service(_with_metrics_port(config, port), options)
         try:
-            daemon, metrics = await serve_daemon(_with_metrics_port(config, port), stack)
+            await service.start()
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE or metrics_port is not None:
                 raise
             print(f"port {port} is in use; serving metrics on a free port instead", flush=True)
-            daemon, metrics = await serve_daemon(_with_metrics_port(config, 0), stack)
-        print(f"metrics {metrics.url}", flush=True)
-        print(f"time scale {time_scale:g}x; press Ctrl-C to stop", flush=True)
-        status = asyncio.create_task(_print_status(daemon, status_every_s))
+            service = Service(_with_metrics_port(config, 0), options)
+            await service.start()
+        stack.push_async_callback(service.stop)
+        assert service.metrics is not None
+        print(f"metrics {service.metrics.url}", flush=True)
+        print(f"control {options.socket_path}", flush=True)
+        print(
+            f"time scale {time_scale:g}x; try: COOLCTL_SOCKET={options.socket_path} coolctl top;"
+            " press Ctrl-C to stop",
+            flush=True,
+        )
+        status = asyncio.create_task(_print_status(service.daemon, status_every_s))
         try:
             await _wait(stop, duration_s)
         finally:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from coolctl.config import Config, ConfigError, DeviceConfig, load_config
-from coolctl.drivers.modbus import DeviceStats, ModbusDevice
-from coolctl.drivers.modbus_profile import ModbusProfile, ProfileError, load_profile
-from coolctl.model import Reading
+from coolctl.drivers.modbus import ModbusDevice
+from coolctl.drivers.modbus_profile import ModbusProfile, load_profile
+from coolctl.drivers.mqtt import MqttConnection, MqttDevice
+from coolctl.drivers.mqtt_profile import MqttProfile, load_mqtt_profile
+from coolctl.model import Quality, Reading
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,10 +26,22 @@ class WritableSpec:
     resolution: float  # one count of the register, in engineering units
 
 
+class DeviceStatsView(Protocol):
+    """The counters the metrics read from any driver's device."""
+
+    connected: bool
+    consecutive_failures: int
+    last_success_ts: float | None
+    last_poll_duration_s: float
+    polls: int
+    errors_by_kind: dict[str, int]
+
+
 class DeviceClient(Protocol):
     """What the runtime needs of any driver's device object."""
 
-    stats: DeviceStats
+    @property
+    def stats(self) -> DeviceStatsView: ...
 
     async def poll(self) -> list[Reading]: ...
 
@@ -47,8 +62,69 @@ class DeviceHandle:
     kind: str  # what the device is (cdu, pdu, server, sensor), from its profile
 
 
-def open_device(rack: str, config: DeviceConfig) -> DeviceHandle:
+@dataclass(slots=True)
+class MqttDeviceStats:
+    """An MQTT device's health in the terms the metrics use for every device."""
+
+    connected: bool = False
+    consecutive_failures: int = 0
+    last_success_ts: float | None = None
+    last_poll_duration_s: float = 0.0
+    polls: int = 0
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+
+
+class MqttDeviceClient:
+    """An MQTT device seen as the runtime sees every device: its readings are 'polled' from
+    what the subscriptions last received; it cannot be written to."""
+
+    def __init__(self, device: MqttDevice, connection: MqttConnection) -> None:
+        self.device = device
+        self.connection = connection
+        self._stats = MqttDeviceStats()
+
+    @property
+    def stats(self) -> MqttDeviceStats:
+        stats, device_stats = self._stats, self.device.stats
+        stats.connected = self.connection.connected
+        stats.last_success_ts = device_stats.last_message_ts
+        stats.errors_by_kind = dict(device_stats.rejected_by_reason)
+        return stats
+
+    async def poll(self) -> list[Reading]:
+        readings = self.device.readings(time.monotonic())
+        stats = self._stats
+        stats.polls += 1
+        if all(r.quality is Quality.GOOD for r in readings):
+            stats.consecutive_failures = 0
+        else:
+            stats.consecutive_failures += 1
+        return readings
+
+    async def write(self, point: str, value: float) -> float:
+        raise ValueError(f"{point}: MQTT sensor devices cannot be written to")
+
+    async def close(self) -> None:
+        return None  # the connection is the daemon's, closed once for all devices
+
+
+def open_device(
+    rack: str, config: DeviceConfig, mqtt: MqttConnection | None = None
+) -> DeviceHandle:
     """Build the client for one device (no I/O yet: the first poll connects)."""
+    if config.driver == "mqtt":
+        if mqtt is None:
+            raise ValueError(f"{rack}/{config.id}: an mqtt device needs the [mqtt] broker")
+        mqtt_profile = load_mqtt_profile(config.profile)
+        device = mqtt.add_device(rack, config.id, mqtt_profile, config.topic_prefix)
+        return DeviceHandle(
+            rack,
+            config,
+            MqttDeviceClient(device, mqtt),
+            {},
+            tuple(p.name for p in mqtt_profile.points),
+            mqtt_profile.kind,
+        )
     profile = load_profile(config.profile)
     client = ModbusDevice(
         rack=rack,
@@ -99,6 +175,27 @@ def load_or_report(path: str | Path) -> Config | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class _ProfileFacts:
+    name: str
+    points: frozenset[str]
+    writable: frozenset[str]
+
+
+def _profile_facts(config: DeviceConfig) -> _ProfileFacts:
+    """What a device's profile offers, whatever its protocol (ValueError if unusable)."""
+    profile: ModbusProfile | MqttProfile
+    if config.driver == "mqtt":
+        profile = load_mqtt_profile(config.profile)
+        return _ProfileFacts(profile.name, frozenset(p.name for p in profile.points), frozenset())
+    profile = load_profile(config.profile)
+    return _ProfileFacts(
+        profile.name,
+        frozenset(p.name for p in profile.points),
+        frozenset(writable_points(profile)),
+    )
+
+
 def check_profiles(config: Config) -> list[str]:
     """Problems a config has only in the light of its devices' profiles.
 
@@ -108,25 +205,39 @@ def check_profiles(config: Config) -> list[str]:
     where = str(config.path) if config.path else "<config>"
     problems: list[str] = []
     for rack in config.racks.values():
-        profiles: dict[str, ModbusProfile] = {}
+        facts: dict[str, _ProfileFacts] = {}
         for device in rack.devices.values():
             try:
-                profiles[device.id] = load_profile(device.profile)
-            except (ProfileError, OSError) as exc:
+                facts[device.id] = _profile_facts(device)
+            except (ValueError, OSError) as exc:  # both profile loaders raise ValueErrors
                 problems.append(f"{where}: racks.{rack.id}.devices.{device.id}.profile: {exc}")
         for loop in rack.loops.values():
             key = f"{where}: racks.{rack.id}.loops.{loop.id}"
             for ref in loop.measurement.refs:
-                profile = profiles.get(ref.device)
-                if profile is not None and ref.point not in {p.name for p in profile.points}:
+                known = facts.get(ref.device)
+                if known is not None and ref.point not in known.points:
                     problems.append(
-                        f"{key}.measurement: profile {profile.name!r} of {ref.device}"
+                        f"{key}.measurement: profile {known.name!r} of {ref.device}"
                         f" has no point {ref.point!r}"
                     )
-            profile = profiles.get(loop.actuator.device)
-            if profile is not None and loop.actuator.point not in writable_points(profile):
+            known = facts.get(loop.actuator.device)
+            if known is not None and loop.actuator.point not in known.writable:
                 problems.append(
                     f"{key}.actuator: {loop.actuator.point!r} is not writable"
-                    f" in profile {profile.name!r}"
+                    f" in profile {known.name!r}"
+                )
+        for ref in rack.safety.temperature_limits:
+            known = facts.get(ref.device)
+            if known is not None and ref.point not in known.points:
+                problems.append(
+                    f"{where}: racks.{rack.id}.safety.temperature_limits: profile"
+                    f" {known.name!r} of {ref.device} has no point {ref.point!r}"
+                )
+        if rack.budget_point is not None:
+            known = facts.get(rack.budget_point.device)
+            if known is not None and rack.budget_point.point not in known.points:
+                problems.append(
+                    f"{where}: racks.{rack.id}.budget_point: profile {known.name!r}"
+                    f" has no point {rack.budget_point.point!r}"
                 )
     return problems

@@ -10,10 +10,10 @@ from coolctl.metrics import DaemonCollector
 from coolctl.runtime import Daemon
 
 
-def build_registry(daemon: Daemon) -> CollectorRegistry:
+def build_registry(collector: DaemonCollector) -> CollectorRegistry:
     """A registry of our own: the daemon's collector plus process metrics."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DaemonCollector(daemon))
+    registry.register(collector)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
@@ -26,8 +26,9 @@ class MetricsServer:
     def __init__(self, daemon: Daemon, host: str, port: int) -> None:
         self.host = host
         self.port = port
+        self.collector = DaemonCollector(daemon)  # .daemon is swapped on reload
         app = web.Application()
-        app.router.add_get("/metrics", make_aiohttp_handler(build_registry(daemon)))
+        app.router.add_get("/metrics", make_aiohttp_handler(build_registry(self.collector)))
         app.router.add_get("/healthz", self._healthz)
         self._runner = web.AppRunner(app, access_log=None)
 

@@ -27,6 +27,8 @@ from coolctl.model import CANONICAL_POINTS, Quality, Reading, Source, Unit
 if TYPE_CHECKING:
     from coolctl.runtime import Daemon
 
+INTERLOCKS = ("leak", "over_temperature", "pump_failure")
+
 _UNIT_SUFFIX = {
     Unit.CELSIUS: "_celsius",
     Unit.PASCAL: "_pascals",
@@ -64,6 +66,7 @@ class DaemonCollector(Collector):
         yield from self._loops()
         yield from self._actuators()
         yield from self._ticks()
+        yield from self._racks(now, wall_offset)
 
     def _info(self) -> Iterator[Metric]:
         info = InfoMetricFamily("coolctl_build", "coolctl version")
@@ -249,3 +252,59 @@ class DaemonCollector(Collector):
             duration.add_metric([rack_id], rack.tick_stats.last_duration_s)
             errors.add_metric([rack_id], rack.controller_errors)
         yield from (ticks, missed, duration, errors)
+
+    def _racks(self, now: float, wall_offset: float) -> Iterator[Metric]:
+        rack_label = ["rack"]
+        interlock = GaugeMetricFamily(
+            "coolctl_interlock_active",
+            "1 while the interlock holds the rack",
+            labels=["rack", "interlock"],
+        )
+        failsafe = GaugeMetricFamily(
+            "coolctl_rack_failsafe", "1 while the rack is in failsafe", labels=rack_label
+        )
+        mode = GaugeMetricFamily(
+            "coolctl_rack_mode", "Rack mode, one series per state", labels=["rack", "mode"]
+        )
+        power = GaugeMetricFamily(
+            "coolctl_rack_power_watts", "Rack power as measured by its PDU", labels=rack_label
+        )
+        budget = GaugeMetricFamily(
+            "coolctl_rack_power_budget_watts", "The rack's power budget", labels=rack_label
+        )
+        supply_limit = GaugeMetricFamily(
+            "coolctl_rack_supply_temperature_limit_celsius",
+            "Supply temperature above which the over-temperature interlock trips",
+            labels=rack_label,
+        )
+        override = GaugeMetricFamily(
+            "coolctl_override_active",
+            "Value of each operator override in force",
+            labels=["rack", "target"],
+        )
+        expiry = GaugeMetricFamily(
+            "coolctl_override_expiry_timestamp_seconds",
+            "When each expiring override ends (Unix time)",
+            labels=["rack", "target"],
+        )
+        for rack_id, rack in sorted(self.daemon.racks.items()):
+            decision = rack.decision
+            active = decision.interlocks if decision is not None else frozenset()
+            for name in INTERLOCKS:
+                interlock.add_metric([rack_id, name], float(name in active))
+            failsafe.add_metric([rack_id], float(decision is not None and decision.failsafe))
+            for each in ("auto", "manual"):
+                mode.add_metric([rack_id, each], float(rack.mode == each))
+            rack_power = self.daemon.rack_power_w(rack_id, now)
+            if rack_power is not None:
+                power.add_metric([rack_id], rack_power)
+            if rack.power_budget_w is not None:
+                budget.add_metric([rack_id], rack.power_budget_w)
+            for ref, limit in rack.config.safety.temperature_limits.items():
+                if ref.point == "supply_temperature":
+                    supply_limit.add_metric([rack_id], limit)
+            for record in rack.override_records.values():
+                override.add_metric([rack_id, record.target], record.value)
+                if record.expires_at is not None:
+                    expiry.add_metric([rack_id, record.target], record.expires_at)
+        yield from (interlock, failsafe, mode, power, budget, supply_limit, override, expiry)

@@ -65,6 +65,10 @@ CANONICAL_POINTS: Mapping[str, PointSpec] = _specs(
     PointSpec("chip_temperature", Unit.CELSIUS, "hottest processor temperature of a server"),
     PointSpec("coolant_outlet_temperature", Unit.CELSIUS, "coolant temperature leaving a server"),
     PointSpec("inlet_temperature", Unit.CELSIUS, "air or coolant temperature at the rack inlet"),
+    # upstream
+    PointSpec(
+        "power_budget", Unit.WATT, "the rack's power budget as an upstream coordinator sets it"
+    ),
 )
 
 

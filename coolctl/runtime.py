@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from coolctl.actuation import ActuatorChannel
@@ -20,12 +22,22 @@ from coolctl.config import Config, LoopConfig, RackConfig
 from coolctl.control.limits import ActuatorLimits
 from coolctl.control.loops import LoopSpec, RackController
 from coolctl.control.pid import PidConfig, PidGains
+from coolctl.control.supervisor import Decision, Override, Supervisor
+from coolctl.controlplane import Mode, OverrideRecord
 from coolctl.devices import DeviceHandle, open_device
-from coolctl.model import Command, PointId, Source
+from coolctl.model import Command, Event, PointId, Quality, Reading, Severity, Snapshot
+from coolctl.mqtt_bridge import event_payload, open_connection, topic_root
+from coolctl.safety import supervisor_config
 from coolctl.tasks import cancel_and_wait
 from coolctl.telemetry import TelemetryStore
 
 log = logging.getLogger("coolctl.runtime")
+
+_LOG_LEVEL = {
+    Severity.INFO: logging.INFO,
+    Severity.WARNING: logging.WARNING,
+    Severity.CRITICAL: logging.CRITICAL,
+}
 
 Clock = Callable[[], float]
 
@@ -67,86 +79,152 @@ async def run_periodic(
 
 
 class RackRuntime:
-    """One rack: its controller, its actuators, and its control tick."""
+    """One rack: its loops, its safety supervisor, its actuators, and its control tick.
+
+    Every command reaches an actuator through the supervisor, which has the last word:
+    interlock > operator override > automatic control, within bounds and slew.
+    """
 
     def __init__(
         self,
         config: RackConfig,
         store: TelemetryStore,
-        devices: dict[str, DeviceHandle],
+        devices: Mapping[str, DeviceHandle],
         clock: Clock = time.monotonic,
+        on_event: Callable[[Event], None] = lambda event: None,
     ) -> None:
         self.config = config
         self.store = store
         self.clock = clock
+        self.on_event = on_event
         self.tick_stats = ScheduleStats()
         self.controller_errors = 0
+        self.mode: Mode = "auto"
+        self.overrides: dict[PointId, Override] = {}  # what the supervisor applies
+        self.override_records: dict[str, OverrideRecord] = {}  # by target, for status/metrics
         self.controller = RackController(
             config.id, [_loop_spec(config.id, loop) for loop in config.loops.values()]
         )
+        self.supervisor = Supervisor(supervisor_config(config, devices))
+        self.decision: Decision | None = None
+        self.on_tick: Callable[[str, float], None] | None = None  # the watchdog's progress
+        self.on_state: Callable[[RackRuntime, float], None] | None = None  # MQTT state
+        self._budget_rejected = False
+        self.power_budget_w = config.power_budget_w
         self.actuators: dict[PointId, ActuatorChannel] = {}
-        for loop in config.loops.values():
-            handle = devices[loop.actuator.device]
-            spec = handle.writable.get(loop.actuator.point)
-            if spec is None:
-                raise ValueError(
-                    f"rack {config.id} loop {loop.id}: {loop.actuator} is not writable"
-                    f" in profile {handle.config.profile!r}"
-                )
-            point = PointId(config.id, loop.actuator.device, loop.actuator.point)
-            limits = ActuatorLimits(
-                max(loop.output_min, spec.minimum),
-                min(loop.output_max, spec.maximum),
-                loop.slew_per_s,
-            )
+        for safety in self.supervisor.config.actuators:
+            point = safety.point
+            handle = devices[point.device]
+            spec = handle.writable[point.name]
             self.actuators[point] = ActuatorChannel(
-                point, limits, handle.client.write, resolution=spec.resolution
+                point,
+                ActuatorLimits(safety.hard_minimum, safety.hard_maximum),
+                handle.client.write,
+                resolution=spec.resolution,
             )
 
     def start(self) -> None:
         for channel in self.actuators.values():
             channel.start()
 
-    async def stop(self) -> None:
+    async def stop(self, hand_back: bool = True) -> None:
+        """Hand each actuator back as configured (unless reloading: then the new loops take
+        over from where the devices stand), let the writes finish, then stop."""
+        if hand_back:
+            self._apply(self.supervisor.shutdown(self.clock()), (), self.clock())
         for channel in self.actuators.values():
+            await channel.idle()
             await channel.stop()
 
-    async def tick(self) -> None:
-        """One control step: snapshot → controller → clamp → queue writes."""
+    def start_up(self) -> None:
+        """Failsafe outputs before the first good readings, as BMC fan daemons do."""
         now = self.clock()
         snapshot = self.store.snapshot(now, self.config.id)
-        try:
-            commands = self.controller.step(snapshot, now)
-        except Exception:
-            # A controller that raises must not leave the actuators where they were.
-            self.controller_errors += 1
-            log.exception("%s: controller raised; sending failsafe outputs", self.config.id)
-            commands = self._failsafe_commands("controller raised")
-        for command in commands:
+        required = self.supervisor.config.required
+        if not all(snapshot.value(point) is not None for point in required):
+            self._apply(self.supervisor.startup(now), (), now)
+
+    async def tick(self) -> None:
+        """One control step: snapshot → loops → supervisor → actuators (queued writes)."""
+        now = self.clock()
+        snapshot = self.store.snapshot(now, self.config.id)
+        for point, channel in self.actuators.items():
+            value = snapshot.value(point)
+            channel.observe(value, now)  # a device that drifted from our value is rewritten
+            if value is not None:
+                self.supervisor.observe(point, value, now)
+        self._follow_budget(snapshot, now)
+        requested: list[Command] = []
+        failed = False
+        if self.mode == "auto":
+            try:
+                requested = self.controller.step(snapshot, now)
+            except Exception:
+                # A controller that raises must not leave the actuators where they were.
+                failed = True
+                self.controller_errors += 1
+                log.exception("%s: controller raised; failsafe", self.config.id)
+        decision = self.supervisor.step(snapshot, now, requested, self.overrides, failed)
+        self._apply(decision, requested, now)
+        if self.on_state is not None:
+            self.on_state(self, now)
+        if self.on_tick is not None:
+            self.on_tick(self.config.id, now)
+
+    def _follow_budget(self, snapshot: Snapshot, now: float) -> None:
+        """Take the budget an upstream coordinator sets; reject bad ones, keep the last good."""
+        ref = self.config.budget_point
+        if ref is None:
+            return
+        reading = snapshot.get(PointId(self.config.id, ref.device, ref.point))
+        if reading is None or reading.quality is Quality.MISSING:
+            return
+        value = reading.value
+        low, high = self.config.budget_min_w, self.config.budget_max_w
+        if reading.quality is Quality.BAD or value is None or not low <= value <= high:
+            if not self._budget_rejected:
+                self._budget_rejected = True
+                shown = "unreadable" if value is None else f"{value:g} W"
+                self._event(
+                    "budget_rejected",
+                    Severity.WARNING,
+                    f"budget from {ref} rejected ({shown}; accepted {low:g}..{high:g} W);"
+                    f" keeping {self.power_budget_w} W",
+                    now,
+                )
+            return
+        self._budget_rejected = False
+        if value != self.power_budget_w:
+            previous, self.power_budget_w = self.power_budget_w, value
+            self._event(
+                "budget_set", Severity.INFO, f"budget {previous} W -> {value:g} W from {ref}", now
+            )
+
+    def _event(self, kind: str, severity: Severity, message: str, now: float) -> None:
+        self.on_event(Event(self.config.id, kind, severity, message, now, source="daemon"))
+
+    def interlock_reading(self, now: float) -> None:
+        """The fast path: a reading that may trip an interlock has just arrived."""
+        snapshot = self.store.snapshot(now, self.config.id)
+        self._apply(self.supervisor.evaluate_interlocks(snapshot, now), (), now)
+
+    def _apply(self, decision: Decision, requested: Sequence[Command], now: float) -> None:
+        self.decision = decision
+        asked = {command.point: command.value for command in requested}
+        for command in decision.commands:
             channel = self.actuators.get(command.point)
             if channel is None:
                 continue
-            channel.observe(snapshot.value(command.point), now)
             try:
-                applied = channel.submit(command, now)
-            except ValueError as exc:  # a non-finite command: refused, never written
+                channel.submit(command, now)
+            except ValueError as exc:  # non-finite or outside the hard range: never written
                 self.controller_errors += 1
                 log.error("%s: command refused: %s", self.config.id, exc)
                 continue
-            if applied.value != command.value:
-                self.controller.applied(command.point, applied.value, now)
-
-    def _failsafe_commands(self, reason: str) -> list[Command]:
-        return [
-            Command(
-                point,
-                self.controller.loops[loop.id].spec.failsafe_output,
-                Source.FAILSAFE,
-                f"{reason}; failsafe output",
-            )
-            for loop in self.config.loops.values()
-            for point in [PointId(self.config.id, loop.actuator.device, loop.actuator.point)]
-        ]
+            if asked.get(command.point) != command.value:
+                self.controller.applied(command.point, command.value, now)
+        for event in decision.events:
+            self.on_event(event)
 
     async def run(self) -> None:
         await run_periodic(self.config.control_period_s, self.tick, self.tick_stats, self.clock)
@@ -163,16 +241,35 @@ class Daemon:
         self.poll_stats: dict[tuple[str, str], ScheduleStats] = {}
         self.racks: dict[str, RackRuntime] = {}
         self.started_at: float | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self.recent_events: deque[Event] = deque(maxlen=200)
+        self.event_listeners: list[Callable[[Event], None]] = []
+        self._poll_tasks: list[asyncio.Task[None]] = []
+        self._control_tasks: list[asyncio.Task[None]] = []
+        self.mqtt = open_connection(config)
+        if self.mqtt is not None:
+            self.mqtt.on_interlock_message(self._interlock_message)
+            self.event_listeners.append(self._publish_event)
         for rack in config.racks.values():
             handles = {}
             for device in rack.devices.values():
-                handle = open_device(rack.id, device)
+                handle = open_device(rack.id, device, self.mqtt)
                 handles[device.id] = handle
                 self.devices[(rack.id, device.id)] = handle
                 self.poll_stats[(rack.id, device.id)] = ScheduleStats()
                 self.store.register_device(rack.id, device.id, device.stale_after_s)
-            self.racks[rack.id] = RackRuntime(rack, self.store, handles, clock)
+            self.racks[rack.id] = RackRuntime(rack, self.store, handles, clock, self.emit)
+            self.racks[rack.id].on_state = self.publish_state
+
+    def emit(self, event: Event) -> None:
+        """Log an event, keep it for status, and hand it to every listener (store, MQTT)."""
+        level = _LOG_LEVEL[event.severity]
+        log.log(level, "%s: %s", event.rack, event.message, extra={"rack": event.rack})
+        self.recent_events.append(event)
+        for listener in self.event_listeners:
+            try:
+                listener(event)
+            except Exception:  # a broken listener must not stop the supervisor's decisions
+                log.exception("event listener failed")
 
     async def start(self) -> None:
         """Poll every device once, then start pollers and control ticks.
@@ -181,28 +278,81 @@ class Daemon:
         what the devices hold; a device that does not answer it leaves its loops in failsafe.
         """
         self.started_at = self.clock()
+        if self.mqtt is not None:
+            await self.mqtt.start()
+            # retained sensor states (a wet leak rope, the budget) arrive within moments
+            await self.mqtt.wait_connected(1.0)
         await asyncio.gather(*(self._poll_once(handle) for handle in self.devices.values()))
         for (rack, device), handle in self.devices.items():
-            self._spawn(self._poll_forever(handle), f"poll {rack}/{device}")
+            self._spawn(self._poll_tasks, self._poll_forever(handle), f"poll {rack}/{device}")
         for rack_runtime in self.racks.values():
             rack_runtime.start()
-            self._spawn(rack_runtime.run(), f"control {rack_runtime.config.id}")
+            rack_runtime.start_up()
+            name = f"control {rack_runtime.config.id}"
+            self._spawn(self._control_tasks, rack_runtime.run(), name)
         log.info(
             "running %d racks, %d devices",
             len(self.racks),
             len(self.devices),
         )
 
-    async def stop(self) -> None:
-        """Stop ticks and pollers, let writes in flight finish, close connections."""
-        await cancel_and_wait(self._tasks)
-        self._tasks.clear()
+    async def stop(self, hand_back: bool = True) -> None:
+        """Stop the ticks, hand the actuators back (while the links are still up), stop the
+        pollers, close connections. Writes in flight are finished, never cut."""
+        await cancel_and_wait(self._control_tasks)
+        self._control_tasks.clear()
         for rack_runtime in self.racks.values():
-            await rack_runtime.stop()
+            await rack_runtime.stop(hand_back)
+        await cancel_and_wait(self._poll_tasks)
+        self._poll_tasks.clear()
+        if self.mqtt is not None:
+            await self.mqtt.stop()
         for handle in self.devices.values():
             with contextlib.suppress(Exception):
                 await handle.client.close()
         log.info("stopped")
+
+    def _interlock_message(self, reading: Reading) -> None:
+        """The fast path: a leak (or other interlock) message is acted on as it arrives."""
+        self.store.update([reading])
+        rack = self.racks.get(reading.point.rack)
+        if rack is not None:
+            rack.interlock_reading(self.clock())
+
+    def _publish_event(self, event: Event) -> None:
+        assert self.mqtt is not None
+        topic = f"{topic_root(self.config)}/{event.rack}/events"
+        self.mqtt.publish_nowait(topic, event_payload(event, time.time()), qos=1)
+
+    def publish_state(self, rack: RackRuntime, now: float) -> None:
+        """The rack's state, retained, so that a dashboard or coordinator sees it at once."""
+        if self.mqtt is None:
+            return
+        decision = rack.decision
+        state = {
+            "rack": rack.config.id,
+            "at": time.time(),
+            "mode": rack.mode,
+            "failsafe": bool(decision and decision.failsafe),
+            "interlocks": sorted(decision.interlocks) if decision else [],
+            "power_w": self.rack_power_w(rack.config.id, now),
+            "power_budget_w": rack.power_budget_w,
+            "values": {
+                f"{r.point.device}/{r.point.name}": r.value
+                for r in self.store.readings(now, rack.config.id)
+                if r.usable
+            },
+        }
+        topic = f"{topic_root(self.config)}/{rack.config.id}/state"
+        self.mqtt.publish_nowait(topic, json.dumps(state).encode(), qos=1, retain=True)
+
+    def rack_power_w(self, rack: str, now: float) -> float | None:
+        """The rack's power as its PDU measures it (None without a PDU or a good reading)."""
+        for (rack_id, device), handle in self.devices.items():
+            if rack_id == rack and handle.kind == "pdu":
+                reading = self.store.current(PointId(rack, device, "power"), now)
+                return reading.value if reading.usable else None
+        return None
 
     async def _poll_once(self, handle: DeviceHandle) -> None:
         try:
@@ -218,7 +368,7 @@ class Daemon:
             handle.config.poll_interval_s, lambda: self._poll_once(handle), stats, self.clock
         )
 
-    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+    def _spawn(self, tasks: list[asyncio.Task[None]], coro: Awaitable[None], name: str) -> None:
         async def guarded() -> None:
             try:
                 await coro
@@ -227,7 +377,7 @@ class Daemon:
             except Exception:
                 log.exception("task %s died", name)
 
-        self._tasks.append(asyncio.create_task(guarded(), name=name))
+        tasks.append(asyncio.create_task(guarded(), name=name))
 
 
 def _loop_spec(rack: str, loop: LoopConfig) -> LoopSpec:
@@ -248,6 +398,5 @@ def _loop_spec(rack: str, loop: LoopConfig) -> LoopSpec:
             slew_per_s=loop.slew_per_s,
             action=loop.action,
         ),
-        failsafe_output=loop.failsafe_output,
         enabled=loop.enabled,
     )

@@ -14,6 +14,7 @@ sockets, and `/metrics` is served on a free port.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -24,11 +25,11 @@ from typing import Any
 import pytest
 
 from coolctl.config import Config
-from coolctl.daemon import serve_daemon
 from coolctl.devices import load_checked_config
 from coolctl.http import MetricsServer
 from coolctl.model import PointId
 from coolctl.runtime import Daemon
+from coolctl.service import Service, ServiceOptions
 from coolctl.simrack import sim_specs, with_services
 from coolctl.simulators.live import LiveSimulation
 from coolctl.simulators.plant import RackPlant
@@ -62,13 +63,22 @@ async def simulated_rack(
 
 @dataclass
 class HilRack:
-    """A simulated rack and a daemon controlling it, as a HIL test sees them."""
+    """A simulated rack and the whole daemon controlling it, as a HIL test sees them."""
 
     simulation: LiveSimulation
-    daemon: Daemon
-    metrics: MetricsServer
+    service: Service
     config: Config
     time_scale: float
+    socket_path: Path  # the control API: `coolctl status --socket PATH`
+
+    @property
+    def daemon(self) -> Daemon:
+        return self.service.daemon
+
+    @property
+    def metrics(self) -> MetricsServer:
+        assert self.service.metrics is not None
+        return self.service.metrics
 
     @property
     def metrics_url(self) -> str:
@@ -102,14 +112,19 @@ async def hil_rack(
     load: float = 0.6,
     plant: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[HilRack]:
-    """Simulated devices, the daemon against them, and `/metrics` on a free port."""
+    """Simulated devices, the daemon against them, `/metrics` on a free port, the control API
+    on a UNIX socket and the store in a temporary directory."""
     async with AsyncExitStack() as stack:
         simulation, pointed = await stack.enter_async_context(
             simulated_rack(config, time_scale=time_scale, load=load, plant=plant)
         )
         pointed = _metrics_on_free_port(pointed)
-        daemon, metrics = await serve_daemon(pointed, stack)
-        yield HilRack(simulation, daemon, metrics, pointed, time_scale)
+        state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="coolctl-hil-")))
+        socket_path = state / "control.sock"
+        service = Service(pointed, ServiceOptions(state / "coolctl.db", socket_path))
+        await service.start()
+        stack.push_async_callback(service.stop)
+        yield HilRack(simulation, service, pointed, time_scale, socket_path)
 
 
 def _metrics_on_free_port(config: Config) -> Config:

@@ -162,12 +162,13 @@ def load_profile(name_or_path: str | Path) -> ModbusProfile:
 
 
 def shipped_profiles() -> list[str]:
-    """Names of the profiles shipped with coolctl."""
+    """Names of the Modbus profiles shipped with coolctl (the folder holds other protocols')."""
     folder = importlib.resources.files("coolctl.drivers.profiles")
     return sorted(
         entry.name.removesuffix(".toml")
         for entry in folder.iterdir()
         if entry.name.endswith(".toml")
+        and tomllib.loads(entry.read_text("utf-8")).get("profile", {}).get("protocol") == "modbus"
     )
 
 

@@ -96,12 +96,15 @@ def test_run_controls_the_served_rack_and_stops_cleanly_on_sigterm(
     path = tmp_path / "site.toml"
     path.write_text(config)
     metrics_port = free_port()
+    # where systemd's StateDirectory= and RuntimeDirectory= would put the store and the socket
+    env = {**os.environ, "STATE_DIRECTORY": str(tmp_path), "RUNTIME_DIRECTORY": str(tmp_path)}
     daemon = subprocess.Popen(
         [*COOLCTL, "run", "--config", str(path), "--metrics-listen", f"127.0.0.1:{metrics_port}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd="/",
+        env=env,
     )
     try:
         deadline = time.monotonic() + 20
@@ -120,6 +123,8 @@ def test_run_controls_the_served_rack_and_stops_cleanly_on_sigterm(
         _, stderr = daemon.communicate(timeout=10)
     assert daemon.returncode == 0, stderr
     assert "stopping" in stderr and "stopped" in stderr
+    assert (tmp_path / "coolctl.db").exists()
+    assert not (tmp_path / "control.sock").exists()  # removed on a clean stop
 
 
 def test_run_with_a_bad_config_exits_1(tmp_path: Path) -> None:

@@ -122,15 +122,28 @@ async def test_dead_cdu_turns_points_stale_and_loops_failsafe_then_recovers() ->
         flow = PointId("r01", "cdu1", "flow")
         loops = rack.daemon.racks["r01"].controller.loops
 
-        def blind() -> bool:
-            reading = rack.daemon.store.current(flow, rack.daemon.clock())
-            return reading.quality is Quality.STALE and loops["pump"].state.mode.value == "failsafe"
+        runtime = rack.daemon.racks["r01"]
 
-        await rack.wait_until(blind, 5.0)
+        def failsafe() -> bool:
+            reading = rack.daemon.store.current(flow, rack.daemon.clock())
+            decision = runtime.decision
+            return (
+                reading.quality is Quality.STALE
+                and loops["pump"].state.mode.value == "blind"
+                and decision is not None
+                and decision.failsafe
+            )
+
+        await rack.wait_until(failsafe, 5.0)
         stale = rack.daemon.store.current(flow, rack.daemon.clock())
         assert stale.value is not None and rack.daemon.clock() - stale.ts > 0.3  # old, not fresh
         handle = rack.daemon.devices[("r01", "cdu1")]
         assert handle.client.stats.consecutive_failures > 0
         server.set_offline(False)
-        await rack.wait_until(lambda: loops["pump"].state.mode.value == "auto", 10.0)
+        await rack.wait_until(
+            lambda: runtime.decision is not None and not runtime.decision.failsafe, 10.0
+        )
+        assert loops["pump"].state.mode.value == "auto"
         assert rack.value("r01/cdu1/flow") is not None
+        kinds = [event.kind for event in rack.daemon.recent_events]
+        assert "failsafe" in kinds and "failsafe_cleared" in kinds

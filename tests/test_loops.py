@@ -19,7 +19,6 @@ def pump_loop(**overrides: object) -> LoopSpec:
         "actuator": PUMP,
         "setpoint": 150.0,
         "pid": PidConfig(PidGains(kp=0.002, ki=0.004), output_min=0.2, output_max=1.0),
-        "failsafe_output": 1.0,
     }
     fields.update(overrides)
     return LoopSpec(**fields)  # type: ignore[arg-type]
@@ -43,19 +42,20 @@ def test_auto_command_moves_towards_setpoint() -> None:
     assert "setpoint 150" in later.reason
 
 
-def test_failsafe_when_measurement_is_not_good() -> None:
+def test_blind_loop_asks_for_nothing_and_says_why() -> None:
     loop = PidLoop(pump_loop())
     for quality in (Quality.STALE, Quality.BAD):
-        (command,) = loop.step(snapshot(0.0, flow=(120.0, quality)), 0.0)
-        assert command.source is Source.FAILSAFE and command.value == 1.0
-        assert f"r01/cdu1/flow is {quality.value}" in command.reason
-    (missing,) = loop.step(snapshot(1.0), 1.0)
-    assert "is missing" in missing.reason and loop.state.mode is LoopMode.FAILSAFE
+        assert loop.step(snapshot(0.0, flow=(120.0, quality)), 0.0) == []
+        assert loop.state.mode is LoopMode.BLIND
+        assert f"r01/cdu1/flow is {quality.value}" in loop.state.reason
+    assert loop.step(snapshot(1.0), 1.0) == []
+    assert "is missing" in loop.state.reason
 
 
 def test_return_from_failsafe_is_bumpless() -> None:
     loop = PidLoop(pump_loop())
-    loop.step(snapshot(0.0), 0.0)  # blind: failsafe 1.0
+    loop.step(snapshot(0.0), 0.0)  # blind
+    loop.applied(1.0, 0.0)  # the supervisor sent the pump to its failsafe 1.0
     (command,) = loop.step(snapshot(1.0, flow=(150.0, Quality.GOOD)), 1.0)
     assert command.source is Source.AUTO
     assert abs(command.value - 1.0) < 1e-9  # at setpoint: carries on from where failsafe left it
@@ -75,8 +75,8 @@ def test_difference_measurement_for_coolant_delta_t() -> None:
         snapshot(1.0, supply=(30.0, Quality.GOOD), ret=(44.0, Quality.GOOD)), 1.0
     )
     assert command.value > 0.2  # ΔT too high: more flow
-    (blind,) = loop.step(snapshot(2.0, supply=(30.0, Quality.GOOD)), 2.0)
-    assert blind.source is Source.FAILSAFE and "return_temperature is missing" in blind.reason
+    assert loop.step(snapshot(2.0, supply=(30.0, Quality.GOOD)), 2.0) == []
+    assert "return_temperature is missing" in loop.state.reason
 
 
 def test_disabled_loop_commands_nothing() -> None:
@@ -119,3 +119,10 @@ def test_start_is_bumpless_from_the_actuators_current_value() -> None:
     )
     (command,) = loop.step(at_setpoint, 0.0)
     assert abs(command.value - 0.63) < 1e-9  # takes over where the device stands
+
+
+def test_setpoint_override_is_followed() -> None:
+    loop = PidLoop(pump_loop())
+    loop.setpoint_override = 100.0
+    loop.step(snapshot(0.0, flow=(100.0, Quality.GOOD)), 0.0)
+    assert loop.state.setpoint == 100.0 and "setpoint 100" in loop.state.reason

@@ -95,7 +95,7 @@ def test_sim_cdu_loads_with_every_point_checked() -> None:
         assert point.unit is CANONICAL_POINTS[point.name].unit
     speed = profile.point("pump_speed_command")
     assert (speed.table, speed.address, speed.data_type) == ("holding", 0, "uint16")
-    assert speed.writable and speed.min == 0.15 and speed.max == 1.0
+    assert speed.writable and speed.min == 0.0 and speed.max == 1.0
     assert speed.scale == 0.001 and speed.offset == 0.0
     # the profile-wide word order applies where a point gives none
     assert profile.point("heat_removed").word_order == "big"

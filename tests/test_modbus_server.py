@@ -289,7 +289,7 @@ async def test_writes_reach_store_and_read_back() -> None:
 async def test_out_of_range_write_is_refused_and_changes_nothing() -> None:
     store = DictStore(CDU_VALUES)
     async with serving("sim-cdu", store) as (cdu, client):
-        expect_exception(await client.write_register(0, 149, device_id=UNIT), ILLEGAL_VALUE)
+        expect_exception(await client.write_register(0, 1001, device_id=UNIT), ILLEGAL_VALUE)
         expect_exception(await client.write_register(1, 1001, device_id=UNIT), ILLEGAL_VALUE)
         # one bad value in a block write refuses the whole block
         expect_exception(await client.write_registers(0, [500, 2000], device_id=UNIT), 3)
@@ -297,8 +297,8 @@ async def test_out_of_range_write_is_refused_and_changes_nothing() -> None:
         assert cdu.writes == []
         regs = await client.read_holding_registers(0, count=2, device_id=UNIT)
         assert regs.registers == [730, 400]
-        assert not (await client.write_register(0, 150, device_id=UNIT)).isError()  # the bound
-        assert cdu.writes == [("pump_speed_command", pytest.approx(0.15))]
+        assert not (await client.write_register(0, 1000, device_id=UNIT)).isError()  # the bound
+        assert cdu.writes == [("pump_speed_command", pytest.approx(1.0))]
 
 
 @pytest.mark.asyncio

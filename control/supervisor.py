@@ -1,0 +1,865 @@
+"""The safety supervisor: the last word over every command coolctl sends to one rack.
+
+Precedence, highest first: interlock (leak, over-temperature, pump failure) > operator override
+> failsafe > automatic control. Failsafe is a state of the whole rack, not of one loop: it holds
+at start-up until every required reading has been good once, when a required reading has not
+been good for longer than `failsafe_after_s`, and after a controller raised. Until then a blind
+loop asks for nothing and the actuator simply holds its last value.
+
+Interlock and failsafe values take effect at once (no slew: a leak must stop the pump now) and
+are checked against the hard range only. Automatic and override values are held to the normal
+range and slew from the last value the supervisor commanded, so coming back from an interlock or
+failsafe is a ramp, never a jump.
+
+Every cause has hysteresis: it trips on the first sample that shows it and releases only after it
+has been seen clear without a break for `hold_s`. A reading that is not good is not "clear": with
+`interlock_holds_through_blindness` an interlock never releases on a sensor that went quiet.
+
+Pure and deterministic: no clock reads, `now` is monotonic seconds passed in by the caller, and
+the same calls in the same order give the same decisions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Literal
+
+from coolctl.control.limits import ActuatorClamp, ActuatorLimits
+from coolctl.model import Command, Event, PointId, Severity, Snapshot, Source
+
+LEAK = "leak"
+OVER_TEMPERATURE = "over_temperature"
+PUMP_FAILURE = "pump_failure"
+INTERLOCKS: tuple[str, ...] = (LEAK, OVER_TEMPERATURE, PUMP_FAILURE)
+
+_LABELS: Mapping[str, str] = {
+    LEAK: "leak",
+    OVER_TEMPERATURE: "over-temperature",
+    PUMP_FAILURE: "pump failure",
+}
+
+# Failsafe causes. Start-up is not a fault: it ends as soon as every required reading has been
+# good once, without waiting for hold_s.
+_STARTUP = "startup"
+_BLIND = "blind"
+_CONTROLLER = "controller"
+_CAUSES: tuple[str, ...] = (_STARTUP, _BLIND, _CONTROLLER)
+
+_ON = 0.5  # boolean points: at or above this reads as 1
+
+_Change = Literal["entered", "cleared"]
+
+
+class ActuatorRole(StrEnum):
+    """What an actuator does for the rack; it decides which value is the safest."""
+
+    PUMP = "pump"
+    VALVE = "valve"
+    POWER_LIMIT = "power_limit"
+    STANDBY = "standby"  # a writable 0/1 that selects the standby pump, if a CDU has one
+
+
+@dataclass(frozen=True, slots=True)
+class ActuatorSafety:
+    """One actuator's normal range and slew, and the values safety may force on it."""
+
+    point: PointId
+    role: ActuatorRole
+    minimum: float  # bounds for auto and override commands
+    maximum: float
+    slew_per_s: float | None  # slew for auto and override commands
+    failsafe: float  # when blind, at start-up, when a controller raised
+    hard_minimum: float  # what interlock and failsafe values may be (pump 0.0 = stop)
+    hard_maximum: float
+    on_leak: float | None = None  # None: the leak interlock leaves this actuator alone
+    on_over_temperature: float | None = None
+    on_pump_failure: float | None = None  # caps when no standby pump took over
+    shutdown: float | None = None  # None: write nothing on shutdown (the device's own mode)
+
+
+@dataclass(frozen=True, slots=True)
+class TemperatureLimit:
+    """A temperature that trips the over-temperature interlock when exceeded."""
+
+    point: PointId
+    limit_c: float
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorConfig:
+    """Everything the supervisor of one rack needs to know; see the module docstring."""
+
+    rack: str
+    actuators: tuple[ActuatorSafety, ...]
+    leak_points: tuple[PointId, ...] = ()  # boolean points; any 1.0 → leak
+    temperature_limits: tuple[TemperatureLimit, ...] = ()
+    pump_running: PointId | None = None  # boolean; 0 while the pump should run → pump failure
+    standby_active: PointId | None = None  # boolean; 1 when the CDU's standby pump took over
+    standby_changeover_s: float = 2.0  # how long to wait for a standby to take over before caps
+    required: tuple[PointId, ...] = ()  # not good for longer than failsafe_after_s → failsafe
+    failsafe_after_s: float = 3.0
+    hold_s: float = 10.0  # a cause must be clear this long before recovery
+    interlock_holds_through_blindness: bool = True  # unknown is not dry
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """An operator's value for one actuator, already resolved and unexpired by the caller."""
+
+    point: PointId
+    value: float
+    who: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the supervisor wants written now, and what changed on the way."""
+
+    commands: tuple[Command, ...]  # at most one per actuator, each with source and reason
+    events: tuple[Event, ...]  # one per change of state, never one per tick
+    interlocks: frozenset[str]  # active interlocks: "leak", "over_temperature", "pump_failure"
+    failsafe: bool  # the rack is in failsafe (start-up, blind, controller raised)
+
+
+@dataclass(frozen=True, slots=True)
+class InterlockStatus:
+    """An active interlock: since when, why, and since when its cause has been clear."""
+
+    name: str
+    since: float
+    reason: str
+    clear_since: float | None  # released once clear for hold_s
+
+
+@dataclass(frozen=True, slots=True)
+class ActuatorStatus:
+    """The last value the supervisor commanded for one actuator, and what the device holds."""
+
+    point: PointId
+    role: ActuatorRole
+    value: float | None
+    source: Source | None
+    reason: str
+    ts: float | None
+    observed: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorState:
+    """A read-only picture of the supervisor, for metrics and status."""
+
+    rack: str
+    interlocks: Mapping[str, InterlockStatus]
+    failsafe: bool
+    failsafe_since: float | None
+    failsafe_reasons: tuple[str, ...]
+    actuators: Mapping[PointId, ActuatorStatus]
+    standby_took_over: bool
+    pump_failure_caps: bool
+    shut_down: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Sense:
+    """One sample of a cause: tripped, known to be clear, or neither (a reading not good)."""
+
+    tripped: bool
+    clear: bool
+    reason: str = ""
+
+
+_QUIET = _Sense(tripped=False, clear=True)
+
+
+@dataclass(slots=True)
+class _Latch:
+    """A cause with hysteresis: it trips at once and releases only after hold_s clear.
+
+    A sample that is neither tripped nor clear (nothing good to judge by) restarts the clear
+    time, so an unknown never ends an interlock or a failsafe early.
+    """
+
+    active: bool = False
+    since: float | None = None
+    clear_since: float | None = None
+    reason: str = ""
+
+    def update(self, sense: _Sense, now: float, hold_s: float) -> _Change | None:
+        if sense.tripped:
+            self.reason = sense.reason
+            self.clear_since = None
+            if self.active:
+                return None
+            self.active, self.since = True, now
+            return "entered"
+        if not self.active:
+            return None
+        if not sense.clear:
+            self.clear_since = None
+            return None
+        if self.clear_since is None:
+            self.clear_since = now
+        if now - self.clear_since < hold_s:
+            return None
+        self.active, self.since, self.clear_since = False, None, None
+        return "cleared"
+
+    def trip(self, reason: str, now: float) -> None:
+        self.active, self.since, self.clear_since, self.reason = True, now, None, reason
+
+
+@dataclass(slots=True)
+class _PumpFailure:
+    """Where a pump failure stands: waiting for the standby pump, taken over, or capped."""
+
+    onset: float = 0.0
+    standby_was_on: bool = False
+    took_over: bool = False
+    caps: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Issued:
+    value: float
+    source: Source
+    reason: str
+    ts: float
+
+
+def _num(value: float) -> str:
+    """A bound or value as operators read it in messages: 1.0, 0.15, 400.0."""
+    return repr(float(value))
+
+
+def _finite_value(snapshot: Snapshot, point: PointId) -> float | None:
+    """A good, finite reading, or None: a NaN that claims to be good is no better than bad."""
+    value = snapshot.value(point)
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _quality(snapshot: Snapshot, point: PointId) -> str:
+    reading = snapshot.get(point)
+    if reading is None:
+        return "missing"
+    return "without a usable value" if reading.usable else reading.quality.value
+
+
+def _describe(safety: ActuatorSafety, value: float) -> str:
+    """What a value means for the actuator, for command reasons."""
+    role = safety.role
+    if role is ActuatorRole.PUMP:
+        return "pump stopped" if value <= 0.0 else f"pump at {value:.4g}"
+    if role is ActuatorRole.VALVE:
+        return f"valve at {value:.4g}"
+    if role is ActuatorRole.POWER_LIMIT:
+        return f"power limit {value:.6g}"
+    return "standby pump selected" if value >= _ON else "standby pump not selected"
+
+
+def _safest(role: ActuatorRole, offers: Sequence[tuple[str, float]]) -> tuple[str, float]:
+    """The value, among those the active interlocks ask for, that is safest for this role."""
+    if role is ActuatorRole.POWER_LIMIT:
+        return min(offers, key=lambda offer: offer[1])  # the lowest cap wins
+    for offer in offers:
+        # A leak wins over everything for pumps, valves and the standby selector: pumping
+        # coolant through a leak does more harm than any over-temperature, so the leak's stop
+        # (or slow speed) stands even when over-temperature asks for full speed.
+        if offer[0] == LEAK:
+            return offer
+    return max(offers, key=lambda offer: offer[1])  # otherwise more flow, more cooling
+
+
+def _require_time(now: float) -> None:
+    if not math.isfinite(now):
+        raise ValueError(f"now must be finite, got {now!r}")
+
+
+def _validate(config: SupervisorConfig) -> None:
+    """Refuse a configuration under which the supervisor could command something unsafe."""
+    if not config.rack:
+        raise ValueError("rack must not be empty")
+    for name in ("standby_changeover_s", "failsafe_after_s", "hold_s"):
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value >= 0.0):
+            raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    for limit in config.temperature_limits:
+        if not math.isfinite(limit.limit_c):
+            raise ValueError(f"{limit.point}: temperature limit must be finite")
+    seen: set[PointId] = set()
+    for safety in config.actuators:
+        if safety.point in seen:
+            raise ValueError(f"{safety.point} appears more than once among the actuators")
+        seen.add(safety.point)
+        _validate_actuator(config.rack, safety)
+
+
+def _validate_actuator(rack: str, safety: ActuatorSafety) -> None:
+    point = safety.point
+    if point.rack != rack:
+        raise ValueError(f"{point} is not a point of rack {rack}")
+    hard_low, hard_high = safety.hard_minimum, safety.hard_maximum
+    for name in ("minimum", "maximum", "hard_minimum", "hard_maximum"):
+        if not math.isfinite(getattr(safety, name)):
+            raise ValueError(f"{point}: {name} must be finite")
+    if not hard_low <= safety.minimum <= safety.maximum <= hard_high:
+        raise ValueError(
+            f"{point}: bounds {_num(safety.minimum)}..{_num(safety.maximum)} must lie within"
+            f" the hard bounds {_num(hard_low)}..{_num(hard_high)} (minimum <= maximum)"
+        )
+    if safety.slew_per_s is not None and not (
+        math.isfinite(safety.slew_per_s) and safety.slew_per_s > 0.0
+    ):
+        raise ValueError(f"{point}: slew_per_s must be finite and > 0, got {safety.slew_per_s!r}")
+    for name in ("failsafe", "on_leak", "on_over_temperature", "on_pump_failure", "shutdown"):
+        value = getattr(safety, name)
+        if value is not None and not (math.isfinite(value) and hard_low <= value <= hard_high):
+            raise ValueError(
+                f"{point}: {name} {value!r} is outside its hard bounds"
+                f" {_num(hard_low)}..{_num(hard_high)}"
+            )
+    if safety.role is ActuatorRole.STANDBY:
+        if not hard_low <= 1.0 <= hard_high:
+            raise ValueError(f"{point}: a standby selector must be able to take 1.0")
+        if safety.on_pump_failure is not None:
+            raise ValueError(
+                f"{point}: a standby selector is set to 1 on pump failure; leave on_pump_failure"
+                " unset"
+            )
+
+
+class Supervisor:
+    """The safety supervisor of one rack: interlocks, failsafe, overrides, bounds and slew.
+
+    Call `startup` once, `step` every control tick, `evaluate_interlocks` whenever a reading that
+    can trip an interlock arrives between ticks, `observe` with what the devices hold, and
+    `shutdown` on the way out. Each returns a `Decision`; write its commands, log its events.
+    """
+
+    def __init__(self, config: SupervisorConfig) -> None:
+        _validate(config)
+        self._config = config
+        self._safety: dict[PointId, ActuatorSafety] = {a.point: a for a in config.actuators}
+        self._clamps: dict[PointId, ActuatorClamp] = {
+            a.point: ActuatorClamp(ActuatorLimits(a.minimum, a.maximum, a.slew_per_s))
+            for a in config.actuators
+        }
+        self._pumps = tuple(a for a in config.actuators if a.role is ActuatorRole.PUMP)
+        self._issued: dict[PointId, _Issued] = {}
+        self._observed: dict[PointId, float] = {}
+        self._interlocks: dict[str, _Latch] = {name: _Latch() for name in INTERLOCKS}
+        self._causes: dict[str, _Latch] = {name: _Latch() for name in _CAUSES}
+        self._pump = _PumpFailure()
+        # When the pump last went from stopped to asked to run: a pump_running reading taken
+        # before then tells nothing about a failure.
+        self._run_since = -math.inf
+        self._pump_asked_to_run = True
+        self._last_good: dict[PointId, float] = {}
+        self._failsafe_since: float | None = None
+        self._started = False
+        self._shut_down = False
+        self._noted: set[tuple[str, PointId]] = set()  # once-only notices
+        self._refused: set[tuple[PointId, float, str]] = set()  # overrides refused, still asked
+
+    @property
+    def config(self) -> SupervisorConfig:
+        return self._config
+
+    @property
+    def failsafe(self) -> bool:
+        """True while any failsafe cause (start-up, blind, controller raised) is active."""
+        return any(latch.active for latch in self._causes.values())
+
+    @property
+    def interlocks(self) -> frozenset[str]:
+        return frozenset(name for name, latch in self._interlocks.items() if latch.active)
+
+    # -- public calls ------------------------------------------------------------------------
+
+    def startup(self, now: float) -> Decision:
+        """Failsafe outputs (or interlock values) before the first good readings."""
+        _require_time(now)
+        events = self._start(now)
+        commands = self._decide_all(now, {}, {})
+        return self._decision(commands, events)
+
+    def step(
+        self,
+        snapshot: Snapshot,
+        now: float,
+        requested: Sequence[Command],
+        overrides: Mapping[PointId, Override] = MappingProxyType({}),
+        controller_failed: bool = False,
+    ) -> Decision:
+        """One control tick: update every cause, then one command per actuator that needs one.
+
+        Interlock and failsafe values are re-sent every tick while they hold, so a write that
+        failed is retried. An actuator with nothing to do (its loop is blind, no override, no
+        failsafe) gets no command and holds its last value.
+        """
+        _require_time(now)
+        was_failsafe = self.failsafe
+        events: list[Event] = []
+        if not self._started:
+            events.extend(self._start(now))
+        events.extend(self._update_interlocks(snapshot, now))
+        events.extend(self._update_failsafe(snapshot, now, controller_failed, was_failsafe))
+        auto = self._collect_requests(requested, now, events)
+        manual = self._collect_overrides(overrides, now, events)
+        return self._decision(self._decide_all(now, auto, manual), events)
+
+    def evaluate_interlocks(self, snapshot: Snapshot, now: float) -> Decision:
+        """The fast path, between ticks: commands only if an interlock changed state.
+
+        Every actuator an active interlock gives a value to gets it at once. An actuator whose
+        interlock has just released gets nothing here: it holds the safety value until the next
+        tick ramps it back with the normal slew.
+        """
+        _require_time(now)
+        events = self._update_interlocks(snapshot, now)
+        commands: list[Command] = []
+        if events:
+            for safety in self._config.actuators:
+                command = self._interlock_command(safety)
+                if command is not None:
+                    commands.append(self._record(command, now))
+        return self._decision(commands, events)
+
+    def shutdown(self, now: float) -> Decision:
+        """The configured hand-back values; actuators with shutdown=None get no command.
+
+        An active interlock outlives the daemon: its value is sent again instead of the
+        hand-back value, so stopping coolctl during a leak never restarts the pump.
+        """
+        _require_time(now)
+        commands: list[Command] = []
+        for safety in self._config.actuators:
+            command = self._interlock_command(safety)
+            if command is not None:
+                command = replace(command, reason=f"shutdown with {command.reason}")
+            elif safety.shutdown is not None:
+                reason = f"shutdown: {_describe(safety, safety.shutdown)} (hand-back value)"
+                command = Command(safety.point, safety.shutdown, Source.FAILSAFE, reason)
+            if command is not None:
+                commands.append(self._record(command, now))
+        self._shut_down = True
+        handed = ", ".join(c.point.name for c in commands) or "nothing"
+        message = f"supervisor of rack {self._config.rack} shutting down; commanded {handed}"
+        return self._decision(commands, [self._event("shutdown", Severity.INFO, message, now)])
+
+    def check_override(self, point: PointId, value: float) -> None:
+        """Refuse an override the supervisor would not apply as asked, with the reason."""
+        safety = self._safety.get(point)
+        if safety is None:
+            raise ValueError(f"{point} is not an actuator of rack {self._config.rack}")
+        if not (math.isfinite(value) and safety.minimum <= value <= safety.maximum):
+            raise ValueError(
+                f"{point.name} {_num(value)} is outside its safe bounds"
+                f" {_num(safety.minimum)}..{_num(safety.maximum)}"
+            )
+
+    def observe(self, point: PointId, value: float, now: float) -> None:
+        """What the device holds. Until the supervisor commands the actuator, slew counts from it
+        (bumpless start: a restarted daemon ramps from where the device is, never jumps).
+
+        Points that are not actuators of this rack, and non-finite values, are ignored: what
+        cannot be a base for slew must not become one.
+        """
+        if point not in self._safety or not (math.isfinite(value) and math.isfinite(now)):
+            return
+        self._observed[point] = value
+        if point not in self._issued:
+            self._clamps[point].accept(value, now)
+            self._note_pump(now)
+
+    @property
+    def state(self) -> SupervisorState:
+        interlocks = {
+            name: InterlockStatus(name, latch.since, latch.reason, latch.clear_since)
+            for name, latch in self._interlocks.items()
+            if latch.active and latch.since is not None
+        }
+        actuators = {a.point: self._actuator_status(a) for a in self._config.actuators}
+        return SupervisorState(
+            rack=self._config.rack,
+            interlocks=MappingProxyType(interlocks),
+            failsafe=self.failsafe,
+            failsafe_since=self._failsafe_since,
+            failsafe_reasons=self._failsafe_reasons(),
+            actuators=MappingProxyType(actuators),
+            standby_took_over=self._interlocks[PUMP_FAILURE].active and self._pump.took_over,
+            pump_failure_caps=self._interlocks[PUMP_FAILURE].active and self._pump.caps,
+            shut_down=self._shut_down,
+        )
+
+    # -- start-up and failsafe ---------------------------------------------------------------
+
+    def _start(self, now: float) -> list[Event]:
+        """Enter start-up failsafe: every required reading must be good again before auto."""
+        self._started = True
+        self._shut_down = False
+        self._last_good.clear()
+        reason = self._startup_reason(self._config.required)
+        self._causes[_STARTUP].trip(reason, now)
+        if self._failsafe_since is None:
+            self._failsafe_since = now
+        message = f"supervisor of rack {self._config.rack} starting in failsafe ({reason})"
+        return [self._event("startup", Severity.INFO, message, now)]
+
+    @staticmethod
+    def _startup_reason(waiting: Sequence[PointId]) -> str:
+        if not waiting:
+            return "start-up"
+        return "start-up: waiting for good readings of " + ", ".join(map(str, waiting))
+
+    def _update_failsafe(
+        self, snapshot: Snapshot, now: float, controller_failed: bool, was_failsafe: bool
+    ) -> list[Event]:
+        """Update the three failsafe causes; one event per cause entered, one when all left."""
+        config = self._config
+        for point in config.required:
+            if _finite_value(snapshot, point) is not None:
+                self._last_good[point] = now
+        waiting = [p for p in config.required if p not in self._last_good]
+        startup = self._causes[_STARTUP]
+        if startup.active:
+            startup.reason = self._startup_reason(waiting)
+        startup.update(_Sense(tripped=False, clear=not waiting), now, 0.0)
+
+        events: list[Event] = []
+        blind = self._sense_blind(snapshot, now)
+        if self._causes[_BLIND].update(blind, now, config.hold_s) == "entered":
+            message = f"rack {config.rack} in failsafe: {blind.reason}"
+            events.append(self._event("failsafe", Severity.WARNING, message, now))
+        failed = _Sense(controller_failed, not controller_failed, "controller raised")
+        if self._causes[_CONTROLLER].update(failed, now, config.hold_s) == "entered":
+            message = f"rack {config.rack} in failsafe: its controller raised"
+            events.append(self._event("controller_failed", Severity.WARNING, message, now))
+
+        if not self.failsafe:
+            if was_failsafe:
+                message = f"rack {config.rack} left failsafe: readings good, controller running"
+                events.append(self._event("failsafe_cleared", Severity.INFO, message, now))
+            self._failsafe_since = None
+        elif self._failsafe_since is None:
+            self._failsafe_since = now
+        return events
+
+    def _sense_blind(self, snapshot: Snapshot, now: float) -> _Sense:
+        """Tripped when a required reading has not been good for longer than failsafe_after_s;
+        clear only when every required reading is good."""
+        config = self._config
+        blind: list[str] = []
+        all_good = True
+        for point in config.required:
+            if _finite_value(snapshot, point) is not None:
+                continue
+            all_good = False
+            last = self._last_good.get(point)
+            if last is not None and now - last > config.failsafe_after_s:
+                blind.append(
+                    f"{point} {_quality(snapshot, point)} for {now - last:.1f} s"
+                    f" (limit {config.failsafe_after_s:g} s)"
+                )
+        return _Sense(bool(blind), all_good, "; ".join(blind))
+
+    def _failsafe_reasons(self) -> tuple[str, ...]:
+        return tuple(latch.reason for latch in self._causes.values() if latch.active)
+
+    # -- interlocks --------------------------------------------------------------------------
+
+    def _update_interlocks(self, snapshot: Snapshot, now: float) -> list[Event]:
+        """Update leak, over-temperature and pump failure, in that order: whether a stopped pump
+        is a failure depends on whether the leak interlock stopped it."""
+        events = self._apply(LEAK, self._sense_leak(snapshot), now)
+        events += self._apply(OVER_TEMPERATURE, self._sense_temperature(snapshot), now)
+        latch = self._interlocks[PUMP_FAILURE]
+        was_active = latch.active
+        pump = self._sense_pump(snapshot)
+        # A failure seen again while the last one was clearing starts a new changeover.
+        again = was_active and pump.tripped and latch.clear_since is not None
+        events += self._apply(PUMP_FAILURE, pump, now)
+        if latch.active and (again or not was_active):
+            self._begin_pump_failure(snapshot, now, keep_caps=was_active)
+        if latch.active:
+            events += self._standby_changeover(snapshot, now)
+        return events
+
+    def _apply(self, name: str, sense: _Sense, now: float) -> list[Event]:
+        latch = self._interlocks[name]
+        change = latch.update(sense, now, self._config.hold_s)
+        if change == "entered":
+            message = f"{_LABELS[name]} interlock: {latch.reason}"
+            return [self._event(f"interlock_{name}", Severity.CRITICAL, message, now)]
+        if change == "cleared":
+            message = (
+                f"{_LABELS[name]} interlock cleared: clear for {self._config.hold_s:g} s"
+                f" (was: {latch.reason})"
+            )
+            return [self._event(f"interlock_{name}_cleared", Severity.INFO, message, now)]
+        return []
+
+    def _sense_leak(self, snapshot: Snapshot) -> _Sense:
+        config = self._config
+        wet: list[str] = []
+        unknown = False
+        for point in config.leak_points:
+            value = _finite_value(snapshot, point)
+            if value is None:
+                unknown = True
+            elif value >= _ON:
+                wet.append(str(point))
+        clear = not wet and not (unknown and config.interlock_holds_through_blindness)
+        return _Sense(bool(wet), clear, ", ".join(wet) + " wet")
+
+    def _sense_temperature(self, snapshot: Snapshot) -> _Sense:
+        config = self._config
+        hot: list[str] = []
+        unknown = False
+        for limit in config.temperature_limits:
+            value = _finite_value(snapshot, limit.point)
+            if value is None:
+                unknown = True
+            elif value > limit.limit_c:
+                hot.append(f"{limit.point} {value:.4g} above {limit.limit_c:.4g}")
+        clear = not hot and not (unknown and config.interlock_holds_through_blindness)
+        return _Sense(bool(hot), clear, ", ".join(hot))
+
+    def _sense_pump(self, snapshot: Snapshot) -> _Sense:
+        """pump_running reads 0 while the pump was last commanded above zero.
+
+        Not a failure: a stop the leak interlock asked for, a pump commanded to zero, or a
+        reading taken before the pump was last asked to run (old news, neither failed nor clear).
+        """
+        point = self._config.pump_running
+        if point is None or self._leak_stopped_pump() or not self._pump_asked_to_run:
+            return _QUIET
+        value = _finite_value(snapshot, point)
+        if value is None:
+            return _Sense(False, not self._config.interlock_holds_through_blindness)
+        if value >= _ON:
+            return _QUIET
+        if snapshot[point].ts < self._run_since:
+            return _Sense(False, False)
+        return _Sense(True, False, f"{point} reads 0 while the pump is commanded to run")
+
+    def _leak_stopped_pump(self) -> bool:
+        if not self._interlocks[LEAK].active:
+            return False
+        return any(p.on_leak is not None and p.on_leak <= 0.0 for p in self._pumps)
+
+    def _begin_pump_failure(self, snapshot: Snapshot, now: float, keep_caps: bool) -> None:
+        """Start the changeover wait; with no standby pump to wait for, caps at once.
+
+        Caps already in force stay: a failure that comes back is no reason to lift them.
+        """
+        has_standby = self._config.standby_active is not None or any(
+            a.role is ActuatorRole.STANDBY for a in self._config.actuators
+        )
+        caps = not has_standby or (keep_caps and self._pump.caps)
+        self._pump = _PumpFailure(onset=now, standby_was_on=self._standby_on(snapshot), caps=caps)
+
+    def _standby_changeover(self, snapshot: Snapshot, now: float) -> list[Event]:
+        """A standby that comes on within standby_changeover_s spares the rack its caps."""
+        pump = self._pump
+        if pump.took_over or pump.caps:
+            return []
+        rack = self._config.rack
+        if self._standby_on(snapshot) and not pump.standby_was_on:
+            pump.took_over = True
+            message = f"rack {rack}: standby pump took over ({self._config.standby_active} = 1)"
+            return [self._event("standby_took_over", Severity.INFO, message, now)]
+        if now - pump.onset >= self._config.standby_changeover_s:
+            pump.caps = True
+            message = (
+                f"rack {rack}: no standby pump took over within"
+                f" {self._config.standby_changeover_s:g} s; pump failure caps applied"
+            )
+            return [self._event("pump_failure_caps", Severity.CRITICAL, message, now)]
+        return []
+
+    def _standby_on(self, snapshot: Snapshot) -> bool:
+        point = self._config.standby_active
+        value = None if point is None else _finite_value(snapshot, point)
+        return value is not None and value >= _ON
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def _decide_all(
+        self, now: float, auto: Mapping[PointId, Command], manual: Mapping[PointId, Override]
+    ) -> list[Command]:
+        commands: list[Command] = []
+        for safety in self._config.actuators:
+            command = self._decide(safety, now, auto.get(safety.point), manual.get(safety.point))
+            if command is not None:
+                commands.append(self._record(command, now))
+        return commands
+
+    def _decide(
+        self,
+        safety: ActuatorSafety,
+        now: float,
+        request: Command | None,
+        override: Override | None,
+    ) -> Command | None:
+        """Interlock > override > failsafe > auto; None leaves the actuator where it is."""
+        command = self._interlock_command(safety)
+        if command is not None:
+            return command
+        clamp = self._clamps[safety.point]
+        if override is not None:
+            reason = f"override by {override.who}: {override.reason}"
+            return clamp.clamp(Command(safety.point, override.value, Source.OVERRIDE, reason), now)
+        # A standby selector is not a control output: writing a failsafe value could switch
+        # back to the pump that failed, so failsafe leaves it where it is.
+        if self.failsafe and safety.role is not ActuatorRole.STANDBY:
+            return self._failsafe_command(safety)
+        if request is not None:
+            return clamp.clamp(request, now)
+        return None
+
+    def _interlock_offers(self, safety: ActuatorSafety) -> list[tuple[str, float]]:
+        offers: list[tuple[str, float]] = []
+        active = self._interlocks
+        if active[LEAK].active and safety.on_leak is not None:
+            offers.append((LEAK, safety.on_leak))
+        if active[OVER_TEMPERATURE].active and safety.on_over_temperature is not None:
+            offers.append((OVER_TEMPERATURE, safety.on_over_temperature))
+        if active[PUMP_FAILURE].active:
+            if safety.role is ActuatorRole.STANDBY:
+                offers.append((PUMP_FAILURE, 1.0))
+            elif self._pump.caps and safety.on_pump_failure is not None:
+                offers.append((PUMP_FAILURE, safety.on_pump_failure))
+        return offers
+
+    def _interlock_command(self, safety: ActuatorSafety) -> Command | None:
+        offers = self._interlock_offers(safety)
+        if not offers:
+            return None
+        winner, value = _safest(safety.role, offers)
+        causes = "; ".join(
+            f"{_LABELS[name]} interlock: {self._interlocks[name].reason}" for name, _ in offers
+        )
+        wins = f" ({_LABELS[winner]} wins)" if len(offers) > 1 else ""
+        reason = f"{causes}; {_describe(safety, value)}{wins}"
+        return Command(safety.point, value, Source.INTERLOCK, reason)
+
+    def _failsafe_command(self, safety: ActuatorSafety) -> Command:
+        reason = f"failsafe ({'; '.join(self._failsafe_reasons())}); " + _describe(
+            safety, safety.failsafe
+        )
+        return Command(safety.point, safety.failsafe, Source.FAILSAFE, reason)
+
+    def _record(self, command: Command, now: float) -> Command:
+        """Remember what was commanded: the base for slew and for pump-failure detection."""
+        self._issued[command.point] = _Issued(command.value, command.source, command.reason, now)
+        self._clamps[command.point].accept(command.value, now)
+        self._note_pump(now)
+        return command
+
+    def _note_pump(self, now: float) -> None:
+        """Track when the pump was last asked to run again after a stop."""
+        asked = not self._pumps or any(self._pump_asked(p.point) for p in self._pumps)
+        if asked and not self._pump_asked_to_run:
+            self._run_since = now
+        self._pump_asked_to_run = asked
+
+    def _pump_asked(self, point: PointId) -> bool:
+        """Asked to run: last commanded above zero, or, before any command, seen above zero or
+        never seen (the device runs its pump in its own mode)."""
+        value = self._pump_value(point)
+        return value is None or value > 0.0
+
+    def _pump_value(self, point: PointId) -> float | None:
+        issued = self._issued.get(point)
+        return issued.value if issued is not None else self._observed.get(point)
+
+    # -- requests and overrides --------------------------------------------------------------
+
+    def _collect_requests(
+        self, requested: Iterable[Command], now: float, events: list[Event]
+    ) -> dict[PointId, Command]:
+        """The last finite AUTO request per actuator. Requests from other sources are ignored:
+        interlock and failsafe are the supervisor's to decide, overrides come as overrides."""
+        auto: dict[PointId, Command] = {}
+        for command in requested:
+            if command.point not in self._safety:
+                self._note_once(
+                    "unknown_actuator",
+                    command.point,
+                    f"dropped a command for {command.point}: not an actuator of rack"
+                    f" {self._config.rack}",
+                    now,
+                    events,
+                )
+            elif command.source is not Source.AUTO:
+                continue
+            elif not math.isfinite(command.value):
+                self._note_once(
+                    "auto_refused",
+                    command.point,
+                    f"dropped a non-finite command {command.value!r} for {command.point}",
+                    now,
+                    events,
+                )
+            else:
+                auto[command.point] = command
+        return auto
+
+    def _collect_overrides(
+        self, overrides: Mapping[PointId, Override], now: float, events: list[Event]
+    ) -> dict[PointId, Override]:
+        """Overrides the supervisor can apply; one event per override refused, while asked."""
+        usable: dict[PointId, Override] = {}
+        refused: set[tuple[PointId, float, str]] = set()
+        for override in overrides.values():
+            problem = self._override_problem(override)
+            if problem is None:
+                usable[override.point] = override
+                continue
+            key = (override.point, override.value, override.who)
+            refused.add(key)
+            if key not in self._refused:
+                message = f"override by {override.who} refused: {problem}"
+                events.append(self._event("override_refused", Severity.INFO, message, now))
+        self._refused = refused
+        return usable
+
+    def _override_problem(self, override: Override) -> str | None:
+        """Why an override cannot be applied at all; out-of-bounds values are clamped instead."""
+        if override.point not in self._safety:
+            return f"{override.point} is not an actuator of rack {self._config.rack}"
+        if not math.isfinite(override.value):
+            return f"{override.point} {override.value!r} is not a number"
+        return None
+
+    # -- small helpers -----------------------------------------------------------------------
+
+    def _note_once(
+        self, kind: str, point: PointId, message: str, now: float, events: list[Event]
+    ) -> None:
+        if (kind, point) not in self._noted:
+            self._noted.add((kind, point))
+            events.append(self._event(kind, Severity.INFO, message, now))
+
+    def _event(self, kind: str, severity: Severity, message: str, now: float) -> Event:
+        return Event(self._config.rack, kind, severity, message, now)
+
+    def _decision(self, commands: Sequence[Command], events: Sequence[Event]) -> Decision:
+        return Decision(tuple(commands), tuple(events), self.interlocks, self.failsafe)
+
+    def _actuator_status(self, safety: ActuatorSafety) -> ActuatorStatus:
+        issued = self._issued.get(safety.point)
+        return ActuatorStatus(
+            point=safety.point,
+            role=safety.role,
+            value=issued.value if issued else None,
+            source=issued.source if issued else None,
+            reason=issued.reason if issued else "",
+            ts=issued.ts if issued else None,
+            observed=self._observed.get(safety.point),
+        )
