@@ -5,56 +5,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLE = REPO / "deploy" / "config" / "example.toml"
-COOLCTL = [sys.executable, "-m", "coolctl.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from conftest import COOLCTL, free_port, site_config
 
 
 def run(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*COOLCTL, *args], capture_output=True, text=True, timeout=timeout, cwd="/", check=False
     )
-
-
-@pytest.fixture
-def served() -> Iterator[dict[str, str]]:
-    """`coolctl sim serve --port 0` in a child process; yields device -> host:port."""
-    process = subprocess.Popen(
-        [*COOLCTL, "sim", "serve", "--config", str(EXAMPLE), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd="/",
-    )
-    assert process.stdout is not None
-    addresses = {}
-    try:
-        for _ in range(2):
-            line = process.stdout.readline()
-            protocol, address, *fields = line.split()
-            assert protocol == "modbus", line
-            labels = dict(field.split("=", 1) for field in fields)
-            addresses[labels["device"]] = address
-        yield addresses
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=10) == 0
 
 
 def test_sim_serve_prints_one_line_per_service_and_probe_reads_them(
@@ -89,12 +51,7 @@ def test_probe_with_a_bad_profile_says_so() -> None:
 def test_run_controls_the_served_rack_and_stops_cleanly_on_sigterm(
     served: dict[str, str], tmp_path: Path
 ) -> None:
-    config = EXAMPLE.read_text()
-    for device, address in served.items():
-        default_port = {"cdu1": "15020", "pdu1": "15021"}[device]
-        config = config.replace(f"port = {default_port}", f"port = {address.rsplit(':', 1)[1]}")
-    path = tmp_path / "site.toml"
-    path.write_text(config)
+    path = site_config(tmp_path, served)
     metrics_port = free_port()
     # where systemd's StateDirectory= and RuntimeDirectory= would put the store and the socket
     env = {**os.environ, "STATE_DIRECTORY": str(tmp_path), "RUNTIME_DIRECTORY": str(tmp_path)}
