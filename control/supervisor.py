@@ -507,7 +507,10 @@ class Supervisor:
         self._causes[_STARTUP].trip(reason, now)
         if self._failsafe_since is None:
             self._failsafe_since = now
-        message = f"supervisor of rack {self._config.rack} starting in failsafe ({reason})"
+        message = (
+            f"supervisor of rack {self._config.rack} started; failsafe until every required"
+            f" reading has been good ({reason})"
+        )
         return [self._event("startup", Severity.INFO, message, now)]
 
     @staticmethod

@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--status-every", type=float, default=3.0, metavar="SECONDS", help="status line period"
     )
+    demo.add_argument(
+        "--mqtt-broker",
+        metavar="HOST:PORT",
+        help="broker for the MQTT sensors (default: start a private mosquitto if installed)",
+    )
 
     probe = commands.add_parser("probe", help="read a device once through a profile")
     probe_kinds = probe.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
@@ -81,6 +86,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--time-scale", type=float, default=1.0, metavar="K")
     serve.add_argument("--load", type=float, default=0.6, help="starting server load, 0..1")
     serve.add_argument("--duration", type=float, metavar="SECONDS")
+    serve.add_argument(
+        "--mqtt-broker",
+        metavar="HOST:PORT",
+        help="publish the MQTT sensors there (default: the config's [mqtt] broker)",
+    )
+    inject = sim_commands.add_parser(
+        "inject", help="inject a fault into a running simulation (demo or sim serve)"
+    )
+    inject.add_argument(
+        "kind",
+        help="leak, pump_fail, pump_restore, pump_degrade, sensor_stuck, sensor_noise,"
+        " sensor_drift, link_loss, response_delay, read_fail, load, facility_water, clear",
+    )
+    inject.add_argument("--rack", metavar="R")
+    inject.add_argument("--device", metavar="D")
+    inject.add_argument("--point", metavar="P", help="for sensor faults")
+    inject.add_argument("--value", type=float, metavar="V", help="the number the kind takes")
+    inject.add_argument("--duration", type=float, metavar="S", help="undo after S seconds")
+    inject.add_argument("--sim", metavar="URL", help="the simulation's `control http://...`")
     add_operator_commands(commands)
     return parser
 
@@ -106,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     metrics_port=args.metrics_port,
                     time_scale=args.time_scale,
                     status_every_s=args.status_every,
+                    mqtt_broker=args.mqtt_broker,
                 )
             )
         if args.command == "probe":
@@ -114,11 +139,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(
                 probe_modbus(args.target, args.profile, args.unit, args.timeout, args.json)
             )
+        if args.command == "sim" and args.sim_command == "inject":
+            from coolctl.demo import inject_fault
+
+            return asyncio.run(
+                inject_fault(
+                    args.kind,
+                    sim_url=args.sim,
+                    rack=args.rack,
+                    device=args.device,
+                    point=args.point,
+                    value=args.value,
+                    duration_s=args.duration,
+                )
+            )
         if args.command == "sim":
             from coolctl.demo import serve_simulation
 
             return asyncio.run(
-                serve_simulation(args.config, args.port, args.time_scale, args.load, args.duration)
+                serve_simulation(
+                    args.config,
+                    args.port,
+                    args.time_scale,
+                    args.load,
+                    args.duration,
+                    args.mqtt_broker,
+                )
             )
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

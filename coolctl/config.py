@@ -544,10 +544,12 @@ class _Reader:
 
     def mqtt_device(self, device_id: str, table: Mapping[str, Any]) -> DeviceConfig:
         """MQTT devices have no address of their own: messages come from the [mqtt] broker."""
-        for key in ("address", "port", "unit", "poll_interval_s", "timeout_s"):
+        for key in ("address", "port", "unit", "timeout_s"):
             if key in table:
                 self.problem("not used by an mqtt device (the broker is in [mqtt])", key)
         stale_after = self.number(table, "stale_after_s", 5.0, positive=True)
+        # how often the latest messages are taken into the snapshot (reading memory, no I/O)
+        poll = self.number(table, "poll_interval_s", 0.2, positive=True)
         return DeviceConfig(
             device_id,
             "mqtt",
@@ -555,7 +557,7 @@ class _Reader:
             0,
             0,
             self.string(table, "profile"),
-            1.0,
+            poll,
             1.0,
             stale_after,
             self.string(table, "topic_prefix", ""),

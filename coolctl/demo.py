@@ -13,10 +13,14 @@ import importlib.resources
 import logging
 import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
 
+import aiohttp
+
+from coolctl.broker import Mosquitto, MosquittoError, find_mosquitto
 from coolctl.config import DEFAULT_METRICS_PORT, Config
 from coolctl.daemon import stop_on_signals
 from coolctl.devices import load_or_report
@@ -24,7 +28,14 @@ from coolctl.logs import setup_logging
 from coolctl.model import PointId
 from coolctl.runtime import Daemon
 from coolctl.service import Service, ServiceOptions
-from coolctl.simrack import sim_specs, with_services
+from coolctl.simrack import (
+    control_url_file,
+    sim_specs,
+    with_broker,
+    with_services,
+    without_mqtt,
+)
+from coolctl.simulators.control_server import inject
 from coolctl.simulators.live import LiveSimulation
 
 log = logging.getLogger("coolctl.demo")
@@ -44,32 +55,124 @@ async def _wait(stop: asyncio.Event, duration_s: float | None) -> None:
         await asyncio.wait_for(stop.wait(), duration_s)
 
 
+def _needs_mqtt(config: Config) -> bool:
+    return any(d.driver == "mqtt" for r in config.racks.values() for d in r.devices.values())
+
+
+async def _broker(
+    config: Config, requested: str | None, stack: AsyncExitStack
+) -> tuple[Config, str | None]:
+    """The broker for the MQTT sensors: the one asked for, or a private Mosquitto; without
+    either, the config loses its MQTT devices and the demo says how to get them back."""
+    if not _needs_mqtt(config):
+        return config, None
+    if requested is not None:
+        return with_broker(config, requested), requested
+    if find_mosquitto() is None:
+        print(
+            "mqtt off: mosquitto is not installed (apt-get install mosquitto), or pass"
+            " --mqtt-broker HOST:PORT; running without the MQTT sensors",
+            flush=True,
+        )
+        return without_mqtt(config), None
+    broker = Mosquitto()
+    await broker.start()
+    stack.push_async_callback(broker.stop)
+    return with_broker(config, broker.address), broker.address
+
+
+@contextlib.contextmanager
+def _advertised(url: str | None) -> Iterator[None]:
+    """Leave the fault-injection URL where `coolctl sim inject` looks for it."""
+    path = control_url_file()
+    if url is not None:
+        path.write_text(url + "\n", "utf-8")
+    try:
+        yield
+    finally:
+        if url is not None:
+            with contextlib.suppress(OSError):
+                if path.read_text("utf-8").strip() == url:
+                    path.unlink()
+
+
 async def serve_simulation(
     config_path: Path | None,
     port: int | None,
     time_scale: float,
     load: float,
     duration_s: float | None,
+    mqtt_broker: str | None = None,
 ) -> int:
     """Serve the simulated devices of a config and print one line per service."""
     config = _load(config_path)
     if config is None:
         return 1
     setup_logging("text", "WARNING")
-    simulation = LiveSimulation(sim_specs(config, port=port, load=load), time_scale=time_scale)
     stop = asyncio.Event()
     stop_on_signals(stop)
-    try:
-        await simulation.start()
-    except OSError as exc:
-        print(f"cannot start the simulated devices: {exc.strerror or exc}", file=sys.stderr)
-        return 3
-    try:
+    async with AsyncExitStack() as stack:
+        try:
+            if mqtt_broker is None and config.mqtt is not None and _needs_mqtt(config):
+                mqtt_broker = f"{config.mqtt.host}:{config.mqtt.port}"
+            config, broker = await _broker(config, mqtt_broker, stack)
+            simulation = LiveSimulation(
+                sim_specs(config, port=port, load=load),
+                time_scale=time_scale,
+                mqtt_broker=broker,
+                control_port=0,
+            )
+            await simulation.start()
+        except (OSError, MosquittoError) as exc:
+            print(f"cannot start the simulated devices: {exc}", file=sys.stderr)
+            return 3
+        stack.push_async_callback(simulation.stop)
         for service in simulation.services:
             print(service.line(), flush=True)
-        await _wait(stop, duration_s)
-    finally:
-        await simulation.stop()
+        with _advertised(simulation.control_url):
+            await _wait(stop, duration_s)
+    return 0
+
+
+async def inject_fault(
+    kind: str,
+    *,
+    sim_url: str | None,
+    rack: str | None,
+    device: str | None,
+    point: str | None,
+    value: float | None,
+    duration_s: float | None,
+) -> int:
+    """`coolctl sim inject`: apply a fault to a running simulation (demo or sim serve)."""
+    url = sim_url
+    if url is None:
+        try:
+            url = control_url_file().read_text("utf-8").strip()
+        except OSError:
+            print(
+                "coolctl sim inject: no running simulation found; start `coolctl demo` or"
+                " `coolctl sim serve`, or pass --sim URL (its `control http://...` line)",
+                file=sys.stderr,
+            )
+            return 3
+    try:
+        done = await inject(
+            url,
+            kind,
+            rack=rack,
+            device=device,
+            point=point,
+            value=value,
+            duration_s=duration_s,
+        )
+    except ValueError as exc:
+        print(f"coolctl sim inject: {exc}", file=sys.stderr)
+        return 1
+    except (aiohttp.ClientError, OSError) as exc:
+        print(f"coolctl sim inject: cannot reach the simulation at {url}: {exc}", file=sys.stderr)
+        return 3
+    print(done)
     return 0
 
 
@@ -80,6 +183,7 @@ async def run_demo(
     metrics_port: int | None = None,
     time_scale: float = 1.0,
     status_every_s: float = 3.0,
+    mqtt_broker: str | None = None,
 ) -> int:
     """Simulated rack + daemon + metrics, with a live status line, until Ctrl-C or duration."""
     config = _load(config_path)
@@ -89,10 +193,13 @@ async def run_demo(
     stop = asyncio.Event()
     stop_on_signals(stop)
     async with AsyncExitStack() as stack:
+        config, broker = await _broker(config, mqtt_broker, stack)
         # The demo rack starts at 60 % load with the valve a little too open, so that both
         # loops have visible work to do in the first half minute.
         specs = sim_specs(config, port=0, load=0.6, plant={"initial_valve": 0.55})
-        simulation = LiveSimulation(specs, time_scale=time_scale)
+        simulation = LiveSimulation(
+            specs, time_scale=time_scale, mqtt_broker=broker, control_port=0
+        )
         await simulation.start()
         stack.push_async_callback(simulation.stop)
         for sim_service in simulation.services:
@@ -113,15 +220,17 @@ async def run_demo(
         stack.push_async_callback(service.stop)
         assert service.metrics is not None
         print(f"metrics {service.metrics.url}", flush=True)
-        print(f"control {options.socket_path}", flush=True)
+        print(f"socket {options.socket_path}", flush=True)
         print(
-            f"time scale {time_scale:g}x; try: COOLCTL_SOCKET={options.socket_path} coolctl top;"
-            " press Ctrl-C to stop",
+            f"time scale {time_scale:g}x; in another terminal: "
+            f"COOLCTL_SOCKET={options.socket_path} coolctl top; coolctl sim inject leak;"
+            " Ctrl-C stops",
             flush=True,
         )
         status = asyncio.create_task(_print_status(service.daemon, status_every_s))
         try:
-            await _wait(stop, duration_s)
+            with _advertised(simulation.control_url):
+                await _wait(stop, duration_s)
         finally:
             status.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -164,7 +273,7 @@ def status_lines(daemon: Daemon) -> list[str]:
             for (rack_of, device), handle in daemon.devices.items()
             if rack_of == rack_id
         }
-        cdu, pdu = kinds.get("cdu"), kinds.get("pdu")
+        cdu, pdu, sensors = kinds.get("cdu"), kinds.get("pdu"), kinds.get("sensor")
         parts = [rack_id]
         if cdu:
             parts += [
@@ -177,6 +286,13 @@ def status_lines(daemon: Daemon) -> list[str]:
             ]
         if pdu:
             parts.append(f"power {show(pdu, 'power', '{:.1f}', 1e-3)} kW")
+        if sensors:
+            parts.append(f"inlet {show(sensors, 'inlet_temperature', '{:.1f}')}°C")
+            parts.append(f"leak {show(sensors, 'leak_detected', '{:.0f}')}")
+        decision = rack.decision
+        if decision is not None and (decision.interlocks or decision.failsafe):
+            held = sorted(decision.interlocks) + (["failsafe"] if decision.failsafe else [])
+            parts.append("SAFETY " + ",".join(held))
         for loop_id, loop in rack.controller.loops.items():
             state = loop.state
             seen = "—" if state.measurement is None else f"{state.measurement:.2f}"

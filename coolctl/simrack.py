@@ -6,13 +6,18 @@ turns a config into simulator specs, and the simulators' bound ports back into a
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from coolctl.config import Config, RackConfig
+from coolctl.config import Config, RackConfig, parse_host_port
 from coolctl.drivers.modbus_profile import load_profile
 from coolctl.simulators.live import Service, SimDeviceSpec, SimRackSpec
+
+SIMULATED_MQTT_PROFILES = ("sim-mqtt-sensors",)
+"""MQTT profiles whose topics the simulated sensors publish."""
 
 
 def sim_specs(
@@ -37,6 +42,11 @@ def sim_specs(
 
 def _sim_devices(rack: RackConfig, port: int | None) -> Iterable[SimDeviceSpec]:
     for device in rack.devices.values():
+        if device.driver == "mqtt":
+            if device.profile in SIMULATED_MQTT_PROFILES:
+                prefix = device.topic_prefix or "coolctl-sim"
+                yield SimDeviceSpec(device=device.id, kind="sensor", topic_prefix=prefix)
+            continue
         profile = load_profile(device.profile)
         if profile.kind not in ("cdu", "pdu"):
             continue
@@ -51,11 +61,50 @@ def _sim_devices(rack: RackConfig, port: int | None) -> Iterable[SimDeviceSpec]:
 
 
 def with_services(config: Config, services: Iterable[Service]) -> Config:
-    """The config with each simulated device's address and port set to where it listens."""
+    """The config with each simulated Modbus device's address and port set to where it listens."""
     racks = dict(config.racks)
     for service in services:
+        if service.protocol != "modbus":
+            continue
         rack = racks[service.rack]
         host, _, port = service.address.rpartition(":")
         device = replace(rack.devices[service.device], address=host, port=int(port))
         racks[service.rack] = replace(rack, devices={**rack.devices, service.device: device})
     return replace(config, racks=racks)
+
+
+def with_broker(config: Config, broker: str) -> Config:
+    """The config with its [mqtt] broker set to `broker` (host:port)."""
+    host, port = parse_host_port(broker)
+    if config.mqtt is None:
+        raise ValueError("the config has no [mqtt] table")
+    return replace(config, mqtt=replace(config.mqtt, host=host, port=port))
+
+
+def without_mqtt(config: Config) -> Config:
+    """The config without its MQTT devices and broker (when no broker can be had)."""
+    racks = {}
+    for rack_id, rack in config.racks.items():
+        devices = {k: d for k, d in rack.devices.items() if d.driver != "mqtt"}
+        limits = {
+            ref: limit
+            for ref, limit in rack.safety.temperature_limits.items()
+            if ref.device in devices
+        }
+        point = rack.budget_point
+        budget_point = point if point is not None and point.device in devices else None
+        racks[rack_id] = replace(
+            rack,
+            devices=devices,
+            safety=replace(rack.safety, temperature_limits=limits),
+            budget_point=budget_point,
+        )
+    return replace(config, racks=racks, mqtt=None)
+
+
+def control_url_file() -> Path:
+    """Where a running simulation leaves the URL of its fault-injection endpoint."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "coolctl-sim.url"
+    return Path(f"/tmp/coolctl-sim-{os.getuid()}.url")

@@ -24,13 +24,14 @@ from typing import Any
 
 import pytest
 
+from coolctl.broker import Mosquitto
 from coolctl.config import Config
 from coolctl.devices import load_checked_config
 from coolctl.http import MetricsServer
 from coolctl.model import PointId
 from coolctl.runtime import Daemon
 from coolctl.service import Service, ServiceOptions
-from coolctl.simrack import sim_specs, with_services
+from coolctl.simrack import sim_specs, with_broker, with_services
 from coolctl.simulators.live import LiveSimulation
 from coolctl.simulators.plant import RackPlant
 
@@ -48,16 +49,26 @@ async def simulated_rack(
     time_scale: float = 1.0,
     load: float = 0.6,
     plant: Mapping[str, Any] | None = None,
+    mqtt_broker: str | None = None,
 ) -> AsyncIterator[tuple[LiveSimulation, Config]]:
     """Serve a config's simulated devices on free loopback ports.
 
     Yields the running simulation and the config re-pointed at it. `plant` overrides plant
-    parameters (e.g. `{"initial_valve": 0.5}`) for every rack.
+    parameters (e.g. `{"initial_valve": 0.5}`) for every rack. A config with MQTT devices
+    gets its sensors published to `mqtt_broker`, or to a private Mosquitto started here.
     """
     loaded = _config(config)
-    specs = sim_specs(loaded, port=0, load=load, plant=plant)
-    simulation = LiveSimulation(specs, time_scale=time_scale)
-    async with simulation:
+    async with AsyncExitStack() as stack:
+        if loaded.mqtt is not None:
+            if mqtt_broker is None:
+                broker = await stack.enter_async_context(Mosquitto())
+                mqtt_broker = broker.address
+            loaded = with_broker(loaded, mqtt_broker)
+        specs = sim_specs(loaded, port=0, load=load, plant=plant)
+        simulation = LiveSimulation(
+            specs, time_scale=time_scale, mqtt_broker=mqtt_broker, control_port=0
+        )
+        await stack.enter_async_context(simulation)
         yield simulation, with_services(loaded, simulation.services)
 
 
@@ -83,6 +94,12 @@ class HilRack:
     @property
     def metrics_url(self) -> str:
         return self.metrics.url
+
+    @property
+    def mqtt_broker(self) -> str | None:
+        """host:port of the broker the sensors publish to, if the config has MQTT devices."""
+        mqtt = self.config.mqtt
+        return f"{mqtt.host}:{mqtt.port}" if mqtt is not None else None
 
     def plant(self, rack: str) -> RackPlant:
         return self.simulation.plants[rack]
@@ -111,12 +128,16 @@ async def hil_rack(
     time_scale: float = 1.0,
     load: float = 0.6,
     plant: Mapping[str, Any] | None = None,
+    mqtt_broker: str | None = None,
 ) -> AsyncIterator[HilRack]:
     """Simulated devices, the daemon against them, `/metrics` on a free port, the control API
-    on a UNIX socket and the store in a temporary directory."""
+    on a UNIX socket and the store in a temporary directory (and, for a config with MQTT
+    devices, a private Mosquitto unless `mqtt_broker` names one)."""
     async with AsyncExitStack() as stack:
         simulation, pointed = await stack.enter_async_context(
-            simulated_rack(config, time_scale=time_scale, load=load, plant=plant)
+            simulated_rack(
+                config, time_scale=time_scale, load=load, plant=plant, mqtt_broker=mqtt_broker
+            )
         )
         pointed = _metrics_on_free_port(pointed)
         state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="coolctl-hil-")))

@@ -357,9 +357,7 @@ class MqttConnection:
             if not done:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        for background in list(self._background):
-            background.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await _cancel_until_done(list(self._background))
 
     # ----------------------------------------------------------------------------------------
     # Publishing
@@ -609,9 +607,7 @@ class MqttConnection:
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await _cancel_until_done(tasks)
         for task in done:
             if not task.cancelled() and (error := task.exception()) is not None:
                 raise error
@@ -707,6 +703,16 @@ async def _quietly(coroutine: Coroutine[Any, Any, None], where: str) -> None:
             where,
             exc,
         )
+
+
+async def _cancel_until_done(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel, and cancel again: on Python 3.11 `asyncio.wait_for` (inside aiomqtt's publish)
+    can swallow a cancellation that arrives with the PUBACK, and the task carries on."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.05)
 
 
 def _error_text(exc: BaseException) -> str:

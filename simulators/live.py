@@ -1,8 +1,12 @@
 """The simulated rack in real time: the plant stepped by the wall clock, served as devices.
 
-Each rack gets one plant; each of its simulated devices is a protocol server on loopback that
-reads its values from that plant and hands writes to it. `time_scale` runs plant time faster
+Each rack gets one plant; each of its simulated devices is a protocol front-end that reads its
+values from that plant and hands writes to it: a Modbus TCP server on loopback for a CDU or PDU,
+an MQTT publisher to a broker for a rack sensor device. `time_scale` runs plant time faster
 than wall time (the HIL tests use it to keep runs short); 1.0 is real time.
+
+Faults can be injected while it runs (`coolctl.simulators.faults`), from the same process or,
+with `control_port`, over HTTP from another (`coolctl.simulators.control_server`).
 """
 
 from __future__ import annotations
@@ -10,30 +14,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
+from coolctl.simulators.control_server import ControlServer
+from coolctl.simulators.faults import FaultBook
 from coolctl.simulators.modbus_server import ModbusDeviceServer
+from coolctl.simulators.mqtt_sensors import DEFAULT_PREFIX, MqttSensorPublisher, parse_broker
 from coolctl.simulators.plant import PlantParams, RackPlant
+from coolctl.simulators.sensors import DeviceSensors, PointSensor
 
 log = logging.getLogger("coolctl.simulators.live")
 
-DeviceKind = Literal["cdu", "pdu"]
+DeviceKind = Literal["cdu", "pdu", "sensor"]
+
+# Which protocol serves each kind of device.
+PROTOCOLS: Mapping[str, str] = {"cdu": "modbus", "pdu": "modbus", "sensor": "mqtt"}
 
 
 @dataclass(frozen=True, slots=True)
 class SimDeviceSpec:
-    """One simulated device: which part of the plant it shows, and where it listens."""
+    """One simulated device: which part of the plant it shows, and where it listens.
+
+    A `sensor` device publishes over MQTT instead of listening: `register_map`, `unit_id`,
+    `host` and `port` do not apply to it; the broker comes from its rack or the simulation, and
+    `topic_prefix` and `publish_period_s` set what it publishes and how often.
+    """
 
     device: str
     kind: DeviceKind
-    register_map: str | Path  # profile name or path: the register map it serves
+    register_map: str | Path = ""  # profile name or path: the register map it serves
     unit_id: int = 1
     host: str = "127.0.0.1"
     port: int = 0
+    topic_prefix: str = DEFAULT_PREFIX
+    publish_period_s: float = 1.0
+
+    @property
+    def protocol(self) -> str:
+        return PROTOCOLS[self.kind]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,20 +70,35 @@ class SimRackSpec:
     plant: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 0
     load: float = 0.6  # starting fraction of max for every server
+    mqtt_broker: str | None = None  # "host:port" for its sensor devices; else the simulation's
 
 
 @dataclass(frozen=True, slots=True)
 class Service:
-    """A started protocol server, as `coolctl sim serve` prints it."""
+    """A started protocol front-end, as `coolctl sim serve` prints it.
+
+    `modbus`: `address` is where the device listens. `mqtt`: `address` is the broker the device
+    publishes to, under `topic_prefix/rack/device`. `control`: the fault-injection HTTP server,
+    which belongs to no rack (`rack` and `device` are empty).
+    """
 
     protocol: str
     address: str
     rack: str
     device: str
-    unit_id: int
-    register_map: str
+    unit_id: int = 0
+    register_map: str = ""
+    topic_prefix: str = ""
+
+    @property
+    def base_topic(self) -> str:
+        return f"{self.topic_prefix}/{self.rack}/{self.device}"
 
     def line(self) -> str:
+        if self.protocol == "mqtt":
+            return f"mqtt {self.address} {self.base_topic}"
+        if self.protocol == "control":
+            return f"control http://{self.address}"
         return (
             f"{self.protocol} {self.address} rack={self.rack} device={self.device}"
             f" unit={self.unit_id} profile={self.register_map}"
@@ -111,60 +151,190 @@ class PduPoints:
         raise ValueError(f"{name} is not writable on the PDU")
 
 
-_POINT_SOURCES: Mapping[str, Callable[[RackPlant], CduPoints | PduPoints]] = {
-    "cdu": CduPoints,
-    "pdu": PduPoints,
+class SensorPoints:
+    """The rack sensor device's view of the plant: rack inlet temperature, flow meter, leak.
+
+    Its readings are the CDU's (through the plant's sensor model) passed through a sensor layer
+    of its own, with no noise by default, so that faults injected into this device (stuck,
+    noise, drift) stay on this device and do not change what the CDU reports.
+    """
+
+    POINTS = ("inlet_temperature", "flow", "leak_detected")
+    ALIASES: Mapping[str, str] = {"leak": "leak_detected"}
+
+    def __init__(self, plant: RackPlant, seed: int = 0) -> None:
+        self.plant = plant
+        self.writes: list[DeviceWrite] = []
+        self._sensors = DeviceSensors(dict.fromkeys(self.POINTS, 0.0))
+        self._rng = np.random.default_rng([seed, 0x5E2])
+
+    def point_name(self, name: str) -> str:
+        """Canonical name of one of this device's points (`leak` is `leak_detected`)."""
+        canonical = self.ALIASES.get(name, name)
+        if canonical not in self.POINTS:
+            raise ValueError(
+                f"sensor device has no point {name!r}; it has {', '.join(self.POINTS)}"
+            )
+        return canonical
+
+    def sensor(self, name: str) -> PointSensor:
+        return self._sensors.sensor(self.point_name(name))
+
+    def _underlying(self) -> dict[str, float]:
+        cdu = self.plant.cdu_readings()
+        return {
+            "inlet_temperature": cdu["supply_temperature"],
+            "flow": cdu["flow"],
+            "leak_detected": cdu["leak_detected"],
+        }
+
+    def read_points(self) -> Mapping[str, float]:
+        return self._sensors.read(self._underlying(), self._rng, self.plant.time_s)
+
+    def write_point(self, name: str, value: float) -> None:
+        raise ValueError(f"{name} is not writable on the sensor device")
+
+    # faults -----------------------------------------------------------------------------------
+
+    def stick(self, name: str, stuck: bool = True) -> None:
+        """Freeze a reading where it is now, or release it."""
+        sensor = self.sensor(name)
+        sensor.stuck_value = self._underlying()[self.point_name(name)] if stuck else None
+
+    def set_noise(self, name: str, sigma: float) -> None:
+        if not (math.isfinite(sigma) and sigma >= 0.0):
+            raise ValueError(f"noise sigma must be >= 0, got {sigma}")
+        self.sensor(name).sigma = sigma
+
+    def set_drift(self, name: str, rate_per_s: float) -> None:
+        """Add a ramp of `rate_per_s` (the point's unit per plant second) from now; 0 clears."""
+        if not math.isfinite(rate_per_s):
+            raise ValueError(f"drift must be a finite number, got {rate_per_s}")
+        sensor = self.sensor(name)
+        sensor.drift_per_s = rate_per_s
+        sensor.drift_start_s = self.plant.time_s
+
+    def reset(self, name: str | None = None) -> None:
+        """Clear the faults of one point, or of every point."""
+        for point in self.POINTS if name is None else (self.point_name(name),):
+            self._sensors.sensor(point).reset()
+
+
+PointSource = CduPoints | PduPoints | SensorPoints
+
+_POINT_SOURCES: Mapping[str, Callable[[RackPlant, int], PointSource]] = {
+    "cdu": lambda plant, _seed: CduPoints(plant),
+    "pdu": lambda plant, _seed: PduPoints(plant),
+    "sensor": SensorPoints,
 }
 
 
 class LiveSimulation:
-    """Plants stepped in (scaled) real time, behind Modbus servers on loopback."""
+    """Plants stepped in (scaled) real time, behind Modbus servers and MQTT publishers.
+
+    `mqtt_broker` ("host:port") is where sensor devices publish unless their rack names its
+    own. `control_port` starts the fault-injection HTTP server on `control_host` (0 picks a free
+    port; None, the default, starts none).
+    """
 
     def __init__(
-        self, racks: Sequence[SimRackSpec], *, time_scale: float = 1.0, step_s: float = 0.05
+        self,
+        racks: Sequence[SimRackSpec],
+        *,
+        time_scale: float = 1.0,
+        step_s: float = 0.05,
+        mqtt_broker: str | None = None,
+        control_port: int | None = None,
+        control_host: str = "127.0.0.1",
     ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be greater than 0")
         self.time_scale = time_scale
         self.step_s = step_s
+        self.mqtt_broker = mqtt_broker
         self.specs = {spec.rack: spec for spec in racks}
         self.plants: dict[str, RackPlant] = {}
         self.servers: dict[tuple[str, str], ModbusDeviceServer] = {}
-        self.points: dict[tuple[str, str], CduPoints | PduPoints] = {}
+        self.publishers: dict[tuple[str, str], MqttSensorPublisher] = {}
+        self.points: dict[tuple[str, str], PointSource] = {}
         self.services: list[Service] = []
+        self.faults = FaultBook()
+        self.control: ControlServer | None = None
+        self._control_port = control_port
+        self._control_host = control_host
         self._task: asyncio.Task[None] | None = None
         for spec in racks:
             params = PlantParams.from_dict({"initial_load": spec.load, **spec.plant})
             plant = RackPlant(params, seed=spec.seed)
             self.plants[spec.rack] = plant
-            for device in spec.devices:
-                source = _POINT_SOURCES[device.kind](plant)
-                self.points[(spec.rack, device.device)] = source
-                self.servers[(spec.rack, device.device)] = ModbusDeviceServer(
-                    device.register_map,
-                    source,
-                    host=device.host,
-                    port=device.port,
-                    unit_id=device.unit_id,
-                )
+            for index, device in enumerate(spec.devices):
+                key = (spec.rack, device.device)
+                source = _POINT_SOURCES[device.kind](plant, spec.seed * 1000 + index)
+                self.points[key] = source
+                if device.kind == "sensor":
+                    broker = spec.mqtt_broker or mqtt_broker
+                    if broker is None:
+                        raise ValueError(
+                            f"sensor device {spec.rack}/{device.device} publishes over MQTT:"
+                            " give the simulation an mqtt_broker (or its rack one)"
+                        )
+                    parse_broker(broker)  # a bad address fails here, not in the background
+                    self.publishers[key] = MqttSensorPublisher(
+                        source,
+                        broker=broker,
+                        rack=spec.rack,
+                        device=device.device,
+                        prefix=device.topic_prefix,
+                        period_s=device.publish_period_s,
+                    )
+                else:
+                    self.servers[key] = ModbusDeviceServer(
+                        device.register_map,
+                        source,
+                        host=device.host,
+                        port=device.port,
+                        unit_id=device.unit_id,
+                    )
+        self._publishers_by_rack = {
+            rack: [p for (r, _), p in self.publishers.items() if r == rack] for rack in self.plants
+        }
 
     async def start(self) -> None:
-        for (rack, device), server in self.servers.items():
-            await server.start()
-            spec = next(d for d in self.specs[rack].devices if d.device == device)
-            self.services.append(
-                Service(
-                    "modbus", server.address, rack, device, spec.unit_id, str(spec.register_map)
+        try:
+            for (rack, device), server in self.servers.items():
+                await server.start()
+                spec = self.device_spec(rack, device)
+                self.services.append(
+                    Service(
+                        "modbus", server.address, rack, device, spec.unit_id, str(spec.register_map)
+                    )
                 )
-            )
-        self._task = asyncio.create_task(self._step_forever(), name="plant")
+            for (rack, device), publisher in self.publishers.items():
+                await publisher.start()
+                self.services.append(
+                    Service("mqtt", publisher.broker, rack, device, topic_prefix=publisher.prefix)
+                )
+            self._task = asyncio.create_task(self._step_forever(), name="plant")
+            if self._control_port is not None:
+                self.control = ControlServer(self, host=self._control_host, port=self._control_port)
+                await self.control.start()
+                self.services.append(Service("control", self.control.address, "", ""))
+        except BaseException:
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
+        if self.control is not None:
+            await self.control.stop()
+            self.control = None
+        await self.faults.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        for publisher in self.publishers.values():
+            await publisher.stop()
         for server in self.servers.values():
             await server.stop()
 
@@ -175,6 +345,16 @@ class LiveSimulation:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
+    @property
+    def running(self) -> bool:
+        """True while the plants are being stepped."""
+        return self._task is not None and not self._task.done()
+
+    @property
+    def control_url(self) -> str | None:
+        """`http://host:port` of the fault-injection server, once started; else None."""
+        return None if self.control is None else self.control.url
+
     def writes(self, rack: str, device: str) -> list[DeviceWrite]:
         """Every setpoint the simulated device accepted, in order."""
         return self.points[(rack, device)].writes
@@ -182,13 +362,22 @@ class LiveSimulation:
     def service(self, rack: str, device: str) -> Service:
         return next(s for s in self.services if (s.rack, s.device) == (rack, device))
 
+    def device_spec(self, rack: str, device: str) -> SimDeviceSpec:
+        return next(d for d in self.specs[rack].devices if d.device == device)
+
     async def _step_forever(self) -> None:
-        """Advance every plant by the scaled wall time that has passed, on a fixed grid."""
+        """Advance every plant by the scaled wall time that has passed, on a fixed grid.
+
+        After each step the rack's MQTT sensor devices sample the plant, so that a leak
+        detector that trips goes out within one step rather than at the next heartbeat.
+        """
         last = time.monotonic()
         while True:
             await asyncio.sleep(self.step_s)
             now = time.monotonic()
             plant_dt = (now - last) * self.time_scale
             last = now
-            for plant in self.plants.values():
+            for rack, plant in self.plants.items():
                 plant.advance(plant_dt)
+                for publisher in self._publishers_by_rack[rack]:
+                    publisher.poll()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import subprocess
@@ -10,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from coolctl.broker import Mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "deploy" / "config" / "example.toml"
@@ -24,9 +27,13 @@ def free_port() -> int:
 
 
 def site_config(tmp_path: Path, served: dict[str, str], extra: str = "") -> Path:
-    """deploy/config/example.toml pointed at the served devices, with `extra` TOML appended."""
+    """deploy/config/example.toml pointed at the served devices and broker, with `extra` TOML
+    appended."""
     config = EXAMPLE.read_text()
     for device, address in served.items():
+        if device == "broker":
+            config = config.replace('broker = "127.0.0.1:1883"', f'broker = "{address}"')
+            continue
         port = address.rsplit(":", 1)[1]
         config = config.replace(f"port = {_EXAMPLE_PORTS[device]}", f"port = {port}")
     path = tmp_path / "site.toml"
@@ -35,19 +42,41 @@ def site_config(tmp_path: Path, served: dict[str, str], extra: str = "") -> Path
 
 
 @pytest.fixture
-def served() -> Iterator[dict[str, str]]:
-    """`coolctl sim serve --port 0` in a child process; yields device -> host:port."""
+def broker() -> Iterator[str]:
+    """A private Mosquitto on a free port (in a thread of its own event loop); yields host:port."""
+    mosquitto = Mosquitto()
+    asyncio.run(mosquitto.start())
+    try:
+        yield mosquitto.address
+    finally:
+        asyncio.run(mosquitto.stop())
+
+
+@pytest.fixture
+def served(broker: str) -> Iterator[dict[str, str]]:
+    """`coolctl sim serve --port 0` in a child process, its MQTT sensors on a private broker;
+    yields device -> host:port, and "broker" -> the broker's host:port."""
     process = subprocess.Popen(
-        [*COOLCTL, "sim", "serve", "--config", str(EXAMPLE), "--port", "0"],
+        [
+            *COOLCTL,
+            "sim",
+            "serve",
+            "--config",
+            str(EXAMPLE),
+            "--port",
+            "0",
+            "--mqtt-broker",
+            broker,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd="/",
     )
     assert process.stdout is not None
-    addresses = {}
+    addresses = {"broker": broker}
     try:
-        while len(addresses) < 2:
+        while len(addresses) < 3:
             line = process.stdout.readline()
             protocol, address, *fields = line.split()
             if protocol != "modbus":

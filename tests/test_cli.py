@@ -22,7 +22,7 @@ def run(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
 def test_sim_serve_prints_one_line_per_service_and_probe_reads_them(
     served: dict[str, str],
 ) -> None:
-    assert set(served) == {"cdu1", "pdu1"}
+    assert set(served) == {"cdu1", "pdu1", "broker"}
     table = run("probe", "modbus", served["cdu1"], "--profile", "sim-cdu")
     assert table.returncode == 0, table.stderr
     header, *rows = table.stdout.splitlines()
