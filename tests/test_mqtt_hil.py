@@ -126,3 +126,32 @@ async def test_broker_restart_mid_run_reconnects_resubscribes_and_republishes_st
         ticks = rack.daemon.racks["r01"].tick_stats.runs
         await asyncio.sleep(0.5)
         assert rack.daemon.racks["r01"].tick_stats.runs > ticks  # nothing crashed
+
+
+@pytest.mark.hil
+@pytest.mark.asyncio
+async def test_budget_from_upstream_is_validated_and_the_last_good_one_kept() -> None:
+    async with hil_rack(CONFIG, time_scale=5.0, plant={"initial_valve": 0.5}) as rack:
+        runtime = rack.daemon.racks["r01"]
+        assert runtime.power_budget_w == 130_000.0  # from the config until upstream says
+        host, port = (rack.mqtt_broker or "").rsplit(":", 1)
+        async with aiomqtt.Client(host, port=int(port)) as coordinator:
+
+            async def send(payload: bytes) -> None:
+                await coordinator.publish("row-a/r01/budget", payload, qos=1, retain=True)
+
+            await send(b'{"watts": 95000}')
+            await rack.wait_until(lambda: runtime.power_budget_w == 95_000.0, 5.0)
+            for bad in (b'{"watts": "lots"}', b"not json", b'{"watts": 5000000}', b'{"kw": 9}'):
+                await send(bad)
+                await asyncio.sleep(0.5)
+                assert runtime.power_budget_w == 95_000.0, bad  # the last good one is kept
+            await send(b'{"watts": 10000}')  # a number, but below the rack's budget_min_w
+            await asyncio.sleep(0.5)
+            assert runtime.power_budget_w == 95_000.0
+            await send(b'{"watts": 110000}')
+            await rack.wait_until(lambda: runtime.power_budget_w == 110_000.0, 5.0)
+        events = [e for e in rack.daemon.recent_events if e.kind.startswith("budget")]
+        assert events[0].kind == "budget_set"
+        assert any(e.kind == "budget_rejected" and "keeping 95000" in e.message for e in events)
+        assert events[-1].kind == "budget_set" and "110000" in events[-1].message
