@@ -11,7 +11,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from coolctl.control.limits import ActuatorClamp, ActuatorLimits
 from coolctl.model import Command, PointId, Source
@@ -94,7 +94,7 @@ class ActuatorChannel:
 
     def submit(self, command: Command, now: float) -> Command:
         """Clamp `command` and queue it for writing; return the command as it will be written."""
-        clamped = self.clamp.clamp(command, now)
+        clamped = self._quantised(self.clamp.clamp(command, now))
         stats = self.stats
         if clamped.value != command.value:
             stats.clamped += 1
@@ -111,6 +111,22 @@ class ActuatorChannel:
         self._idle.clear()
         self._wake.set()
         return clamped
+
+    def _quantised(self, command: Command) -> Command:
+        """The value in whole counts of the device (a register count, a watt), still within
+        bounds: what the device will hold, so that the read-back can be compared exactly."""
+        step = self.resolution
+        if step <= 0:
+            return command
+        counts = round(command.value / step)
+        value = counts * step
+        low, high = self.limits.minimum, self.limits.maximum
+        if value < low:
+            value = math.ceil(low / step - 1e-9) * step
+        elif value > high:
+            value = math.floor(high / step + 1e-9) * step
+        value = round(value, 9)  # no float dust: 0.30000000000000004 is 0.3
+        return command if value == command.value else replace(command, value=value)
 
     def _unchanged(self, value: float) -> bool:
         """True when the device already holds `value` to within half a count."""

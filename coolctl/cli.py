@@ -73,6 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     modbus.add_argument("--unit", type=int, default=1, metavar="N", help="unit/device id")
     modbus.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS")
     modbus.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    redfish = probe_kinds.add_parser(
+        "redfish", help="a Redfish service: every point coolctl finds there"
+    )
+    redfish.add_argument("url", metavar="URL", help="the service origin, e.g. https://bmc.example")
+    redfish.add_argument("--user", metavar="NAME", help="session login (needs --password-file)")
+    redfish.add_argument("--password-file", type=Path, metavar="FILE")
+    redfish.add_argument(
+        "--ca", type=Path, metavar="FILE", help="CA certificate(s) to verify the service"
+    )
+    redfish.add_argument(
+        "--insecure", action="store_true", help="do not verify TLS (logged as a warning)"
+    )
+    redfish.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     sim = commands.add_parser("sim", help="the simulated rack")
     sim_commands = sim.add_subparsers(dest="sim_command", metavar="SIM_COMMAND", required=True)
@@ -131,6 +144,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     time_scale=args.time_scale,
                     status_every_s=args.status_every,
                     mqtt_broker=args.mqtt_broker,
+                )
+            )
+        if args.command == "probe" and args.protocol == "redfish":
+            from coolctl.probe_redfish import probe_redfish
+
+            return asyncio.run(
+                probe_redfish(
+                    args.url, args.user, args.password_file, args.ca, args.insecure, args.json
                 )
             )
         if args.command == "probe":

@@ -20,7 +20,30 @@ from coolctl.model import CANONICAL_POINTS
 DEFAULT_METRICS_PORT = 18850
 """Outside 9100–9999 (the exporters' range, fully allocated) and below the ephemeral ports."""
 
-DRIVERS = ("modbus", "mqtt")
+DRIVERS = ("modbus", "mqtt", "redfish")
+REDFISH_KINDS = ("server", "cdu", "pdu")
+_COMMON_DEVICE_KEYS = {"driver", "poll_interval_s", "stale_after_s"}
+_DEVICE_KEYS = {
+    "modbus": _COMMON_DEVICE_KEYS | {"address", "port", "unit", "profile", "timeout_s"},
+    "mqtt": _COMMON_DEVICE_KEYS | {"profile", "topic_prefix"},
+    "redfish": _COMMON_DEVICE_KEYS
+    | {
+        "kind",
+        "url",
+        "username",
+        "password_file",
+        "password_credential",
+        "auth",
+        "ca_file",
+        "verify_tls",
+        "timeout_s",
+        "max_in_flight",
+        "cap_min_w",
+        "cap_max_w",
+        "priority",
+        "weight",
+    },
+}
 LEAK_RESPONSES = ("stop", "safe_speed")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -62,17 +85,37 @@ class Measurement:
 
 
 @dataclass(frozen=True, slots=True)
+class RedfishDeviceConfig:
+    """A Redfish service: a server's BMC (whose power cap the rack budget sets), a CDU or a PDU."""
+
+    kind: Literal["server", "cdu", "pdu"]
+    url: str
+    username: str | None = None
+    password_file: Path | None = None  # or a systemd credential, never the password itself
+    password_credential: str | None = None
+    auth: Literal["session", "basic", "none"] = "session"
+    ca_file: Path | None = None
+    verify_tls: bool = True
+    max_in_flight: int = 2
+    cap_min_w: float = 0.0  # servers: the range the rack's allocator may set the cap in
+    cap_max_w: float = 0.0
+    priority: int = 0  # servers: higher gets headroom first
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceConfig:
     id: str
-    driver: Literal["modbus", "mqtt"]
-    address: str  # Modbus: host; MQTT: unused (the [mqtt] broker)
+    driver: Literal["modbus", "mqtt", "redfish"]
+    address: str  # Modbus: host; MQTT, Redfish: unused
     port: int
     unit: int
-    profile: str
+    profile: str  # Modbus, MQTT: the device profile; Redfish: "" (the schemas are the profile)
     poll_interval_s: float
     timeout_s: float
     stale_after_s: float
     topic_prefix: str = ""  # MQTT: fills {prefix} in the profile's topic templates
+    redfish: RedfishDeviceConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +152,15 @@ class SafetyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PowerConfig:
+    """How the rack's budget is shared out as server caps (see control/powercap.py)."""
+
+    margin_w: float = 0.0  # the caps' sum stays this far under the budget
+    overhead_w: float = 0.0  # non-server load (pump, fans, PDU) when no PDU measures it
+    release_rate_w_per_s: float | None = None  # how fast caps may rise again (falls: at once)
+
+
+@dataclass(frozen=True, slots=True)
 class RackConfig:
     id: str
     control_period_s: float
@@ -119,6 +171,7 @@ class RackConfig:
     budget_point: DeviceRef | None = None  # an upstream coordinator's budget, e.g. over MQTT
     budget_min_w: float = 0.0  # budgets outside this range from upstream are rejected
     budget_max_w: float = 10e6
+    power: PowerConfig = field(default_factory=PowerConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,6 +483,7 @@ class _Reader:
                     "budget_point",
                     "budget_min_w",
                     "budget_max_w",
+                    "power",
                 },
             )
             period = self.number(table, "control_period_s", 1.0, positive=True)
@@ -458,6 +512,10 @@ class _Reader:
         if "safety" in table:
             with self.at("safety"), suppress(_Invalid):
                 safety = self.safety(table["safety"], devices)
+        power = PowerConfig()
+        if "power" in table:
+            with self.at("power"), suppress(_Invalid):
+                power = self.power(table["power"])
         return RackConfig(
             rack_id,
             period,
@@ -468,6 +526,18 @@ class _Reader:
             budget_point,
             budget_min_w,
             budget_max_w,
+            power,
+        )
+
+    def power(self, raw: object) -> PowerConfig:
+        table = self.table(raw, {"margin_w", "overhead_w", "release_rate_w_per_s"})
+        rate = table.get("release_rate_w_per_s")
+        return PowerConfig(
+            margin_w=self.number(table, "margin_w", 0.0, minimum=0.0),
+            overhead_w=self.number(table, "overhead_w", 0.0, minimum=0.0),
+            release_rate_w_per_s=(
+                self.number(table, "release_rate_w_per_s", positive=True) if rate else None
+            ),
         )
 
     def safety(self, raw: object, devices: Mapping[str, DeviceConfig]) -> SafetyConfig:
@@ -501,23 +571,16 @@ class _Reader:
         )
 
     def device(self, device_id: str, raw: object) -> DeviceConfig:
+        known = set().union(*_DEVICE_KEYS.values())
+        driver = raw.get("driver") if isinstance(raw, Mapping) else None
         table = self.table(
-            raw,
-            {
-                "driver",
-                "address",
-                "port",
-                "unit",
-                "profile",
-                "poll_interval_s",
-                "timeout_s",
-                "stale_after_s",
-                "topic_prefix",
-            },
+            raw, _DEVICE_KEYS.get(driver, known) if isinstance(driver, str) else known
         )
         driver = self.choice(table, "driver", DRIVERS, None)
         if driver == "mqtt":
             return self.mqtt_device(device_id, table)
+        if driver == "redfish":
+            return self.redfish_device(device_id, table)
         address = self.string(table, "address")
         port = self.integer(table, "port", 502, 1, 65535)
         unit = self.integer(table, "unit", 1, 0, 255)
@@ -542,11 +605,59 @@ class _Reader:
             stale_after,
         )
 
+    def redfish_device(self, device_id: str, table: Mapping[str, Any]) -> DeviceConfig:
+        kind = self.choice(table, "kind", REDFISH_KINDS, None)
+        url = self.string(table, "url")
+        if not url.startswith(("https://", "http://")):
+            self.problem(f"must be an https:// (or http://) URL, not {url!r}", "url")
+            raise _Invalid
+        auth = self.choice(table, "auth", ("session", "basic", "none"), "session")
+        password_file = self.path(table, "password_file")
+        credential = (
+            self.string(table, "password_credential") if "password_credential" in table else None
+        )
+        if "password" in table:
+            self.problem("never put a password in the config: use password_file or a credential")
+        if auth != "none" and "username" not in table:
+            self.problem(f'auth {auth!r} needs a username (or auth = "none")', "username")
+        poll = self.number(table, "poll_interval_s", 1.0, positive=True)
+        cap_min = cap_max = 0.0
+        if kind == "server":
+            cap_min = self.number(table, "cap_min_w", minimum=0.0)
+            cap_max = self.number(table, "cap_max_w", positive=True)
+            if cap_min > cap_max:
+                self.problem(f"cap_min_w {cap_min} is above cap_max_w {cap_max}")
+                raise _Invalid
+        redfish = RedfishDeviceConfig(
+            kind=kind,  # type: ignore[arg-type]
+            url=url,
+            username=self.string(table, "username") if "username" in table else None,
+            password_file=password_file,
+            password_credential=credential,
+            auth=auth,  # type: ignore[arg-type]
+            ca_file=self.path(table, "ca_file"),
+            verify_tls=self.get(table, "verify_tls", _as_bool, "true or false", True),
+            max_in_flight=self.integer(table, "max_in_flight", 2, 1, 16),
+            cap_min_w=cap_min,
+            cap_max_w=cap_max,
+            priority=self.integer(table, "priority", 0, -1000, 1000),
+            weight=self.number(table, "weight", 1.0, positive=True),
+        )
+        return DeviceConfig(
+            device_id,
+            "redfish",
+            "",
+            0,
+            0,
+            "",
+            poll,
+            self.number(table, "timeout_s", 5.0, positive=True),
+            self.number(table, "stale_after_s", 3 * poll, positive=True),
+            redfish=redfish,
+        )
+
     def mqtt_device(self, device_id: str, table: Mapping[str, Any]) -> DeviceConfig:
         """MQTT devices have no address of their own: messages come from the [mqtt] broker."""
-        for key in ("address", "port", "unit", "timeout_s"):
-            if key in table:
-                self.problem("not used by an mqtt device (the broker is in [mqtt])", key)
         stale_after = self.number(table, "stale_after_s", 5.0, positive=True)
         # how often the latest messages are taken into the snapshot (reading memory, no I/O)
         poll = self.number(table, "poll_interval_s", 0.2, positive=True)

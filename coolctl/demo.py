@@ -197,15 +197,19 @@ async def run_demo(
         # The demo rack starts at 60 % load with the valve a little too open, so that both
         # loops have visible work to do in the first half minute.
         specs = sim_specs(config, port=0, load=0.6, plant={"initial_valve": 0.55})
+        state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="coolctl-demo-")))
         simulation = LiveSimulation(
-            specs, time_scale=time_scale, mqtt_broker=broker, control_port=0
+            specs,
+            time_scale=time_scale,
+            mqtt_broker=broker,
+            control_port=0,
+            tls_dir=state / "tls",
         )
         await simulation.start()
         stack.push_async_callback(simulation.stop)
         for sim_service in simulation.services:
             print(sim_service.line(), flush=True)
-        config = with_services(config, simulation.services)
-        state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="coolctl-demo-")))
+        config = with_services(config, simulation.services, state)
         options = ServiceOptions(state / "coolctl.db", state / "control.sock")
         port = DEFAULT_METRICS_PORT if metrics_port is None else metrics_port
         service = Service(_with_metrics_port(config, port), options)

@@ -14,7 +14,23 @@ from coolctl.drivers.modbus import ModbusDevice
 from coolctl.drivers.modbus_profile import ModbusProfile, load_profile
 from coolctl.drivers.mqtt import MqttConnection, MqttDevice
 from coolctl.drivers.mqtt_profile import MqttProfile, load_mqtt_profile
+from coolctl.drivers.redfish import RedfishDevice, RedfishSettings, kind_points, kind_writable
 from coolctl.model import Quality, Reading
+from coolctl.systemd import read_credential
+
+
+def read_secret(password_file: Path | None, credential: str | None) -> str | None:
+    """A password from a file or a systemd credential — never from the config itself."""
+    if password_file is not None:
+        return Path(password_file).read_text("utf-8").rstrip("\r\n")
+    if credential is not None:
+        secret = read_credential(credential)
+        if secret is None:
+            raise ValueError(
+                f"the credential {credential!r} is not available (LoadCredential= in the unit)"
+            )
+        return secret
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +128,8 @@ def open_device(
     rack: str, config: DeviceConfig, mqtt: MqttConnection | None = None
 ) -> DeviceHandle:
     """Build the client for one device (no I/O yet: the first poll connects)."""
+    if config.driver == "redfish":
+        return _open_redfish(rack, config)
     if config.driver == "mqtt":
         if mqtt is None:
             raise ValueError(f"{rack}/{config.id}: an mqtt device needs the [mqtt] broker")
@@ -142,6 +160,36 @@ def open_device(
         writable_points(profile),
         tuple(p.name for p in profile.points),
         profile.kind,
+    )
+
+
+def _open_redfish(rack: str, config: DeviceConfig) -> DeviceHandle:
+    redfish = config.redfish
+    assert redfish is not None
+    settings = RedfishSettings(
+        url=redfish.url,
+        username=redfish.username,
+        password=read_secret(redfish.password_file, redfish.password_credential),
+        auth=redfish.auth,
+        ca_file=redfish.ca_file,
+        verify_tls=redfish.verify_tls,
+        timeout_s=config.timeout_s,
+        max_in_flight=redfish.max_in_flight,
+    )
+    client = RedfishDevice(rack=rack, device=config.id, kind=redfish.kind, settings=settings)
+    writable = {}
+    if redfish.kind == "server":
+        writable["power_limit"] = WritableSpec(redfish.cap_min_w, redfish.cap_max_w, 1.0)
+    elif redfish.kind == "cdu":
+        writable["pump_speed_command"] = WritableSpec(0.0, 1.0, 0.001)
+        writable["valve_command"] = WritableSpec(0.0, 1.0, 0.001)
+    return DeviceHandle(
+        rack,
+        config,
+        client,
+        writable,
+        kind_points(redfish.kind),
+        redfish.kind,
     )
 
 
@@ -185,6 +233,10 @@ class _ProfileFacts:
 def _profile_facts(config: DeviceConfig) -> _ProfileFacts:
     """What a device's profile offers, whatever its protocol (ValueError if unusable)."""
     profile: ModbusProfile | MqttProfile
+    if config.driver == "redfish":
+        assert config.redfish is not None
+        kind = config.redfish.kind
+        return _ProfileFacts(f"redfish {kind}", frozenset(kind_points(kind)), kind_writable(kind))
     if config.driver == "mqtt":
         profile = load_mqtt_profile(config.profile)
         return _ProfileFacts(profile.name, frozenset(p.name for p in profile.points), frozenset())

@@ -10,27 +10,11 @@ Topics under the config's `topic_root` (default `coolctl/<site>`):
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from coolctl.config import Config, MqttConfig
+from coolctl.config import Config
+from coolctl.devices import read_secret
 from coolctl.drivers.mqtt import MqttConnection, MqttSettings
 from coolctl.model import Event
-from coolctl.systemd import read_credential
-
-
-def mqtt_password(config: MqttConfig) -> str | None:
-    """The broker password from a file or a systemd credential — never from the config."""
-    if config.password_file is not None:
-        return Path(config.password_file).read_text("utf-8").rstrip("\r\n")
-    if config.password_credential is not None:
-        password = read_credential(config.password_credential)
-        if password is None:
-            raise ValueError(
-                f"the credential {config.password_credential!r} is not available"
-                " (LoadCredential= in the systemd unit)"
-            )
-        return password
-    return None
 
 
 def topic_root(config: Config) -> str:
@@ -47,7 +31,7 @@ def open_connection(config: Config) -> MqttConnection | None:
         host=mqtt.host,
         port=mqtt.port,
         username=mqtt.username,
-        password=mqtt_password(mqtt),
+        password=read_secret(mqtt.password_file, mqtt.password_credential),
         tls=mqtt.tls,
         tls_ca_file=mqtt.ca_file,
         client_id=f"coolctl-{config.site}",

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 from coolctl.config import parse_host_port
 from coolctl.drivers.modbus import ModbusDevice
-from coolctl.drivers.modbus_profile import ProfileError, load_profile
+from coolctl.drivers.modbus_profile import load_profile
+from coolctl.drivers.profile_toml import ProfileError
 from coolctl.model import Quality, Reading
 
 

@@ -22,12 +22,13 @@ from coolctl.config import Config, LoopConfig, RackConfig
 from coolctl.control.limits import ActuatorLimits
 from coolctl.control.loops import LoopSpec, RackController
 from coolctl.control.pid import PidConfig, PidGains
+from coolctl.control.powercap import AllocatorConfig, PowerCapAllocator, ServerCap
 from coolctl.control.supervisor import Decision, Override, Supervisor
 from coolctl.controlplane import Mode, OverrideRecord
 from coolctl.devices import DeviceHandle, open_device
 from coolctl.model import Command, Event, PointId, Quality, Reading, Severity, Snapshot
 from coolctl.mqtt_bridge import event_payload, open_connection, topic_root
-from coolctl.safety import supervisor_config
+from coolctl.safety import server_caps, supervisor_config
 from coolctl.tasks import cancel_and_wait
 from coolctl.telemetry import TelemetryStore
 
@@ -106,6 +107,7 @@ class RackRuntime:
             config.id, [_loop_spec(config.id, loop) for loop in config.loops.values()]
         )
         self.supervisor = Supervisor(supervisor_config(config, devices))
+        self.allocator = _allocator(config, devices)
         self.decision: Decision | None = None
         self.on_tick: Callable[[str, float], None] | None = None  # the watchdog's progress
         self.on_state: Callable[[RackRuntime, float], None] | None = None  # MQTT state
@@ -156,14 +158,18 @@ class RackRuntime:
         self._follow_budget(snapshot, now)
         requested: list[Command] = []
         failed = False
-        if self.mode == "auto":
-            try:
+        try:
+            if self.mode == "auto":
                 requested = self.controller.step(snapshot, now)
-            except Exception:
-                # A controller that raises must not leave the actuators where they were.
-                failed = True
-                self.controller_errors += 1
-                log.exception("%s: controller raised; failsafe", self.config.id)
+            if self.allocator is not None:  # the budget holds in manual mode too
+                requested += self.allocator.step(snapshot, now, self.power_budget_w)
+                for event in self.allocator.drain_events():
+                    self.on_event(event)
+        except Exception:
+            # A controller that raises must not leave the actuators where they were.
+            failed = True
+            self.controller_errors += 1
+            log.exception("%s: controller raised; failsafe", self.config.id)
         decision = self.supervisor.step(snapshot, now, requested, self.overrides, failed)
         self._apply(decision, requested, now)
         if self.on_state is not None:
@@ -378,6 +384,37 @@ class Daemon:
                 log.exception("task %s died", name)
 
         tasks.append(asyncio.create_task(guarded(), name=name))
+
+
+def _allocator(config: RackConfig, devices: Mapping[str, DeviceHandle]) -> PowerCapAllocator | None:
+    """The rack's power-cap allocator, if it has servers whose caps it can set."""
+    servers = server_caps(config)
+    if not servers:
+        return None
+    pdu = next((device for device, h in devices.items() if h.kind == "pdu"), None)
+    rack = config.id
+    return PowerCapAllocator(
+        AllocatorConfig(
+            rack=rack,
+            servers=tuple(
+                ServerCap(
+                    name=device.id,
+                    power=PointId(rack, device.id, "power"),
+                    limit=PointId(rack, device.id, "power_limit"),
+                    min_cap_w=device.redfish.cap_min_w,
+                    max_cap_w=device.redfish.cap_max_w,
+                    priority=device.redfish.priority,
+                    weight=device.redfish.weight,
+                )
+                for device in servers
+                if device.redfish is not None
+            ),
+            margin_w=config.power.margin_w,
+            non_server_power=PointId(rack, pdu, "power") if pdu is not None else None,
+            overhead_w=config.power.overhead_w,
+            release_rate_w_per_s=config.power.release_rate_w_per_s,
+        )
+    )
 
 
 def _loop_spec(rack: str, loop: LoopConfig) -> LoopSpec:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from coolctl.config import LoopConfig, RackConfig
+from coolctl.config import DeviceConfig, LoopConfig, RackConfig
 from coolctl.control.supervisor import (
     ActuatorRole,
     ActuatorSafety,
@@ -31,7 +31,7 @@ def supervisor_config(rack: RackConfig, devices: Mapping[str, DeviceHandle]) -> 
     actuators = tuple(
         loop_actuator(rack, loop, devices[loop.actuator.device].writable[loop.actuator.point])
         for loop in rack.loops.values()
-    )
+    ) + tuple(cap_actuator(rack.id, device) for device in server_caps(rack))
     required = tuple(
         PointId(rack.id, ref.device, ref.point)
         for loop in rack.loops.values()
@@ -99,4 +99,38 @@ def loop_actuator(rack: RackConfig, loop: LoopConfig, device: WritableSpec) -> A
         on_over_temperature=on_over_temperature,
         on_pump_failure=on_pump_failure,
         shutdown=loop.shutdown_output,
+    )
+
+
+def server_caps(rack: RackConfig) -> list[DeviceConfig]:
+    """The rack's servers whose power caps its budget sets (Redfish BMCs), in config order."""
+    return [
+        device
+        for device in rack.devices.values()
+        if device.redfish is not None and device.redfish.kind == "server"
+    ]
+
+
+def cap_actuator(rack: str, device: DeviceConfig) -> ActuatorSafety:
+    """A server's power cap: the allocator moves it within the configured range, at once.
+
+    Every safety response lowers it to the minimum: a leak, an over-temperature, a pump that
+    failed, and a rack that cannot see its cooling (failsafe) all call for less heat.
+    """
+    redfish = device.redfish
+    assert redfish is not None
+    low, high = redfish.cap_min_w, redfish.cap_max_w
+    return ActuatorSafety(
+        point=PointId(rack, device.id, "power_limit"),
+        role=ActuatorRole.POWER_LIMIT,
+        minimum=low,
+        maximum=high,
+        slew_per_s=None,  # caps must fall at once when the budget drops
+        failsafe=low,
+        hard_minimum=low,
+        hard_maximum=high,
+        on_leak=low,
+        on_over_temperature=low,
+        on_pump_failure=low,
+        shutdown=None,  # on stop, the BMC keeps the last cap
     )

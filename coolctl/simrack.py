@@ -11,8 +11,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from coolctl.config import Config, RackConfig, parse_host_port
+from coolctl.config import (
+    Config,
+    DeviceConfig,
+    RackConfig,
+    RedfishDeviceConfig,
+    parse_host_port,
+)
 from coolctl.drivers.modbus_profile import load_profile
 from coolctl.simulators.live import Service, SimDeviceSpec, SimRackSpec
 
@@ -41,7 +48,20 @@ def sim_specs(
 
 
 def _sim_devices(rack: RackConfig, port: int | None) -> Iterable[SimDeviceSpec]:
+    servers = 0  # a rack's BMCs stand for plant servers 0, 1, 2, … in config order
     for device in rack.devices.values():
+        if device.redfish is not None:
+            kind = device.redfish.kind
+            yield SimDeviceSpec(
+                device=device.id,
+                kind=kind,
+                protocol="redfish",
+                server=servers if kind == "server" else 0,
+                username=device.redfish.username or "admin",
+                port=0 if port is not None else _url_port(device.redfish.url),
+            )
+            servers += kind == "server"
+            continue
         if device.driver == "mqtt":
             if device.profile in SIMULATED_MQTT_PROFILES:
                 prefix = device.topic_prefix or "coolctl-sim"
@@ -60,17 +80,49 @@ def _sim_devices(rack: RackConfig, port: int | None) -> Iterable[SimDeviceSpec]:
         )
 
 
-def with_services(config: Config, services: Iterable[Service]) -> Config:
-    """The config with each simulated Modbus device's address and port set to where it listens."""
+def with_services(
+    config: Config, services: Iterable[Service], secrets: Path | None = None
+) -> Config:
+    """The config pointed at the simulated devices: each Modbus device's address and port, each
+    Redfish device's URL, CA and account (its password written to a file in `secrets`)."""
     racks = dict(config.racks)
     for service in services:
-        if service.protocol != "modbus":
+        if service.protocol not in ("modbus", "redfish"):
             continue
         rack = racks[service.rack]
-        host, _, port = service.address.rpartition(":")
-        device = replace(rack.devices[service.device], address=host, port=int(port))
+        device = rack.devices[service.device]
+        if service.protocol == "modbus":
+            host, _, port = service.address.rpartition(":")
+            device = replace(device, address=host, port=int(port))
+        else:
+            device = replace(device, redfish=_redfish_pointed(device, service, secrets))
         racks[service.rack] = replace(rack, devices={**rack.devices, service.device: device})
     return replace(config, racks=racks)
+
+
+def _redfish_pointed(
+    device: DeviceConfig, service: Service, secrets: Path | None
+) -> RedfishDeviceConfig:
+    assert device.redfish is not None
+    if secrets is None:
+        raise ValueError("simulated Redfish devices need a directory for their password files")
+    password_file = secrets / f"{service.rack}-{service.device}.password"
+    password_file.touch(mode=0o600)
+    password_file.write_text(service.password, "utf-8")
+    return replace(
+        device.redfish,
+        url=service.url,
+        ca_file=Path(service.ca),
+        username=service.username,
+        password_file=password_file,
+        password_credential=None,
+        verify_tls=True,
+    )
+
+
+def _url_port(url: str) -> int:
+    port = urlsplit(url).port
+    return port if port is not None else 443
 
 
 def with_broker(config: Config, broker: str) -> Config:

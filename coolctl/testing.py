@@ -65,11 +65,16 @@ async def simulated_rack(
                 mqtt_broker = broker.address
             loaded = with_broker(loaded, mqtt_broker)
         specs = sim_specs(loaded, port=0, load=load, plant=plant)
+        secrets = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="coolctl-sim-")))
         simulation = LiveSimulation(
-            specs, time_scale=time_scale, mqtt_broker=mqtt_broker, control_port=0
+            specs,
+            time_scale=time_scale,
+            mqtt_broker=mqtt_broker,
+            control_port=0,
+            tls_dir=secrets / "tls",
         )
         await stack.enter_async_context(simulation)
-        yield simulation, with_services(loaded, simulation.services)
+        yield simulation, with_services(loaded, simulation.services, secrets)
 
 
 @dataclass

@@ -10,25 +10,25 @@ read planner are pure so that they can be tested exhaustively.
 
 from __future__ import annotations
 
-import importlib.resources
 import itertools
 import math
-import re
 import struct
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar, get_args
+from typing import Any, Final, Literal, get_args
 
+from coolctl.drivers import profile_toml
+from coolctl.drivers.profile_toml import ProfileChecker
 from coolctl.model import CANONICAL_POINTS, Unit
+
+ProfileError = profile_toml.ProfileError  # the error of every profile loader
 
 Table = Literal["holding", "input", "coil", "discrete"]
 DataType = Literal["int16", "uint16", "int32", "uint32", "float32", "bool"]
 WordOrder = Literal["big", "little"]
 DeviceKind = Literal["cdu", "pdu", "server", "sensor"]
 
-_Choice = TypeVar("_Choice", bound=str)
 
 TABLES: Final[tuple[Table, ...]] = get_args(Table)
 DATA_TYPES: Final[tuple[DataType, ...]] = get_args(DataType)
@@ -55,7 +55,6 @@ _INTEGER_RANGES: Final[Mapping[str, tuple[int, int]]] = {
     "int32": (-(2**31), 2**31 - 1),
     "uint32": (0, 2**32 - 1),
 }
-_BARE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 _PROFILE_KEYS: Final = frozenset(
     {
@@ -70,10 +69,6 @@ _PROFILE_KEYS: Final = frozenset(
 )
 _POINT_REQUIRED: Final = ("name", "table", "address", "type", "unit")
 _POINT_OPTIONAL: Final = frozenset({"word_order", "scale", "offset", "writable", "min", "max"})
-
-
-class ProfileError(ValueError):
-    """A profile file that cannot be used; the message names the file, the key and the fault."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,55 +145,21 @@ def load_profile(name_or_path: str | Path) -> ModbusProfile:
 
     A string counts as a path when it contains "/" or ends in ".toml"; a `Path` always does.
     """
-    text = str(name_or_path)
-    if isinstance(name_or_path, Path) or "/" in text or text.endswith(".toml"):
-        path = Path(name_or_path)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ProfileError(f"{path}: cannot read profile: {exc.strerror or exc}") from exc
-        return parse_profile(data, path)
-    return _load_shipped(text)
+    return profile_toml.load(name_or_path, "modbus", parse_profile)
 
 
 def shipped_profiles() -> list[str]:
     """Names of the Modbus profiles shipped with coolctl (the folder holds other protocols')."""
-    folder = importlib.resources.files("coolctl.drivers.profiles")
-    return sorted(
-        entry.name.removesuffix(".toml")
-        for entry in folder.iterdir()
-        if entry.name.endswith(".toml")
-        and tomllib.loads(entry.read_text("utf-8")).get("profile", {}).get("protocol") == "modbus"
-    )
-
-
-def _load_shipped(name: str) -> ModbusProfile:
-    if not _BARE_NAME.fullmatch(name):
-        raise ProfileError(f"{name!r}: not a profile name (letters, digits, '-', '_', '.')")
-    resource = importlib.resources.files("coolctl.drivers.profiles") / f"{name}.toml"
-    if not resource.is_file():
-        available = ", ".join(shipped_profiles()) or "none"
-        raise ProfileError(f"{name!r}: no shipped profile of that name (shipped: {available})")
-    return parse_profile(resource.read_bytes(), Path(str(resource)))
+    return profile_toml.shipped("modbus")
 
 
 def parse_profile(data: bytes, path: Path) -> ModbusProfile:
     """Check the TOML text of a profile; `path` is only used to name the file in errors."""
-    try:
-        document = tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ProfileError(f"{path}: not valid TOML: {exc}") from exc
-    return _Checker(path).profile(document)
+    return _Checker(path).profile(profile_toml.parse_document(data, path))
 
 
-class _Checker:
-    """Reads a parsed TOML document into a profile, naming file and key in every error."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def fail(self, key: str, problem: str) -> ProfileError:
-        return ProfileError(f"{self.path}: {key}: {problem}")
+class _Checker(ProfileChecker):
+    """Reads a parsed TOML document into a Modbus profile."""
 
     def profile(self, document: Mapping[str, Any]) -> ModbusProfile:
         self.no_unknown_keys(document, {"profile", "point"}, "")
@@ -289,16 +250,6 @@ class _Checker:
 
     # --- checks across points
 
-    def no_duplicates(self, points: Sequence[RegisterPoint]) -> None:
-        seen: dict[str, int] = {}
-        for index, point in enumerate(points):
-            if point.name in seen:
-                raise self.fail(
-                    f"point[{index}].name",
-                    f"{point.name!r} is already defined by point[{seen[point.name]}]",
-                )
-            seen[point.name] = index
-
     def no_overlaps(self, points: Sequence[RegisterPoint]) -> None:
         indexed = sorted(enumerate(points), key=lambda item: (item[1].table, item[1].address))
         for (_, before), (index, after) in itertools.pairwise(indexed):
@@ -311,65 +262,6 @@ class _Checker:
                 )
 
     # --- checks of single values
-
-    def no_unknown_keys(
-        self, table: Mapping[str, Any], allowed: set[str] | frozenset[str], key: str
-    ) -> None:
-        for name in table:
-            if name not in allowed:
-                where = f"{key}.{name}" if key else name
-                raise self.fail(where, f"unknown key (allowed: {', '.join(sorted(allowed))})")
-
-    def table(self, document: Mapping[str, Any], name: str, key: str) -> Mapping[str, Any]:
-        value = document.get(name)
-        if value is None:
-            raise self.fail(key, "missing")
-        if not isinstance(value, dict):
-            raise self.fail(key, f"must be a table, not {type(value).__name__}")
-        return value
-
-    def string(
-        self, table: Mapping[str, Any], name: str, key: str, default: str | None = None
-    ) -> str:
-        value = table.get(name, default)
-        if value is None:
-            raise self.fail(f"{key}.{name}", "missing")
-        if not isinstance(value, str):
-            raise self.fail(f"{key}.{name}", f"must be a string, not {type(value).__name__}")
-        return value
-
-    def choice(
-        self,
-        table: Mapping[str, Any],
-        name: str,
-        key: str,
-        choices: tuple[_Choice, ...],
-        default: _Choice | None = None,
-    ) -> _Choice:
-        value = self.string(table, name, key, default)
-        if value not in choices:
-            raise self.fail(f"{key}.{name}", f"must be one of {'|'.join(choices)}, not {value!r}")
-        return value
-
-    def boolean(self, table: Mapping[str, Any], name: str, key: str, default: bool) -> bool:
-        value = table.get(name, default)
-        if not isinstance(value, bool):
-            raise self.fail(f"{key}.{name}", f"must be true or false, not {value!r}")
-        return value
-
-    def integer(self, table: Mapping[str, Any], name: str, key: str) -> int:
-        value = table.get(name)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(f"{key}.{name}", f"must be an integer, not {value!r}")
-        return value
-
-    def number(self, table: Mapping[str, Any], name: str, key: str, default: float) -> float:
-        value = table.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(f"{key}.{name}", f"must be a number, not {value!r}")
-        if not math.isfinite(value):
-            raise self.fail(f"{key}.{name}", f"must be finite, not {value}")
-        return float(value)
 
     def address(self, table: Mapping[str, Any], key: str) -> int:
         address = self.integer(table, "address", key)

@@ -12,23 +12,23 @@ tested without a broker.
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import math
-import re
 import string
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar, get_args
+from typing import Any, Final, Literal, get_args
 
+from coolctl.drivers import profile_toml
+from coolctl.drivers.profile_toml import ProfileChecker
 from coolctl.model import CANONICAL_POINTS, Unit
+
+ProfileError = profile_toml.ProfileError  # the error of every profile loader
 
 PayloadFormat = Literal["json", "number", "boolean"]
 DeviceKind = Literal["cdu", "pdu", "server", "sensor"]
 
-_Choice = TypeVar("_Choice", bound=str)
 
 PAYLOAD_FORMATS: Final[tuple[PayloadFormat, ...]] = get_args(PayloadFormat)
 DEVICE_KINDS: Final[tuple[DeviceKind, ...]] = get_args(DeviceKind)
@@ -44,17 +44,12 @@ OUT_OF_RANGE: Final = "out_of_range"  # decoded, but outside the point's plausib
 OVERSIZED: Final = "oversized"  # larger than MAX_PAYLOAD_BYTES
 UNKNOWN_TOPIC: Final = "unknown_topic"  # no point of any device maps the topic
 
-_BARE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _TRUE_WORDS: Final = frozenset({"1", "true"})
 _FALSE_WORDS: Final = frozenset({"0", "false"})
 
 _PROFILE_KEYS: Final = frozenset({"name", "description", "protocol", "kind"})
 _POINT_REQUIRED: Final = ("name", "topic", "format", "unit", "max_age_s")
 _POINT_OPTIONAL: Final = frozenset({"field", "qos", "interlock", "min", "max"})
-
-
-class ProfileError(ValueError):
-    """A profile file that cannot be used; the message names the file, the key and the fault."""
 
 
 class PayloadError(ValueError):
@@ -117,60 +112,21 @@ class MqttProfile:
 def load_mqtt_profile(name_or_path: str | Path) -> MqttProfile:
     """Load and check a profile: a bare name ("sim-mqtt-sensors") means a shipped profile,
     anything with a "/" or ending in ".toml" (and every `Path`) a file."""
-    text = str(name_or_path)
-    if isinstance(name_or_path, Path) or "/" in text or text.endswith(".toml"):
-        path = Path(name_or_path)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ProfileError(f"{path}: cannot read profile: {exc.strerror or exc}") from exc
-        return parse_mqtt_profile(data, path)
-    return _load_shipped(text)
+    return profile_toml.load(name_or_path, "mqtt", parse_mqtt_profile)
 
 
 def shipped_mqtt_profiles() -> list[str]:
     """Names of the MQTT profiles shipped with coolctl (the folder holds Modbus ones too)."""
-    folder = importlib.resources.files("coolctl.drivers.profiles")
-    names = []
-    for entry in folder.iterdir():
-        if not entry.name.endswith(".toml"):
-            continue
-        try:
-            header = tomllib.loads(entry.read_text("utf-8")).get("profile", {})
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError):
-            continue
-        if isinstance(header, dict) and header.get("protocol") == "mqtt":
-            names.append(entry.name.removesuffix(".toml"))
-    return sorted(names)
-
-
-def _load_shipped(name: str) -> MqttProfile:
-    if not _BARE_NAME.fullmatch(name):
-        raise ProfileError(f"{name!r}: not a profile name (letters, digits, '-', '_', '.')")
-    resource = importlib.resources.files("coolctl.drivers.profiles") / f"{name}.toml"
-    if not resource.is_file():
-        available = ", ".join(shipped_mqtt_profiles()) or "none"
-        raise ProfileError(f"{name!r}: no shipped MQTT profile of that name (shipped: {available})")
-    return parse_mqtt_profile(resource.read_bytes(), Path(str(resource)))
+    return profile_toml.shipped("mqtt")
 
 
 def parse_mqtt_profile(data: bytes, path: Path) -> MqttProfile:
     """Check the TOML text of a profile; `path` is only used to name the file in errors."""
-    try:
-        document = tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ProfileError(f"{path}: not valid TOML: {exc}") from exc
-    return _Checker(path).profile(document)
+    return _Checker(path).profile(profile_toml.parse_document(data, path))
 
 
-class _Checker:
-    """Reads a parsed TOML document into a profile, naming file and key in every error."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def fail(self, key: str, problem: str) -> ProfileError:
-        return ProfileError(f"{self.path}: {key}: {problem}")
+class _Checker(ProfileChecker):
+    """Reads a parsed TOML document into an MQTT profile."""
 
     def profile(self, document: Mapping[str, Any]) -> MqttProfile:
         self.no_unknown_keys(document, {"profile", "point"}, "")
@@ -229,16 +185,6 @@ class _Checker:
         )
 
     # --- checks across points
-
-    def no_duplicates(self, points: Sequence[TopicPoint]) -> None:
-        seen: dict[str, int] = {}
-        for index, point in enumerate(points):
-            if point.name in seen:
-                raise self.fail(
-                    f"point[{index}].name",
-                    f"{point.name!r} is already defined by point[{seen[point.name]}]",
-                )
-            seen[point.name] = index
 
     def shared_topics_are_json(self, points: Sequence[TopicPoint]) -> None:
         """Several points may read fields of one JSON document, but a plain payload holds one
@@ -320,59 +266,6 @@ class _Checker:
         if minimum is not None and maximum is not None and minimum > maximum:
             raise self.fail(f"{key}.min", f"{minimum} is above max {maximum}")
         return minimum, maximum
-
-    def no_unknown_keys(
-        self, table: Mapping[str, Any], allowed: set[str] | frozenset[str], key: str
-    ) -> None:
-        for name in table:
-            if name not in allowed:
-                where = f"{key}.{name}" if key else name
-                raise self.fail(where, f"unknown key (allowed: {', '.join(sorted(allowed))})")
-
-    def table(self, document: Mapping[str, Any], name: str, key: str) -> Mapping[str, Any]:
-        value = document.get(name)
-        if value is None:
-            raise self.fail(key, "missing")
-        if not isinstance(value, dict):
-            raise self.fail(key, f"must be a table, not {type(value).__name__}")
-        return value
-
-    def string(
-        self, table: Mapping[str, Any], name: str, key: str, default: str | None = None
-    ) -> str:
-        value = table.get(name, default)
-        if value is None:
-            raise self.fail(f"{key}.{name}", "missing")
-        if not isinstance(value, str):
-            raise self.fail(f"{key}.{name}", f"must be a string, not {type(value).__name__}")
-        return value
-
-    def choice(
-        self,
-        table: Mapping[str, Any],
-        name: str,
-        key: str,
-        choices: tuple[_Choice, ...],
-        default: _Choice | None = None,
-    ) -> _Choice:
-        value = self.string(table, name, key, default)
-        if value not in choices:
-            raise self.fail(f"{key}.{name}", f"must be one of {'|'.join(choices)}, not {value!r}")
-        return value
-
-    def boolean(self, table: Mapping[str, Any], name: str, key: str, default: bool) -> bool:
-        value = table.get(name, default)
-        if not isinstance(value, bool):
-            raise self.fail(f"{key}.{name}", f"must be true or false, not {value!r}")
-        return value
-
-    def number(self, table: Mapping[str, Any], name: str, key: str) -> float:
-        value = table.get(name)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(f"{key}.{name}", f"must be a number, not {value!r}")
-        if not math.isfinite(value):
-            raise self.fail(f"{key}.{name}", f"must be finite, not {value}")
-        return float(value)
 
 
 # --------------------------------------------------------------------------------------------

@@ -52,6 +52,9 @@ def rack_state(simulation: LiveSimulation, rack: str) -> dict[str, Any]:
     for (server_rack, device), server in simulation.servers.items():
         if server_rack == rack:
             links[device] = {"protocol": "modbus", "online": not server.offline}
+    for (server_rack, device), bmc in simulation.redfish.items():
+        if server_rack == rack:
+            links[device] = {"protocol": "redfish", "online": not bmc.offline}
     for (sensor_rack, device), publisher in simulation.publishers.items():
         if sensor_rack == rack:
             links[device] = {

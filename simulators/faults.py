@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from coolctl.simulators.live import LiveSimulation, SensorPoints, SimDeviceSpec
+    from coolctl.simulators.modbus_server import ModbusDeviceServer
     from coolctl.simulators.plant import RackPlant
+    from coolctl.simulators.redfish_server import RedfishDeviceServer
 
 __all__ = ["FAULT_KINDS", "ActiveFault", "FaultBook", "apply_fault"]
 
@@ -496,13 +498,14 @@ def _link_fault(
     if name is None:
         raise ValueError(f"{kind} needs a device: rack {rack} has no CDU to default to")
     key = (rack, name)
-    server = simulation.servers.get(key)
+    server = simulation.servers.get(key) or simulation.redfish.get(key)
     publisher = simulation.publishers.get(key)
     plant = simulation.plants[rack]
     shown: float | None = None
     undo: Callable[[], None]
     if server is None and publisher is None:
-        known = ", ".join(d for r, d in (*simulation.servers, *simulation.publishers) if r == rack)
+        every = (*simulation.servers, *simulation.redfish, *simulation.publishers)
+        known = ", ".join(d for r, d in every if r == rack)
         raise ValueError(f"rack {rack} has no simulated device {name!r}; it has {known}")
     if kind == "link_loss":
         _reject(kind, point=point, value=value)
@@ -511,7 +514,7 @@ def _link_fault(
                 server.set_offline(True)
             except RuntimeError as exc:
                 raise ValueError(f"{rack}/{name}: {exc}") from None
-            text = f"{rack}/{name}: link lost (Modbus server offline)"
+            text = f"{rack}/{name}: link lost (server offline)"
             undo = functools.partial(server.set_offline, False)
         else:
             assert publisher is not None
@@ -519,7 +522,7 @@ def _link_fault(
             text = f"{rack}/{name}: link lost (MQTT publishing stopped)"
             undo = functools.partial(publisher.set_paused, False)
     elif server is None:
-        raise ValueError(f"{kind} applies to Modbus devices; {rack}/{name} publishes MQTT")
+        raise ValueError(f"{kind} applies to servers; {rack}/{name} publishes MQTT")
     elif kind == "response_delay":
         _reject(kind, point=point)
         shown = _number(kind, value, "seconds")
@@ -550,7 +553,11 @@ def _clear(simulation: LiveSimulation, rack: str) -> str:
     for device in ("cdu", "pdu", *(f"server{i}" for i in range(plant.n_servers))):
         for point in plant.readings(device):
             plant.reset_sensor(device, point)
-    for (server_rack, _), server in simulation.servers.items():
+    servers: list[tuple[tuple[str, str], ModbusDeviceServer | RedfishDeviceServer]] = [
+        *simulation.servers.items(),
+        *simulation.redfish.items(),
+    ]
+    for (server_rack, _), server in servers:
         if server_rack != rack:
             continue
         with contextlib.suppress(RuntimeError):  # not serving (simulation stopped): nothing to do

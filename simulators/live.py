@@ -2,8 +2,12 @@
 
 Each rack gets one plant; each of its simulated devices is a protocol front-end that reads its
 values from that plant and hands writes to it: a Modbus TCP server on loopback for a CDU or PDU,
-an MQTT publisher to a broker for a rack sensor device. `time_scale` runs plant time faster
-than wall time (the HIL tests use it to keep runs short); 1.0 is real time.
+a Redfish service over HTTPS for a server's BMC (and for a CDU or PDU that asks for it), an
+MQTT publisher to a broker for a rack sensor device. `time_scale` runs plant time faster than
+wall time (the HIL tests use it to keep runs short); 1.0 is real time.
+
+The Redfish services share one certificate authority per simulation (`tls_dir`, or a temporary
+folder removed on stop); clients trust its `ca.pem`, which every redfish Service line names.
 
 Faults can be injected while it runs (`coolctl.simulators.faults`), from the same process or,
 with `control_port`, over HTTP from another (`coolctl.simulators.control_server`).
@@ -15,6 +19,10 @@ import asyncio
 import contextlib
 import logging
 import math
+import secrets
+import shutil
+import ssl
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,14 +36,28 @@ from coolctl.simulators.faults import FaultBook
 from coolctl.simulators.modbus_server import ModbusDeviceServer
 from coolctl.simulators.mqtt_sensors import DEFAULT_PREFIX, MqttSensorPublisher, parse_broker
 from coolctl.simulators.plant import PlantParams, RackPlant
+from coolctl.simulators.redfish_devices import build_device
+from coolctl.simulators.redfish_server import RedfishDeviceServer
 from coolctl.simulators.sensors import DeviceSensors, PointSensor
+from coolctl.simulators.tls import TlsMaterial, create_tls_material, server_ssl_context
 
 log = logging.getLogger("coolctl.simulators.live")
 
-DeviceKind = Literal["cdu", "pdu", "sensor"]
+DeviceKind = Literal["cdu", "pdu", "sensor", "server"]
 
-# Which protocol serves each kind of device.
-PROTOCOLS: Mapping[str, str] = {"cdu": "modbus", "pdu": "modbus", "sensor": "mqtt"}
+# Which protocol serves each kind of device by default, and which it may choose.
+PROTOCOLS: Mapping[str, str] = {
+    "cdu": "modbus",
+    "pdu": "modbus",
+    "sensor": "mqtt",
+    "server": "redfish",
+}
+PROTOCOL_CHOICES: Mapping[str, tuple[str, ...]] = {
+    "cdu": ("modbus", "redfish"),
+    "pdu": ("modbus", "redfish"),
+    "sensor": ("mqtt",),
+    "server": ("redfish",),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +67,12 @@ class SimDeviceSpec:
     A `sensor` device publishes over MQTT instead of listening: `register_map`, `unit_id`,
     `host` and `port` do not apply to it; the broker comes from its rack or the simulation, and
     `topic_prefix` and `publish_period_s` set what it publishes and how often.
+
+    `protocol` is "modbus" (the default) or "redfish" for a CDU or PDU; a `server` is the BMC
+    of plant server number `server` and always speaks Redfish. A Redfish device has one
+    account, `username` with `password` (a random one when empty); `legacy_power` also shows a
+    BMC's power limit as the old `Chassis/1/Power` resource; `require_if_match` makes a PATCH
+    without If-Match fail with 428.
     """
 
     device: str
@@ -55,10 +83,24 @@ class SimDeviceSpec:
     port: int = 0
     topic_prefix: str = DEFAULT_PREFIX
     publish_period_s: float = 1.0
+    protocol: str = ""  # empty: the kind's default (PROTOCOLS)
+    server: int = 0
+    username: str = "admin"
+    password: str = ""
+    legacy_power: bool = False
+    require_if_match: bool = False
 
-    @property
-    def protocol(self) -> str:
-        return PROTOCOLS[self.kind]
+    def __post_init__(self) -> None:
+        choices = PROTOCOL_CHOICES.get(self.kind)
+        if choices is None:
+            raise ValueError(f"device {self.device!r}: unknown kind {self.kind!r}")
+        protocol = self.protocol or PROTOCOLS[self.kind]
+        if protocol not in choices:
+            raise ValueError(
+                f"device {self.device!r}: a {self.kind} speaks {' or '.join(choices)},"
+                f" not {protocol!r}"
+            )
+        object.__setattr__(self, "protocol", protocol)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +120,10 @@ class Service:
     """A started protocol front-end, as `coolctl sim serve` prints it.
 
     `modbus`: `address` is where the device listens. `mqtt`: `address` is the broker the device
-    publishes to, under `topic_prefix/rack/device`. `control`: the fault-injection HTTP server,
-    which belongs to no rack (`rack` and `device` are empty).
+    publishes to, under `topic_prefix/rack/device`. `redfish`: `url` is the service's
+    `https://host:port`, `username`/`password` its account, `ca` the CA certificate file to
+    trust. `control`: the fault-injection HTTP server, which belongs to no rack (`rack` and
+    `device` are empty).
     """
 
     protocol: str
@@ -89,6 +133,10 @@ class Service:
     unit_id: int = 0
     register_map: str = ""
     topic_prefix: str = ""
+    url: str = ""
+    username: str = ""
+    password: str = ""
+    ca: str = ""
 
     @property
     def base_topic(self) -> str:
@@ -99,6 +147,8 @@ class Service:
             return f"mqtt {self.address} {self.base_topic}"
         if self.protocol == "control":
             return f"control http://{self.address}"
+        if self.protocol == "redfish":
+            return f"redfish {self.url} user={self.username} password={self.password} ca={self.ca}"
         return (
             f"{self.protocol} {self.address} rack={self.rack} device={self.device}"
             f" unit={self.unit_id} profile={self.register_map}"
@@ -134,6 +184,26 @@ class CduPoints:
         if writer is None:
             raise ValueError(f"{name} is not writable on the CDU")
         writer(value)
+        self.writes.append(DeviceWrite(time.monotonic(), self.plant.time_s, name, value))
+
+
+class ServerPoints:
+    """One plant server as its BMC sees it: power, temperatures, and the power cap it accepts."""
+
+    def __init__(self, plant: RackPlant, server: int) -> None:
+        if isinstance(server, bool) or not 0 <= server < plant.n_servers:
+            raise ValueError(f"server {server!r} outside 0..{plant.n_servers - 1}")
+        self.plant = plant
+        self.server = server
+        self.writes: list[DeviceWrite] = []
+
+    def read_points(self) -> Mapping[str, float]:
+        return self.plant.server_readings(self.server)
+
+    def write_point(self, name: str, value: float) -> None:
+        if name != "power_limit":
+            raise ValueError(f"{name} is not writable on a server")
+        self.plant.set_power_limit(self.server, value)
         self.writes.append(DeviceWrite(time.monotonic(), self.plant.time_s, name, value))
 
 
@@ -220,21 +290,24 @@ class SensorPoints:
             self._sensors.sensor(point).reset()
 
 
-PointSource = CduPoints | PduPoints | SensorPoints
+PointSource = CduPoints | PduPoints | SensorPoints | ServerPoints
 
-_POINT_SOURCES: Mapping[str, Callable[[RackPlant, int], PointSource]] = {
-    "cdu": lambda plant, _seed: CduPoints(plant),
-    "pdu": lambda plant, _seed: PduPoints(plant),
-    "sensor": SensorPoints,
+_POINT_SOURCES: Mapping[str, Callable[[RackPlant, int, SimDeviceSpec], PointSource]] = {
+    "cdu": lambda plant, _seed, _spec: CduPoints(plant),
+    "pdu": lambda plant, _seed, _spec: PduPoints(plant),
+    "sensor": lambda plant, seed, _spec: SensorPoints(plant, seed),
+    "server": lambda plant, _seed, spec: ServerPoints(plant, spec.server),
 }
 
 
 class LiveSimulation:
-    """Plants stepped in (scaled) real time, behind Modbus servers and MQTT publishers.
+    """Plants stepped in (scaled) real time, behind Modbus, Redfish and MQTT front-ends.
 
     `mqtt_broker` ("host:port") is where sensor devices publish unless their rack names its
     own. `control_port` starts the fault-injection HTTP server on `control_host` (0 picks a free
-    port; None, the default, starts none).
+    port; None, the default, starts none). `tls_dir` is where the Redfish services' CA and
+    certificate go (made there once, a CA already there is reused); None uses a temporary
+    folder that `stop` removes.
     """
 
     def __init__(
@@ -246,6 +319,7 @@ class LiveSimulation:
         mqtt_broker: str | None = None,
         control_port: int | None = None,
         control_host: str = "127.0.0.1",
+        tls_dir: Path | None = None,
     ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be greater than 0")
@@ -256,7 +330,12 @@ class LiveSimulation:
         self.plants: dict[str, RackPlant] = {}
         self.servers: dict[tuple[str, str], ModbusDeviceServer] = {}
         self.publishers: dict[tuple[str, str], MqttSensorPublisher] = {}
+        self.redfish: dict[tuple[str, str], RedfishDeviceServer] = {}
         self.points: dict[tuple[str, str], PointSource] = {}
+        self.tls: TlsMaterial | None = None
+        self._ssl: ssl.SSLContext | None = None
+        self._tls_dir = tls_dir
+        self._tls_temporary: Path | None = None
         self.services: list[Service] = []
         self.faults = FaultBook()
         self.control: ControlServer | None = None
@@ -269,9 +348,11 @@ class LiveSimulation:
             self.plants[spec.rack] = plant
             for index, device in enumerate(spec.devices):
                 key = (spec.rack, device.device)
-                source = _POINT_SOURCES[device.kind](plant, spec.seed * 1000 + index)
+                source = _POINT_SOURCES[device.kind](plant, spec.seed * 1000 + index, device)
                 self.points[key] = source
-                if device.kind == "sensor":
+                if device.protocol == "redfish":
+                    self.redfish[key] = self._redfish_server(spec.rack, device, source, plant)
+                elif device.kind == "sensor":
                     broker = spec.mqtt_broker or mqtt_broker
                     if broker is None:
                         raise ValueError(
@@ -299,6 +380,40 @@ class LiveSimulation:
             rack: [p for (r, _), p in self.publishers.items() if r == rack] for rack in self.plants
         }
 
+    def _tls_material(self) -> tuple[TlsMaterial, ssl.SSLContext]:
+        """The simulation's CA and server certificate, made on first need, and its context."""
+        if self.tls is None or self._ssl is None:
+            directory = self._tls_dir
+            if directory is None:
+                directory = self._tls_temporary = Path(tempfile.mkdtemp(prefix="coolctl-sim-tls-"))
+            self.tls = create_tls_material(directory)
+            self._ssl = server_ssl_context(self.tls.server_cert, self.tls.server_key)
+        return self.tls, self._ssl
+
+    def _redfish_server(
+        self, rack: str, device: SimDeviceSpec, source: PointSource, plant: RackPlant
+    ) -> RedfishDeviceServer:
+        tls, context = self._tls_material()
+        service = build_device(
+            device.kind,
+            source,
+            plant,
+            name=f"{rack}/{device.device}",
+            username=device.username,
+            password=device.password or secrets.token_urlsafe(12),
+            server_index=device.server,
+            legacy_power=device.legacy_power,
+            sensing_interval_s=self.step_s,
+        )
+        return RedfishDeviceServer(
+            service,
+            ssl_context=context,
+            certificate_file=tls.server_cert,
+            host=device.host,
+            port=device.port,
+            require_if_match=device.require_if_match,
+        )
+
     async def start(self) -> None:
         try:
             for (rack, device), server in self.servers.items():
@@ -307,6 +422,22 @@ class LiveSimulation:
                 self.services.append(
                     Service(
                         "modbus", server.address, rack, device, spec.unit_id, str(spec.register_map)
+                    )
+                )
+            for (rack, device), redfish in self.redfish.items():
+                await redfish.start()
+                account = redfish.service.account
+                assert self.tls is not None
+                self.services.append(
+                    Service(
+                        "redfish",
+                        redfish.address,
+                        rack,
+                        device,
+                        url=redfish.url,
+                        username=account.username,
+                        password=account.password,
+                        ca=str(self.tls.ca_cert),
                     )
                 )
             for (rack, device), publisher in self.publishers.items():
@@ -337,6 +468,11 @@ class LiveSimulation:
             await publisher.stop()
         for server in self.servers.values():
             await server.stop()
+        for redfish in self.redfish.values():
+            await redfish.stop()
+        if self._tls_temporary is not None:
+            shutil.rmtree(self._tls_temporary, ignore_errors=True)
+            self._tls_temporary = None
 
     async def __aenter__(self) -> LiveSimulation:
         await self.start()

@@ -225,7 +225,7 @@ async def test_link_loss_of_the_cdu_refuses_modbus_clients_until_undone(
 ) -> None:
     assert await can_read(sim)
     text = apply_fault(sim, "link_loss", duration_s=1.0)
-    assert text == "r01/cdu1: link lost (Modbus server offline) for 1 s"
+    assert text == "r01/cdu1: link lost (server offline) for 1 s"
     client = modbus_client(sim)
     try:
         assert not await client.connect()
@@ -346,7 +346,7 @@ async def test_duration_undoes_each_fault_and_a_replaced_fault_undoes_to_the_fir
         ("sensor_noise", {"point": "flow", "value": -2.0}, "must be >= 0"),
         ("sensor_noise", {"point": "flow", "value": float("nan")}, "finite number"),
         ("link_loss", {"device": "bmc7"}, "no simulated device 'bmc7'"),
-        ("response_delay", {"device": "sensors1", "value": 1.0}, "applies to Modbus devices"),
+        ("response_delay", {"device": "sensors1", "value": 1.0}, "applies to servers"),
         ("read_fail", {"device": "cdu1", "point": "colour"}, "has no point 'colour'"),
         ("read_fail", {"device": "cdu1"}, "read_fail needs a point"),
         ("load", {}, "load needs a value"),
