@@ -290,6 +290,11 @@ def status_lines(daemon: Daemon) -> list[str]:
             ]
         if pdu:
             parts.append(f"power {show(pdu, 'power', '{:.1f}', 1e-3)} kW")
+        allocation = rack.allocator.allocation if rack.allocator is not None else None
+        if allocation is not None and allocation.budget_w is not None:
+            parts.append(
+                f"caps {allocation.allocated_w / 1e3:.1f}/{allocation.budget_w / 1e3:.0f} kW"
+            )
         if sensors:
             parts.append(f"inlet {show(sensors, 'inlet_temperature', '{:.1f}')}°C")
             parts.append(f"leak {show(sensors, 'leak_detected', '{:.0f}')}")

@@ -37,7 +37,7 @@ DASHBOARD_DIR = ROOT / "deploy" / "grafana" / "dashboards"
 DASHBOARDS = sorted(DASHBOARD_DIR.glob("*.json"))
 PROVISIONING = ROOT / "deploy" / "grafana" / "provisioning"
 ALERT_RULES = ROOT / "deploy" / "prometheus" / "coolctl-alerts.yml"
-CONFIG = Path(__file__).parent / "configs" / "hil-rack.toml"
+CONFIG = Path(__file__).parent / "configs" / "hil-full-rack.toml"
 
 DATASOURCE_UID = "coolctl-prometheus"
 EXPECTED_UIDS = {"coolctl-site", "coolctl-rack"}
@@ -47,11 +47,7 @@ BUILTIN_VARIABLES = {"__rate_interval": "5s", "__interval": "5s", "__range": "1m
 
 # Metrics not yet exported by coolctl. While one is absent from the scrape, a query that needs it
 # may come back empty (reported as pending). Remove each from this set once it has landed.
-PENDING_METRICS = frozenset(
-    {
-        "coolctl_power_limit_watts",  # server caps, read from Redfish BMCs
-    }
-)
+PENDING_METRICS: frozenset[str] = frozenset()
 # Metrics whose series exist only once something happened that this healthy simulated rack does
 # not produce: a poll error. Queries that need them may be empty. (The test sets an operator
 # override so that the override panels have data.)
