@@ -13,8 +13,8 @@ from coolctl.config import Config, ConfigError, DeviceConfig, load_config
 from coolctl.drivers.modbus import ModbusDevice
 from coolctl.drivers.modbus_profile import ModbusProfile, load_profile
 from coolctl.drivers.mqtt import MqttConnection, MqttDevice
-from coolctl.drivers.mqtt_profile import MqttProfile, load_mqtt_profile
-from coolctl.drivers.redfish import RedfishDevice, RedfishSettings, kind_points, kind_writable
+from coolctl.drivers.mqtt_profile import load_mqtt_profile
+from coolctl.drivers.redfish import RedfishDevice, RedfishSettings, kind_points
 from coolctl.model import Quality, Reading
 from coolctl.systemd import read_credential
 
@@ -124,46 +124,65 @@ class MqttDeviceClient:
         return None  # the connection is the daemon's, closed once for all devices
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceFactsRecord:
+    """What a device offers, from its profile (or, for Redfish, its kind): no connection."""
+
+    writable: Mapping[str, WritableSpec]
+    point_names: tuple[str, ...]
+    kind: str
+
+
+def device_facts(config: DeviceConfig) -> DeviceFactsRecord:
+    """A device's points, writable points with their ranges, and kind, without opening it."""
+    if config.driver == "redfish":
+        redfish = config.redfish
+        assert redfish is not None
+        writable: dict[str, WritableSpec] = {}
+        if redfish.kind == "server":
+            writable["power_limit"] = WritableSpec(redfish.cap_min_w, redfish.cap_max_w, 1.0)
+        elif redfish.kind == "cdu":
+            writable["pump_speed_command"] = WritableSpec(0.0, 1.0, 0.001)
+            writable["valve_command"] = WritableSpec(0.0, 1.0, 0.001)
+        return DeviceFactsRecord(writable, kind_points(redfish.kind), redfish.kind)
+    if config.driver == "mqtt":
+        mqtt_profile = load_mqtt_profile(config.profile)
+        names = tuple(p.name for p in mqtt_profile.points)
+        return DeviceFactsRecord({}, names, mqtt_profile.kind)
+    profile = load_profile(config.profile)
+    names = tuple(p.name for p in profile.points)
+    return DeviceFactsRecord(writable_points(profile), names, profile.kind)
+
+
 def open_device(
     rack: str, config: DeviceConfig, mqtt: MqttConnection | None = None
 ) -> DeviceHandle:
     """Build the client for one device (no I/O yet: the first poll connects)."""
+    facts = device_facts(config)
+    client: DeviceClient
     if config.driver == "redfish":
-        return _open_redfish(rack, config)
-    if config.driver == "mqtt":
+        client = _redfish_client(rack, config)
+    elif config.driver == "mqtt":
         if mqtt is None:
             raise ValueError(f"{rack}/{config.id}: an mqtt device needs the [mqtt] broker")
-        mqtt_profile = load_mqtt_profile(config.profile)
-        device = mqtt.add_device(rack, config.id, mqtt_profile, config.topic_prefix)
-        return DeviceHandle(
-            rack,
-            config,
-            MqttDeviceClient(device, mqtt),
-            {},
-            tuple(p.name for p in mqtt_profile.points),
-            mqtt_profile.kind,
+        device = mqtt.add_device(
+            rack, config.id, load_mqtt_profile(config.profile), config.topic_prefix
         )
-    profile = load_profile(config.profile)
-    client = ModbusDevice(
-        rack=rack,
-        device=config.id,
-        host=config.address,
-        port=config.port,
-        unit_id=config.unit,
-        profile=profile,
-        timeout_s=config.timeout_s,
-    )
-    return DeviceHandle(
-        rack,
-        config,
-        client,
-        writable_points(profile),
-        tuple(p.name for p in profile.points),
-        profile.kind,
-    )
+        client = MqttDeviceClient(device, mqtt)
+    else:
+        client = ModbusDevice(
+            rack=rack,
+            device=config.id,
+            host=config.address,
+            port=config.port,
+            unit_id=config.unit,
+            profile=load_profile(config.profile),
+            timeout_s=config.timeout_s,
+        )
+    return DeviceHandle(rack, config, client, facts.writable, facts.point_names, facts.kind)
 
 
-def _open_redfish(rack: str, config: DeviceConfig) -> DeviceHandle:
+def _redfish_client(rack: str, config: DeviceConfig) -> RedfishDevice:
     redfish = config.redfish
     assert redfish is not None
     settings = RedfishSettings(
@@ -176,21 +195,7 @@ def _open_redfish(rack: str, config: DeviceConfig) -> DeviceHandle:
         timeout_s=config.timeout_s,
         max_in_flight=redfish.max_in_flight,
     )
-    client = RedfishDevice(rack=rack, device=config.id, kind=redfish.kind, settings=settings)
-    writable = {}
-    if redfish.kind == "server":
-        writable["power_limit"] = WritableSpec(redfish.cap_min_w, redfish.cap_max_w, 1.0)
-    elif redfish.kind == "cdu":
-        writable["pump_speed_command"] = WritableSpec(0.0, 1.0, 0.001)
-        writable["valve_command"] = WritableSpec(0.0, 1.0, 0.001)
-    return DeviceHandle(
-        rack,
-        config,
-        client,
-        writable,
-        kind_points(redfish.kind),
-        redfish.kind,
-    )
+    return RedfishDevice(rack=rack, device=config.id, kind=redfish.kind, settings=settings)
 
 
 def writable_points(profile: ModbusProfile) -> dict[str, WritableSpec]:
@@ -232,20 +237,9 @@ class _ProfileFacts:
 
 def _profile_facts(config: DeviceConfig) -> _ProfileFacts:
     """What a device's profile offers, whatever its protocol (ValueError if unusable)."""
-    profile: ModbusProfile | MqttProfile
-    if config.driver == "redfish":
-        assert config.redfish is not None
-        kind = config.redfish.kind
-        return _ProfileFacts(f"redfish {kind}", frozenset(kind_points(kind)), kind_writable(kind))
-    if config.driver == "mqtt":
-        profile = load_mqtt_profile(config.profile)
-        return _ProfileFacts(profile.name, frozenset(p.name for p in profile.points), frozenset())
-    profile = load_profile(config.profile)
-    return _ProfileFacts(
-        profile.name,
-        frozenset(p.name for p in profile.points),
-        frozenset(writable_points(profile)),
-    )
+    facts = device_facts(config)
+    name = config.profile or f"redfish {facts.kind}"
+    return _ProfileFacts(name, frozenset(facts.point_names), frozenset(facts.writable))
 
 
 def check_profiles(config: Config) -> list[str]:

@@ -18,17 +18,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from coolctl.actuation import ActuatorChannel
-from coolctl.config import Config, LoopConfig, RackConfig
+from coolctl.config import Config, RackConfig
 from coolctl.control.limits import ActuatorLimits
-from coolctl.control.loops import LoopSpec, RackController
-from coolctl.control.pid import PidConfig, PidGains
-from coolctl.control.powercap import AllocatorConfig, PowerCapAllocator, ServerCap
-from coolctl.control.supervisor import Decision, Override, Supervisor
+from coolctl.control.supervisor import Decision, Override
+from coolctl.control_stack import build_rack_control
 from coolctl.controlplane import Mode, OverrideRecord
 from coolctl.devices import DeviceHandle, open_device
 from coolctl.model import Command, Event, PointId, Quality, Reading, Severity, Snapshot
 from coolctl.mqtt_bridge import event_payload, open_connection, topic_root
-from coolctl.safety import server_caps, supervisor_config
 from coolctl.tasks import cancel_and_wait
 from coolctl.telemetry import TelemetryStore
 
@@ -103,11 +100,10 @@ class RackRuntime:
         self.mode: Mode = "auto"
         self.overrides: dict[PointId, Override] = {}  # what the supervisor applies
         self.override_records: dict[str, OverrideRecord] = {}  # by target, for status/metrics
-        self.controller = RackController(
-            config.id, [_loop_spec(config.id, loop) for loop in config.loops.values()]
-        )
-        self.supervisor = Supervisor(supervisor_config(config, devices))
-        self.allocator = _allocator(config, devices)
+        stack = build_rack_control(config, devices)
+        self.controller = stack.controller
+        self.supervisor = stack.supervisor
+        self.allocator = stack.allocator
         self.decision: Decision | None = None
         self.on_tick: Callable[[str, float], None] | None = None  # the watchdog's progress
         self.on_state: Callable[[RackRuntime, float], None] | None = None  # MQTT state
@@ -384,56 +380,3 @@ class Daemon:
                 log.exception("task %s died", name)
 
         tasks.append(asyncio.create_task(guarded(), name=name))
-
-
-def _allocator(config: RackConfig, devices: Mapping[str, DeviceHandle]) -> PowerCapAllocator | None:
-    """The rack's power-cap allocator, if it has servers whose caps it can set."""
-    servers = server_caps(config)
-    if not servers:
-        return None
-    pdu = next((device for device, h in devices.items() if h.kind == "pdu"), None)
-    rack = config.id
-    return PowerCapAllocator(
-        AllocatorConfig(
-            rack=rack,
-            servers=tuple(
-                ServerCap(
-                    name=device.id,
-                    power=PointId(rack, device.id, "power"),
-                    limit=PointId(rack, device.id, "power_limit"),
-                    min_cap_w=device.redfish.cap_min_w,
-                    max_cap_w=device.redfish.cap_max_w,
-                    priority=device.redfish.priority,
-                    weight=device.redfish.weight,
-                )
-                for device in servers
-                if device.redfish is not None
-            ),
-            margin_w=config.power.margin_w,
-            non_server_power=PointId(rack, pdu, "power") if pdu is not None else None,
-            overhead_w=config.power.overhead_w,
-            release_rate_w_per_s=config.power.release_rate_w_per_s,
-        )
-    )
-
-
-def _loop_spec(rack: str, loop: LoopConfig) -> LoopSpec:
-    measurement = loop.measurement
-    subtrahend = measurement.subtrahend
-    return LoopSpec(
-        name=loop.id,
-        measurement=PointId(rack, measurement.minuend.device, measurement.minuend.point),
-        measurement_subtrahend=(
-            PointId(rack, subtrahend.device, subtrahend.point) if subtrahend else None
-        ),
-        actuator=PointId(rack, loop.actuator.device, loop.actuator.point),
-        setpoint=loop.setpoint,
-        pid=PidConfig(
-            gains=PidGains(loop.kp, loop.ki, loop.kd, loop.derivative_filter_s),
-            output_min=loop.output_min,
-            output_max=loop.output_max,
-            slew_per_s=loop.slew_per_s,
-            action=loop.action,
-        ),
-        enabled=loop.enabled,
-    )

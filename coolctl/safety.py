@@ -8,6 +8,7 @@ the leak, pump and temperature points from what the rack's devices expose.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol
 
 from coolctl.config import DeviceConfig, LoopConfig, RackConfig
 from coolctl.control.supervisor import (
@@ -16,8 +17,23 @@ from coolctl.control.supervisor import (
     SupervisorConfig,
     TemperatureLimit,
 )
-from coolctl.devices import DeviceHandle, WritableSpec
+from coolctl.devices import WritableSpec
 from coolctl.model import PointId
+
+
+class DeviceFacts(Protocol):
+    """What the control stack needs to know of a device: no connection, just its profile's
+    facts (a DeviceHandle has them; so does coolctl.devices.device_facts())."""
+
+    @property
+    def writable(self) -> Mapping[str, WritableSpec]: ...
+
+    @property
+    def point_names(self) -> tuple[str, ...]: ...
+
+    @property
+    def kind(self) -> str: ...
+
 
 ROLE_BY_POINT: Mapping[str, ActuatorRole] = {
     "pump_speed_command": ActuatorRole.PUMP,
@@ -26,7 +42,7 @@ ROLE_BY_POINT: Mapping[str, ActuatorRole] = {
 }
 
 
-def supervisor_config(rack: RackConfig, devices: Mapping[str, DeviceHandle]) -> SupervisorConfig:
+def supervisor_config(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> SupervisorConfig:
     """The supervisor's view of one rack."""
     actuators = tuple(
         loop_actuator(rack, loop, devices[loop.actuator.device].writable[loop.actuator.point])

@@ -1,0 +1,90 @@
+"""A rack's control stack — loops, power-cap allocator, safety supervisor — built from config.
+
+The daemon and the offline scenario runner build it here, the same way, so that a scenario in
+simulated time runs the very code that runs a rack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from coolctl.config import LoopConfig, RackConfig
+from coolctl.control.loops import LoopSpec, RackController
+from coolctl.control.pid import PidConfig, PidGains
+from coolctl.control.powercap import AllocatorConfig, PowerCapAllocator, ServerCap
+from coolctl.control.supervisor import Supervisor
+from coolctl.model import PointId
+from coolctl.safety import DeviceFacts, server_caps, supervisor_config
+
+
+@dataclass(slots=True)
+class RackControl:
+    """What decides a rack's commands: its loops, its allocator (if it has BMCs), its supervisor."""
+
+    controller: RackController
+    allocator: PowerCapAllocator | None
+    supervisor: Supervisor
+
+
+def build_rack_control(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> RackControl:
+    return RackControl(
+        controller=RackController(
+            config.id, [loop_spec(config.id, loop) for loop in config.loops.values()]
+        ),
+        allocator=allocator(config, devices),
+        supervisor=Supervisor(supervisor_config(config, devices)),
+    )
+
+
+def allocator(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> PowerCapAllocator | None:
+    """The rack's power-cap allocator, if it has servers whose caps it can set."""
+    servers = server_caps(config)
+    if not servers:
+        return None
+    pdu = next((device for device, h in devices.items() if h.kind == "pdu"), None)
+    rack = config.id
+    return PowerCapAllocator(
+        AllocatorConfig(
+            rack=rack,
+            servers=tuple(
+                ServerCap(
+                    name=device.id,
+                    power=PointId(rack, device.id, "power"),
+                    limit=PointId(rack, device.id, "power_limit"),
+                    min_cap_w=device.redfish.cap_min_w,
+                    max_cap_w=device.redfish.cap_max_w,
+                    priority=device.redfish.priority,
+                    weight=device.redfish.weight,
+                )
+                for device in servers
+                if device.redfish is not None
+            ),
+            margin_w=config.power.margin_w,
+            non_server_power=PointId(rack, pdu, "power") if pdu is not None else None,
+            overhead_w=config.power.overhead_w,
+            release_rate_w_per_s=config.power.release_rate_w_per_s,
+        )
+    )
+
+
+def loop_spec(rack: str, loop: LoopConfig) -> LoopSpec:
+    measurement = loop.measurement
+    subtrahend = measurement.subtrahend
+    return LoopSpec(
+        name=loop.id,
+        measurement=PointId(rack, measurement.minuend.device, measurement.minuend.point),
+        measurement_subtrahend=(
+            PointId(rack, subtrahend.device, subtrahend.point) if subtrahend else None
+        ),
+        actuator=PointId(rack, loop.actuator.device, loop.actuator.point),
+        setpoint=loop.setpoint,
+        pid=PidConfig(
+            gains=PidGains(loop.kp, loop.ki, loop.kd, loop.derivative_filter_s),
+            output_min=loop.output_min,
+            output_max=loop.output_max,
+            slew_per_s=loop.slew_per_s,
+            action=loop.action,
+        ),
+        enabled=loop.enabled,
+    )
