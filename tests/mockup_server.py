@@ -35,7 +35,7 @@ from aiohttp import web
 
 ROOT = "/redfish/v1"
 SESSIONS = "/redfish/v1/SessionService/Sessions"
-MOCKUPS = Path("/work/shared/redfish-mockups")
+MOCKUPS = Path(__file__).resolve().parent / "reference" / "redfish-mockups"
 
 
 def normalize(path: str) -> str:

@@ -643,7 +643,7 @@ async def test_64_bmcs_in_one_process_start_and_stop_quickly(tmp_path: Path) -> 
 
 def test_metadata_references_only_schemas_in_the_shared_csdl() -> None:
     """`$metadata` names DMTF CSDL files; every one (and namespace) is in ../shared."""
-    csdl = Path(__file__).resolve().parents[2] / "shared" / "redfish-schemas" / "csdl"
+    csdl = Path(__file__).resolve().parent / "reference" / "redfish-schemas" / "csdl"
     document = ElementTree.fromstring(metadata_document())
     edmx = "{http://docs.oasis-open.org/odata/ns/edmx}"
     references = document.findall(f"{edmx}Reference")

@@ -1,8 +1,8 @@
 """DMTF's own validators against the simulated Redfish services, offline, over HTTPS.
 
 - `rf_service_validator` checks every resource a service serves against the CSDL schemas in
-  ../shared/redfish-schemas/csdl (`--skipschema`: nothing is downloaded). Zero errors.
-- `rf_interop_validator` checks the OCP profiles in ../shared/redfish-profiles (it reads the
+  tests/reference/redfish-schemas/csdl (`--skipschema`: nothing is downloaded). Zero errors.
+- `rf_interop_validator` checks the OCP profiles in tests/reference/redfish-profiles (it reads the
   profiles, and the profiles they require, from that folder; it uses no schemas). Zero
   failures for the CDU and the rack PDU, and for a BMC against the OCP baseline.
 
@@ -43,7 +43,7 @@ import pytest
 
 from coolctl.simulators.live import LiveSimulation, SimDeviceSpec, SimRackSpec
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(__file__).resolve().parent / "reference"
 SCHEMAS = SHARED / "redfish-schemas" / "csdl"
 PROFILES = SHARED / "redfish-profiles"
 PASSWORD = "validate-me-42"
