@@ -277,6 +277,16 @@ class DaemonCollector(Collector):
             "Supply temperature above which the over-temperature interlock trips",
             labels=rack_label,
         )
+        caps = GaugeMetricFamily(
+            "coolctl_rack_power_caps_watts",
+            "Sum of the server caps the allocator set from the budget",
+            labels=rack_label,
+        )
+        feasible = GaugeMetricFamily(
+            "coolctl_rack_power_budget_feasible",
+            "0 when even every server at its minimum cap exceeds the budget",
+            labels=rack_label,
+        )
         override = GaugeMetricFamily(
             "coolctl_override_active",
             "Value of each operator override in force",
@@ -300,6 +310,10 @@ class DaemonCollector(Collector):
                 power.add_metric([rack_id], rack_power)
             if rack.power_budget_w is not None:
                 budget.add_metric([rack_id], rack.power_budget_w)
+            allocation = rack.allocator.allocation if rack.allocator is not None else None
+            if allocation is not None:
+                caps.add_metric([rack_id], allocation.allocated_w)
+                feasible.add_metric([rack_id], float(allocation.feasible))
             for ref, limit in rack.config.safety.temperature_limits.items():
                 if ref.point == "supply_temperature":
                     supply_limit.add_metric([rack_id], limit)
@@ -307,4 +321,5 @@ class DaemonCollector(Collector):
                 override.add_metric([rack_id, record.target], record.value)
                 if record.expires_at is not None:
                     expiry.add_metric([rack_id, record.target], record.expires_at)
-        yield from (interlock, failsafe, mode, power, budget, supply_limit, override, expiry)
+        yield from (interlock, failsafe, mode, power, budget, supply_limit, caps, feasible)
+        yield from (override, expiry)
