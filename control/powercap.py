@@ -340,6 +340,15 @@ class PowerCapAllocator:
         extra = [self.config.non_server_power] if self.config.non_server_power else []
         return [p for server in self.config.servers for p in (server.power, server.limit)] + extra
 
+    def applied(self, limit: PointId, value: float) -> None:
+        """The cap in force on a server is `value`, not what the allocator last asked for (the
+        supervisor lowered it: a leak, a pump failure, failsafe). The next allocation compares
+        with it, so the cap is raised again once the safety response is over."""
+        for server in self.config.servers:
+            if server.limit == limit:
+                self._commanded[server.name] = value
+                return
+
     def drain_events(self) -> list[Event]:
         """The events since the last drain, oldest first."""
         events, self.events = self.events, []

@@ -29,7 +29,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from coolctl.control.limits import ActuatorClamp, ActuatorLimits
-from coolctl.model import Command, Event, PointId, Severity, Snapshot, Source
+from coolctl.model import Command, Event, PointId, Quality, Severity, Snapshot, Source
 
 LEAK = "leak"
 OVER_TEMPERATURE = "over_temperature"
@@ -611,6 +611,8 @@ class Supervisor:
         wet: list[str] = []
         unknown = False
         for point in config.leak_points:
+            if _never_reported(snapshot, point):
+                continue  # a detector the device does not have, or not yet heard: no evidence
             value = _finite_value(snapshot, point)
             if value is None:
                 unknown = True
@@ -624,6 +626,8 @@ class Supervisor:
         hot: list[str] = []
         unknown = False
         for limit in config.temperature_limits:
+            if _never_reported(snapshot, limit.point):
+                continue
             value = _finite_value(snapshot, limit.point)
             if value is None:
                 unknown = True
@@ -866,3 +870,11 @@ class Supervisor:
             ts=issued.ts if issued else None,
             observed=self._observed.get(safety.point),
         )
+
+
+def _never_reported(snapshot: Snapshot, point: PointId) -> bool:
+    """A point with no reading at all (missing): the device does not expose it, or nothing has
+    been heard yet. It can neither trip an interlock nor hold one; a point that reported and
+    then went stale or bad is unknown, and unknown is not clear."""
+    reading = snapshot.get(point)
+    return reading is None or reading.quality is Quality.MISSING

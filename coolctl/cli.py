@@ -15,6 +15,7 @@ from pathlib import Path
 import coolctl
 from coolctl.devices import load_or_report
 from coolctl.operator_cli import add_operator_commands, run_operator_command
+from coolctl.sim_cli import add_sim_run_commands, run_sim_command
 
 EXIT_OK = 0
 EXIT_BAD = 1
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = commands.add_parser("sim", help="the simulated rack")
     sim_commands = sim.add_subparsers(dest="sim_command", metavar="SIM_COMMAND", required=True)
+    add_sim_run_commands(sim_commands)
     serve = sim_commands.add_parser(
         "serve", help="serve the simulated devices of a config on loopback"
     )
@@ -160,6 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(
                 probe_modbus(args.target, args.profile, args.unit, args.timeout, args.json)
             )
+        if args.command == "sim":
+            status = run_sim_command(args)
+            if status is not None:
+                return status
         if args.command == "sim" and args.sim_command == "inject":
             from coolctl.demo import inject_fault
 

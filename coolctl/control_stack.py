@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from coolctl.config import LoopConfig, RackConfig
 from coolctl.control.loops import LoopSpec, RackController
 from coolctl.control.pid import PidConfig, PidGains
 from coolctl.control.powercap import AllocatorConfig, PowerCapAllocator, ServerCap
 from coolctl.control.supervisor import Supervisor
-from coolctl.model import PointId
+from coolctl.model import Command, Event, PointId, Snapshot
 from coolctl.safety import DeviceFacts, server_caps, supervisor_config
 
 
@@ -25,6 +26,40 @@ class RackControl:
     controller: RackController
     allocator: PowerCapAllocator | None
     supervisor: Supervisor
+
+
+class AutoController(Protocol):
+    """What decides the automatic requests each tick (`RackController`'s interface; an MPC
+    offers the same)."""
+
+    def step(self, snapshot: Snapshot, now: float) -> list[Command]: ...
+
+    def applied(self, actuator: PointId, value: float, now: float) -> None: ...
+
+
+class CapAllocator(Protocol):
+    """What shares the budget out as caps (`PowerCapAllocator`'s interface)."""
+
+    def step(self, snapshot: Snapshot, now: float, budget_w: float | None) -> list[Command]: ...
+
+    def applied(self, limit: PointId, value: float) -> None: ...
+
+    def drain_events(self) -> list[Event]: ...
+
+
+def note_applied(
+    controller: AutoController,
+    allocator: CapAllocator | None,
+    point: PointId,
+    value: float,
+    now: float,
+) -> None:
+    """The supervisor applied `value` where the loops or the allocator asked for something
+    else: both must know, or they carry on from a value the device does not hold (a loop
+    would wind up; the allocator would never raise a cap the supervisor had lowered)."""
+    controller.applied(point, value, now)
+    if allocator is not None:
+        allocator.applied(point, value)
 
 
 def build_rack_control(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> RackControl:

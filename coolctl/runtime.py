@@ -15,13 +15,13 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from coolctl.actuation import ActuatorChannel
 from coolctl.config import Config, RackConfig
 from coolctl.control.limits import ActuatorLimits
 from coolctl.control.supervisor import Decision, Override
-from coolctl.control_stack import build_rack_control
+from coolctl.control_stack import build_rack_control, note_applied
 from coolctl.controlplane import Mode, OverrideRecord
 from coolctl.devices import DeviceHandle, open_device
 from coolctl.model import Command, Event, PointId, Quality, Reading, Severity, Snapshot
@@ -40,19 +40,39 @@ _LOG_LEVEL = {
 Clock = Callable[[], float]
 
 
+LATENESS_SAMPLES = 64
+"""Recent start delays kept per periodic task: enough for a p99 over a minute of 1 s ticks,
+little enough to keep for every poller of a row of racks."""
+
+
+def _lateness_samples() -> deque[float]:
+    return deque(maxlen=LATENESS_SAMPLES)
+
+
 @dataclass(slots=True)
 class ScheduleStats:
-    """How a periodic task keeps its schedule."""
+    """How a periodic task keeps its schedule.
+
+    `lateness_s` holds how late each recent run started after its due time: a loop that is
+    busy elsewhere (a scrape, another rack's tick) shows here long before runs are missed.
+    """
 
     runs: int = 0
     missed: int = 0
     last_duration_s: float = 0.0
     max_duration_s: float = 0.0
+    lateness_s: deque[float] = field(default_factory=_lateness_samples)
 
-    def record(self, duration_s: float) -> None:
+    def record(self, duration_s: float, lateness_s: float = 0.0) -> None:
         self.runs += 1
         self.last_duration_s = duration_s
         self.max_duration_s = max(self.max_duration_s, duration_s)
+        # the event loop may wake a timer up to its clock resolution early: that is not lateness
+        self.lateness_s.append(lateness_s if lateness_s > 0.0 else 0.0)
+
+    @property
+    def recent_max_lateness_s(self) -> float:
+        return max(self.lateness_s, default=0.0)
 
 
 async def run_periodic(
@@ -67,7 +87,7 @@ async def run_periodic(
         started = clock()
         await work()
         finished = clock()
-        stats.record(finished - started)
+        stats.record(finished - started, started - due)
         due += period_s
         if finished > due:
             skipped = math.floor((finished - due) / period_s) + 1
@@ -224,7 +244,7 @@ class RackRuntime:
                 log.error("%s: command refused: %s", self.config.id, exc)
                 continue
             if asked.get(command.point) != command.value:
-                self.controller.applied(command.point, command.value, now)
+                note_applied(self.controller, self.allocator, command.point, command.value, now)
         for event in decision.events:
             self.on_event(event)
 

@@ -625,3 +625,18 @@ def test_step_cost_for_256_servers(record_property: Callable[[str, object], None
     per_step_us = (time.perf_counter() - start) / runs * 1e6
     record_property("powercap_step_us_256", round(per_step_us, 1))
     print(f"\npowercap step, 256 servers: {per_step_us:.0f} µs")
+
+
+def test_a_cap_the_supervisor_lowered_is_raised_again_once_it_lets_go() -> None:
+    """After a leak or a pump failure the supervisor holds caps at their minimum; the
+    allocator is told (applied) and raises them again at the next allocation."""
+    servers = [server("bmc1"), server("bmc2")]
+    allocator = PowerCapAllocator(rack(servers))
+    powers: dict[str, Power] = {"bmc1": 7000.0, "bmc2": 7000.0}
+    first = allocator.step(snapshot(0.0, servers, powers), 0.0, 12000.0)
+    assert {c.value for c in first} == {6000.0}
+    for s in servers:
+        allocator.applied(s.limit, 1500.0)  # the supervisor's safety value went out instead
+    again = allocator.step(snapshot(1.0, servers, powers), 1.0, 12000.0)
+    assert {c.point for c in again} == {s.limit for s in servers}
+    assert {c.value for c in again} == {6000.0}

@@ -327,6 +327,18 @@ def test_a_wet_sensor_gone_stale_keeps_the_leak_interlock() -> None:
     assert supervisor.step(snap(50.0), 50.0, []).interlocks == frozenset()
 
 
+def test_a_leak_point_that_never_reported_neither_trips_nor_holds_the_interlock() -> None:
+    """A device may list a leak detector it does not have (a BMC without one): missing is no
+    evidence of a leak, so it must not keep the interlock latched for ever."""
+    supervisor = started()
+    assert supervisor.step(snap(0.5, {LEAK2: Quality.MISSING}), 0.5, []).interlocks == frozenset()
+    supervisor.step(snap(1.0, {LEAK1: 1.0, LEAK2: Quality.MISSING}), 1.0, [])
+    for now in range(2, 12):
+        supervisor.step(snap(now, {LEAK2: Quality.MISSING}), now, [])
+    released = supervisor.step(snap(12.0, {LEAK2: None}), 12.0, [])
+    assert released.interlocks == frozenset()
+
+
 def test_without_holding_through_blindness_a_stale_sensor_counts_as_dry() -> None:
     supervisor = started(make_config(interlock_holds_through_blindness=False))
     supervisor.step(snap(1.0, {LEAK1: 1.0}), 1.0, [])

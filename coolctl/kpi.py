@@ -1,0 +1,332 @@
+"""What a scenario run measured: a trace for plots and the KPIs, all from plant truth.
+
+The controllers see only what the devices expose; the score uses the plant's noiseless state
+and its energy accounting (`RackPlant.truth()`), so a controller cannot look good by fooling
+its own sensors. Samples are taken once per control period, after the tick, and integrals are
+rectangle sums over the scored part of the run (after `warmup_s`); energies are differences of
+the plant's own cumulative counters, exact to its integration step.
+
+KPI names and units (the `--json` object of `coolctl sim run`):
+
+| key | unit | what |
+|---|---|---|
+| `supply_temp_iae_ks` | K·ks | ∫ abs(supply − setpoint) dt / 1000 |
+| `supply_temp_max_dev_k` | K | largest abs(supply − setpoint) |
+| `max_outlet_temp_c` | °C | hottest server coolant outlet |
+| `temp_limit_violation_ks` | K·ks | ∫ over-limit K of supply and hottest outlet dt / 1000 |
+| `pump_energy_kwh` | kWh | pump electrical energy |
+| `it_energy_kwh` | kWh | server electrical energy |
+| `throttled_energy_kwh` | kWh | work the servers wanted and caps or hardware throttling denied |
+| `budget_violation_ws` | W·s | ∫ max(0, PDU power − budget) dt (0 without a budget) |
+| `controller_step_p99_ms` | ms | p99 of one decision's CPU time: loops, allocator, supervisor |
+| `sim_speedup` | — | simulated seconds per wall second, whole run |
+
+(the over-limit K: max(0, supply − max_supply_c) + max(0, hottest outlet − max_outlet_c)),
+and beside them: `max_supply_temp_c`, `max_chip_temp_c`, `mean_pump_speed`,
+`pdu_energy_kwh`, `failsafe_s` and `interlock_s` (scored seconds the rack spent in failsafe, or
+under any interlock), `controller_errors`, `energy_balance_error_pct` (IT heat into the coolant
+minus heat removed and stored, in % of the IT heat, over the whole run), `scored_s`, `wall_s`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from coolctl.simulators.plant import PlantTruth
+from coolctl.simulators.scenario import Limits
+
+FloatArray = npt.NDArray[np.float64]
+
+KPI_KEYS: tuple[str, ...] = (
+    "supply_temp_iae_ks",
+    "supply_temp_max_dev_k",
+    "max_outlet_temp_c",
+    "temp_limit_violation_ks",
+    "pump_energy_kwh",
+    "it_energy_kwh",
+    "throttled_energy_kwh",
+    "budget_violation_ws",
+    "controller_step_p99_ms",
+    "sim_speedup",
+)
+EXTRA_KPI_KEYS: tuple[str, ...] = (
+    "max_supply_temp_c",
+    "max_chip_temp_c",
+    "mean_pump_speed",
+    "pdu_energy_kwh",
+    "failsafe_s",
+    "interlock_s",
+    "controller_errors",
+    "energy_balance_error_pct",
+    "scored_s",
+    "wall_s",
+)
+TIMING_KEYS = frozenset({"controller_step_p99_ms", "sim_speedup", "wall_s"})
+"""KPIs that measure this machine, not the control: they differ between identical runs."""
+NO_RATIO_KEYS = frozenset({"energy_balance_error_pct", "controller_errors", "scored_s"})
+"""Checks, not scores: a ratio of two rounding errors or of two equal durations says nothing."""
+
+KPI_UNITS: Mapping[str, str] = {
+    "supply_temp_iae_ks": "K·ks",
+    "supply_temp_max_dev_k": "K",
+    "max_outlet_temp_c": "°C",
+    "temp_limit_violation_ks": "K·ks",
+    "pump_energy_kwh": "kWh",
+    "it_energy_kwh": "kWh",
+    "throttled_energy_kwh": "kWh",
+    "budget_violation_ws": "W·s",
+    "controller_step_p99_ms": "ms",
+    "sim_speedup": "×",
+    "max_supply_temp_c": "°C",
+    "max_chip_temp_c": "°C",
+    "mean_pump_speed": "",
+    "pdu_energy_kwh": "kWh",
+    "failsafe_s": "s",
+    "interlock_s": "s",
+    "controller_errors": "",
+    "energy_balance_error_pct": "%",
+    "scored_s": "s",
+    "wall_s": "s",
+}
+
+_J_PER_KWH = 3.6e6
+
+SERIES: tuple[str, ...] = (
+    "t_s",
+    "supply_c",
+    "return_c",
+    "max_outlet_c",
+    "max_chip_c",
+    "facility_c",
+    "flow_lpm",
+    "pump_speed",
+    "pump_command",
+    "pump_power_w",
+    "valve",
+    "it_power_w",
+    "caps_w",
+    "pdu_power_w",
+    "budget_w",
+    "failsafe",
+    "interlock",
+)
+
+
+@dataclass(slots=True)
+class Trace:
+    """One sample per control period of what plots show; `budget_w` is NaN without a budget."""
+
+    columns: dict[str, FloatArray]
+    warmup_s: float = 0.0
+    setpoint_c: float = 35.0
+    limits: Limits = field(default_factory=Limits)
+    throttle_c: float = 87.0
+    caps: bool = False  # the rack had server caps to set
+
+    @classmethod
+    def empty(cls, ticks: int, warmup_s: float, setpoint_c: float, limits: Limits) -> Trace:
+        return cls({name: np.full(ticks, np.nan) for name in SERIES}, warmup_s, setpoint_c, limits)
+
+    def __getitem__(self, name: str) -> FloatArray:
+        return self.columns[name]
+
+
+class Recorder:
+    """Samples plant truth once per tick into the trace and the KPI sums."""
+
+    def __init__(
+        self, ticks: int, period_s: float, warmup_s: float, setpoint_c: float, limits: Limits
+    ) -> None:
+        self.trace = Trace.empty(ticks, warmup_s, setpoint_c, limits)
+        self._period_s = period_s
+        self._warmup_s = warmup_s
+        self._setpoint_c = setpoint_c
+        self._limits = limits
+        self._start: PlantTruth | None = None
+        self._iae = 0.0
+        self._max_dev = 0.0
+        self._max_outlet = -math.inf
+        self._max_supply = -math.inf
+        self._max_chip = -math.inf
+        self._violation = 0.0
+        self._budget_ws = 0.0
+        self._speed_sum = 0.0
+        self._failsafe_s = 0.0
+        self._interlock_s = 0.0
+        self._scored = 0
+        self._columns = [self.trace.columns[name] for name in SERIES]
+
+    def sample(
+        self,
+        k: int,
+        now: float,
+        truth: PlantTruth,
+        budget_w: float | None,
+        failsafe: bool,
+        interlocked: bool,
+    ) -> None:
+        supply = truth.supply_temperature_c
+        outlet = max(truth.outlet_temperature_c)
+        chip = max(truth.chip_temperature_c)
+        pdu = truth.pdu_power_w
+        row = (
+            now,
+            supply,
+            truth.return_temperature_c,
+            outlet,
+            chip,
+            truth.facility_supply_temperature_c,
+            truth.flow_lpm,
+            truth.pump_speed,
+            truth.pump_speed_command,
+            truth.pump_power_w,
+            truth.valve_position,
+            math.fsum(truth.server_power_w),
+            math.fsum(truth.power_limit_w),
+            pdu,
+            math.nan if budget_w is None else budget_w,
+            float(failsafe),
+            float(interlocked),
+        )
+        for column, value in zip(self._columns, row, strict=True):
+            column[k] = value
+        if now < self._warmup_s - 1e-9:
+            return
+        if self._start is None:
+            self._start = truth
+        dt = self._period_s
+        limits = self._limits
+        deviation = abs(supply - self._setpoint_c)
+        self._iae += deviation * dt
+        self._max_dev = max(self._max_dev, deviation)
+        self._max_outlet = max(self._max_outlet, outlet)
+        self._max_supply = max(self._max_supply, supply)
+        self._max_chip = max(self._max_chip, chip)
+        excess = max(0.0, supply - limits.max_supply_c) + max(0.0, outlet - limits.max_outlet_c)
+        self._violation += excess * dt
+        if budget_w is not None:
+            self._budget_ws += max(0.0, pdu - budget_w) * dt
+        self._speed_sum += truth.pump_speed
+        self._failsafe_s += dt if failsafe else 0.0
+        self._interlock_s += dt if interlocked else 0.0
+        self._scored += 1
+
+    def kpis(
+        self,
+        end: PlantTruth,
+        step_times_s: Sequence[float],
+        wall_s: float,
+        duration_s: float,
+        controller_errors: int,
+    ) -> dict[str, float]:
+        """The KPI object (see the module docstring)."""
+        start = self._start if self._start is not None else end
+        steps = np.asarray(step_times_s, dtype=float)
+        p99 = float(np.percentile(steps, 99)) * 1000.0 if steps.size else 0.0
+        it_heat = end.it_heat_to_coolant_j
+        balance = 100.0 * end.energy_balance_error_j / it_heat if it_heat > 0 else 0.0
+        scored = max(self._scored, 1)
+        kpis = {
+            "supply_temp_iae_ks": self._iae / 1000.0,
+            "supply_temp_max_dev_k": self._max_dev,
+            "max_outlet_temp_c": self._max_outlet,
+            "temp_limit_violation_ks": self._violation / 1000.0,
+            "pump_energy_kwh": (end.pump_energy_j - start.pump_energy_j) / _J_PER_KWH,
+            "it_energy_kwh": (end.it_energy_j - start.it_energy_j) / _J_PER_KWH,
+            "throttled_energy_kwh": (end.throttled_energy_j - start.throttled_energy_j)
+            / _J_PER_KWH,
+            "budget_violation_ws": self._budget_ws,
+            "controller_step_p99_ms": p99,
+            "sim_speedup": duration_s / wall_s if wall_s > 0 else math.inf,
+            "max_supply_temp_c": self._max_supply,
+            "max_chip_temp_c": self._max_chip,
+            "mean_pump_speed": self._speed_sum / scored,
+            "pdu_energy_kwh": (end.pdu_energy_j - start.pdu_energy_j) / _J_PER_KWH,
+            "failsafe_s": self._failsafe_s,
+            "interlock_s": self._interlock_s,
+            "controller_errors": float(controller_errors),
+            "energy_balance_error_pct": balance,
+            "scored_s": self._scored * self._period_s,
+            "wall_s": wall_s,
+        }
+        return kpis
+
+
+def ratio(numerator: float, denominator: float) -> float | None:
+    """numerator / denominator, or None when it means nothing (0/0, x/0)."""
+    if not (math.isfinite(numerator) and math.isfinite(denominator)) or denominator == 0.0:
+        return None
+    return numerator / denominator
+
+
+def format_kpi(key: str, value: float | None) -> str:
+    """A KPI as a table shows it: enough digits to compare, no more."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if key in ("controller_errors", "failsafe_s", "interlock_s", "scored_s"):
+        return f"{value:.0f}"
+    if key == "sim_speedup":
+        return f"{value:.0f}"
+    magnitude = abs(value)
+    if magnitude == 0.0:
+        return "0"
+    if magnitude >= 1000:
+        return f"{value:.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 0.01:
+        return f"{value:.3f}"
+    return f"{value:.2e}"
+
+
+def format_ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+RATIO_PAIRS: tuple[tuple[str, str], ...] = (("pid", "fixed"), ("mpc", "pid"), ("mpc", "fixed"))
+
+
+def ratio_pairs(controllers: Sequence[str]) -> list[tuple[str, str]]:
+    """The ratios a comparison shows: pid/fixed and mpc/pid (and mpc/fixed), where both ran
+    or were asked for (an absent controller shows n/a)."""
+    return [(a, b) for a, b in RATIO_PAIRS if a in controllers and b in controllers]
+
+
+def comparison_table(
+    by_controller: Mapping[str, Mapping[str, float] | None],
+    keys: Sequence[str] = (*KPI_KEYS, *EXTRA_KPI_KEYS),
+) -> list[str]:
+    """Lines of a side-by-side KPI table, one column per controller (None: did not run,
+    shown n/a), then the ratios of `ratio_pairs`."""
+    names = list(by_controller)
+    pairs = ratio_pairs(names)
+    header = ["KPI", "unit", *names, *(f"{a}/{b}" for a, b in pairs)]
+    rows = [header]
+    for key in keys:
+        row = [key, KPI_UNITS.get(key, "")]
+        for name in names:
+            kpis = by_controller[name]
+            row.append(format_kpi(key, None if kpis is None else kpis.get(key)))
+        for a, b in pairs:
+            ka, kb = by_controller[a], by_controller[b]
+            value = None
+            if key in NO_RATIO_KEYS:
+                row.append("")
+                continue
+            if ka is not None and kb is not None and key in ka and key in kb:
+                value = ratio(ka[key], kb[key])
+            row.append(format_ratio(value))
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return [
+        "  ".join(
+            cell.ljust(width) if i < 2 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]

@@ -1,0 +1,511 @@
+"""The offline scenario runner: scenario files, the control stack it runs, its KPIs and plots.
+
+Runs are short (minutes of simulated time, a second or two of wall time each); the shipped
+suite itself is parsed and checked here, and run whole by benchmarks/scenario_suite.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coolctl.config import RackConfig
+from coolctl.control.supervisor import Decision
+from coolctl.control_stack import build_rack_control
+from coolctl.devices import DeviceHandle, device_facts
+from coolctl.drivers.modbus_profile import decode, load_profile
+from coolctl.kpi import EXTRA_KPI_KEYS, KPI_KEYS, TIMING_KEYS
+from coolctl.model import Command, PointId, Reading, Snapshot
+from coolctl.runtime import RackRuntime
+from coolctl.safety import DeviceFacts
+from coolctl.scenario_runner import (
+    ControllerUnavailable,
+    ControlStack,
+    controller_factory,
+    modbus_quantiser,
+    rack_config,
+    run_scenario,
+    validate_scenario,
+)
+from coolctl.sim_cli import main as sim_main
+from coolctl.simulators.modbus_server import encode_value, load_register_map
+from coolctl.simulators.plant import RackPlant
+from coolctl.simulators.scenario import (
+    Scenario,
+    ScenarioError,
+    ScenarioPlayer,
+    load_scenario,
+    parse_scenario,
+)
+from coolctl.telemetry import TelemetryStore
+
+SHIPPED = Path(__file__).resolve().parent.parent / "simulators" / "scenarios"
+
+
+def scenario(text: str, tmp_path: Path | None = None, name: str = "s.toml") -> Scenario:
+    path = (tmp_path / name) if tmp_path is not None else Path(name)
+    if tmp_path is not None:
+        path.write_text(text)
+    return parse_scenario(text, path)
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ScenarioError) as caught:
+        parse_scenario(text, Path("s.toml"))
+    return caught.value.problems
+
+
+# ---- scenario files ----------------------------------------------------------------------
+
+
+def test_every_shipped_scenario_parses_and_names_real_devices() -> None:
+    paths = sorted(SHIPPED.glob("*.toml"))
+    names = {path.stem for path in paths}
+    assert {
+        "steady-load",
+        "load-step-up",
+        "load-step-down",
+        "diurnal-24h",
+        "facility-water-swings",
+        "budget-cut",
+        "pump-failure",
+        "sensor-stuck",
+        "sensor-noise",
+        "link-loss",
+    } <= names
+    for path in paths:
+        loaded = load_scenario(path)
+        validate_scenario(loaded)  # rack, simulated devices, event devices and points
+        assert loaded.description, path
+        assert all(e.at_s >= loaded.warmup_s for e in loaded.events), path
+    day = load_scenario(SHIPPED / "diurnal-24h.toml")
+    assert day.duration_s - day.warmup_s == 24 * 3600
+
+
+BASE = "duration_s = 60\nseed = 1\n\n[plant]\ninitial_load = 0.5\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "words"),
+    [
+        (BASE + '\n[[event]]\nat_s = 5\nkind = "melt"\n', 9, "unknown kind 'melt'"),
+        (BASE + '\n[[event]]\nat_s = 5\nkind = "load"\nvalue = 1.5\n', 10, "within 0..1"),
+        (BASE + '\n[[event]]\nkind = "load"\nvalue = 0.5\n', 7, "at_s is missing"),
+        (BASE + '\n[[event]]\nat_s = 5\nkind = "load"\n', 7, "value is missing"),
+        (BASE + '\n[[event]]\nat_s = 99\nkind = "pump_fail"\n', 8, "after the end"),
+        (BASE + '\n[[event]]\nat_s = 5\nkind = "pump_fail"\nvalue = 1\n', 10, "takes no value"),
+        (BASE + '\n[[event]]\nat_s = 5\nkind = "budget"\nvalue = -1\n', 10, "> 0"),
+        (BASE + '\n[[event]]\nat_s = 5\nkind = "sensor_stuck"\ndevice = "cdu1"\n', 7, "point"),
+        (BASE + '\n[[event]]\nat_s = 5\nkind = "link_loss"\n', 7, "needs a device"),
+        (
+            BASE + '\n[[event]]\nat_s = 5\nkind = "load"\nvalue = 1\nservers = [0, 18]\n',
+            11,
+            "0..17",
+        ),
+        (BASE + '\n[[event]]\nat_s = 5\nkind = "leak"\ncolour = "red"\n', 10, "unknown key"),
+        (BASE + '\n[[event]]\nat_s = 5\nkind = "leak"\nramp_s = 3\n', 10, "no ramp_s"),
+        ('duration_s = "long"\n', 1, "must be a number"),
+        ("duration_s = 60\nperiod = 1\n", 2, "unknown key 'period'"),
+        ("duration_s = 60\n\n[plant]\nn_servers = 0\nloop_volume_l = 60\n", 4, "n_servers"),
+        ("duration_s = 60\n\n[plant]\ninitial_lode = 0.5\n", 4, "initial_lode"),
+        ("duration_s = 60\n\n[limits]\nmax_supply_c = 450\n", 4, "within 0..100"),
+        ("duration_s = 60\nwarmup_s = 60\n", 2, "shorter than duration_s"),
+        ('duration_s = 60\n\n[rack]\nbmcs = "yes"\n', 4, "true or false"),
+        ('duration_s = 60\n\n[rack]\nconfig = "a.toml"\nbmcs = true\n', 5, "built-in rack"),
+    ],
+)
+def test_a_bad_scenario_names_the_line(text: str, line: int, words: str) -> None:
+    found = problems(text)
+    assert any(p.startswith(f"s.toml:{line}: ") and words in p for p in found), found
+
+
+def test_line_numbers_follow_each_event_table_and_skip_multiline_strings() -> None:
+    text = (
+        'description = """\n[[event]]\nnot a table\n"""\nduration_s = 100\n'  # lines 1-5
+        '\n[[event]]\nat_s = 1\nkind = "load"\nvalue = 0.5\n'  # 7-10
+        '\n[[event]]  # second\nat_s = 2\nkind = "facility_water"\nvalue = 90\n'  # 12-15
+    )
+    assert problems(text) == ["s.toml:15: event: value must be within 0..60 °C, not 90"]
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    text = BASE + '\n[[event]]\nat_s = 5\nkind = "melt"\n\n[[event]]\nat_s = 6\nkind = "load"\n'
+    assert len(problems(text)) == 2
+
+
+def test_events_must_be_tables_and_toml_errors_say_where() -> None:
+    assert "[[event]]" in problems('duration_s = 9\nevent = [{at_s = 1, kind = "leak"}]\n')[0]
+    assert "line 2" in problems("duration_s = 9\nseed = = 1\n")[0]
+
+
+def test_device_names_are_checked_against_the_rack(tmp_path: Path) -> None:
+    bad = scenario(
+        BASE
+        + '\n[[event]]\nat_s = 5\nkind = "link_loss"\ndevice = "cdu9"\n'
+        + '\n[[event]]\nat_s = 6\nkind = "sensor_noise"\ndevice = "cdu1"\npoint = "colour"\n'
+        + "value = 1\n",
+        tmp_path,
+    )
+    with pytest.raises(ScenarioError) as caught:
+        run_scenario(bad, "pid")
+    found = caught.value.problems
+    lost = ":7: link_loss: no device 'cdu9' in the rack (it has: cdu1, pdu1)"
+    assert any(p.endswith(lost) for p in found), found
+    assert any(":12: sensor_noise: cdu1 has no point 'colour'" in p for p in found), found
+
+
+def test_the_player_applies_ramps_bursts_and_undo_on_time() -> None:
+    s = scenario(
+        "duration_s = 600\n[plant]\ninitial_load = 0.0\nfacility_water_temperature_c = 30\n"
+        '[[event]]\nat_s = 100\nkind = "load"\nvalue = 1.0\nramp_s = 100\n'
+        '[[event]]\nat_s = 150\nkind = "load"\nvalue = 0.0\nservers = [0]\nduration_s = 100\n'
+        '[[event]]\nat_s = 10\nkind = "facility_water"\nvalue = 20\nramp_s = 10\n'
+        '[[event]]\nat_s = 30\nkind = "budget"\nvalue = 5000\nduration_s = 10\n'
+        '[[event]]\nat_s = 40\nkind = "link_loss"\ndevice = "pdu1"\nduration_s = 5\n'
+    )
+    plant = RackPlant(s.plant)
+    player = ScenarioPlayer(s, plant)
+
+    def loads() -> list[float]:
+        return [(d - 1500.0) / 5500.0 for d in plant.truth().server_demand_w]
+
+    player.apply(15.0)
+    assert plant.truth().facility_supply_temperature_c == pytest.approx(25.0)
+    player.apply(30.0)
+    assert player.budget_w == 5000.0 and plant.truth().facility_supply_temperature_c == 20.0
+    player.apply(42.0)
+    assert player.budget_w is None and player.links_down == {"pdu1"}
+    assert player.next_time() == pytest.approx(45.0)
+    player.apply(45.0)
+    assert player.links_down == frozenset()
+    player.apply(150.0)  # half-way up the ramp: server 0 drops out of it, the rest go on
+    assert loads()[0] == 0.0 and loads()[1] == pytest.approx(0.5)
+    player.apply(200.0)
+    assert loads()[0] == 0.0 and loads()[1:] == pytest.approx([1.0] * 17)
+    player.apply(250.0)  # the burst ends: server 0 goes back to where it was
+    assert loads()[0] == pytest.approx(0.5)
+
+
+# ---- the wire -------------------------------------------------------------------------
+
+
+def test_modbus_quantisation_is_what_the_register_map_carries() -> None:
+    for name in ("sim-cdu", "sim-pdu"):
+        profile = load_profile(name)
+        _, mapped = load_register_map(name)
+        by_name = {point.name: point for point in mapped}
+        for point in profile.points:
+            quantise = modbus_quantiser(point)
+            for value in (0.0, 0.04, 0.05, 1.0, 34.96, 35.05, 159.87, 7.3e4, 1e6):
+                words = encode_value(by_name[point.name], value)
+                assert words is not None
+                assert quantise(value) == decode(point, words), (name, point.name, value)
+
+
+# ---- the runner is the daemon -----------------------------------------------------------
+
+
+class _FakeClient:
+    """A device client for RackRuntime that writes nowhere: the test compares decisions."""
+
+    stats: Any = None
+
+    async def poll(self) -> list[Reading]:
+        return []
+
+    async def write(self, point: str, value: float) -> float:
+        return value
+
+    async def close(self) -> None:
+        return None
+
+
+def _daemon_runtime(rack: RackConfig) -> tuple[RackRuntime, TelemetryStore]:
+    store = TelemetryStore()
+    handles = {}
+    for device in rack.devices.values():
+        facts = device_facts(device)
+        handles[device.id] = DeviceHandle(
+            rack.id, device, _FakeClient(), facts.writable, facts.point_names, facts.kind
+        )
+    return RackRuntime(rack, store, handles), store
+
+
+def _shape(commands: tuple[Command, ...]) -> list[tuple[str, float, str, str]]:
+    return [(str(c.point), c.value, c.source.value, c.reason) for c in commands]
+
+
+def test_each_tick_decides_what_the_daemon_decides(tmp_path: Path) -> None:
+    """The daemon's RackRuntime.tick, fed the runner's snapshots, decides the same commands."""
+    s = scenario(
+        "duration_s = 420\nseed = 3\n[plant]\ninitial_load = 0.8\n[budget]\nwatts = 120000\n"
+        '[[event]]\nat_s = 60\nkind = "budget"\nvalue = 90000\n'
+        '[[event]]\nat_s = 100\nkind = "link_loss"\ndevice = "cdu1"\nduration_s = 20\n'
+        '[[event]]\nat_s = 200\nkind = "pump_fail"\nduration_s = 30\n'
+        '[[event]]\nat_s = 330\nkind = "load"\nvalue = 0.3\n'
+        '[[event]]\nat_s = 360\nkind = "leak"\nduration_s = 20\n',
+        tmp_path,
+    )
+    runtime, store = _daemon_runtime(rack_config(s, "pid"))
+    loop = asyncio.new_event_loop()
+    compared = []
+
+    def same_as_daemon(
+        snapshot: Snapshot, now: float, budget: float | None, ours: Decision
+    ) -> None:
+        store.update(snapshot.values())
+        runtime.clock = lambda: now
+        runtime.power_budget_w = budget
+        loop.run_until_complete(runtime.tick())
+        assert runtime.decision is not None
+        assert _shape(runtime.decision.commands) == _shape(ours.commands), now
+        assert runtime.decision.failsafe == ours.failsafe
+        assert runtime.decision.interlocks == ours.interlocks
+        compared.append(now)
+
+    try:
+        result = run_scenario(s, "pid", on_tick=same_as_daemon)
+    finally:
+        loop.close()
+    assert len(compared) == 420
+    kinds = {event.kind for event in result.rack_events}
+    assert {"failsafe", "interlock_pump_failure", "pump_failure_caps", "interlock_leak"} <= kinds
+
+
+def test_the_controllers_are_built_by_the_daemons_own_constructor(tmp_path: Path) -> None:
+    s = scenario(BASE + "[budget]\nwatts = 110000\n", tmp_path)
+    built: list[str] = []
+
+    def spy(
+        rack: RackConfig, devices: Mapping[str, DeviceFacts], model: Path | None
+    ) -> ControlStack:
+        built.append(rack.id)
+        return build_rack_control(rack, devices)
+
+    run_scenario(s, "pid", factory=spy)
+    assert built == ["r01"]
+
+
+def test_fixed_is_a_pinned_pump_with_the_valve_loop_and_no_caps(tmp_path: Path) -> None:
+    s = scenario(BASE + "[budget]\nwatts = 110000\n", tmp_path)
+    fixed, pid = rack_config(s, "fixed", 0.9), rack_config(s, "pid")
+    pump = fixed.loops["pump"]
+    assert (pump.output_min, pump.output_max) == (0.9, 0.9)
+    assert fixed.loops["supply"] == pid.loops["supply"]
+    assert not any(d.redfish for d in fixed.devices.values())
+    assert sum(1 for d in pid.devices.values() if d.redfish) == 18
+    result = run_scenario(s, "fixed", fixed_pump_speed=0.9)
+    assert result.trace["pump_command"][10:].tolist() == [0.9] * 50  # after a slew from 1.0
+
+
+def test_bmcs_without_a_budget_leave_every_cap_at_its_maximum(tmp_path: Path) -> None:
+    s = scenario(BASE + "[rack]\nbmcs = true\n", tmp_path)
+    assert sum(1 for d in rack_config(s, "pid").devices.values() if d.redfish) == 18
+    result = run_scenario(s, "pid")
+    assert result.trace.caps and result.trace["caps_w"][-1] == 18 * 7000.0
+    assert result.kpis["throttled_energy_kwh"] == 0.0
+
+
+def test_a_rack_config_file_can_be_run_mqtt_sensors_and_all(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parent.parent / "deploy" / "config" / "example.toml"
+    s = scenario(
+        f'duration_s = 120\n[rack]\nconfig = "{example}"\n[plant]\ninitial_load = 0.5\n'
+        '[[event]]\nat_s = 30\nkind = "link_loss"\ndevice = "sensors1"\nduration_s = 20\n',
+        tmp_path,
+    )
+    rack = rack_config(s, "pid")
+    assert {d.driver for d in rack.devices.values()} >= {"modbus", "mqtt"}
+    result = run_scenario(s, "pid")
+    assert result.kpis["failsafe_s"] == 0.0
+    assert abs(result.trace["supply_c"][-1] - 35.0) < 0.5
+    assert s.rack.config == example
+
+
+def test_every_controller_sees_the_same_noise(tmp_path: Path) -> None:
+    """The fixed baseline has no BMCs and links come and go, yet the CDU's noise is the same."""
+    s = scenario(
+        "duration_s = 120\nseed = 9\n[plant]\ninitial_load = 0.5\n[budget]\nwatts = 1e5\n"
+        '[[event]]\nat_s = 20\nkind = "link_loss"\ndevice = "bmc03"\nduration_s = 30\n',
+        tmp_path,
+    )
+    facility = PointId("r01", "cdu1", "facility_supply_temperature")  # the same truth for both
+    seen: dict[str, list[float | None]] = {"fixed": [], "pid": []}
+    for name, values in seen.items():
+
+        def record(snapshot: Snapshot, *_: object, into: list[float | None] = values) -> None:
+            into.append(snapshot.value(facility))
+
+        run_scenario(s, name, on_tick=record)
+    assert seen["fixed"] == seen["pid"] and len(set(seen["pid"])) > 10
+
+
+def test_mpc_is_refused_until_it_exists(capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        controller_factory("mpc")
+    except ControllerUnavailable:
+        pass
+    else:
+        pytest.skip("the MPC controller exists")
+    assert sim_main(["run", str(SHIPPED / "steady-load.toml"), "--controller", "mpc"]) == 2
+    assert "the MPC controller is not available yet" in capsys.readouterr().err
+
+
+# ---- KPIs --------------------------------------------------------------------------------
+
+
+STEADY = (
+    "duration_s = 3900\nperiod_s = 1.0\nseed = 5\nwarmup_s = 300\n[plant]\ninitial_load = 0.6\n"
+)
+
+
+@pytest.fixture(scope="module")
+def steady_runs() -> dict[str, dict[str, float]]:
+    s = parse_scenario(STEADY, Path("steady.toml"))
+    return {name: run_scenario(s, name).kpis for name in ("fixed", "pid")}
+
+
+def test_a_steady_hour_is_sane(steady_runs: dict[str, dict[str, float]]) -> None:
+    pid, fixed = steady_runs["pid"], steady_runs["fixed"]
+    assert pid["supply_temp_max_dev_k"] < 0.5
+    assert pid["supply_temp_iae_ks"] < 0.5  # under 0.14 K on average over the hour
+    for kpis in (pid, fixed):
+        assert kpis["temp_limit_violation_ks"] == 0.0
+        assert kpis["throttled_energy_kwh"] == 0.0
+        assert kpis["budget_violation_ws"] == 0.0
+        assert kpis["failsafe_s"] == 0.0 and kpis["controller_errors"] == 0.0
+        assert kpis["scored_s"] == 3600.0
+        # 18 servers at 1.5 + 0.6 x 5.5 kW for an hour
+        assert kpis["it_energy_kwh"] == pytest.approx(18 * 4.8, rel=1e-6)
+        assert kpis["controller_step_p99_ms"] < 100.0
+        assert kpis["sim_speedup"] > 100.0
+    # the flow loop holds 160 L/min (speed 0.8): (0.8)^3 of the full-speed pump power
+    assert pid["pump_energy_kwh"] / fixed["pump_energy_kwh"] == pytest.approx(0.512, rel=0.03)
+    assert 30.0 < pid["max_outlet_temp_c"] < 60.0
+
+
+def test_energy_balances_over_a_run_with_events(tmp_path: Path) -> None:
+    s = scenario(
+        BASE.replace("60", "900")
+        + '[[event]]\nat_s = 100\nkind = "load"\nvalue = 1.0\n'
+        + '[[event]]\nat_s = 300\nkind = "facility_water"\nvalue = 36\nramp_s = 200\n'
+        + '[[event]]\nat_s = 600\nkind = "pump_fail"\nduration_s = 30\n',
+        tmp_path,
+    )
+    result = run_scenario(s, "pid")
+    assert abs(result.kpis["energy_balance_error_pct"]) < 1e-6
+    assert (
+        result.kpis["pdu_energy_kwh"]
+        > result.kpis["it_energy_kwh"] + result.kpis["pump_energy_kwh"]
+    )
+
+
+def test_same_seed_same_kpis_other_seed_other_noise() -> None:
+    text = (
+        "duration_s = 600\nseed = 7\n[plant]\ninitial_load = 0.5\n[budget]\nwatts = 100000\n"
+        '[[event]]\nat_s = 200\nkind = "load"\nvalue = 0.9\n'
+        '[[event]]\nat_s = 300\nkind = "sensor_noise"\ndevice = "cdu1"\npoint = "flow"\nvalue = 5\n'
+    )
+    first = run_scenario(parse_scenario(text, Path("a.toml")), "pid").kpis
+    again = run_scenario(parse_scenario(text, Path("a.toml")), "pid").kpis
+    other = run_scenario(parse_scenario(text.replace("seed = 7", "seed = 8"), None), "pid").kpis
+
+    def control(kpis: dict[str, float]) -> dict[str, float]:
+        return {k: v for k, v in kpis.items() if k not in TIMING_KEYS}
+
+    assert control(first) == control(again)
+    assert control(first) != control(other)
+
+
+def test_a_budget_cut_is_held_with_caps_and_overrun_without(tmp_path: Path) -> None:
+    s = scenario(
+        "duration_s = 600\nseed = 2\nwarmup_s = 60\n[plant]\ninitial_load = 0.9\n"
+        "[budget]\nwatts = 130000\n"
+        '[[event]]\nat_s = 120\nkind = "budget"\nvalue = 90000\n',
+        tmp_path,
+    )
+    pid, fixed = run_scenario(s, "pid").kpis, run_scenario(s, "fixed").kpis
+    # caps fall at once; the servers follow within their cap lag (tau 1 s): ~30 kW x ~1 s
+    assert pid["budget_violation_ws"] < 60_000.0
+    # uncapped, the rack runs ~28 kW over for 480 s
+    assert fixed["budget_violation_ws"] > 1e7
+    assert pid["throttled_energy_kwh"] > 1.0 and fixed["throttled_energy_kwh"] == 0.0
+
+
+def test_a_lost_cdu_link_sends_the_rack_to_failsafe_and_back(tmp_path: Path) -> None:
+    s = scenario(
+        "duration_s = 300\nseed = 4\n[plant]\ninitial_load = 0.6\n"
+        '[[event]]\nat_s = 100\nkind = "link_loss"\ndevice = "cdu1"\nduration_s = 30\n',
+        tmp_path,
+    )
+    result = run_scenario(s, "pid")
+    trace = result.trace
+    failsafe = trace["failsafe"] > 0.5
+    t = trace["t_s"]
+    # blind after failsafe_after_s (3 s) of stale readings; clear after hold_s (10 s) of good
+    assert t[failsafe].min() == pytest.approx(104.0, abs=1.0)
+    assert t[failsafe].max() == pytest.approx(140.0, abs=1.5)
+    assert trace["pump_command"][(t > 106) & (t < 130)].min() == 1.0  # failsafe: full cooling
+    kinds = [e.kind for e in result.rack_events]
+    assert "failsafe" in kinds and "failsafe_cleared" in kinds
+    assert result.kpis["failsafe_s"] == pytest.approx(37.0, abs=2.0)
+
+
+# ---- the commands ---------------------------------------------------------------------------
+
+
+SHORT = "duration_s = 240\nseed = 1\n[plant]\ninitial_load = 0.5\n"
+
+
+def test_sim_run_json_has_exactly_the_kpis(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "short.toml"
+    path.write_text(SHORT + '[[event]]\nat_s = 60\nkind = "load"\nvalue = 0.9\n')
+    assert sim_main(["run", str(path), "--controller", "pid", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"scenario", "controller", *KPI_KEYS, *EXTRA_KPI_KEYS}
+    assert out["controller"] == "pid" and out["scenario"] == "short"
+    assert all(isinstance(out[k], float) and math.isfinite(out[k]) for k in KPI_KEYS)
+
+
+def test_sim_run_plot_writes_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "short.toml"
+    path.write_text(SHORT + '[budget]\nwatts = 90000\n[[event]]\nat_s = 60\nkind = "pump_fail"\n')
+    png = tmp_path / "run.png"
+    assert sim_main(["run", str(path), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 50_000
+    assert "supply_temp_iae_ks" in capsys.readouterr().out
+
+
+def test_sim_compare_prints_side_by_side_and_plots_each_scenario(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("one", "two"):
+        (tmp_path / f"{name}.toml").write_text(f'name = "{name}"\n' + SHORT)
+    png = tmp_path / "cmp.png"
+    args = ["compare", str(tmp_path / "one.toml"), str(tmp_path / "two.toml")]
+    assert sim_main([*args, "--controllers", "fixed,pid", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "pid/fixed" in out and out.count("pump_energy_kwh") == 2
+    assert (tmp_path / "cmp-one.png").exists() and (tmp_path / "cmp-two.png").exists()
+    assert sim_main([*args, "--controllers", "fixed,pid", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    first = report["scenarios"][0]
+    assert set(first["kpis"]) == {"fixed", "pid"}
+    ratio = first["ratios"]["pid/fixed"]["pump_energy_kwh"]
+    assert ratio == pytest.approx(0.512, rel=0.05)
+
+
+def test_bad_scenarios_exit_1_with_the_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(SHORT + '\n[[event]]\nat_s = 1\nkind = "flood"\n')
+    assert sim_main(["run", str(path)]) == 1
+    assert f"{path}:8: event: unknown kind 'flood'" in capsys.readouterr().err
