@@ -81,6 +81,13 @@ def run_sim_command(args: argparse.Namespace) -> int | None:
     if not 0.15 <= args.fixed_speed <= 1.0:
         print("--fixed-speed must be within 0.15..1", file=sys.stderr)
         return EXIT_USAGE
+    if args.plot is not None and not _matplotlib_available():
+        print(
+            "--plot needs matplotlib, which coolctl leaves out of a daemon's install:"
+            " pip install 'coolctl[plot]'",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     if command == "run":
         return _run(args)
     controllers = [name.strip() for name in args.controllers.split(",") if name.strip()]
@@ -89,6 +96,13 @@ def run_sim_command(args: argparse.Namespace) -> int | None:
         print(f"--controllers: choose from {', '.join(_CONTROLLERS)}", file=sys.stderr)
         return EXIT_USAGE
     return _compare(args, controllers)
+
+
+def _matplotlib_available() -> bool:
+    """Checked before a run, so a missing plotting library costs no simulated day."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 # ------------------------------------------------------------------------------ run

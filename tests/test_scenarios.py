@@ -509,3 +509,16 @@ def test_bad_scenarios_exit_1_with_the_line(
     path.write_text(SHORT + '\n[[event]]\nat_s = 1\nkind = "flood"\n')
     assert sim_main(["run", str(path)]) == 1
     assert f"{path}:8: event: unknown kind 'flood'" in capsys.readouterr().err
+
+
+def test_sim_run_plot_without_matplotlib_says_how_to_get_it_before_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import coolctl.sim_cli
+
+    monkeypatch.setattr(coolctl.sim_cli, "_matplotlib_available", lambda: False)
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(SHORT)
+    assert sim_main(["run", str(scenario), "--plot", str(tmp_path / "x.png")]) == 2
+    assert "coolctl[plot]" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
