@@ -243,6 +243,11 @@ class DaemonCollector(Collector):
             "Duration of the last control tick",
             labels=["rack"],
         )
+        lateness = GaugeMetricFamily(
+            "coolctl_control_tick_lateness_seconds",
+            "Largest delay of a control tick's start past its due time, over the recent ticks",
+            labels=["rack"],
+        )
         errors = CounterMetricFamily(
             "coolctl_controller_errors", "Control ticks where a controller raised", labels=["rack"]
         )
@@ -250,8 +255,9 @@ class DaemonCollector(Collector):
             ticks.add_metric([rack_id], rack.tick_stats.runs)
             missed.add_metric([rack_id], rack.tick_stats.missed)
             duration.add_metric([rack_id], rack.tick_stats.last_duration_s)
+            lateness.add_metric([rack_id], rack.tick_stats.recent_max_lateness_s)
             errors.add_metric([rack_id], rack.controller_errors)
-        yield from (ticks, missed, duration, errors)
+        yield from (ticks, missed, duration, lateness, errors)
 
     def _racks(self, now: float, wall_offset: float) -> Iterator[Metric]:
         rack_label = ["rack"]

@@ -80,9 +80,13 @@ async def run_periodic(
     work: Callable[[], Awaitable[None]],
     stats: ScheduleStats,
     clock: Clock = time.monotonic,
+    phase_s: float = 0.0,
 ) -> None:
-    """Run `work` every `period_s` on a fixed grid until cancelled."""
-    due = clock()
+    """Run `work` every `period_s` on a fixed grid until cancelled; the grid starts `phase_s`
+    from now."""
+    due = clock() + phase_s
+    if phase_s > 0:
+        await asyncio.sleep(phase_s)
     while True:
         started = clock()
         await work()
@@ -248,8 +252,25 @@ class RackRuntime:
         for event in decision.events:
             self.on_event(event)
 
-    async def run(self) -> None:
-        await run_periodic(self.config.control_period_s, self.tick, self.tick_stats, self.clock)
+    async def run(self, phase_s: float = 0.0) -> None:
+        await run_periodic(
+            self.config.control_period_s, self.tick, self.tick_stats, self.clock, phase_s
+        )
+
+
+def rack_phases(config: Config) -> dict[str, float]:
+    """Where each rack's ticks and polls sit in its control period: the racks of a row spread
+    evenly across it, in config order.
+
+    Were every rack due at the same instant, hundreds of polls and dozens of ticks would queue
+    on the one event loop together each period, and the last of them would start late by the
+    time all the others take. A rack's own pollers and tick keep one grid, as a lone rack's do.
+    """
+    count = len(config.racks)
+    return {
+        rack.id: index / count * rack.control_period_s
+        for index, rack in enumerate(config.racks.values())
+    }
 
 
 class Daemon:
@@ -305,13 +326,15 @@ class Daemon:
             # retained sensor states (a wet leak rope, the budget) arrive within moments
             await self.mqtt.wait_connected(1.0)
         await asyncio.gather(*(self._poll_once(handle) for handle in self.devices.values()))
+        phases = rack_phases(self.config)
         for (rack, device), handle in self.devices.items():
-            self._spawn(self._poll_tasks, self._poll_forever(handle), f"poll {rack}/{device}")
+            poll = self._poll_forever(handle, phases[rack] % handle.config.poll_interval_s)
+            self._spawn(self._poll_tasks, poll, f"poll {rack}/{device}")
         for rack_runtime in self.racks.values():
             rack_runtime.start()
             rack_runtime.start_up()
             name = f"control {rack_runtime.config.id}"
-            self._spawn(self._control_tasks, rack_runtime.run(), name)
+            self._spawn(self._control_tasks, rack_runtime.run(phases[rack_runtime.config.id]), name)
         log.info(
             "running %d racks, %d devices",
             len(self.racks),
@@ -384,10 +407,14 @@ class Daemon:
             return
         self.store.update(readings)
 
-    async def _poll_forever(self, handle: DeviceHandle) -> None:
+    async def _poll_forever(self, handle: DeviceHandle, phase_s: float = 0.0) -> None:
         stats = self.poll_stats[(handle.rack, handle.config.id)]
         await run_periodic(
-            handle.config.poll_interval_s, lambda: self._poll_once(handle), stats, self.clock
+            handle.config.poll_interval_s,
+            lambda: self._poll_once(handle),
+            stats,
+            self.clock,
+            phase_s,
         )
 
     def _spawn(self, tasks: list[asyncio.Task[None]], coro: Awaitable[None], name: str) -> None:

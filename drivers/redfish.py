@@ -270,6 +270,22 @@ class RedfishDevice:
                 described[point] = ", ".join(uri + pattern for uri in binding.uris)
         return described
 
+    def poll_requests(self) -> list[tuple[str, dict[str, str] | None]]:
+        """The GETs one poll sends once discovery has run, as (URI, query): the bound
+        collections read whole with $expand, the other bound resources with $select."""
+        plan = self._plan
+        if plan is None:
+            return []
+        requests: list[tuple[str, dict[str, str] | None]] = []
+        singles = list(plan.resources)
+        for collection, members in plan.expandable().items():
+            requests.append((collection, {"$expand": plan.features.expand}))
+            singles = [uri for uri in singles if uri not in members]
+        for uri in singles:
+            select = plan.select_for(uri)
+            requests.append((uri, {"$select": select} if select else None))
+        return requests
+
     # ----------------------------------------------------------------------------------------
     # Polling
 
