@@ -44,8 +44,12 @@ log = logging.getLogger("coolctl.drivers.mqtt")
 # A connection that lasted this long was a real one: the next reconnect starts from the
 # shortest delay again. Shorter ones (a broker that accepts and then drops us) keep backing off.
 STABLE_CONNECTION_S: Final = 10.0
-# aiomqtt's limit for a CONNACK, SUBACK or PUBACK to come back.
+# aiomqtt's limit for a SUBACK or PUBACK to come back.
 OPERATION_TIMEOUT_S: Final = 10.0
+# aiomqtt's limit for the CONNACK. Short, because aiomqtt ignores a link that closes before the
+# CONNACK: an attempt that meets a dead or garbled broker link ends only by this timeout, and
+# the rack's MQTT sensors stay stale that much longer after the link is back.
+CONNECT_TIMEOUT_S: Final = 2.0
 # How long stop() lets queued messages and the offline state go out before it gives up.
 STOP_FLUSH_TIMEOUT_S: Final = 3.0
 DEFAULT_MAX_QUEUED: Final = 1000
@@ -482,7 +486,7 @@ class MqttConnection:
             will=will,
             keepalive=settings.keepalive_s,
             tls_params=tls_params,
-            timeout=OPERATION_TIMEOUT_S,
+            timeout=CONNECT_TIMEOUT_S,  # the CONNACK; every other call passes its own
         )
 
     async def _session(self, client: aiomqtt.Client) -> None:
@@ -501,7 +505,7 @@ class MqttConnection:
         """One SUBSCRIBE for all of `topics`; topics the broker refuses are logged."""
         if not topics:
             return
-        codes = await client.subscribe(list(topics.items()))
+        codes = await client.subscribe(list(topics.items()), timeout=OPERATION_TIMEOUT_S)
         for topic, code in zip(topics, codes, strict=False):
             value = _code_value(code)
             if value is not None and value >= 0x80:
@@ -517,12 +521,20 @@ class MqttConnection:
         """Publish the online state and every remembered retained message the broker may have
         lost, except those still queued (the queued copy is newer or the same)."""
         if self._will_topic is not None and self._will_topic not in self._retained:
-            await client.publish(self._will_topic, self._online_payload, qos=1, retain=True)
+            await client.publish(
+                self._will_topic,
+                self._online_payload,
+                qos=1,
+                retain=True,
+                timeout=OPERATION_TIMEOUT_S,
+            )
             self.stats.published += 1
         queued = {id(item) for item in self._outbox}
         for item in list(self._retained.values()):
             if id(item) not in queued:
-                await client.publish(item.topic, item.payload, qos=item.qos, retain=True)
+                await client.publish(
+                    item.topic, item.payload, qos=item.qos, retain=True, timeout=OPERATION_TIMEOUT_S
+                )
                 self.stats.published += 1
 
     def _connected(self, client: aiomqtt.Client) -> None:
@@ -629,7 +641,13 @@ class MqttConnection:
         item = self._outbox.popleft()
         self._in_flight += 1
         try:
-            await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
+            await client.publish(
+                item.topic,
+                item.payload,
+                qos=item.qos,
+                retain=item.retain,
+                timeout=OPERATION_TIMEOUT_S,
+            )
         except BaseException:
             self._requeue(item)
             raise
@@ -644,7 +662,13 @@ class MqttConnection:
                 while self._outbox:
                     await self._publish_next(client)
                 if self._will_topic is not None:
-                    await client.publish(self._will_topic, self._will_payload, qos=1, retain=True)
+                    await client.publish(
+                        self._will_topic,
+                        self._will_payload,
+                        qos=1,
+                        retain=True,
+                        timeout=OPERATION_TIMEOUT_S,
+                    )
                     self.stats.published += 1
 
     # ----------------------------------------------------------------------------------------
