@@ -48,6 +48,7 @@ class ActuatorChannel:
         writer: Writer,
         *,
         resolution: float = 0.0,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.point = point
         self.limits = limits
@@ -62,6 +63,10 @@ class ActuatorChannel:
         self._writing = False
         self._task: asyncio.Task[None] | None = None
         self._device_value: float | None = None
+        # When the last write was confirmed, on the clock of the readings (monotonic seconds):
+        # a poll sampled before then shows what the device held before that write.
+        self._clock = clock
+        self._written_at: float | None = None
 
     def start(self) -> None:
         if self._task is None:
@@ -82,12 +87,19 @@ class ActuatorChannel:
         """Wait until every submitted command has been written (or has failed)."""
         await self._idle.wait()
 
-    def observe(self, device_value: float | None, now: float) -> None:
+    def observe(
+        self, device_value: float | None, now: float, sampled_at: float | None = None
+    ) -> None:
         """The latest polled value of the actuator point, to spot a device that drifted.
 
         Before the first write, it is also where the slew limit counts from: a restarted
-        daemon ramps from what the device holds, not from nothing.
+        daemon ramps from what the device holds, not from nothing. A value sampled before the
+        last confirmed write is ignored: it is the device before that write, not a drift, and
+        taking it for one would write the same value again.
         """
+        written_at = self._written_at
+        if sampled_at is not None and written_at is not None and sampled_at <= written_at:
+            return
         self._device_value = device_value
         if device_value is not None and self.clamp.last_value is None:
             self.clamp.accept(device_value, now)
@@ -184,6 +196,7 @@ class ActuatorChannel:
         stats.writes += 1
         stats.last_written = read_back if math.isfinite(read_back) else command.value
         self._device_value = stats.last_written
+        self._written_at = self._clock() if self._clock is not None else decided_at
         # The slew limit counts from when the command was decided, not from when the device
         # answered, so that a slow device does not shrink the next step's allowance.
         self.clamp.accept(command.value, decided_at)

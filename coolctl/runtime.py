@@ -143,6 +143,7 @@ class RackRuntime:
                 ActuatorLimits(safety.hard_minimum, safety.hard_maximum),
                 handle.client.write,
                 resolution=spec.resolution,
+                clock=self.clock,
             )
 
     def start(self) -> None:
@@ -172,7 +173,9 @@ class RackRuntime:
         snapshot = self.store.snapshot(now, self.config.id)
         for point, channel in self.actuators.items():
             value = snapshot.value(point)
-            channel.observe(value, now)  # a device that drifted from our value is rewritten
+            sampled_at = snapshot[point].ts if value is not None else None
+            # a device that drifted from our value is rewritten
+            channel.observe(value, now, sampled_at)
             if value is not None:
                 self.supervisor.observe(point, value, now)
         self._follow_budget(snapshot, now)
