@@ -278,8 +278,9 @@ class RedfishDevice:
             return []
         requests: list[tuple[str, dict[str, str] | None]] = []
         singles = list(plan.resources)
-        for collection, members in plan.expandable().items():
-            requests.append((collection, {"$expand": plan.features.expand}))
+        expand = plan.features.expand
+        for collection, members in plan.expandable().items():  # empty when expand is None
+            requests.append((collection, {"$expand": expand or "."}))
             singles = [uri for uri in singles if uri not in members]
         for uri in singles:
             select = plan.select_for(uri)
