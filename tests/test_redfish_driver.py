@@ -418,6 +418,51 @@ async def test_write_read_back() -> None:
         await device.close()
 
 
+@pytest.mark.asyncio
+async def test_a_patch_answered_with_the_resource_is_its_own_read_back() -> None:
+    server = MockupServer.from_mockup("public-rackmount1")
+    async with serve(server) as url:
+        device = server_device(url)
+        await device.poll()
+        gets = len(server.requests("GET", CONTROL))
+        assert await device.write("power_limit", 600.0) == 600.0
+        assert len(server.requests("PATCH", CONTROL)) == 1
+        assert len(server.requests("GET", CONTROL)) == gets  # no GET after the PATCH
+        await device.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"@Message.ExtendedInfo": [{"MessageId": "Base.1.0.Success"}]},
+        {"@odata.id": ENVIRONMENT, "SetPoint": 600},
+        {"@odata.id": CONTROL, "SetPoint": "six hundred"},
+    ],
+    ids=["message", "another-resource", "unreadable"],
+)
+async def test_a_patch_answer_that_is_not_the_resource_costs_a_read_back_get(
+    answer: dict[str, Any],
+) -> None:
+    server = MockupServer.from_mockup("public-rackmount1")
+
+    async def answering(request: web.Request) -> web.StreamResponse | None:
+        if request.method != "PATCH" or request.path != CONTROL:
+            return None
+        server.resources[CONTROL]["SetPoint"] = 450  # the device holds less than asked
+        return web.json_response(answer)
+
+    server.hook = answering
+    async with serve(server) as url:
+        device = server_device(url)
+        await device.poll()
+        gets = len(server.requests("GET", CONTROL))
+        with pytest.raises(WriteError, match="reads back 450"):
+            await device.write("power_limit", 600.0)
+        assert len(server.requests("GET", CONTROL)) == gets + 1
+        await device.close()
+
+
 # ----------------------------------------------------------------------------------------------
 # Limits, timeouts, backoff
 
