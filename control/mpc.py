@@ -40,8 +40,12 @@ Structure, and why
   `stats.fallback_reasons`.
 - Caps: "the MPC sets the caps the allocator then follows": it limits the rack's IT power only
   when pump and valve cannot keep the temperatures within limits, and the allocator shares that
-  limit out. During a fallback step the last limit is held: a timed-out solve is no reason for
-  caps to jump.
+  limit out. Only once the pump is at its top (`caps_only_at_full_pump`): far below the
+  model's operating point the linear model misjudges what more pump does for the chips, and
+  left free to choose, the MPC throttled servers to save pump watts. A limit is released at
+  `it_limit_release_w_per_s`, not at once: capped servers draw less, which must not read as
+  the load going away. During a fallback step the last limit is held: a timed-out solve is no
+  reason for caps to jump.
 - Model: the identified transfer functions run in parallel with the rack (driven by the
   actuators applied and the disturbances measured), and a filtered output bias
   (`bias_gain`) corrects each predicted output to what is measured. That gives offset-free
@@ -60,7 +64,8 @@ Structure, and why
   chip temperature at most their limit less `backoff_k` (soft: exact L1 penalty plus a small
   quadratic on the slack, so they hold whenever they can be held and a violation that cannot be
   avoided is kept small instead of making the QP infeasible); flow at least
-  `min_flow_lpm_per_kw` per kW of IT power (soft, PLANT.md's ~1 L/min per kW rule); the IT
+  `min_flow_lpm_per_kw` per kW of IT power (soft, PLANT.md's ~1 L/min per kW rule; more,
+  `min_flow_lpm_per_kw_blind`, on a rack whose chip temperatures it cannot read); the IT
   power limit between the caps' sum of minimums and the measured power.
 
 Solver: OSQP, called directly
@@ -88,6 +93,7 @@ Pure: no I/O, no clock reads; time is the `now` argument.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -116,6 +122,7 @@ FloatArray = npt.NDArray[np.float64]
 Aggregate = Literal["single", "sum", "mean", "max"]
 
 DEFAULT_PUMP_POWER_FULL_SPEED_W = 900.0  # PLANT.md's rated pump, if the model has no figure
+SOLVE_TIMES_KEPT = 100_000  # solve times kept for percentiles: a day at 1 s, and then some
 _COST_SCALE_W = 1000.0  # the QP's costs are in kW-equivalents: O(1) numbers for OSQP
 
 
@@ -257,6 +264,10 @@ class MpcSettings:
     chip_max_c: float | None = 86.0
     backoff_k: float = 1.0
     min_flow_lpm_per_kw: float | None = 1.0
+    # ... and when the MPC reads no server temperatures (no BMCs) it cannot see the chips warm
+    # as flow falls, so the flow rule alone must keep them cool at full load: 1.3 L/min per kW
+    # (PLANT.md's rack holds its chips under 84 degC at 160 L/min and 126 kW, ~1.27).
+    min_flow_lpm_per_kw_blind: float | None = 1.3
     pump_power_full_speed_w: float | None = None  # None: the model's, else 900 W
     pump_energy_weight_per_w: float = 1.0
     supply_weight_per_k2: float = 100.0
@@ -268,6 +279,13 @@ class MpcSettings:
     flow_slack_factor: float = 0.2
     coordinate_caps: bool = True
     caps_threshold_w: float = 200.0  # a limit less than this below the measured power is none
+    # Caps only once the pump is at its top (within one step's move): the model is linear
+    # about its operating point, and far below it (low flow) it underrates what more pump
+    # does for the chips, so a free choice between pump and caps drifted into throttling.
+    caps_only_at_full_pump: bool = True
+    # An IT-power limit is raised again at most this fast: a limit makes the measured IT power
+    # fall, which must not read as the load going away (caps off, load back, caps on, ...).
+    it_limit_release_w_per_s: float = 500.0
     bias_gain: float = 0.5
     reset_after_s: float = 30.0  # a gap this long re-initialises the model from readings
     max_iter: int = 4000
@@ -312,6 +330,9 @@ class MpcStats:
     last_iterations: int = 0
     last_solve_s: float = 0.0  # as OSQP reports its own run time
     max_solve_s: float = 0.0
+    # the latest solve times, for percentiles (bounded: a daemon runs for months)
+    recent_solve_s: deque[float] = field(default_factory=lambda: deque(maxlen=SOLVE_TIMES_KEPT))
+    limited_steps: int = 0  # solved steps that handed the allocator an IT-power limit
 
     def fell_back(self, reason: str, detail: str) -> None:
         self.fallbacks += 1
@@ -428,6 +449,7 @@ class MpcController:
         self.stats.last_iterations = int(result.info.iter)
         self.stats.last_solve_s = float(result.info.run_time)
         self.stats.max_solve_s = max(self.stats.max_solve_s, self.stats.last_solve_s)
+        self.stats.recent_solve_s.append(self.stats.last_solve_s)
         reason = _status_reason(int(result.info.status_val))
         z = np.asarray(result.x, dtype=np.float64)
         if reason is None and not np.all(np.isfinite(z)):
@@ -435,6 +457,24 @@ class MpcController:
         if reason is not None:
             return self._fall_back(snapshot, now, reason, f"MPC not used: OSQP {status}")
         return self._commands(snapshot, now, z, current, d, setpoint, elapsed)
+
+    def kpis(self) -> dict[str, float]:
+        """Counters for a scenario run's KPIs and the daemon's metrics: steps, solves,
+        fallbacks (by reason), OSQP's own solve time (p99 and max), steps that limited IT
+        power."""
+        stats = self.stats
+        times = np.asarray(stats.recent_solve_s, dtype=np.float64)
+        out = {
+            "mpc_steps": float(stats.steps),
+            "mpc_solves": float(stats.solves),
+            "mpc_fallbacks": float(stats.fallbacks),
+            "mpc_solve_p99_ms": float(np.percentile(times, 99)) * 1e3 if times.size else 0.0,
+            "mpc_solve_max_ms": stats.max_solve_s * 1e3,
+            "mpc_it_limit_steps": float(stats.limited_steps),
+        }
+        for reason in FALLBACK_REASONS:
+            out[f"mpc_fallbacks_{reason}"] = float(stats.fallback_reasons.get(reason, 0))
+        return out
 
     def allocator_budget_w(
         self, budget_w: float | None, snapshot: Snapshot, margin_w: float = 0.0
@@ -485,7 +525,8 @@ class MpcController:
             if limit is not None and name in model.outputs and name in rack.signals:
                 outputs.append(name)
                 softs.append(_Soft(len(outputs) - 1, "max", limit - settings.backoff_k, 1.0))
-        per_kw = settings.min_flow_lpm_per_kw
+        sees_chips = CHIP_MAX in outputs
+        per_kw = settings.min_flow_lpm_per_kw if sees_chips else settings.min_flow_lpm_per_kw_blind
         if per_kw is not None and FLOW in model.outputs and FLOW in rack.signals:
             outputs.append(FLOW)
             softs.append(
@@ -770,7 +811,13 @@ class MpcController:
         # IT power withheld: 0 up to what the caps' minimums leave
         it_power = float(values.get(IT_POWER) or 0.0)
         theta_max = 0.0
-        if s.coordinate_caps and self.rack.cap_max_w > 0.0 and self._it_index is not None:
+        pump_topped = current[0] >= s.pump_max - s.pump_rate_per_s * self.model.dt_s - 1e-9
+        if (
+            s.coordinate_caps
+            and self.rack.cap_max_w > 0.0
+            and self._it_index is not None
+            and (pump_topped or not s.caps_only_at_full_pump)
+        ):
             theta_max = max(0.0, it_power - self.rack.cap_min_w) / self._theta_unit_w
         lo[self._rows_t] = 0.0
         hi[self._rows_t] = theta_max
@@ -839,9 +886,8 @@ class MpcController:
         first = np.clip(first, low, high)
         theta = max(float(z[self._it]), 0.0) * self._theta_unit_w
         it_power = float(d[self._it_index - nu]) if self._it_index is not None else 0.0
-        self.it_power_limit_w = (
-            max(it_power - theta, self.rack.cap_min_w) if theta >= s.caps_threshold_w else None
-        )
+        wanted = max(it_power - theta, self.rack.cap_min_w) if theta >= s.caps_threshold_w else None
+        self.it_power_limit_w = self._released(wanted, elapsed)
         xs = z[self._ix : self._iu].reshape(n, nx)
         predicted = {
             name: tuple(
@@ -867,6 +913,7 @@ class MpcController:
             f" {setpoint:.1f}), IT power {it_power / 1000:.1f} kW"
         )
         if self.it_power_limit_w is not None:
+            self.stats.limited_steps += 1
             why += f", IT limit {self.it_power_limit_w / 1000:.1f} kW"
         commands = [Command(self.rack.pump, float(first[0]), Source.AUTO, why)]
         if self.rack.valve is not None:
@@ -875,6 +922,18 @@ class MpcController:
             self._applied[command.point] = command.value
         commands.extend(self._other_loops(snapshot, now, commands))
         return commands
+
+    def _released(self, wanted: float | None, elapsed: float) -> float | None:
+        """The IT-power limit to hand on: `wanted` when it is lower than the one in force,
+        else the one in force raised by at most the release rate (None once it reaches the
+        caps' maximum: no limit)."""
+        previous = self.it_power_limit_w
+        if previous is None or (wanted is not None and wanted <= previous):
+            return wanted
+        raised = previous + self.settings.it_limit_release_w_per_s * max(elapsed, 0.0)
+        if wanted is not None and wanted <= raised:
+            return wanted
+        return None if raised >= self.rack.cap_max_w else raised
 
     def _other_loops(
         self, snapshot: Snapshot, now: float, commands: Sequence[Command]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import coolctl
 from coolctl.devices import load_or_report
+from coolctl.identify_cli import add_identify_command
 from coolctl.operator_cli import add_operator_commands, run_operator_command
 from coolctl.sim_cli import add_sim_run_commands, run_sim_command
 
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     inject.add_argument("--value", type=float, metavar="V", help="the number the kind takes")
     inject.add_argument("--duration", type=float, metavar="S", help="undo after S seconds")
     inject.add_argument("--sim", metavar="URL", help="the simulation's `control http://...`")
+    add_identify_command(commands)
     add_operator_commands(commands)
     return parser
 
@@ -131,6 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check-config":
             return check_config(args.files)
+        if args.command == "identify":
+            from coolctl.identify_cli import run_identify
+
+            return run_identify(args)
         if args.command == "run":
             from coolctl.daemon import run_daemon
 

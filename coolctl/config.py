@@ -172,6 +172,10 @@ class RackConfig:
     budget_min_w: float = 0.0  # budgets outside this range from upstream are rejected
     budget_max_w: float = 10e6
     power: PowerConfig = field(default_factory=PowerConfig)
+    # "pid": the loops as configured; "mpc": the MPC drives pump and valve, the loops are its
+    # fallback, and it may lower the caps' budget (coolctl.mpc_stack)
+    controller: Literal["pid", "mpc"] = "pid"
+    mpc_model: Path | None = None  # the MPC's model file (`coolctl identify --out`), as given
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,6 +488,8 @@ class _Reader:
                     "budget_min_w",
                     "budget_max_w",
                     "power",
+                    "controller",
+                    "mpc_model",
                 },
             )
             period = self.number(table, "control_period_s", 1.0, positive=True)
@@ -491,6 +497,8 @@ class _Reader:
             power_budget_w = self.number(table, "power_budget_w", positive=True) if budget else None
             budget_min_w = self.number(table, "budget_min_w", 0.0, minimum=0.0)
             budget_max_w = self.number(table, "budget_max_w", 10e6, positive=True)
+            controller = self.choice(table, "controller", ("pid", "mpc"), "pid")
+            mpc_model = self.path(table, "mpc_model")
         except _Invalid:
             return None
         devices = {}
@@ -516,6 +524,7 @@ class _Reader:
         if "power" in table:
             with self.at("power"), suppress(_Invalid):
                 power = self.power(table["power"])
+        self._check_mpc(controller, mpc_model, loops)
         return RackConfig(
             rack_id,
             period,
@@ -527,7 +536,31 @@ class _Reader:
             budget_min_w,
             budget_max_w,
             power,
+            controller,  # type: ignore[arg-type]
+            mpc_model,
         )
+
+    def _check_mpc(
+        self, controller: str, mpc_model: Path | None, loops: Mapping[str, LoopConfig]
+    ) -> None:
+        """`controller = "mpc"` needs its model file and a pump loop (its PID fallback); a model
+        with the PID controller is a mistake, not a spare. (Whether the file is a model that
+        fits this rack is checked with the profiles: coolctl.devices.check_profiles.)"""
+        if controller == "mpc" and mpc_model is None:
+            self.problem(
+                'controller = "mpc" needs mpc_model = "FILE" (write one with coolctl identify)',
+                "mpc_model",
+            )
+        if controller != "mpc" and mpc_model is not None:
+            self.problem('only used with controller = "mpc"', "mpc_model")
+        if controller == "mpc" and not any(
+            loop.actuator.point == "pump_speed_command" for loop in loops.values()
+        ):
+            self.problem(
+                'controller = "mpc" needs a loop on a CDU\'s pump_speed_command:'
+                " the PID loop the MPC falls back to",
+                "controller",
+            )
 
     def power(self, raw: object) -> PowerConfig:
         table = self.table(raw, {"margin_w", "overhead_w", "release_rate_w_per_s"})

@@ -6,26 +6,17 @@ simulated time runs the very code that runs a rack.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from coolctl.config import LoopConfig, RackConfig
-from coolctl.control.loops import LoopSpec, RackController
+from coolctl.control.loops import LoopSpec, PidLoop, RackController
 from coolctl.control.pid import PidConfig, PidGains
 from coolctl.control.powercap import AllocatorConfig, PowerCapAllocator, ServerCap
 from coolctl.control.supervisor import Supervisor
 from coolctl.model import Command, Event, PointId, Snapshot
 from coolctl.safety import DeviceFacts, server_caps, supervisor_config
-
-
-@dataclass(slots=True)
-class RackControl:
-    """What decides a rack's commands: its loops, its allocator (if it has BMCs), its supervisor."""
-
-    controller: RackController
-    allocator: PowerCapAllocator | None
-    supervisor: Supervisor
 
 
 class AutoController(Protocol):
@@ -35,6 +26,39 @@ class AutoController(Protocol):
     def step(self, snapshot: Snapshot, now: float) -> list[Command]: ...
 
     def applied(self, actuator: PointId, value: float, now: float) -> None: ...
+
+
+class LoopController(AutoController, Protocol):
+    """An `AutoController` with the rack's PID loops on show, as the daemon needs it: metrics,
+    status and setpoint overrides reach the loops (`RackController`; `MpcController`, whose
+    loops are its fallback and whose supply setpoint is the supply loop's)."""
+
+    @property
+    def loops(self) -> Mapping[str, PidLoop]: ...
+
+    @property
+    def inputs(self) -> Sequence[PointId]: ...
+
+    def loop_of(self, actuator: PointId) -> PidLoop | None: ...
+
+
+@dataclass(slots=True)
+class RackControl:
+    """What decides a rack's commands: its controller (PID loops, or the MPC over them), its
+    allocator (if it has BMCs), its supervisor."""
+
+    controller: LoopController
+    allocator: PowerCapAllocator | None
+    supervisor: Supervisor
+
+
+@dataclass(slots=True)
+class PidControl:
+    """The PID stack, typed as such: what the MPC stack is built on (its fallback)."""
+
+    controller: RackController
+    allocator: PowerCapAllocator | None
+    supervisor: Supervisor
 
 
 class CapAllocator(Protocol):
@@ -63,7 +87,19 @@ def note_applied(
 
 
 def build_rack_control(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> RackControl:
-    return RackControl(
+    """The rack's stack as its config asks: `controller = "pid"` (the default) the PID loops,
+    `"mpc"` the MPC over them with the model in `mpc_model` (`coolctl.mpc_stack`)."""
+    if config.controller == "mpc":
+        from coolctl.mpc_stack import build_mpc_control  # numpy, scipy, osqp: only when asked
+
+        return build_mpc_control(config, devices, config.mpc_model)
+    pid = build_pid_control(config, devices)
+    return RackControl(pid.controller, pid.allocator, pid.supervisor)
+
+
+def build_pid_control(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> PidControl:
+    """The PID loops, the allocator and the supervisor, whatever the config's `controller`."""
+    return PidControl(
         controller=RackController(
             config.id, [loop_spec(config.id, loop) for loop in config.loops.values()]
         ),

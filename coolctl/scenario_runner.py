@@ -16,7 +16,7 @@ Every control period the runner does what the daemon does, in the same order:
 3. **tick**, mirroring `RackRuntime.tick` line by line: actuators observe the snapshot, loops
    step (the controller), the allocator shares the budget out as caps, the supervisor decides;
    a controller that raises sends the rack to failsafe. The stack is built by
-   `build_rack_control`, the daemon's own constructor;
+   `build_pid_control` (or the MPC's `build_mpc_control`), the daemon's own constructors;
 4. **actuate**, mirroring `ActuatorChannel.submit`: clamp to the hard range, quantise to the
    device's resolution, skip a value the device already holds, write; the write lands in the
    plant at once (the daemon's writes take milliseconds, far under a period);
@@ -51,24 +51,26 @@ scenario's `period_s` is the control period; its budget, if any, the rack's budg
     build_mpc_control(rack: RackConfig, devices: Mapping[str, DeviceFacts],
                       model_path: Path | None) -> ControlStack
 
-(the same arguments as `build_rack_control`, plus the identified model file from `--mpc-model`,
-None when not given). It lives in `coolctl/`, not `control/`, because it reads `RackConfig`,
-which `control/` may not import; `control/mpc.py` stays pure and is what it builds on.
-`ControlStack` (below) is anything with three attributes: `controller` (`step(snapshot, now) ->
-list[Command]`, `applied(actuator, value, now)` — `RackController`'s interface: the MPC can wrap
-the PID loops and move their setpoints, so PID stays the fallback), `allocator` (None, or
-`step(snapshot, now, budget_w) -> list[Command]` and `drain_events()` — `PowerCapAllocator`'s:
-wrap it to lower the budget it shares out) and `supervisor` (the daemon's `Supervisor`, as
-`build_rack_control` makes it: the MPC never bypasses it). `RackControl` is one. If the
-controller also has `kpis() -> Mapping[str, float]` (e.g. `mpc_solves`, `mpc_fallbacks`,
-`mpc_solve_p99_ms`), those are added to the run's KPIs. With `control/mpc.py`'s contract,
-`build_mpc_control` is short: `build_rack_control(rack, devices)` for the PID fallback and the
-supervisor; an `MpcRack.standard(...)` from the config's CDU, PDU and BMCs (caps' sums from the
-BMCs' `cap_min_w`/`cap_max_w`); the `IdentifiedModel` from `model_path`; `build_mpc(...)`; and
-the allocator wrapped so that its `step` passes `controller.allocator_budget_w(budget_w,
-snapshot, rack.power.margin_w)` in place of the budget. Until `coolctl.mpc_stack` exists,
-`mpc` raises `ControllerUnavailable("the MPC controller is not available yet")` and `coolctl sim
-run` exits 2. Tests and benchmarks may pass any `ControllerFactory` to `run_scenario`.
+(the same arguments as `build_pid_control`, plus the identified model file from `--mpc-model`).
+It lives in `coolctl/`, not `control/`, because it reads `RackConfig`, which `control/` may not
+import; `control/mpc.py` stays pure and is what it builds on. `ControlStack` (below) is anything
+with three attributes: `controller` (`step(snapshot, now) -> list[Command]`,
+`applied(actuator, value, now)` — `RackController`'s interface: the MPC wraps the PID loops,
+which stay its fallback), `allocator` (None, or `step(snapshot, now, budget_w) ->
+list[Command]` and `drain_events()` — `PowerCapAllocator`'s: the MPC's lowers the budget it
+shares out when cooling runs out) and `supervisor` (the daemon's `Supervisor`, as
+`build_pid_control` makes it: the MPC never bypasses it). `RackControl` is one. If the
+controller also has `kpis() -> Mapping[str, float]` (`mpc_solves`, `mpc_fallbacks`,
+`mpc_solve_p99_ms`, ...), those are added to the run's KPIs. The daemon builds the same stack
+for a rack with `controller = "mpc"` (`coolctl.control_stack.build_rack_control`).
+
+Without `--mpc-model`, the runner identifies the model itself before the run
+(`default_mpc_model`): the built-in step test on the scenario's plant in simulated time, as an
+engineer would step-test a rack before handing it to the MPC, cached on disk, so only the first
+run for a given plant and period pays the ten seconds or so. If `coolctl.mpc_stack` cannot be
+imported, `mpc` raises `ControllerUnavailable` and `coolctl sim run` exits 2; so does a model
+file that is missing or does not fit the rack (`MpcModelError`). Tests and benchmarks may pass
+any `ControllerFactory` to `run_scenario`.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ from typing import Any, Protocol
 from coolctl.config import ConfigError, DeviceConfig, RackConfig, parse_config
 from coolctl.control.limits import ActuatorClamp, ActuatorLimits
 from coolctl.control.supervisor import Decision, Supervisor
-from coolctl.control_stack import AutoController, CapAllocator, build_rack_control, note_applied
+from coolctl.control_stack import AutoController, CapAllocator, build_pid_control, note_applied
 from coolctl.devices import device_facts, load_checked_config
 from coolctl.drivers.modbus_profile import RegisterPoint, load_profile
 from coolctl.drivers.redfish import kind_points
@@ -129,7 +131,7 @@ ControllerFactory = Callable[[RackConfig, Mapping[str, DeviceFacts], Path | None
 def _pid_factory(
     rack: RackConfig, devices: Mapping[str, DeviceFacts], model_path: Path | None
 ) -> ControlStack:
-    return build_rack_control(rack, devices)
+    return build_pid_control(rack, devices)  # whatever the rack config's `controller`
 
 
 def controller_factory(name: str) -> ControllerFactory:
@@ -148,6 +150,16 @@ def controller_factory(name: str) -> ControllerFactory:
     if factory is None:
         raise ControllerUnavailable(MPC_UNAVAILABLE)
     return factory  # type: ignore[no-any-return]
+
+
+def default_mpc_model(scenario: Scenario) -> Path:
+    """The MPC's model when no `--mpc-model` is given: identified on the scenario's own plant
+    (its structure; the step test picks its own operating point) by the built-in step test, in
+    simulated time, cached (`coolctl.mpc_stack.default_model_path`). As on a real rack, the
+    model comes from a test on the plant before the run, never from the run itself."""
+    module = importlib.import_module(MPC_MODULE)
+    path: Path = module.default_model_path(scenario.period_s, scenario.plant)
+    return path
 
 
 def available_controllers() -> list[str]:
@@ -673,7 +685,14 @@ def run_scenario(
         device.phantom = device.name not in rack.devices
     plant = RackPlant(scenario.plant, seed=scenario.seed)
     player = ScenarioPlayer(scenario, plant, sensor_names)
-    stack = build(rack, facts, model_path)
+    try:
+        if controller == "mpc" and factory is None and model_path is None:
+            model_path = default_mpc_model(scenario)
+        stack = build(rack, facts, model_path)
+    except ValueError as exc:  # the MPC's contract: a model that is missing or does not fit
+        if controller != "mpc" or factory is not None:
+            raise
+        raise ControllerUnavailable(f"the MPC cannot run: {exc}") from exc
     sim = SimRack(rack, stack, devices, plant, facts, scenario.budget_w)
     ticks, period = scenario.ticks, scenario.period_s
     recorder = Recorder(
