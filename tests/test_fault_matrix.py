@@ -356,6 +356,11 @@ class Seen:
     failures: int
 
 
+# A process whose event loop ran late while it had less than this share of a core was held off
+# the CPU by the host (another job on a shared machine), not by its own work.
+STARVED_SHARE = 0.8
+
+
 class Watch:
     """Looks at the rack every SAMPLE_S: the tracked points that were not good, failsafe,
     each actuator's reading and failed writes, and how late the event loop was."""
@@ -392,12 +397,17 @@ class Watch:
             self._look()
 
     def starved_before(self, at: float, within_s: float) -> bool:
-        """Whether the host kept this process off the CPU (loop late, under half a core used)
-        in the `within_s` before `at`."""
+        """Whether the host kept this process off the CPU (loop late while this process had
+        under 80 % of a core: coolctl blocking its own loop would show a whole core) in the
+        `within_s` before `at`."""
         return any(
-            share < 0.5 and start <= at <= start + lag + SAMPLE_S + within_s
+            share < STARVED_SHARE and start <= at <= start + lag + SAMPLE_S + within_s
             for start, lag, share in self.late
         )
+
+    def starved_between(self, start: float, end: float) -> bool:
+        """Whether the host kept this process off the CPU at any time in [start, end]."""
+        return any(share < STARVED_SHARE and start <= at <= end for at, _, share in self.late)
 
     def _look(self) -> None:
         now = time.monotonic()
@@ -570,7 +580,8 @@ async def run_case(rig: Rig, protocol: str, fault: Fault) -> Row:
         expected = window / settings.poll_interval_s
         polls = during.polls[other] - before.polls[other]
         assert polls >= 0.8 * expected, f"{label}: {other} polled {polls}x, not ~{expected:.0f}"
-        assert during.missed[other] - before.missed[other] <= 1, f"{label}: {other} missed polls"
+        missed = during.missed[other] - before.missed[other]
+        assert missed <= 1 or watch.starved_between(onset, end), f"{label}: {other} missed polls"
         lapses = [t for t, d, _, _ in watch.lapses if d == other and onset <= t <= end]
         # A loop held off the CPU longer than a request timeout fails a healthy poll too: that
         # is the host, and is counted; a lapse without it is coolctl's, and fails the case.
