@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
-from prometheus_client.aiohttp import make_aiohttp_handler
 
-from coolctl.metrics import DaemonCollector
+from coolctl.metrics import DaemonCollector, make_handler
 from coolctl.runtime import Daemon
 
 
@@ -28,7 +27,7 @@ class MetricsServer:
         self.port = port
         self.collector = DaemonCollector(daemon)  # .daemon is swapped on reload
         app = web.Application()
-        app.router.add_get("/metrics", make_aiohttp_handler(build_registry(self.collector)))
+        app.router.add_get("/metrics", make_handler(build_registry(self.collector)))
         app.router.add_get("/healthz", self._healthz)
         self._runner = web.AppRunner(app, access_log=None)
 

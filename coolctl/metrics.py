@@ -8,21 +8,25 @@ counters, enums as one series per state.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
+from aiohttp import hdrs, web
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     InfoMetricFamily,
     Metric,
 )
-from prometheus_client.registry import Collector
+from prometheus_client.exposition import choose_encoder, generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.samples import Sample
 
 import coolctl
 from coolctl.control.loops import LoopMode
-from coolctl.model import CANONICAL_POINTS, Quality, Reading, Source, Unit
+from coolctl.model import CANONICAL_POINTS, PointId, Quality, Reading, Source, Unit
 
 if TYPE_CHECKING:
     from coolctl.runtime import Daemon
@@ -53,6 +57,7 @@ class DaemonCollector(Collector):
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
+        self._quality_cache: dict[PointId, _QualityEntry] = {}
 
     def describe(self) -> Iterable[Metric]:
         return []  # registration must not call collect()
@@ -61,7 +66,9 @@ class DaemonCollector(Collector):
         now = self.daemon.clock()
         wall_offset = time.time() - now
         yield from self._info()
-        yield from self._points(self.daemon.store.readings(now))
+        readings = sorted(self.daemon.store.readings(now), key=lambda r: r.point)
+        yield self._quality(readings)
+        yield from self._points(readings)
         yield from self._devices(now, wall_offset)
         yield from self._loops()
         yield from self._actuators()
@@ -79,20 +86,29 @@ class DaemonCollector(Collector):
             up.add_metric([], time.time() - (self.daemon.clock() - self.daemon.started_at))
         yield up
 
+    def _quality(self, readings: list[Reading]) -> Metric:
+        """coolctl_point_quality: four series per point, the most of any family. A point's
+        samples and lines are made again only when its quality changes (see exposition)."""
+        family = _QualityFamily()
+        samples = family.samples
+        lines: list[bytes] = []
+        cache, kept = self._quality_cache, {}
+        for reading in readings:
+            point, quality = reading.point, reading.quality
+            entry = cache.get(point)
+            if entry is None or entry[0] is not quality:
+                entry = _quality_entry(point, quality)
+            kept[point] = entry
+            samples.extend(entry[1])
+            lines.append(entry[2])
+        self._quality_cache = kept  # points no longer read are forgotten
+        family.lines = b"".join(lines)
+        return family
+
     def _points(self, readings: list[Reading]) -> Iterator[Metric]:
         families: dict[str, GaugeMetricFamily] = {}
-        quality = GaugeMetricFamily(
-            "coolctl_point_quality",
-            "Quality of each point's latest reading, one series per state (1 = current)",
-            labels=["rack", "device", "point", "quality"],
-        )
-        for reading in sorted(readings, key=lambda r: r.point):
+        for reading in readings:
             point = reading.point
-            for state in Quality:
-                quality.add_metric(
-                    [point.rack, point.device, point.name, state.value],
-                    1.0 if reading.quality is state else 0.0,
-                )
             if not reading.usable or point.name not in CANONICAL_POINTS:
                 continue  # only good values are exported as values: never pass old ones off
             name = point_metric_name(point.name)
@@ -106,7 +122,6 @@ class DaemonCollector(Collector):
             assert reading.value is not None
             family.add_metric([point.rack, point.device], reading.value)
         yield from families.values()
-        yield quality
 
     def _devices(self, now: float, wall_offset: float) -> Iterator[Metric]:
         labels = ["rack", "device"]
@@ -323,9 +338,101 @@ class DaemonCollector(Collector):
             for ref, limit in rack.config.safety.temperature_limits.items():
                 if ref.point == "supply_temperature":
                     supply_limit.add_metric([rack_id], limit)
-            for record in rack.override_records.values():
+            for record in list(rack.override_records.values()):
                 override.add_metric([rack_id, record.target], record.value)
                 if record.expires_at is not None:
                     expiry.add_metric([rack_id, record.target], record.expires_at)
         yield from (interlock, failsafe, mode, power, budget, supply_limit, caps, feasible)
         yield from (override, expiry)
+
+
+_QUALITY = "coolctl_point_quality"
+_QUALITY_HELP = "Quality of each point's latest reading, one series per state (1 = current)"
+_QUALITY_LABELS = ("rack", "device", "point", "quality")
+
+
+class _QualityFamily(GaugeMetricFamily):
+    """coolctl_point_quality, with its sample lines already rendered (`lines`): they are the
+    same in the Prometheus text format and in OpenMetrics for a gauge."""
+
+    def __init__(self) -> None:
+        super().__init__(_QUALITY, _QUALITY_HELP, labels=_QUALITY_LABELS)
+        self.lines = b""
+
+
+_QualityEntry = tuple[Quality, list[Sample], bytes]
+
+
+def _quality_entry(point: PointId, quality: Quality) -> _QualityEntry:
+    """One point's quality series: its samples and their exposition lines, written as
+    prometheus_client writes them (labels in name order; tests/test_scale_runtime.py holds
+    the two to the same bytes)."""
+    family = GaugeMetricFamily(_QUALITY, _QUALITY_HELP, labels=_QUALITY_LABELS)
+    device, name, rack = _escaped(point.device), _escaped(point.name), _escaped(point.rack)
+    lines = []
+    for state in Quality:
+        value = float(quality is state)
+        family.add_metric([point.rack, point.device, point.name, state.value], value)
+        lines.append(
+            f'{_QUALITY}{{device="{device}",point="{name}",quality="{state.value}",'
+            f'rack="{rack}"}} {value!r}\n'
+        )
+    return quality, family.samples, "".join(lines).encode()
+
+
+def _escaped(label_value: str) -> str:
+    return label_value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class _One:
+    """One metric family, in the shape an exposition encoder reads a registry in."""
+
+    def __init__(self, family: Metric) -> None:
+        self.family = family
+
+    def collect(self) -> list[Metric]:
+        return [self.family]
+
+
+_EOF = b"# EOF\n"
+_QUALITY_HEADER = generate_latest(_One(GaugeMetricFamily(_QUALITY, _QUALITY_HELP)))
+
+
+async def exposition(registry: CollectorRegistry, accept: str = "") -> tuple[bytes, str]:
+    """The registry in the text format the scraper accepts, and its content type, rendered one
+    metric family at a time with the event loop let in between.
+
+    A row of 32 racks has some 30 000 series; rendered in one go (as prometheus_client's own
+    handler does) that held the loop for 150 ms and more, long enough to make several racks'
+    control ticks start late at every scrape. A rendering thread is no cure: under the GIL it
+    starves the loop thread, which gives the GIL up at every socket call. Families are built
+    lazily by the collectors, so a slice is one family's building and rendering.
+    """
+    encoder, content_type = choose_encoder(accept)
+    parts: list[bytes] = []
+    for family in registry.collect():
+        if isinstance(family, _QualityFamily):
+            parts.append(_QUALITY_HEADER + family.lines)
+        else:
+            part = encoder(_One(family))
+            parts.append(part.removesuffix(_EOF))
+        await asyncio.sleep(0)
+    if "openmetrics" in content_type:
+        parts.append(_EOF)
+    return b"".join(parts), content_type
+
+
+def make_handler(registry: CollectorRegistry) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """An aiohttp handler for /metrics that renders with `exposition` (name[] filters as
+    prometheus_client's handler does; compressed by aiohttp when the scraper accepts it)."""
+
+    async def handle(request: web.Request) -> web.Response:
+        names = request.query.getall("name[]", [])
+        source = registry.restricted_registry(names) if names else registry
+        accept = ",".join(request.headers.getall(hdrs.ACCEPT, []))
+        body, content_type = await exposition(source, accept)  # type: ignore[arg-type]
+        response = web.Response(body=body, headers={"Content-Type": content_type})
+        response.enable_compression()
+        return response
+
+    return handle
