@@ -3,6 +3,10 @@
 Pollers write here; the control tick takes a snapshot; the metrics collector reads it at scrape
 time. A good reading older than its device's `stale_after_s` is served as `stale`, so that a
 poller that stopped (not just one that fails) can never pass an old value off as fresh.
+
+Readings are kept per rack: every rack's control tick takes a snapshot of its own rack every
+period, and with one flat table each of those snapshots would walk every point of the row (the
+cost of a row growing with the square of its racks).
 """
 
 from __future__ import annotations
@@ -14,37 +18,48 @@ from coolctl.model import PointId, Quality, Reading, Snapshot
 
 
 class TelemetryStore:
-    """Latest readings by point, with a staleness horizon per (rack, device)."""
+    """Latest readings by rack and point, with a staleness horizon per (rack, device)."""
 
     def __init__(self) -> None:
-        self._readings: dict[PointId, Reading] = {}
+        self._racks: dict[str, dict[PointId, Reading]] = {}
         self._stale_after_s: dict[tuple[str, str], float] = {}
 
     def register_device(self, rack: str, device: str, stale_after_s: float) -> None:
         self._stale_after_s[(rack, device)] = stale_after_s
+        self._racks.setdefault(rack, {})
 
     def forget_device(self, rack: str, device: str) -> None:
         """Drop a device's points (it was removed from the config)."""
         self._stale_after_s.pop((rack, device), None)
-        for point in [p for p in self._readings if (p.rack, p.device) == (rack, device)]:
-            del self._readings[point]
+        points = self._racks.get(rack, {})
+        for point in [p for p in points if p.device == device]:
+            del points[point]
 
     def update(self, readings: Iterable[Reading]) -> None:
+        racks = self._racks
         for reading in readings:
-            self._readings[reading.point] = reading
+            point = reading.point
+            points = racks.get(point.rack)
+            if points is None:
+                points = racks[point.rack] = {}
+            points[point] = reading
 
     def current(self, point: PointId, now: float) -> Reading:
         """The reading of one point as it stands at `now` (aged to stale if need be)."""
-        reading = self._readings.get(point)
+        reading = self._racks.get(point.rack, {}).get(point)
         if reading is None:
             return Reading(point, None, now, Quality.MISSING)
         return self._aged(reading, now)
 
     def readings(self, now: float, rack: str | None = None) -> list[Reading]:
+        """Every point's reading at `now`, of one rack or (rack None) of all, racks in the
+        order they were first seen."""
+        if rack is not None:
+            return [self._aged(reading, now) for reading in self._racks.get(rack, {}).values()]
         return [
             self._aged(reading, now)
-            for point, reading in self._readings.items()
-            if rack is None or point.rack == rack
+            for points in self._racks.values()
+            for reading in points.values()
         ]
 
     def snapshot(self, now: float, rack: str | None = None) -> Snapshot:
@@ -53,7 +68,8 @@ class TelemetryStore:
     def _aged(self, reading: Reading, now: float) -> Reading:
         if reading.quality is not Quality.GOOD:
             return reading
-        horizon = self._stale_after_s.get((reading.point.rack, reading.point.device))
+        point = reading.point
+        horizon = self._stale_after_s.get((point.rack, point.device))
         if horizon is not None and now - reading.ts > horizon:
             return replace(reading, quality=Quality.STALE)
         return reading
