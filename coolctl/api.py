@@ -61,6 +61,9 @@ log = logging.getLogger("coolctl.api")
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_WAIT_S = 60.0
+MIN_TTL_S = 1.0
+"""The shortest override lifetime: overrides are expired once a second, so a shorter one could
+not be honoured (and one below the wall clock's resolution would end as it starts)."""
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 SOCKET_MODE = 0o660
@@ -148,6 +151,8 @@ async def _body(
         body = json.loads(raw, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ControlError(400, f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ControlError(400, "body is nested too deeply to be a request") from None
     if not isinstance(body, dict):
         raise ControlError(400, f"body must be a JSON object, not {type(body).__name__}")
     unknown = sorted(set(body) - set(allowed))
@@ -168,7 +173,10 @@ def _number(body: JsonObject, key: str, *, required: bool) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ControlError(400, f"{key!r} must be a number, not {type(value).__name__}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float range
+        raise ControlError(400, f"{key!r} must be finite (it is beyond float range)") from None
     if not math.isfinite(number):
         raise ControlError(400, f"{key!r} must be finite")
     return number
@@ -493,6 +501,10 @@ class ControlApi:
             )
         if ttl_s is not None and ttl_s <= 0:
             raise ControlError(400, f"'ttl_s' must be more than 0, not {ttl_s:g}")
+        if ttl_s is not None and ttl_s < MIN_TTL_S:
+            raise ControlError(
+                400, f"'ttl_s' must be at least {MIN_TTL_S:g} s (the expiry period), not {ttl_s:g}"
+            )
         why = _reason(body.get("reason"))
         who = request[_WHO_KEY]
         lifetime = "permanent" if permanent else f"ttl {ttl_s:g}s"

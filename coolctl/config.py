@@ -137,6 +137,10 @@ class LoopConfig:
     failsafe_output: float
     enabled: bool
     shutdown_output: float | None = None  # None: hand the actuator back to the device on stop
+    # The range an operator's setpoint override must lie in; None: derived from the measured
+    # point's range (coolctl.devices.setpoint_bounds)
+    setpoint_min: float | None = None
+    setpoint_max: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,13 +222,21 @@ def load_config(path: str | Path) -> Config:
     """Read and validate a config file; raise ConfigError naming every problem."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text: {exc.reason}"]) from exc
+    except ValueError as exc:  # a NUL in the path
+        raise ConfigError([f"{path!r}: cannot read: {exc}"]) from exc
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
+    except ValueError as exc:  # tomllib's own limits, e.g. an integer of over 4300 digits
+        raise ConfigError([f"{path}: not usable TOML: {exc}"]) from exc
+    except RecursionError:
+        raise ConfigError([f"{path}: not usable TOML: nested too deeply"]) from None
     return parse_config(raw, path)
 
 
@@ -291,7 +303,7 @@ class _Reader:
             return default
         value = kind(table[key])
         if value is None:
-            self.problem(f"must be {what}, not {_kind(table[key])} {table[key]!r}", key)
+            self.problem(f"must be {what}, not {_kind(table[key])} {_shown(table[key])}", key)
             raise _Invalid
         return value
 
@@ -323,7 +335,22 @@ class _Reader:
         return value
 
     def string(self, table: Mapping[str, Any], key: str, default: str | None = None) -> str:
-        return self.get(table, key, _as_str, "a string", default)
+        value = self.get(table, key, _as_str, "a string", default)
+        if "\0" in value:
+            self.problem(f"must not contain a NUL character: {_shown(value)}", key)
+            raise _Invalid
+        return value
+
+    def topic_part(self, table: Mapping[str, Any], key: str, default: str) -> str:
+        """A string that goes into MQTT topics: no wildcards, or the topics break."""
+        value = self.string(table, key, default)
+        if "+" in value or "#" in value:
+            self.problem(
+                f"goes into MQTT topics, so must not contain the wildcards + or #: {value!r}",
+                key,
+            )
+            raise _Invalid
+        return value
 
     def choice(
         self, table: Mapping[str, Any], key: str, choices: tuple[str, ...], default: str | None
@@ -359,7 +386,7 @@ class _Reader:
         try:
             with self.at("site"):
                 site_table = self.table(top.get("site", {}), {"name"})
-                site = self.string(site_table, "name", "site")
+                site = self.topic_part(site_table, "name", "site")
         except _Invalid:
             pass
         daemon = DaemonConfig()
@@ -407,6 +434,9 @@ class _Reader:
         except ValueError as exc:
             self.problem(str(exc), "broker")
             raise _Invalid from exc
+        if port == 0:
+            self.problem("the broker's port must be from 1 to 65535, not 0", "broker")
+            raise _Invalid
         if "password" in table:
             self.problem("never put a password in the config: use password_file or a credential")
         password_file = self.path(table, "password_file")
@@ -423,11 +453,17 @@ class _Reader:
             password_credential=credential,
             tls=self.get(table, "tls", _as_bool, "true or false", False),
             ca_file=self.path(table, "ca_file"),
-            topic_root=self.string(table, "topic_root", "coolctl/{site}"),
+            topic_root=self.topic_part(table, "topic_root", "coolctl/{site}"),
         )
 
     def path(self, table: Mapping[str, Any], key: str) -> Path | None:
-        return Path(self.string(table, key)) if key in table else None
+        if key not in table:
+            return None
+        text = self.string(table, key)
+        if not text.strip():
+            self.problem("must not be empty (leave the key out for the default)", key)
+            raise _Invalid
+        return Path(text)
 
     def daemon(self, raw: object) -> DaemonConfig:
         table = self.table(
@@ -493,8 +529,11 @@ class _Reader:
                 },
             )
             period = self.number(table, "control_period_s", 1.0, positive=True)
-            budget = table.get("power_budget_w")
-            power_budget_w = self.number(table, "power_budget_w", positive=True) if budget else None
+            power_budget_w = (  # 0, false or "" is refused, never read as "no budget"
+                self.number(table, "power_budget_w", positive=True)
+                if "power_budget_w" in table
+                else None
+            )
             budget_min_w = self.number(table, "budget_min_w", 0.0, minimum=0.0)
             budget_max_w = self.number(table, "budget_max_w", 10e6, positive=True)
             controller = self.choice(table, "controller", ("pid", "mpc"), "pid")
@@ -564,7 +603,7 @@ class _Reader:
 
     def power(self, raw: object) -> PowerConfig:
         table = self.table(raw, {"margin_w", "overhead_w", "release_rate_w_per_s"})
-        rate = table.get("release_rate_w_per_s")
+        rate = "release_rate_w_per_s" in table
         return PowerConfig(
             margin_w=self.number(table, "margin_w", 0.0, minimum=0.0),
             overhead_w=self.number(table, "overhead_w", 0.0, minimum=0.0),
@@ -704,7 +743,7 @@ class _Reader:
             poll,
             1.0,
             stale_after,
-            self.string(table, "topic_prefix", ""),
+            self.topic_part(table, "topic_prefix", ""),
         )
 
     def loop(self, loop_id: str, raw: object, devices: Mapping[str, DeviceConfig]) -> LoopConfig:
@@ -725,6 +764,8 @@ class _Reader:
                 "failsafe_output",
                 "enabled",
                 "shutdown_output",
+                "setpoint_min",
+                "setpoint_max",
             },
         )
         measurement = self.measurement(self.string(table, "measurement"), devices)
@@ -754,6 +795,15 @@ class _Reader:
         shutdown = None
         if "shutdown_output" in table:
             shutdown = self.number(table, "shutdown_output")
+        low = self.number(table, "setpoint_min") if "setpoint_min" in table else None
+        high = self.number(table, "setpoint_max") if "setpoint_max" in table else None
+        if (low is not None and setpoint < low) or (high is not None and setpoint > high):
+            shown = f"{-math.inf if low is None else low:g}..{math.inf if high is None else high:g}"
+            self.problem(
+                f"must lie within setpoint_min..setpoint_max ({shown}), not {setpoint:g}",
+                "setpoint",
+            )
+            raise _Invalid
         return LoopConfig(
             loop_id,
             measurement,
@@ -770,6 +820,8 @@ class _Reader:
             failsafe,
             enabled,
             shutdown,
+            setpoint_min=low,
+            setpoint_max=high,
         )
 
     def measurement(self, text: str, devices: Mapping[str, DeviceConfig]) -> Measurement:
@@ -819,7 +871,19 @@ def parse_host_port(text: str) -> tuple[str, int]:
 def _as_float(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float range
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """A value from the config, fit for a message: its repr, cut short if long."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**limit:
+        return f"of some {int(abs(value).bit_length() * math.log10(2)) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _as_int(value: object) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Mapping
@@ -9,13 +10,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from coolctl.config import Config, ConfigError, DeviceConfig, load_config
+from coolctl.config import (
+    Config,
+    ConfigError,
+    DeviceConfig,
+    DeviceRef,
+    LoopConfig,
+    RackConfig,
+    load_config,
+)
 from coolctl.drivers.modbus import ModbusDevice
-from coolctl.drivers.modbus_profile import ModbusProfile, load_profile
-from coolctl.drivers.mqtt import MqttConnection, MqttDevice
+from coolctl.drivers.modbus_profile import ModbusProfile, RegisterPoint, load_profile
+from coolctl.drivers.mqtt import MqttConnection, MqttDevice, MqttSettings
 from coolctl.drivers.mqtt_profile import load_mqtt_profile
 from coolctl.drivers.redfish import RedfishDevice, RedfishSettings, kind_points
-from coolctl.model import Quality, Reading
+from coolctl.model import CANONICAL_POINTS, Quality, Reading, Unit
 from coolctl.systemd import read_credential
 
 
@@ -76,6 +85,7 @@ class DeviceHandle:
     writable: Mapping[str, WritableSpec]
     point_names: tuple[str, ...]
     kind: str  # what the device is (cdu, pdu, server, sensor), from its profile
+    ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # see DeviceFactsRecord
 
 
 @dataclass(slots=True)
@@ -131,6 +141,9 @@ class DeviceFactsRecord:
     writable: Mapping[str, WritableSpec]
     point_names: tuple[str, ...]
     kind: str
+    # What each point can read, from its profile: its plausibility range (min/max), else what
+    # its register can hold; points the profile gives no range for are left out
+    ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def device_facts(config: DeviceConfig) -> DeviceFactsRecord:
@@ -148,10 +161,44 @@ def device_facts(config: DeviceConfig) -> DeviceFactsRecord:
     if config.driver == "mqtt":
         mqtt_profile = load_mqtt_profile(config.profile)
         names = tuple(p.name for p in mqtt_profile.points)
-        return DeviceFactsRecord({}, names, mqtt_profile.kind)
+        ranges = {
+            p.name: (
+                p.min if p.min is not None else -math.inf,
+                p.max if p.max is not None else math.inf,
+            )
+            for p in mqtt_profile.points
+            if p.min is not None or p.max is not None
+        }
+        return DeviceFactsRecord({}, names, mqtt_profile.kind, ranges)
     profile = load_profile(config.profile)
     names = tuple(p.name for p in profile.points)
-    return DeviceFactsRecord(writable_points(profile), names, profile.kind)
+    ranges = {p.name: register_range(p) for p in profile.points}
+    return DeviceFactsRecord(writable_points(profile), names, profile.kind, ranges)
+
+
+_RAW_RANGES: Mapping[str, tuple[float, float]] = {
+    "bool": (0.0, 1.0),
+    "int16": (-(2.0**15), 2.0**15 - 1),
+    "uint16": (0.0, 2.0**16 - 1),
+    "int32": (-(2.0**31), 2.0**31 - 1),
+    "uint32": (0.0, 2.0**32 - 1),
+    "float32": (-3.4028234663852886e38, 3.4028234663852886e38),
+}
+
+
+def register_range(point: RegisterPoint) -> tuple[float, float]:
+    """The values a Modbus point can read: its profile's min/max, else what its register holds
+    (raw range × scale + offset)."""
+    if point.is_bit:
+        low, high = 0.0, 1.0
+    else:
+        raw_low, raw_high = _RAW_RANGES.get(point.data_type, (-math.inf, math.inf))
+        ends = (raw_low * point.scale + point.offset, raw_high * point.scale + point.offset)
+        low, high = min(ends), max(ends)
+    return (
+        point.min if point.min is not None else low,
+        point.max if point.max is not None else high,
+    )
 
 
 def open_device(
@@ -179,7 +226,9 @@ def open_device(
             profile=load_profile(config.profile),
             timeout_s=config.timeout_s,
         )
-    return DeviceHandle(rack, config, client, facts.writable, facts.point_names, facts.kind)
+    return DeviceHandle(
+        rack, config, client, facts.writable, facts.point_names, facts.kind, facts.ranges
+    )
 
 
 def _redfish_client(rack: str, config: DeviceConfig) -> RedfishDevice:
@@ -249,7 +298,7 @@ def check_profiles(config: Config) -> list[str]:
     caught here, before the daemon starts, rather than as a failsafe at 3 a.m.
     """
     where = str(config.path) if config.path else "<config>"
-    problems: list[str] = []
+    problems: list[str] = check_config_builds(config)
     for rack in config.racks.values():
         facts: dict[str, _ProfileFacts] = {}
         for device in rack.devices.values():
@@ -286,4 +335,163 @@ def check_profiles(config: Config) -> list[str]:
                     f"{where}: racks.{rack.id}.budget_point: profile {known.name!r}"
                     f" has no point {rack.budget_point.point!r}"
                 )
+        if len(facts) == len(rack.devices):  # a profile that does not load is reported above
+            problems.extend(check_rack_builds(where, rack))
     return problems
+
+
+# --------------------------------------------------------------------------------------------
+# What the daemon refuses, found before it starts: `coolctl check-config`, `coolctl run` and a
+# reload all check this, so that no config that passes them makes Daemon() raise.
+
+PHYSICAL_RANGES: Mapping[Unit, tuple[float, float]] = {
+    Unit.CELSIUS: (-273.15, math.inf),
+    Unit.PASCAL: (-math.inf, math.inf),  # a differential pressure may be negative
+    Unit.WATT: (0.0, math.inf),
+    Unit.JOULE: (0.0, math.inf),
+    Unit.LITRE: (0.0, math.inf),
+    Unit.LITRE_PER_MINUTE: (0.0, math.inf),
+    Unit.RATIO: (0.0, 1.0),
+    Unit.BOOLEAN: (0.0, 1.0),
+    Unit.SECOND: (0.0, math.inf),
+}
+"""What a value of each unit can physically be, whatever the device."""
+
+
+class PointRanges(Protocol):
+    """What the setpoint bounds need of a device: its points' ranges (DeviceHandle and
+    DeviceFactsRecord have them)."""
+
+    @property
+    def ranges(self) -> Mapping[str, tuple[float, float]]: ...
+
+
+def point_range(ref: DeviceRef, devices: Mapping[str, PointRanges]) -> tuple[float, float]:
+    """What a point can read: its unit's physical range, narrowed by its profile's."""
+    spec = CANONICAL_POINTS.get(ref.point)
+    unbounded = (-math.inf, math.inf)
+    low, high = PHYSICAL_RANGES.get(spec.unit, unbounded) if spec else unbounded
+    device = devices.get(ref.device)
+    if device is not None and ref.point in device.ranges:
+        profile_low, profile_high = device.ranges[ref.point]
+        low, high = max(low, profile_low), min(high, profile_high)
+    return low, high
+
+
+def setpoint_bounds(loop: LoopConfig, devices: Mapping[str, PointRanges]) -> tuple[float, float]:
+    """The range a loop's setpoint (and an operator's override of it) must lie in.
+
+    `setpoint_min`/`setpoint_max` from the config where given; otherwise what the measurement
+    can read (for a difference, such as a coolant ΔT, the difference of the two ranges): a
+    setpoint the sensor can never show is one the loop can never reach, and it would drive its
+    actuator to the end stop. A side nothing bounds is infinite (only finite values pass).
+    """
+    measurement = loop.measurement
+    low, high = point_range(measurement.minuend, devices)
+    if measurement.subtrahend is not None:
+        sub_low, sub_high = point_range(measurement.subtrahend, devices)
+        low, high = low - sub_high, high - sub_low
+        low = -math.inf if math.isnan(low) else low
+        high = math.inf if math.isnan(high) else high
+    return (
+        loop.setpoint_min if loop.setpoint_min is not None else low,
+        loop.setpoint_max if loop.setpoint_max is not None else high,
+    )
+
+
+def check_rack_builds(where: str, rack: RackConfig) -> list[str]:
+    """Problems Daemon() would raise on for this rack, each naming its key: the loops against
+    their actuators' ranges in the profiles, the control stack built as the daemon builds it,
+    the MQTT topics and Redfish settings of the devices (secrets are not read)."""
+    from coolctl.control_stack import build_rack_control  # it imports this module
+
+    key = f"{where}: racks.{rack.id}"
+    try:
+        facts = {device.id: device_facts(device) for device in rack.devices.values()}
+    except (ValueError, OSError):
+        return []  # a profile that does not load: check_profiles says so
+    problems: list[str] = []
+    for loop in rack.loops.values():
+        problems.extend(_check_loop(f"{key}.loops.{loop.id}", loop, facts))
+    writable = all(  # if not, check_profiles says so
+        loop.actuator.point in facts[loop.actuator.device].writable for loop in rack.loops.values()
+    )
+    if not problems and writable:
+        try:
+            build_rack_control(rack, facts)
+        except ValueError as exc:
+            problems.append(f"{key}: the daemon cannot build this rack's control: {exc}")
+    for device in rack.devices.values():
+        problems.extend(_check_device(f"{key}.devices.{device.id}", rack.id, device))
+    return problems
+
+
+def check_config_builds(config: Config) -> list[str]:
+    """The parts of Config that Daemon() checks outside the racks: the MQTT connection."""
+    where = str(config.path) if config.path else "<config>"
+    mqtt = config.mqtt
+    if mqtt is None:
+        return []
+    try:
+        MqttSettings(host=mqtt.host, port=mqtt.port, client_id=f"coolctl-{config.site}")
+    except ValueError as exc:
+        return [f"{where}: mqtt: {exc}"]
+    return []
+
+
+def _check_loop(key: str, loop: LoopConfig, facts: Mapping[str, DeviceFactsRecord]) -> list[str]:
+    problems = []
+    device = facts.get(loop.actuator.device)
+    spec = device.writable.get(loop.actuator.point) if device is not None else None
+    if spec is not None:  # an actuator that is not writable is reported by check_profiles
+        low, high = spec.minimum, spec.maximum
+        shown = f"{low:g}..{high:g}"
+        if not (math.isfinite(low) and math.isfinite(high)):
+            problems.append(
+                f"{key}.actuator: the profile gives {loop.actuator} no finite range ({shown}):"
+                " a writable point needs min and max"
+            )
+        elif loop.output_max < low or loop.output_min > high:
+            problems.append(
+                f"{key}: output_min..output_max ({loop.output_min:g}..{loop.output_max:g}) lies"
+                f" outside the range of {loop.actuator} in its profile ({shown})"
+            )
+        for name, value in (
+            ("failsafe_output", loop.failsafe_output),
+            ("shutdown_output", loop.shutdown_output),
+        ):
+            if value is not None and not low <= value <= high:
+                problems.append(
+                    f"{key}.{name}: {value:g} is outside the range of {loop.actuator}"
+                    f" in its profile ({shown})"
+                )
+    low, high = setpoint_bounds(loop, facts)
+    if not low <= loop.setpoint <= high:
+        problems.append(
+            f"{key}.setpoint: {loop.setpoint:g} is outside what {loop.measurement} can read"
+            f" ({low:g}..{high:g}); check the setpoint, or set setpoint_min/setpoint_max"
+        )
+    return problems
+
+
+def _check_device(key: str, rack: str, device: DeviceConfig) -> list[str]:
+    try:
+        if device.driver == "mqtt":
+            profile = load_mqtt_profile(device.profile)
+            MqttDevice(rack, device.id, profile, device.topic_prefix, "check-config")
+        elif device.redfish is not None:
+            redfish = device.redfish
+            RedfishSettings(
+                url=redfish.url,
+                username=redfish.username,
+                # not read here (the daemon may run as another user): any will do
+                password="" if redfish.auth != "none" else None,
+                auth=redfish.auth,
+                ca_file=redfish.ca_file,
+                verify_tls=redfish.verify_tls,
+                timeout_s=device.timeout_s,
+                max_in_flight=redfish.max_in_flight,
+            )
+    except (ValueError, OSError) as exc:
+        return [f"{key}: {exc}"]
+    return []

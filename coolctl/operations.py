@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import coolctl
+from coolctl.api import MIN_TTL_S
 from coolctl.control.supervisor import Override
 from coolctl.controlplane import (
     AuditRecord,
@@ -27,7 +28,8 @@ from coolctl.controlplane import (
     OverrideRecord,
     target_kind,
 )
-from coolctl.model import Event, PointId, Severity
+from coolctl.devices import setpoint_bounds
+from coolctl.model import CANONICAL_POINTS, Event, PointId, Severity
 from coolctl.runtime import Daemon, RackRuntime
 from coolctl.store import AsyncStore
 
@@ -60,7 +62,8 @@ class DaemonControlPlane:
     async def attach(self, daemon: Daemon) -> None:
         """Bind to a (new) daemon: apply stored overrides and modes, persist its events."""
         self.daemon = daemon
-        daemon.event_listeners.append(self._persist_event)
+        if self._persist_event not in daemon.event_listeners:  # attached again after a reload
+            daemon.event_listeners.append(self._persist_event)
         for rack, mode in (await self.store.modes()).items():
             if rack in daemon.racks:
                 daemon.racks[rack].mode = mode
@@ -212,6 +215,10 @@ class DaemonControlPlane:
             raise ControlError(400, f"value must be a finite number, not {value!r}")
         if ttl_s is not None and not (math.isfinite(ttl_s) and ttl_s > 0):
             raise ControlError(400, f"ttl must be a positive duration, not {ttl_s!r}")
+        if ttl_s is not None and ttl_s < MIN_TTL_S:
+            raise ControlError(
+                400, f"ttl must be at least {MIN_TTL_S:g} s (the expiry period), not {ttl_s:g}"
+            )
         if not why.strip():
             raise ControlError(400, "a reason is required")
         self._check_override(runtime, target, value)  # refuse before anything is stored
@@ -274,6 +281,7 @@ class DaemonControlPlane:
                 raise ControlError(
                     404, f"no loop {loop_id!r} on rack {runtime.config.id} ({loops})"
                 )
+            self._check_setpoint(runtime, loop_id, value)
             return
         device, _, name = target.partition("/")
         point = PointId(runtime.config.id, device, name)
@@ -281,6 +289,28 @@ class DaemonControlPlane:
             runtime.supervisor.check_override(point, value)
         except ValueError as exc:
             raise ControlError(400, str(exc)) from exc
+
+    def _check_setpoint(self, runtime: RackRuntime, loop_id: str, value: float) -> None:
+        """A setpoint override must lie within the loop's setpoint bounds (see
+        coolctl.devices.setpoint_bounds), as an actuator override within its safe bounds."""
+        loop = runtime.config.loops.get(loop_id)
+        if loop is None:  # a loop the config does not know (none today): finite is all we know
+            return
+        rack = runtime.config.id
+        devices = {
+            device: handle
+            for (rack_id, device), handle in self.daemon.devices.items()
+            if rack_id == rack
+        }
+        low, high = setpoint_bounds(loop, devices)
+        if not (math.isfinite(value) and low <= value <= high):
+            spec = CANONICAL_POINTS.get(loop.measurement.minuend.point)
+            unit = f" {spec.unit.value}" if spec is not None else ""
+            raise ControlError(
+                400,
+                f"{loop_id}.setpoint {value:g} is outside its bounds {low:g}..{high:g}{unit}"
+                f" (what {loop.measurement} can read, or the loop's setpoint_min/setpoint_max)",
+            )
 
     def _apply_override(self, runtime: RackRuntime, record: OverrideRecord) -> None:
         self._check_override(runtime, record.target, record.value)

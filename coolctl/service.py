@@ -132,23 +132,45 @@ class Service:
             self.notifier.reloading()
             try:
                 config = self.load(path)
+                # Built before the running daemon is touched: a config the daemon cannot run
+                # is refused here, and the rack stays under control.
+                daemon = Daemon(config)
             except ConfigError as exc:
-                message = "; ".join(exc.problems)
-                log.error("reload rejected, the running config stays: %s", message)
-                self._emit_all("reload_rejected", Severity.WARNING, f"reload rejected: {message}")
-                self.notifier.ready(f"reload rejected; {self._status_text()}")
-                raise ControlError(400, f"config rejected, old config kept: {message}") from exc
+                raise self._rejected("; ".join(exc.problems)) from exc
+            except Exception as exc:  # what Daemon() refuses (a secret it cannot read, say)
+                raise self._rejected(str(exc) or type(exc).__name__) from exc
             old = self.daemon
             await old.stop(hand_back=False)  # the new loops take over from where devices stand
+            try:
+                await self._start_daemon(daemon)
+            except Exception as exc:
+                log.exception("the reloaded daemon did not start; the old config runs again")
+                await daemon.stop(hand_back=False)
+                await self._start_daemon(old)
+                self._emit_all(
+                    "reload_failed",
+                    Severity.WARNING,
+                    f"reload failed as it started ({exc}); the old config runs again",
+                )
+                self.notifier.ready(f"reload failed; {self._status_text()}")
+                raise ControlError(
+                    500, f"reload failed as it started, old config kept: {exc}"
+                ) from exc
             self.config = config
-            self.daemon = Daemon(config)
+            self.daemon = daemon
             if self.metrics is not None:
-                self.metrics.collector.daemon = self.daemon
-            await self._start_daemon(self.daemon)
+                self.metrics.collector.daemon = daemon
             log.info("config %s reloaded", path)
             self._emit_all("reloaded", Severity.INFO, f"config {path} reloaded")
             self.notifier.ready(self._status_text())
             return {"config": str(path), "racks": sorted(config.racks)}
+
+    def _rejected(self, message: str) -> ControlError:
+        """Log, announce and report a reload that is refused; the running config stays."""
+        log.error("reload rejected, the running config stays: %s", message)
+        self._emit_all("reload_rejected", Severity.WARNING, f"reload rejected: {message}")
+        self.notifier.ready(f"reload rejected; {self._status_text()}")
+        return ControlError(400, f"config rejected, old config kept: {message}")
 
     async def _start_daemon(self, daemon: Daemon) -> None:
         await self.plane.attach(daemon)

@@ -97,6 +97,7 @@ LINK_FAILURES: Final = frozenset({TIMEOUT, CONNECTION, HTTP_5XX, AUTH})
 _CALL_DEADLINE_FACTOR: Final = 4.0
 
 _ETAG = re.compile(r'(W/)?"[\x21\x23-\x7e]{0,200}"')
+_DELAY_SECONDS = re.compile(r"[0-9]{1,12}")  # RFC 9110 delay-seconds, ASCII; 12: 30,000 years
 
 # The request counter of whoever is asking (a device), set around its calls; see count_requests.
 _request_counter: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
@@ -612,8 +613,10 @@ def _retry_after_s(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if _DELAY_SECONDS.fullmatch(value):
         return float(value)
+    if value.isdigit():  # '²', '①', '٣' (str.isdigit() takes them) or over 12 digits: no delay
+        return None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
