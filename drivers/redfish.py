@@ -199,6 +199,7 @@ class RedfishDevice:
         )
         self._lock = asyncio.Lock()
         self._plan: Plan | None = None
+        self._reads: _Reads | None = None  # what a poll of _plan reads
         self._bodies: dict[str, Mapping[str, Any]] = {}  # latest body of each bound resource
         self._etags: dict[str, str] = {}
         self._verdicts: dict[str, Evaluated] = {}
@@ -276,12 +277,19 @@ class RedfishDevice:
         plan = self._plan
         if plan is None:
             return []
-        expanded, singles = _poll_reads(plan)
+        reads = self._reads_of(plan)
         requests: list[tuple[str, dict[str, str] | None]] = [
-            (collection, {"$expand": expand}) for collection, expand, _ in expanded
+            (collection, query) for collection, query, _ in reads.expanded
         ]
-        requests.extend((uri, _select_query(plan, uri)) for uri in singles)
+        requests.extend(reads.singles)
         return requests
+
+    def _reads_of(self, plan: Plan) -> _Reads:
+        """What a poll of `plan` reads, worked out once per plan rather than every poll."""
+        reads = self._reads
+        if reads is None or reads.plan is not plan:
+            reads = self._reads = _poll_reads(plan)
+        return reads
 
     # ----------------------------------------------------------------------------------------
     # Polling
@@ -429,12 +437,12 @@ class RedfishDevice:
         plan = self._plan
         assert plan is not None
         results: dict[str, Fetched | Failure] = {}
-        expanded, singles = _poll_reads(plan)
+        reads = self._reads_of(plan)
         jobs = [
-            self._read_expanded(collection, expand, members, results)
-            for collection, expand, members in expanded
+            self._read_expanded(collection, query, members, results)
+            for collection, query, members in reads.expanded
         ]
-        jobs.extend(self._read_single(uri, results) for uri in singles)
+        jobs.extend(self._read_single(uri, query, results) for uri, query in reads.singles)
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
         for result in outcomes:
             if isinstance(result, BaseException) and not isinstance(result, Failure):
@@ -442,13 +450,16 @@ class RedfishDevice:
         # Members an expanded collection did not carry are read one by one.
         missing = [uri for uri in plan.resources if uri not in results]
         if missing:
-            await asyncio.gather(*(self._read_single(uri, results) for uri in missing))
+            await asyncio.gather(
+                *(self._read_single(uri, _select_query(plan, uri), results) for uri in missing)
+            )
         return results
 
-    async def _read_single(self, uri: str, results: dict[str, Fetched | Failure]) -> None:
-        assert self._plan is not None
+    async def _read_single(
+        self, uri: str, query: dict[str, str] | None, results: dict[str, Fetched | Failure]
+    ) -> None:
         try:
-            fetched = await self._transport.get(uri, _select_query(self._plan, uri))
+            fetched = await self._transport.get(uri, query)
         except Failure as failure:
             results[uri] = failure
             return
@@ -458,12 +469,12 @@ class RedfishDevice:
     async def _read_expanded(
         self,
         collection: str,
-        expand: str,
-        members: list[str],
+        query: dict[str, str],
+        members: tuple[str, ...],
         results: dict[str, Fetched | Failure],
     ) -> None:
         try:
-            listing = await self._transport.get(collection, {"$expand": expand})
+            listing = await self._transport.get(collection, query)
         except Failure as failure:
             for uri in members:
                 results[uri] = failure
@@ -714,16 +725,27 @@ def _patched_read_back(
         return None
 
 
-def _poll_reads(plan: Plan) -> tuple[list[tuple[str, str, list[str]]], list[str]]:
-    """What one poll reads: the collections to read whole, as (collection, $expand value,
-    bound members), and the bound resources to read one by one."""
+@dataclass(frozen=True, slots=True)
+class _Reads:
+    """What one poll of a plan reads: the collections read whole, as (collection, $expand
+    query, bound members), and the bound resources read one by one, as (URI, query)."""
+
+    plan: Plan
+    expanded: tuple[tuple[str, dict[str, str], tuple[str, ...]], ...]
+    singles: tuple[tuple[str, dict[str, str] | None], ...]
+
+
+def _poll_reads(plan: Plan) -> _Reads:
     expand = plan.features.expand
-    if not expand:
-        return [], list(plan.resources)
-    groups = plan.expandable()
-    expanded = [(collection, expand, members) for collection, members in groups.items()]
+    groups = plan.expandable() if expand else {}
+    expanded = tuple(
+        (collection, {"$expand": expand}, tuple(members))
+        for collection, members in groups.items()
+        if expand
+    )
     inside = {uri for members in groups.values() for uri in members}
-    return expanded, [uri for uri in plan.resources if uri not in inside]
+    singles = tuple((uri, _select_query(plan, uri)) for uri in plan.resources if uri not in inside)
+    return _Reads(plan, expanded, singles)
 
 
 def _select_query(plan: Plan, uri: str) -> dict[str, str] | None:

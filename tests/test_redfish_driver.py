@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import pytest
 from aiohttp import web
@@ -415,6 +416,28 @@ async def test_write_read_back() -> None:
         await device.poll()
         assert await device.write("power_limit", 604.0) == 600.0
         assert await device.write("power_limit", 606.0) == 610.0
+        await device.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "features",
+    [{"SelectQuery": True, "ExpandQuery": {"NoLinks": True, "Levels": True}}, {}],
+    ids=["select-and-expand", "plain"],
+)
+async def test_poll_requests_are_the_gets_a_poll_sends(features: dict[str, Any]) -> None:
+    # The scale benchmark's bare loop replays poll_requests(): they must be what polls send.
+    server = MockupServer(mockup("public-rackmount1", **features))
+    async with serve(server) as url:
+        device = server_device(url)
+        await device.poll()
+        for _ in range(2):
+            server.seen.clear()
+            await device.poll()
+            sent = sorted((s.path, dict(parse_qsl(s.query))) for s in server.seen)
+            assert sent == sorted((uri, query or {}) for uri, query in device.poll_requests())
+        queries = [query for _, query in device.poll_requests() if query]
+        assert bool(queries) == bool(features)  # $select/$expand only where supported
         await device.close()
 
 
