@@ -86,6 +86,7 @@ def main() -> int:
     total = time.perf_counter() - started
     print(f"\n{len(scenarios)} scenarios x {len(runnable)} controllers in {total:.0f} s\n")
     _summary(scenarios, results, wanted)
+    _mpc_solver(scenarios, results)
     for scenario in scenarios:
         print(f"\n## {scenario.name} ({Path(str(scenario.path)).name}): {scenario.description}")
         by_name = {
@@ -142,6 +143,40 @@ def _summary(
         print(
             "  ".join(
                 c.ljust(w) if i < 2 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+
+
+MPC_COLUMNS = (
+    ("mpc_steps", "steps", "{:.0f}"),
+    ("mpc_solves", "solved", "{:.0f}"),
+    ("mpc_fallbacks", "to PID", "{:.0f}"),
+    ("mpc_fallbacks_blind", "blind", "{:.0f}"),
+    ("mpc_fallbacks_max_iter", "max_iter", "{:.0f}"),
+    ("mpc_fallbacks_time_limit", "time_limit", "{:.0f}"),
+    ("mpc_solve_p99_ms", "solve p99 ms", "{:.2f}"),
+    ("mpc_solve_max_ms", "solve max ms", "{:.1f}"),
+    ("mpc_it_limit_steps", "IT-limit steps", "{:.0f}"),
+)
+
+
+def _mpc_solver(scenarios: list[Scenario], results: dict[str, dict[str, RunResult]]) -> None:
+    """The MPC's own counters per scenario: solves, fallbacks to PID by reason, OSQP's solve
+    time (its own run-time figure), steps on which it limited IT power."""
+    runs = [(s.name, results[s.name]["mpc"].kpis) for s in scenarios if "mpc" in results[s.name]]
+    if not runs:
+        return
+    rows = [["scenario", *(label for _, label, _ in MPC_COLUMNS)]]
+    for name, kpis in runs:
+        rows.append([name, *(form.format(kpis.get(key, math.nan)) for key, _, form in MPC_COLUMNS)])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print("\nMPC solver (control period 1 s; OSQP's time limit 0.2 s):")
+    for row in rows:
+        print(
+            "  "
+            + "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
                 for i, (c, w) in enumerate(zip(row, widths, strict=True))
             )
         )
