@@ -25,9 +25,7 @@ from coolctl.model import Command, PointId, Reading, Snapshot
 from coolctl.runtime import RackRuntime
 from coolctl.safety import DeviceFacts
 from coolctl.scenario_runner import (
-    ControllerUnavailable,
     ControlStack,
-    controller_factory,
     modbus_quantiser,
     rack_config,
     run_scenario,
@@ -343,17 +341,6 @@ def test_every_controller_sees_the_same_noise(tmp_path: Path) -> None:
 
         run_scenario(s, name, on_tick=record)
     assert seen["fixed"] == seen["pid"] and len(set(seen["pid"])) > 10
-
-
-def test_mpc_is_refused_until_it_exists(capsys: pytest.CaptureFixture[str]) -> None:
-    try:
-        controller_factory("mpc")
-    except ControllerUnavailable:
-        pass
-    else:
-        pytest.skip("the MPC controller exists")
-    assert sim_main(["run", str(SHIPPED / "steady-load.toml"), "--controller", "mpc"]) == 2
-    assert "the MPC controller is not available yet" in capsys.readouterr().err
 
 
 # ---- KPIs --------------------------------------------------------------------------------
