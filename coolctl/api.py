@@ -255,6 +255,9 @@ class ControlApi:
         self._runner: web.AppRunner | None = None
         self._socket_inode: int | None = None
         self._closing = asyncio.Event()
+        # Answers by HTTP status (coolctl_control_api_requests_total), authentication refusals
+        # included: 4xx are operators' or scripts' bad requests, 5xx coolctl's own faults.
+        self.requests_by_status: dict[int, int] = {}
 
     # -- life cycle --
 
@@ -402,7 +405,14 @@ class ControlApi:
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Every failure becomes `{"error", "status"}`; unexpected ones are logged, not shown."""
+        """Every failure becomes `{"error", "status"}`; unexpected ones are logged, not shown.
+        Every answer is counted by status, so refused requests show in the metrics."""
+        response = await self._answer(request, handler)
+        counts = self.requests_by_status
+        counts[response.status] = counts.get(response.status, 0) + 1
+        return response
+
+    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except ControlError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
@@ -58,6 +58,8 @@ class DaemonCollector(Collector):
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self._quality_cache: dict[PointId, _QualityEntry] = {}
+        # The control API's answers by HTTP status, when the service has an API (it sets this).
+        self.api_requests_by_status: Mapping[int, int] | None = None
 
     def describe(self) -> Iterable[Metric]:
         return []  # registration must not call collect()
@@ -74,6 +76,20 @@ class DaemonCollector(Collector):
         yield from self._actuators()
         yield from self._ticks()
         yield from self._racks(now, wall_offset)
+        yield from self._api()
+
+    def _api(self) -> Iterator[Metric]:
+        counts = self.api_requests_by_status
+        if counts is None:
+            return
+        family = CounterMetricFamily(
+            "coolctl_control_api_requests",
+            "Control API requests answered, by HTTP status (4xx: refused as bad or unauthorised)",
+            labels=["code"],
+        )
+        for status, count in sorted(counts.items()):
+            family.add_metric([str(status)], count)
+        yield family
 
     def _info(self) -> Iterator[Metric]:
         info = InfoMetricFamily("coolctl_build", "coolctl version")

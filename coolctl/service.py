@@ -112,6 +112,8 @@ class Service:
                 )
                 await self.api.start()
                 stack.push_async_callback(self.api.stop)
+                if self.metrics is not None:
+                    self.metrics.collector.api_requests_by_status = self.api.requests_by_status
         except BaseException:
             await stack.aclose()
             raise

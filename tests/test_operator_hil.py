@@ -10,7 +10,9 @@ import asyncio
 import json
 from pathlib import Path
 
+import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from coolctl.cli import build_parser
 from coolctl.model import Source
@@ -107,6 +109,17 @@ async def test_refused_override_names_the_bounds_and_changes_nothing(
             == 1
         )
         assert "no loop 'nope'" in capsys.readouterr().err
+        # Refusals are counted: the two 4xx answers show in /metrics, by status.
+        async with aiohttp.ClientSession() as session, session.get(rack.metrics_url) as reply:
+            text = await reply.text()
+        refused = {
+            sample.labels["code"]: sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "coolctl_control_api_requests"
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        }
+        assert sum(v for code, v in refused.items() if code.startswith("4")) >= 2, refused
 
 
 @pytest.mark.hil
