@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from coolctl.actuation import ActuatorChannel
@@ -439,4 +439,9 @@ class Daemon:
             except Exception:
                 log.exception("task %s died", name)
 
-        tasks.append(asyncio.create_task(guarded(), name=name))
+        task = asyncio.create_task(guarded(), name=name)
+        if isinstance(coro, Coroutine):
+            # A task cancelled before its first step never starts `coro`: close it, so that a
+            # daemon stopped right after start-up leaves no "never awaited" warning behind.
+            task.add_done_callback(lambda _: coro.close())
+        tasks.append(task)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import itertools
+import warnings
 from pathlib import Path
 
 import pytest
@@ -157,3 +159,25 @@ def test_the_store_serves_each_rack_its_own_points() -> None:
     store.forget_device("r01", "cdu1")
     assert store.current(flow1, 10.5).quality is Quality.MISSING
     assert store.current(flow2, 10.5).value == 150.0
+
+
+@pytest.mark.asyncio
+async def test_a_task_cancelled_before_its_first_step_leaves_no_unawaited_coroutine() -> None:
+    daemon = Daemon(row(1))
+    started: list[bool] = []
+
+    async def work() -> None:
+        started.append(True)
+
+    tasks: list[asyncio.Task[None]] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        daemon._spawn(tasks, work(), "never started")
+        tasks[0].cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        tasks.clear()  # the last reference to the task, and through it to the coroutine,
+        for _ in range(3):  # once the loop has run the task's callbacks
+            await asyncio.sleep(0)
+        gc.collect()
+    assert not started
+    assert not [w for w in caught if "never awaited" in str(w.message)]
