@@ -235,6 +235,6 @@ def test_identify_command_writes_a_model_and_reports_the_fit(
 
 def test_identify_command_refuses_what_it_cannot_do(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["identify", "r01", "--config", "site.toml"]) == 2
-    assert "not built yet" in capsys.readouterr().err
+    assert "needs --out" in capsys.readouterr().err
     assert main(["identify", "--simulated", "--duration", "100"]) == 2
     assert main(["identify", "--simulated", "--plant", "no_such_param=1"]) == 2
