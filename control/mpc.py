@@ -150,6 +150,9 @@ class Signal:
             raise ValueError("a 'single' signal has exactly one point")
 
     def read(self, snapshot: Snapshot) -> float | None:
+        if self.aggregate == "single":
+            single = snapshot.value(self.points[0])
+            return single if single is not None and math.isfinite(single) else None
         values = []
         for point in self.points:
             value = snapshot.value(point)
@@ -160,9 +163,7 @@ class Signal:
             return math.fsum(values)
         if self.aggregate == "mean":
             return math.fsum(values) / len(values)
-        if self.aggregate == "max":
-            return max(values)
-        return values[0]
+        return max(values)  # "max"
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +340,7 @@ class MpcStats:
     last_iterations: int = 0
     last_solve_s: float = 0.0  # as OSQP reports its own run time
     max_solve_s: float = 0.0
+    total_solve_s: float = 0.0  # OSQP's run time over every solve
     # the latest solve times, for percentiles (bounded: a daemon runs for months)
     recent_solve_s: deque[float] = field(default_factory=lambda: deque(maxlen=SOLVE_TIMES_KEPT))
     limited_steps: int = 0  # solved steps that handed the allocator an IT-power limit
@@ -401,10 +403,20 @@ class MpcController:
         self.settings = settings
         self.fallback = fallback
         self.stats = MpcStats()
-        self.plan: MpcPlan | None = None
         self.it_power_limit_w: float | None = None
         self._check(rack, model)
         self._outputs, self._softs = self._choose_outputs(rack, model, settings)
+        self._needed = (*model.disturbances, *self._outputs)
+        # what a step reads: the signals it needs, and IT power (the caps' decision); the
+        # actuator positions only when the MPC does not know what was applied
+        self._reads = tuple(
+            (name, rack.signals[name])
+            for name in dict.fromkeys((*self._needed, IT_POWER))
+            if name in rack.signals
+        )
+        self._plan: MpcPlan | None = None
+        self._plan_parts: _PlanParts | None = None
+        self._plan_of: _PlanParts | None = None
         self._setup_model()
         self._setup_qp()
         # the model's state and what the MPC knows of the actuators
@@ -437,11 +449,21 @@ class MpcController:
 
     # -- one step ------------------------------------------------------------------------------
 
+    @property
+    def plan(self) -> MpcPlan | None:
+        """The last plan: inputs and predicted outputs over the horizon (None before the first
+        solve). Built when asked for, not every step: nothing in the loop reads it."""
+        parts = self._plan_parts
+        if parts is not None and parts is not self._plan_of:
+            self._plan = parts.build(self._outputs, self._op_y, self._scale_y, self._c)
+            self._plan_of = parts
+        return self._plan
+
     def step(self, snapshot: Snapshot, now: float) -> list[Command]:
         self.stats.steps += 1
-        values = self.rack.read(snapshot)
+        values = {name: signal.read(snapshot) for name, signal in self._reads}
         missing = [name for name in self._needed if values.get(name) is None]
-        current = self._current_inputs(values)
+        current = self._current_inputs(values, snapshot)
         if missing or current is None:
             what = ", ".join(missing) or "actuator position"
             return self._fall_back(snapshot, now, "blind", f"MPC blind: {what} not good")
@@ -458,10 +480,11 @@ class MpcController:
         self.stats.last_iterations = int(result.info.iter)
         self.stats.last_solve_s = float(result.info.run_time)
         self.stats.max_solve_s = max(self.stats.max_solve_s, self.stats.last_solve_s)
+        self.stats.total_solve_s += self.stats.last_solve_s
         self.stats.recent_solve_s.append(self.stats.last_solve_s)
         reason = _status_reason(int(result.info.status_val))
         z = np.asarray(result.x, dtype=np.float64)
-        if reason is None and not np.all(np.isfinite(z)):
+        if reason is None and not np.isfinite(z).all():
             reason = "solver_error"
         if reason is not None:
             return self._fall_back(snapshot, now, reason, f"MPC not used: OSQP {status}")
@@ -469,8 +492,8 @@ class MpcController:
 
     def kpis(self) -> dict[str, float]:
         """Counters for a scenario run's KPIs and the daemon's metrics: steps, solves,
-        fallbacks (by reason), OSQP's own solve time (p99 and max), steps that limited IT
-        power."""
+        fallbacks (by reason), OSQP's own solve time (p99, max, and the total: how much of a
+        run's control time is the solver's), steps that limited IT power."""
         stats = self.stats
         times = np.asarray(stats.recent_solve_s, dtype=np.float64)
         out = {
@@ -479,6 +502,7 @@ class MpcController:
             "mpc_fallbacks": float(stats.fallbacks),
             "mpc_solve_p99_ms": float(np.percentile(times, 99)) * 1e3 if times.size else 0.0,
             "mpc_solve_max_ms": stats.max_solve_s * 1e3,
+            "mpc_solve_total_s": stats.total_solve_s,
             "mpc_it_limit_steps": float(stats.limited_steps),
         }
         for reason in FALLBACK_REASONS:
@@ -542,10 +566,6 @@ class MpcController:
                 _Soft(len(outputs) - 1, "min_flow", per_kw / 1000.0, settings.flow_slack_factor)
             )
         return tuple(outputs), tuple(softs)
-
-    @property
-    def _needed(self) -> tuple[str, ...]:
-        return (*self.model.disturbances, *self._outputs)
 
     def _setup_model(self) -> None:
         """The model in scaled deviations: each signal divided by its spread in the step test,
@@ -714,19 +734,98 @@ class MpcController:
             # were met (measured on the simulated rack with 44 degC facility water).
             check_dualgap=False,
         )
+        self._setup_vectors()
+
+    def _setup_vectors(self) -> None:
+        """The QP's vectors as far as they do not change from step to step, computed once.
+
+        A step writes only what changes (the dynamics' right-hand side, the first move's bounds,
+        θ's bound, the soft limits' finite side, the linear costs) into buffers kept for it, and
+        hands them to OSQP's extension directly: the same numbers, by the same arithmetic, as
+        building every vector afresh, without the Python and numpy overhead that used to cost
+        more than half as much as the solve itself.
+        """
+        s = self.settings
+        n, nx, nu, ns = s.horizon, self._nx, self._n_inputs, len(self._softs)
+        m = self._A.shape[0]
+        self._op_u, self._sc_u = self._op_v[:nu], self._scale_v[:nu]
+        self._op_d, self._sc_d = self._op_v[nu:], self._scale_v[nu:]
+        self._b_d = self._b[:, nu:]
+        self._low = np.array([s.pump_min, s.valve_min])
+        self._high = np.array([s.pump_max, s.valve_max])
+        self._rate_per_s = np.array([s.pump_rate_per_s, s.valve_rate_per_s])
+        self._rate = self._rate_per_s * self.model.dt_s
+        self._pump_topped_at = s.pump_max - s.pump_rate_per_s * self.model.dt_s - 1e-9
+        self._sup = self._outputs.index(SUPPLY)
+        self._c_sup = self._c[self._sup]
+        self._two_w_t = 2.0 * (s.supply_weight_per_k2 * self._scale_y[self._sup])
+        self._slope_factor = 3.0 * self._pump_full_w
+        self._sc_u0 = self._sc_u[0]
+        self._curvature_u = self._curvature * self._sc_u0**2
+        self._move_q = -2.0 * self._move_w
+        # bounds: l and u, their constant parts filled in here
+        lo = np.empty(m)
+        hi = np.empty(m)
+        u_rows = slice(self._rows_u, self._rows_move)
+        lo[u_rows].reshape(n, nu)[:] = (self._low - self._op_u) / self._sc_u
+        hi[u_rows].reshape(n, nu)[:] = (self._high - self._op_u) / self._sc_u
+        step = self._rate / self._sc_u
+        lo[self._rows_move : self._rows_t].reshape(n - 1, nu)[:] = -step
+        hi[self._rows_move : self._rows_t].reshape(n - 1, nu)[:] = step
+        lo[self._rows_t] = 0.0
+        self._soft_rows: list[tuple[slice, int, bool, float]] = []
+        for i, sc in enumerate(self._softs):
+            rows = slice(self._rows_soft + i, self._rows_slack, ns)
+            if sc.kind == "max":
+                lo[rows] = -np.inf
+            else:
+                hi[rows] = np.inf
+            self._soft_rows.append((rows, sc.output, sc.kind == "max", sc.limit))
+        lo[self._rows_slack :] = 0.0
+        hi[self._rows_slack :] = np.inf
+        self._lo, self._hi = lo, hi
+        self._lo_dynamics = lo[: n * nx].reshape(n, nx)
+        # linear costs: throttled power and slack prices are fixed, the rest is added per step
+        q = np.zeros(self._nz)
+        q[self._it] = n * s.throttle_weight_per_w * self._theta_unit_w
+        q[self._ie :].reshape(n, ns)[:] = [s.slack_weight_per_k * sc.weight for sc in self._softs]
+        self._q_fixed = q
+        self._q = q.copy()
+        self._q_tracking = self._q[self._ix : self._iu].reshape(n, nx)
+        self._q_scaled = np.empty(self._nz)
+        # what OSQP's Python interface would do on update (infinite bounds to its infinity)
+        # and solve, without the interface: `_solve` calls the extension directly when there
+        # is one (osqp 1.x), else the interface
+        self._osqp_infinity = float(self._solver.constant("OSQP_INFTY"))
+        self._l_osqp = np.empty(m)
+        self._u_osqp = np.empty(m)
+        ext = getattr(self._solver, "_solver", None)
+        direct = ("update_data_vec", "solve", "info", "solution")
+        self._osqp_ext: Any = ext if all(hasattr(ext, name) for name in direct) else None
 
     # -- the model in parallel with the rack ---------------------------------------------------
 
-    def _current_inputs(self, values: Mapping[str, float | None]) -> FloatArray | None:
+    def _current_inputs(
+        self, values: Mapping[str, float | None], snapshot: Snapshot
+    ) -> FloatArray | None:
         """Pump and valve as last applied (by the MPC, the PID, or the supervisor), else read."""
-        pump = self._applied.get(self.rack.pump, values.get(PUMP_SPEED))
-        if self.rack.valve is not None:
-            valve = self._applied.get(self.rack.valve, values.get(VALVE))
-        else:
-            valve = values.get(VALVE)
+        pump = self._applied.get(self.rack.pump)
+        if pump is None:
+            pump = self._read(PUMP_SPEED, values, snapshot)
+        valve = None if self.rack.valve is None else self._applied.get(self.rack.valve)
+        if valve is None:
+            valve = self._read(VALVE, values, snapshot)
         if pump is None or valve is None:
             return None
         return np.array([pump, valve])
+
+    def _read(
+        self, name: str, values: Mapping[str, float | None], snapshot: Snapshot
+    ) -> float | None:
+        if name in values:
+            return values[name]
+        signal = self.rack.signals.get(name)
+        return None if signal is None else signal.read(snapshot)
 
     def _advance(self, now: float, u: FloatArray, d: FloatArray, y: FloatArray) -> float:
         """Bring the model's state to `now` and update the output bias; return the time since
@@ -734,9 +833,9 @@ class MpcController:
         dt = self.model.dt_s
         last = self._last_time
         elapsed = dt if last is None else now - last
-        v_now = self._normalise(u, d)
         if self._x is None or last is None or elapsed > self.settings.reset_after_s or elapsed < 0:
             # (re)start: the rack is taken as settled where it stands, the bias takes the rest
+            v_now = self._normalise(u, d)
             self._x = np.linalg.solve(np.eye(self._nx) - self._a, self._b @ v_now)
             self._bias = y - self._predict_y(self._x)
         else:
@@ -774,14 +873,13 @@ class MpcController:
     # -- the QP --------------------------------------------------------------------------------
 
     def _bounds(self, current: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """Per-input bounds (normalised) and the per-step move limit."""
-        s = self.settings
-        low = np.array([s.pump_min, s.valve_min])
-        high = np.array([s.pump_max, s.valve_max])
-        if self.rack.valve is None:  # no valve to move: hold it where it reads
-            low[1] = high[1] = current[1]
-        rate = np.array([s.pump_rate_per_s, s.valve_rate_per_s]) * self.model.dt_s
-        return low, high, rate
+        """Per-input bounds and the per-step move limit (not to be modified: shared)."""
+        if self.rack.valve is not None:
+            return self._low, self._high, self._rate
+        low = self._low.copy()  # no valve to move: hold it where it reads
+        high = self._high.copy()
+        low[1] = high[1] = current[1]
+        return low, high, self._rate
 
     def _solve(
         self,
@@ -790,83 +888,69 @@ class MpcController:
         setpoint: float,
         values: Mapping[str, float | None],
     ) -> Any:
+        """Update the QP's vectors for this step and solve it. What is written where, and why
+        only that, see `_setup_vectors`; the arithmetic of each value is as it always was."""
         s = self.settings
-        n, nx, nu, ns = s.horizon, self._nx, self._n_inputs, len(self._softs)
+        n, nx, nu = s.horizon, self._nx, self._n_inputs
         assert self._x is not None
-        x0 = self._x
-        op_u, sc_u = self._op_v[:nu], self._scale_v[:nu]
-        d_norm = (d - self._op_v[nu:]) / self._scale_v[nu:]
-        b_d = self._b[:, nu:]
-        m = self._A.shape[0]
-        lo = np.empty(m)
-        hi = np.empty(m)
-        # dynamics
-        drive = b_d @ d_norm
-        lo[: n * nx] = np.tile(drive, n)
-        lo[:nx] += self._a @ x0
+        op_u, sc_u = self._op_u, self._sc_u
+        lo, hi = self._lo, self._hi
+        # dynamics: the disturbances held over the horizon, the initial state in the first
+        d_norm = (d - self._op_d) / self._sc_d
+        self._lo_dynamics[:] = self._b_d @ d_norm
+        lo[:nx] += self._a @ self._x
         hi[: n * nx] = lo[: n * nx]
-        # inputs and moves
+        # inputs: the first from the present position, within a move
         low, high, rate = self._bounds(current)
-        u_low = (np.maximum(low, np.minimum(current - rate, high)) - op_u) / sc_u
-        u_high = (np.minimum(high, np.maximum(current + rate, low)) - op_u) / sc_u
-        lo_u = np.tile((low - op_u) / sc_u, n)
-        hi_u = np.tile((high - op_u) / sc_u, n)
-        lo_u[:nu], hi_u[:nu] = u_low, u_high
-        lo[self._rows_u : self._rows_move] = lo_u
-        hi[self._rows_u : self._rows_move] = hi_u
-        step = rate / sc_u
-        lo[self._rows_move : self._rows_t] = np.tile(-step, n - 1)
-        hi[self._rows_move : self._rows_t] = np.tile(step, n - 1)
+        iu = self._rows_u
+        lo[iu : iu + nu] = (np.maximum(low, np.minimum(current - rate, high)) - op_u) / sc_u
+        hi[iu : iu + nu] = (np.minimum(high, np.maximum(current + rate, low)) - op_u) / sc_u
+        if self.rack.valve is None:  # the valve's bounds move with its reading
+            lo[iu + nu : self._rows_move].reshape(n - 1, nu)[:] = (low - op_u) / sc_u
+            hi[iu + nu : self._rows_move].reshape(n - 1, nu)[:] = (high - op_u) / sc_u
         # IT power withheld: 0 up to what the caps' minimums leave
         it_power = float(values.get(IT_POWER) or 0.0)
         theta_max = 0.0
-        pump_topped = current[0] >= s.pump_max - s.pump_rate_per_s * self.model.dt_s - 1e-9
         if (
             s.coordinate_caps
             and self.rack.cap_max_w > 0.0
             and self._it_index is not None
-            and (pump_topped or not s.caps_only_at_full_pump)
+            and (current[0] >= self._pump_topped_at or not s.caps_only_at_full_pump)
         ):
             theta_max = max(0.0, it_power - self.rack.cap_min_w) / self._theta_unit_w
-        lo[self._rows_t] = 0.0
         hi[self._rows_t] = theta_max
-        # soft output limits
-        for i, sc in enumerate(self._softs):
-            o = sc.output
+        # soft output limits: the finite side
+        for rows, o, is_max, limit in self._soft_rows:
             base = self._op_y[o] + self._bias[o]
-            rows = self._rows_soft + np.arange(n) * ns + i
-            if sc.kind == "max":
-                lo[rows] = -np.inf
-                hi[rows] = (sc.limit - base) / self._scale_y[o]
+            if is_max:
+                hi[rows] = (limit - base) / self._scale_y[o]
             else:
-                lo[rows] = (sc.limit * it_power - base) / self._scale_y[o]
-                hi[rows] = np.inf
-        lo[self._rows_slack :] = 0.0
-        hi[self._rows_slack :] = np.inf
+                lo[rows] = (limit * it_power - base) / self._scale_y[o]
 
         # linear costs
-        q = np.zeros(self._nz)
-        sup = self._outputs.index(SUPPLY)
+        q = self._q
+        q[:] = self._q_fixed
+        sup = self._sup
         offset = self._op_y[sup] + self._bias[sup] - setpoint
-        w_t = s.supply_weight_per_k2 * self._scale_y[sup]
-        for k in range(n):
-            xk = self._ix + k * nx
-            q[xk : xk + nx] += 2.0 * w_t * offset * self._c[sup]
+        self._q_tracking += self._two_w_t * offset * self._c_sup
         # pump energy: exact slope at the present speed, fixed curvature (see _setup_qp)
         s0 = float(current[0])
-        slope = 3.0 * self._pump_full_w * s0 * s0 * s.pump_energy_weight_per_w
+        slope = self._slope_factor * s0 * s0 * s.pump_energy_weight_per_w
         u0_norm = (current - op_u) / sc_u
         delta = u0_norm[0]  # present speed, normalised
-        for k in range(n):
-            q[self._iu + k * nu] += slope * sc_u[0] - self._curvature * sc_u[0] ** 2 * delta
+        q[self._iu : self._it : nu] += slope * self._sc_u0 - self._curvature_u * delta
         # the first move is from the present position
-        q[self._iu : self._iu + nu] += -2.0 * self._move_w * u0_norm
-        q[self._it] = n * s.throttle_weight_per_w * self._theta_unit_w
-        for k in range(n):
-            for i, sc in enumerate(self._softs):
-                q[self._ie + k * ns + i] = s.slack_weight_per_k * sc.weight
-        self._solver.update(q=q / _COST_SCALE_W, l=lo, u=hi)
-        return self._solver.solve(raise_error=False)
+        q[self._iu : self._iu + nu] += self._move_q * u0_norm
+        np.divide(q, _COST_SCALE_W, out=self._q_scaled)
+        ext = self._osqp_ext
+        if ext is None:
+            self._solver.update(q=self._q_scaled, l=lo, u=hi)
+            return self._solver.solve(raise_error=False)
+        np.maximum(lo, -self._osqp_infinity, out=self._l_osqp)
+        np.minimum(hi, self._osqp_infinity, out=self._u_osqp)
+        ext.update_data_vec(q=self._q_scaled, l=self._l_osqp, u=self._u_osqp)
+        ext.solve()
+        return _Solution(ext.info, ext.solution.x)
 
     # -- results -------------------------------------------------------------------------------
 
@@ -882,41 +966,27 @@ class MpcController:
     ) -> list[Command]:
         s = self.settings
         n, nx, nu = s.horizon, self._nx, self._n_inputs
-        op_u, sc_u = self._op_v[:nu], self._scale_v[:nu]
-        u_plan = op_u + sc_u * z[self._iu : self._it].reshape(n, nu)
+        u_plan = self._op_u + self._sc_u * z[self._iu : self._it].reshape(n, nu)
         # OSQP meets constraints to its tolerance; what is sent meets them exactly
         low, high, _ = self._bounds(current)
-        window = np.array([s.pump_rate_per_s, s.valve_rate_per_s]) * min(
-            max(elapsed, 0.0), self.model.dt_s
+        window = self._rate_per_s * min(max(elapsed, 0.0), self.model.dt_s)
+        # (np.clip's arithmetic, without its dispatch: a step's worth of microseconds)
+        first = np.minimum(
+            np.maximum(u_plan[0], np.maximum(low, current - window)),
+            np.minimum(high, current + window),
         )
-        first = np.clip(
-            u_plan[0], np.maximum(low, current - window), np.minimum(high, current + window)
-        )
-        first = np.clip(first, low, high)
+        first = np.minimum(np.maximum(first, low), high)
         theta = max(float(z[self._it]), 0.0) * self._theta_unit_w
         it_power = float(d[self._it_index - nu]) if self._it_index is not None else 0.0
         wanted = max(it_power - theta, self.rack.cap_min_w) if theta >= s.caps_threshold_w else None
         self.it_power_limit_w = self._released(wanted, elapsed)
         xs = z[self._ix : self._iu].reshape(n, nx)
-        predicted = {
-            name: tuple(
-                float(v)
-                for v in self._op_y[i] + self._bias[i] + self._scale_y[i] * (xs @ self._c[i])
-            )
-            for i, name in enumerate(self._outputs)
-        }
-        self.plan = MpcPlan(
-            time=now,
-            pump=tuple(float(v) for v in u_plan[:, 0]),
-            valve=tuple(float(v) for v in u_plan[:, 1]),
-            it_power_w=(it_power - theta,) * n,
-            predicted=predicted,
-            bias={name: float(self._bias[i]) for i, name in enumerate(self._outputs)},
-            supply_setpoint_c=setpoint,
+        self._plan_parts = _PlanParts(
+            now, u_plan, it_power - theta, xs, self._bias.copy(), setpoint
         )
         self.stats.solves += 1
         self.stats.consecutive_fallbacks = 0
-        sup = predicted[SUPPLY]
+        sup = _predicted(self._sup, xs, self._op_y, self._bias, self._scale_y, self._c)
         why = (
             f"MPC: supply {sup[0]:.2f}->{sup[-1]:.2f} degC over {n} steps (setpoint"
             f" {setpoint:.1f}), IT power {it_power / 1000:.1f} kW"
@@ -976,6 +1046,52 @@ class MpcController:
             if command.point in self._actuators:
                 self._applied[command.point] = command.value
         return commands
+
+
+@dataclass(frozen=True, slots=True)
+class _Solution:
+    """What `MpcController.step` reads of a solve: OSQP's info (status, status_val, iter,
+    run_time) and the solution."""
+
+    info: Any
+    x: Any
+
+
+def _predicted(
+    i: int, xs: FloatArray, op_y: FloatArray, bias: FloatArray, scale_y: FloatArray, c: FloatArray
+) -> FloatArray:
+    """Output `i` over the horizon from the planned states `xs`, bias-corrected."""
+    predicted: FloatArray = op_y[i] + bias[i] + scale_y[i] * (xs @ c[i])
+    return predicted
+
+
+@dataclass(frozen=True, slots=True)
+class _PlanParts:
+    """A solved step's plan as arrays; `MpcController.plan` turns it into an `MpcPlan` when
+    asked for one."""
+
+    time: float
+    u_plan: FloatArray  # horizon x inputs, in actuator units
+    it_power_w: float
+    xs: FloatArray  # horizon x states
+    bias: FloatArray
+    supply_setpoint_c: float
+
+    def build(
+        self, outputs: Sequence[str], op_y: FloatArray, scale_y: FloatArray, c: FloatArray
+    ) -> MpcPlan:
+        return MpcPlan(
+            time=self.time,
+            pump=tuple(self.u_plan[:, 0].tolist()),
+            valve=tuple(self.u_plan[:, 1].tolist()),
+            it_power_w=(self.it_power_w,) * self.u_plan.shape[0],
+            predicted={
+                name: tuple(_predicted(i, self.xs, op_y, self.bias, scale_y, c).tolist())
+                for i, name in enumerate(outputs)
+            },
+            bias={name: float(self.bias[i]) for i, name in enumerate(outputs)},
+            supply_setpoint_c=self.supply_setpoint_c,
+        )
 
 
 def _loop_measurement(loop: PidLoop, snapshot: Snapshot) -> float | None:
