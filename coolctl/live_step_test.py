@@ -628,16 +628,24 @@ def _prepare(
 ) -> tuple[StepTestController, RackSignals]:
     """Put the step-test controller in the runtime's place; publish nothing as the daemon."""
     handles = {device: h for (_, device), h in daemon.devices.items()}
+    try:
+        signals = rack_signals(rack, handles)
+    except ValueError as exc:  # the MPC finds no CDU to drive (coolctl.mpc_stack)
+        raise StepTestRefused(str(exc)) from exc
     supervisor = runtime.supervisor.config
-    by_point = {a.point.name: a for a in supervisor.actuators}
+    # the pump and valve the rack's MPC will drive, as the supervisor knows them
+    by_point = {a.point: a for a in supervisor.actuators}
+    wanted = (signals.mpc_rack.pump, signals.mpc_rack.valve)
+    pump, valve = (None if p is None else by_point.get(p) for p in wanted)
+    if pump is None or valve is None:
+        shown = ", ".join(str(p) for p in wanted if p is not None and p not in by_point)
+        raise StepTestRefused(
+            f"rack {rack.id}: the MPC would drive {shown or 'a valve'} but no loop of the rack"
+            " does; the test moves only what a loop's bounds and slew govern"
+        )
     pid = build_pid_control(rack, handles).controller
     controller = StepTestController(
-        pid,
-        by_point[PUMP_POINT],
-        by_point[VALVE_POINT],
-        rack.control_period_s,
-        settings,
-        supervisor.temperature_limits,
+        pid, pump, valve, rack.control_period_s, settings, supervisor.temperature_limits
     )
     runtime.controller = controller
     if not with_allocator:
@@ -645,7 +653,7 @@ def _prepare(
     # The rack's MQTT state and events are the daemon's to publish; the test only logs.
     runtime.on_state = None
     daemon.event_listeners.clear()
-    return controller, rack_signals(rack, handles)
+    return controller, signals
 
 
 async def _preflight(daemon: Daemon, runtime: RackRuntime, signals: RackSignals) -> None:
