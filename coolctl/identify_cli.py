@@ -164,7 +164,8 @@ def add_identify_command(subparsers: Any) -> argparse.ArgumentParser:
     live.add_argument(
         "--force",
         action="store_true",
-        help="run even if the control socket cannot say whether a daemon drives the rack",
+        help="skip asking the control socket (when it cannot answer and you know that no"
+        " daemon drives the rack)",
     )
     return parser
 
