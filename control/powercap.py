@@ -31,6 +31,20 @@ How a step allocates (each part is a function below, so each can be read and tes
 4. **How fast** (`limit_rises`): a cap that falls takes the new value at once; a rise may be
    held to `release_rate_w_per_s`. A limited rise only ever lowers a cap below its share, so
    the caps never sum above what step 3 allowed, and a fall is never delayed by a rise.
+5. **Deadband** (`cap_deadband_w`, d; 0 turns it off): step 3 shares out what is available
+   less a reserve of d per server (`deadband_reserve`), and a cap whose new share is within d
+   of the value last commanded keeps that value, no command sent. Why: when the budget binds,
+   the caps sum exactly to what is available, and what is available moves with every reading
+   of the PDU and the servers (the non-server load is their difference: tens of watts of
+   noise). Without a deadband every cap of the rack moves, and is rewritten on its BMC, every
+   step, for nothing. With it, the caps stay put while the available power stays within
+   N·d of where it was when they were set (N servers sharing the change), and a change to one
+   server's share rewrites that server alone. The reserve is what makes holding safe: every
+   held cap is at most d above its new share, the shares sum to at most available − N·d, so
+   the held caps still sum to at most what is available. Whatever the reserve could not be
+   taken (minimums that leave less room) is caught by the check below: a fall held back is
+   sent the moment the caps would not fit. So a budget drop beyond the band lowers the caps
+   in the same step, as does a server that needs headroom beyond d.
 
 Tie rules, so every result is explainable:
 - A server exactly at (1 − r)·cap counts as `MORE` (the threshold is inclusive). The cap it is
@@ -47,9 +61,10 @@ Tie rules, so every result is explainable:
   Minimums that fit to within a micro-watt of float rounding count as fitting.
 - Budget unknown (None): every cap goes to its maximum (rises still subject to the rate).
 
-Commands go out only for caps that moved by more than `CHANGE_THRESHOLD_W` from the value last
-commanded, to spare the BMCs needless writes; falls inside that band are still sent whenever
-holding them back would put the caps' sum over what is available. Re-writing a BMC that drifted
+Commands go out only for caps that moved by more than `CHANGE_THRESHOLD_W` (and whose share
+moved by more than the deadband) from the value last commanded, to spare the BMCs needless
+writes; falls inside that band are still sent whenever holding them back would put the caps'
+sum over what is available. Re-writing a BMC that drifted
 from our value is the actuation layer's job (it reads back), not this module's.
 
 Pure and deterministic: no I/O, no clock reads. `now` only paces rises.
@@ -115,6 +130,10 @@ class AllocatorConfig:
     # A server whose measured power is within this fraction of its cap counts as wanting more.
     demand_headroom_ratio: float = 0.1
     release_rate_w_per_s: float | None = None  # how fast caps may rise (None: at once)
+    # Per server: a cap whose share moved less than this keeps its value; the caps' sum is
+    # allocated this much per server under what is available, so held caps still fit. 0: off,
+    # every cap follows every watt (the daemon's config sets a default; see coolctl/config.py).
+    cap_deadband_w: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.servers:
@@ -127,6 +146,7 @@ class AllocatorConfig:
             raise ValueError(f"{self.rack}: two servers share a power_limit point")
         _finite(self.margin_w, "margin_w", minimum=0.0)
         _finite(self.overhead_w, "overhead_w", minimum=0.0)
+        _finite(self.cap_deadband_w, "cap_deadband_w", minimum=0.0)
         ratio = self.demand_headroom_ratio
         if not (math.isfinite(ratio) and 0.0 < ratio < 1.0):
             # 0 leaves no gap between "near its cap" and "released", so caps would flap.
@@ -167,6 +187,17 @@ def available_for_caps(budget_w: float, margin_w: float, non_server_w: float) ->
     """What the servers' caps may sum to: the budget less the margin and the load no cap
     governs. May be negative, which no set of caps can meet."""
     return budget_w - margin_w - non_server_w
+
+
+def deadband_reserve(
+    available_w: float, min_sum_w: float, servers: int, cap_deadband_w: float
+) -> float:
+    """What to keep back from `available_w` so that caps held within `cap_deadband_w` of their
+    new shares still fit: the deadband once per server (each held cap sits at most that far
+    above its share), but never so much that the minimums would not fit (then less is kept
+    back, and a held cap that would not fit is lowered instead). 0 when nothing is available
+    beyond the minimums."""
+    return max(0.0, min(servers * cap_deadband_w, available_w - min_sum_w))
 
 
 def server_demand(
@@ -388,8 +419,13 @@ class PowerCapAllocator:
                     for server, power, cap in zip(servers, measured, in_force, strict=True)
                 ]
                 wants = {s.name: want for s, (want, _) in zip(servers, judged, strict=True)}
-                targets = allocate(servers, [demand for _, demand in judged], available)
+                reserve = deadband_reserve(
+                    available, self._min_sum_w, len(servers), self.config.cap_deadband_w
+                )
+                targets = allocate(servers, [demand for _, demand in judged], available - reserve)
                 reason = self._feasible_reason(budget_w, available, non_server, wants, snapshot)
+                if reserve > 0.0:
+                    reason += f"; {reserve:.0f} W kept back for the caps' deadband"
         previous = [
             self._rate_base(server, cap) for server, cap in zip(servers, read_back, strict=True)
         ]
@@ -397,7 +433,7 @@ class PowerCapAllocator:
         if any(p < t - _TOLERANCE_W for p, t in zip(paced, targets, strict=True)):
             rate = self.config.release_rate_w_per_s
             reason += f"; rises held to {rate:g} W/s"
-        commands, caps = self._commands(paced, available, reason, wants)
+        commands, caps = self._commands(paced, targets, available, reason, wants)
         self._note_budget(budget_w, available, now)
         self._note_feasibility(feasible, reason, now)
         self.allocation = Allocation(
@@ -457,20 +493,25 @@ class PowerCapAllocator:
     def _commands(
         self,
         paced: Sequence[float],
+        targets: Sequence[float],
         available: float | None,
         reason: str,
         wants: Mapping[str, Want],
     ) -> tuple[list[Command], dict[str, float]]:
-        """Commands for the caps that moved by more than the threshold; the caps in force.
+        """Commands for the caps that moved by more than the threshold and whose share
+        (`targets`, before pacing) left the deadband; the caps in force.
 
-        A fall inside the threshold is held back only while the caps still fit: if holding
-        the small falls back would leave the sum over what is available, they are sent too.
+        The deadband is judged on the share, not on the paced value, so that a rise paced in
+        steps smaller than the deadband still goes out step by step. A fall inside the
+        threshold or the deadband is held back only while the caps still fit: if holding the
+        small falls back would leave the sum over what is available, they are sent too.
         """
         servers = self.config.servers
+        deadband = self.config.cap_deadband_w
         send = [
             (before := self._commanded.get(server.name)) is None
-            or abs(value - before) > CHANGE_THRESHOLD_W
-            for server, value in zip(servers, paced, strict=True)
+            or (abs(value - before) > CHANGE_THRESHOLD_W and abs(target - before) > deadband)
+            for server, value, target in zip(servers, paced, targets, strict=True)
         ]
         caps = [
             value if go else self._commanded[server.name]

@@ -135,6 +135,7 @@ def allocator(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> PowerCa
             non_server_power=PointId(rack, pdu, "power") if pdu is not None else None,
             overhead_w=config.power.overhead_w,
             release_rate_w_per_s=config.power.release_rate_w_per_s,
+            cap_deadband_w=config.power.cap_deadband_w,
         )
     )
 

@@ -640,3 +640,203 @@ def test_a_cap_the_supervisor_lowered_is_raised_again_once_it_lets_go() -> None:
     again = allocator.step(snapshot(1.0, servers, powers), 1.0, 12000.0)
     assert {c.point for c in again} == {s.limit for s in servers}
     assert {c.value for c in again} == {6000.0}
+
+
+# -- deadband --------------------------------------------------------------------------------
+
+
+def eighteen_under_a_binding_budget(
+    deadband_w: float, **overrides: object
+) -> tuple[PowerCapAllocator, list[ServerCap]]:
+    """A rack as the scale benchmark runs it: 18 servers that would each take 7 kW, a budget
+    that holds them well under that, the non-server load measured by the PDU."""
+    servers = [server(f"bmc{i:02d}") for i in range(18)]
+    config = rack(servers, non_server_power=PDU, cap_deadband_w=deadband_w, **overrides)
+    return PowerCapAllocator(config), servers
+
+
+NON_SERVER_W = 3000.0
+BUDGET_W = 100000.0
+
+
+def noisy_step(
+    allocator: PowerCapAllocator,
+    servers: Sequence[ServerCap],
+    caps: dict[str, float],
+    now: float,
+    noise_w: float,
+    budget_w: float = BUDGET_W,
+) -> list[Command]:
+    """One step with cap-limited servers (each draws its cap) and the PDU reading the servers
+    plus the non-server load plus `noise_w`; the BMCs take the commanded caps."""
+    powers: dict[str, Power] = dict(caps)
+    pdu = math.fsum(caps.values()) + NON_SERVER_W + noise_w
+    snap = snapshot(now, servers, powers, caps, pdu=pdu)
+    commands = allocator.step(snap, now, budget_w)
+    caps.update(caps_of(commands))
+    return commands
+
+
+@PROPERTY
+@given(
+    st.floats(1.0, 100.0),
+    st.lists(st.floats(-0.99, 0.99), min_size=1, max_size=30),
+)
+def test_pdu_noise_within_the_deadband_changes_no_cap(
+    deadband_w: float, noise: list[float]
+) -> None:
+    """The caps stay put while the PDU reading stays within N·d of the one they were set at
+    (d the deadband, N the servers sharing the change); the caps keep fitting throughout."""
+    allocator, servers = eighteen_under_a_binding_budget(deadband_w)
+    caps = {s.name: 7000.0 for s in servers}
+    first = noisy_step(allocator, servers, caps, 0.0, 0.0)
+    assert len(first) == 18
+    band_w = 18 * deadband_w
+    available = BUDGET_W - NON_SERVER_W
+    assert math.fsum(caps.values()) == pytest.approx(available - band_w)
+    for tick, fraction in enumerate(noise, start=1):
+        assert noisy_step(allocator, servers, caps, float(tick), fraction * band_w) == []
+        allocation = the(allocator.allocation)
+        assert allocation.allocated_w <= the(allocation).available_w + TOL  # type: ignore[operator]
+
+
+def test_without_a_deadband_the_same_noise_rewrites_every_cap() -> None:
+    """What the deadband is for: PDU noise of ±60 W moves each of 18 shares by 3 W, over the
+    resend threshold, so every cap is rewritten nearly every step; with 25 W per server none."""
+    noise = [60.0 * math.sin(1.7 * k) for k in range(40)]
+    counts = {}
+    for deadband in (0.0, 25.0):
+        allocator, servers = eighteen_under_a_binding_budget(deadband)
+        caps = {s.name: 7000.0 for s in servers}
+        noisy_step(allocator, servers, caps, 0.0, 0.0)
+        counts[deadband] = sum(
+            len(noisy_step(allocator, servers, caps, float(k), n))
+            for k, n in enumerate(noise, start=1)
+        )
+    assert counts[25.0] == 0
+    assert counts[0.0] > 18 * 20
+
+
+def test_a_budget_drop_lowers_every_cap_in_the_same_step_despite_the_deadband() -> None:
+    allocator, servers = eighteen_under_a_binding_budget(25.0, margin_w=1000.0)
+    caps = {s.name: 7000.0 for s in servers}
+    noisy_step(allocator, servers, caps, 0.0, 0.0)
+    noisy_step(allocator, servers, caps, 1.0, 100.0)
+    dropped = 0.7 * BUDGET_W
+    commands = noisy_step(allocator, servers, caps, 2.0, -100.0, budget_w=dropped)
+    assert len(commands) == 18
+    available = dropped - 1000.0 - (NON_SERVER_W - 100.0)
+    assert math.fsum(caps.values()) <= available + TOL
+    assert math.fsum(caps.values()) == pytest.approx(available - 18 * 25.0)
+    assert "450 W kept back for the caps' deadband" in commands[0].reason
+
+
+def test_a_drop_just_past_the_band_still_lowers_the_caps_at_once() -> None:
+    """Noise that takes the available power below the held caps' sum: the caps fall in that
+    step, whatever the deadband (the budget holds at every step, not on average)."""
+    allocator, servers = eighteen_under_a_binding_budget(25.0)
+    caps = {s.name: 7000.0 for s in servers}
+    noisy_step(allocator, servers, caps, 0.0, 0.0)
+    held = math.fsum(caps.values())
+    commands = noisy_step(allocator, servers, caps, 1.0, 18 * 25.0 + 50.0)
+    available = BUDGET_W - NON_SERVER_W - (18 * 25.0 + 50.0)
+    assert held > available
+    assert len(commands) == 18
+    assert math.fsum(caps.values()) <= available + TOL
+
+
+def test_a_server_that_needs_headroom_gets_it_in_the_same_step() -> None:
+    """One server idles and is released; when its load returns it wants more and its share
+    comes back at once, its neighbours' caps falling to make room, the sum still fitting."""
+    allocator, servers = eighteen_under_a_binding_budget(25.0)
+    loads = {s.name: 7000.0 for s in servers}
+    loads["bmc00"] = 1000.0
+    caps = {s.name: 7000.0 for s in servers}
+
+    def step(now: float) -> list[Command]:
+        powers: dict[str, Power] = {n: min(loads[n], caps[n]) for n in caps}
+        pdu = math.fsum(p for p in powers.values() if isinstance(p, float)) + NON_SERVER_W
+        commands = allocator.step(snapshot(now, servers, powers, caps, pdu=pdu), now, BUDGET_W)
+        caps.update(caps_of(commands))
+        return commands
+
+    for tick in range(4):
+        step(float(tick))
+    assert caps["bmc00"] == pytest.approx(1500.0)  # released: its use plus headroom, or min
+    assert step(4.0) == []  # settled
+    loads["bmc00"] = 7000.0
+    commands = step(5.0)  # it now draws its whole cap: it wants more
+    assert "bmc00" in caps_of(commands) and caps["bmc00"] > 1500.0 + 25.0
+    assert math.fsum(caps.values()) <= BUDGET_W - NON_SERVER_W + TOL
+
+
+def test_a_paced_rise_smaller_than_the_deadband_still_goes_out() -> None:
+    """The deadband is judged on a cap's share, not on the paced step towards it: rises paced
+    at 10 W/s under a 25 W deadband reach the share rather than stall."""
+    allocator, servers = eighteen_under_a_binding_budget(25.0, release_rate_w_per_s=10.0)
+    caps = {s.name: 2000.0 for s in servers}
+    allocator.step(snapshot(0.0, servers, dict(caps), caps, pdu=0.0), 0.0, BUDGET_W)
+    for tick in range(1, 5):
+        commands = noisy_step(allocator, servers, caps, float(tick), 0.0)
+        assert len(commands) == 18
+        assert all(c.value == pytest.approx(2000.0 + 10.0 * tick) for c in commands)
+
+
+@st.composite
+def noisy_runs(
+    draw: st.DrawFn,
+) -> tuple[Case, list[tuple[float, float | None, dict[str, Power], float]]]:
+    """A rack and a run of steps with the PDU measured: (seconds since the last step, budget,
+    measured powers, non-server load on top of the servers' measured power)."""
+    case, steps = draw(runs())
+    return case, [
+        (dt, budget, powers, draw(st.floats(0.0, 8000.0))) for dt, budget, powers in steps
+    ]
+
+
+@PROPERTY
+@given(noisy_runs(), st.floats(0.0, 200.0), st.one_of(st.none(), st.floats(1.0, 2000.0)))
+def test_with_a_deadband_caps_fit_at_every_step_and_stay_near_their_shares(
+    run: tuple[Case, list[tuple[float, float | None, dict[str, Power], float]]],
+    deadband_w: float,
+    rate: float | None,
+) -> None:
+    """The budget invariant holds at every step (sum of caps ≤ available, no cap outside its
+    bounds, every cap at its minimum when even those do not fit), a held cap is never more
+    than the deadband above what an allocator without one would give it, and rises are
+    paced."""
+    case, steps = run
+    config = case.config(non_server_power=PDU, release_rate_w_per_s=rate, cap_deadband_w=deadband_w)
+    allocator = PowerCapAllocator(config)
+    now = 0.0
+    before: Mapping[str, float] | None = None
+    for dt, budget, powers, extra in steps:
+        now += dt
+        limits = dict(before) if before is not None else {}
+        measured = math.fsum(p for p in map(good_power, powers.values()) if p is not None)
+        snap = snapshot(now, case.servers, powers, limits, pdu=measured + extra)
+        allocator.step(snap, now, budget)
+        allocation = the(allocator.allocation)
+        exact = PowerCapAllocator(case.config(non_server_power=PDU))
+        exact.step(snap, now, budget)
+        targets = the(exact.allocation).caps
+        for s in case.servers:
+            cap = allocation.caps[s.name]
+            assert s.min_cap_w <= cap <= s.max_cap_w
+            assert cap <= targets[s.name] + max(deadband_w, CHANGE_THRESHOLD_W) + TOL
+            if rate is not None and before is not None:
+                assert cap <= max(before[s.name], s.min_cap_w) + rate * dt + TOL
+        if budget is not None:
+            available = budget - case.margin_w - max(extra, case.overhead_w)
+            assert allocation.available_w == pytest.approx(available, abs=1e-6)
+            if allocation.feasible:
+                assert allocation.allocated_w <= available + TOL
+            else:  # at their minimums, to within the float slack the resend check allows
+                assert all(allocation.caps[s.name] <= s.min_cap_w + TOL for s in case.servers)
+        before = allocation.caps
+
+
+def test_a_negative_or_non_finite_deadband_is_refused() -> None:
+    for bad in (-1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="cap_deadband_w"):
+            rack([server("x")], cap_deadband_w=bad)
