@@ -75,6 +75,7 @@ from typing import Any, Final, Literal, Protocol, cast
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.connector import Connection
 from redfish.aio import (  # type: ignore[import-untyped]
     AsyncRedfishClient,
     RedfishAuthenticationError,
@@ -251,15 +252,16 @@ def _capped_response_class(limit: int) -> type[aiohttp.ClientResponse]:
 
 
 def _counting_request_class(count: Callable[[], None]) -> type[aiohttp.ClientRequest]:
-    """An aiohttp request class that calls `count` for every request built: each request
-    the library sends, its logins and session refreshes included (and again for aiohttp's
-    own retry of an idempotent request on a dropped keep-alive connection, which is sent
-    twice)."""
+    """An aiohttp request class that calls `count` for every request sent on a connection:
+    each request the library makes, its logins and session refreshes included (and again
+    for aiohttp's own retry of an idempotent request on a dropped keep-alive connection,
+    which is sent twice); not one that never got a connection. `send` rather than
+    `__init__`, whose twenty keyword arguments would be packed and unpacked again."""
 
     class CountingRequest(aiohttp.ClientRequest):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
+        async def send(self, conn: Connection) -> aiohttp.ClientResponse:
             count()
-            super().__init__(*args, **kwargs)
+            return await super().send(conn)
 
     return CountingRequest
 
@@ -472,35 +474,37 @@ class RedfishTransport:
                 raise
 
     async def _guarded(self, call: Awaitable[_Response], uri: str) -> _Response:
-        """Run a library call, turning every way it can fail into a Failure."""
-        what = _safe(uri)
+        """Run a library call, turning every way it can fail into a Failure. (The URI is made
+        fit for a log line, `_safe`, only once a call has failed: most calls do not.)"""
         deadline = self.settings.timeout_s * _CALL_DEADLINE_FACTOR + 1.0
         try:
             async with asyncio.timeout(deadline):
                 return await call
         except TimeoutError:
-            raise Failure(TIMEOUT, f"{what}: no answer within {deadline:g} s") from None
+            raise Failure(TIMEOUT, f"{_safe(uri)}: no answer within {deadline:g} s") from None
         except _BodyTooLarge as exc:
-            raise Failure(TOO_LARGE, f"{what}: {exc}") from None
+            raise Failure(TOO_LARGE, f"{_safe(uri)}: {exc}") from None
         except RedfishTimeoutError:
             raise Failure(
-                TIMEOUT, f"{what}: no answer within {self.settings.timeout_s:g} s"
+                TIMEOUT, f"{_safe(uri)}: no answer within {self.settings.timeout_s:g} s"
             ) from None
         except RedfishConnectionError as exc:
-            raise _connection_failure(what, exc.__cause__) from None
+            raise _connection_failure(_safe(uri), exc.__cause__) from None
         except RedfishAuthenticationError:
-            raise Failure(AUTH, f"{what}: the service refused the credentials") from None
+            raise Failure(AUTH, f"{_safe(uri)}: the service refused the credentials") from None
         except RedfishHTTPError as exc:
             response = cast(_Response, exc.response)
-            raise self._status_failure(response, what) from None
+            raise self._status_failure(response, _safe(uri)) from None
         except RedfishInvalidTargetError:
-            raise Failure(MALFORMED, f"{what}: a link that leaves the service's origin") from None
+            raise Failure(
+                MALFORMED, f"{_safe(uri)}: a link that leaves the service's origin"
+            ) from None
         except RedfishProtocolError:
-            raise Failure(MALFORMED, f"{what}: the service answered nonsense") from None
+            raise Failure(MALFORMED, f"{_safe(uri)}: the service answered nonsense") from None
         except RedfishError as exc:
-            raise Failure(CONNECTION, f"{what}: {type(exc).__name__}") from None
+            raise Failure(CONNECTION, f"{_safe(uri)}: {type(exc).__name__}") from None
         except (aiohttp.ClientError, OSError) as exc:  # not expected past the library
-            raise _connection_failure(what, exc) from None
+            raise _connection_failure(_safe(uri), exc) from None
 
     def _check_status(self, response: _Response, uri: str) -> None:
         if 200 <= response.status < 300:
