@@ -34,6 +34,11 @@ that did not. `CPU wait` is the share of the window the daemon's loop thread was
 waiting for a CPU (/proc schedstat): on a shared machine, what other processes took from it.
 
     python benchmarks/scale.py [--racks 1 8 32] [--search 48 64] [--bisect 2] [--window 15]
+                               [--uvloop]
+
+`--uvloop` runs the measuring process (the daemon, then the bare loop) on uvloop's event loop
+instead of asyncio's, to measure what it would buy; uvloop is not a coolctl dependency and must
+be installed by hand (`pip install uvloop`). The simulation keeps asyncio's loop either way.
 
 These machines are noisy and the simulation shares them: compare the ratio, and read the sim's
 CPU share (a saturated simulation answers late, which is not the daemon's doing).
@@ -44,6 +49,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import math
@@ -559,6 +565,8 @@ def run_one_in_child(racks: int, arguments: argparse.Namespace) -> RowResult:
         "--scrape-every",
         str(arguments.scrape_every),
     ]
+    if arguments.uvloop:
+        command.append("--uvloop")
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return RowResult(**json.loads(output.strip().splitlines()[-1]))
 
@@ -580,11 +588,18 @@ def main() -> None:
     parser.add_argument("--scrape-every", type=float, default=5.0, help="/metrics scrape period")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default="ERROR", help="the daemon's, to stderr")
+    parser.add_argument(
+        "--uvloop", action="store_true", help="daemon and bare loop on uvloop (not a dependency)"
+    )
     arguments = parser.parse_args()
     if arguments.one is not None:
         logging.basicConfig(
             level=arguments.log_level, format="%(relativeCreated)d %(name)s %(message)s"
         )
+        if arguments.uvloop:
+            # Imported by name: uvloop is measured here, not required by coolctl.
+            uvloop = importlib.import_module("uvloop")
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         result = asyncio.run(
             measure_row(arguments.one, arguments.window, arguments.warmup, arguments.scrape_every)
         )
@@ -594,7 +609,8 @@ def main() -> None:
         f"coolctl: one daemon, N racks x 20 devices, control and polls every {PERIOD_S:g} s;"
         f" {arguments.window:g} s windows after {arguments.warmup:g} s warm-up;"
         f" /metrics scraped every {arguments.scrape_every:g} s; CPU per device poll of the"
-        " daemon process, bare = pymodbus reads and aiohttp GETs of the same requests"
+        " daemon process, bare = pymodbus reads and aiohttp GETs of the same requests;"
+        f" event loop: {'uvloop' if arguments.uvloop else 'asyncio'}"
     )
     print(HEADER, flush=True)
     results: dict[int, RowResult] = {}
