@@ -34,11 +34,13 @@ that did not. `CPU wait` is the share of the window the daemon's loop thread was
 waiting for a CPU (/proc schedstat): on a shared machine, what other processes took from it.
 
     python benchmarks/scale.py [--racks 1 8 32] [--search 48 64] [--bisect 2] [--window 15]
-                               [--uvloop]
+                               [--uvloop] [--cap-deadband-w W]
 
 `--uvloop` runs the measuring process (the daemon, then the bare loop) on uvloop's event loop
 instead of asyncio's, to measure what it would buy; uvloop is not a coolctl dependency and must
 be installed by hand (`pip install uvloop`). The simulation keeps asyncio's loop either way.
+`--cap-deadband-w W` sets every rack's `[power] cap_deadband_w` (default: the config's default),
+to see what the power-cap deadband saves: 0 rewrites the caps for every watt of reading noise.
 
 These machines are noisy and the simulation shares them: compare the ratio, and read the sim's
 CPU share (a saturated simulation answers late, which is not the daemon's doing).
@@ -91,9 +93,10 @@ JITTER_LIMIT_S = 0.100
 # The row's config
 
 
-def row_config(racks: int) -> str:
+def row_config(racks: int, cap_deadband_w: float | None = None) -> str:
     """A config of `racks` racks of 20 devices: ports and URLs are placeholders, pointed at the
     simulation later. Loops, safety and budget as in the demo rack."""
+    deadband = "" if cap_deadband_w is None else f"cap_deadband_w = {cap_deadband_w!r}\n"
     parts = ['[site]\nname = "scale"\n']
     for index in range(1, racks + 1):
         rack = f"r{index:02d}"
@@ -106,7 +109,7 @@ power_budget_w = 120000.0
 [racks.{rack}.power]
 margin_w = 2000.0
 overhead_w = 1500.0
-
+{deadband}
 [racks.{rack}.safety]
 failsafe_after_s = 3.0
 hold_s = 10.0
@@ -281,11 +284,17 @@ def p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
 
 
-async def measure_row(racks: int, window_s: float, warmup_s: float, scrape_s: float) -> RowResult:
+async def measure_row(
+    racks: int,
+    window_s: float,
+    warmup_s: float,
+    scrape_s: float,
+    cap_deadband_w: float | None = None,
+) -> RowResult:
     with tempfile.TemporaryDirectory(prefix="coolctl-scale-") as folder:
         base = Path(folder)
         config_path = base / "row.toml"
-        config_path.write_text(row_config(racks))
+        config_path.write_text(row_config(racks, cap_deadband_w))
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe()
         child = context.Process(
@@ -567,6 +576,8 @@ def run_one_in_child(racks: int, arguments: argparse.Namespace) -> RowResult:
     ]
     if arguments.uvloop:
         command.append("--uvloop")
+    if arguments.cap_deadband_w is not None:
+        command += ["--cap-deadband-w", str(arguments.cap_deadband_w)]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return RowResult(**json.loads(output.strip().splitlines()[-1]))
 
@@ -591,6 +602,11 @@ def main() -> None:
     parser.add_argument(
         "--uvloop", action="store_true", help="daemon and bare loop on uvloop (not a dependency)"
     )
+    parser.add_argument(
+        "--cap-deadband-w",
+        type=float,
+        help="every rack's [power] cap_deadband_w (default: the config's default)",
+    )
     arguments = parser.parse_args()
     if arguments.one is not None:
         logging.basicConfig(
@@ -601,7 +617,13 @@ def main() -> None:
             uvloop = importlib.import_module("uvloop")
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         result = asyncio.run(
-            measure_row(arguments.one, arguments.window, arguments.warmup, arguments.scrape_every)
+            measure_row(
+                arguments.one,
+                arguments.window,
+                arguments.warmup,
+                arguments.scrape_every,
+                arguments.cap_deadband_w,
+            )
         )
         print(json.dumps(asdict(result)))
         return
@@ -611,6 +633,11 @@ def main() -> None:
         f" /metrics scraped every {arguments.scrape_every:g} s; CPU per device poll of the"
         " daemon process, bare = pymodbus reads and aiohttp GETs of the same requests;"
         f" event loop: {'uvloop' if arguments.uvloop else 'asyncio'}"
+        + (
+            ""
+            if arguments.cap_deadband_w is None
+            else f"; cap_deadband_w = {arguments.cap_deadband_w:g} W"
+        )
     )
     print(HEADER, flush=True)
     results: dict[int, RowResult] = {}
