@@ -100,6 +100,16 @@ class PidLoop:
         if output is None or abs(output - value) > 1e-12:
             self.pid.track(value, now, self.state.measurement)
 
+    def follow(self, value: float, snapshot: Snapshot, now: float, why: str) -> None:
+        """Another controller (the MPC, a step test) drives this loop's actuator to `value`:
+        track it, so that the loop takes over bumplessly when that controller stands down."""
+        spec = self.spec
+        measured = self._measure(snapshot)
+        measurement = None if isinstance(measured, str) else measured
+        self.pid.track(value, now, measurement)
+        mode = LoopMode.AUTO if spec.enabled else LoopMode.DISABLED
+        self.state = LoopState(mode, self.setpoint, measurement, value, f"{spec.name}: {why}")
+
     def _start_from_actuator(self, snapshot: Snapshot, measured: float, now: float) -> None:
         """Bumpless start: take over from wherever the device's setpoint stands now.
 
@@ -145,6 +155,20 @@ class RackController:
         commands: list[Command] = []
         for loop in self.loops.values():
             commands.extend(loop.step(snapshot, now))
+        return commands
+
+    def step_except(
+        self, snapshot: Snapshot, now: float, driven: Mapping[PointId, float], why: str
+    ) -> list[Command]:
+        """Step the loops whose actuators `driven` leaves alone; the others follow the value
+        another controller sends their actuator (see `PidLoop.follow`)."""
+        commands: list[Command] = []
+        for loop in self.loops.values():
+            value = driven.get(loop.spec.actuator)
+            if value is None:
+                commands.extend(loop.step(snapshot, now))
+            else:
+                loop.follow(value, snapshot, now, why)
         return commands
 
     def applied(self, actuator: PointId, value: float, now: float) -> None:

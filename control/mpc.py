@@ -118,7 +118,7 @@ from coolctl.control.identify import (
     VALVE,
     IdentifiedModel,
 )
-from coolctl.control.loops import LoopMode, LoopState, PidLoop, RackController
+from coolctl.control.loops import PidLoop, RackController
 from coolctl.model import Command, PointId, Snapshot, Source
 
 FloatArray = npt.NDArray[np.float64]
@@ -1020,23 +1020,9 @@ class MpcController:
         """PID loops on the MPC's actuators track what it sent (bumpless fallback); the loops on
         any other actuator run as usual."""
         sent = {c.point: c.value for c in commands}
-        extra: list[Command] = []
-        for loop in self.fallback.loops.values():
-            spec = loop.spec
-            if spec.actuator not in sent:
-                extra.extend(loop.step(snapshot, now))
-                continue
-            value = sent[spec.actuator]
-            measured = _loop_measurement(loop, snapshot)
-            loop.pid.track(value, now, measured)
-            loop.state = LoopState(
-                LoopMode.AUTO if spec.enabled else LoopMode.DISABLED,
-                loop.setpoint,
-                measured,
-                value,
-                f"{spec.name}: tracking the MPC (PID is its fallback)",
-            )
-        return extra
+        return self.fallback.step_except(
+            snapshot, now, sent, "tracking the MPC (PID is its fallback)"
+        )
 
     def _fall_back(self, snapshot: Snapshot, now: float, reason: str, detail: str) -> list[Command]:
         """PID for this step. The model keeps running on what is applied, the caps' limit holds."""
@@ -1092,15 +1078,6 @@ class _PlanParts:
             bias={name: float(self.bias[i]) for i, name in enumerate(outputs)},
             supply_setpoint_c=self.supply_setpoint_c,
         )
-
-
-def _loop_measurement(loop: PidLoop, snapshot: Snapshot) -> float | None:
-    spec = loop.spec
-    value = snapshot.value(spec.measurement)
-    if value is None or spec.measurement_subtrahend is None:
-        return value
-    other = snapshot.value(spec.measurement_subtrahend)
-    return None if other is None else value - other
 
 
 def _status_reason(status: int) -> str | None:

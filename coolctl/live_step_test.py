@@ -82,7 +82,7 @@ from coolctl.control.identify import (
     identify,
     plan_step_test,
 )
-from coolctl.control.loops import LoopMode, LoopState, PidLoop, RackController
+from coolctl.control.loops import PidLoop, RackController
 from coolctl.control.mpc import MpcRack
 from coolctl.control.supervisor import ActuatorSafety, TemperatureLimit
 from coolctl.control_stack import build_pid_control
@@ -334,32 +334,9 @@ class StepTestController:
     ) -> list[Command]:
         """Loops on pump and valve track the plan (a bumpless hand-back); the others run."""
         sent = {c.point: c.value for c in commands}
-        extra: list[Command] = []
-        for loop in self.pid.loops.values():
-            spec = loop.spec
-            if spec.actuator not in sent:
-                extra.extend(loop.step(snapshot, now))
-                continue
-            value = sent[spec.actuator]
-            measured = _measurement(loop, snapshot)
-            loop.pid.track(value, now, measured)
-            loop.state = LoopState(
-                LoopMode.AUTO if spec.enabled else LoopMode.DISABLED,
-                loop.setpoint,
-                measured,
-                value,
-                f"{spec.name}: tracking the step test (PID takes over when it ends)",
-            )
-        return extra
-
-
-def _measurement(loop: PidLoop, snapshot: Snapshot) -> float | None:
-    spec = loop.spec
-    value = snapshot.value(spec.measurement)
-    if value is None or spec.measurement_subtrahend is None:
-        return value
-    other = snapshot.value(spec.measurement_subtrahend)
-    return None if other is None else value - other
+        return self.pid.step_except(
+            snapshot, now, sent, "tracking the step test (PID takes over when it ends)"
+        )
 
 
 # -- what the rack offers ------------------------------------------------------------------------

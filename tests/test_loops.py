@@ -126,3 +126,24 @@ def test_setpoint_override_is_followed() -> None:
     loop.setpoint_override = 100.0
     loop.step(snapshot(0.0, flow=(100.0, Quality.GOOD)), 0.0)
     assert loop.state.setpoint == 100.0 and "setpoint 100" in loop.state.reason
+
+
+def test_loops_driven_by_another_controller_follow_it_and_take_over_bumplessly() -> None:
+    valve = PointId("r01", "cdu1", "valve_command")
+    supply_loop = pump_loop(
+        name="supply",
+        measurement=SUPPLY,
+        actuator=valve,
+        setpoint=35.0,
+        pid=PidConfig(PidGains(kp=0.05, ki=0.01), 0.0, 1.0, action="direct"),
+    )
+    controller = RackController("r01", [pump_loop(), supply_loop])
+    readings = {"flow": (150.0, Quality.GOOD), "supply": (35.0, Quality.GOOD)}
+    commands = controller.step_except(snapshot(0.0, **readings), 0.0, {PUMP: 0.62}, "the MPC")
+    assert [c.point for c in commands] == [valve]  # only the loop nobody else drives
+    pump = controller.loops["pump"]
+    assert pump.state.mode is LoopMode.AUTO and pump.state.output == 0.62
+    assert pump.state.reason == "pump: the MPC" and pump.state.measurement == 150.0
+    # The other controller stands down: the pump loop starts from where it left the pump.
+    (handed_back,) = [c for c in controller.step(snapshot(1.0, **readings), 1.0) if c.point == PUMP]
+    assert abs(handed_back.value - 0.62) < 1e-9  # at its setpoint: no kick
