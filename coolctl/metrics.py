@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from aiohttp import hdrs, web
 from prometheus_client.core import (
@@ -52,6 +52,27 @@ def point_metric_name(point: str) -> str:
     return f"coolctl_{point}{_UNIT_SUFFIX[spec.unit]}"
 
 
+# The MPC's fallback reasons (control/mpc.py FALLBACK_REASONS), named here so that a PID-only
+# daemon's metrics do not import the MPC and its solver.
+MPC_FALLBACK_REASONS = ("blind", "infeasible", "max_iter", "time_limit", "solver_error")
+
+
+class _MpcStats(Protocol):
+    steps: int
+    fallback_reasons: dict[str, int]
+    last_solve_s: float
+    max_solve_s: float
+    limited_steps: int
+
+
+@runtime_checkable
+class _Mpc(Protocol):
+    """What the collector reads of a rack's MPC controller (control/mpc.py MpcController)."""
+
+    stats: _MpcStats
+    it_power_limit_w: float | None
+
+
 class DaemonCollector(Collector):
     """Yields every metric of a running daemon from its live state."""
 
@@ -76,7 +97,46 @@ class DaemonCollector(Collector):
         yield from self._actuators()
         yield from self._ticks()
         yield from self._racks(now, wall_offset)
+        yield from self._mpc()
         yield from self._api()
+
+    def _mpc(self) -> Iterator[Metric]:
+        """The MPC of each rack that runs one: how often it was in charge, and why it was not."""
+        racks = [
+            (rack_id, rack.controller)
+            for rack_id, rack in self.daemon.racks.items()
+            if isinstance(rack.controller, _Mpc)
+        ]
+        if not racks:
+            return
+        steps = CounterMetricFamily(
+            "coolctl_mpc_steps", "Control steps the MPC was asked for", labels=["rack"]
+        )
+        fallbacks = CounterMetricFamily(
+            "coolctl_mpc_fallbacks",
+            "Steps the MPC handed to the PID loops, by reason (blind, infeasible, max_iter,"
+            " time_limit, solver_error)",
+            labels=["rack", "reason"],
+        )
+        solve = GaugeMetricFamily(
+            "coolctl_mpc_solve_seconds",
+            "The solver's own run time: the last solve, and the largest since start",
+            labels=["rack", "which"],
+        )
+        limited = CounterMetricFamily(
+            "coolctl_mpc_it_limit_steps",
+            "Solved steps that limited IT power through the caps (cooling had run out)",
+            labels=["rack"],
+        )
+        for rack_id, controller in racks:
+            stats = controller.stats
+            steps.add_metric([rack_id], stats.steps)
+            for reason in MPC_FALLBACK_REASONS:
+                fallbacks.add_metric([rack_id, reason], stats.fallback_reasons.get(reason, 0))
+            solve.add_metric([rack_id, "last"], stats.last_solve_s)
+            solve.add_metric([rack_id, "max"], stats.max_solve_s)
+            limited.add_metric([rack_id], stats.limited_steps)
+        yield from (steps, fallbacks, solve, limited)
 
     def _api(self) -> Iterator[Metric]:
         counts = self.api_requests_by_status

@@ -138,3 +138,10 @@ def test_the_daemons_stack_builder_builds_the_mpc_when_asked(
     assert s.supply_max_c == 45.0
     assert set(mpc.loops) == {"pump", "supply"}
     assert stack.allocator is None  # no BMCs: no caps to coordinate
+
+
+def test_the_metrics_name_every_mpc_fallback_reason() -> None:
+    from coolctl.control.mpc import FALLBACK_REASONS
+    from coolctl.metrics import MPC_FALLBACK_REASONS
+
+    assert sorted(MPC_FALLBACK_REASONS) == sorted(FALLBACK_REASONS)

@@ -12,11 +12,13 @@ import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from coolctl import mpc_stack
 from coolctl.control.identify import IdentifiedModel
-from coolctl.control.mpc import MpcController
+from coolctl.control.mpc import FALLBACK_REASONS, MpcController
 from coolctl.testing import hil_rack
 
 CONFIG = Path(__file__).parent / "configs" / "hil-rack.toml"
@@ -83,3 +85,16 @@ async def test_the_daemon_runs_a_rack_under_the_mpc_through_a_load_step(mpc_conf
         assert all(0.05 - 1e-3 <= v <= 1.0 + 1e-3 for v in valves)
         # the pump went up with the load
         assert plant.cdu_readings()["pump_speed_command"] > before + 0.1
+        # and /metrics tells operators how the MPC fares
+        async with aiohttp.ClientSession() as session, session.get(rack.metrics_url) as reply:
+            text = await reply.text()
+        samples = {
+            (sample.name, sample.labels.get("reason", "")): sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name.startswith("coolctl_mpc_")
+            for sample in family.samples
+            if sample.labels.get("rack") == "r01"
+        }
+        assert samples[("coolctl_mpc_steps_total", "")] >= stats.solves
+        fallbacks = [v for (name, _), v in samples.items() if name == "coolctl_mpc_fallbacks_total"]
+        assert len(fallbacks) == len(FALLBACK_REASONS) and sum(fallbacks) <= stats.fallbacks
