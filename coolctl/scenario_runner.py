@@ -104,12 +104,12 @@ from coolctl.telemetry import TelemetryStore
 CONTROLLERS: tuple[str, ...] = ("fixed", "pid", "mpc")
 MPC_MODULE = "coolctl.mpc_stack"
 MPC_FACTORY = "build_mpc_control"
-MPC_UNAVAILABLE = "the MPC controller is not available yet"
+MPC_UNAVAILABLE = "the MPC controller is not available here"
 SIMULATED_MQTT_PROFILE = "sim-mqtt-sensors"
 
 
 class ControllerUnavailable(RuntimeError):
-    """The controller asked for cannot be built here (the MPC, before it exists)."""
+    """The controller asked for cannot be built here (the MPC without its solver installed)."""
 
 
 class ControlStack(Protocol):
@@ -142,10 +142,8 @@ def controller_factory(name: str) -> ControllerFactory:
         raise ValueError(f"unknown controller {name!r}; known: {', '.join(CONTROLLERS)}")
     try:
         module = importlib.import_module(MPC_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != MPC_MODULE:
-            raise
-        raise ControllerUnavailable(MPC_UNAVAILABLE) from exc
+    except ModuleNotFoundError as exc:  # coolctl without its solver (osqp, scipy)
+        raise ControllerUnavailable(f"{MPC_UNAVAILABLE}: {exc.name} is not installed") from exc
     factory = getattr(module, MPC_FACTORY, None)
     if factory is None:
         raise ControllerUnavailable(MPC_UNAVAILABLE)

@@ -6,7 +6,7 @@ to the `sim` sub-parsers, and `run_sim_command(args)` runs them (None when `args
 imported only when a scenario runs.
 
 Exit codes: 0 done, 1 a scenario (or the rack config it names) is bad, 2 usage, including a
-controller that is not available here (`mpc` before it exists).
+controller that is not available here (`mpc` without its solver installed).
 """
 
 from __future__ import annotations
