@@ -42,6 +42,7 @@ from .modbus_profile import (
     encode,
     plan_reads,
 )
+from .poll_stats import PollChange, PollStats
 
 log = logging.getLogger("coolctl.drivers.modbus")
 
@@ -79,25 +80,10 @@ class WriteError(Exception):
 
 
 @dataclass(slots=True)
-class DeviceStats:
-    """Counters of one device, for metrics and for the operator's `status` view.
+class DeviceStats(PollStats):
+    """A Modbus device's counters: the shared poll counters, and its connection attempts."""
 
-    Times are `time.monotonic()` seconds.
-    """
-
-    polls: int = 0
-    poll_failures: int = 0  # polls that did not read every point good
-    errors_by_kind: dict[str, int] = field(default_factory=dict)
-    consecutive_failures: int = 0
-    last_success_ts: float | None = None  # end of the last poll that read every point good
-    last_poll_duration_s: float = 0.0
-    connected: bool = False
     connect_attempts: int = 0
-    writes: int = 0
-    write_failures: int = 0
-
-    def count(self, kind: str) -> None:
-        self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
 
 
 class _Failure(Exception):
@@ -161,7 +147,6 @@ class ModbusDevice:
         self._backoff_s = reconnect_min_s
         self._next_connect_at = -math.inf
         self._last_good: dict[str, tuple[float, float]] = {}  # point -> (value, ts)
-        self._failing = False
         self._bytes_received = 0
         self._label = f"{rack}/{device} ({host}:{port} unit {unit_id})"
         self._log_extra = {"rack": rack, "device": device}
@@ -285,28 +270,20 @@ class ModbusDevice:
 
     def _account_poll(self, outcome: _PollOutcome, started: float, done: float) -> None:
         stats = self.stats
-        stats.polls += 1
-        stats.last_poll_duration_s = done - started
         stats.connected = self._connected
         for failure in outcome.failures:
             stats.count(failure.kind)
-        if outcome.failed:
-            stats.poll_failures += 1
-            stats.consecutive_failures += 1
-            if not self._failing:
-                self._failing = True
-                self._log_failing(outcome)
-            return
-        if self._failing:
+        run = stats.consecutive_failures
+        change = stats.record_poll(outcome.failed, started, done)
+        if change is PollChange.STARTED_FAILING:
+            self._log_failing(outcome)
+        elif change is PollChange.RECOVERED:
             log.info(
                 "%s: modbus polling recovered after %d failures",
                 self._label,
-                stats.consecutive_failures,
+                run,
                 extra=self._log_extra,
             )
-        self._failing = False
-        stats.consecutive_failures = 0
-        stats.last_success_ts = done
 
     def _log_failing(self, outcome: _PollOutcome) -> None:
         if outcome.failures:

@@ -34,6 +34,7 @@ from typing import Any, Final, Self, get_args
 
 from coolctl.model import CANONICAL_POINTS, PointId, Quality, Reading, Unit
 
+from .poll_stats import PollChange, PollStats
 from .redfish_points import (
     POINT_SOURCES,
     Binding,
@@ -127,24 +128,12 @@ class WriteError(Exception):
 
 
 @dataclass(slots=True)
-class RedfishStats:
-    """Counters of one device, for metrics and the operator's `status` view; the same names
-    as the Modbus driver's DeviceStats. Times are `time.monotonic()` seconds."""
+class RedfishStats(PollStats):
+    """A Redfish device's counters: the shared poll counters (the Modbus driver's names too),
+    the HTTP requests sent and the discoveries run."""
 
-    polls: int = 0
-    poll_failures: int = 0  # polls that did not read every bound point good
-    errors_by_kind: dict[str, int] = field(default_factory=dict)
-    consecutive_failures: int = 0
-    last_success_ts: float | None = None
-    last_poll_duration_s: float = 0.0
-    connected: bool = False
-    writes: int = 0
-    write_failures: int = 0
     requests: int = 0  # HTTP requests sent for this device, logins included
     discoveries: int = 0
-
-    def count(self, kind: str) -> None:
-        self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
 
 
 @dataclass(slots=True)
@@ -204,7 +193,6 @@ class RedfishDevice:
         self._etags: dict[str, str] = {}
         self._verdicts: dict[str, Evaluated] = {}
         self._last_good: dict[str, tuple[float, float]] = {}  # point -> (value, ts)
-        self._failing = False
         self._last_discovery_at = -math.inf
         self._discovery_failed = False  # the last discovery found no such device
 
@@ -545,29 +533,21 @@ class RedfishDevice:
 
     def _account_poll(self, outcome: _PollOutcome, started: float, done: float) -> None:
         stats = self.stats
-        stats.polls += 1
-        stats.last_poll_duration_s = done - started
         stats.connected = self._transport.connected
         for failure in outcome.failures:
             if failure.kind != BACKOFF:
                 stats.count(failure.kind)
-        if outcome.failed:
-            stats.poll_failures += 1
-            stats.consecutive_failures += 1
-            if not self._failing:
-                self._failing = True
-                self._log_failing(outcome)
-            return
-        if self._failing:
+        run = stats.consecutive_failures
+        change = stats.record_poll(outcome.failed, started, done)
+        if change is PollChange.STARTED_FAILING:
+            self._log_failing(outcome)
+        elif change is PollChange.RECOVERED:
             log.info(
                 "%s: Redfish polling recovered after %d failed polls",
                 self._label,
-                stats.consecutive_failures,
+                run,
                 extra=self._log_extra,
             )
-        self._failing = False
-        stats.consecutive_failures = 0
-        stats.last_success_ts = done
 
     def _log_failing(self, outcome: _PollOutcome) -> None:
         real = [f for f in outcome.failures if f.kind != BACKOFF]
