@@ -29,11 +29,11 @@ from pathlib import Path
 from pymodbus.client import AsyncModbusTcpClient
 
 from coolctl.config import load_config
+from coolctl.daemon.runtime import Daemon
 from coolctl.drivers.modbus_profile import load_profile, plan_reads
 from coolctl.model import Command, PointId, Source
-from coolctl.runtime import Daemon
-from coolctl.simrack import sim_specs, with_services
 from coolctl.simulators.live import LiveSimulation
+from coolctl.tools.simrack import sim_specs, with_services
 
 Cycle = Callable[[int], Awaitable[None]]
 HIL_RACK = Path(__file__).resolve().parent.parent / "tests" / "configs" / "hil-rack.toml"

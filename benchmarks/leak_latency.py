@@ -26,8 +26,8 @@ from pathlib import Path
 import aiomqtt
 from pymodbus.client import AsyncModbusTcpClient
 
-from coolctl.broker import Mosquitto
-from coolctl.testing import HilRack, hil_rack
+from coolctl.tools.broker import Mosquitto
+from coolctl.tools.testing import HilRack, hil_rack
 
 CONFIG = """
 [site]

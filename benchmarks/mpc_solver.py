@@ -186,7 +186,7 @@ class StepTimes:
 
 def timed_factory(name: str, times: StepTimes) -> Callable[..., Any]:
     """The scenario runner's factory for `name`, with the controller's `step` timed."""
-    from coolctl.scenario_runner import controller_factory
+    from coolctl.tools.scenario_runner import controller_factory
 
     build = controller_factory(name)
 
@@ -216,8 +216,8 @@ def timed_factory(name: str, times: StepTimes) -> Callable[..., Any]:
 def rack_step_costs(path: Path, seconds: float, model: Path | None) -> None:
     """Part 2 of the module docstring: the MPC's step against its own solve and the PID's step,
     on `seconds` of the scenario at `path`."""
-    from coolctl.scenario_runner import default_mpc_model, run_scenario
     from coolctl.simulators.scenario import load_scenario
+    from coolctl.tools.scenario_runner import default_mpc_model, run_scenario
 
     scenario = load_scenario(path)
     if seconds > 0:

@@ -27,7 +27,7 @@ import aiohttp
 
 from coolctl.drivers.redfish import RedfishDevice, RedfishSettings
 from coolctl.simulators.live import LiveSimulation, SimDeviceSpec, SimRackSpec
-from coolctl.testing import hil_rack
+from coolctl.tools.testing import hil_rack
 
 
 def plant_for(count: int) -> dict[str, float]:

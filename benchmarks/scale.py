@@ -9,13 +9,13 @@ that this process's CPU time is the daemon's alone. The child is a LiveSimulatio
 the generated config, as `coolctl sim serve` would build it; a child process rather than
 `coolctl sim serve` itself because the child hands back the started services as records
 (`Service`, with rack and device: the printed `redfish` lines name neither), so the config is
-pointed at them by `coolctl.simrack.with_services`, the code the demo and the HIL tests use.
+pointed at them by `coolctl.tools.simrack.with_services`, the code the demo and the HIL tests use.
 The child also scrapes the daemon's /metrics, as Prometheus would, every `--scrape-every`
 seconds. The plant is stepped every 0.5 s there (the sim's cost, not the daemon's).
 
 For each N, in one worker process (a fresh one per N, so that resident memory is that N's):
 
-1. the whole daemon (`coolctl.service.Service`: store, control API, /metrics) runs against
+1. the whole daemon (`coolctl.daemon.service.Service`: store, control API, /metrics) runs against
    the simulation; after every device has answered and a warm-up, it is measured over a
    window: CPU seconds of this process per device poll, how late each control tick started
    after its due time (p99), ticks and polls skipped because they overran (missed), polls
@@ -24,7 +24,7 @@ For each N, in one worker process (a fresh one per N, so that resident memory is
    the same register blocks, per Redfish device one logged-in aiohttp session (same TLS
    context, same connection limit) sending the GETs the driver's poll sends (same `$expand`
    and `$select`), parsing their JSON; every device once a second on the daemon's own schedule
-   (`coolctl.runtime.rack_phases`: racks spread across the period); CPU per device poll over
+   (`coolctl.daemon.runtime.rack_phases`: racks spread across the period); CPU per device poll over
    a window of the same length.
 
 A row "holds" when no tick and no poll was missed and the ticks' lateness p99 is under 100 ms.
@@ -72,16 +72,16 @@ import aiohttp
 from pymodbus.client import AsyncModbusTcpClient
 
 from coolctl.config import Config
-from coolctl.devices import load_checked_config
+from coolctl.daemon.runtime import rack_phases
+from coolctl.daemon.service import Service, ServiceOptions
+from coolctl.daemon.tasks import cancel_and_wait
 from coolctl.drivers.modbus import ModbusDevice
 from coolctl.drivers.modbus_profile import ReadBlock
 from coolctl.drivers.redfish import RedfishDevice
-from coolctl.runtime import rack_phases
-from coolctl.service import Service, ServiceOptions
-from coolctl.simrack import sim_specs, with_services
+from coolctl.rack.check import load_checked_config
 from coolctl.simulators.live import LiveSimulation
 from coolctl.simulators.live import Service as SimService
-from coolctl.tasks import cancel_and_wait
+from coolctl.tools.simrack import sim_specs, with_services
 
 BMCS_PER_RACK = 18
 PERIOD_S = 1.0

@@ -28,16 +28,16 @@ import sys
 import time
 from pathlib import Path
 
-from coolctl.kpi import comparison_table, format_kpi, format_ratio, ratio
-from coolctl.scenario_runner import (
+from coolctl.simulators.plant import RackPlant
+from coolctl.simulators.scenario import Scenario, load_scenario
+from coolctl.tools.kpi import comparison_table, format_kpi, format_ratio, ratio
+from coolctl.tools.scenario_runner import (
     CONTROLLERS,
     ControllerUnavailable,
     RunResult,
     controller_factory,
     run_scenario,
 )
-from coolctl.simulators.plant import RackPlant
-from coolctl.simulators.scenario import Scenario, load_scenario
 
 SUITE = Path(__file__).resolve().parent.parent / "simulators" / "scenarios"
 SUMMARY = (
@@ -80,7 +80,7 @@ def main() -> int:
             if result.first_error:
                 print(f"{scenario.name} / {name}: controller raised: {result.first_error}")
         if args.plots is not None:
-            from coolctl.plots import plot_compare
+            from coolctl.tools.plots import plot_compare
 
             args.plots.mkdir(parents=True, exist_ok=True)
             target = args.plots / f"{Path(str(scenario.path)).stem}.png"

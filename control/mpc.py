@@ -14,7 +14,7 @@ Contract (what the daemon and the offline scenario runner call)
 - `model: IdentifiedModel` — from control/identify.py, loaded with `IdentifiedModel.from_json`.
 - `settings: MpcSettings` — limits, rates, weights and the solver budget (defaults: PLANT.md's).
 - `fallback: RackController` — the rack's PID loops exactly as the daemon builds them
-  (`coolctl.control_stack.build_rack_control(...).controller`).
+  (`coolctl.rack.controllers.build_rack_control(...).controller`).
 
 `MpcController` is a drop-in for `RackController`: `step(snapshot, now) -> list[Command]`
 (AUTO commands for the pump speed and the valve, plus whatever loops the MPC does not steer),

@@ -183,7 +183,7 @@ class RackConfig:
     budget_max_w: float = 10e6
     power: PowerConfig = field(default_factory=PowerConfig)
     # "pid": the loops as configured; "mpc": the MPC drives pump and valve, the loops are its
-    # fallback, and it may lower the caps' budget (coolctl.mpc_stack)
+    # fallback, and it may lower the caps' budget (coolctl.rack.mpc)
     controller: Literal["pid", "mpc"] = "pid"
     mpc_model: Path | None = None  # the MPC's model file (`coolctl identify --out`), as given
 

@@ -3,7 +3,7 @@
 A scenario is a TOML file. It says how long to run, at which control period, with which seed,
 what the plant is (overrides of `PlantParams`), which limits to score against, and a list of
 events (load changes, facility-water swings, budget changes, faults) at given times. The
-offline runner (`coolctl.scenario_runner`) plays it against the daemon's control stack; this
+offline runner (`coolctl.tools.scenario_runner`) plays it against the daemon's control stack; this
 module only parses it and applies its events to a `RackPlant`, so it imports nothing of coolctl
 but the plant.
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from coolctl.broker import Mosquitto
+from coolctl.tools.broker import Mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "deploy" / "config" / "example.toml"
-COOLCTL = [sys.executable, "-m", "coolctl.cli"]
+COOLCTL = [sys.executable, "-m", "coolctl.cli.main"]
 _EXAMPLE_PORTS = {"cdu1": "15020", "pdu1": "15021"}
 
 

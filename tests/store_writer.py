@@ -18,7 +18,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from coolctl.store import Store
+from coolctl.ops.store import Store
 
 
 def say(line: str) -> None:

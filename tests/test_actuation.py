@@ -12,8 +12,8 @@ import logging
 
 import pytest
 
-from coolctl.actuation import ActuatorChannel
 from coolctl.control.limits import ActuatorLimits
+from coolctl.daemon.actuation import ActuatorChannel
 from coolctl.model import Command, PointId, Source
 
 PUMP = PointId("r01", "cdu1", "pump_speed_command")
@@ -98,7 +98,7 @@ async def test_write_failures_are_counted_and_logged_once_per_change(
     device = Device()
     chan = channel(device)
     device.fail_with = TimeoutError("no reply within 0.5 s")
-    with caplog.at_level(logging.INFO, logger="coolctl.actuation"):
+    with caplog.at_level(logging.INFO, logger="coolctl.daemon.actuation"):
         for step in range(5):
             chan.submit(command(0.3 + step * 0.01), float(step))
             await chan.idle()

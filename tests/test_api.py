@@ -26,8 +26,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from coolctl.api import ControlApi, ControlApiError
-from coolctl.controlplane import (
+from coolctl.ops.api import ControlApi, ControlApiError
+from coolctl.ops.protocol import (
     AuditRecord,
     ControlError,
     EventRecord,
@@ -340,7 +340,7 @@ async def test_override_set_list_clear_with_the_callers_identity(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     _, plane = served
-    caplog.set_level(logging.INFO, logger="coolctl.api")
+    caplog.set_level(logging.INFO, logger="coolctl.ops.api")
     before = time.time()
     status, record = await call(
         unix, "PUT", f"/v1/racks/r01/overrides/{PUMP_URL}", json=pump_body()
@@ -377,7 +377,7 @@ async def test_override_set_list_clear_with_the_callers_identity(
     actions = [(a["action"], a["who"]) for a in audit["audit"]]
     assert actions == [("override_set", ME)] * 2 + [("override_clear", ME)] * 2
     assert audit["next_since"] == 4
-    lines = [r.getMessage() for r in caplog.records if r.name == "coolctl.api"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "coolctl.ops.api"]
     assert any(ME in line and f"override r01 {PUMP} = 0.8" in line for line in lines)
     assert sum("clear override" in line for line in lines) == 3  # two done, one refused
     assert plane.records == {}
@@ -487,7 +487,7 @@ async def test_unexpected_failures_are_500_without_details_and_logged(
     served[1].fail_status = True
     status, body = await call(unix, "GET", "/v1/status")
     assert status == 500 and "secret" not in body["error"] and "log" in body["error"]
-    failure = next(r for r in caplog.records if r.name == "coolctl.api")
+    failure = next(r for r in caplog.records if r.name == "coolctl.ops.api")
     assert failure.exc_info is not None and "secret internals" in str(failure.exc_info[1])
 
 
@@ -682,7 +682,7 @@ async def test_tcp_needs_the_bearer_token(
         compared.append((a, b))
         return original(a, b)
 
-    monkeypatch.setattr("coolctl.api.hmac.compare_digest", spy)
+    monkeypatch.setattr("coolctl.ops.api.hmac.compare_digest", spy)
     url = f"http://127.0.0.1:{api.tcp_port}/v1/racks/r01/overrides/{PUMP_URL}"
     async with aiohttp.ClientSession() as session:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from coolctl.cli import main
+from coolctl.cli.main import main
 from coolctl.config import ConfigError, load_config, parse_host_port
-from coolctl.demo import builtin_config_path
-from coolctl.devices import check_profiles
+from coolctl.rack.check import check_profiles
+from coolctl.tools.demo import builtin_config_path
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD = """

@@ -30,8 +30,8 @@ import pytest
 from conftest import COOLCTL, site_config
 from pymodbus.client import AsyncModbusTcpClient
 
-from coolctl.client import ClientError, ControlClient, Unreachable
-from coolctl.store import Store
+from coolctl.ops.client import ClientError, ControlClient, Unreachable
+from coolctl.ops.store import Store
 
 KILLS = 50
 RACK = "r01"

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import COOLCTL, free_port, site_config
 
-from coolctl.client import ClientError, ControlClient, Unreachable
-from coolctl.store import Store
+from coolctl.ops.client import ClientError, ControlClient, Unreachable
+from coolctl.ops.store import Store
 
 
 class NotifySocket:

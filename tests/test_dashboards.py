@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from coolctl.testing import hil_rack
+from coolctl.tools.testing import hil_rack
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD_DIR = ROOT / "deploy" / "grafana" / "dashboards"

@@ -44,19 +44,21 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from coolctl.actuation import ActuatorChannel
-from coolctl.broker import Mosquitto, find_mosquitto
 from coolctl.config import Config
-from coolctl.devices import DeviceHandle, device_facts, load_checked_config
+from coolctl.daemon.actuation import ActuatorChannel
+from coolctl.daemon.devices import DeviceHandle
+from coolctl.daemon.runtime import RackRuntime
+from coolctl.daemon.service import Service, ServiceOptions
+from coolctl.daemon.telemetry import TelemetryStore
 from coolctl.drivers.modbus import DeviceStats as ModbusDeviceStats
 from coolctl.drivers.mqtt import MqttConnection, MqttSettings
 from coolctl.model import PointId, Quality, Reading
-from coolctl.runtime import RackRuntime
-from coolctl.service import Service, ServiceOptions
+from coolctl.rack.check import load_checked_config
+from coolctl.rack.facts import device_facts
 from coolctl.simulators.fault_proxy import FaultProxy
 from coolctl.simulators.faults import apply_fault
-from coolctl.telemetry import TelemetryStore
-from coolctl.testing import HilRack, hil_rack, simulated_rack
+from coolctl.tools.broker import Mosquitto, find_mosquitto
+from coolctl.tools.testing import HilRack, hil_rack, simulated_rack
 
 CONFIG = Path(__file__).parent / "configs" / "hil-full-rack.toml"
 TIME_SCALE = 5.0
@@ -113,7 +115,7 @@ def _clear_all(proxies: Mapping[str, FaultProxy]) -> None:
 
 @asynccontextmanager
 async def faulty_rack() -> AsyncIterator[Rig]:
-    """coolctl.testing.hil_rack with fault proxies between the daemon and the CDU, bmc01 and
+    """coolctl.tools.testing.hil_rack with fault proxies between the daemon and the CDU, bmc01 and
     the broker. (hil_rack has no hook between "devices served" and "daemon started": this is
     its body with one.)"""
     async with AsyncExitStack() as stack:

@@ -18,9 +18,9 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from coolctl.broker import Mosquitto, find_mosquitto
 from coolctl.simulators.fault_proxy import FaultProxy
 from coolctl.simulators.tls import client_ssl_context, create_tls_material, server_ssl_context
+from coolctl.tools.broker import Mosquitto, find_mosquitto
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 

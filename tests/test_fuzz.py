@@ -62,11 +62,10 @@ from test_modbus_driver import (
 )
 from yarl import URL
 
-from coolctl.api import MAX_BODY_BYTES, ControlApi
-from coolctl.broker import Mosquitto
 from coolctl.config import Config, ConfigError, load_config, parse_config
-from coolctl.controlplane import ControlError, ControlPlane
-from coolctl.devices import check_profiles, load_checked_config, setpoint_bounds
+from coolctl.daemon.plane import DaemonControlPlane
+from coolctl.daemon.runtime import Daemon
+from coolctl.daemon.service import Service, ServiceOptions
 from coolctl.drivers.modbus import ModbusDevice
 from coolctl.drivers.modbus import WriteError as ModbusWriteError
 from coolctl.drivers.modbus_profile import (
@@ -92,10 +91,12 @@ from coolctl.drivers.mqtt_profile import (
 )
 from coolctl.drivers.redfish import RedfishDevice, RedfishSettings, WriteError
 from coolctl.model import CANONICAL_POINTS, PointId, Quality, Reading, Unit
-from coolctl.operations import DaemonControlPlane
-from coolctl.runtime import Daemon
-from coolctl.service import Service, ServiceOptions
-from coolctl.store import AsyncStore
+from coolctl.ops.api import MAX_BODY_BYTES, ControlApi
+from coolctl.ops.protocol import ControlError, ControlPlane
+from coolctl.ops.store import AsyncStore
+from coolctl.rack.check import check_profiles, load_checked_config
+from coolctl.rack.facts import setpoint_bounds
+from coolctl.tools.broker import Mosquitto
 
 # --------------------------------------------------------------------------------------------
 # Settings and case counting
@@ -2583,7 +2584,7 @@ async def test_reload_whose_daemon_fails_to_start_brings_the_old_one_back(
             async def start(self) -> None:
                 raise OSError("no such device")
 
-        monkeypatch.setattr("coolctl.service.Daemon", Broken)
+        monkeypatch.setattr("coolctl.daemon.service.Daemon", Broken)
         with pytest.raises(ControlError, match="old config kept: no such device"):
             await service.reload()
         assert service.daemon is running and service.plane.daemon is running

@@ -15,7 +15,7 @@ import pytest
 
 from coolctl.model import PointId, Quality
 from coolctl.simulators.live import DeviceWrite
-from coolctl.testing import HilRack, hil_rack
+from coolctl.tools.testing import HilRack, hil_rack
 
 CONFIG = Path(__file__).parent / "configs" / "hil-rack.toml"
 TIME_SCALE = 5.0

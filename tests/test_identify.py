@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coolctl import mpc_stack
-from coolctl.cli import main
+from coolctl.cli.main import main
 from coolctl.control.identify import (
     CHIP_MAX,
     FACILITY_WATER,
@@ -28,7 +27,8 @@ from coolctl.control.identify import (
     plan_step_test,
 )
 from coolctl.simulators.plant import PlantParams, RackPlant
-from coolctl.step_test import plant_snapshot, simulated_rack
+from coolctl.tools import mpc_model
+from coolctl.tools.step_test import plant_snapshot, simulated_rack
 
 
 @pytest.fixture(scope="session")
@@ -37,8 +37,8 @@ def sim_model(tmp_path_factory: pytest.TempPathFactory) -> IdentifiedModel:
     tests share the cache directory)."""
     cache = tmp_path_factory.getbasetemp() / "mpc-cache"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(mpc_stack.CACHE_ENV, str(cache))
-        path = mpc_stack.default_model_path(1.0)
+        patch.setenv(mpc_model.CACHE_ENV, str(cache))
+        path = mpc_model.default_model_path(1.0)
     return IdentifiedModel.from_json(path.read_text())
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coolctl.cli import main
+from coolctl.cli.main import main
 from coolctl.config import Config
 from coolctl.control.identify import (
     FACILITY_WATER,
@@ -39,24 +39,25 @@ from coolctl.control.identify import (
 from coolctl.control.loops import RackController
 from coolctl.control.mpc import MpcController
 from coolctl.control.supervisor import ActuatorSafety, TemperatureLimit
-from coolctl.control_stack import build_pid_control
-from coolctl.devices import device_facts, load_checked_config
-from coolctl.live_step_test import (
+from coolctl.model import PointId, Quality, Reading, Snapshot, Source
+from coolctl.rack.check import load_checked_config
+from coolctl.rack.facts import device_facts
+from coolctl.rack.mpc import build_mpc_control
+from coolctl.rack.safety import supervisor_config
+from coolctl.rack.stack import build_pid_control
+from coolctl.simulators.faults import apply_fault
+from coolctl.simulators.live import DeviceWrite, LiveSimulation
+from coolctl.tools.live_step_test import (
     LiveTestSettings,
     StepTestController,
     daemon_mode,
     excited,
     live_plan,
 )
-from coolctl.model import PointId, Quality, Reading, Snapshot, Source
-from coolctl.mpc_stack import build_mpc_control
-from coolctl.safety import supervisor_config
-from coolctl.simulators.faults import apply_fault
-from coolctl.simulators.live import DeviceWrite, LiveSimulation
-from coolctl.testing import hil_rack, simulated_rack
+from coolctl.tools.testing import hil_rack, simulated_rack
 
 CONFIG = Path(__file__).parent / "configs" / "hil-rack.toml"
-COOLCTL = [sys.executable, "-m", "coolctl.cli"]
+COOLCTL = [sys.executable, "-m", "coolctl.cli.main"]
 TIME_SCALE = 20.0
 PUMP = PointId("r01", "cdu1", "pump_speed_command")
 VALVE_POINT = PointId("r01", "cdu1", "valve_command")

@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from coolctl.metrics import point_metric_name
-from coolctl.testing import hil_rack
+from coolctl.daemon.metrics import point_metric_name
+from coolctl.tools.testing import hil_rack
 
 CONFIG = Path(__file__).parent / "configs" / "hil-rack.toml"
 

@@ -12,17 +12,18 @@ from typing import Any
 
 import pytest
 
-from coolctl import mpc_stack
+from coolctl.cli.sim import main as sim_main
 from coolctl.config import RackConfig
 from coolctl.control.identify import IdentifiedModel
 from coolctl.control.mpc import MpcController, MpcSettings, build_mpc
 from coolctl.control.supervisor import Decision
-from coolctl.control_stack import RackControl, build_pid_control
 from coolctl.model import Command, Snapshot, Source
-from coolctl.safety import DeviceFacts
-from coolctl.scenario_runner import RunResult, run_scenario
-from coolctl.sim_cli import main as sim_main
+from coolctl.rack import mpc as mpc_stack
+from coolctl.rack.safety import DeviceFacts
+from coolctl.rack.stack import RackControl, build_pid_control
 from coolctl.simulators.scenario import Scenario, parse_scenario
+from coolctl.tools import mpc_model
+from coolctl.tools.scenario_runner import RunResult, run_scenario
 
 # A load step on a rack with its BMCs (so outlet and chip temperatures are read): 30 % -> 100 %,
 # then down to 50 %.
@@ -96,13 +97,13 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     never to the user's."""
     cache = tmp_path_factory.getbasetemp() / "mpc-cache"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(mpc_stack.CACHE_ENV, str(cache))
+        patch.setenv(mpc_model.CACHE_ENV, str(cache))
         yield cache
 
 
 @pytest.fixture(scope="session")
 def model_path(model_cache: Path) -> Path:
-    return mpc_stack.default_model_path(1.0)
+    return mpc_model.default_model_path(1.0)
 
 
 def scenario(text: str) -> Scenario:

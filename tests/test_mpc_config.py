@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from coolctl import mpc_stack
 from coolctl.config import ConfigError, load_config
 from coolctl.control.identify import IdentifiedModel
 from coolctl.control.loops import RackController
 from coolctl.control.mpc import MpcController
-from coolctl.control_stack import build_rack_control
-from coolctl.devices import check_profiles, device_facts
+from coolctl.rack.check import check_profiles
+from coolctl.rack.controllers import build_rack_control
+from coolctl.rack.facts import device_facts
+from coolctl.tools import mpc_model
 
 RACK = """
 [site]
@@ -66,8 +67,8 @@ slew_per_s = 0.08
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     cache = tmp_path_factory.getbasetemp() / "mpc-cache"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(mpc_stack.CACHE_ENV, str(cache))
-        yield mpc_stack.default_model_path(1.0)
+        patch.setenv(mpc_model.CACHE_ENV, str(cache))
+        yield mpc_model.default_model_path(1.0)
 
 
 def write(tmp_path: Path, extra: str, pump: str = PUMP_LOOP) -> Path:
@@ -142,6 +143,6 @@ def test_the_daemons_stack_builder_builds_the_mpc_when_asked(
 
 def test_the_metrics_name_every_mpc_fallback_reason() -> None:
     from coolctl.control.mpc import FALLBACK_REASONS
-    from coolctl.metrics import MPC_FALLBACK_REASONS
+    from coolctl.daemon.metrics import MPC_FALLBACK_REASONS
 
     assert sorted(MPC_FALLBACK_REASONS) == sorted(FALLBACK_REASONS)

@@ -16,10 +16,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from coolctl import mpc_stack
 from coolctl.control.identify import IdentifiedModel
 from coolctl.control.mpc import FALLBACK_REASONS, MpcController
-from coolctl.testing import hil_rack
+from coolctl.tools import mpc_model
+from coolctl.tools.testing import hil_rack
 
 CONFIG = Path(__file__).parent / "configs" / "hil-rack.toml"
 TIME_SCALE = 5.0
@@ -35,8 +35,8 @@ def mpc_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """hil-rack.toml with the rack under the MPC, and its model at the compressed time."""
     cache = tmp_path_factory.getbasetemp() / "mpc-cache"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(mpc_stack.CACHE_ENV, str(cache))
-        model = IdentifiedModel.from_json(mpc_stack.default_model_path(1.0).read_text())
+        patch.setenv(mpc_model.CACHE_ENV, str(cache))
+        model = IdentifiedModel.from_json(mpc_model.default_model_path(1.0).read_text())
     folder = tmp_path_factory.mktemp("mpc-hil")
     model_path = folder / "model.json"
     model_path.write_text(dataclasses.replace(model, dt_s=1.0 / TIME_SCALE).to_json())

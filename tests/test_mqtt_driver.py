@@ -1,6 +1,6 @@
 """MQTT driver: profiles, the payload codec, and the connection against a real Mosquitto.
 
-Every connection test runs its own broker (coolctl.broker.Mosquitto) on a free loopback port:
+Every connection test runs its own broker (coolctl.tools.broker.Mosquitto) on a free loopback port:
 reconnects, retained messages, the Last Will and authentication are the broker's behaviour,
 so they are tested against the broker.
 """
@@ -25,7 +25,6 @@ import pytest_asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coolctl.broker import Mosquitto, MosquittoError
 from coolctl.drivers.mqtt import MqttConnection, MqttSettings
 from coolctl.drivers.mqtt_profile import (
     MALFORMED,
@@ -42,6 +41,7 @@ from coolctl.drivers.mqtt_profile import (
     shipped_mqtt_profiles,
 )
 from coolctl.model import PointId, Quality, Reading, Unit
+from coolctl.tools.broker import Mosquitto, MosquittoError
 
 PROFILE = "sim-mqtt-sensors"
 PREFIX = "coolctl-test"

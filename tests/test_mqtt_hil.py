@@ -14,9 +14,9 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from coolctl.broker import Mosquitto
 from coolctl.simulators.faults import apply_fault
-from coolctl.testing import HilRack, hil_rack
+from coolctl.tools.broker import Mosquitto
+from coolctl.tools.testing import HilRack, hil_rack
 
 CONFIG = Path(__file__).parent / "configs" / "hil-mqtt-rack.toml"
 

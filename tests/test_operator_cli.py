@@ -31,14 +31,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_api import PUMP, TOKEN, MemoryPlane
 
-from coolctl import cli
-from coolctl.api import ControlApi
-from coolctl.operator_cli import (
+from coolctl.cli import main as cli
+from coolctl.cli.operator import (
     add_operator_commands,
     format_duration,
     parse_duration,
     run_operator_command,
 )
+from coolctl.ops.api import ControlApi
 
 T = TypeVar("T")
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d")
@@ -564,8 +564,8 @@ def test_zsh_completion_answers_from_the_same_tables(
 def test_coolctl_completion_from_the_installed_command_line() -> None:
     """`source <(coolctl completion bash)` as an operator would, once cli.py offers it."""
     if "completion" not in cli.build_parser().format_help():
-        pytest.skip("coolctl.cli does not offer the operator commands yet")
-    coolctl = f"{shlex.quote(sys.executable)} -m coolctl.cli"
+        pytest.skip("coolctl.cli.main does not offer the operator commands yet")
+    coolctl = f"{shlex.quote(sys.executable)} -m coolctl.cli.main"
     command = f"source <({coolctl} completion bash); complete -p coolctl"
     result = subprocess.run(
         ["bash", "-c", command], capture_output=True, text=True, check=False, timeout=30, cwd="/"

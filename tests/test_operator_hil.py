@@ -14,10 +14,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from coolctl.cli import build_parser
+from coolctl.cli.main import build_parser
+from coolctl.cli.operator import run_operator_command
 from coolctl.model import Source
-from coolctl.operator_cli import run_operator_command
-from coolctl.testing import HilRack, hil_rack
+from coolctl.tools.testing import HilRack, hil_rack
 
 CONFIG = Path(__file__).parent / "configs" / "hil-rack.toml"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from coolctl.testing import HilRack, hil_rack
+from coolctl.tools.testing import HilRack, hil_rack
 
 SERVERS = 16
 PERIOD_S = 0.5

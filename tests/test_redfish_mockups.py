@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from mockup_server import MOCKUPS, ROOT, MockupServer, load_mockup, make_tls
 
+from coolctl.cli.probe_redfish import probe_redfish
 from coolctl.drivers.redfish import Kind, RedfishDevice, RedfishSettings, RedfishTransport
 from coolctl.drivers.redfish_points import list_resources
 from coolctl.model import Quality, Reading
-from coolctl.probe_redfish import probe_redfish
 
 pytestmark = pytest.mark.asyncio
 

@@ -22,10 +22,10 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from coolctl.config import Config, load_config
-from coolctl.metrics import DaemonCollector, exposition
+from coolctl.daemon.metrics import DaemonCollector, exposition
+from coolctl.daemon.runtime import Daemon, ScheduleStats, rack_phases, run_periodic
+from coolctl.daemon.telemetry import TelemetryStore
 from coolctl.model import PointId, Quality, Reading
-from coolctl.runtime import Daemon, ScheduleStats, rack_phases, run_periodic
-from coolctl.telemetry import TelemetryStore
 
 CONFIG = Path(__file__).parent / "configs" / "hil-rack.toml"
 

@@ -15,23 +15,17 @@ from typing import Any
 
 import pytest
 
+from coolctl.cli.sim import main as sim_main
 from coolctl.config import RackConfig
 from coolctl.control.supervisor import Decision
-from coolctl.control_stack import build_rack_control
-from coolctl.devices import DeviceHandle, device_facts
+from coolctl.daemon.devices import DeviceHandle
+from coolctl.daemon.runtime import RackRuntime
+from coolctl.daemon.telemetry import TelemetryStore
 from coolctl.drivers.modbus_profile import decode, load_profile
-from coolctl.kpi import EXTRA_KPI_KEYS, KPI_KEYS, TIMING_KEYS
 from coolctl.model import Command, PointId, Reading, Snapshot
-from coolctl.runtime import RackRuntime
-from coolctl.safety import DeviceFacts
-from coolctl.scenario_runner import (
-    ControlStack,
-    modbus_quantiser,
-    rack_config,
-    run_scenario,
-    validate_scenario,
-)
-from coolctl.sim_cli import main as sim_main
+from coolctl.rack.controllers import build_rack_control
+from coolctl.rack.facts import device_facts
+from coolctl.rack.safety import DeviceFacts
 from coolctl.simulators.modbus_server import encode_value, load_register_map
 from coolctl.simulators.plant import RackPlant
 from coolctl.simulators.scenario import (
@@ -41,7 +35,14 @@ from coolctl.simulators.scenario import (
     load_scenario,
     parse_scenario,
 )
-from coolctl.telemetry import TelemetryStore
+from coolctl.tools.kpi import EXTRA_KPI_KEYS, KPI_KEYS, TIMING_KEYS
+from coolctl.tools.scenario_runner import (
+    ControlStack,
+    modbus_quantiser,
+    rack_config,
+    run_scenario,
+    validate_scenario,
+)
 
 SHIPPED = Path(__file__).resolve().parent.parent / "simulators" / "scenarios"
 
@@ -501,9 +502,9 @@ def test_bad_scenarios_exit_1_with_the_line(
 def test_sim_run_plot_without_matplotlib_says_how_to_get_it_before_running(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import coolctl.sim_cli
+    import coolctl.cli.sim
 
-    monkeypatch.setattr(coolctl.sim_cli, "_matplotlib_available", lambda: False)
+    monkeypatch.setattr(coolctl.cli.sim, "_matplotlib_available", lambda: False)
     scenario = tmp_path / "s.toml"
     scenario.write_text(SHORT)
     assert sim_main(["run", str(scenario), "--plot", str(tmp_path / "x.png")]) == 2

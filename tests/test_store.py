@@ -25,10 +25,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-import coolctl.store
-from coolctl.controlplane import OverrideRecord
+import coolctl.ops.store
 from coolctl.model import Event, Severity
-from coolctl.store import APPLICATION_ID, SCHEMA_VERSION, AsyncStore, Store, StoreError
+from coolctl.ops.protocol import OverrideRecord
+from coolctl.ops.store import APPLICATION_ID, SCHEMA_VERSION, AsyncStore, Store, StoreError
 
 WRITER = Path(__file__).with_name("store_writer.py")
 PUMP = "cdu1/pump_speed_command"
@@ -674,7 +674,7 @@ def kill_writer(path: Path, kill: Kill, rng: random.Random) -> tuple[list[str], 
     """Run the writer until `kill`, wait a random 0-3 ms more, SIGKILL it; its write and ack
     lines, including those still in the pipe when it died."""
     # The writer imports the very coolctl this test imported, installed or not.
-    package_root = str(Path(coolctl.store.__file__).resolve().parent.parent)
+    package_root = str(Path(coolctl.ops.store.__file__).resolve().parent.parent)
     pythonpath = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
     process = subprocess.Popen(
         [sys.executable, str(WRITER), str(path), "100000"],

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from coolctl.systemd import Notifier, WatchdogGate, credential_path, read_credential
+from coolctl.daemon.systemd import Notifier, WatchdogGate, credential_path, read_credential
 
 REPO = Path(__file__).resolve().parent.parent
-UNIT = REPO / "deploy" / "systemd" / "coolctl.service"
+UNIT = REPO / "deploy" / "systemd" / "coolctl.daemon.service"
 
 _NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "CREDENTIALS_DIRECTORY")
 
@@ -172,7 +172,7 @@ def test_no_op_without_notify_socket() -> None:
 def test_unsupported_socket_kind_is_disabled_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="coolctl.systemd"):
+    with caplog.at_level(logging.WARNING, logger="coolctl.daemon.systemd"):
         notifier = Notifier("vsock:2:1234")
     assert not notifier.enabled
     assert "not a Unix socket path" in caplog.text
@@ -192,7 +192,7 @@ def test_vanished_socket_is_logged_once_and_never_raised(
 
     sock.close()
     path.unlink()
-    with caplog.at_level(logging.DEBUG, logger="coolctl.systemd"):
+    with caplog.at_level(logging.DEBUG, logger="coolctl.daemon.systemd"):
         for _ in range(3):
             notifier.watchdog()
         notifier.status("still running")
@@ -206,7 +206,7 @@ def test_vanished_socket_is_logged_once_and_never_raised(
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(path))
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="coolctl.systemd"):
+    with caplog.at_level(logging.INFO, logger="coolctl.daemon.systemd"):
         notifier.watchdog()
         assert sock.recv(4096) == b"WATCHDOG=1"
         assert "works again" in caplog.text
@@ -222,7 +222,7 @@ def test_vanished_abstract_socket_is_not_raised(
 ) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", f"@coolctl-test-gone-{uuid.uuid4().hex}")
     notifier = Notifier()
-    with caplog.at_level(logging.WARNING, logger="coolctl.systemd"):
+    with caplog.at_level(logging.WARNING, logger="coolctl.daemon.systemd"):
         notifier.ready()
         notifier.watchdog()
     assert len(caplog.records) == 1
@@ -321,7 +321,7 @@ def test_a_stuck_loop_stops_the_pings(
     gate = WatchdogGate(notifier, ["r01", "r02"])
     pinged = []
     now = 0.0
-    with caplog.at_level(logging.WARNING, logger="coolctl.systemd"):
+    with caplog.at_level(logging.WARNING, logger="coolctl.daemon.systemd"):
         # Both loops tick every second for 20 s, then r02 hangs while r01 keeps going.
         while now < 60.0:
             gate.progress("r01", now)
@@ -340,7 +340,7 @@ def test_a_stuck_loop_stops_the_pings(
 
     # r02 recovers (before systemd gave up): pings resume at once, and that is logged.
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="coolctl.systemd"):
+    with caplog.at_level(logging.WARNING, logger="coolctl.daemon.systemd"):
         gate.progress("r02", now)
         assert gate.maybe_ping(now)
     assert "resumed" in caplog.text
@@ -411,7 +411,7 @@ def _verify(unit_text: str, tmp_path: Path) -> tuple[int, list[str]]:
     """Runs `systemd-analyze verify` on a copy; returns its exit code and the lines it printed
     about the unit itself that are not tolerated."""
     assert SYSTEMD_ANALYZE is not None
-    copy = tmp_path / "coolctl.service"
+    copy = tmp_path / "coolctl.daemon.service"
     copy.write_text(unit_text)
     proc = subprocess.run(
         [SYSTEMD_ANALYZE, "verify", "--man=no", str(copy)],
@@ -423,7 +423,7 @@ def _verify(unit_text: str, tmp_path: Path) -> tuple[int, list[str]]:
     output = (proc.stdout + proc.stderr).splitlines()
     # Only lines naming this unit count: verify also loads the units it depends on
     # (network-online.target, multi-user.target), and what those print depends on the host.
-    about_unit = [line for line in output if str(copy) in line or "coolctl.service" in line]
+    about_unit = [line for line in output if str(copy) in line or "coolctl.daemon.service" in line]
     return proc.returncode, [line for line in about_unit if not _TOLERATED.search(line)]
 
 

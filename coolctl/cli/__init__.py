@@ -1,0 +1,3 @@
+"""The `coolctl` command line.
+
+May import: everything."""

@@ -1,0 +1,164 @@
+"""Opens a driver client for each configured device: the daemon's connections."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from coolctl.config import (
+    DeviceConfig,
+)
+from coolctl.daemon.systemd import read_credential
+from coolctl.drivers.modbus import ModbusDevice
+from coolctl.drivers.modbus_profile import load_profile
+from coolctl.drivers.mqtt import MqttConnection, MqttDevice
+from coolctl.drivers.mqtt_profile import load_mqtt_profile
+from coolctl.drivers.redfish import RedfishDevice, RedfishSettings
+from coolctl.model import Quality, Reading
+from coolctl.rack.facts import WritableSpec, device_facts
+
+
+def read_secret(password_file: Path | None, credential: str | None) -> str | None:
+    """A password from a file or a systemd credential — never from the config itself."""
+    if password_file is not None:
+        return Path(password_file).read_text("utf-8").rstrip("\r\n")
+    if credential is not None:
+        secret = read_credential(credential)
+        if secret is None:
+            raise ValueError(
+                f"the credential {credential!r} is not available (LoadCredential= in the unit)"
+            )
+        return secret
+    return None
+
+
+class DeviceStatsView(Protocol):
+    """The counters the metrics read from any driver's device."""
+
+    connected: bool
+    consecutive_failures: int
+    last_success_ts: float | None
+    last_poll_duration_s: float
+    polls: int
+    errors_by_kind: dict[str, int]
+
+
+class DeviceClient(Protocol):
+    """What the runtime needs of any driver's device object."""
+
+    @property
+    def stats(self) -> DeviceStatsView: ...
+
+    async def poll(self) -> list[Reading]: ...
+
+    async def write(self, point: str, value: float) -> float: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class DeviceHandle:
+    """A configured device, its client, and what it can write."""
+
+    rack: str
+    config: DeviceConfig
+    client: DeviceClient
+    writable: Mapping[str, WritableSpec]
+    point_names: tuple[str, ...]
+    kind: str  # what the device is (cdu, pdu, server, sensor), from its profile
+    ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # see DeviceFactsRecord
+
+
+@dataclass(slots=True)
+class MqttDeviceStats:
+    """An MQTT device's health in the terms the metrics use for every device."""
+
+    connected: bool = False
+    consecutive_failures: int = 0
+    last_success_ts: float | None = None
+    last_poll_duration_s: float = 0.0
+    polls: int = 0
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+
+
+class MqttDeviceClient:
+    """An MQTT device seen as the runtime sees every device: its readings are 'polled' from
+    what the subscriptions last received; it cannot be written to."""
+
+    def __init__(self, device: MqttDevice, connection: MqttConnection) -> None:
+        self.device = device
+        self.connection = connection
+        self._stats = MqttDeviceStats()
+
+    @property
+    def stats(self) -> MqttDeviceStats:
+        stats, device_stats = self._stats, self.device.stats
+        stats.connected = self.connection.connected
+        stats.last_success_ts = device_stats.last_message_ts
+        stats.errors_by_kind = dict(device_stats.rejected_by_reason)
+        return stats
+
+    async def poll(self) -> list[Reading]:
+        readings = self.device.readings(time.monotonic())
+        stats = self._stats
+        stats.polls += 1
+        if all(r.quality is Quality.GOOD for r in readings):
+            stats.consecutive_failures = 0
+        else:
+            stats.consecutive_failures += 1
+        return readings
+
+    async def write(self, point: str, value: float) -> float:
+        raise ValueError(f"{point}: MQTT sensor devices cannot be written to")
+
+    async def close(self) -> None:
+        return None  # the connection is the daemon's, closed once for all devices
+
+
+def open_device(
+    rack: str, config: DeviceConfig, mqtt: MqttConnection | None = None
+) -> DeviceHandle:
+    """Build the client for one device (no I/O yet: the first poll connects)."""
+    facts = device_facts(config)
+    client: DeviceClient
+    if config.driver == "redfish":
+        client = _redfish_client(rack, config)
+    elif config.driver == "mqtt":
+        if mqtt is None:
+            raise ValueError(f"{rack}/{config.id}: an mqtt device needs the [mqtt] broker")
+        device = mqtt.add_device(
+            rack, config.id, load_mqtt_profile(config.profile), config.topic_prefix
+        )
+        client = MqttDeviceClient(device, mqtt)
+    else:
+        client = ModbusDevice(
+            rack=rack,
+            device=config.id,
+            host=config.address,
+            port=config.port,
+            unit_id=config.unit,
+            profile=load_profile(config.profile),
+            timeout_s=config.timeout_s,
+        )
+    return DeviceHandle(
+        rack, config, client, facts.writable, facts.point_names, facts.kind, facts.ranges
+    )
+
+
+def _redfish_client(rack: str, config: DeviceConfig) -> RedfishDevice:
+    redfish = config.redfish
+    assert redfish is not None
+    settings = RedfishSettings(
+        url=redfish.url,
+        username=redfish.username,
+        password=read_secret(redfish.password_file, redfish.password_credential),
+        auth=redfish.auth,
+        ca_file=redfish.ca_file,
+        verify_tls=redfish.verify_tls,
+        timeout_s=config.timeout_s,
+        max_in_flight=redfish.max_in_flight,
+    )
+    return RedfishDevice(rack=rack, device=config.id, kind=redfish.kind, settings=settings)

@@ -1,0 +1,448 @@
+"""The daemon's moving parts: one poller per device, one control tick per rack, actuation.
+
+Everything runs on one asyncio loop. Pollers and ticks keep a fixed-rate schedule (the k-th
+run is due at start + k·period, so they never drift); a run that overruns skips the slots it
+missed and counts them instead of bunching up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from coolctl.config import Config, RackConfig
+from coolctl.control.limits import ActuatorLimits
+from coolctl.control.supervisor import Decision, Override
+from coolctl.daemon.actuation import ActuatorChannel
+from coolctl.daemon.devices import DeviceHandle, open_device
+from coolctl.daemon.mqtt_bridge import event_payload, open_connection, topic_root
+from coolctl.daemon.tasks import cancel_and_wait
+from coolctl.daemon.telemetry import TelemetryStore
+from coolctl.model import Command, Event, PointId, Quality, Reading, Severity, Snapshot
+from coolctl.ops.protocol import Mode, OverrideRecord
+from coolctl.rack.controllers import build_rack_control
+from coolctl.rack.stack import note_applied
+
+log = logging.getLogger("coolctl.daemon.runtime")
+
+_LOG_LEVEL = {
+    Severity.INFO: logging.INFO,
+    Severity.WARNING: logging.WARNING,
+    Severity.CRITICAL: logging.CRITICAL,
+}
+
+Clock = Callable[[], float]
+
+
+LATENESS_SAMPLES = 64
+"""Recent start delays kept per periodic task: enough for a p99 over a minute of 1 s ticks,
+little enough to keep for every poller of a row of racks."""
+
+
+def _lateness_samples() -> deque[float]:
+    return deque(maxlen=LATENESS_SAMPLES)
+
+
+@dataclass(slots=True)
+class ScheduleStats:
+    """How a periodic task keeps its schedule.
+
+    `lateness_s` holds how late each recent run started after its due time: a loop that is
+    busy elsewhere (a scrape, another rack's tick) shows here long before runs are missed.
+    """
+
+    runs: int = 0
+    missed: int = 0
+    last_duration_s: float = 0.0
+    max_duration_s: float = 0.0
+    lateness_s: deque[float] = field(default_factory=_lateness_samples)
+
+    def record(self, duration_s: float, lateness_s: float = 0.0) -> None:
+        self.runs += 1
+        self.last_duration_s = duration_s
+        self.max_duration_s = max(self.max_duration_s, duration_s)
+        # the event loop may wake a timer up to its clock resolution early: that is not lateness
+        self.lateness_s.append(lateness_s if lateness_s > 0.0 else 0.0)
+
+    @property
+    def recent_max_lateness_s(self) -> float:
+        return max(self.lateness_s, default=0.0)
+
+
+async def run_periodic(
+    period_s: float,
+    work: Callable[[], Awaitable[None]],
+    stats: ScheduleStats,
+    clock: Clock = time.monotonic,
+    phase_s: float = 0.0,
+) -> None:
+    """Run `work` every `period_s` on a fixed grid until cancelled; the grid starts `phase_s`
+    from now."""
+    due = clock() + phase_s
+    if phase_s > 0:
+        await asyncio.sleep(phase_s)
+    while True:
+        started = clock()
+        await work()
+        finished = clock()
+        stats.record(finished - started, started - due)
+        due += period_s
+        if finished > due:
+            skipped = math.floor((finished - due) / period_s) + 1
+            stats.missed += skipped
+            due += skipped * period_s
+        await asyncio.sleep(max(0.0, due - clock()))
+
+
+class RackRuntime:
+    """One rack: its loops, its safety supervisor, its actuators, and its control tick.
+
+    Every command reaches an actuator through the supervisor, which has the last word:
+    interlock > operator override > automatic control, within bounds and slew.
+    """
+
+    def __init__(
+        self,
+        config: RackConfig,
+        store: TelemetryStore,
+        devices: Mapping[str, DeviceHandle],
+        clock: Clock = time.monotonic,
+        on_event: Callable[[Event], None] = lambda event: None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.on_event = on_event
+        self.tick_stats = ScheduleStats()
+        self.controller_errors = 0
+        self.mode: Mode = "auto"
+        self.overrides: dict[PointId, Override] = {}  # what the supervisor applies
+        self.override_records: dict[str, OverrideRecord] = {}  # by target, for status/metrics
+        stack = build_rack_control(config, devices)
+        self.controller = stack.controller
+        self.supervisor = stack.supervisor
+        self.allocator = stack.allocator
+        self.decision: Decision | None = None
+        self.on_tick: Callable[[str, float], None] | None = None  # the watchdog's progress
+        self.on_state: Callable[[RackRuntime, float], None] | None = None  # MQTT state
+        self._budget_rejected = False
+        self.power_budget_w = config.power_budget_w
+        self.actuators: dict[PointId, ActuatorChannel] = {}
+        for safety in self.supervisor.config.actuators:
+            point = safety.point
+            handle = devices[point.device]
+            spec = handle.writable[point.name]
+            self.actuators[point] = ActuatorChannel(
+                point,
+                ActuatorLimits(safety.hard_minimum, safety.hard_maximum),
+                handle.client.write,
+                resolution=spec.resolution,
+                clock=self.clock,
+            )
+
+    def start(self) -> None:
+        for channel in self.actuators.values():
+            channel.start()
+
+    async def stop(self, hand_back: bool = True) -> None:
+        """Hand each actuator back as configured (unless reloading: then the new loops take
+        over from where the devices stand), let the writes finish, then stop."""
+        if hand_back:
+            self._apply(self.supervisor.shutdown(self.clock()), (), self.clock())
+        for channel in self.actuators.values():
+            await channel.idle()
+            await channel.stop()
+
+    def start_up(self) -> None:
+        """Failsafe outputs before the first good readings, as BMC fan daemons do."""
+        now = self.clock()
+        snapshot = self.store.snapshot(now, self.config.id)
+        required = self.supervisor.config.required
+        if not all(snapshot.value(point) is not None for point in required):
+            self._apply(self.supervisor.startup(now), (), now)
+
+    async def tick(self) -> None:
+        """One control step: snapshot → loops → supervisor → actuators (queued writes)."""
+        now = self.clock()
+        snapshot = self.store.snapshot(now, self.config.id)
+        for point, channel in self.actuators.items():
+            value = snapshot.value(point)
+            sampled_at = snapshot[point].ts if value is not None else None
+            # a device that drifted from our value is rewritten
+            channel.observe(value, now, sampled_at)
+            if value is not None:
+                self.supervisor.observe(point, value, now)
+        self._follow_budget(snapshot, now)
+        requested: list[Command] = []
+        failed = False
+        try:
+            if self.mode == "auto":
+                requested = self.controller.step(snapshot, now)
+            if self.allocator is not None:  # the budget holds in manual mode too
+                requested += self.allocator.step(snapshot, now, self.power_budget_w)
+                for event in self.allocator.drain_events():
+                    self.on_event(event)
+        except Exception:
+            # A controller that raises must not leave the actuators where they were.
+            failed = True
+            self.controller_errors += 1
+            log.exception("%s: controller raised; failsafe", self.config.id)
+        decision = self.supervisor.step(snapshot, now, requested, self.overrides, failed)
+        self._apply(decision, requested, now)
+        if self.on_state is not None:
+            self.on_state(self, now)
+        if self.on_tick is not None:
+            self.on_tick(self.config.id, now)
+
+    def _follow_budget(self, snapshot: Snapshot, now: float) -> None:
+        """Take the budget an upstream coordinator sets; reject bad ones, keep the last good."""
+        ref = self.config.budget_point
+        if ref is None:
+            return
+        reading = snapshot.get(PointId(self.config.id, ref.device, ref.point))
+        if reading is None or reading.quality is Quality.MISSING:
+            return
+        value = reading.value
+        low, high = self.config.budget_min_w, self.config.budget_max_w
+        if reading.quality is Quality.BAD or value is None or not low <= value <= high:
+            if not self._budget_rejected:
+                self._budget_rejected = True
+                shown = "unreadable" if value is None else f"{value:g} W"
+                self._event(
+                    "budget_rejected",
+                    Severity.WARNING,
+                    f"budget from {ref} rejected ({shown}; accepted {low:g}..{high:g} W);"
+                    f" keeping {self.power_budget_w} W",
+                    now,
+                )
+            return
+        self._budget_rejected = False
+        if value != self.power_budget_w:
+            previous, self.power_budget_w = self.power_budget_w, value
+            self._event(
+                "budget_set", Severity.INFO, f"budget {previous} W -> {value:g} W from {ref}", now
+            )
+
+    def _event(self, kind: str, severity: Severity, message: str, now: float) -> None:
+        self.on_event(Event(self.config.id, kind, severity, message, now, source="daemon"))
+
+    def interlock_reading(self, now: float) -> None:
+        """The fast path: a reading that may trip an interlock has just arrived."""
+        snapshot = self.store.snapshot(now, self.config.id)
+        self._apply(self.supervisor.evaluate_interlocks(snapshot, now), (), now)
+
+    def _apply(self, decision: Decision, requested: Sequence[Command], now: float) -> None:
+        self.decision = decision
+        asked = {command.point: command.value for command in requested}
+        for command in decision.commands:
+            channel = self.actuators.get(command.point)
+            if channel is None:
+                continue
+            try:
+                channel.submit(command, now)
+            except ValueError as exc:  # non-finite or outside the hard range: never written
+                self.controller_errors += 1
+                log.error("%s: command refused: %s", self.config.id, exc)
+                continue
+            if asked.get(command.point) != command.value:
+                note_applied(self.controller, self.allocator, command.point, command.value, now)
+        for event in decision.events:
+            self.on_event(event)
+
+    async def run(self, phase_s: float = 0.0) -> None:
+        await run_periodic(
+            self.config.control_period_s, self.tick, self.tick_stats, self.clock, phase_s
+        )
+
+
+def rack_phases(config: Config) -> dict[str, float]:
+    """Where each rack's ticks and polls sit in its control period: the racks of a row spread
+    evenly across it, in config order.
+
+    Were every rack due at the same instant, hundreds of polls and dozens of ticks would queue
+    on the one event loop together each period, and the last of them would start late by the
+    time all the others take. A rack's own pollers and tick keep one grid, as a lone rack's do.
+    """
+    count = len(config.racks)
+    return {
+        rack.id: index / count * rack.control_period_s
+        for index, rack in enumerate(config.racks.values())
+    }
+
+
+class Daemon:
+    """Pollers, ticks and actuators for every rack of a config, on the running loop."""
+
+    def __init__(self, config: Config, clock: Clock = time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        self.store = TelemetryStore()
+        self.devices: dict[tuple[str, str], DeviceHandle] = {}
+        self.poll_stats: dict[tuple[str, str], ScheduleStats] = {}
+        self.racks: dict[str, RackRuntime] = {}
+        self.started_at: float | None = None
+        self.recent_events: deque[Event] = deque(maxlen=200)
+        self.event_listeners: list[Callable[[Event], None]] = []
+        self._poll_tasks: list[asyncio.Task[None]] = []
+        self._control_tasks: list[asyncio.Task[None]] = []
+        self._pdus: dict[str, str | None] = {}  # each rack's PDU, the first configured
+        self.mqtt = open_connection(config)
+        if self.mqtt is not None:
+            self.mqtt.on_interlock_message(self._interlock_message)
+            self.event_listeners.append(self._publish_event)
+        for rack in config.racks.values():
+            handles = {}
+            for device in rack.devices.values():
+                handle = open_device(rack.id, device, self.mqtt)
+                handles[device.id] = handle
+                self.devices[(rack.id, device.id)] = handle
+                self.poll_stats[(rack.id, device.id)] = ScheduleStats()
+                self.store.register_device(rack.id, device.id, device.stale_after_s)
+            self._pdus[rack.id] = next(
+                (device for device, handle in handles.items() if handle.kind == "pdu"), None
+            )
+            self.racks[rack.id] = RackRuntime(rack, self.store, handles, clock, self.emit)
+            self.racks[rack.id].on_state = self.publish_state
+
+    def emit(self, event: Event) -> None:
+        """Log an event, keep it for status, and hand it to every listener (store, MQTT)."""
+        level = _LOG_LEVEL[event.severity]
+        log.log(level, "%s: %s", event.rack, event.message, extra={"rack": event.rack})
+        self.recent_events.append(event)
+        for listener in self.event_listeners:
+            try:
+                listener(event)
+            except Exception:  # a broken listener must not stop the supervisor's decisions
+                log.exception("event listener failed")
+
+    async def start(self) -> None:
+        """Poll every device once, then start pollers and control ticks.
+
+        The first poll round comes before the first tick so that loops start bumplessly from
+        what the devices hold; a device that does not answer it leaves its loops in failsafe.
+        """
+        self.started_at = self.clock()
+        if self.mqtt is not None:
+            await self.mqtt.start()
+            # retained sensor states (a wet leak rope, the budget) arrive within moments
+            await self.mqtt.wait_connected(1.0)
+        await asyncio.gather(*(self._poll_once(handle) for handle in self.devices.values()))
+        phases = rack_phases(self.config)
+        for (rack, device), handle in self.devices.items():
+            poll = self._poll_forever(handle, phases[rack] % handle.config.poll_interval_s)
+            self._spawn(self._poll_tasks, poll, f"poll {rack}/{device}")
+        for rack_runtime in self.racks.values():
+            rack_runtime.start()
+            rack_runtime.start_up()
+            name = f"control {rack_runtime.config.id}"
+            self._spawn(self._control_tasks, rack_runtime.run(phases[rack_runtime.config.id]), name)
+        # Everything built so far (clients, sessions, plans, controllers) lives as long as the
+        # daemon: out of the collector's sight, a full collection walks only what is new. In a
+        # row of 32 racks a full collection over it all held the loop for most of a second.
+        gc.freeze()
+        log.info(
+            "running %d racks, %d devices",
+            len(self.racks),
+            len(self.devices),
+        )
+
+    async def stop(self, hand_back: bool = True) -> None:
+        """Stop the ticks, hand the actuators back (while the links are still up), stop the
+        pollers, close connections. Writes in flight are finished, never cut."""
+        await cancel_and_wait(self._control_tasks)
+        self._control_tasks.clear()
+        for rack_runtime in self.racks.values():
+            await rack_runtime.stop(hand_back)
+        await cancel_and_wait(self._poll_tasks)
+        self._poll_tasks.clear()
+        if self.mqtt is not None:
+            await self.mqtt.stop()
+        for handle in self.devices.values():
+            with contextlib.suppress(Exception):
+                await handle.client.close()
+        gc.unfreeze()  # what this daemon held may be collected again (a reload builds anew)
+        log.info("stopped")
+
+    def _interlock_message(self, reading: Reading) -> None:
+        """The fast path: a leak (or other interlock) message is acted on as it arrives."""
+        self.store.update([reading])
+        rack = self.racks.get(reading.point.rack)
+        if rack is not None:
+            rack.interlock_reading(self.clock())
+
+    def _publish_event(self, event: Event) -> None:
+        assert self.mqtt is not None
+        topic = f"{topic_root(self.config)}/{event.rack}/events"
+        self.mqtt.publish_nowait(topic, event_payload(event, time.time()), qos=1)
+
+    def publish_state(self, rack: RackRuntime, now: float) -> None:
+        """The rack's state, retained, so that a dashboard or coordinator sees it at once."""
+        if self.mqtt is None:
+            return
+        decision = rack.decision
+        state = {
+            "rack": rack.config.id,
+            "at": time.time(),
+            "mode": rack.mode,
+            "failsafe": bool(decision and decision.failsafe),
+            "interlocks": sorted(decision.interlocks) if decision else [],
+            "power_w": self.rack_power_w(rack.config.id, now),
+            "power_budget_w": rack.power_budget_w,
+            "values": {
+                f"{r.point.device}/{r.point.name}": r.value
+                for r in self.store.readings(now, rack.config.id)
+                if r.usable
+            },
+        }
+        topic = f"{topic_root(self.config)}/{rack.config.id}/state"
+        self.mqtt.publish_nowait(topic, json.dumps(state).encode(), qos=1, retain=True)
+
+    def rack_power_w(self, rack: str, now: float) -> float | None:
+        """The rack's power as its PDU measures it (None without a PDU or a good reading)."""
+        device = self._pdus.get(rack)
+        if device is None:
+            return None
+        reading = self.store.current(PointId(rack, device, "power"), now)
+        return reading.value if reading.usable else None
+
+    async def _poll_once(self, handle: DeviceHandle) -> None:
+        try:
+            readings = await handle.client.poll()
+        except Exception:  # a driver bug must not stop the poller; counted as a failed poll
+            log.exception("%s/%s: poll raised", handle.rack, handle.config.id)
+            return
+        self.store.update(readings)
+
+    async def _poll_forever(self, handle: DeviceHandle, phase_s: float = 0.0) -> None:
+        stats = self.poll_stats[(handle.rack, handle.config.id)]
+        await run_periodic(
+            handle.config.poll_interval_s,
+            lambda: self._poll_once(handle),
+            stats,
+            self.clock,
+            phase_s,
+        )
+
+    def _spawn(self, tasks: list[asyncio.Task[None]], coro: Awaitable[None], name: str) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("task %s died", name)
+
+        task = asyncio.create_task(guarded(), name=name)
+        if isinstance(coro, Coroutine):
+            # A task cancelled before its first step never starts `coro`: close it, so that a
+            # daemon stopped right after start-up leaves no "never awaited" warning behind.
+            task.add_done_callback(lambda _: coro.close())
+        tasks.append(task)

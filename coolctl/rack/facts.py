@@ -1,0 +1,163 @@
+"""What each configured device offers, from its profile: points, writable ranges, kind.
+
+No connection is opened: the control stacks, the config checks and the offline runner build
+from these facts the same way the daemon does."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from coolctl.config import (
+    DeviceConfig,
+    DeviceRef,
+    LoopConfig,
+)
+from coolctl.drivers.modbus_profile import ModbusProfile, RegisterPoint, load_profile
+from coolctl.drivers.mqtt_profile import load_mqtt_profile
+from coolctl.drivers.redfish import kind_points
+from coolctl.model import CANONICAL_POINTS, Unit
+
+
+@dataclass(frozen=True, slots=True)
+class WritableSpec:
+    """What a device accepts for one writable point, from its profile."""
+
+    minimum: float
+    maximum: float
+    resolution: float  # one count of the register, in engineering units
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFactsRecord:
+    """What a device offers, from its profile (or, for Redfish, its kind): no connection."""
+
+    writable: Mapping[str, WritableSpec]
+    point_names: tuple[str, ...]
+    kind: str
+    # What each point can read, from its profile: its plausibility range (min/max), else what
+    # its register can hold; points the profile gives no range for are left out
+    ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def device_facts(config: DeviceConfig) -> DeviceFactsRecord:
+    """A device's points, writable points with their ranges, and kind, without opening it."""
+    if config.driver == "redfish":
+        redfish = config.redfish
+        assert redfish is not None
+        writable: dict[str, WritableSpec] = {}
+        if redfish.kind == "server":
+            writable["power_limit"] = WritableSpec(redfish.cap_min_w, redfish.cap_max_w, 1.0)
+        elif redfish.kind == "cdu":
+            writable["pump_speed_command"] = WritableSpec(0.0, 1.0, 0.001)
+            writable["valve_command"] = WritableSpec(0.0, 1.0, 0.001)
+        return DeviceFactsRecord(writable, kind_points(redfish.kind), redfish.kind)
+    if config.driver == "mqtt":
+        mqtt_profile = load_mqtt_profile(config.profile)
+        names = tuple(p.name for p in mqtt_profile.points)
+        ranges = {
+            p.name: (
+                p.min if p.min is not None else -math.inf,
+                p.max if p.max is not None else math.inf,
+            )
+            for p in mqtt_profile.points
+            if p.min is not None or p.max is not None
+        }
+        return DeviceFactsRecord({}, names, mqtt_profile.kind, ranges)
+    profile = load_profile(config.profile)
+    names = tuple(p.name for p in profile.points)
+    ranges = {p.name: register_range(p) for p in profile.points}
+    return DeviceFactsRecord(writable_points(profile), names, profile.kind, ranges)
+
+
+_RAW_RANGES: Mapping[str, tuple[float, float]] = {
+    "bool": (0.0, 1.0),
+    "int16": (-(2.0**15), 2.0**15 - 1),
+    "uint16": (0.0, 2.0**16 - 1),
+    "int32": (-(2.0**31), 2.0**31 - 1),
+    "uint32": (0.0, 2.0**32 - 1),
+    "float32": (-3.4028234663852886e38, 3.4028234663852886e38),
+}
+
+
+def register_range(point: RegisterPoint) -> tuple[float, float]:
+    """The values a Modbus point can read: its profile's min/max, else what its register holds
+    (raw range × scale + offset)."""
+    if point.is_bit:
+        low, high = 0.0, 1.0
+    else:
+        raw_low, raw_high = _RAW_RANGES.get(point.data_type, (-math.inf, math.inf))
+        ends = (raw_low * point.scale + point.offset, raw_high * point.scale + point.offset)
+        low, high = min(ends), max(ends)
+    return (
+        point.min if point.min is not None else low,
+        point.max if point.max is not None else high,
+    )
+
+
+def writable_points(profile: ModbusProfile) -> dict[str, WritableSpec]:
+    specs = {}
+    for point in profile.points:
+        if point.writable:
+            low = point.min if point.min is not None else float("-inf")
+            high = point.max if point.max is not None else float("inf")
+            resolution = abs(point.scale) if point.data_type != "bool" else 1.0
+            specs[point.name] = WritableSpec(low, high, resolution)
+    return specs
+
+
+PHYSICAL_RANGES: Mapping[Unit, tuple[float, float]] = {
+    Unit.CELSIUS: (-273.15, math.inf),
+    Unit.PASCAL: (-math.inf, math.inf),  # a differential pressure may be negative
+    Unit.WATT: (0.0, math.inf),
+    Unit.JOULE: (0.0, math.inf),
+    Unit.LITRE: (0.0, math.inf),
+    Unit.LITRE_PER_MINUTE: (0.0, math.inf),
+    Unit.RATIO: (0.0, 1.0),
+    Unit.BOOLEAN: (0.0, 1.0),
+    Unit.SECOND: (0.0, math.inf),
+}
+"""What a value of each unit can physically be, whatever the device."""
+
+
+class PointRanges(Protocol):
+    """What the setpoint bounds need of a device: its points' ranges (DeviceHandle and
+    DeviceFactsRecord have them)."""
+
+    @property
+    def ranges(self) -> Mapping[str, tuple[float, float]]: ...
+
+
+def point_range(ref: DeviceRef, devices: Mapping[str, PointRanges]) -> tuple[float, float]:
+    """What a point can read: its unit's physical range, narrowed by its profile's."""
+    spec = CANONICAL_POINTS.get(ref.point)
+    unbounded = (-math.inf, math.inf)
+    low, high = PHYSICAL_RANGES.get(spec.unit, unbounded) if spec else unbounded
+    device = devices.get(ref.device)
+    if device is not None and ref.point in device.ranges:
+        profile_low, profile_high = device.ranges[ref.point]
+        low, high = max(low, profile_low), min(high, profile_high)
+    return low, high
+
+
+def setpoint_bounds(loop: LoopConfig, devices: Mapping[str, PointRanges]) -> tuple[float, float]:
+    """The range a loop's setpoint (and an operator's override of it) must lie in.
+
+    `setpoint_min`/`setpoint_max` from the config where given; otherwise what the measurement
+    can read (for a difference, such as a coolant ΔT, the difference of the two ranges): a
+    setpoint the sensor can never show is one the loop can never reach, and it would drive its
+    actuator to the end stop. A side nothing bounds is infinite (only finite values pass).
+    """
+    measurement = loop.measurement
+    low, high = point_range(measurement.minuend, devices)
+    if measurement.subtrahend is not None:
+        sub_low, sub_high = point_range(measurement.subtrahend, devices)
+        low, high = low - sub_high, high - sub_low
+        low = -math.inf if math.isnan(low) else low
+        high = math.inf if math.isnan(high) else high
+    return (
+        loop.setpoint_min if loop.setpoint_min is not None else low,
+        loop.setpoint_max if loop.setpoint_max is not None else high,
+    )

@@ -1,0 +1,152 @@
+"""Builds each rack's safety supervisor from the config and the devices' profiles.
+
+What an actuator is (pump, valve, power cap) follows from its canonical point name; its hard
+range from the device profile; its normal range, slew and failsafe from the loop that drives it;
+the leak, pump and temperature points from what the rack's devices expose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from coolctl.config import DeviceConfig, LoopConfig, RackConfig
+from coolctl.control.supervisor import (
+    ActuatorRole,
+    ActuatorSafety,
+    SupervisorConfig,
+    TemperatureLimit,
+)
+from coolctl.model import PointId
+from coolctl.rack.facts import WritableSpec
+
+
+class DeviceFacts(Protocol):
+    """What the control stack needs to know of a device: no connection, just its profile's
+    facts (a DeviceHandle has them; so does coolctl.devices.device_facts())."""
+
+    @property
+    def writable(self) -> Mapping[str, WritableSpec]: ...
+
+    @property
+    def point_names(self) -> tuple[str, ...]: ...
+
+    @property
+    def kind(self) -> str: ...
+
+
+ROLE_BY_POINT: Mapping[str, ActuatorRole] = {
+    "pump_speed_command": ActuatorRole.PUMP,
+    "valve_command": ActuatorRole.VALVE,
+    "power_limit": ActuatorRole.POWER_LIMIT,
+}
+
+
+def supervisor_config(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> SupervisorConfig:
+    """The supervisor's view of one rack."""
+    actuators = tuple(
+        loop_actuator(rack, loop, devices[loop.actuator.device].writable[loop.actuator.point])
+        for loop in rack.loops.values()
+    ) + tuple(cap_actuator(rack.id, device) for device in server_caps(rack))
+    required = tuple(
+        PointId(rack.id, ref.device, ref.point)
+        for loop in rack.loops.values()
+        if loop.enabled
+        for ref in loop.measurement.refs
+    )
+    pump_device = next((a.point.device for a in actuators if a.role is ActuatorRole.PUMP), None)
+    pump_points = devices[pump_device].point_names if pump_device else ()
+    safety = rack.safety
+    return SupervisorConfig(
+        rack=rack.id,
+        actuators=actuators,
+        leak_points=tuple(
+            PointId(rack.id, device_id, "leak_detected")
+            for device_id, handle in devices.items()
+            if "leak_detected" in handle.point_names
+        ),
+        temperature_limits=tuple(
+            TemperatureLimit(PointId(rack.id, ref.device, ref.point), limit)
+            for ref, limit in safety.temperature_limits.items()
+        ),
+        pump_running=(
+            PointId(rack.id, pump_device, "pump_running")
+            if pump_device and "pump_running" in pump_points
+            else None
+        ),
+        standby_active=(
+            PointId(rack.id, pump_device, "standby_pump_active")
+            if pump_device and "standby_pump_active" in pump_points
+            else None
+        ),
+        standby_changeover_s=safety.standby_changeover_s,
+        required=required,
+        failsafe_after_s=safety.failsafe_after_s,
+        hold_s=safety.hold_s,
+    )
+
+
+def loop_actuator(rack: RackConfig, loop: LoopConfig, device: WritableSpec) -> ActuatorSafety:
+    """An actuator driven by a loop: the loop gives its normal range, the profile its hard one."""
+    role = ROLE_BY_POINT.get(loop.actuator.point, ActuatorRole.VALVE)
+    minimum = max(loop.output_min, device.minimum)
+    maximum = min(loop.output_max, device.maximum)
+    hard_minimum, hard_maximum = device.minimum, device.maximum
+    on_leak = on_over_temperature = on_pump_failure = None
+    if role is ActuatorRole.PUMP:
+        safety = rack.safety
+        stop = hard_minimum if safety.leak_response == "stop" else safety.pump_safe_speed
+        on_leak = min(max(stop, hard_minimum), hard_maximum)
+        on_over_temperature = maximum  # more flow is the only thing a pump can do for heat
+    elif role is ActuatorRole.VALVE:
+        on_over_temperature = maximum  # full facility water
+    elif role is ActuatorRole.POWER_LIMIT:
+        on_leak = on_over_temperature = on_pump_failure = hard_minimum
+    return ActuatorSafety(
+        point=PointId(rack.id, loop.actuator.device, loop.actuator.point),
+        role=role,
+        minimum=minimum,
+        maximum=maximum,
+        slew_per_s=loop.slew_per_s,
+        failsafe=loop.failsafe_output,
+        hard_minimum=hard_minimum,
+        hard_maximum=hard_maximum,
+        on_leak=on_leak,
+        on_over_temperature=on_over_temperature,
+        on_pump_failure=on_pump_failure,
+        shutdown=loop.shutdown_output,
+    )
+
+
+def server_caps(rack: RackConfig) -> list[DeviceConfig]:
+    """The rack's servers whose power caps its budget sets (Redfish BMCs), in config order."""
+    return [
+        device
+        for device in rack.devices.values()
+        if device.redfish is not None and device.redfish.kind == "server"
+    ]
+
+
+def cap_actuator(rack: str, device: DeviceConfig) -> ActuatorSafety:
+    """A server's power cap: the allocator moves it within the configured range, at once.
+
+    Every safety response lowers it to the minimum: a leak, an over-temperature, a pump that
+    failed, and a rack that cannot see its cooling (failsafe) all call for less heat.
+    """
+    redfish = device.redfish
+    assert redfish is not None
+    low, high = redfish.cap_min_w, redfish.cap_max_w
+    return ActuatorSafety(
+        point=PointId(rack, device.id, "power_limit"),
+        role=ActuatorRole.POWER_LIMIT,
+        minimum=low,
+        maximum=high,
+        slew_per_s=None,  # caps must fall at once when the budget drops
+        failsafe=low,
+        hard_minimum=low,
+        hard_maximum=high,
+        on_leak=low,
+        on_over_temperature=low,
+        on_pump_failure=low,
+        shutdown=None,  # on stop, the BMC keeps the last cap
+    )

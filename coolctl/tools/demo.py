@@ -1,0 +1,310 @@
+"""`coolctl demo` and `coolctl sim serve`: the simulated rack, with or without the daemon.
+
+The demo needs nothing but an install: it starts the simulated devices on free loopback ports,
+points the built-in config at them, runs the daemon, and prints a status line every few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import importlib.resources
+import logging
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+
+from coolctl.config import DEFAULT_METRICS_PORT, Config
+from coolctl.daemon.logs import setup_logging
+from coolctl.daemon.run import stop_on_signals
+from coolctl.daemon.runtime import Daemon
+from coolctl.daemon.service import Service, ServiceOptions
+from coolctl.model import PointId
+from coolctl.rack.check import load_or_report
+from coolctl.simulators.control_server import inject
+from coolctl.simulators.live import LiveSimulation
+from coolctl.tools.broker import Mosquitto, MosquittoError, find_mosquitto
+from coolctl.tools.simrack import (
+    control_url_file,
+    sim_specs,
+    with_broker,
+    with_services,
+    without_mqtt,
+)
+
+log = logging.getLogger("coolctl.tools.demo")
+
+
+def builtin_config_path() -> Path:
+    """The demo rack's config, shipped inside the package."""
+    return Path(str(importlib.resources.files("coolctl") / "data" / "demo-rack.toml"))
+
+
+def _load(config_path: Path | None) -> Config | None:
+    return load_or_report(config_path or builtin_config_path())
+
+
+async def _wait(stop: asyncio.Event, duration_s: float | None) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), duration_s)
+
+
+def _needs_mqtt(config: Config) -> bool:
+    return any(d.driver == "mqtt" for r in config.racks.values() for d in r.devices.values())
+
+
+async def _broker(
+    config: Config, requested: str | None, stack: AsyncExitStack
+) -> tuple[Config, str | None]:
+    """The broker for the MQTT sensors: the one asked for, or a private Mosquitto; without
+    either, the config loses its MQTT devices and the demo says how to get them back."""
+    if not _needs_mqtt(config):
+        return config, None
+    if requested is not None:
+        return with_broker(config, requested), requested
+    if find_mosquitto() is None:
+        print(
+            "mqtt off: mosquitto is not installed (apt-get install mosquitto), or pass"
+            " --mqtt-broker HOST:PORT; running without the MQTT sensors",
+            flush=True,
+        )
+        return without_mqtt(config), None
+    broker = Mosquitto()
+    await broker.start()
+    stack.push_async_callback(broker.stop)
+    return with_broker(config, broker.address), broker.address
+
+
+@contextlib.contextmanager
+def _advertised(url: str | None) -> Iterator[None]:
+    """Leave the fault-injection URL where `coolctl sim inject` looks for it."""
+    path = control_url_file()
+    if url is not None:
+        path.write_text(url + "\n", "utf-8")
+    try:
+        yield
+    finally:
+        if url is not None:
+            with contextlib.suppress(OSError):
+                if path.read_text("utf-8").strip() == url:
+                    path.unlink()
+
+
+async def serve_simulation(
+    config_path: Path | None,
+    port: int | None,
+    time_scale: float,
+    load: float,
+    duration_s: float | None,
+    mqtt_broker: str | None = None,
+) -> int:
+    """Serve the simulated devices of a config and print one line per service."""
+    config = _load(config_path)
+    if config is None:
+        return 1
+    setup_logging("text", "WARNING")
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    async with AsyncExitStack() as stack:
+        try:
+            if mqtt_broker is None and config.mqtt is not None and _needs_mqtt(config):
+                mqtt_broker = f"{config.mqtt.host}:{config.mqtt.port}"
+            config, broker = await _broker(config, mqtt_broker, stack)
+            simulation = LiveSimulation(
+                sim_specs(config, port=port, load=load),
+                time_scale=time_scale,
+                mqtt_broker=broker,
+                control_port=0,
+            )
+            await simulation.start()
+        except (OSError, MosquittoError) as exc:
+            print(f"cannot start the simulated devices: {exc}", file=sys.stderr)
+            return 3
+        stack.push_async_callback(simulation.stop)
+        for service in simulation.services:
+            print(service.line(), flush=True)
+        with _advertised(simulation.control_url):
+            await _wait(stop, duration_s)
+    return 0
+
+
+async def inject_fault(
+    kind: str,
+    *,
+    sim_url: str | None,
+    rack: str | None,
+    device: str | None,
+    point: str | None,
+    value: float | None,
+    duration_s: float | None,
+) -> int:
+    """`coolctl sim inject`: apply a fault to a running simulation (demo or sim serve)."""
+    url = sim_url
+    if url is None:
+        try:
+            url = control_url_file().read_text("utf-8").strip()
+        except OSError:
+            print(
+                "coolctl sim inject: no running simulation found; start `coolctl demo` or"
+                " `coolctl sim serve`, or pass --sim URL (its `control http://...` line)",
+                file=sys.stderr,
+            )
+            return 3
+    try:
+        done = await inject(
+            url,
+            kind,
+            rack=rack,
+            device=device,
+            point=point,
+            value=value,
+            duration_s=duration_s,
+        )
+    except ValueError as exc:
+        print(f"coolctl sim inject: {exc}", file=sys.stderr)
+        return 1
+    except (aiohttp.ClientError, OSError) as exc:
+        print(f"coolctl sim inject: cannot reach the simulation at {url}: {exc}", file=sys.stderr)
+        return 3
+    print(done)
+    return 0
+
+
+async def run_demo(
+    *,
+    duration_s: float | None = None,
+    config_path: Path | None = None,
+    metrics_port: int | None = None,
+    time_scale: float = 1.0,
+    status_every_s: float = 3.0,
+    mqtt_broker: str | None = None,
+) -> int:
+    """Simulated rack + daemon + metrics, with a live status line, until Ctrl-C or duration."""
+    config = _load(config_path)
+    if config is None:
+        return 1
+    setup_logging(config.daemon.log_format, "WARNING")
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    async with AsyncExitStack() as stack:
+        config, broker = await _broker(config, mqtt_broker, stack)
+        # The demo rack starts at 60 % load with the valve a little too open, so that both
+        # loops have visible work to do in the first half minute.
+        specs = sim_specs(config, port=0, load=0.6, plant={"initial_valve": 0.55})
+        state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="coolctl-demo-")))
+        simulation = LiveSimulation(
+            specs,
+            time_scale=time_scale,
+            mqtt_broker=broker,
+            control_port=0,
+            tls_dir=state / "tls",
+        )
+        await simulation.start()
+        stack.push_async_callback(simulation.stop)
+        for sim_service in simulation.services:
+            print(sim_service.line(), flush=True)
+        config = with_services(config, simulation.services, state)
+        options = ServiceOptions(state / "coolctl.db", state / "control.sock")
+        port = DEFAULT_METRICS_PORT if metrics_port is None else metrics_port
+        service = Service(_with_metrics_port(config, port), options)
+        try:
+            await service.start()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or metrics_port is not None:
+                raise
+            print(f"port {port} is in use; serving metrics on a free port instead", flush=True)
+            service = Service(_with_metrics_port(config, 0), options)
+            await service.start()
+        stack.push_async_callback(service.stop)
+        assert service.metrics is not None
+        print(f"metrics {service.metrics.url}", flush=True)
+        print(f"socket {options.socket_path}", flush=True)
+        print(
+            f"time scale {time_scale:g}x; in another terminal: "
+            f"COOLCTL_SOCKET={options.socket_path} coolctl top; coolctl sim inject leak;"
+            " Ctrl-C stops",
+            flush=True,
+        )
+        status = asyncio.create_task(_print_status(service.daemon, status_every_s))
+        try:
+            with _advertised(simulation.control_url):
+                await _wait(stop, duration_s)
+        finally:
+            status.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await status
+    print("demo stopped", flush=True)
+    return 0
+
+
+def _with_metrics_port(config: Config, port: int) -> Config:
+    return replace(
+        config, daemon=replace(config.daemon, metrics_host="127.0.0.1", metrics_port=port)
+    )
+
+
+async def _print_status(daemon: Daemon, every_s: float) -> None:
+    started = daemon.clock()
+    while True:
+        await asyncio.sleep(every_s)
+        elapsed = daemon.clock() - started
+        for line in status_lines(daemon):
+            print(f"[{elapsed:6.1f}s] {line}", flush=True)
+
+
+def status_lines(daemon: Daemon) -> list[str]:
+    """One compact line per rack: coolant, pump, power, and each loop against its setpoint."""
+    now = daemon.clock()
+    lines = []
+    for rack_id, rack in daemon.racks.items():
+
+        def show(
+            device: str, point: str, fmt: str, scale: float = 1.0, rack_id: str = rack_id
+        ) -> str:
+            reading = daemon.store.current(PointId(rack_id, device, point), now)
+            if reading.value is None or not reading.usable:
+                return reading.quality.value
+            return fmt.format(reading.value * scale)
+
+        kinds = {
+            handle.kind: device
+            for (rack_of, device), handle in daemon.devices.items()
+            if rack_of == rack_id
+        }
+        cdu, pdu, sensors = kinds.get("cdu"), kinds.get("pdu"), kinds.get("sensor")
+        parts = [rack_id]
+        if cdu:
+            parts += [
+                f"supply {show(cdu, 'supply_temperature', '{:.1f}')}°C",
+                f"return {show(cdu, 'return_temperature', '{:.1f}')}°C",
+                f"flow {show(cdu, 'flow', '{:.0f}')} L/min",
+                f"dP {show(cdu, 'differential_pressure', '{:.0f}', 1e-3)} kPa",
+                f"pump {show(cdu, 'pump_speed', '{:.0f}', 100)}%",
+                f"valve {show(cdu, 'valve_position', '{:.0f}', 100)}%",
+            ]
+        if pdu:
+            parts.append(f"power {show(pdu, 'power', '{:.1f}', 1e-3)} kW")
+        allocation = rack.allocator.allocation if rack.allocator is not None else None
+        if allocation is not None and allocation.budget_w is not None:
+            parts.append(
+                f"caps {allocation.allocated_w / 1e3:.1f}/{allocation.budget_w / 1e3:.0f} kW"
+            )
+        if sensors:
+            parts.append(f"inlet {show(sensors, 'inlet_temperature', '{:.1f}')}°C")
+            parts.append(f"leak {show(sensors, 'leak_detected', '{:.0f}')}")
+        decision = rack.decision
+        if decision is not None and (decision.interlocks or decision.failsafe):
+            held = sorted(decision.interlocks) + (["failsafe"] if decision.failsafe else [])
+            parts.append("SAFETY " + ",".join(held))
+        for loop_id, loop in rack.controller.loops.items():
+            state = loop.state
+            seen = "—" if state.measurement is None else f"{state.measurement:.2f}"
+            parts.append(f"{loop_id} {seen}/{state.setpoint:g} {state.mode.value}")
+        lines.append(" | ".join(parts))
+    return lines
