@@ -11,9 +11,18 @@ are checked against the hard range only. Automatic and override values are held 
 range and slew from the last value the supervisor commanded, so coming back from an interlock or
 failsafe is a ramp, never a jump.
 
-Every cause has hysteresis: it trips on the first sample that shows it and releases only after it
-has been seen clear without a break for `hold_s`. A reading that is not good is not "clear": with
-`interlock_holds_through_blindness` an interlock never releases on a sensor that went quiet.
+Every cause has hysteresis: it trips once it has been seen for its debounce time (none unless
+configured) and releases only after it has been seen clear without a break for `hold_s`. A
+reading that is not good is not "clear": with `interlock_holds_through_blindness` an interlock
+never releases on a sensor that went quiet. A leak can be latched (`leak_latched`): then it never
+releases by itself; an operator resets it (`reset_interlock`) once the ropes read dry.
+
+Interlocks beyond leak, over-temperature and pump failure see the plant itself: a loss of flow
+(flow under what the pump's speed should give, or under a floor per kW of IT power) and a low
+coolant level (the pump is stopped before it runs dry). A leak's response is sequenced: caps
+first, then, once the PDU shows the power down (or after a timeout), the pump's leak value.
+Safety sensors that never reported or went silent raise an alarm (an event and a state) — a
+configured leak rope is never silently ignored.
 
 Pure and deterministic: no clock reads, `now` is monotonic seconds passed in by the caller, and
 the same calls in the same order give the same decisions.
@@ -23,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Literal
@@ -34,13 +43,21 @@ from coolctl.model import Command, Event, PointId, Quality, Severity, Snapshot, 
 LEAK = "leak"
 OVER_TEMPERATURE = "over_temperature"
 PUMP_FAILURE = "pump_failure"
-INTERLOCKS: tuple[str, ...] = (LEAK, OVER_TEMPERATURE, PUMP_FAILURE)
+LOSS_OF_FLOW = "loss_of_flow"
+LOW_LEVEL = "low_coolant_level"
+INTERLOCKS: tuple[str, ...] = (LEAK, OVER_TEMPERATURE, PUMP_FAILURE, LOSS_OF_FLOW, LOW_LEVEL)
 
 _LABELS: Mapping[str, str] = {
     LEAK: "leak",
     OVER_TEMPERATURE: "over-temperature",
     PUMP_FAILURE: "pump failure",
+    LOSS_OF_FLOW: "loss of flow",
+    LOW_LEVEL: "low coolant level",
 }
+# Pumps, valves and the standby selector take these first, in this order, whatever else asks
+# for more: pumping through a leak or with no coolant does more harm than any heat.
+_PUMP_PROTECTING: tuple[str, ...] = (LEAK, LOW_LEVEL)
+_ROPE_SILENT = "silent"
 
 # Failsafe causes. Start-up is not a fault: it ends as soon as every required reading has been
 # good once, without waiting for hold_s.
@@ -78,6 +95,8 @@ class ActuatorSafety:
     on_leak: float | None = None  # None: the leak interlock leaves this actuator alone
     on_over_temperature: float | None = None
     on_pump_failure: float | None = None  # caps when no standby pump took over
+    on_loss_of_flow: float | None = None  # caps: less heat while nothing carries it away
+    on_low_level: float | None = None  # pump stopped before it runs dry; caps down
     shutdown: float | None = None  # None: write nothing on shutdown (the device's own mode)
 
 
@@ -104,6 +123,37 @@ class SupervisorConfig:
     failsafe_after_s: float = 3.0
     hold_s: float = 10.0  # a cause must be clear this long before recovery
     interlock_holds_through_blindness: bool = True  # unknown is not dry
+    # leak: wet this long without a break before it trips (0: the first wet sample), and how
+    # many detectors must read wet where the rack has at least that many (2-of-N)
+    leak_debounce_s: float = 0.0
+    leak_votes: int = 1
+    leak_latched: bool = False  # a leak interlock releases only by an operator's reset
+    # The leak's pump response waits until `power` reads at most `leak_caps_power_w` (the caps
+    # have taken hold), or `leak_caps_timeout_s` after the trip; 0 s: no wait
+    power: PointId | None = None
+    leak_caps_power_w: float | None = None
+    leak_caps_timeout_s: float = 0.0
+    # over-temperature: releases only below limit - band, after this hold (None: hold_s)
+    temperature_release_band_c: float = 0.0
+    over_temperature_hold_s: float | None = None
+    # loss of flow: flow under min_flow_fraction × pump speed × rated_flow_lpm, or under
+    # min_flow_lpm_per_kw × the rack's power, for flow_debounce_s, while the pump is asked for
+    # at least min_pump_speed
+    flow: PointId | None = None
+    rated_flow_lpm: float | None = None
+    min_flow_fraction: float = 0.5
+    min_flow_lpm_per_kw: float = 0.0
+    min_pump_speed: float = 0.2
+    flow_debounce_s: float = 2.0
+    # low coolant level: the reservoir under this many litres
+    reservoir_level: PointId | None = None
+    min_reservoir_level_l: float | None = None
+    # safety sensors (leak detectors, flow, level) not heard this long after start-up: alarm
+    silent_after_s: float | None = None
+    # failsafe while blind: actuators hold their last values (nothing written) as long as every
+    # `healthy_points` reading is good and under its limit less `healthy_margin_c`
+    healthy_points: tuple[TemperatureLimit, ...] = ()
+    healthy_margin_c: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +184,7 @@ class InterlockStatus:
     since: float
     reason: str
     clear_since: float | None  # released once clear for hold_s
+    awaiting_reset: bool = False  # latched: clear, waiting for an operator's reset
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +213,8 @@ class SupervisorState:
     standby_took_over: bool
     pump_failure_caps: bool
     shut_down: bool
+    silent_sensors: Mapping[PointId, str] = field(default_factory=dict)  # point -> why silent
+    leak_caps_confirmed: bool = True  # the leak's pump response has gone out
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,15 +241,28 @@ class _Latch:
     since: float | None = None
     clear_since: float | None = None
     reason: str = ""
+    seen_since: float | None = None  # tripped samples without a break, for the debounce
 
-    def update(self, sense: _Sense, now: float, hold_s: float) -> _Change | None:
+    def update(
+        self,
+        sense: _Sense,
+        now: float,
+        hold_s: float,
+        debounce_s: float = 0.0,
+        latched: bool = False,
+    ) -> _Change | None:
         if sense.tripped:
             self.reason = sense.reason
             self.clear_since = None
             if self.active:
                 return None
+            if self.seen_since is None:
+                self.seen_since = now
+            if now - self.seen_since < debounce_s:
+                return None
             self.active, self.since = True, now
             return "entered"
+        self.seen_since = None
         if not self.active:
             return None
         if not sense.clear:
@@ -204,10 +270,13 @@ class _Latch:
             return None
         if self.clear_since is None:
             self.clear_since = now
-        if now - self.clear_since < hold_s:
+        if latched or now - self.clear_since < hold_s:
             return None
-        self.active, self.since, self.clear_since = False, None, None
+        self.release()
         return "cleared"
+
+    def release(self) -> None:
+        self.active, self.since, self.clear_since, self.seen_since = False, None, None, None
 
     def trip(self, reason: str, now: float) -> None:
         self.active, self.since, self.clear_since, self.reason = True, now, None, reason
@@ -265,12 +334,14 @@ def _safest(role: ActuatorRole, offers: Sequence[tuple[str, float]]) -> tuple[st
     """The value, among those the active interlocks ask for, that is safest for this role."""
     if role is ActuatorRole.POWER_LIMIT:
         return min(offers, key=lambda offer: offer[1])  # the lowest cap wins
-    for offer in offers:
-        # A leak wins over everything for pumps, valves and the standby selector: pumping
-        # coolant through a leak does more harm than any over-temperature, so the leak's stop
-        # (or slow speed) stands even when over-temperature asks for full speed.
-        if offer[0] == LEAK:
-            return offer
+    for name in _PUMP_PROTECTING:
+        # A leak (then a low coolant level) wins over everything for pumps, valves and the
+        # standby selector: pumping coolant through a leak, or with none left, does more harm
+        # than any over-temperature, so its stop (or slow speed) stands even when
+        # over-temperature asks for full speed.
+        for offer in offers:
+            if offer[0] == name:
+                return offer
     return max(offers, key=lambda offer: offer[1])  # otherwise more flow, more cooling
 
 
@@ -283,10 +354,34 @@ def _validate(config: SupervisorConfig) -> None:
     """Refuse a configuration under which the supervisor could command something unsafe."""
     if not config.rack:
         raise ValueError("rack must not be empty")
-    for name in ("standby_changeover_s", "failsafe_after_s", "hold_s"):
+    for name in (
+        "standby_changeover_s",
+        "failsafe_after_s",
+        "hold_s",
+        "leak_debounce_s",
+        "leak_caps_timeout_s",
+        "temperature_release_band_c",
+        "min_flow_fraction",
+        "min_flow_lpm_per_kw",
+        "min_pump_speed",
+        "flow_debounce_s",
+        "healthy_margin_c",
+    ):
         value = getattr(config, name)
         if not (math.isfinite(value) and value >= 0.0):
             raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    for name in (
+        "over_temperature_hold_s",
+        "rated_flow_lpm",
+        "min_reservoir_level_l",
+        "leak_caps_power_w",
+        "silent_after_s",
+    ):
+        value = getattr(config, name)
+        if value is not None and not (math.isfinite(value) and value >= 0.0):
+            raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    if config.leak_votes < 1:
+        raise ValueError(f"leak_votes must be at least 1, got {config.leak_votes!r}")
     for limit in config.temperature_limits:
         if not math.isfinite(limit.limit_c):
             raise ValueError(f"{limit.point}: temperature limit must be finite")
@@ -315,7 +410,15 @@ def _validate_actuator(rack: str, safety: ActuatorSafety) -> None:
         math.isfinite(safety.slew_per_s) and safety.slew_per_s > 0.0
     ):
         raise ValueError(f"{point}: slew_per_s must be finite and > 0, got {safety.slew_per_s!r}")
-    for name in ("failsafe", "on_leak", "on_over_temperature", "on_pump_failure", "shutdown"):
+    for name in (
+        "failsafe",
+        "on_leak",
+        "on_over_temperature",
+        "on_pump_failure",
+        "on_loss_of_flow",
+        "on_low_level",
+        "shutdown",
+    ):
         value = getattr(safety, name)
         if value is not None and not (math.isfinite(value) and hard_low <= value <= hard_high):
             raise ValueError(
@@ -364,6 +467,12 @@ class Supervisor:
         self._shut_down = False
         self._noted: set[tuple[str, PointId]] = set()  # once-only notices
         self._refused: set[tuple[PointId, float, str]] = set()  # overrides refused, still asked
+        self._started_at: float | None = None
+        self._silent: dict[PointId, str] = {}
+        # the leak's pump response waits for the caps (see SupervisorConfig.power)
+        self._leak_caps_confirmed = True
+        self._has_caps = any(a.role is ActuatorRole.POWER_LIMIT for a in config.actuators)
+        self._holding = False  # blind, but holding the last outputs (see _update_holding)
 
     @property
     def config(self) -> SupervisorConfig:
@@ -408,6 +517,8 @@ class Supervisor:
             events.extend(self._start(now))
         events.extend(self._update_interlocks(snapshot, now))
         events.extend(self._update_failsafe(snapshot, now, controller_failed, was_failsafe))
+        events.extend(self._update_silent(snapshot, now))
+        events.extend(self._update_holding(snapshot, now))
         auto = self._collect_requests(requested, now, events)
         manual = self._collect_overrides(overrides, now, events)
         return self._decision(self._decide_all(now, auto, manual), events)
@@ -462,6 +573,31 @@ class Supervisor:
                 f" {_num(safety.minimum)}..{_num(safety.maximum)}"
             )
 
+    def reset_interlock(self, name: str, now: float, who: str, reason: str) -> Decision:
+        """An operator's reset of an interlock whose cause is clear: a latched leak, or any
+        other interlock before its hold has run out. ValueError says why it cannot be reset."""
+        _require_time(now)
+        latch = self._interlocks.get(name)
+        if latch is None:
+            known = ", ".join(INTERLOCKS)
+            raise ValueError(f"no interlock {name!r} (known: {known})")
+        label = _LABELS[name]
+        if not latch.active:
+            raise ValueError(f"the {label} interlock of rack {self._config.rack} is not active")
+        if latch.clear_since is None:
+            raise ValueError(
+                f"the {label} interlock cannot be reset while its cause is not known clear"
+                f" ({latch.reason})"
+            )
+        was = latch.reason
+        latch.release()
+        if name == LEAK:
+            self._leak_caps_confirmed = True
+        message = f"{label} interlock reset by {who}: {reason} (was: {was})"
+        return self._decision(
+            [], [self._event(f"interlock_{name}_reset", Severity.WARNING, message, now)]
+        )
+
     def observe(self, point: PointId, value: float, now: float) -> None:
         """What the device holds. Until the supervisor commands the actuator, slew counts from it
         (bumpless start: a restarted daemon ramps from where the device is, never jumps).
@@ -479,7 +615,13 @@ class Supervisor:
     @property
     def state(self) -> SupervisorState:
         interlocks = {
-            name: InterlockStatus(name, latch.since, latch.reason, latch.clear_since)
+            name: InterlockStatus(
+                name,
+                latch.since,
+                latch.reason,
+                latch.clear_since,
+                awaiting_reset=self._latched(name) and latch.clear_since is not None,
+            )
             for name, latch in self._interlocks.items()
             if latch.active and latch.since is not None
         }
@@ -494,6 +636,8 @@ class Supervisor:
             standby_took_over=self._interlocks[PUMP_FAILURE].active and self._pump.took_over,
             pump_failure_caps=self._interlocks[PUMP_FAILURE].active and self._pump.caps,
             shut_down=self._shut_down,
+            silent_sensors=MappingProxyType(dict(self._silent)),
+            leak_caps_confirmed=self._leak_caps_confirmed,
         )
 
     # -- start-up and failsafe ---------------------------------------------------------------
@@ -501,6 +645,7 @@ class Supervisor:
     def _start(self, now: float) -> list[Event]:
         """Enter start-up failsafe: every required reading must be good again before auto."""
         self._started = True
+        self._started_at = now
         self._shut_down = False
         self._last_good.clear()
         reason = self._startup_reason(self._config.required)
@@ -576,10 +721,20 @@ class Supervisor:
     # -- interlocks --------------------------------------------------------------------------
 
     def _update_interlocks(self, snapshot: Snapshot, now: float) -> list[Event]:
-        """Update leak, over-temperature and pump failure, in that order: whether a stopped pump
-        is a failure depends on whether the leak interlock stopped it."""
-        events = self._apply(LEAK, self._sense_leak(snapshot), now)
-        events += self._apply(OVER_TEMPERATURE, self._sense_temperature(snapshot), now)
+        """Update leak, over-temperature, low level, loss of flow and pump failure, in that
+        order: whether a stopped pump is a failure depends on whether an interlock stopped it."""
+        config = self._config
+        leak = self._interlocks[LEAK]
+        was_leak = leak.active
+        events = self._apply(LEAK, self._sense_leak(snapshot), now, config.leak_debounce_s)
+        if leak.active and not was_leak:
+            self._leak_caps_confirmed = not self._waits_for_caps()
+        events += self._leak_sequence(snapshot, now)
+        hold = config.over_temperature_hold_s
+        events += self._apply(OVER_TEMPERATURE, self._sense_temperature(snapshot), now, hold=hold)
+        events += self._apply(LOW_LEVEL, self._sense_level(snapshot), now)
+        flow = self._sense_flow(snapshot)
+        events += self._apply(LOSS_OF_FLOW, flow, now, config.flow_debounce_s)
         latch = self._interlocks[PUMP_FAILURE]
         was_active = latch.active
         pump = self._sense_pump(snapshot)
@@ -592,21 +747,81 @@ class Supervisor:
             events += self._standby_changeover(snapshot, now)
         return events
 
-    def _apply(self, name: str, sense: _Sense, now: float) -> list[Event]:
+    def _apply(
+        self,
+        name: str,
+        sense: _Sense,
+        now: float,
+        debounce_s: float = 0.0,
+        hold: float | None = None,
+    ) -> list[Event]:
         latch = self._interlocks[name]
-        change = latch.update(sense, now, self._config.hold_s)
+        hold_s = self._config.hold_s if hold is None else hold
+        latched = self._latched(name)
+        was_clear = latch.clear_since is not None
+        change = latch.update(sense, now, hold_s, debounce_s, latched)
         if change == "entered":
             message = f"{_LABELS[name]} interlock: {latch.reason}"
             return [self._event(f"interlock_{name}", Severity.CRITICAL, message, now)]
         if change == "cleared":
             message = (
-                f"{_LABELS[name]} interlock cleared: clear for {self._config.hold_s:g} s"
-                f" (was: {latch.reason})"
+                f"{_LABELS[name]} interlock cleared: clear for {hold_s:g} s (was: {latch.reason})"
             )
             return [self._event(f"interlock_{name}_cleared", Severity.INFO, message, now)]
+        if latched and latch.active and latch.clear_since is not None and not was_clear:
+            message = (
+                f"{_LABELS[name]} interlock: its cause is clear; latched until an operator"
+                f" resets it (coolctl interlock reset {self._config.rack}) (was: {latch.reason})"
+            )
+            return [self._event(f"interlock_{name}_awaiting_reset", Severity.WARNING, message, now)]
+        return []
+
+    def _latched(self, name: str) -> bool:
+        return name == LEAK and self._config.leak_latched
+
+    # -- the leak's sequence: caps first, then the pump --------------------------------------
+
+    def _waits_for_caps(self) -> bool:
+        """Whether a leak's pump response waits for the caps to take hold."""
+        config = self._config
+        measured = config.power is not None and config.leak_caps_power_w is not None
+        return self._has_caps and (measured or config.leak_caps_timeout_s > 0.0)
+
+    def _leak_sequence(self, snapshot: Snapshot, now: float) -> list[Event]:
+        """Release the leak's pump response once the rack's power shows the caps took hold,
+        or once the wait has timed out (a PDU that does not answer never holds a leak up)."""
+        leak = self._interlocks[LEAK]
+        if not leak.active:
+            self._leak_caps_confirmed = True
+            return []
+        if self._leak_caps_confirmed or leak.since is None:
+            return []
+        config = self._config
+        point, target = config.power, config.leak_caps_power_w
+        power = None if point is None else _finite_value(snapshot, point)
+        rack = config.rack
+        if power is not None and target is not None and power <= target:
+            self._leak_caps_confirmed = True
+            message = (
+                f"rack {rack}: leak: caps took hold ({point} {power:.6g} W, at most"
+                f" {target:.6g} W); pump to its leak value"
+            )
+            return [self._event("leak_caps_confirmed", Severity.INFO, message, now)]
+        waited = now - leak.since
+        if waited >= config.leak_caps_timeout_s:
+            self._leak_caps_confirmed = True
+            shown = "unreadable" if power is None else f"{power:.6g} W"
+            expected = "" if target is None else f" to {target:.6g} W"
+            message = (
+                f"rack {rack}: leak: power did not fall{expected} within"
+                f" {config.leak_caps_timeout_s:g} s ({point} {shown}); pump to its leak value"
+                " anyway"
+            )
+            return [self._event("leak_caps_unconfirmed", Severity.CRITICAL, message, now)]
         return []
 
     def _sense_leak(self, snapshot: Snapshot) -> _Sense:
+        """Wet when `leak_votes` detectors read wet (fewer where the rack has fewer)."""
         config = self._config
         wet: list[str] = []
         unknown = False
@@ -618,13 +833,15 @@ class Supervisor:
                 unknown = True
             elif value >= _ON:
                 wet.append(str(point))
+        votes = min(config.leak_votes, len(config.leak_points)) or 1
         clear = not wet and not (unknown and config.interlock_holds_through_blindness)
-        return _Sense(bool(wet), clear, ", ".join(wet) + " wet")
+        return _Sense(len(wet) >= votes, clear, ", ".join(wet) + " wet")
 
     def _sense_temperature(self, snapshot: Snapshot) -> _Sense:
         config = self._config
         hot: list[str] = []
-        unknown = False
+        unknown = near = False
+        band = config.temperature_release_band_c
         for limit in config.temperature_limits:
             if _never_reported(snapshot, limit.point):
                 continue
@@ -633,8 +850,134 @@ class Supervisor:
                 unknown = True
             elif value > limit.limit_c:
                 hot.append(f"{limit.point} {value:.4g} above {limit.limit_c:.4g}")
-        clear = not hot and not (unknown and config.interlock_holds_through_blindness)
+            elif value > limit.limit_c - band:
+                near = True  # not hot, but not clear either until below the release band
+        clear = not hot and not near and not (unknown and config.interlock_holds_through_blindness)
         return _Sense(bool(hot), clear, ", ".join(hot))
+
+    def _sense_level(self, snapshot: Snapshot) -> _Sense:
+        """The reservoir under its minimum: the pump must stop before it draws air."""
+        config = self._config
+        point, minimum = config.reservoir_level, config.min_reservoir_level_l
+        if point is None or minimum is None or _never_reported(snapshot, point):
+            return _QUIET
+        value = _finite_value(snapshot, point)
+        if value is None:
+            return _Sense(False, not config.interlock_holds_through_blindness)
+        if value < minimum:
+            return _Sense(True, False, f"{point} {value:.4g} L, under {minimum:.4g} L")
+        return _QUIET
+
+    def _sense_flow(self, snapshot: Snapshot) -> _Sense:
+        """Flow under what the pump's speed should give, or under a floor per kW of the rack's
+        power. A pump asked to stop (or nearly) expects no flow: neither lost nor clear."""
+        config = self._config
+        point = config.flow
+        if point is None or _never_reported(snapshot, point):
+            return _QUIET
+        floors: list[tuple[float, str]] = []
+        speed = self._pump_speed()
+        if speed is not None:
+            if speed < config.min_pump_speed:
+                return _Sense(False, False)
+            if config.rated_flow_lpm is not None:
+                expected = speed * config.rated_flow_lpm
+                floors.append(
+                    (
+                        config.min_flow_fraction * expected,
+                        f"{config.min_flow_fraction:.0%} of the {expected:.4g} L/min the pump"
+                        f" at {speed:.3g} should give",
+                    )
+                )
+        power = None if config.power is None else _finite_value(snapshot, config.power)
+        if config.min_flow_lpm_per_kw > 0.0 and power is not None:
+            floors.append(
+                (
+                    config.min_flow_lpm_per_kw * power / 1000.0,
+                    f"{config.min_flow_lpm_per_kw:g} L/min per kW of {power / 1000.0:.4g} kW",
+                )
+            )
+        if not floors:
+            return _QUIET
+        value = _finite_value(snapshot, point)
+        if value is None:
+            return _Sense(False, not config.interlock_holds_through_blindness)
+        floor, why = max(floors)
+        if value < floor:
+            return _Sense(True, False, f"{point} {value:.4g} L/min, under {floor:.4g} ({why})")
+        return _QUIET
+
+    def _pump_speed(self) -> float | None:
+        """The highest speed the rack's pumps are asked for (None: no pump, or none known)."""
+        known = [v for p in self._pumps if (v := self._pump_value(p.point)) is not None]
+        return max(known) if known else None
+
+    # -- alarms on the safety sensors themselves -------------------------------------------
+
+    def _update_silent(self, snapshot: Snapshot, now: float) -> list[Event]:
+        """A safety sensor that never reported (after `silent_after_s`) or went stale or bad
+        is an alarm: one event when it goes silent, one when it is heard again."""
+        config = self._config
+        if config.silent_after_s is None or self._started_at is None:
+            return []
+        points = [*config.leak_points]
+        points += [p for p in (config.flow, config.reservoir_level) if p is not None]
+        events: list[Event] = []
+        for point in points:
+            reading = snapshot.get(point)
+            why: str | None = None
+            if reading is None or reading.quality is Quality.MISSING:
+                if now - self._started_at >= config.silent_after_s:
+                    why = f"has not reported in {now - self._started_at:.0f} s since start-up"
+            elif not reading.usable:
+                why = f"is {reading.quality.value}"
+            was = self._silent.get(point)
+            if why is not None and was is None:
+                self._silent[point] = why
+                message = f"safety sensor {point} {why}: it cannot trip its interlock"
+                events.append(self._event("safety_sensor_silent", Severity.WARNING, message, now))
+            elif why is None and was is not None:
+                del self._silent[point]
+                message = f"safety sensor {point} reports again"
+                events.append(self._event("safety_sensor_back", Severity.INFO, message, now))
+            elif why is not None:
+                self._silent[point] = why
+        return events
+
+    # -- a calmer failsafe -------------------------------------------------------------------
+
+    def _update_holding(self, snapshot: Snapshot, now: float) -> list[Event]:
+        """Whether a blind rack holds its last outputs: only while blindness is its one
+        failsafe cause and every `healthy_points` reading is good and well under its limit.
+        One event each time holding starts or ends."""
+        config = self._config
+        only_blind = self.failsafe and not any(
+            latch.active for name, latch in self._causes.items() if name != _BLIND
+        )
+        healthy, why = self._thermal_health(snapshot)
+        holding = bool(config.healthy_points) and only_blind and healthy
+        events: list[Event] = []
+        if holding and not self._holding:
+            message = (
+                f"rack {config.rack}: blind, but chips and outlets are healthy; holding the last"
+                " outputs and caps"
+            )
+            events.append(self._event("failsafe_holding", Severity.WARNING, message, now))
+        elif self._holding and not holding and self.failsafe:
+            message = f"rack {config.rack}: failsafe outputs ({why or 'no longer only blind'})"
+            events.append(self._event("failsafe_outputs", Severity.WARNING, message, now))
+        self._holding = holding
+        return events
+
+    def _thermal_health(self, snapshot: Snapshot) -> tuple[bool, str]:
+        margin = self._config.healthy_margin_c
+        for limit in self._config.healthy_points:
+            value = _finite_value(snapshot, limit.point)
+            if value is None:
+                return False, f"{limit.point} {_quality(snapshot, limit.point)}"
+            if value > limit.limit_c - margin:
+                return False, f"{limit.point} {value:.4g} within {margin:g} of {limit.limit_c:.4g}"
+        return True, ""
 
     def _sense_pump(self, snapshot: Snapshot) -> _Sense:
         """pump_running reads 0 while the pump was last commanded above zero.
@@ -643,7 +986,7 @@ class Supervisor:
         reading taken before the pump was last asked to run (old news, neither failed nor clear).
         """
         point = self._config.pump_running
-        if point is None or self._leak_stopped_pump() or not self._pump_asked_to_run:
+        if point is None or self._interlock_stopped_pump() or not self._pump_asked_to_run:
             return _QUIET
         value = _finite_value(snapshot, point)
         if value is None:
@@ -654,10 +997,15 @@ class Supervisor:
             return _Sense(False, False)
         return _Sense(True, False, f"{point} reads 0 while the pump is commanded to run")
 
-    def _leak_stopped_pump(self) -> bool:
-        if not self._interlocks[LEAK].active:
-            return False
-        return any(p.on_leak is not None and p.on_leak <= 0.0 for p in self._pumps)
+    def _interlock_stopped_pump(self) -> bool:
+        """A leak (once its caps took hold) or a low level that stopped the pump."""
+        leak = self._interlocks[LEAK].active and self._leak_caps_confirmed
+        if leak and any(p.on_leak is not None and p.on_leak <= 0.0 for p in self._pumps):
+            return True
+        low = self._interlocks[LOW_LEVEL].active
+        return low and any(
+            p.on_low_level is not None and p.on_low_level <= 0.0 for p in self._pumps
+        )
 
     def _begin_pump_failure(self, snapshot: Snapshot, now: float, keep_caps: bool) -> None:
         """Start the changeover wait; with no standby pump to wait for, caps at once.
@@ -724,7 +1072,7 @@ class Supervisor:
         # A standby selector is not a control output: writing a failsafe value could switch
         # back to the pump that failed, so failsafe leaves it where it is.
         if self.failsafe and safety.role is not ActuatorRole.STANDBY:
-            return self._failsafe_command(safety)
+            return None if self._holding else self._failsafe_command(safety)
         if request is not None:
             return clamp.clamp(request, now)
         return None
@@ -732,8 +1080,13 @@ class Supervisor:
     def _interlock_offers(self, safety: ActuatorSafety) -> list[tuple[str, float]]:
         offers: list[tuple[str, float]] = []
         active = self._interlocks
-        if active[LEAK].active and safety.on_leak is not None:
+        pump_waits = safety.role is ActuatorRole.PUMP and not self._leak_caps_confirmed
+        if active[LEAK].active and safety.on_leak is not None and not pump_waits:
             offers.append((LEAK, safety.on_leak))
+        if active[LOW_LEVEL].active and safety.on_low_level is not None:
+            offers.append((LOW_LEVEL, safety.on_low_level))
+        if active[LOSS_OF_FLOW].active and safety.on_loss_of_flow is not None:
+            offers.append((LOSS_OF_FLOW, safety.on_loss_of_flow))
         if active[OVER_TEMPERATURE].active and safety.on_over_temperature is not None:
             offers.append((OVER_TEMPERATURE, safety.on_over_temperature))
         if active[PUMP_FAILURE].active:
