@@ -24,6 +24,16 @@ class LoopMode(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class FeedForward:
+    """Output added per watt of measured IT power, seen through a first-order lag: a load step
+    reaches the actuator before the temperature it causes reaches the sensor."""
+
+    points: tuple[PointId, ...]  # summed: a PDU's power, or every server's
+    gain_per_w: float  # output per watt, sign included (the supply valve opens: positive)
+    lag_s: float = 0.0  # 0: no lag
+
+
+@dataclass(frozen=True, slots=True)
 class LoopSpec:
     """What one loop holds, and with what."""
 
@@ -34,6 +44,7 @@ class LoopSpec:
     pid: PidConfig
     measurement_subtrahend: PointId | None = None  # set for a difference, e.g. coolant ΔT
     enabled: bool = True
+    feedforward: FeedForward | None = None
 
     @property
     def inputs(self) -> tuple[PointId, ...]:
@@ -66,6 +77,8 @@ class PidLoop:
         self.pid = Pid(spec.pid)
         self.setpoint_override: float | None = None
         self.state = LoopState(LoopMode.DISABLED, spec.setpoint, None, None, "not run yet")
+        self._ff_power_w: float | None = None  # the feedforward's power, after its lag
+        self._ff_at: float | None = None
 
     @property
     def setpoint(self) -> float:
@@ -83,8 +96,9 @@ class PidLoop:
             return self._blind(measured)
         if self.pid.output is None:
             self._start_from_actuator(snapshot, measured, now)
+        feedforward = self._feedforward(snapshot, now)
         try:
-            output = self.pid.update(setpoint, measured, now)
+            output = self.pid.update(setpoint, measured, now, feedforward)
         except ValueError as exc:
             return self._blind(f"{spec.name}: PID refused its inputs: {exc}")
         reason = (
@@ -119,6 +133,26 @@ class PidLoop:
         current = snapshot.value(self.spec.actuator)
         if current is not None:
             self.pid.track(current, now, measured)
+
+    def _feedforward(self, snapshot: Snapshot, now: float) -> float:
+        """The feedforward term: gain × the lagged sum of its power points. While a point is
+        not good the last lagged power holds (a lost PDU must not kick the actuator)."""
+        ff = self.spec.feedforward
+        if ff is None:
+            return 0.0
+        values = [snapshot.value(point) for point in ff.points]
+        known = [value for value in values if value is not None]
+        if len(known) == len(values):
+            total = sum(known)
+            previous, last_at = self._ff_power_w, self._ff_at
+            if previous is None or last_at is None or ff.lag_s <= 0.0:
+                self._ff_power_w = total
+            else:
+                dt_s = max(0.0, now - last_at)
+                self._ff_power_w = previous + dt_s / (ff.lag_s + dt_s) * (total - previous)
+            self._ff_at = now
+        power = self._ff_power_w
+        return 0.0 if power is None else ff.gain_per_w * power
 
     def _measure(self, snapshot: Snapshot) -> float | str:
         """The measured variable, or a reason why it cannot be had."""

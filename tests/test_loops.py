@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from coolctl.control.loops import LoopMode, LoopSpec, PidLoop, RackController
+import pytest
+
+from coolctl.control.loops import FeedForward, LoopMode, LoopSpec, PidLoop, RackController
 from coolctl.control.pid import PidConfig, PidGains
 from coolctl.model import PointId, Quality, Reading, Snapshot, Source
 
@@ -147,3 +149,46 @@ def test_loops_driven_by_another_controller_follow_it_and_take_over_bumplessly()
     # The other controller stands down: the pump loop starts from where it left the pump.
     (handed_back,) = [c for c in controller.step(snapshot(1.0, **readings), 1.0) if c.point == PUMP]
     assert abs(handed_back.value - 0.62) < 1e-9  # at its setpoint: no kick
+
+
+# -- feedforward from measured IT power --------------------------------------------------------
+
+
+def _ff_loop(lag_s: float) -> PidLoop:
+    power = PointId("r01", "pdu1", "power")
+    spec = LoopSpec(
+        name="supply",
+        measurement=PointId("r01", "cdu1", "supply_temperature"),
+        actuator=PointId("r01", "cdu1", "valve_command"),
+        setpoint=35.0,
+        pid=PidConfig(PidGains(kp=0.0, ki=0.0), output_min=0.0, output_max=1.0, action="direct"),
+        feedforward=FeedForward((power,), gain_per_w=5e-6, lag_s=lag_s),
+    )
+    return PidLoop(spec)
+
+
+def _ff_snapshot(now: float, watts: float | None) -> Snapshot:
+    readings = [
+        Reading(PointId("r01", "cdu1", "supply_temperature"), 35.0, now, Quality.GOOD),
+        Reading(PointId("r01", "cdu1", "valve_command"), 0.5, now, Quality.GOOD),
+    ]
+    if watts is not None:
+        readings.append(Reading(PointId("r01", "pdu1", "power"), watts, now, Quality.GOOD))
+    return Snapshot(readings, now)
+
+
+def test_a_load_step_moves_the_valve_before_the_temperature_does() -> None:
+    loop = _ff_loop(lag_s=0.0)
+    first = loop.step(_ff_snapshot(0.0, 40_000.0), 0.0)
+    assert first[0].value == pytest.approx(0.5)  # bumpless: starts where the valve is
+    stepped = loop.step(_ff_snapshot(1.0, 100_000.0), 1.0)
+    assert stepped[0].value == pytest.approx(0.5 + 5e-6 * 60_000.0)
+
+
+def test_feedforward_lag_and_a_lost_power_reading() -> None:
+    loop = _ff_loop(lag_s=9.0)
+    loop.step(_ff_snapshot(0.0, 40_000.0), 0.0)
+    one = loop.step(_ff_snapshot(1.0, 100_000.0), 1.0)[0].value
+    assert one == pytest.approx(0.5 + 5e-6 * 6_000.0)  # a tenth of the way after 1 s of 9 s
+    held = loop.step(_ff_snapshot(2.0, None), 2.0)[0].value
+    assert held == pytest.approx(one)  # the PDU went quiet: the lagged power holds
