@@ -3,6 +3,11 @@
 Everything runs on one asyncio loop. Pollers and ticks keep a fixed-rate schedule (the k-th
 run is due at start + k·period, so they never drift); a run that overruns skips the slots it
 missed and counts them instead of bunching up.
+
+A rack's tick decides nothing itself: it takes the snapshot, calls the rack step
+(`coolctl.rack.step.RackStep`, the one the scenario runner and the live step test call too),
+submits the commands to the actuator channels, and emits, logs and counts what the step
+reports.
 """
 
 from __future__ import annotations
