@@ -333,7 +333,9 @@ class Daemon:
             await self.mqtt.start()
             # retained sensor states (a wet leak rope, the budget) arrive within moments
             await self.mqtt.wait_connected(1.0)
-        await asyncio.gather(*(self._poll_once(handle) for handle in self.devices.values()))
+        async with asyncio.TaskGroup() as first_round:  # _poll_once raises nothing
+            for handle in self.devices.values():
+                first_round.create_task(self._poll_once(handle))
         phases = rack_phases(self.config)
         for (rack, device), handle in self.devices.items():
             poll = self._poll_forever(handle, phases[rack] % handle.config.poll_interval_s)
