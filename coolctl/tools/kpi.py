@@ -33,7 +33,7 @@ and what wears the hardware or puts it at risk:
 | `interlock_trips` | — | times any interlock engaged (rising edges, one sample per period) |
 | `pump_dry_run_s` | s | pump commanded above 0.2 while the flow was under 10 % of rated |
 | `valve_strokes_per_h` | 1/h | sum of abs(Δ valve position) per hour (a full stroke is 1.0) |
-| `valve_reversals_per_h` | 1/h | direction changes of the valve per hour, moves under 0.5 % ignored |
+| `valve_reversals_per_h` | 1/h | valve direction changes per hour, moves under 0.5 % ignored |
 | `hardware_throttle_s` | s | time any server was cutting its own power (exact, plant time) |
 """
 
