@@ -79,6 +79,11 @@ def test_every_shipped_scenario_parses_and_names_real_devices() -> None:
         "sensor-stuck",
         "sensor-noise",
         "link-loss",
+        "leak-detector-stuck",
+        "pump-degraded",
+        "hot-facility-water",
+        "lagged-step",
+        "cdu-link-stale",
     } <= names
     for path in paths:
         loaded = load_scenario(path)
