@@ -206,11 +206,6 @@ class PlantParams:
         return cls(**kwargs)  # type: ignore[arg-type]
 
     @property
-    def sensor_lags(self) -> dict[str, float]:
-        """`sensor_lag_s` as a mapping, point -> time constant in s."""
-        return dict(self.sensor_lag_s)
-
-    @property
     def server_flow_shares(self) -> tuple[float, ...]:
         """Each cold plate's share of the loop flow: a linear gradient along the manifold,
         server 0 (nearest the CDU) getting 1 + `flow_maldistribution` times the mean, the last
