@@ -712,7 +712,12 @@ def run_scenario(
     sim = SimRack(rack, lambda _rack, _facts: stack, devices, plant, facts, scenario.budget_w)
     ticks, period = scenario.ticks, scenario.period_s
     recorder = Recorder(
-        ticks, period, scenario.warmup_s, supply_setpoint(scenario, rack), scenario.limits
+        ticks,
+        period,
+        scenario.warmup_s,
+        supply_setpoint(scenario, rack),
+        scenario.limits,
+        scenario.plant.pump_rated_flow_lpm,
     )
     recorder.trace.throttle_c = scenario.plant.throttle_temperature_c
     recorder.trace.caps = stack.allocator is not None
