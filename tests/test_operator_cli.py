@@ -99,7 +99,8 @@ def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
 
 
 def coolctl(*argv: str) -> int:
-    return run_operator_command(build_parser().parse_args(argv))
+    parser = build_parser()
+    return run_operator_command(parser.parse_args(argv), parser)
 
 
 def output(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

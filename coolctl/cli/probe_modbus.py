@@ -10,19 +10,20 @@ from coolctl.config import parse_host_port
 from coolctl.drivers.modbus import ModbusDevice
 from coolctl.drivers.modbus_profile import load_profile
 from coolctl.drivers.profile_toml import ProfileError
+from coolctl.exitcodes import ExitCode
 from coolctl.model import Quality, Reading
 
 
 async def probe_modbus(
     target: str, profile_name: str, unit_id: int, timeout_s: float, as_json: bool
-) -> int:
+) -> ExitCode:
     """Print every point of the profile as read from the device; 3 if it does not answer."""
     try:
         host, port = parse_host_port(target)
         profile = load_profile(profile_name)
     except (ValueError, OSError) as exc:
         print(f"coolctl probe: {exc}", file=sys.stderr)
-        return 2 if not isinstance(exc, ProfileError) else 1
+        return ExitCode.USAGE if not isinstance(exc, ProfileError) else ExitCode.BAD
     device = ModbusDevice(
         rack="-",
         device=target,
@@ -45,8 +46,8 @@ async def probe_modbus(
     if all(r.quality is not Quality.GOOD for r in readings):
         errors = ", ".join(f"{k} {v}" for k, v in sorted(device.stats.errors_by_kind.items()))
         print(f"coolctl probe: no good reading from {target} ({errors})", file=sys.stderr)
-        return 3
-    return 0
+        return ExitCode.UNREACHABLE
+    return ExitCode.OK
 
 
 def _as_dict(reading: Reading, unit: str) -> dict[str, object]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from coolctl.drivers.redfish import RedfishDevice, RedfishSettings, RedfishTransport
 from coolctl.drivers.redfish_points import list_resources
 from coolctl.drivers.redfish_transport import AUTH, HTTP_4XX, MALFORMED, Failure, safe_text
+from coolctl.exitcodes import ExitCode
 from coolctl.model import CANONICAL_POINTS, Quality
 
 _PROG = "coolctl probe redfish"
@@ -54,26 +55,27 @@ async def probe_redfish(
     ca_file: Path | None,
     insecure: bool,
     as_json: bool,
-) -> int:
+) -> ExitCode:
     """Discover the service at `url` and print its points (table, or JSON with `as_json`)."""
     try:
         settings = _settings(url, user, password_file, ca_file, insecure)
         transport = RedfishTransport(settings, label=settings.origin)
     except ValueError as exc:
         print(f"{_PROG}: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.BAD
     devices: list[RedfishDevice] = []
     try:
         try:
             _, refs, notes = await list_resources(transport.get)
         except Failure as failure:
             print(f"{_PROG}: {settings.origin}: {failure}", file=sys.stderr)
-            return 1 if failure.kind in (AUTH, HTTP_4XX, MALFORMED) else 3
+            refused = failure.kind in (AUTH, HTTP_4XX, MALFORMED)
+            return ExitCode.BAD if refused else ExitCode.UNREACHABLE
         for note in notes:
             print(f"{_PROG}: skipped {note}", file=sys.stderr)
         if not refs:
             print(f"{_PROG}: {settings.origin} has no chassis, CDU or PDU", file=sys.stderr)
-            return 1
+            return ExitCode.BAD
         rows: list[ProbedPoint] = []
         problems: list[Failure] = []
         for ref in refs:
@@ -97,15 +99,15 @@ async def probe_redfish(
     else:
         print(format_table(rows))
     if any(row.quality == Quality.GOOD for row in rows):
-        return 0
+        return ExitCode.OK
     if any(failure.kind == AUTH for failure in problems):
         print(f"{_PROG}: the service refused the credentials", file=sys.stderr)
-        return 1
+        return ExitCode.BAD
     if not rows and not problems:
         print(f"{_PROG}: nothing coolctl can read at {settings.origin}", file=sys.stderr)
-        return 1
+        return ExitCode.BAD
     print(f"{_PROG}: no good reading from {settings.origin}", file=sys.stderr)
-    return 3
+    return ExitCode.UNREACHABLE
 
 
 async def _probe_device(device: RedfishDevice, problems: list[Failure]) -> list[ProbedPoint]:
