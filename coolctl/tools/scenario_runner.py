@@ -161,18 +161,6 @@ def default_mpc_model(scenario: Scenario) -> Path:
     return default_model_path(scenario.period_s, scenario.plant)
 
 
-def available_controllers() -> list[str]:
-    """The controllers this installation can run."""
-    names = []
-    for name in CONTROLLERS:
-        try:
-            controller_factory(name)
-        except ControllerUnavailable:
-            continue
-        names.append(name)
-    return names
-
-
 # ------------------------------------------------------------------------------ the rack
 
 
