@@ -96,6 +96,16 @@ class Source(enum.StrEnum):
     INTERLOCK = "interlock"
 
 
+class RackMode(enum.StrEnum):
+    """Who drives a rack: AUTO, its loops; MANUAL, only operator overrides and interlocks.
+
+    The values are what the control API, the CLI, MQTT and the store's SQLite say.
+    """
+
+    AUTO = "auto"
+    MANUAL = "manual"
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class PointId:
     """One named quantity on one device of one rack: `rack/device/name`."""

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from coolctl.exitcodes import ExitCode
+from coolctl.model import RackMode
 
 LIVE_HELP = """\
 live step test: RACK --config FILE runs the test on the rack's devices, under the daemon's own
@@ -299,7 +300,7 @@ async def _live(args: argparse.Namespace, config: Any, settings: Any) -> ExitCod
     try:
         if not args.force:
             mode = await daemon_mode(socket, rack_id)
-        if mode == "manual":
+        if mode == RackMode.MANUAL:
             _note(
                 f"rack {rack_id} is in manual mode on the daemon at {socket}: its allocator"
                 " keeps the power caps; the test steps pump and valve"
@@ -315,7 +316,7 @@ async def _live(args: argparse.Namespace, config: Any, settings: Any) -> ExitCod
             config,
             rack_id,
             settings,
-            with_allocator=mode != "manual",
+            with_allocator=mode != RackMode.MANUAL,
             handle_signals=True,
             on_progress=_progress(),
         )

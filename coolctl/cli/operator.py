@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from coolctl.exitcodes import ExitCode
+from coolctl.model import RackMode
 from coolctl.ops.client import ClientError, ControlClient, Unreachable, default_socket_path
 from coolctl.ops.protocol import JsonObject
 
@@ -211,7 +212,7 @@ def add_operator_commands(commands: SubParsers[argparse.ArgumentParser]) -> None
         "mode", parents=[common], help="switch a rack between auto and manual control"
     )
     mode.add_argument("rack", metavar="RACK")
-    mode.add_argument("mode", choices=("auto", "manual"))
+    mode.add_argument("mode", choices=[each.value for each in RackMode])
     mode.add_argument(
         "--reason", type=_reason_arg, required=True, metavar="TEXT", help=_REASON_HELP
     )

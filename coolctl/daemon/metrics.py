@@ -30,7 +30,7 @@ from prometheus_client.samples import Sample
 
 import coolctl
 from coolctl.control.loops import LoopMode
-from coolctl.model import CANONICAL_POINTS, PointId, Quality, Reading, Source, Unit
+from coolctl.model import CANONICAL_POINTS, PointId, Quality, RackMode, Reading, Source, Unit
 
 if TYPE_CHECKING:
     from coolctl.daemon.runtime import Daemon
@@ -386,8 +386,8 @@ class RackCollector(_DaemonState):
             for name in INTERLOCKS:
                 interlock.add_metric([rack_id, name], float(name in active))
             failsafe.add_metric([rack_id], float(decision is not None and decision.failsafe))
-            for each in ("auto", "manual"):
-                mode.add_metric([rack_id, each], float(rack.mode == each))
+            for each in RackMode:
+                mode.add_metric([rack_id, each.value], float(rack.mode == each))
             rack_power = self.daemon.rack_power_w(rack_id, now)
             if rack_power is not None:
                 power.add_metric([rack_id], rack_power)

@@ -26,8 +26,8 @@ from coolctl.daemon.devices import DeviceHandle, open_device
 from coolctl.daemon.mqtt_bridge import event_payload, open_connection, topic_root
 from coolctl.daemon.tasks import cancel_and_wait
 from coolctl.daemon.telemetry import TelemetryStore
-from coolctl.model import Command, Event, PointId, Quality, Reading, Severity, Snapshot
-from coolctl.ops.protocol import Mode, OverrideRecord
+from coolctl.model import Command, Event, PointId, Quality, RackMode, Reading, Severity, Snapshot
+from coolctl.ops.protocol import OverrideRecord
 from coolctl.rack.controllers import build_rack_control
 from coolctl.rack.stack import note_applied
 
@@ -123,7 +123,7 @@ class RackRuntime:
         self.on_event = on_event
         self.tick_stats = ScheduleStats()
         self.controller_errors = 0
-        self.mode: Mode = "auto"
+        self.mode = RackMode.AUTO
         self.overrides: dict[PointId, Override] = {}  # what the supervisor applies
         self.override_records: dict[str, OverrideRecord] = {}  # by target, for status/metrics
         stack = build_rack_control(config, devices)
