@@ -37,7 +37,7 @@ import aiomqtt
 
 from coolctl.model import PointId, Quality, Reading
 
-from .mqtt_profile import UNKNOWN_TOPIC, MqttProfile, PayloadError, TopicPoint, decode_payload
+from .mqtt_profile import MqttProfile, PayloadError, RejectReason, TopicPoint, decode_payload
 
 log = logging.getLogger("coolctl.drivers.mqtt")
 
@@ -105,7 +105,7 @@ class MqttStats:
     publish_dropped: int = 0
     last_connect_ts: float | None = None
 
-    def reject(self, reason: str) -> None:
+    def reject(self, reason: RejectReason) -> None:
         self.messages_rejected_by_reason[reason] = (
             self.messages_rejected_by_reason.get(reason, 0) + 1
         )
@@ -682,7 +682,7 @@ class MqttConnection:
         topic = message.topic.value
         routes = self._routes.get(topic)
         if not routes:
-            self.stats.reject(UNKNOWN_TOPIC)
+            self.stats.reject(RejectReason.UNKNOWN_TOPIC)
             log.debug("MQTT broker %s: ignored a message on unknown topic %s", self._where, topic)
             return
         payload = message.payload

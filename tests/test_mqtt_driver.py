@@ -27,14 +27,11 @@ from hypothesis import strategies as st
 
 from coolctl.drivers.mqtt import MqttConnection, MqttSettings
 from coolctl.drivers.mqtt_profile import (
-    MALFORMED,
     MAX_PAYLOAD_BYTES,
-    OUT_OF_RANGE,
-    OVERSIZED,
-    UNKNOWN_TOPIC,
     MqttProfile,
     PayloadError,
     ProfileError,
+    RejectReason,
     TopicPoint,
     decode_payload,
     load_mqtt_profile,
@@ -325,35 +322,39 @@ def test_decode_accepts(spec: TopicPoint, payload: bytes, value: float) -> None:
 @pytest.mark.parametrize(
     ("spec", "payload", "reason"),
     [
-        (point(), b"\xff\xfe", MALFORMED),
-        (point(), b"", MALFORMED),
-        (point(), b"warm", MALFORMED),
-        (point(), b"nan", MALFORMED),
-        (point(), b"-inf", MALFORMED),
-        (point(), b"95", OUT_OF_RANGE),
-        (point(), b"-10.5", OUT_OF_RANGE),
-        (point(), b"1" * (MAX_PAYLOAD_BYTES + 1), OVERSIZED),
+        (point(), b"\xff\xfe", RejectReason.MALFORMED),
+        (point(), b"", RejectReason.MALFORMED),
+        (point(), b"warm", RejectReason.MALFORMED),
+        (point(), b"nan", RejectReason.MALFORMED),
+        (point(), b"-inf", RejectReason.MALFORMED),
+        (point(), b"95", RejectReason.OUT_OF_RANGE),
+        (point(), b"-10.5", RejectReason.OUT_OF_RANGE),
+        (point(), b"1" * (MAX_PAYLOAD_BYTES + 1), RejectReason.OVERSIZED),
         (
             point(name="leak_detected", format="boolean", unit=Unit.BOOLEAN, min=None, max=None),
             b"yes",
-            MALFORMED,
+            RejectReason.MALFORMED,
         ),
-        (point(name="leak_detected", unit=Unit.BOOLEAN, min=None, max=None), b"2", OUT_OF_RANGE),
-        (LEAK_POINT, b'{"wet": "no"}', MALFORMED),
-        (LEAK_POINT, b'{"dry": true}', MALFORMED),
-        (LEAK_POINT, b"[true]", MALFORMED),
-        (LEAK_POINT, b'{"wet": NaN}', MALFORMED),
-        (LEAK_POINT, b'{"wet": 0.5}', OUT_OF_RANGE),
-        (LEAK_POINT, b'{"wet": tru', MALFORMED),
-        (FLOW_POINT, b'{"flow": 160.2}', MALFORMED),
-        (FLOW_POINT, b'{"flow": {"value": Infinity}}', MALFORMED),
-        (FLOW_POINT, b'{"flow": {"value": 1e400}}', MALFORMED),
-        (FLOW_POINT, b'{"flow": {"value": true}}', MALFORMED),
-        (FLOW_POINT, b'{"flow": {"value": null}}', MALFORMED),
-        (FLOW_POINT, b'{"flow": {"value": "160"}}', MALFORMED),
-        (FLOW_POINT, b'{"flow": {"value": -1}}', OUT_OF_RANGE),
-        (FLOW_POINT, b"[" * 60_000, MALFORMED),  # deep nesting: RecursionError in json
-        (FLOW_POINT, b"\x00\x00\x00{", MALFORMED),
+        (
+            point(name="leak_detected", unit=Unit.BOOLEAN, min=None, max=None),
+            b"2",
+            RejectReason.OUT_OF_RANGE,
+        ),
+        (LEAK_POINT, b'{"wet": "no"}', RejectReason.MALFORMED),
+        (LEAK_POINT, b'{"dry": true}', RejectReason.MALFORMED),
+        (LEAK_POINT, b"[true]", RejectReason.MALFORMED),
+        (LEAK_POINT, b'{"wet": NaN}', RejectReason.MALFORMED),
+        (LEAK_POINT, b'{"wet": 0.5}', RejectReason.OUT_OF_RANGE),
+        (LEAK_POINT, b'{"wet": tru', RejectReason.MALFORMED),
+        (FLOW_POINT, b'{"flow": 160.2}', RejectReason.MALFORMED),
+        (FLOW_POINT, b'{"flow": {"value": Infinity}}', RejectReason.MALFORMED),
+        (FLOW_POINT, b'{"flow": {"value": 1e400}}', RejectReason.MALFORMED),
+        (FLOW_POINT, b'{"flow": {"value": true}}', RejectReason.MALFORMED),
+        (FLOW_POINT, b'{"flow": {"value": null}}', RejectReason.MALFORMED),
+        (FLOW_POINT, b'{"flow": {"value": "160"}}', RejectReason.MALFORMED),
+        (FLOW_POINT, b'{"flow": {"value": -1}}', RejectReason.OUT_OF_RANGE),
+        (FLOW_POINT, b"[" * 60_000, RejectReason.MALFORMED),  # deep nesting: RecursionError in json
+        (FLOW_POINT, b"\x00\x00\x00{", RejectReason.MALFORMED),
     ],
 )
 def test_decode_rejects(spec: TopicPoint, payload: bytes, reason: str) -> None:
@@ -377,7 +378,7 @@ def test_decode_never_fails_otherwise(payload: bytes) -> None:
         try:
             value = decode_payload(spec, payload)
         except PayloadError as exc:
-            assert exc.reason in (MALFORMED, OUT_OF_RANGE)
+            assert exc.reason in (RejectReason.MALFORMED, RejectReason.OUT_OF_RANGE)
         else:
             assert math.isfinite(value)
 
@@ -434,9 +435,9 @@ async def test_bad_payloads_are_counted_and_logged_once_per_change(
         await sensor.send(FLOW, b'{"flow": {"value": NaN}}')
         await wait_until(lambda: device.stats.messages == 7)
         assert conn.stats.messages_rejected_by_reason == {
-            MALFORMED: 4,
-            OUT_OF_RANGE: 1,
-            OVERSIZED: 1,
+            RejectReason.MALFORMED: 4,
+            RejectReason.OUT_OF_RANGE: 1,
+            RejectReason.OVERSIZED: 1,
         }
         assert device.stats.rejected == 6
         await sensor.send(INLET, b"31.0")
@@ -460,7 +461,7 @@ async def test_unknown_topics_are_counted_and_ignored(broker: Mosquitto) -> None
         await conn._client.subscribe(f"{PREFIX}/stray/#")
         await sensor.send(f"{PREFIX}/stray/leak", b'{"wet": true}')
         await wait_until(lambda: conn.stats.messages_received == 1)
-        assert conn.stats.messages_rejected_by_reason == {UNKNOWN_TOPIC: 1}
+        assert conn.stats.messages_rejected_by_reason == {RejectReason.UNKNOWN_TOPIC: 1}
         assert {r.quality for r in conn.readings(time.monotonic())} == {Quality.MISSING}
 
 

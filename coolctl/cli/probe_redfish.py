@@ -19,7 +19,7 @@ from pathlib import Path
 
 from coolctl.drivers.redfish import RedfishDevice, RedfishSettings, RedfishTransport
 from coolctl.drivers.redfish_points import list_resources
-from coolctl.drivers.redfish_transport import AUTH, HTTP_4XX, MALFORMED, Failure, safe_text
+from coolctl.drivers.redfish_transport import Failure, FailureKind, safe_text
 from coolctl.exitcodes import ExitCode
 from coolctl.model import CANONICAL_POINTS, Quality
 
@@ -69,7 +69,11 @@ async def probe_redfish(
             _, refs, notes = await list_resources(transport.get)
         except Failure as failure:
             print(f"{_PROG}: {settings.origin}: {failure}", file=sys.stderr)
-            refused = failure.kind in (AUTH, HTTP_4XX, MALFORMED)
+            refused = failure.kind in (
+                FailureKind.AUTH,
+                FailureKind.HTTP_4XX,
+                FailureKind.MALFORMED,
+            )
             return ExitCode.BAD if refused else ExitCode.UNREACHABLE
         for note in notes:
             print(f"{_PROG}: skipped {note}", file=sys.stderr)
@@ -100,7 +104,7 @@ async def probe_redfish(
         print(format_table(rows))
     if any(row.quality == Quality.GOOD for row in rows):
         return ExitCode.OK
-    if any(failure.kind == AUTH for failure in problems):
+    if any(failure.kind is FailureKind.AUTH for failure in problems):
         print(f"{_PROG}: the service refused the credentials", file=sys.stderr)
         return ExitCode.BAD
     if not rows and not problems:
@@ -116,7 +120,7 @@ async def _probe_device(device: RedfishDevice, problems: list[Failure]) -> list[
     writable = device.writable()
     errors = device.stats.errors_by_kind
     if errors:
-        problems.extend(Failure(kind, "") for kind in errors)
+        problems.extend(Failure(FailureKind(kind), "") for kind in errors)
         summary = ", ".join(f"{kind} {count}" for kind, count in sorted(errors.items()))
         print(f"{_PROG}: {device.device}: {summary}", file=sys.stderr)
     rows = []
