@@ -31,7 +31,8 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from types import TracebackType
+from typing import Any, Final, Self
 
 import aiomqtt
 
@@ -334,6 +335,19 @@ class MqttConnection:
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name=f"coolctl mqtt {self._where}"
         )
+
+    async def __aenter__(self) -> Self:
+        """Started; stopped (flushed and disconnected cleanly) when the block ends."""
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
 
     async def wait_connected(self, timeout_s: float) -> bool:
         """Wait until connected and subscribed; False if that did not happen in time."""

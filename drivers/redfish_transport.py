@@ -72,7 +72,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol, cast
+from types import TracebackType
+from typing import Any, Final, Literal, Protocol, Self, cast
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -369,6 +370,17 @@ class RedfishTransport:
                 self.label,
                 extra=self._log_extra,
             )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
 
     def _ssl_context(self) -> ssl.SSLContext | Literal[False]:
         """Built once, at construction (a config-time error, not a poll-time one)."""

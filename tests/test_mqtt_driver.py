@@ -74,12 +74,9 @@ async def connection(
     conn = MqttConnection(settings, **kwargs)  # type: ignore[arg-type]
     for device in devices:
         conn.add_device("r01", device, load_mqtt_profile(PROFILE), PREFIX)
-    await conn.start()
-    try:
+    async with conn:
         assert await conn.wait_connected(5), broker.log_text()
         yield conn
-    finally:
-        await conn.stop()
 
 
 @asynccontextmanager
@@ -517,8 +514,7 @@ async def test_retained_replay_is_stale_until_a_live_message(broker: Mosquitto) 
         conn = MqttConnection(settings_for(broker))
         device = conn.add_device("r01", "sensors1", load_mqtt_profile(PROFILE), PREFIX)
         conn.on_interlock_message(seen.append)
-        await conn.start()
-        try:
+        async with conn:
             await wait_until(lambda: len(seen) == 1)
             # The broker kept this message for who knows how long: the value is known at
             # once, but it is no evidence that the detector is alive.
@@ -528,8 +524,6 @@ async def test_retained_replay_is_stale_until_a_live_message(broker: Mosquitto) 
             await sensor.send(LEAK, b'{"wet": true}', retain=True)
             await wait_until(lambda: len(seen) == 2)
             assert seen[1].quality is Quality.GOOD
-        finally:
-            await conn.stop()
 
 
 # --------------------------------------------------------------------------------------------
@@ -583,14 +577,10 @@ async def test_publish_queue_is_bounded_and_drops_oldest(broker: Mosquitto) -> N
     for index in range(5):  # not started yet: everything waits in the queue
         await conn.publish(f"{PREFIX}/q", str(index), qos=1)
     assert conn.stats.publish_dropped == 2
-    async with peer(broker, f"{PREFIX}/q") as observer:
-        await conn.start()
-        try:
-            await observer.wait_for(f"{PREFIX}/q", b"4")
-            assert observer.payloads(f"{PREFIX}/q") == [b"2", b"3", b"4"]
-            await wait_until(lambda: conn.stats.published == 3)
-        finally:
-            await conn.stop()
+    async with peer(broker, f"{PREFIX}/q") as observer, conn:
+        await observer.wait_for(f"{PREFIX}/q", b"4")
+        assert observer.payloads(f"{PREFIX}/q") == [b"2", b"3", b"4"]
+        await wait_until(lambda: conn.stats.published == 3)
     await conn.publish(f"{PREFIX}/q", "after stop")
     assert conn.stats.publish_dropped == 3
     with pytest.raises(ValueError, match="not a valid MQTT topic"):
@@ -664,18 +654,13 @@ async def test_connects_once_the_broker_comes_up(caplog: pytest.LogCaptureFixtur
     await waiting.start()
     port = waiting.port
     await waiting.stop()  # now nothing listens on that port
-    conn = MqttConnection(
-        MqttSettings("127.0.0.1", port, reconnect_min_s=0.02, reconnect_max_s=0.1)
-    )
-    await conn.start()
-    try:
+    settings = MqttSettings("127.0.0.1", port, reconnect_min_s=0.02, reconnect_max_s=0.1)
+    async with MqttConnection(settings) as conn:
         await wait_until(lambda: conn.stats.connect_failures >= 3)
         assert len(warnings_about(caplog, "cannot connect")) == 1
         async with Mosquitto(port) as broker:
             assert await conn.wait_connected(3), broker.log_text()
             assert len(warnings_about(caplog, "connected to MQTT broker")) == 1
-    finally:
-        await conn.stop()
 
 
 @pytest.mark.asyncio
@@ -692,13 +677,10 @@ async def test_password_auth(caplog: pytest.LogCaptureFixture) -> None:
             await sensor.send(INLET, b"30")
             await wait_until(lambda: conn.stats.messages_received == 1)
 
-        wrong = MqttConnection(settings_for(broker, username="coolctl", password="wrong-Passw0rd"))
-        await wrong.start()
-        try:
+        bad = settings_for(broker, username="coolctl", password="wrong-Passw0rd")
+        async with MqttConnection(bad) as wrong:
             await wait_until(lambda: wrong.stats.connect_failures >= 3)
             assert not wrong.connected
-        finally:
-            await wrong.stop()
     (record,) = [r for r in caplog.records if r.name == LOGGER and r.levelno >= logging.ERROR]
     message = record.getMessage()
     assert "bad username or password" in message and "'coolctl'" in message

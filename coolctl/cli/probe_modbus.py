@@ -24,7 +24,7 @@ async def probe_modbus(
     except (ValueError, OSError) as exc:
         print(f"coolctl probe: {exc}", file=sys.stderr)
         return ExitCode.USAGE if not isinstance(exc, ProfileError) else ExitCode.BAD
-    device = ModbusDevice(
+    async with ModbusDevice(
         rack="-",
         device=target,
         host=host,
@@ -33,11 +33,8 @@ async def probe_modbus(
         profile=profile,
         timeout_s=timeout_s,
         reconnect_min_s=0.0,
-    )
-    try:
+    ) as device:
         readings = await device.poll()
-    finally:
-        await device.close()
     units = {point.name: point.unit.value for point in profile.points}
     if as_json:
         print(json.dumps([_as_dict(r, units[r.point.name]) for r in readings], indent=2))

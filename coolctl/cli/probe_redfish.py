@@ -25,6 +25,10 @@ from coolctl.model import CANONICAL_POINTS, Quality
 
 _PROG = "coolctl probe redfish"
 
+# Discovery failures that say the credentials or the service's answers are bad (exit 1), where
+# any other says the service could not be reached (exit 3).
+_REFUSED = frozenset({FailureKind.AUTH, FailureKind.HTTP_4XX, FailureKind.MALFORMED})
+
 
 @dataclass(frozen=True, slots=True)
 class ProbedPoint:
@@ -63,18 +67,12 @@ async def probe_redfish(
     except ValueError as exc:
         print(f"{_PROG}: {exc}", file=sys.stderr)
         return ExitCode.BAD
-    devices: list[RedfishDevice] = []
-    try:
+    async with transport:
         try:
             _, refs, notes = await list_resources(transport.get)
         except Failure as failure:
             print(f"{_PROG}: {settings.origin}: {failure}", file=sys.stderr)
-            refused = failure.kind in (
-                FailureKind.AUTH,
-                FailureKind.HTTP_4XX,
-                FailureKind.MALFORMED,
-            )
-            return ExitCode.BAD if refused else ExitCode.UNREACHABLE
+            return ExitCode.BAD if failure.kind in _REFUSED else ExitCode.UNREACHABLE
         for note in notes:
             print(f"{_PROG}: skipped {note}", file=sys.stderr)
         if not refs:
@@ -84,20 +82,15 @@ async def probe_redfish(
         problems: list[Failure] = []
         for ref in refs:
             transport.reset_backoff()  # one try per device: a probe does not wait
-            device = RedfishDevice(
+            async with RedfishDevice(
                 rack="-",
                 device=ref.name,
                 kind=ref.kind,
                 settings=settings,
                 resource=ref.uri,
                 transport=transport,
-            )
-            devices.append(device)
-            rows.extend(await _probe_device(device, problems))
-    finally:
-        for device in devices:
-            await device.close()
-        await transport.close()
+            ) as device:
+                rows.extend(await _probe_device(device, problems))
     if as_json:
         print(json.dumps([row.as_dict() for row in rows], indent=2))
     else:
