@@ -24,8 +24,9 @@ CONFIG = Path(__file__).parent / "configs" / "hil-rack.toml"
 
 async def cli(rack: HilRack, *args: str) -> int:
     """The CLI as an operator runs it (its own event loop, so on a thread of its own here)."""
-    parsed = build_parser().parse_args([*args, "--socket", str(rack.socket_path)])
-    return await asyncio.to_thread(run_operator_command, parsed)
+    parser = build_parser()
+    parsed = parser.parse_args([*args, "--socket", str(rack.socket_path)])
+    return await asyncio.to_thread(run_operator_command, parsed, parser)
 
 
 def pump_writes(rack: HilRack) -> list[tuple[float, float]]:
