@@ -26,7 +26,7 @@ from coolctl.control.supervisor import Decision, Override, Supervisor
 from coolctl.daemon.devices import DeviceHandle
 from coolctl.daemon.runtime import RackRuntime
 from coolctl.daemon.telemetry import TelemetryStore
-from coolctl.model import Command, Event, PointId, Quality, Reading, Snapshot, Source
+from coolctl.model import Command, Event, PointId, Quality, RackMode, Reading, Snapshot, Source
 from coolctl.rack.controllers import build_rack_control
 from coolctl.rack.facts import device_facts
 from coolctl.rack.safety import DeviceFacts
@@ -189,8 +189,8 @@ def budget_at(k: int) -> tuple[float | None, Quality] | None:
     return 130000.0, Quality.GOOD
 
 
-def mode_at(k: int) -> str:
-    return "manual" if 12 <= k < 18 else "auto"
+def mode_at(k: int) -> RackMode:
+    return RackMode.MANUAL if 12 <= k < 18 else RackMode.AUTO
 
 
 def overrides_at(k: int) -> dict[PointId, Override]:

@@ -32,8 +32,8 @@ from coolctl.daemon.devices import DeviceHandle, open_device
 from coolctl.daemon.mqtt_bridge import event_payload, open_connection, topic_root
 from coolctl.daemon.tasks import cancel_and_wait
 from coolctl.daemon.telemetry import TelemetryStore
-from coolctl.model import Event, PointId, Reading, Severity
-from coolctl.ops.protocol import Mode, OverrideRecord
+from coolctl.model import Event, PointId, RackMode, Reading, Severity
+from coolctl.ops.protocol import OverrideRecord
 from coolctl.rack.controllers import build_rack_control
 from coolctl.rack.stack import LoopController
 from coolctl.rack.step import ControllerFactory, RackStep, StepResult
@@ -136,7 +136,7 @@ class RackRuntime:
         self.tick_stats = ScheduleStats()
         self.controller_errors = 0  # controllers that raised, and commands refused
         self.refused_commands = 0
-        self.mode: Mode = "auto"
+        self.mode = RackMode.AUTO
         self.overrides: dict[PointId, Override] = {}  # what the supervisor applies
         self.override_records: dict[str, OverrideRecord] = {}  # by target, for status/metrics
         self.step = RackStep(config, devices, controller_factory)

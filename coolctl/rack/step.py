@@ -34,8 +34,7 @@ from typing import Generic, TypeVar, cast, overload
 
 from coolctl.config import RackConfig
 from coolctl.control.supervisor import Decision, Override, Supervisor
-from coolctl.model import Command, Event, PointId, Quality, Severity, Snapshot
-from coolctl.ops.protocol import Mode
+from coolctl.model import Command, Event, PointId, Quality, RackMode, Severity, Snapshot
 from coolctl.rack.controllers import build_rack_control
 from coolctl.rack.safety import DeviceFacts
 from coolctl.rack.stack import ControlStack, RackControl, note_applied
@@ -152,7 +151,7 @@ class RackStep(Generic[StackT]):
         snapshot: Snapshot,
         now: float,
         *,
-        mode: Mode = "auto",
+        mode: RackMode = RackMode.AUTO,
         budget_w: float | None,
         overrides: Mapping[PointId, Override] = NO_OVERRIDES,
     ) -> StepResult:
@@ -167,7 +166,7 @@ class RackStep(Generic[StackT]):
         requested: list[Command] = []
         error: Exception | None = None
         try:
-            if mode == "auto":
+            if mode == RackMode.AUTO:
                 requested = stack.controller.step(snapshot, now)
             if stack.allocator is not None:  # the budget holds in manual mode too
                 requested += stack.allocator.step(snapshot, now, budget)

@@ -98,8 +98,7 @@ from coolctl.control.supervisor import Decision, Override, Supervisor
 from coolctl.daemon.telemetry import TelemetryStore
 from coolctl.drivers.modbus_profile import RegisterPoint, load_profile
 from coolctl.drivers.redfish import kind_points
-from coolctl.model import Command, Event, PointId, Quality, Reading, Snapshot
-from coolctl.ops.protocol import Mode
+from coolctl.model import Command, Event, PointId, Quality, RackMode, Reading, Snapshot
 from coolctl.rack.check import load_checked_config
 from coolctl.rack.facts import device_facts
 from coolctl.rack.safety import DeviceFacts
@@ -153,18 +152,6 @@ def default_mpc_model(scenario: Scenario) -> Path:
     from coolctl.tools.mpc_model import default_model_path
 
     return default_model_path(scenario.period_s, scenario.plant)
-
-
-def available_controllers() -> list[str]:
-    """The controllers this installation can run."""
-    names = []
-    for name in CONTROLLERS:
-        try:
-            controller_factory(name)
-        except ControllerUnavailable:
-            continue
-        names.append(name)
-    return names
 
 
 # ------------------------------------------------------------------------------ the rack
@@ -557,7 +544,7 @@ class SimRack:
         for device in rack.devices.values():
             self.store.register_device(rack.id, device.id, device.stale_after_s)
         self.budget_w = budget_w  # the scenario's; an upstream one (budget_point) wins
-        self.mode: Mode = "auto"
+        self.mode: RackMode = RackMode.AUTO
         self.overrides: dict[PointId, Override] = {}
         self.controller_errors = 0  # controllers that raised, and commands refused
         self.first_error: str | None = None
