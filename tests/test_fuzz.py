@@ -1237,8 +1237,10 @@ def topic_points(draw: st.DrawFn) -> TopicPoint:
     if not boolean:
         low = draw(st.none() | st.floats(-1e6, 1e6))
         high = draw(st.none() | st.floats(-1e6, 1e6))
-        if low is not None and high is not None and low > high:
-            low, high = high, low
+        if low is not None and high is not None:
+            low, high = min(low, high), max(low, high)
+            if low == high:  # 0.0 and -0.0: equal, yet floats(0.0, -0.0) is no range
+                high = low
     return TopicPoint(
         name=name,
         topic="fuzz/{device}",
