@@ -324,12 +324,6 @@ class StateSpace:
     def states(self) -> int:
         return int(self.a.shape[0])
 
-    def steady_state(self, v: FloatArray) -> FloatArray:
-        """The state the model settles at under constant input deviations `v`."""
-        return np.asarray(
-            np.linalg.solve(np.eye(self.states) - self.a, self.b @ v), dtype=np.float64
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class IdentifiedModel:

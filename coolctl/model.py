@@ -82,12 +82,28 @@ class Quality(enum.StrEnum):
 
 
 class Source(enum.StrEnum):
-    """Who asked for a command, in rising precedence."""
+    """Who asked for a command; listed as the safety supervisor ranks them, lowest first.
+
+    Per actuator, an interlock beats an operator override, which beats failsafe, which takes
+    the place of automatic control while the rack is blind (control/supervisor.py). Failsafe is
+    also the source of the hand-back values sent at shutdown. The supervisor applies this order
+    itself; members compare as their strings, so nothing should rank them with `<`.
+    """
 
     AUTO = "auto"
+    FAILSAFE = "failsafe"
     OVERRIDE = "override"
     INTERLOCK = "interlock"
-    FAILSAFE = "failsafe"
+
+
+class RackMode(enum.StrEnum):
+    """Who drives a rack: AUTO, its loops; MANUAL, only operator overrides and interlocks.
+
+    The values are what the control API, the CLI, MQTT and the store's SQLite say.
+    """
+
+    AUTO = "auto"
+    MANUAL = "manual"
 
 
 @dataclass(frozen=True, slots=True, order=True)

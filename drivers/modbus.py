@@ -18,6 +18,7 @@ Choices, and why:
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import logging
 import math
@@ -46,14 +47,19 @@ from .poll_stats import PollChange, PollStats
 
 log = logging.getLogger("coolctl.drivers.modbus")
 
-# Failure kinds, the keys of DeviceStats.errors_by_kind.
-TIMEOUT: Final = "timeout"  # the device did not answer within timeout_s
-CONNECTION: Final = "connection"  # no TCP connection, or it dropped
-EXCEPTION: Final = "exception"  # the device answered with a Modbus exception response
-GARBLED: Final = "garbled"  # the answer makes no sense (length, NaN, undecodable frame)
-MISMATCH: Final = "mismatch"  # a written value did not read back
 
-_LINK_FAILURES: Final = frozenset({TIMEOUT, CONNECTION})
+class FailureKind(enum.StrEnum):
+    """Why a request or connect failed: the keys of DeviceStats.errors_by_kind and the `kind`
+    label of coolctl_device_poll_errors."""
+
+    TIMEOUT = "timeout"  # the device did not answer within timeout_s
+    CONNECTION = "connection"  # no TCP connection, or it dropped
+    EXCEPTION = "exception"  # the device answered with a Modbus exception response
+    GARBLED = "garbled"  # the answer makes no sense (length, NaN, undecodable frame)
+    MISMATCH = "mismatch"  # a written value did not read back
+
+
+_LINK_FAILURES: Final = frozenset({FailureKind.TIMEOUT, FailureKind.CONNECTION})
 
 # pymodbus gets a longer timeout than coolctl's own, so that coolctl's always fires first and
 # pymodbus never starts its own count-down to closing the connection.
@@ -89,7 +95,7 @@ class DeviceStats(PollStats):
 class _Failure(Exception):
     """One failed request or connect, with its kind (a DeviceStats.errors_by_kind key)."""
 
-    def __init__(self, kind: str, detail: str) -> None:
+    def __init__(self, kind: FailureKind, detail: str) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail
@@ -237,7 +243,10 @@ class ModbusDevice:
         raw = _raw_values(block, response)
         if raw is None:
             outcome.failures.append(
-                _Failure(GARBLED, f"{block.table} {block.start}+{block.count}: reply of wrong size")
+                _Failure(
+                    FailureKind.GARBLED,
+                    f"{block.table} {block.start}+{block.count}: reply of wrong size",
+                )
             )
             outcome.readings.update(self._bad(block, now))
             return
@@ -246,7 +255,7 @@ class ModbusDevice:
             try:
                 value = decode(point, raw[offset : offset + point.register_count])
             except ValueError as exc:
-                outcome.failures.append(_Failure(GARBLED, str(exc)))
+                outcome.failures.append(_Failure(FailureKind.GARBLED, str(exc)))
                 outcome.readings[point.name] = self._reading(point, None, now, Quality.BAD)
                 continue
             self._last_good[point.name] = (value, now)
@@ -290,7 +299,10 @@ class ModbusDevice:
             first = outcome.failures[0]
             kind, detail = first.kind, first.detail
         else:
-            kind, detail = CONNECTION, f"not connected, next attempt in {outcome.waiting_s:.3g} s"
+            kind, detail = (
+                FailureKind.CONNECTION,
+                f"not connected, next attempt in {outcome.waiting_s:.3g} s",
+            )
         log.warning(
             "%s: modbus polling failing: %s (%s); logging again on recovery",
             self._label,
@@ -320,7 +332,7 @@ class ModbusDevice:
             raise
         if not _read_back_matches(spec, value, read_back):
             self.stats.write_failures += 1
-            self.stats.count(MISMATCH)
+            self.stats.count(FailureKind.MISMATCH)
             raise WriteError(f"{self._label}: wrote {point}={value} but it reads back {read_back}")
         return read_back
 
@@ -376,11 +388,11 @@ class ModbusDevice:
         response = await self._request(functools.partial(self._read, block))
         raw = _raw_values(block, response)
         if raw is None:
-            raise _Failure(GARBLED, "read-back reply of wrong size")
+            raise _Failure(FailureKind.GARBLED, "read-back reply of wrong size")
         try:
             return decode(spec, raw)
         except ValueError as exc:
-            raise _Failure(GARBLED, f"read-back: {exc}") from None
+            raise _Failure(FailureKind.GARBLED, f"read-back: {exc}") from None
 
     def _write_failed(self, spec: RegisterPoint, failure: _Failure) -> WriteError:
         self.stats.count(failure.kind)
@@ -433,7 +445,7 @@ class ModbusDevice:
         if not connected:
             client.close()
             self._schedule_reconnect()
-            raise _Failure(CONNECTION, f"cannot connect to {self.host}:{self.port}")
+            raise _Failure(FailureKind.CONNECTION, f"cannot connect to {self.host}:{self.port}")
         self._client = client
         self.stats.connected = True
         return None
@@ -442,27 +454,31 @@ class ModbusDevice:
         """One request with coolctl's timeout; any trouble becomes a _Failure of some kind."""
         client = self._client
         if client is None or not client.connected:
-            raise _Failure(CONNECTION, "connection lost")
+            raise _Failure(FailureKind.CONNECTION, "connection lost")
         received_before = self._bytes_received
         try:
             async with asyncio.timeout(self.timeout_s):
                 response = await make(client)
         except TimeoutError:
             if not client.connected and self._bytes_received > received_before:
-                raise _Failure(GARBLED, "undecodable reply (the connection was dropped)") from None
+                raise _Failure(
+                    FailureKind.GARBLED, "undecodable reply (the connection was dropped)"
+                ) from None
             if not client.connected:
-                raise _Failure(CONNECTION, "connection lost while waiting for a reply") from None
-            raise _Failure(TIMEOUT, f"no reply within {self.timeout_s:g} s") from None
+                raise _Failure(
+                    FailureKind.CONNECTION, "connection lost while waiting for a reply"
+                ) from None
+            raise _Failure(FailureKind.TIMEOUT, f"no reply within {self.timeout_s:g} s") from None
         except ConnectionException as exc:
-            raise _Failure(CONNECTION, str(exc)) from None
+            raise _Failure(FailureKind.CONNECTION, str(exc)) from None
         except ModbusException as exc:
-            raise _Failure(GARBLED, str(exc)) from None
+            raise _Failure(FailureKind.GARBLED, str(exc)) from None
         except OSError as exc:
-            raise _Failure(CONNECTION, str(exc)) from None
+            raise _Failure(FailureKind.CONNECTION, str(exc)) from None
         if response.isError():
             code = response.exception_code
             name = _EXCEPTION_NAMES.get(code, "unknown")
-            raise _Failure(EXCEPTION, f"exception response {code} ({name})")
+            raise _Failure(FailureKind.EXCEPTION, f"exception response {code} ({name})")
         return response
 
     def _count_received(self, sending: bool, data: bytes) -> bytes:

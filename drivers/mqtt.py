@@ -31,13 +31,14 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from types import TracebackType
+from typing import Any, Final, Self
 
 import aiomqtt
 
 from coolctl.model import PointId, Quality, Reading
 
-from .mqtt_profile import UNKNOWN_TOPIC, MqttProfile, PayloadError, TopicPoint, decode_payload
+from .mqtt_profile import MqttProfile, PayloadError, RejectReason, TopicPoint, decode_payload
 
 log = logging.getLogger("coolctl.drivers.mqtt")
 
@@ -105,7 +106,7 @@ class MqttStats:
     publish_dropped: int = 0
     last_connect_ts: float | None = None
 
-    def reject(self, reason: str) -> None:
+    def reject(self, reason: RejectReason) -> None:
         self.messages_rejected_by_reason[reason] = (
             self.messages_rejected_by_reason.get(reason, 0) + 1
         )
@@ -334,6 +335,19 @@ class MqttConnection:
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name=f"coolctl mqtt {self._where}"
         )
+
+    async def __aenter__(self) -> Self:
+        """Started; stopped (flushed and disconnected cleanly) when the block ends."""
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
 
     async def wait_connected(self, timeout_s: float) -> bool:
         """Wait until connected and subscribed; False if that did not happen in time."""
@@ -682,7 +696,7 @@ class MqttConnection:
         topic = message.topic.value
         routes = self._routes.get(topic)
         if not routes:
-            self.stats.reject(UNKNOWN_TOPIC)
+            self.stats.reject(RejectReason.UNKNOWN_TOPIC)
             log.debug("MQTT broker %s: ignored a message on unknown topic %s", self._where, topic)
             return
         payload = message.payload

@@ -12,6 +12,7 @@ tested without a broker.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import string
@@ -38,11 +39,15 @@ TOPIC_FIELDS: Final[frozenset[str]] = frozenset({"prefix", "rack", "device"})
 # and is refused before any parsing is attempted.
 MAX_PAYLOAD_BYTES: Final = 64 * 1024
 
-# Reasons a message is refused, the keys of the drivers' rejection counters.
-MALFORMED: Final = "malformed"  # undecodable, not the format, field missing, wrong type, NaN
-OUT_OF_RANGE: Final = "out_of_range"  # decoded, but outside the point's plausibility range
-OVERSIZED: Final = "oversized"  # larger than MAX_PAYLOAD_BYTES
-UNKNOWN_TOPIC: Final = "unknown_topic"  # no point of any device maps the topic
+
+class RejectReason(enum.StrEnum):
+    """Why a message is refused: the keys of the drivers' rejection counters."""
+
+    MALFORMED = "malformed"  # undecodable, not the format, field missing, wrong type, NaN
+    OUT_OF_RANGE = "out_of_range"  # decoded, but outside the point's plausibility range
+    OVERSIZED = "oversized"  # larger than MAX_PAYLOAD_BYTES
+    UNKNOWN_TOPIC = "unknown_topic"  # no point of any device maps the topic
+
 
 _TRUE_WORDS: Final = frozenset({"1", "true"})
 _FALSE_WORDS: Final = frozenset({"0", "false"})
@@ -54,9 +59,9 @@ _POINT_OPTIONAL: Final = frozenset({"field", "qos", "interlock", "min", "max"})
 
 class PayloadError(ValueError):
     """A message payload that yields no usable value; `reason` is MALFORMED, OUT_OF_RANGE or
-    OVERSIZED, so that the driver can count rejections by kind."""
+    OVERSIZED (a RejectReason), so that the driver can count rejections by kind."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: RejectReason, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -281,7 +286,9 @@ def decode_payload(point: TopicPoint, payload: bytes) -> float:
     that sends garbage must never look like one that sends a value.
     """
     if len(payload) > MAX_PAYLOAD_BYTES:
-        raise PayloadError(OVERSIZED, f"{len(payload)} bytes (limit {MAX_PAYLOAD_BYTES})")
+        raise PayloadError(
+            RejectReason.OVERSIZED, f"{len(payload)} bytes (limit {MAX_PAYLOAD_BYTES})"
+        )
     decode = _json_value if point.format == "json" else _plain_value
     value = decode(point, payload)
     _check_range(point, value)
@@ -292,18 +299,18 @@ def _plain_value(point: TopicPoint, payload: bytes) -> float:
     try:
         text = payload.decode("utf-8").strip()
     except UnicodeDecodeError:
-        raise PayloadError(MALFORMED, "payload is not UTF-8 text") from None
+        raise PayloadError(RejectReason.MALFORMED, "payload is not UTF-8 text") from None
     word = text.lower()
     if point.format == "boolean":
         if word in _TRUE_WORDS:
             return 1.0
         if word in _FALSE_WORDS:
             return 0.0
-        raise PayloadError(MALFORMED, f"{_excerpt(text)} is not 1, 0, true or false")
+        raise PayloadError(RejectReason.MALFORMED, f"{_excerpt(text)} is not 1, 0, true or false")
     try:
         value = float(text)
     except ValueError:
-        raise PayloadError(MALFORMED, f"{_excerpt(text)} is not a number") from None
+        raise PayloadError(RejectReason.MALFORMED, f"{_excerpt(text)} is not a number") from None
     return _finite(value)
 
 
@@ -311,16 +318,16 @@ def _json_value(point: TopicPoint, payload: bytes) -> float:
     try:
         document = json.loads(payload, parse_constant=_refuse_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PayloadError(MALFORMED, f"not valid JSON: {exc}") from None
+        raise PayloadError(RejectReason.MALFORMED, f"not valid JSON: {exc}") from None
     except ValueError as exc:  # NaN / Infinity, refused by _refuse_constant
-        raise PayloadError(MALFORMED, str(exc)) from None
+        raise PayloadError(RejectReason.MALFORMED, str(exc)) from None
     except RecursionError:
-        raise PayloadError(MALFORMED, "JSON nested too deeply") from None
+        raise PayloadError(RejectReason.MALFORMED, "JSON nested too deeply") from None
     value: object = document
     for depth, key in enumerate(point.field):
         if not isinstance(value, dict) or key not in value:
             path = ".".join(point.field[: depth + 1])
-            raise PayloadError(MALFORMED, f"field {path!r} is missing")
+            raise PayloadError(RejectReason.MALFORMED, f"field {path!r} is missing")
         value = value[key]
     return _json_number(point, value)
 
@@ -329,14 +336,18 @@ def _json_number(point: TopicPoint, value: object) -> float:
     where = ".".join(point.field) or "document"
     if isinstance(value, bool):
         if point.unit is not Unit.BOOLEAN:
-            raise PayloadError(MALFORMED, f"{where} is a boolean, {point.name} needs a number")
+            raise PayloadError(
+                RejectReason.MALFORMED, f"{where} is a boolean, {point.name} needs a number"
+            )
         return 1.0 if value else 0.0
     if not isinstance(value, int | float):
-        raise PayloadError(MALFORMED, f"{where} is {type(value).__name__}, not a number")
+        raise PayloadError(
+            RejectReason.MALFORMED, f"{where} is {type(value).__name__}, not a number"
+        )
     try:
         return _finite(float(value))
     except OverflowError:
-        raise PayloadError(MALFORMED, f"{where} is too large for a float") from None
+        raise PayloadError(RejectReason.MALFORMED, f"{where} is too large for a float") from None
 
 
 def _refuse_constant(name: str) -> float:
@@ -346,19 +357,19 @@ def _refuse_constant(name: str) -> float:
 
 def _finite(value: float) -> float:
     if not math.isfinite(value):
-        raise PayloadError(MALFORMED, f"{value} is not a finite number")
+        raise PayloadError(RejectReason.MALFORMED, f"{value} is not a finite number")
     return value
 
 
 def _check_range(point: TopicPoint, value: float) -> None:
     if point.unit is Unit.BOOLEAN:
         if value not in (0.0, 1.0):
-            raise PayloadError(OUT_OF_RANGE, f"{value:g} is neither 0 nor 1")
+            raise PayloadError(RejectReason.OUT_OF_RANGE, f"{value:g} is neither 0 nor 1")
         return
     if point.min is not None and value < point.min:
-        raise PayloadError(OUT_OF_RANGE, f"{value:g} is below min {point.min:g}")
+        raise PayloadError(RejectReason.OUT_OF_RANGE, f"{value:g} is below min {point.min:g}")
     if point.max is not None and value > point.max:
-        raise PayloadError(OUT_OF_RANGE, f"{value:g} is above max {point.max:g}")
+        raise PayloadError(RejectReason.OUT_OF_RANGE, f"{value:g} is above max {point.max:g}")
 
 
 def _excerpt(text: str, limit: int = 40) -> str:

@@ -51,16 +51,8 @@ from .redfish_points import (
     setpoint_targets,
 )
 from .redfish_transport import (
-    AUTH,
-    BACKOFF,
-    CONNECTION,
-    HTTP_4XX,
-    HTTP_5XX,
-    MALFORMED,
-    MISMATCH,
-    TIMEOUT,
-    TOO_LARGE,
     Failure,
+    FailureKind,
     Fetched,
     RedfishSettings,
     RedfishTransport,
@@ -69,14 +61,7 @@ from .redfish_transport import (
 )
 
 __all__ = [
-    "AUTH",
-    "CONNECTION",
-    "HTTP_4XX",
-    "HTTP_5XX",
-    "MALFORMED",
-    "MISMATCH",
-    "TIMEOUT",
-    "TOO_LARGE",
+    "FailureKind",
     "Kind",
     "RedfishDevice",
     "RedfishSettings",
@@ -370,7 +355,9 @@ class RedfishDevice:
             async with asyncio.timeout(deadline):
                 plan = await discover(self._fetch, self.kind, self.resource)
         except TimeoutError:
-            raise Failure(TIMEOUT, f"discovery took longer than {deadline:g} s") from None
+            raise Failure(
+                FailureKind.TIMEOUT, f"discovery took longer than {deadline:g} s"
+            ) from None
         except Failure as failure:
             self._discovery_failed = not failure.link
             raise
@@ -469,7 +456,7 @@ class RedfishDevice:
             return
         entries = listing.body.get("Members")
         if not isinstance(entries, list):
-            broken = Failure(MALFORMED, f"{safe_text(collection)}: no Members list")
+            broken = Failure(FailureKind.MALFORMED, f"{safe_text(collection)}: no Members list")
             for uri in members:
                 results[uri] = broken
             return
@@ -510,7 +497,9 @@ class RedfishDevice:
                 bodies = {uri: _body(results[uri]) for uri in binding.uris}
                 verdict = _guarded_evaluate(binding, bodies)
                 if verdict.problem is not None:
-                    outcome.failures.append(Failure(MALFORMED, f"{point}: {verdict.problem}"))
+                    outcome.failures.append(
+                        Failure(FailureKind.MALFORMED, f"{point}: {verdict.problem}")
+                    )
             outcome.verdicts[point] = verdict
             self._verdicts[point] = verdict
 
@@ -525,7 +514,7 @@ class RedfishDevice:
         if verdict.value is None or not _plausible(point, verdict.value):
             if verdict.value is not None:  # implausible: make the verdict say so
                 problem = f"{point}: implausible value {verdict.value:.6g}"
-                outcome.failures.append(Failure(MALFORMED, problem))
+                outcome.failures.append(Failure(FailureKind.MALFORMED, problem))
                 outcome.verdicts[point] = Evaluated(None, problem, verdict.targets)
             return Reading(pid, None, now, Quality.BAD)
         self._last_good[point] = (verdict.value, now)
@@ -535,7 +524,7 @@ class RedfishDevice:
         stats = self.stats
         stats.connected = self._transport.connected
         for failure in outcome.failures:
-            if failure.kind != BACKOFF:
+            if failure.kind != FailureKind.BACKOFF:
                 stats.count(failure.kind)
         run = stats.consecutive_failures
         change = stats.record_poll(outcome.failed, started, done)
@@ -550,7 +539,7 @@ class RedfishDevice:
             )
 
     def _log_failing(self, outcome: _PollOutcome) -> None:
-        real = [f for f in outcome.failures if f.kind != BACKOFF]
+        real = [f for f in outcome.failures if f.kind != FailureKind.BACKOFF]
         if real:
             detail = f"{real[0].kind} ({real[0].detail})"
             if len(real) > 1:
@@ -673,10 +662,10 @@ class RedfishDevice:
             try:
                 read_back = read_member(fresh.body, target, source)
             except ValueError as exc:
-                self.stats.count(MALFORMED)
+                self.stats.count(FailureKind.MALFORMED)
                 raise WriteError(f"{self._label}: {point} read-back unreadable: {exc}") from None
         if abs(read_back - value) > _tolerance(fresh.body, target, source, value):
-            self.stats.count(MISMATCH)
+            self.stats.count(FailureKind.MISMATCH)
             raise WriteError(
                 f"{self._label}: wrote {point}={value:g} but it reads back {read_back:g}"
             )

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from .redfish_transport import HTTP_4XX, Failure, Fetched, safe_text
+from .redfish_transport import Failure, FailureKind, Fetched, safe_text
 
 Kind = Literal["server", "cdu", "pdu"]
 KINDS: Final[tuple[Kind, ...]] = ("server", "cdu", "pdu")
@@ -518,7 +518,9 @@ class _Discovery:
         service itself is raised."""
         self.reads += 1
         if self.reads > MAX_RESOURCES:
-            raise Failure(HTTP_4XX, f"more than {MAX_RESOURCES} resources: discovery stopped")
+            raise Failure(
+                FailureKind.HTTP_4XX, f"more than {MAX_RESOURCES} resources: discovery stopped"
+            )
         try:
             return await self.fetch(uri, params)
         except Failure as failure:
@@ -662,7 +664,7 @@ async def discover(fetch: Fetch, kind: Kind, selector: str | None) -> Plan:
     candidates = [r for r in refs if r.kind == kind and (selector is None or r.matches(selector))]
     if not candidates:
         what = f"{kind} {selector!r}" if selector else f"{kind} resource"
-        raise Failure(HTTP_4XX, f"the service has no {what}", status=404)
+        raise Failure(FailureKind.HTTP_4XX, f"the service has no {what}", status=404)
     plan: Plan | None = None
     for ref in candidates:
         plan = await plan_for(fetch, features, ref)

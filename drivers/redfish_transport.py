@@ -62,6 +62,7 @@ import asyncio
 import contextvars
 import datetime
 import email.utils
+import enum
 import json
 import logging
 import math
@@ -71,7 +72,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol, cast
+from types import TracebackType
+from typing import Any, Final, Literal, Protocol, Self, cast
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -90,19 +92,26 @@ from yarl import URL
 
 log = logging.getLogger("coolctl.drivers.redfish")
 
-# Failure kinds: the keys of RedfishStats.errors_by_kind.
-TIMEOUT: Final = "timeout"  # no complete answer within timeout_s
-CONNECTION: Final = "connection"  # no TCP or TLS connection, or it dropped
-HTTP_5XX: Final = "http_5xx"  # the service answered 5xx (503 with Retry-After included)
-HTTP_4XX: Final = "http_4xx"  # the service answered another 4xx (404, 412, ...) or a redirect
-AUTH: Final = "auth"  # credentials refused (401 after a fresh login, 403)
-MALFORMED: Final = "malformed"  # the answer is not the JSON object it should be
-TOO_LARGE: Final = "too_large"  # the body was longer than max_body_bytes
-MISMATCH: Final = "mismatch"  # a written value did not read back
-BACKOFF: Final = "backoff"  # not sent: the service is being left alone for a while (not counted)
+
+class FailureKind(enum.StrEnum):
+    """Why a request failed: the keys of RedfishStats.errors_by_kind and the `kind` label of
+    coolctl_device_poll_errors."""
+
+    TIMEOUT = "timeout"  # no complete answer within timeout_s
+    CONNECTION = "connection"  # no TCP or TLS connection, or it dropped
+    HTTP_5XX = "http_5xx"  # the service answered 5xx (503 with Retry-After included)
+    HTTP_4XX = "http_4xx"  # the service answered another 4xx (404, 412, ...) or a redirect
+    AUTH = "auth"  # credentials refused (401 after a fresh login, 403)
+    MALFORMED = "malformed"  # the answer is not the JSON object it should be
+    TOO_LARGE = "too_large"  # the body was longer than max_body_bytes
+    MISMATCH = "mismatch"  # a written value did not read back
+    BACKOFF = "backoff"  # not sent: the service is being left alone for a while (not counted)
+
 
 # Failures that say the service (not one resource) is in trouble: coolctl backs off after them.
-LINK_FAILURES: Final = frozenset({TIMEOUT, CONNECTION, HTTP_5XX, AUTH})
+LINK_FAILURES: Final = frozenset(
+    {FailureKind.TIMEOUT, FailureKind.CONNECTION, FailureKind.HTTP_5XX, FailureKind.AUTH}
+)
 
 # How much longer than timeout_s one library call may take in all: a 401 refresh is four
 # requests in a row, each with its own timeout_s.
@@ -196,7 +205,7 @@ class Failure(Exception):
 
     def __init__(
         self,
-        kind: str,
+        kind: FailureKind,
         detail: str,
         *,
         status: int | None = None,
@@ -208,7 +217,7 @@ class Failure(Exception):
         self.detail = detail
         self.status = status
         self.retry_after_s = retry_after_s
-        self.link = (kind in LINK_FAILURES or kind == BACKOFF) if link is None else link
+        self.link = (kind in LINK_FAILURES or kind is FailureKind.BACKOFF) if link is None else link
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,6 +371,17 @@ class RedfishTransport:
                 extra=self._log_extra,
             )
 
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
     def _ssl_context(self) -> ssl.SSLContext | Literal[False]:
         """Built once, at construction (a config-time error, not a poll-time one)."""
         settings = self.settings
@@ -390,7 +410,7 @@ class RedfishTransport:
             delay = max(delay, min(failure.retry_after_s, self.settings.backoff_max_s))
         self._next_request_at = time.monotonic() + delay
         self._backoff_s = min(self._backoff_s * 2, self.settings.backoff_max_s)
-        if failure.kind in (TIMEOUT, CONNECTION):
+        if failure.kind in (FailureKind.TIMEOUT, FailureKind.CONNECTION):
             self.connected = False
 
     def _link_worked(self) -> None:
@@ -463,11 +483,11 @@ class RedfishTransport:
         async with self._semaphore:
             waiting = self.waiting_s()
             if waiting is not None:  # another request failed while this one was queued
-                raise Failure(BACKOFF, f"backing off, next request in {waiting:.3g} s")
+                raise Failure(FailureKind.BACKOFF, f"backing off, next request in {waiting:.3g} s")
             try:
                 return await self._guarded(operation(client), uri)
             except Failure as failure:
-                if failure.kind == AUTH and failure.link:
+                if failure.kind == FailureKind.AUTH and failure.link:
                     self._logged_in = False  # log in afresh after the backoff
                 if failure.link:
                     self._link_failed(failure)
@@ -481,28 +501,34 @@ class RedfishTransport:
             async with asyncio.timeout(deadline):
                 return await call
         except TimeoutError:
-            raise Failure(TIMEOUT, f"{_safe(uri)}: no answer within {deadline:g} s") from None
+            raise Failure(
+                FailureKind.TIMEOUT, f"{_safe(uri)}: no answer within {deadline:g} s"
+            ) from None
         except _BodyTooLarge as exc:
-            raise Failure(TOO_LARGE, f"{_safe(uri)}: {exc}") from None
+            raise Failure(FailureKind.TOO_LARGE, f"{_safe(uri)}: {exc}") from None
         except RedfishTimeoutError:
             raise Failure(
-                TIMEOUT, f"{_safe(uri)}: no answer within {self.settings.timeout_s:g} s"
+                FailureKind.TIMEOUT, f"{_safe(uri)}: no answer within {self.settings.timeout_s:g} s"
             ) from None
         except RedfishConnectionError as exc:
             raise _connection_failure(_safe(uri), exc.__cause__) from None
         except RedfishAuthenticationError:
-            raise Failure(AUTH, f"{_safe(uri)}: the service refused the credentials") from None
+            raise Failure(
+                FailureKind.AUTH, f"{_safe(uri)}: the service refused the credentials"
+            ) from None
         except RedfishHTTPError as exc:
             response = cast(_Response, exc.response)
             raise self._status_failure(response, _safe(uri)) from None
         except RedfishInvalidTargetError:
             raise Failure(
-                MALFORMED, f"{_safe(uri)}: a link that leaves the service's origin"
+                FailureKind.MALFORMED, f"{_safe(uri)}: a link that leaves the service's origin"
             ) from None
         except RedfishProtocolError:
-            raise Failure(MALFORMED, f"{_safe(uri)}: the service answered nonsense") from None
+            raise Failure(
+                FailureKind.MALFORMED, f"{_safe(uri)}: the service answered nonsense"
+            ) from None
         except RedfishError as exc:
-            raise Failure(CONNECTION, f"{_safe(uri)}: {type(exc).__name__}") from None
+            raise Failure(FailureKind.CONNECTION, f"{_safe(uri)}: {type(exc).__name__}") from None
         except (aiohttp.ClientError, OSError) as exc:  # not expected past the library
             raise _connection_failure(_safe(uri), exc) from None
 
@@ -511,7 +537,7 @@ class RedfishTransport:
             self._link_worked()
             return
         failure = self._status_failure(response, _safe(uri))
-        if failure.kind == AUTH and failure.link:
+        if failure.kind == FailureKind.AUTH and failure.link:
             self._logged_in = False  # log in afresh after the backoff
         if failure.link:
             self._link_failed(failure)
@@ -526,14 +552,16 @@ class RedfishTransport:
         if retry_after is not None:
             text += f" (Retry-After {retry_after:.3g} s)"
         if status == 401:
-            return Failure(AUTH, f"{text}, credentials refused", status=status)
+            return Failure(FailureKind.AUTH, f"{text}, credentials refused", status=status)
         if status == 403:  # logged in, but not allowed this: that resource's trouble only
-            return Failure(AUTH, f"{text}, not permitted", status=status, link=False)
+            return Failure(FailureKind.AUTH, f"{text}, not permitted", status=status, link=False)
         if status >= 500:
-            return Failure(HTTP_5XX, text, status=status, retry_after_s=retry_after)
+            return Failure(FailureKind.HTTP_5XX, text, status=status, retry_after_s=retry_after)
         # 429 Too Many Requests, or any 4xx with Retry-After: the service wants a rest.
         busy = status == 429 or retry_after is not None
-        return Failure(HTTP_4XX, text, status=status, retry_after_s=retry_after, link=busy)
+        return Failure(
+            FailureKind.HTTP_4XX, text, status=status, retry_after_s=retry_after, link=busy
+        )
 
     @staticmethod
     def _etag(response: _Response) -> str | None:
@@ -582,7 +610,7 @@ class RedfishTransport:
                 return client
             waiting = self.waiting_s()
             if waiting is not None:
-                raise Failure(BACKOFF, f"backing off, next login in {waiting:.3g} s")
+                raise Failure(FailureKind.BACKOFF, f"backing off, next login in {waiting:.3g} s")
             async with self._semaphore:
                 try:
                     await self._guarded(
@@ -590,7 +618,7 @@ class RedfishTransport:
                     )
                 except Failure as failure:
                     self._logged_in = False
-                    if failure.link or failure.kind == AUTH:
+                    if failure.link or failure.kind == FailureKind.AUTH:
                         self._link_failed(failure)  # no hammering at a login that fails
                     raise
             self._logged_in = True
@@ -637,21 +665,21 @@ class _NoResponse:
 
 def _connection_failure(what: str, cause: BaseException | None) -> Failure:
     if isinstance(cause, aiohttp.ClientConnectorCertificateError):
-        return Failure(CONNECTION, f"{what}: TLS certificate verification failed")
+        return Failure(FailureKind.CONNECTION, f"{what}: TLS certificate verification failed")
     if isinstance(cause, aiohttp.ClientSSLError | ssl.SSLError):
-        return Failure(CONNECTION, f"{what}: TLS handshake failed")
+        return Failure(FailureKind.CONNECTION, f"{what}: TLS handshake failed")
     if isinstance(cause, _BodyTooLarge):
-        return Failure(TOO_LARGE, f"{what}: {cause}")
+        return Failure(FailureKind.TOO_LARGE, f"{what}: {cause}")
     if isinstance(cause, aiohttp.ClientPayloadError):
-        return Failure(MALFORMED, f"{what}: the body could not be read (bad encoding)")
+        return Failure(FailureKind.MALFORMED, f"{what}: the body could not be read (bad encoding)")
     if isinstance(cause, aiohttp.ClientResponseError):
-        return Failure(MALFORMED, f"{what}: an invalid HTTP response")
+        return Failure(FailureKind.MALFORMED, f"{what}: an invalid HTTP response")
     if isinstance(cause, aiohttp.ServerDisconnectedError):
-        return Failure(CONNECTION, f"{what}: the service closed the connection")
+        return Failure(FailureKind.CONNECTION, f"{what}: the service closed the connection")
     if isinstance(cause, aiohttp.ClientConnectorError):
-        return Failure(CONNECTION, f"{what}: cannot connect")
+        return Failure(FailureKind.CONNECTION, f"{what}: cannot connect")
     name = type(cause).__name__ if cause is not None else "unknown error"
-    return Failure(CONNECTION, f"{what}: {name}")
+    return Failure(FailureKind.CONNECTION, f"{what}: {name}")
 
 
 def _retry_after_s(value: str | None) -> float | None:
@@ -679,9 +707,9 @@ def parse_object(raw: bytes, uri: str) -> dict[str, Any]:
     try:
         body = json.loads(raw.decode("utf-8", "replace"))
     except (ValueError, RecursionError):
-        raise Failure(MALFORMED, f"{_safe(uri)}: not JSON") from None
+        raise Failure(FailureKind.MALFORMED, f"{_safe(uri)}: not JSON") from None
     if not isinstance(body, dict):
-        raise Failure(MALFORMED, f"{_safe(uri)}: not a JSON object")
+        raise Failure(FailureKind.MALFORMED, f"{_safe(uri)}: not a JSON object")
     return body
 
 

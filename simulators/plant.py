@@ -54,6 +54,33 @@ Where this deviates from PLANT.md, and why:
 - Throttled energy is demand above the cap in force, plus what thermal throttling cut from the
   cap-lagged power; the cap lag itself after a load step is not counted.
 
+What PLANT.md leaves out, and the plant adds so that it does not flatter the controllers:
+
+- Sensor lag: `sensor_lag_s` (a `[plant]` table, e.g. `sensor_lag_s = { supply_temperature =
+  20.0 }`) gives a measured point a first-order lag, a thermowell or a slow transmitter; it acts
+  on that point of every device that has it (`chip_temperature`: every server), before noise
+  and faults, and never on `truth()`. Default: no lag (PLANT.md gives none).
+- The primary valve: `valve_position` is the stem; the flow it passes follows an inherent
+  characteristic (R^x - 1)/(R - 1) with rangeability `valve_rangeability` (1: linear, the
+  default; ~50: equal percentage, what control valves usually have), installed with authority
+  `valve_authority` N (share of the primary's pressure drop the open valve takes; 1, the
+  default, means the characteristic is what the loop gets): Q/Q_max = 1/sqrt(1 - N + N/f^2).
+  `valve_stiction` is a deadband in stem travel: the stem stays put until the command is more
+  than that away from it, then breaks away and travels (at the stroke speed) to the command.
+  The defaults are today's linear, frictionless valve.
+- Servers differ: each server's contact resistance (cold plate, TIM) is off by a fixed amount
+  drawn once from the seed, uniform in +-`chip_spread_k` K at max power (3 K by default), from
+  a stream of its own so that the sensors' noise does not change with it; and the cold plates
+  do not share the flow equally: `server_flow_shares`, a linear gradient along the manifold
+  from 1 + `flow_maldistribution` times the mean at server 0 to 1 - it at the last, summing
+  to the loop flow. +-5 % by default (a well-balanced manifold): with +-10 % and the spread,
+  the shipped load-step-up's hottest chip sits at 87 degC, hardware-throttling for 1770 of its
+  3600 scored s under the demo rack's PID (160 L/min, 35 degC supply); with +-5 % it peaks at
+  86.6 degC, with the spread alone at 85.8, with identical servers at 83.5.
+- A leak's rate is given at rated loop pressure and scales with (dP/dP_rated)^0.5
+  (`leak_pressure_exponent`, the orifice law; 0: a constant rate): a stopped pump stops it (the
+  loop has no static head here), a cavitating pump slows it.
+
 Servers are numbered from 0: `set_power_limit(0, ...)` and device `server0` are the same server.
 """
 
@@ -73,6 +100,7 @@ from .sensors import SensorBank
 FloatArray = npt.NDArray[np.float64]
 
 _LPM_TO_LPS = 1.0 / 60.0
+_SPREAD_STREAM = 0x5EED  # second word of the seed that draws the servers' spread
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +121,7 @@ class PlantParams:
     chip_tau_s: float = 7.0
     throttle_temperature_c: float = 87.0
     throttle_floor_w: float = 0.0
+    chip_spread_k: float = 3.0
     # cold plates: R_cp(q) = R0 + R1/q^exponent, calibrated at rated flow and max power
     chip_rated_temperature_c: float = 75.0
     chip_rated_supply_c: float = 32.0
@@ -100,6 +129,7 @@ class PlantParams:
     cold_plate_flow_exponent: float = 0.8
     cold_plate_min_flow_lpm: float = 0.05
     cold_plate_volume_l: float = 0.3
+    flow_maldistribution: float = 0.05
     # coolant (PG25) and facility water
     coolant_density_kg_m3: float = 1025.0
     coolant_cp_j_per_kg_k: float = 3900.0
@@ -123,12 +153,16 @@ class PlantParams:
     hx_flow_exponent: float = 0.8
     primary_max_flow_lpm: float = 250.0
     valve_stroke_s: float = 10.0
+    valve_rangeability: float = 1.0
+    valve_authority: float = 1.0
+    valve_stiction: float = 0.0
     facility_water_temperature_c: float = 30.0
     # reservoir
     reservoir_capacity_l: float = 20.0
     reservoir_min_level_l: float = 5.0
     cavitation_band_l: float = 1.0
     leak_detect_volume_l: float = 0.05
+    leak_pressure_exponent: float = 0.5
     # PDU
     pdu_overhead_w: float = 800.0
     # initial state (the plant starts in the steady state of these)
@@ -147,8 +181,14 @@ class PlantParams:
     level_noise_l: float = 0.05
     server_power_noise_w: float = 10.0
     pdu_power_noise_w: float = 50.0
+    # sensor lag: (point, time constant in s) pairs; a `[plant]` table gives it as a table,
+    # e.g. `sensor_lag_s = { supply_temperature = 20.0 }`
+    sensor_lag_s: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.sensor_lag_s, Mapping):
+            lags = tuple(sorted(self.sensor_lag_s.items()))
+            object.__setattr__(self, "sensor_lag_s", lags)
         _validate(self)
 
     @classmethod
@@ -159,8 +199,22 @@ class PlantParams:
         for key, value in values.items():
             if key not in kinds:
                 raise ValueError(f"unknown plant parameter {key!r}")
+            if key == "sensor_lag_s":
+                kwargs[key] = _lags(value)
+                continue
             kwargs[key] = _coerce(key, str(kinds[key]), value)
         return cls(**kwargs)  # type: ignore[arg-type]
+
+    @property
+    def server_flow_shares(self) -> tuple[float, ...]:
+        """Each cold plate's share of the loop flow: a linear gradient along the manifold,
+        server 0 (nearest the CDU) getting 1 + `flow_maldistribution` times the mean, the last
+        1 - `flow_maldistribution`; the shares sum to 1."""
+        n = self.n_servers
+        if n == 1:
+            return (1.0,)
+        m = self.flow_maldistribution
+        return tuple((1.0 + m * (1.0 - 2.0 * i / (n - 1))) / n for i in range(n))
 
     @property
     def cdu_volume_l(self) -> float:
@@ -206,16 +260,26 @@ _POSITIVE = (
     "pump_tau_s", "pump_spindown_s", "hx_ua_rated_w_per_k", "hx_flow_exponent",
     "primary_max_flow_lpm", "valve_stroke_s", "reservoir_capacity_l", "cavitation_band_l",
     "cold_plate_flow_exponent", "cold_plate_min_flow_lpm", "cold_plate_volume_l", "step_s",
-    "leak_detect_volume_l",
+    "leak_detect_volume_l", "valve_rangeability",
 )  # fmt: skip
 _NON_NEGATIVE = (
     "server_idle_w", "power_limit_min_w", "throttle_floor_w", "standby_changeover_s",
     "reservoir_min_level_l", "pdu_overhead_w", "temperature_noise_c", "flow_noise_lpm",
     "pressure_noise_pa", "ratio_noise", "pump_power_noise_w", "heat_noise_w", "level_noise_l",
-    "server_power_noise_w", "pdu_power_noise_w",
+    "server_power_noise_w", "pdu_power_noise_w", "chip_spread_k", "leak_pressure_exponent",
 )  # fmt: skip
-_UNIT_INTERVAL = ("initial_load", "initial_pump_speed", "initial_valve")
-_OPEN_FRACTIONS = ("liquid_fraction", "pump_efficiency")  # in (0, 1]
+_UNIT_INTERVAL = ("initial_load", "initial_pump_speed", "initial_valve", "valve_stiction")
+_OPEN_FRACTIONS = ("liquid_fraction", "pump_efficiency", "valve_authority")  # in (0, 1]
+# Points with a physical sensor behind them, which `sensor_lag_s` may slow down (commands,
+# switches, caps and counters are not measured through a sensing element).
+LAGGABLE_POINTS = frozenset(
+    {
+        "supply_temperature", "return_temperature", "flow", "differential_pressure",
+        "pump_speed", "pump_power", "heat_removed", "reservoir_level",
+        "facility_supply_temperature", "facility_return_temperature", "primary_flow",
+        "valve_position", "power", "chip_temperature", "coolant_outlet_temperature",
+    }
+)  # fmt: skip
 
 
 def _coerce(key: str, kind: str, value: object) -> object:
@@ -231,6 +295,18 @@ def _coerce(key: str, kind: str, value: object) -> object:
             raise ValueError(f"plant parameter {key!r} must be an integer, got {value!r}")
         return value
     return float(value)
+
+
+def _lags(value: object) -> tuple[tuple[str, float], ...]:
+    """A `[plant] sensor_lag_s` table: point names to time constants in seconds."""
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            f"plant parameter 'sensor_lag_s' must be a table of point = seconds, got {value!r}"
+        )
+    return tuple(
+        (str(point), float(_coerce("sensor_lag_s", "float", tau)))  # type: ignore[arg-type]
+        for point, tau in sorted(value.items())
+    )
 
 
 def _require(ok: bool, key: str, why: str) -> None:
@@ -274,6 +350,19 @@ def _validate(p: PlantParams) -> None:
         "must exceed chip_rated_supply_c",
     )
     _require(p.cdu_volume_l > 0.0, "loop_volume_l", "must exceed pipe and cold-plate volumes")
+    _require(0.0 <= p.flow_maldistribution < 1.0, "flow_maldistribution", "must be within [0, 1)")
+    _require(
+        p.chip_spread_k < p.cold_plate_r0_k_per_w * p.server_max_w,
+        "chip_spread_k",
+        "must stay below the cold plates' conduction rise at max power",
+    )
+    for point, tau in p.sensor_lag_s:
+        _require(
+            point in LAGGABLE_POINTS,
+            "sensor_lag_s",
+            f"names {point!r}, not a measured point ({', '.join(sorted(LAGGABLE_POINTS))})",
+        )
+        _require(math.isfinite(tau) and tau >= 0.0, "sensor_lag_s", f"{point} must be >= 0 s")
 
 
 def _internal_step_s(p: PlantParams) -> float:
@@ -285,12 +374,14 @@ def _internal_step_s(p: PlantParams) -> float:
 def _smallest_time_constant_s(p: PlantParams) -> float:
     """The fastest dynamics kept: lags, and the coolant residence times at rated flow."""
     rated_lps = p.pump_rated_flow_lpm * _LPM_TO_LPS
+    lags = [tau for _, tau in p.sensor_lag_s if tau > 0.0]
     return min(
         p.cap_tau_s,
         p.chip_tau_s,
         p.pump_tau_s,
-        p.cold_plate_volume_l * p.n_servers / rated_lps,
+        p.cold_plate_volume_l / (min(p.server_flow_shares) * rated_lps),
         p.cdu_volume_l / rated_lps,
+        *lags,
     )
 
 
@@ -301,6 +392,10 @@ class PlantTruth:
     Energies are joules since construction. `throttled_energy_j` is work wanted but denied:
     `cap_denied_energy_j` (demand above the cap in force) plus `thermal_throttled_energy_j`
     (power the hardware cut to hold its chip at the throttle temperature).
+    `hardware_throttle_s` is plant time (since construction) during which at least one server
+    was cutting its own power; `hardware_throttling` says which servers do now.
+    `valve_position` is the stem, `valve_opening` the share of `primary_max_flow_lpm` it passes
+    (its installed characteristic); `leak_rate_lpm` is what leaks now, at the loop's pressure.
     """
 
     time_s: float
@@ -317,12 +412,14 @@ class PlantTruth:
     standby_pump_active: bool
     valve_position: float
     valve_command: float
+    valve_opening: float
     primary_flow_lpm: float
     facility_supply_temperature_c: float
     facility_return_temperature_c: float
     heat_removed_w: float
     it_heat_to_coolant_w: float
     reservoir_level_l: float
+    leak_rate_lpm: float
     leak_detected: bool
     pdu_power_w: float
     server_demand_w: tuple[float, ...]
@@ -330,6 +427,8 @@ class PlantTruth:
     power_limit_w: tuple[float, ...]
     chip_temperature_c: tuple[float, ...]
     outlet_temperature_c: tuple[float, ...]
+    server_flow_lpm: tuple[float, ...]
+    hardware_throttling: tuple[bool, ...]
     it_heat_to_coolant_j: float
     heat_removed_j: float
     stored_heat_change_j: float
@@ -338,6 +437,7 @@ class PlantTruth:
     pdu_energy_j: float
     cap_denied_energy_j: float
     thermal_throttled_energy_j: float
+    hardware_throttle_s: float
 
     @property
     def throttled_energy_j(self) -> float:
@@ -437,6 +537,8 @@ class RackPlant:
         self._pump = _PumpState(speed=self._speed_target())
         self._valve_command = p.initial_valve
         self._valve = p.initial_valve
+        self._valve_moving = False
+        self._opening = self._installed_opening(self._valve)
         self._level_l = p.reservoir_capacity_l
         self._leak_lpm = 0.0
         self._leaked_l = 0.0
@@ -446,7 +548,14 @@ class RackPlant:
         self._hydraulic_w = 0.0
         self._pump_w = 0.0
         self._update_hydraulics()
-        # servers
+        # servers: their differences are fixed at construction, from the seed but from a stream
+        # of their own, so the sensors' noise is the same whatever the spread
+        spread = np.random.default_rng([seed, _SPREAD_STREAM]).uniform(-1.0, 1.0, n)
+        self._share: FloatArray = np.array(p.server_flow_shares)
+        self._r0: FloatArray = p.cold_plate_r0_k_per_w + spread * (p.chip_spread_k / p.server_max_w)
+        self._throttling: npt.NDArray[np.bool_] = np.zeros(n, dtype=bool)
+        self._r_cp_flow = math.nan  # the loop flow `_r_cp_cache` was computed for
+        self._r_cp_cache: FloatArray = self._r0.copy()
         demand = p.server_idle_w + p.initial_load * (p.server_max_w - p.server_idle_w)
         self._demand_w: FloatArray = np.full(n, demand)
         self._cap_w: FloatArray = np.full(n, p.server_max_w)
@@ -471,7 +580,9 @@ class RackPlant:
         self._pdu_j = 0.0
         self._cap_denied_j = 0.0
         self._thermal_j = 0.0
+        self._throttle_s = 0.0
         self._sensors = SensorBank(self._sensor_sigmas(), seed)
+        self._init_sensor_lags()
 
     # ---- construction helpers -------------------------------------------------------------
 
@@ -486,7 +597,6 @@ class RackPlant:
         # chip lag dt/tau at a flow is this over R_cp(flow): tau_chip at rated flow
         self._chip_rate = dt * p.cold_plate_r_rated_k_per_w / p.chip_tau_s
         self._a_pump = 1.0 - math.exp(-dt / p.pump_tau_s)
-        self._r0 = p.cold_plate_r0_k_per_w
         self._r1 = p.cold_plate_r1
         self._k_sys = p.system_k_pa_per_lpm2
         self._hx_half_r = 0.5 / p.hx_ua_rated_w_per_k
@@ -507,7 +617,7 @@ class RackPlant:
         if c_hot > 0.0 and conductance > 0.0:
             return_c = fw + heat_w / conductance
             supply_c = return_c - heat_w / c_hot
-            outlet_c = supply_c + p.liquid_fraction * self._power_w * (n / c_hot)
+            outlet_c = supply_c + p.liquid_fraction * self._power_w / (self._share * c_hot)
             chip_c = self._chip_targets(supply_c, outlet_c)
             if float(chip_c.max()) <= p.throttle_temperature_c:
                 self._set_loop_temperatures(supply_c, return_c, outlet_c)
@@ -522,15 +632,40 @@ class RackPlant:
         self._supply_c = supply_c
         self._return_c = return_c
         self._outlet_c: FloatArray = outlet_c
-        self._rack_outlet_c = float(outlet_c.mean())
+        self._rack_outlet_c = float(self._share @ outlet_c)
         target = self._chip_targets(supply_c, outlet_c)
         self._chip_c: FloatArray = np.minimum(target, max(p.throttle_temperature_c, supply_c))
 
     def _chip_targets(self, supply_c: float, outlet_c: FloatArray) -> FloatArray:
         """Steady chip temperatures at the present power and flow."""
-        r_cp = self._r_cp(self._flow_lpm / self._p.n_servers)
+        r_cp = self._r_cp(self._flow_lpm)
         power = self._power_w
         return np.maximum(supply_c + power * r_cp, outlet_c + power * self._r0)
+
+    def _init_sensor_lags(self) -> None:
+        """Lagged points by device, each filter starting at its point's present true value."""
+        p = self._p
+        lags = {point: tau for point, tau in p.sensor_lag_s if tau > 0.0}
+        self._lag_alpha: dict[str, list[tuple[str, float]]] = {}
+        self._lagged: dict[str, dict[str, float]] = {}
+        for device in self._sensors.devices:
+            points = [
+                (point, 1.0 - math.exp(-self._dt / lags[point]))
+                for point in self._sensors.device(device).points
+                if point in lags
+            ]
+            if points:
+                self._lag_alpha[device] = points
+                raw = self._raw_readings(device)
+                self._lagged[device] = {point: raw[point] for point, _ in points}
+
+    def _step_sensor_lags(self) -> None:
+        """Each lagged sensor's element moves toward its point's true value (first order)."""
+        for device, points in self._lag_alpha.items():
+            raw = self._raw_readings(device)
+            state = self._lagged[device]
+            for point, alpha in points:
+                state[point] += (raw[point] - state[point]) * alpha
 
     def _sensor_sigmas(self) -> dict[str, dict[str, float]]:
         """Default noise of every exposed point; commands, booleans and counters have none."""
@@ -695,6 +830,14 @@ class RackPlant:
         return self.readings(f"server{self._server_index(server)}")
 
     def _true_readings(self, device: str) -> dict[str, float]:
+        """What the device's sensing elements hold: the plant's state, through any lag."""
+        raw = self._raw_readings(device)
+        lagged = self._lagged.get(device)
+        if lagged is not None:
+            raw.update(lagged)
+        return raw
+
+    def _raw_readings(self, device: str) -> dict[str, float]:
         if device == "cdu":
             return self._cdu_truth()
         if device == "pdu":
@@ -747,12 +890,14 @@ class RackPlant:
             standby_pump_active=self._pump.standby_active,
             valve_position=self._valve,
             valve_command=self._valve_command,
+            valve_opening=self._opening,
             primary_flow_lpm=self._primary_lpm(),
             facility_supply_temperature_c=self._facility_c,
             facility_return_temperature_c=self._facility_return_c(),
             heat_removed_w=self._heat_removed_w,
             it_heat_to_coolant_w=self._it_heat_w,
             reservoir_level_l=self._level_l,
+            leak_rate_lpm=self._leak_rate_lpm(),
             leak_detected=self._leak_detected(),
             pdu_power_w=self._pdu_power_w(),
             server_demand_w=tuple(self._demand_w.tolist()),
@@ -760,6 +905,8 @@ class RackPlant:
             power_limit_w=tuple(self._cap_w.tolist()),
             chip_temperature_c=tuple(self._chip_c.tolist()),
             outlet_temperature_c=tuple(self._outlet_c.tolist()),
+            server_flow_lpm=tuple((self._share * self._flow_lpm).tolist()),
+            hardware_throttling=tuple(self._throttling.tolist()),
             it_heat_to_coolant_j=self._it_heat_j,
             heat_removed_j=self._removed_j,
             stored_heat_change_j=self._stored_heat_j() - self._stored_initial_j,
@@ -768,6 +915,7 @@ class RackPlant:
             pdu_energy_j=self._pdu_j,
             cap_denied_energy_j=self._cap_denied_j,
             thermal_throttled_energy_j=self._thermal_j,
+            hardware_throttle_s=self._throttle_s,
         )
 
     # ---- integration ----------------------------------------------------------------------
@@ -805,10 +953,12 @@ class RackPlant:
         self._pump_j += pump_w * dt
         self._pdu_j += (self._it_power_w + pump_w + self._p.pdu_overhead_w) * dt
         self._cap_denied_j += self._cap_denied_w * dt
+        if self._lag_alpha:
+            self._step_sensor_lags()
         self._steps += 1
 
     def _step_actuators(self, dt: float) -> None:
-        """Pump speed (lag, run-down, changeover) and valve travel (slew limit)."""
+        """Pump speed (lag, run-down, changeover) and valve travel (stiction, slew limit)."""
         pump = self._pump
         p = self._p
         if pump.duty_failed and p.standby_pump and not pump.standby_active:
@@ -820,15 +970,19 @@ class RackPlant:
         else:
             speed = pump.speed - dt / p.pump_spindown_s
             pump.speed = speed if speed > 1e-9 else 0.0
-        travel = dt / p.valve_stroke_s
-        self._valve += _clamp(self._valve_command - self._valve, -travel, travel)
+        error = self._valve_command - self._valve
+        if self._valve_moving or abs(error) > p.valve_stiction:
+            travel = dt / p.valve_stroke_s
+            self._valve += _clamp(error, -travel, travel)
+            self._valve_moving = abs(error) > travel
+            self._opening = self._installed_opening(self._valve)
 
     def _step_reservoir(self, dt: float) -> None:
         """A leak drains the reservoir, which keeps the loop itself full until it runs dry."""
         if self._leak_lpm > 0.0:
-            lost_l = min(self._level_l, self._leak_lpm * _LPM_TO_LPS * dt)
-            self._level_l -= lost_l
-            self._leaked_l += self._leak_lpm * _LPM_TO_LPS * dt
+            leaked_l = self._leak_rate_lpm() * _LPM_TO_LPS * dt
+            self._level_l -= min(self._level_l, leaked_l)
+            self._leaked_l += leaked_l
 
     def _step_servers(self, dt: float, flow_lpm: float, supply_c: float) -> None:
         """Server power (cap lag, hardware throttle), chip temperatures, cold-plate outlets."""
@@ -836,10 +990,10 @@ class RackPlant:
         n = p.n_servers
         lagged = self._lagged_w
         lagged += (self._target_w - lagged) * self._a_cap
-        r_cp = self._r_cp(flow_lpm / n)
+        r_cp = self._r_cp(flow_lpm)
         outlet = self._outlet_c
         chip = self._chip_c
-        e = math.exp(-self._chip_rate / r_cp)
+        e = np.exp(-self._chip_rate / r_cp)
         target = np.maximum(lagged * r_cp + supply_c, lagged * self._r0 + outlet)
         new_chip = target + (chip - target) * e
         if float(new_chip.max()) > p.throttle_temperature_c:
@@ -847,19 +1001,24 @@ class RackPlant:
             target = np.maximum(power * r_cp + supply_c, power * self._r0 + outlet)
             new_chip = target + (chip - target) * e
             self._thermal_j += float((lagged - power).sum()) * dt
+            self._throttling = power < lagged - 1e-6
+            if self._throttling.any():
+                self._throttle_s += dt
         else:
             power = lagged
+            if self._throttling.any():
+                self._throttling = np.zeros(n, dtype=bool)
         self._chip_c = new_chip
         it_w = float(power.sum())
         self._power_w = power.copy() if power is lagged else power
         self._it_power_w = it_w
         # cold plates: implicit in the outflow, so positive and bounded at any flow
-        g_j_k = flow_lpm / n * _LPM_TO_LPS * dt * self._c_per_l
+        g_j_k = self._share * (flow_lpm * _LPM_TO_LPS * dt * self._c_per_l)
         denominator = self._c_plate_j_k + g_j_k
         outlet *= self._c_plate_j_k / denominator
         outlet += power * (p.liquid_fraction * dt / denominator)
         outlet += g_j_k * supply_c / denominator
-        self._rack_outlet_c = float(outlet.sum()) / n
+        self._rack_outlet_c = float(self._share @ outlet)
         self._it_heat_w = p.liquid_fraction * it_w
         self._it_heat_j += self._it_heat_w * dt
         self._it_j += it_w * dt
@@ -870,8 +1029,8 @@ class RackPlant:
         chip: FloatArray,
         outlet: FloatArray,
         supply_c: float,
-        r_cp: float,
-        e: float,
+        r_cp: FloatArray,
+        e: FloatArray,
     ) -> FloatArray:
         """Power each server may draw so its chip ends the step no hotter than T_throttle."""
         p = self._p
@@ -915,13 +1074,39 @@ class RackPlant:
         self._hydraulic_w = flow * _LPM_TO_LPS / 1000.0 * self._dp_pa
         self._pump_w = self._hydraulic_w / p.pump_efficiency
 
-    def _r_cp(self, server_flow_lpm: float) -> float:
-        """Cold-plate resistance chip-to-supply at a server's flow, in K/W."""
-        q = max(server_flow_lpm, self._p.cold_plate_min_flow_lpm)
-        return self._r0 + self._r1 / math.pow(q, self._p.cold_plate_flow_exponent)
+    def _r_cp(self, flow_lpm: float) -> FloatArray:
+        """Each cold plate's resistance chip-to-supply at loop flow `flow_lpm`, in K/W."""
+        if flow_lpm != self._r_cp_flow:
+            p = self._p
+            q = np.maximum(self._share * flow_lpm, p.cold_plate_min_flow_lpm)
+            self._r_cp_cache = self._r0 + self._r1 / q**p.cold_plate_flow_exponent
+            self._r_cp_flow = flow_lpm
+        return self._r_cp_cache
+
+    def _installed_opening(self, position: float) -> float:
+        """Share of the primary's full flow the valve passes at stem `position` (0..1).
+
+        Inherent characteristic (R^x - 1)/(R - 1), equal percentage for rangeability R > 1 and
+        linear at R = 1, then installed with authority N: Q/Q_max = 1/sqrt(1 - N + N/f^2).
+        """
+        p = self._p
+        r = p.valve_rangeability
+        f = position if r == 1.0 else (math.pow(r, position) - 1.0) / (r - 1.0)
+        n = p.valve_authority
+        if n >= 1.0 or f <= 0.0:
+            return max(f, 0.0)
+        return 1.0 / math.sqrt(1.0 - n + n / (f * f))
 
     def _primary_lpm(self) -> float:
-        return self._valve * self._p.primary_max_flow_lpm
+        return self._opening * self._p.primary_max_flow_lpm
+
+    def _leak_rate_lpm(self) -> float:
+        """The leak's rate now: its rated-pressure rate scaled by (dP/dP_rated)^exponent."""
+        if self._leak_lpm <= 0.0:
+            return 0.0
+        p = self._p
+        ratio = self._dp_pa / p.pump_rated_pressure_pa
+        return self._leak_lpm * math.pow(ratio, p.leak_pressure_exponent)
 
     def _hx_conductance(self, flow_lpm: float, primary_lpm: float) -> float:
         """eps * C_min of the counterflow exchanger, in W/K (heat = this x (T_ret - T_fw))."""

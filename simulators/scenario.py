@@ -61,6 +61,10 @@ Event kinds and their `value`:
 | `sensor_drift` | drift, the point's unit per second | device, point | drift removed |
 | `link_loss` | — | device | link back |
 
+A leak detector that has failed dry is `sensor_stuck` on the CDU's `leak_detected` point before
+the leak starts (a stuck sensor holds the value it had). `sensor_lag_s` in `[plant]` is a
+table, point = seconds.
+
 `link_loss` is not a plant fault: the device stops answering, so the daemon sees its points go
 stale; the player only keeps the set of devices whose links are down (`links_down`) for the
 runner. `budget` likewise only sets `budget_w`. Device names are the rack config's (`cdu1`,

@@ -109,6 +109,10 @@ class SensorBank:
         self._rng = np.random.default_rng(seed)
         self._devices = {name: DeviceSensors(sigmas) for name, sigmas in devices.items()}
 
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(self._devices)
+
     def device(self, name: str) -> DeviceSensors:
         try:
             return self._devices[name]

@@ -26,13 +26,13 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from coolctl.model import RackMode
 from coolctl.ops.api import ControlApi, ControlApiError
 from coolctl.ops.protocol import (
     AuditRecord,
     ControlError,
     EventRecord,
     JsonObject,
-    Mode,
     OverrideRecord,
     target_kind,
 )
@@ -47,7 +47,7 @@ class MemoryPlane:
     """A ControlPlane in dicts, standing in for the daemon in these tests."""
 
     def __init__(self) -> None:
-        self.modes: dict[str, Mode] = {"r01": "auto", "r02": "auto"}
+        self.modes: dict[str, RackMode] = {"r01": RackMode.AUTO, "r02": RackMode.AUTO}
         self.records: dict[tuple[str, str], OverrideRecord] = {}
         self.event_log: list[EventRecord] = []
         self.audit_log: list[AuditRecord] = []
@@ -200,7 +200,7 @@ class MemoryPlane:
         self._audit(who, "override_clear", rack, target=target, why=why)
         return record
 
-    async def set_mode(self, rack: str, mode: Mode, who: str, why: str) -> JsonObject:
+    async def set_mode(self, rack: str, mode: RackMode, who: str, why: str) -> JsonObject:
         self.calls.append("set_mode")
         self._rack(rack)
         previous, self.modes[rack] = self.modes[rack], mode

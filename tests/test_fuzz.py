@@ -80,11 +80,9 @@ from coolctl.drivers.modbus_profile import (
 )
 from coolctl.drivers.mqtt import MqttConnection, MqttSettings
 from coolctl.drivers.mqtt_profile import (
-    MALFORMED,
     MAX_PAYLOAD_BYTES,
-    OUT_OF_RANGE,
-    OVERSIZED,
     PayloadError,
+    RejectReason,
     TopicPoint,
     decode_payload,
     load_mqtt_profile,
@@ -1221,7 +1219,7 @@ def test_fuzz_redfish_hostile_service() -> None:
 # 3. MQTT payloads: the codec, and a real broker to the driver
 
 SENSORS = load_mqtt_profile("sim-mqtt-sensors")
-REASONS = frozenset({MALFORMED, OUT_OF_RANGE, OVERSIZED})
+REASONS = frozenset({RejectReason.MALFORMED, RejectReason.OUT_OF_RANGE, RejectReason.OVERSIZED})
 
 
 @st.composite
@@ -1239,8 +1237,10 @@ def topic_points(draw: st.DrawFn) -> TopicPoint:
     if not boolean:
         low = draw(st.none() | st.floats(-1e6, 1e6))
         high = draw(st.none() | st.floats(-1e6, 1e6))
-        if low is not None and high is not None and low > high:
-            low, high = high, low
+        if low is not None and high is not None:
+            low, high = min(low, high), max(low, high)
+            if low == high:  # 0.0 and -0.0: equal, yet floats(0.0, -0.0) is no range
+                high = low
     return TopicPoint(
         name=name,
         topic="fuzz/{device}",
@@ -1344,7 +1344,7 @@ def check_payload(point: TopicPoint, payload: bytes) -> tuple[float | None, str 
         value = decode_payload(point, payload)
     except PayloadError as exc:
         assert exc.reason in REASONS, exc
-        assert (exc.reason == OVERSIZED) == (len(payload) > MAX_PAYLOAD_BYTES), exc
+        assert (exc.reason == RejectReason.OVERSIZED) == (len(payload) > MAX_PAYLOAD_BYTES), exc
         return None, exc.reason
     assert isinstance(value, float) and math.isfinite(value), value
     assert len(payload) <= MAX_PAYLOAD_BYTES

@@ -175,8 +175,10 @@ _NOISE = {FLOW: 2.5, SUPPLY: 0.15, CHIP_MAX: 0.15, OUTLET_MAX: 0.15}
 @pytest.mark.parametrize(
     ("change", "relative"),
     [
-        # pump 0.6 -> 0.5: flow down 20 L/min, chips ~4 K warmer
-        ({PUMP_SPEED: 0.5}, {FLOW: 0.05, CHIP_MAX: 0.12, OUTLET_MAX: 0.12, SUPPLY: 0.15}),
+        # pump 0.6 -> 0.5: flow down 20 L/min, chips ~4 K warmer. The servers differ (+-3 K,
+        # +-5 % flow), so the hottest chip's response is less linear than on identical servers:
+        # 0.76 K off at worst over a 3.9 K step (0.12 held on identical servers)
+        ({PUMP_SPEED: 0.5}, {FLOW: 0.05, CHIP_MAX: 0.2, OUTLET_MAX: 0.12, SUPPLY: 0.15}),
         # pump 0.6 -> 0.7. The chips' cold-plate resistance goes as flow^-0.8: more flow helps
         # less and less, and the linear model, fitted over 0.35..0.85, overrates the cooling of
         # a step up by about a third. Said here, so that a better model shows as a tighter bound.

@@ -146,3 +146,23 @@ def test_the_metrics_name_every_mpc_fallback_reason() -> None:
     from coolctl.daemon.metrics import MPC_FALLBACK_REASONS
 
     assert sorted(MPC_FALLBACK_REASONS) == sorted(FALLBACK_REASONS)
+
+
+def test_the_mpc_collector_is_registered_only_while_a_rack_runs_the_mpc(
+    tmp_path: Path, model_path: Path
+) -> None:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.exposition import generate_latest
+
+    from coolctl.daemon.metrics import DaemonMetrics
+    from coolctl.daemon.runtime import Daemon
+
+    pid = Daemon(load_config(write(tmp_path, "")))
+    mpc = Daemon(load_config(write(tmp_path, f'controller = "mpc"\nmpc_model = "{model_path}"')))
+    registry = CollectorRegistry(auto_describe=False)
+    metrics = DaemonMetrics(pid, registry)
+    assert b"coolctl_mpc_steps" not in generate_latest(registry)
+    metrics.daemon = mpc  # a reload onto a rack under the MPC
+    assert b'coolctl_mpc_steps_total{rack="r01"} 0.0' in generate_latest(registry)
+    metrics.daemon = pid
+    assert b"coolctl_mpc_" not in generate_latest(registry)

@@ -27,14 +27,11 @@ from hypothesis import strategies as st
 
 from coolctl.drivers.mqtt import MqttConnection, MqttSettings
 from coolctl.drivers.mqtt_profile import (
-    MALFORMED,
     MAX_PAYLOAD_BYTES,
-    OUT_OF_RANGE,
-    OVERSIZED,
-    UNKNOWN_TOPIC,
     MqttProfile,
     PayloadError,
     ProfileError,
+    RejectReason,
     TopicPoint,
     decode_payload,
     load_mqtt_profile,
@@ -77,12 +74,9 @@ async def connection(
     conn = MqttConnection(settings, **kwargs)  # type: ignore[arg-type]
     for device in devices:
         conn.add_device("r01", device, load_mqtt_profile(PROFILE), PREFIX)
-    await conn.start()
-    try:
+    async with conn:
         assert await conn.wait_connected(5), broker.log_text()
         yield conn
-    finally:
-        await conn.stop()
 
 
 @asynccontextmanager
@@ -325,35 +319,39 @@ def test_decode_accepts(spec: TopicPoint, payload: bytes, value: float) -> None:
 @pytest.mark.parametrize(
     ("spec", "payload", "reason"),
     [
-        (point(), b"\xff\xfe", MALFORMED),
-        (point(), b"", MALFORMED),
-        (point(), b"warm", MALFORMED),
-        (point(), b"nan", MALFORMED),
-        (point(), b"-inf", MALFORMED),
-        (point(), b"95", OUT_OF_RANGE),
-        (point(), b"-10.5", OUT_OF_RANGE),
-        (point(), b"1" * (MAX_PAYLOAD_BYTES + 1), OVERSIZED),
+        (point(), b"\xff\xfe", RejectReason.MALFORMED),
+        (point(), b"", RejectReason.MALFORMED),
+        (point(), b"warm", RejectReason.MALFORMED),
+        (point(), b"nan", RejectReason.MALFORMED),
+        (point(), b"-inf", RejectReason.MALFORMED),
+        (point(), b"95", RejectReason.OUT_OF_RANGE),
+        (point(), b"-10.5", RejectReason.OUT_OF_RANGE),
+        (point(), b"1" * (MAX_PAYLOAD_BYTES + 1), RejectReason.OVERSIZED),
         (
             point(name="leak_detected", format="boolean", unit=Unit.BOOLEAN, min=None, max=None),
             b"yes",
-            MALFORMED,
+            RejectReason.MALFORMED,
         ),
-        (point(name="leak_detected", unit=Unit.BOOLEAN, min=None, max=None), b"2", OUT_OF_RANGE),
-        (LEAK_POINT, b'{"wet": "no"}', MALFORMED),
-        (LEAK_POINT, b'{"dry": true}', MALFORMED),
-        (LEAK_POINT, b"[true]", MALFORMED),
-        (LEAK_POINT, b'{"wet": NaN}', MALFORMED),
-        (LEAK_POINT, b'{"wet": 0.5}', OUT_OF_RANGE),
-        (LEAK_POINT, b'{"wet": tru', MALFORMED),
-        (FLOW_POINT, b'{"flow": 160.2}', MALFORMED),
-        (FLOW_POINT, b'{"flow": {"value": Infinity}}', MALFORMED),
-        (FLOW_POINT, b'{"flow": {"value": 1e400}}', MALFORMED),
-        (FLOW_POINT, b'{"flow": {"value": true}}', MALFORMED),
-        (FLOW_POINT, b'{"flow": {"value": null}}', MALFORMED),
-        (FLOW_POINT, b'{"flow": {"value": "160"}}', MALFORMED),
-        (FLOW_POINT, b'{"flow": {"value": -1}}', OUT_OF_RANGE),
-        (FLOW_POINT, b"[" * 60_000, MALFORMED),  # deep nesting: RecursionError in json
-        (FLOW_POINT, b"\x00\x00\x00{", MALFORMED),
+        (
+            point(name="leak_detected", unit=Unit.BOOLEAN, min=None, max=None),
+            b"2",
+            RejectReason.OUT_OF_RANGE,
+        ),
+        (LEAK_POINT, b'{"wet": "no"}', RejectReason.MALFORMED),
+        (LEAK_POINT, b'{"dry": true}', RejectReason.MALFORMED),
+        (LEAK_POINT, b"[true]", RejectReason.MALFORMED),
+        (LEAK_POINT, b'{"wet": NaN}', RejectReason.MALFORMED),
+        (LEAK_POINT, b'{"wet": 0.5}', RejectReason.OUT_OF_RANGE),
+        (LEAK_POINT, b'{"wet": tru', RejectReason.MALFORMED),
+        (FLOW_POINT, b'{"flow": 160.2}', RejectReason.MALFORMED),
+        (FLOW_POINT, b'{"flow": {"value": Infinity}}', RejectReason.MALFORMED),
+        (FLOW_POINT, b'{"flow": {"value": 1e400}}', RejectReason.MALFORMED),
+        (FLOW_POINT, b'{"flow": {"value": true}}', RejectReason.MALFORMED),
+        (FLOW_POINT, b'{"flow": {"value": null}}', RejectReason.MALFORMED),
+        (FLOW_POINT, b'{"flow": {"value": "160"}}', RejectReason.MALFORMED),
+        (FLOW_POINT, b'{"flow": {"value": -1}}', RejectReason.OUT_OF_RANGE),
+        (FLOW_POINT, b"[" * 60_000, RejectReason.MALFORMED),  # deep nesting: RecursionError in json
+        (FLOW_POINT, b"\x00\x00\x00{", RejectReason.MALFORMED),
     ],
 )
 def test_decode_rejects(spec: TopicPoint, payload: bytes, reason: str) -> None:
@@ -377,7 +375,7 @@ def test_decode_never_fails_otherwise(payload: bytes) -> None:
         try:
             value = decode_payload(spec, payload)
         except PayloadError as exc:
-            assert exc.reason in (MALFORMED, OUT_OF_RANGE)
+            assert exc.reason in (RejectReason.MALFORMED, RejectReason.OUT_OF_RANGE)
         else:
             assert math.isfinite(value)
 
@@ -434,9 +432,9 @@ async def test_bad_payloads_are_counted_and_logged_once_per_change(
         await sensor.send(FLOW, b'{"flow": {"value": NaN}}')
         await wait_until(lambda: device.stats.messages == 7)
         assert conn.stats.messages_rejected_by_reason == {
-            MALFORMED: 4,
-            OUT_OF_RANGE: 1,
-            OVERSIZED: 1,
+            RejectReason.MALFORMED: 4,
+            RejectReason.OUT_OF_RANGE: 1,
+            RejectReason.OVERSIZED: 1,
         }
         assert device.stats.rejected == 6
         await sensor.send(INLET, b"31.0")
@@ -460,7 +458,7 @@ async def test_unknown_topics_are_counted_and_ignored(broker: Mosquitto) -> None
         await conn._client.subscribe(f"{PREFIX}/stray/#")
         await sensor.send(f"{PREFIX}/stray/leak", b'{"wet": true}')
         await wait_until(lambda: conn.stats.messages_received == 1)
-        assert conn.stats.messages_rejected_by_reason == {UNKNOWN_TOPIC: 1}
+        assert conn.stats.messages_rejected_by_reason == {RejectReason.UNKNOWN_TOPIC: 1}
         assert {r.quality for r in conn.readings(time.monotonic())} == {Quality.MISSING}
 
 
@@ -516,8 +514,7 @@ async def test_retained_replay_is_stale_until_a_live_message(broker: Mosquitto) 
         conn = MqttConnection(settings_for(broker))
         device = conn.add_device("r01", "sensors1", load_mqtt_profile(PROFILE), PREFIX)
         conn.on_interlock_message(seen.append)
-        await conn.start()
-        try:
+        async with conn:
             await wait_until(lambda: len(seen) == 1)
             # The broker kept this message for who knows how long: the value is known at
             # once, but it is no evidence that the detector is alive.
@@ -527,8 +524,6 @@ async def test_retained_replay_is_stale_until_a_live_message(broker: Mosquitto) 
             await sensor.send(LEAK, b'{"wet": true}', retain=True)
             await wait_until(lambda: len(seen) == 2)
             assert seen[1].quality is Quality.GOOD
-        finally:
-            await conn.stop()
 
 
 # --------------------------------------------------------------------------------------------
@@ -582,14 +577,10 @@ async def test_publish_queue_is_bounded_and_drops_oldest(broker: Mosquitto) -> N
     for index in range(5):  # not started yet: everything waits in the queue
         await conn.publish(f"{PREFIX}/q", str(index), qos=1)
     assert conn.stats.publish_dropped == 2
-    async with peer(broker, f"{PREFIX}/q") as observer:
-        await conn.start()
-        try:
-            await observer.wait_for(f"{PREFIX}/q", b"4")
-            assert observer.payloads(f"{PREFIX}/q") == [b"2", b"3", b"4"]
-            await wait_until(lambda: conn.stats.published == 3)
-        finally:
-            await conn.stop()
+    async with peer(broker, f"{PREFIX}/q") as observer, conn:
+        await observer.wait_for(f"{PREFIX}/q", b"4")
+        assert observer.payloads(f"{PREFIX}/q") == [b"2", b"3", b"4"]
+        await wait_until(lambda: conn.stats.published == 3)
     await conn.publish(f"{PREFIX}/q", "after stop")
     assert conn.stats.publish_dropped == 3
     with pytest.raises(ValueError, match="not a valid MQTT topic"):
@@ -663,18 +654,13 @@ async def test_connects_once_the_broker_comes_up(caplog: pytest.LogCaptureFixtur
     await waiting.start()
     port = waiting.port
     await waiting.stop()  # now nothing listens on that port
-    conn = MqttConnection(
-        MqttSettings("127.0.0.1", port, reconnect_min_s=0.02, reconnect_max_s=0.1)
-    )
-    await conn.start()
-    try:
+    settings = MqttSettings("127.0.0.1", port, reconnect_min_s=0.02, reconnect_max_s=0.1)
+    async with MqttConnection(settings) as conn:
         await wait_until(lambda: conn.stats.connect_failures >= 3)
         assert len(warnings_about(caplog, "cannot connect")) == 1
         async with Mosquitto(port) as broker:
             assert await conn.wait_connected(3), broker.log_text()
             assert len(warnings_about(caplog, "connected to MQTT broker")) == 1
-    finally:
-        await conn.stop()
 
 
 @pytest.mark.asyncio
@@ -691,13 +677,10 @@ async def test_password_auth(caplog: pytest.LogCaptureFixture) -> None:
             await sensor.send(INLET, b"30")
             await wait_until(lambda: conn.stats.messages_received == 1)
 
-        wrong = MqttConnection(settings_for(broker, username="coolctl", password="wrong-Passw0rd"))
-        await wrong.start()
-        try:
+        bad = settings_for(broker, username="coolctl", password="wrong-Passw0rd")
+        async with MqttConnection(bad) as wrong:
             await wait_until(lambda: wrong.stats.connect_failures >= 3)
             assert not wrong.connected
-        finally:
-            await wrong.stop()
     (record,) = [r for r in caplog.records if r.name == LOGGER and r.levelno >= logging.ERROR]
     message = record.getMessage()
     assert "bad username or password" in message and "'coolctl'" in message

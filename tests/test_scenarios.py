@@ -7,6 +7,7 @@ suite itself is parsed and checked here, and run whole by benchmarks/scenario_su
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 from collections.abc import Mapping
@@ -29,13 +30,14 @@ from coolctl.rack.safety import DeviceFacts
 from coolctl.simulators.modbus_server import encode_value, load_register_map
 from coolctl.simulators.plant import RackPlant
 from coolctl.simulators.scenario import (
+    Limits,
     Scenario,
     ScenarioError,
     ScenarioPlayer,
     load_scenario,
     parse_scenario,
 )
-from coolctl.tools.kpi import EXTRA_KPI_KEYS, KPI_KEYS, TIMING_KEYS
+from coolctl.tools.kpi import EXTRA_KPI_KEYS, KPI_KEYS, TIMING_KEYS, Recorder
 from coolctl.tools.scenario_runner import (
     ControlStack,
     modbus_quantiser,
@@ -77,6 +79,11 @@ def test_every_shipped_scenario_parses_and_names_real_devices() -> None:
         "sensor-stuck",
         "sensor-noise",
         "link-loss",
+        "leak-detector-stuck",
+        "pump-degraded",
+        "hot-facility-water",
+        "lagged-step",
+        "cdu-link-stale",
     } <= names
     for path in paths:
         loaded = load_scenario(path)
@@ -445,6 +452,32 @@ def test_a_lost_cdu_link_sends_the_rack_to_failsafe_and_back(tmp_path: Path) -> 
 
 
 # ---- the commands ---------------------------------------------------------------------------
+
+
+def test_wear_and_dry_running_kpis_count_what_the_plant_did() -> None:
+    plant = RackPlant()
+    base = plant.truth()
+    recorder = Recorder(12, 1.0, 2.0, 35.0, Limits(), rated_flow_lpm=200.0)
+    valve = [0.5, 0.5, 0.6, 0.7, 0.698, 0.6, 0.6, 0.65, 0.65, 0.65, 0.65, 0.65]
+    flow = [200.0] * 8 + [10.0, 10.0, 30.0, 10.0]
+    command = [1.0] * 11 + [0.1]
+    interlocked = [True, False, True, True, False, False, True, False, False, False, False, False]
+    for k in range(12):
+        truth = dataclasses.replace(
+            base,
+            valve_position=valve[k],
+            flow_lpm=flow[k],
+            pump_speed_command=command[k],
+            hardware_throttle_s=float(k >= 5),
+        )
+        recorder.sample(k, float(k), truth, None, False, interlocked[k])
+    kpis = recorder.kpis(truth, [], 1.0, 12.0, 0)
+    assert kpis["interlock_trips"] == 2.0  # at 2 and 6 s (0 s was in the warm-up)
+    assert kpis["pump_dry_run_s"] == 2.0  # 8 and 9 s: 11 s is not commanded to run
+    scored_h = 10 / 3600  # from 2 s on
+    assert kpis["valve_strokes_per_h"] == pytest.approx((0.1 + 0.002 + 0.098 + 0.05) / scored_h)
+    assert kpis["valve_reversals_per_h"] == pytest.approx(2 / scored_h)  # the 0.002 back: no
+    assert kpis["hardware_throttle_s"] == 1.0
 
 
 SHORT = "duration_s = 240\nseed = 1\n[plant]\ninitial_load = 0.5\n"

@@ -21,7 +21,7 @@ import pytest
 from coolctl.daemon.systemd import Notifier, WatchdogGate, credential_path, read_credential
 
 REPO = Path(__file__).resolve().parent.parent
-UNIT = REPO / "deploy" / "systemd" / "coolctl.daemon.service"
+UNIT = REPO / "deploy" / "systemd" / "coolctl.service"
 
 _NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "CREDENTIALS_DIRECTORY")
 
@@ -411,7 +411,7 @@ def _verify(unit_text: str, tmp_path: Path) -> tuple[int, list[str]]:
     """Runs `systemd-analyze verify` on a copy; returns its exit code and the lines it printed
     about the unit itself that are not tolerated."""
     assert SYSTEMD_ANALYZE is not None
-    copy = tmp_path / "coolctl.daemon.service"
+    copy = tmp_path / "coolctl.service"
     copy.write_text(unit_text)
     proc = subprocess.run(
         [SYSTEMD_ANALYZE, "verify", "--man=no", str(copy)],
@@ -423,7 +423,7 @@ def _verify(unit_text: str, tmp_path: Path) -> tuple[int, list[str]]:
     output = (proc.stdout + proc.stderr).splitlines()
     # Only lines naming this unit count: verify also loads the units it depends on
     # (network-online.target, multi-user.target), and what those print depends on the host.
-    about_unit = [line for line in output if str(copy) in line or "coolctl.daemon.service" in line]
+    about_unit = [line for line in output if str(copy) in line or "coolctl.service" in line]
     return proc.returncode, [line for line in about_unit if not _TOLERATED.search(line)]
 
 

@@ -23,7 +23,7 @@ JSON) and write the same model file (`--out`), which a rack with `controller = "
 `mpc_model = FILE` loads.
 
 `add_identify_command(subparsers)` adds the sub-command to `coolctl`'s parser (coolctl/cli/main.py),
-and `run_identify(args) -> int` runs it. Exit codes: 0 ok, 1 the fit failed or the rack is not
+and `run_identify(args) -> ExitCode` runs it. Exit codes: 0 ok, 1 the fit failed or the rack is not
 free to test, 2 usage, 3 a device did not answer before the test (nothing written), 4 the live
 test was aborted (handed back to the PID loops; no model written), 130 interrupted. This
 module imports only the standard library at import time: numpy, scipy, OSQP and the drivers
@@ -40,12 +40,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-EXIT_OK = 0
-EXIT_BAD = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
-EXIT_ABORTED = 4
-EXIT_INTERRUPTED = 130
+from coolctl.exitcodes import ExitCode
+from coolctl.model import RackMode
 
 LIVE_HELP = """\
 live step test: RACK --config FILE runs the test on the rack's devices, under the daemon's own
@@ -170,35 +166,35 @@ def add_identify_command(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def run_identify(args: argparse.Namespace) -> int:
+def run_identify(args: argparse.Namespace) -> ExitCode:
     if args.rack is not None or args.config is not None:
         if args.simulated:
             print("coolctl identify: --simulated takes no RACK or --config", file=sys.stderr)
-            return EXIT_USAGE
+            return ExitCode.USAGE
         return run_live(args)
     if not args.simulated:
         print(
             "coolctl identify: give --simulated, or RACK --config FILE for the live test",
             file=sys.stderr,
         )
-        return EXIT_USAGE
+        return ExitCode.USAGE
     return run_simulated(args)
 
 
-def run_simulated(args: argparse.Namespace) -> int:
+def run_simulated(args: argparse.Namespace) -> ExitCode:
     from coolctl.simulators.plant import PlantParams
     from coolctl.tools.step_test import identify_simulated
 
     period = 1.0 if args.period is None else args.period
     if not (math.isfinite(args.duration) and args.duration >= 600.0 and period > 0.0):
         print("coolctl identify: need --duration >= 600 and --period > 0", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     try:
         overrides = _plant_overrides(args.plant)
         PlantParams.from_dict(overrides)
     except ValueError as exc:
         print(f"coolctl identify: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     try:
         model, _ = identify_simulated(
             duration_s=args.duration,
@@ -208,11 +204,11 @@ def run_simulated(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         print(f"coolctl identify: the fit failed: {exc}", file=sys.stderr)
-        return EXIT_BAD
+        return ExitCode.BAD
     if args.out is not None:
         args.out.write_text(model.to_json(), encoding="utf-8")
     _print_fit(model, args.out, args.json)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _print_fit(model: Any, out: Path | None, as_json: bool) -> None:
@@ -227,21 +223,21 @@ def _print_fit(model: Any, out: Path | None, as_json: bool) -> None:
         print(f"model written to {out}")
 
 
-def run_live(args: argparse.Namespace) -> int:
+def run_live(args: argparse.Namespace) -> ExitCode:
     """`coolctl identify RACK --config FILE`: see the module docstring."""
     if args.rack is None or args.config is None:
         print("coolctl identify: the live test needs RACK and --config FILE", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     if args.plant or args.period is not None:
         print(
             "coolctl identify: --plant and --period are for --simulated; the live test samples"
             " at the rack's control period",
             file=sys.stderr,
         )
-        return EXIT_USAGE
+        return ExitCode.USAGE
     if args.out is None:
         print("coolctl identify: the live test needs --out FILE for the model", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     from coolctl.rack.check import load_or_report
     from coolctl.tools.live_step_test import LiveTestSettings
 
@@ -260,17 +256,17 @@ def run_live(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         print(f"coolctl identify: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     config = load_or_report(args.config)
     if config is None:
-        return EXIT_BAD
+        return ExitCode.BAD
     rack = config.racks.get(args.rack)
     if rack is None:
         known = ", ".join(sorted(config.racks)) or "none"
         print(
             f"coolctl identify: no rack {args.rack!r} in {args.config} ({known})", file=sys.stderr
         )
-        return EXIT_USAGE
+        return ExitCode.USAGE
     samples = settings.duration_s / (rack.control_period_s * settings.time_scale)
     if samples < 100:
         print(
@@ -278,16 +274,16 @@ def run_live(args: argparse.Namespace) -> int:
             " of this rack; the fit needs at least 100",
             file=sys.stderr,
         )
-        return EXIT_USAGE
+        return ExitCode.USAGE
     import asyncio
 
     try:
         return asyncio.run(_live(args, config, settings))
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
 
 
-async def _live(args: argparse.Namespace, config: Any, settings: Any) -> int:
+async def _live(args: argparse.Namespace, config: Any, settings: Any) -> ExitCode:
     from coolctl.ops.client import default_socket_path
     from coolctl.tools.live_step_test import (
         MODEL_SIGNAL_LABELS,
@@ -304,7 +300,7 @@ async def _live(args: argparse.Namespace, config: Any, settings: Any) -> int:
     try:
         if not args.force:
             mode = await daemon_mode(socket, rack_id)
-        if mode == "manual":
+        if mode == RackMode.MANUAL:
             _note(
                 f"rack {rack_id} is in manual mode on the daemon at {socket}: its allocator"
                 " keeps the power caps; the test steps pump and valve"
@@ -320,16 +316,16 @@ async def _live(args: argparse.Namespace, config: Any, settings: Any) -> int:
             config,
             rack_id,
             settings,
-            with_allocator=mode != "manual",
+            with_allocator=mode != RackMode.MANUAL,
             handle_signals=True,
             on_progress=_progress(),
         )
     except RackUnreachable as exc:
         print(f"coolctl identify: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return ExitCode.UNREACHABLE
     except StepTestRefused as exc:
         print(f"coolctl identify: {exc}", file=sys.stderr)
-        return EXIT_BAD
+        return ExitCode.BAD
     after = (
         f"restart the daemon (systemctl start coolctl) or switch the rack back"
         f" (coolctl mode {rack_id} auto --reason ...)"
@@ -342,7 +338,7 @@ async def _live(args: argparse.Namespace, config: Any, settings: Any) -> int:
             f" the daemon does when it stops; no model written. Now {after}.",
             file=sys.stderr,
         )
-        return EXIT_INTERRUPTED if _by_signal(result.reason) else EXIT_ABORTED
+        return ExitCode.INTERRUPTED if _by_signal(result.reason) else ExitCode.ABORTED
     for name in result.signals.missing:
         _note(
             f"rack {rack_id} has no points for {MODEL_SIGNAL_LABELS.get(name, name)}: "
@@ -352,7 +348,7 @@ async def _live(args: argparse.Namespace, config: Any, settings: Any) -> int:
         fit = fit_live(result, settings, args.config)
     except ValueError as exc:
         print(f"coolctl identify: the fit failed: {exc}", file=sys.stderr)
-        return EXIT_BAD
+        return ExitCode.BAD
     for name, why in fit.left_out.items():
         _note(
             f"{MODEL_SIGNAL_LABELS.get(name, name)} {why}: left out of the model (the MPC will"
@@ -365,12 +361,12 @@ async def _live(args: argparse.Namespace, config: Any, settings: Any) -> int:
     _print_fit(fit.model, args.out, args.json)
     if problem is not None:
         _note(f"the MPC on rack {rack_id} does not accept this model: {problem}")
-        return EXIT_BAD
+        return ExitCode.BAD
     _note(
         "step test finished with pump and valve where they stood; the actuators were handed"
         f" back as the daemon does when it stops. Now {after}."
     )
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _by_signal(reason: str | None) -> bool:

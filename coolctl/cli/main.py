@@ -1,7 +1,8 @@
 """The `coolctl` command line: run the daemon, check configs, probe devices, simulate a rack.
 
-Exit codes: 0 success, 1 the thing checked is bad (config, device), 2 usage error,
-3 a needed service could not be reached, 130 interrupted.
+Exit codes (coolctl.exitcodes.ExitCode): 0 success, 1 the thing checked is bad or was refused
+(config, device, scenario, override), 2 usage error, 3 a needed service could not be reached,
+4 a live identification test was aborted, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -16,13 +17,8 @@ import coolctl
 from coolctl.cli.identify import add_identify_command
 from coolctl.cli.operator import add_operator_commands, run_operator_command
 from coolctl.cli.sim import add_sim_run_commands, run_sim_command
+from coolctl.exitcodes import ExitCode
 from coolctl.rack.check import load_or_report
-
-EXIT_OK = 0
-EXIT_BAD = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
-EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> ExitCode:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "operator_command", None):
@@ -201,18 +197,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     except BrokenPipeError:
-        return EXIT_OK
-    return EXIT_USAGE
+        return ExitCode.OK
+    return ExitCode.USAGE
 
 
-def check_config(files: Sequence[Path]) -> int:
-    status = EXIT_OK
+def check_config(files: Sequence[Path]) -> ExitCode:
+    status = ExitCode.OK
     for path in files:
         config = load_or_report(path)
         if config is None:
-            status = EXIT_BAD
+            status = ExitCode.BAD
             continue
         devices = sum(len(rack.devices) for rack in config.racks.values())
         loops = sum(len(rack.loops) for rack in config.racks.values())

@@ -33,15 +33,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from coolctl.exitcodes import ExitCode
+from coolctl.model import RackMode
 from coolctl.ops.client import ClientError, ControlClient, Unreachable, default_socket_path
 from coolctl.ops.protocol import JsonObject
-
-# The same values as coolctl.cli.main (which imports this module, so it cannot be imported here).
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
-EXIT_INTERRUPTED = 130
 
 FOLLOW_WAIT_S = 30.0
 """How long one `events --follow` long-poll waits; well under the daemon's 60 s cap."""
@@ -217,7 +212,7 @@ def add_operator_commands(commands: SubParsers[argparse.ArgumentParser]) -> None
         "mode", parents=[common], help="switch a rack between auto and manual control"
     )
     mode.add_argument("rack", metavar="RACK")
-    mode.add_argument("mode", choices=("auto", "manual"))
+    mode.add_argument("mode", choices=[each.value for each in RackMode])
     mode.add_argument(
         "--reason", type=_reason_arg, required=True, metavar="TEXT", help=_REASON_HELP
     )
@@ -254,25 +249,25 @@ def add_operator_commands(commands: SubParsers[argparse.ArgumentParser]) -> None
 # --- running a command -------------------------------------------------------------------
 
 
-def run_operator_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def run_operator_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ExitCode:
     """Run the command `args` was parsed for by `parser` (the whole command line's, which the
     completion script is read off); the exit code."""
     command: str = args.operator_command
     if command == "completion":
         print(completion_script(args.shell, parser), end="")
-        return EXIT_OK
+        return ExitCode.OK
     try:
         client = _client(args)
     except ValueError as exc:
         _complain(str(exc))
-        return EXIT_USAGE
+        return ExitCode.USAGE
     try:
         return asyncio.run(_run(command, client, args))
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     except Unreachable as exc:
         _complain(str(exc))
-        return EXIT_UNREACHABLE
+        return ExitCode.UNREACHABLE
     except ClientError as exc:
         if exc.status == 401:
             _complain(f"refused: {exc.message} (check --token-file)")
@@ -280,13 +275,13 @@ def run_operator_command(args: argparse.Namespace, parser: argparse.ArgumentPars
             _complain(f"the daemon failed ({exc.status}): {exc.message}")
         else:
             _complain(f"refused: {exc.message}")
-        return EXIT_REFUSED
+        return ExitCode.BAD
     except BrokenPipeError:
         # `coolctl events | head`: the reader has had enough; that is not an error. Point
         # stdout at /dev/null so that the final flush at exit does not complain again.
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
+        return ExitCode.OK
 
 
 def _complain(message: str) -> None:
@@ -305,7 +300,7 @@ def _client(args: argparse.Namespace) -> ControlClient:
     return ControlClient(socket_path=args.socket)
 
 
-async def _run(command: str, client: ControlClient, args: argparse.Namespace) -> int:
+async def _run(command: str, client: ControlClient, args: argparse.Namespace) -> ExitCode:
     async with client:
         handler = _HANDLERS[command]
         return await handler(client, args)
@@ -315,11 +310,11 @@ def _emit(document: Any) -> None:
     print(json.dumps(document, indent=2, ensure_ascii=False))
 
 
-async def _status(client: ControlClient, args: argparse.Namespace) -> int:
+async def _status(client: ControlClient, args: argparse.Namespace) -> ExitCode:
     document = await client.status()
     if args.json:
         _emit(document)
-        return EXIT_OK
+        return ExitCode.OK
     facts = [f"coolctl {document.get('version', '?')}"]
     if isinstance(document.get("uptime_s"), int | float):
         facts.append(f"up {format_duration(document['uptime_s'])}")
@@ -344,10 +339,10 @@ async def _status(client: ControlClient, args: argparse.Namespace) -> int:
         print(
             table(["RACK", "MODE", "FAILSAFE", "INTERLOCKS", "POWER", "BUDGET", "OVERRIDES"], rows)
         )
-    return EXIT_OK
+    return ExitCode.OK
 
 
-async def _override_set(client: ControlClient, args: argparse.Namespace) -> int:
+async def _override_set(client: ControlClient, args: argparse.Namespace) -> ExitCode:
     record = await client.set_override(
         args.rack,
         args.target,
@@ -358,7 +353,7 @@ async def _override_set(client: ControlClient, args: argparse.Namespace) -> int:
     )
     if args.json:
         _emit(record)
-        return EXIT_OK
+        return ExitCode.OK
     expires = record.get("expires_at")
     lifetime = (
         "permanent" if expires is None else f"expires {_relative(expires)} ({local_time(expires)})"
@@ -367,32 +362,32 @@ async def _override_set(client: ControlClient, args: argparse.Namespace) -> int:
         f"override set: {record.get('rack')} {record.get('target')} = "
         f"{_text(record.get('value'))}, {lifetime}, by {record.get('who')} (id {record.get('id')})"
     )
-    return EXIT_OK
+    return ExitCode.OK
 
 
-async def _override_clear(client: ControlClient, args: argparse.Namespace) -> int:
+async def _override_clear(client: ControlClient, args: argparse.Namespace) -> ExitCode:
     record = await client.clear_override(args.rack, args.target, reason=args.reason)
     if args.json:
         _emit(record)
-        return EXIT_OK
+        return ExitCode.OK
     print(
         f"override cleared: {record.get('rack')} {record.get('target')} "
         f"(was {_text(record.get('value'))}, set by {record.get('who')}: {record.get('why')})"
     )
-    return EXIT_OK
+    return ExitCode.OK
 
 
-async def _override_list(client: ControlClient, args: argparse.Namespace) -> int:
+async def _override_list(client: ControlClient, args: argparse.Namespace) -> ExitCode:
     document = await client.overrides(args.rack)
     if args.json:
         _emit(document)
-        return EXIT_OK
+        return ExitCode.OK
     overrides = _dicts(document.get("overrides"))
     if not overrides:
         print("no overrides" + (f" on {args.rack}" if args.rack else ""))
-        return EXIT_OK
+        return ExitCode.OK
     print(overrides_table(overrides))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def overrides_table(overrides: Sequence[JsonObject], now: float | None = None) -> str:
@@ -411,25 +406,25 @@ def overrides_table(overrides: Sequence[JsonObject], now: float | None = None) -
     return table(["RACK", "TARGET", "VALUE", "WHO", "SET", "EXPIRES", "WHY"], rows)
 
 
-async def _mode(client: ControlClient, args: argparse.Namespace) -> int:
+async def _mode(client: ControlClient, args: argparse.Namespace) -> ExitCode:
     result = await client.set_mode(args.rack, args.mode, reason=args.reason)
     if args.json:
         _emit(result)
-        return EXIT_OK
+        return ExitCode.OK
     previous = result.get("previous")
     was = f" (was {previous})" if previous and previous != result.get("mode") else ""
     print(f"{args.rack}: mode {result.get('mode', args.mode)}{was}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
-async def _reload(client: ControlClient, args: argparse.Namespace) -> int:
+async def _reload(client: ControlClient, args: argparse.Namespace) -> ExitCode:
     result = await client.reload()
     if args.json:
         _emit(result)
-        return EXIT_OK
+        return ExitCode.OK
     source = f" from {result['config']}" if result.get("config") else ""
     print(f"config reloaded{source}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 _EVENT_HEADERS = ["ID", "TIME", "RACK", "SEVERITY", "SOURCE", "KIND", "MESSAGE"]
@@ -448,7 +443,7 @@ def _event_row(event: JsonObject) -> list[str]:
     ]
 
 
-async def _events(client: ControlClient, args: argparse.Namespace) -> int:
+async def _events(client: ControlClient, args: argparse.Namespace) -> ExitCode:
     document = await client.events(since=args.since, limit=args.limit)
     events = _dicts(document.get("events"))
     if not args.follow:
@@ -458,7 +453,7 @@ async def _events(client: ControlClient, args: argparse.Namespace) -> int:
             print(table(_EVENT_HEADERS, [_event_row(e) for e in events]))
         else:
             print("no events")
-        return EXIT_OK
+        return ExitCode.OK
     # Following: one line per event as it arrives (JSON Lines with --json), until Ctrl-C.
     if not args.json:
         print(table(_EVENT_HEADERS, [], min_widths=_EVENT_WIDTHS), flush=True)
@@ -594,14 +589,14 @@ def _power(power: Any, budget: Any) -> str:
     return f"{power / 1000:.1f}/{budget / 1000:.1f} kW ({100 * power / budget:.0f}%)"
 
 
-async def _top(client: ControlClient, args: argparse.Namespace) -> int:
+async def _top(client: ControlClient, args: argparse.Namespace) -> ExitCode:
     screen, document = await _fetch_screen(client, args.rack)
     if args.once or args.json:
         if args.json:
             _emit(document)
         else:
             print("\n".join(render_frame(screen, interval=None, rack=args.rack)))
-        return EXIT_OK
+        return ExitCode.OK
     return await _top_live(client, args.rack, args.interval, screen, sys.stdout)
 
 
@@ -612,7 +607,7 @@ _HOME, _CLEAR_LINE, _CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
 
 async def _top_live(
     client: ControlClient, rack: str | None, interval: float, screen: _Screen, out: TextIO
-) -> int:
+) -> ExitCode:
     """Redraw every `interval` until q (exit 0) or Ctrl-C (130, via KeyboardInterrupt).
 
     The terminal is always given back as it was, whichever way the view ends. A daemon that
@@ -632,7 +627,7 @@ async def _top_live(
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(quit_pressed.wait(), interval)
                 if quit_pressed.is_set():
-                    return EXIT_OK
+                    return ExitCode.OK
                 try:
                     screen, _ = await _fetch_screen(client, rack)
                     problem = None
@@ -686,7 +681,7 @@ def _keys(quit_pressed: asyncio.Event) -> Iterator[None]:
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-_HANDLERS: dict[str, Callable[[ControlClient, argparse.Namespace], Awaitable[int]]] = {
+_HANDLERS: dict[str, Callable[[ControlClient, argparse.Namespace], Awaitable[ExitCode]]] = {
     "status": _status,
     "top": _top,
     "override set": _override_set,

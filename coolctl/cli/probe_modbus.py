@@ -10,20 +10,21 @@ from coolctl.config import parse_host_port
 from coolctl.drivers.modbus import ModbusDevice
 from coolctl.drivers.modbus_profile import load_profile
 from coolctl.drivers.profile_toml import ProfileError
+from coolctl.exitcodes import ExitCode
 from coolctl.model import Quality, Reading
 
 
 async def probe_modbus(
     target: str, profile_name: str, unit_id: int, timeout_s: float, as_json: bool
-) -> int:
+) -> ExitCode:
     """Print every point of the profile as read from the device; 3 if it does not answer."""
     try:
         host, port = parse_host_port(target)
         profile = load_profile(profile_name)
     except (ValueError, OSError) as exc:
         print(f"coolctl probe: {exc}", file=sys.stderr)
-        return 2 if not isinstance(exc, ProfileError) else 1
-    device = ModbusDevice(
+        return ExitCode.USAGE if not isinstance(exc, ProfileError) else ExitCode.BAD
+    async with ModbusDevice(
         rack="-",
         device=target,
         host=host,
@@ -32,11 +33,8 @@ async def probe_modbus(
         profile=profile,
         timeout_s=timeout_s,
         reconnect_min_s=0.0,
-    )
-    try:
+    ) as device:
         readings = await device.poll()
-    finally:
-        await device.close()
     units = {point.name: point.unit.value for point in profile.points}
     if as_json:
         print(json.dumps([_as_dict(r, units[r.point.name]) for r in readings], indent=2))
@@ -45,8 +43,8 @@ async def probe_modbus(
     if all(r.quality is not Quality.GOOD for r in readings):
         errors = ", ".join(f"{k} {v}" for k, v in sorted(device.stats.errors_by_kind.items()))
         print(f"coolctl probe: no good reading from {target} ({errors})", file=sys.stderr)
-        return 3
-    return 0
+        return ExitCode.UNREACHABLE
+    return ExitCode.OK
 
 
 def _as_dict(reading: Reading, unit: str) -> dict[str, object]:

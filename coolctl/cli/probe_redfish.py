@@ -19,10 +19,15 @@ from pathlib import Path
 
 from coolctl.drivers.redfish import RedfishDevice, RedfishSettings, RedfishTransport
 from coolctl.drivers.redfish_points import list_resources
-from coolctl.drivers.redfish_transport import AUTH, HTTP_4XX, MALFORMED, Failure, safe_text
+from coolctl.drivers.redfish_transport import Failure, FailureKind, safe_text
+from coolctl.exitcodes import ExitCode
 from coolctl.model import CANONICAL_POINTS, Quality
 
 _PROG = "coolctl probe redfish"
+
+# Discovery failures that say the credentials or the service's answers are bad (exit 1), where
+# any other says the service could not be reached (exit 3).
+_REFUSED = frozenset({FailureKind.AUTH, FailureKind.HTTP_4XX, FailureKind.MALFORMED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,58 +59,52 @@ async def probe_redfish(
     ca_file: Path | None,
     insecure: bool,
     as_json: bool,
-) -> int:
+) -> ExitCode:
     """Discover the service at `url` and print its points (table, or JSON with `as_json`)."""
     try:
         settings = _settings(url, user, password_file, ca_file, insecure)
         transport = RedfishTransport(settings, label=settings.origin)
     except ValueError as exc:
         print(f"{_PROG}: {exc}", file=sys.stderr)
-        return 1
-    devices: list[RedfishDevice] = []
-    try:
+        return ExitCode.BAD
+    async with transport:
         try:
             _, refs, notes = await list_resources(transport.get)
         except Failure as failure:
             print(f"{_PROG}: {settings.origin}: {failure}", file=sys.stderr)
-            return 1 if failure.kind in (AUTH, HTTP_4XX, MALFORMED) else 3
+            return ExitCode.BAD if failure.kind in _REFUSED else ExitCode.UNREACHABLE
         for note in notes:
             print(f"{_PROG}: skipped {note}", file=sys.stderr)
         if not refs:
             print(f"{_PROG}: {settings.origin} has no chassis, CDU or PDU", file=sys.stderr)
-            return 1
+            return ExitCode.BAD
         rows: list[ProbedPoint] = []
         problems: list[Failure] = []
         for ref in refs:
             transport.reset_backoff()  # one try per device: a probe does not wait
-            device = RedfishDevice(
+            async with RedfishDevice(
                 rack="-",
                 device=ref.name,
                 kind=ref.kind,
                 settings=settings,
                 resource=ref.uri,
                 transport=transport,
-            )
-            devices.append(device)
-            rows.extend(await _probe_device(device, problems))
-    finally:
-        for device in devices:
-            await device.close()
-        await transport.close()
+            ) as device:
+                rows.extend(await _probe_device(device, problems))
     if as_json:
         print(json.dumps([row.as_dict() for row in rows], indent=2))
     else:
         print(format_table(rows))
     if any(row.quality == Quality.GOOD for row in rows):
-        return 0
-    if any(failure.kind == AUTH for failure in problems):
+        return ExitCode.OK
+    if any(failure.kind is FailureKind.AUTH for failure in problems):
         print(f"{_PROG}: the service refused the credentials", file=sys.stderr)
-        return 1
+        return ExitCode.BAD
     if not rows and not problems:
         print(f"{_PROG}: nothing coolctl can read at {settings.origin}", file=sys.stderr)
-        return 1
+        return ExitCode.BAD
     print(f"{_PROG}: no good reading from {settings.origin}", file=sys.stderr)
-    return 3
+    return ExitCode.UNREACHABLE
 
 
 async def _probe_device(device: RedfishDevice, problems: list[Failure]) -> list[ProbedPoint]:
@@ -114,7 +113,7 @@ async def _probe_device(device: RedfishDevice, problems: list[Failure]) -> list[
     writable = device.writable()
     errors = device.stats.errors_by_kind
     if errors:
-        problems.extend(Failure(kind, "") for kind in errors)
+        problems.extend(Failure(FailureKind(kind), "") for kind in errors)
         summary = ", ".join(f"{kind} {count}" for kind, count in sorted(errors.items()))
         print(f"{_PROG}: {device.device}: {summary}", file=sys.stderr)
     rows = []

@@ -20,13 +20,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from coolctl.exitcodes import ExitCode
+
 if TYPE_CHECKING:
     from coolctl.simulators.scenario import Scenario
     from coolctl.tools.scenario_runner import RunResult
 
-EXIT_OK = 0
-EXIT_BAD = 1
-EXIT_USAGE = 2
 _CONTROLLERS = (
     "fixed",
     "pid",
@@ -77,28 +76,28 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_sim_command(args: argparse.Namespace) -> int | None:
+def run_sim_command(args: argparse.Namespace) -> ExitCode | None:
     """Run `coolctl sim run|compare`; None for any other `sim` command."""
     command = getattr(args, "sim_command", None)
     if command not in ("run", "compare"):
         return None
     if not 0.15 <= args.fixed_speed <= 1.0:
         print("--fixed-speed must be within 0.15..1", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     if args.plot is not None and not _matplotlib_available():
         print(
             "--plot needs matplotlib, which coolctl leaves out of a daemon's install:"
             " pip install 'coolctl[plot]'",
             file=sys.stderr,
         )
-        return EXIT_USAGE
+        return ExitCode.USAGE
     if command == "run":
         return _run(args)
     controllers = [name.strip() for name in args.controllers.split(",") if name.strip()]
     unknown = [name for name in controllers if name not in _CONTROLLERS]
     if unknown or not controllers:
         print(f"--controllers: choose from {', '.join(_CONTROLLERS)}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     return _compare(args, controllers)
 
 
@@ -112,7 +111,7 @@ def _matplotlib_available() -> bool:
 # ------------------------------------------------------------------------------ run
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> ExitCode:
     from coolctl.simulators.scenario import ScenarioError, load_scenario
     from coolctl.tools.scenario_runner import ControllerUnavailable, run_scenario
 
@@ -126,11 +125,11 @@ def _run(args: argparse.Namespace) -> int:
         )
     except ControllerUnavailable as exc:
         print(f"coolctl sim run: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except ScenarioError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
-        return EXIT_BAD
+        return ExitCode.BAD
     if args.plot is not None:
         from coolctl.tools.plots import plot_run
 
@@ -139,7 +138,7 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(_json_kpis(result), sort_keys=False))
     else:
         _print_run(result, args.plot)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _json_kpis(result: RunResult) -> dict[str, Any]:
@@ -185,7 +184,7 @@ def _print_run(result: RunResult, plot: Path | None) -> None:
 # ------------------------------------------------------------------------------ compare
 
 
-def _compare(args: argparse.Namespace, controllers: Sequence[str]) -> int:
+def _compare(args: argparse.Namespace, controllers: Sequence[str]) -> ExitCode:
     from coolctl.simulators.scenario import ScenarioError, load_scenario
     from coolctl.tools.kpi import NO_RATIO_KEYS, comparison_table, ratio, ratio_pairs
     from coolctl.tools.scenario_runner import (
@@ -210,7 +209,7 @@ def _compare(args: argparse.Namespace, controllers: Sequence[str]) -> int:
     except ScenarioError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
-        return EXIT_BAD
+        return ExitCode.BAD
     report: list[dict[str, Any]] = []
     plots: list[Path] = []
     for scenario in scenarios:
@@ -228,7 +227,7 @@ def _compare(args: argparse.Namespace, controllers: Sequence[str]) -> int:
         except ScenarioError as exc:
             for problem in exc.problems:
                 print(problem, file=sys.stderr)
-            return EXIT_BAD
+            return ExitCode.BAD
         by_name: dict[str, Mapping[str, float] | None] = dict.fromkeys(controllers)
         by_name.update({r.controller: r.kpis for r in results})
         if args.plot is not None and results:
@@ -270,7 +269,7 @@ def _compare(args: argparse.Namespace, controllers: Sequence[str]) -> int:
     else:
         for target in plots:
             print(f"plot {target}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -285,7 +284,7 @@ def _plot_path(plot: Path, scenario: Scenario, count: int) -> Path:
     return plot.with_name(f"{plot.stem}-{slug}{plot.suffix or '.png'}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> ExitCode:
     """`python -m coolctl.cli.sim run|compare ...`: the same commands without the rest of
     the CLI (for scripts, and until `coolctl sim` has them)."""
     parser = argparse.ArgumentParser(prog="coolctl sim")
@@ -293,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_sim_run_commands(commands)
     args = parser.parse_args(argv)
     status = run_sim_command(args)
-    return EXIT_USAGE if status is None else status
+    return ExitCode.USAGE if status is None else status
 
 
 if __name__ == "__main__":

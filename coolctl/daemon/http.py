@@ -5,18 +5,18 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
-from coolctl.daemon.metrics import DaemonCollector, make_handler
+from coolctl.daemon.metrics import DaemonMetrics, make_handler
 from coolctl.daemon.runtime import Daemon
 
 
-def build_registry(collector: DaemonCollector) -> CollectorRegistry:
-    """A registry of our own: the daemon's collector plus process metrics."""
+def build_registry(daemon: Daemon) -> tuple[CollectorRegistry, DaemonMetrics]:
+    """A registry of our own: the daemon's collectors plus process metrics."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
+    collectors = DaemonMetrics(daemon, registry)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
-    return registry
+    return registry, collectors
 
 
 class MetricsServer:
@@ -25,9 +25,9 @@ class MetricsServer:
     def __init__(self, daemon: Daemon, host: str, port: int) -> None:
         self.host = host
         self.port = port
-        self.collector = DaemonCollector(daemon)  # .daemon is swapped on reload
+        registry, self.collectors = build_registry(daemon)  # .daemon is swapped on reload
         app = web.Application()
-        app.router.add_get("/metrics", make_handler(build_registry(self.collector)))
+        app.router.add_get("/metrics", make_handler(registry))
         app.router.add_get("/healthz", self._healthz)
         self._runner = web.AppRunner(app, access_log=None)
 

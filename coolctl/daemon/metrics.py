@@ -1,7 +1,11 @@
 """Prometheus metrics, computed at scrape time from the state the daemon already holds.
 
-No second bookkeeping: the collector reads the telemetry store, the drivers' counters, the loop
-states and the actuator channels when Prometheus asks, on the event loop (it must not block).
+No second bookkeeping: the collectors read the telemetry store, the drivers' counters, the loop
+states and the actuator channels when Prometheus asks, on the event loop (they must not block).
+One collector per kind of thing: the daemon itself (build, start time, control API), its
+devices (points, their quality, polling), its racks (loops, actuators, ticks, interlocks,
+power, overrides), and the MPC, registered only while some rack runs one. `DaemonMetrics`
+registers them and follows the daemon the service swaps in on reload.
 Names follow the Prometheus conventions: `coolctl_` prefix, base units in names, `_total` on
 counters, enums as one series per state.
 """
@@ -26,7 +30,7 @@ from prometheus_client.samples import Sample
 
 import coolctl
 from coolctl.control.loops import LoopMode
-from coolctl.model import CANONICAL_POINTS, PointId, Quality, Reading, Source, Unit
+from coolctl.model import CANONICAL_POINTS, PointId, Quality, RackMode, Reading, Source, Unit
 
 if TYPE_CHECKING:
     from coolctl.daemon.runtime import Daemon
@@ -73,70 +77,27 @@ class _Mpc(Protocol):
     it_power_limit_w: float | None
 
 
-class DaemonCollector(Collector):
-    """Yields every metric of a running daemon from its live state."""
+class _DaemonState(Collector):
+    """A collector over the daemon of the moment (`daemon` is swapped on reload)."""
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
-        self._quality_cache: dict[PointId, _QualityEntry] = {}
-        # The control API's answers by HTTP status, when the service has an API (it sets this).
-        self.api_requests_by_status: Mapping[int, int] | None = None
 
     def describe(self) -> Iterable[Metric]:
         return []  # registration must not call collect()
 
-    def collect(self) -> Iterator[Metric]:
-        now = self.daemon.clock()
-        wall_offset = time.time() - now
-        yield from self._info()
-        readings = sorted(self.daemon.store.readings(now), key=lambda r: r.point)
-        yield self._quality(readings)
-        yield from self._points(readings)
-        yield from self._devices(now, wall_offset)
-        yield from self._loops()
-        yield from self._actuators()
-        yield from self._ticks()
-        yield from self._racks(now, wall_offset)
-        yield from self._mpc()
-        yield from self._api()
 
-    def _mpc(self) -> Iterator[Metric]:
-        """The MPC of each rack that runs one: how often it was in charge, and why it was not."""
-        racks = [
-            (rack_id, rack.controller)
-            for rack_id, rack in self.daemon.racks.items()
-            if isinstance(rack.controller, _Mpc)
-        ]
-        if not racks:
-            return
-        steps = CounterMetricFamily(
-            "coolctl_mpc_steps", "Control steps the MPC was asked for", labels=["rack"]
-        )
-        fallbacks = CounterMetricFamily(
-            "coolctl_mpc_fallbacks",
-            "Steps the MPC handed to the PID loops, by reason (blind, infeasible, max_iter,"
-            " time_limit, solver_error)",
-            labels=["rack", "reason"],
-        )
-        solve = GaugeMetricFamily(
-            "coolctl_mpc_solve_seconds",
-            "The solver's own run time: the last solve, and the largest since start",
-            labels=["rack", "which"],
-        )
-        limited = CounterMetricFamily(
-            "coolctl_mpc_it_limit_steps",
-            "Solved steps that limited IT power through the caps (cooling had run out)",
-            labels=["rack"],
-        )
-        for rack_id, controller in racks:
-            stats = controller.stats
-            steps.add_metric([rack_id], stats.steps)
-            for reason in MPC_FALLBACK_REASONS:
-                fallbacks.add_metric([rack_id, reason], stats.fallback_reasons.get(reason, 0))
-            solve.add_metric([rack_id, "last"], stats.last_solve_s)
-            solve.add_metric([rack_id, "max"], stats.max_solve_s)
-            limited.add_metric([rack_id], stats.limited_steps)
-        yield from (steps, fallbacks, solve, limited)
+class DaemonCollector(_DaemonState):
+    """Daemon-wide families: build, start time, and the control API's answers."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        super().__init__(daemon)
+        # The control API's answers by HTTP status, when the service has an API (it sets this).
+        self.api_requests_by_status: Mapping[int, int] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._info()
+        yield from self._api()
 
     def _api(self) -> Iterator[Metric]:
         counts = self.api_requests_by_status
@@ -161,6 +122,21 @@ class DaemonCollector(Collector):
         if self.daemon.started_at is not None:
             up.add_metric([], time.time() - (self.daemon.clock() - self.daemon.started_at))
         yield up
+
+
+class DeviceCollector(_DaemonState):
+    """Per device: its points' values and quality, and how its polling goes."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        super().__init__(daemon)
+        self._quality_cache: dict[PointId, _QualityEntry] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        now = self.daemon.clock()
+        readings = sorted(self.daemon.store.readings(now), key=lambda r: r.point)
+        yield self._quality(readings)
+        yield from self._points(readings)
+        yield from self._devices(now, time.time() - now)
 
     def _quality(self, readings: list[Reading]) -> Metric:
         """coolctl_point_quality: four series per point, the most of any family. A point's
@@ -237,6 +213,16 @@ class DaemonCollector(Collector):
                 errors.add_metric([*key, kind], count)
             missed.add_metric(key, self.daemon.poll_stats[(rack, device)].missed)
         yield from (up, last_success, duration, polls, errors, missed)
+
+
+class RackCollector(_DaemonState):
+    """Per rack: its loops, actuators, control ticks, interlocks, power and overrides."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._loops()
+        yield from self._actuators()
+        yield from self._ticks()
+        yield from self._racks(self.daemon.clock())
 
     def _loops(self) -> Iterator[Metric]:
         labels = ["rack", "loop"]
@@ -350,7 +336,7 @@ class DaemonCollector(Collector):
             errors.add_metric([rack_id], rack.controller_errors)
         yield from (ticks, missed, duration, lateness, errors)
 
-    def _racks(self, now: float, wall_offset: float) -> Iterator[Metric]:
+    def _racks(self, now: float) -> Iterator[Metric]:
         rack_label = ["rack"]
         interlock = GaugeMetricFamily(
             "coolctl_interlock_active",
@@ -400,8 +386,8 @@ class DaemonCollector(Collector):
             for name in INTERLOCKS:
                 interlock.add_metric([rack_id, name], float(name in active))
             failsafe.add_metric([rack_id], float(decision is not None and decision.failsafe))
-            for each in ("auto", "manual"):
-                mode.add_metric([rack_id, each], float(rack.mode == each))
+            for each in RackMode:
+                mode.add_metric([rack_id, each.value], float(rack.mode == each))
             rack_power = self.daemon.rack_power_w(rack_id, now)
             if rack_power is not None:
                 power.add_metric([rack_id], rack_power)
@@ -420,6 +406,93 @@ class DaemonCollector(Collector):
                     expiry.add_metric([rack_id, record.target], record.expires_at)
         yield from (interlock, failsafe, mode, power, budget, supply_limit, caps, feasible)
         yield from (override, expiry)
+
+
+class MpcCollector(_DaemonState):
+    """The MPC of each rack that runs one; registered only while some rack does."""
+
+    def collect(self) -> Iterator[Metric]:
+        """How often each rack's MPC was in charge, and why it was not."""
+        racks = [
+            (rack_id, rack.controller)
+            for rack_id, rack in self.daemon.racks.items()
+            if isinstance(rack.controller, _Mpc)
+        ]
+        if not racks:
+            return
+        steps = CounterMetricFamily(
+            "coolctl_mpc_steps", "Control steps the MPC was asked for", labels=["rack"]
+        )
+        fallbacks = CounterMetricFamily(
+            "coolctl_mpc_fallbacks",
+            "Steps the MPC handed to the PID loops, by reason (blind, infeasible, max_iter,"
+            " time_limit, solver_error)",
+            labels=["rack", "reason"],
+        )
+        solve = GaugeMetricFamily(
+            "coolctl_mpc_solve_seconds",
+            "The solver's own run time: the last solve, and the largest since start",
+            labels=["rack", "which"],
+        )
+        limited = CounterMetricFamily(
+            "coolctl_mpc_it_limit_steps",
+            "Solved steps that limited IT power through the caps (cooling had run out)",
+            labels=["rack"],
+        )
+        for rack_id, controller in racks:
+            stats = controller.stats
+            steps.add_metric([rack_id], stats.steps)
+            for reason in MPC_FALLBACK_REASONS:
+                fallbacks.add_metric([rack_id, reason], stats.fallback_reasons.get(reason, 0))
+            solve.add_metric([rack_id, "last"], stats.last_solve_s)
+            solve.add_metric([rack_id, "max"], stats.max_solve_s)
+            limited.add_metric([rack_id], stats.limited_steps)
+        yield from (steps, fallbacks, solve, limited)
+
+
+class DaemonMetrics:
+    """The daemon's collectors, registered in `registry`; the MPC's only while a rack runs one.
+
+    Setting `daemon` (the service does on reload) points every collector at the new daemon and
+    registers or unregisters the MPC collector as the new racks need it.
+    """
+
+    def __init__(self, daemon: Daemon, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.daemon_wide = DaemonCollector(daemon)
+        self.devices = DeviceCollector(daemon)
+        self.racks = RackCollector(daemon)
+        self.mpc = MpcCollector(daemon)
+        self._mpc_registered = False
+        for collector in (self.daemon_wide, self.devices, self.racks):
+            registry.register(collector)
+        self._register_mpc_as_needed()
+
+    @property
+    def daemon(self) -> Daemon:
+        return self.daemon_wide.daemon
+
+    @daemon.setter
+    def daemon(self, daemon: Daemon) -> None:
+        for collector in (self.daemon_wide, self.devices, self.racks, self.mpc):
+            collector.daemon = daemon
+        self._register_mpc_as_needed()
+
+    @property
+    def api_requests_by_status(self) -> Mapping[int, int] | None:
+        return self.daemon_wide.api_requests_by_status
+
+    @api_requests_by_status.setter
+    def api_requests_by_status(self, counts: Mapping[int, int] | None) -> None:
+        self.daemon_wide.api_requests_by_status = counts
+
+    def _register_mpc_as_needed(self) -> None:
+        wanted = any(isinstance(rack.controller, _Mpc) for rack in self.daemon.racks.values())
+        if wanted and not self._mpc_registered:
+            self.registry.register(self.mpc)
+        elif self._mpc_registered and not wanted:
+            self.registry.unregister(self.mpc)
+        self._mpc_registered = wanted
 
 
 _QUALITY = "coolctl_point_quality"

@@ -19,14 +19,13 @@ from collections.abc import Awaitable, Callable
 import coolctl
 from coolctl.control.supervisor import Override
 from coolctl.daemon.runtime import Daemon, RackRuntime
-from coolctl.model import CANONICAL_POINTS, Event, PointId, Severity
+from coolctl.model import CANONICAL_POINTS, Event, PointId, RackMode, Severity
 from coolctl.ops.api import MIN_TTL_S
 from coolctl.ops.protocol import (
     AuditRecord,
     ControlError,
     EventRecord,
     JsonObject,
-    Mode,
     OverrideRecord,
     target_kind,
 )
@@ -241,10 +240,12 @@ class DaemonControlPlane:
         self._emit(rack, "override_cleared", f"{who} cleared the override of {target}: {why}")
         return record
 
-    async def set_mode(self, rack: str, mode: Mode, who: str, why: str) -> JsonObject:
+    async def set_mode(self, rack: str, mode: RackMode, who: str, why: str) -> JsonObject:
         runtime = self._rack(rack)
-        if mode not in ("auto", "manual"):
-            raise ControlError(400, f"mode must be auto or manual, not {mode!r}")
+        try:
+            mode = RackMode(mode)
+        except ValueError:
+            raise ControlError(400, f"mode must be auto or manual, not {mode!r}") from None
         if not why.strip():
             raise ControlError(400, "a reason is required")
         await self.store.set_mode(rack, mode, who, why, self.wall_clock())

@@ -18,6 +18,7 @@ from coolctl.daemon.service import (
     run_until,
     state_directory,
 )
+from coolctl.exitcodes import ExitCode
 from coolctl.ops.protocol import ControlError
 from coolctl.rack.check import load_or_report
 
@@ -57,10 +58,10 @@ def service_options(config: Config) -> ServiceOptions:
 
 async def run_daemon(
     config_path: Path, metrics_listen: str | None = None, log_format: str | None = None
-) -> int:
+) -> ExitCode:
     config = load_or_report(config_path)
     if config is None:
-        return 1
+        return ExitCode.BAD
     setup_logging(log_format or config.daemon.log_format, config.daemon.log_level)
     if metrics_listen:
         host, port = parse_host_port(metrics_listen)
@@ -86,6 +87,6 @@ async def run_daemon(
         await run_until(service, stop, started)
     except OSError as exc:
         log.error("cannot start: %s", exc)
-        return 3
+        return ExitCode.UNREACHABLE
     log.info("stopped")
-    return 0
+    return ExitCode.OK

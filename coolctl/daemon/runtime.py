@@ -3,6 +3,11 @@
 Everything runs on one asyncio loop. Pollers and ticks keep a fixed-rate schedule (the k-th
 run is due at start + k·period, so they never drift); a run that overruns skips the slots it
 missed and counts them instead of bunching up.
+
+A rack's tick decides nothing itself: it takes the snapshot, calls the rack step
+(`coolctl.rack.step.RackStep`, the one the scenario runner and the live step test call too),
+submits the commands to the actuator channels, and emits, logs and counts what the step
+reports.
 """
 
 from __future__ import annotations
@@ -15,21 +20,23 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 
 from coolctl.config import Config, RackConfig
 from coolctl.control.limits import ActuatorLimits
-from coolctl.control.supervisor import Decision, Override
+from coolctl.control.powercap import PowerCapAllocator
+from coolctl.control.supervisor import Decision, Override, Supervisor
 from coolctl.daemon.actuation import ActuatorChannel
 from coolctl.daemon.devices import DeviceHandle, open_device
 from coolctl.daemon.mqtt_bridge import event_payload, open_connection, topic_root
 from coolctl.daemon.tasks import cancel_and_wait
 from coolctl.daemon.telemetry import TelemetryStore
-from coolctl.model import Command, Event, PointId, Quality, Reading, Severity, Snapshot
-from coolctl.ops.protocol import Mode, OverrideRecord
+from coolctl.model import Event, PointId, RackMode, Reading, Severity
+from coolctl.ops.protocol import OverrideRecord
 from coolctl.rack.controllers import build_rack_control
-from coolctl.rack.stack import note_applied
+from coolctl.rack.stack import LoopController
+from coolctl.rack.step import ControllerFactory, RackStep, StepResult
 
 log = logging.getLogger("coolctl.daemon.runtime")
 
@@ -103,10 +110,14 @@ async def run_periodic(
 
 
 class RackRuntime:
-    """One rack: its loops, its safety supervisor, its actuators, and its control tick.
+    """One rack's I/O around its control step: snapshot in, commands out to its actuators.
 
-    Every command reaches an actuator through the supervisor, which has the last word:
-    interlock > operator override > automatic control, within bounds and slew.
+    The decisions are the rack step's (`coolctl.rack.step.RackStep`, the one the scenario
+    runner and the live step test call too): every command reaches an actuator through the
+    supervisor, which has the last word — interlock > operator override > automatic control,
+    within bounds and slew. This class takes the snapshot from the telemetry store, lets its
+    `ActuatorChannel`s observe what the devices hold, submits the step's commands, emits its
+    events, and counts and logs what went wrong.
     """
 
     def __init__(
@@ -116,25 +127,23 @@ class RackRuntime:
         devices: Mapping[str, DeviceHandle],
         clock: Clock = time.monotonic,
         on_event: Callable[[Event], None] = lambda event: None,
+        controller_factory: ControllerFactory = build_rack_control,
     ) -> None:
         self.config = config
         self.store = store
         self.clock = clock
         self.on_event = on_event
         self.tick_stats = ScheduleStats()
-        self.controller_errors = 0
-        self.mode: Mode = "auto"
+        self.controller_errors = 0  # controllers that raised, and commands refused
+        self.refused_commands = 0
+        self.mode = RackMode.AUTO
         self.overrides: dict[PointId, Override] = {}  # what the supervisor applies
         self.override_records: dict[str, OverrideRecord] = {}  # by target, for status/metrics
-        stack = build_rack_control(config, devices)
-        self.controller = stack.controller
-        self.supervisor = stack.supervisor
-        self.allocator = stack.allocator
+        self.step = RackStep(config, devices, controller_factory)
         self.decision: Decision | None = None
         self.on_tick: Callable[[str, float], None] | None = None  # the watchdog's progress
         self.on_state: Callable[[RackRuntime, float], None] | None = None  # MQTT state
-        self._budget_rejected = False
-        self.power_budget_w = config.power_budget_w
+        self._own_budget_w = config.power_budget_w
         self.actuators: dict[PointId, ActuatorChannel] = {}
         for safety in self.supervisor.config.actuators:
             point = safety.point
@@ -148,6 +157,28 @@ class RackRuntime:
                 clock=self.clock,
             )
 
+    @property
+    def controller(self) -> LoopController:
+        return self.step.stack.controller
+
+    @property
+    def allocator(self) -> PowerCapAllocator | None:
+        return self.step.stack.allocator
+
+    @property
+    def supervisor(self) -> Supervisor:
+        return self.step.stack.supervisor
+
+    @property
+    def power_budget_w(self) -> float | None:
+        """The budget in force: an upstream coordinator's (`budget_point`), else the rack's."""
+        return self.step.budget_w(self._own_budget_w)
+
+    @power_budget_w.setter
+    def power_budget_w(self, watts: float | None) -> None:
+        """Set the rack's own budget (an upstream coordinator's, once accepted, still wins)."""
+        self._own_budget_w = watts
+
     def start(self) -> None:
         for channel in self.actuators.values():
             channel.start()
@@ -156,7 +187,8 @@ class RackRuntime:
         """Hand each actuator back as configured (unless reloading: then the new loops take
         over from where the devices stand), let the writes finish, then stop."""
         if hand_back:
-            self._apply(self.supervisor.shutdown(self.clock()), (), self.clock())
+            now = self.clock()
+            self._apply(self.step.shutdown(now), now)
         for channel in self.actuators.values():
             await channel.idle()
             await channel.stop()
@@ -164,98 +196,56 @@ class RackRuntime:
     def start_up(self) -> None:
         """Failsafe outputs before the first good readings, as BMC fan daemons do."""
         now = self.clock()
-        snapshot = self.store.snapshot(now, self.config.id)
-        required = self.supervisor.config.required
-        if not all(snapshot.value(point) is not None for point in required):
-            self._apply(self.supervisor.startup(now), (), now)
+        result = self.step.start_up(self.store.snapshot(now, self.config.id), now)
+        if result is not None:
+            self._apply(result, now)
 
     async def tick(self) -> None:
-        """One control step: snapshot → loops → supervisor → actuators (queued writes)."""
+        """One control step: snapshot → the rack step → actuators (queued writes)."""
         now = self.clock()
         snapshot = self.store.snapshot(now, self.config.id)
-        for point, channel in self.actuators.items():
-            value = snapshot.value(point)
-            sampled_at = snapshot[point].ts if value is not None else None
+        for point, value, sampled_at in self.step.readbacks(snapshot):
             # a device that drifted from our value is rewritten
-            channel.observe(value, now, sampled_at)
-            if value is not None:
-                self.supervisor.observe(point, value, now)
-        self._follow_budget(snapshot, now)
-        requested: list[Command] = []
-        failed = False
-        try:
-            if self.mode == "auto":
-                requested = self.controller.step(snapshot, now)
-            if self.allocator is not None:  # the budget holds in manual mode too
-                requested += self.allocator.step(snapshot, now, self.power_budget_w)
-                for event in self.allocator.drain_events():
-                    self.on_event(event)
-        except Exception:
-            # A controller that raises must not leave the actuators where they were.
-            failed = True
-            self.controller_errors += 1
-            log.exception("%s: controller raised; failsafe", self.config.id)
-        decision = self.supervisor.step(snapshot, now, requested, self.overrides, failed)
-        self._apply(decision, requested, now)
+            self.actuators[point].observe(value, now, sampled_at)
+        result = self.step.step(
+            snapshot, now, mode=self.mode, budget_w=self._own_budget_w, overrides=self.overrides
+        )
+        self._apply(result, now)
         if self.on_state is not None:
             self.on_state(self, now)
         if self.on_tick is not None:
             self.on_tick(self.config.id, now)
 
-    def _follow_budget(self, snapshot: Snapshot, now: float) -> None:
-        """Take the budget an upstream coordinator sets; reject bad ones, keep the last good."""
-        ref = self.config.budget_point
-        if ref is None:
-            return
-        reading = snapshot.get(PointId(self.config.id, ref.device, ref.point))
-        if reading is None or reading.quality is Quality.MISSING:
-            return
-        value = reading.value
-        low, high = self.config.budget_min_w, self.config.budget_max_w
-        if reading.quality is Quality.BAD or value is None or not low <= value <= high:
-            if not self._budget_rejected:
-                self._budget_rejected = True
-                shown = "unreadable" if value is None else f"{value:g} W"
-                self._event(
-                    "budget_rejected",
-                    Severity.WARNING,
-                    f"budget from {ref} rejected ({shown}; accepted {low:g}..{high:g} W);"
-                    f" keeping {self.power_budget_w} W",
-                    now,
-                )
-            return
-        self._budget_rejected = False
-        if value != self.power_budget_w:
-            previous, self.power_budget_w = self.power_budget_w, value
-            self._event(
-                "budget_set", Severity.INFO, f"budget {previous} W -> {value:g} W from {ref}", now
-            )
-
-    def _event(self, kind: str, severity: Severity, message: str, now: float) -> None:
-        self.on_event(Event(self.config.id, kind, severity, message, now, source="daemon"))
-
     def interlock_reading(self, now: float) -> None:
         """The fast path: a reading that may trip an interlock has just arrived."""
-        snapshot = self.store.snapshot(now, self.config.id)
-        self._apply(self.supervisor.evaluate_interlocks(snapshot, now), (), now)
+        self._apply(self.step.interlocks(self.store.snapshot(now, self.config.id), now), now)
 
-    def _apply(self, decision: Decision, requested: Sequence[Command], now: float) -> None:
-        self.decision = decision
-        asked = {command.point: command.value for command in requested}
-        for command in decision.commands:
+    def _apply(self, result: StepResult, now: float) -> None:
+        """Emit, log, count and submit what the step decided, in the order of its making."""
+        self.decision = result.decision
+        early = result.early_events  # budget and allocator, before the supervisor decided
+        for event in early:
+            self.on_event(event)
+        if result.error is not None:
+            self.controller_errors += 1
+            log.error("%s: controller raised; failsafe", self.config.id, exc_info=result.error)
+        for refused in result.refused:
+            self._refused(refused.reason)
+        for command in result.commands:
             channel = self.actuators.get(command.point)
             if channel is None:
                 continue
             try:
                 channel.submit(command, now)
-            except ValueError as exc:  # non-finite or outside the hard range: never written
-                self.controller_errors += 1
-                log.error("%s: command refused: %s", self.config.id, exc)
-                continue
-            if asked.get(command.point) != command.value:
-                note_applied(self.controller, self.allocator, command.point, command.value, now)
-        for event in decision.events:
+            except ValueError as exc:  # the channel's own guard: never written
+                self._refused(str(exc))
+        for event in result.events[len(early) :]:
             self.on_event(event)
+
+    def _refused(self, reason: str) -> None:
+        self.controller_errors += 1
+        self.refused_commands += 1
+        log.error("%s: command refused: %s", self.config.id, reason)
 
     async def run(self, phase_s: float = 0.0) -> None:
         await run_periodic(
@@ -281,7 +271,14 @@ def rack_phases(config: Config) -> dict[str, float]:
 class Daemon:
     """Pollers, ticks and actuators for every rack of a config, on the running loop."""
 
-    def __init__(self, config: Config, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock = time.monotonic,
+        controller_factory: ControllerFactory = build_rack_control,
+    ) -> None:
+        """`controller_factory` builds every rack's stack (default: as its config asks); the
+        live step test passes its own, so that its controller runs under this supervisor."""
         self.config = config
         self.clock = clock
         self.store = TelemetryStore()
@@ -309,7 +306,9 @@ class Daemon:
             self._pdus[rack.id] = next(
                 (device for device, handle in handles.items() if handle.kind == "pdu"), None
             )
-            self.racks[rack.id] = RackRuntime(rack, self.store, handles, clock, self.emit)
+            self.racks[rack.id] = RackRuntime(
+                rack, self.store, handles, clock, self.emit, controller_factory
+            )
             self.racks[rack.id].on_state = self.publish_state
 
     def emit(self, event: Event) -> None:
@@ -334,7 +333,9 @@ class Daemon:
             await self.mqtt.start()
             # retained sensor states (a wet leak rope, the budget) arrive within moments
             await self.mqtt.wait_connected(1.0)
-        await asyncio.gather(*(self._poll_once(handle) for handle in self.devices.values()))
+        async with asyncio.TaskGroup() as first_round:  # _poll_once raises nothing
+            for handle in self.devices.values():
+                first_round.create_task(self._poll_once(handle))
         phases = rack_phases(self.config)
         for (rack, device), handle in self.devices.items():
             poll = self._poll_forever(handle, phases[rack] % handle.config.poll_interval_s)

@@ -113,7 +113,7 @@ class Service:
                 await self.api.start()
                 stack.push_async_callback(self.api.stop)
                 if self.metrics is not None:
-                    self.metrics.collector.api_requests_by_status = self.api.requests_by_status
+                    self.metrics.collectors.api_requests_by_status = self.api.requests_by_status
         except BaseException:
             await stack.aclose()
             raise
@@ -161,7 +161,7 @@ class Service:
             self.config = config
             self.daemon = daemon
             if self.metrics is not None:
-                self.metrics.collector.daemon = daemon
+                self.metrics.collectors.daemon = daemon
             log.info("config %s reloaded", path)
             self._emit_all("reloaded", Severity.INFO, f"config {path} reloaded")
             self.notifier.ready(self._status_text())

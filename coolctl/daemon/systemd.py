@@ -1,6 +1,6 @@
 """systemd integration in plain stdlib: readiness and watchdog notifications, and credentials.
 
-coolctl runs as a `Type=notify` service (deploy/systemd/coolctl.daemon.service). The notify protocol
+coolctl runs as a `Type=notify` service (deploy/systemd/coolctl.service). The notify protocol
 is one datagram of newline-separated `KEY=value` lines sent to the AF_UNIX socket named by
 `$NOTIFY_SOCKET`, which is small enough not to justify a dependency on python-systemd.
 

@@ -28,13 +28,6 @@ class TelemetryStore:
         self._stale_after_s[(rack, device)] = stale_after_s
         self._racks.setdefault(rack, {})
 
-    def forget_device(self, rack: str, device: str) -> None:
-        """Drop a device's points (it was removed from the config)."""
-        self._stale_after_s.pop((rack, device), None)
-        points = self._racks.get(rack, {})
-        for point in [p for p in points if p.device == device]:
-            del points[point]
-
     def update(self, readings: Iterable[Reading]) -> None:
         racks = self._racks
         for reading in readings:

@@ -47,13 +47,13 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from coolctl.model import RackMode
 from coolctl.ops.protocol import (
     AuditRecord,
     ControlError,
     ControlPlane,
     EventRecord,
     JsonObject,
-    Mode,
     target_kind,
 )
 
@@ -544,9 +544,9 @@ class ControlApi:
         rack = request.match_info["rack"]
         body = await _body(request, ("mode", "reason"))
         mode = body.get("mode")
-        if mode not in ("auto", "manual"):
+        if not isinstance(mode, str) or mode not in tuple(RackMode):
             raise ControlError(400, f'\'mode\' must be "auto" or "manual", not {mode!r}')
-        checked: Mode = "auto" if mode == "auto" else "manual"
+        checked = RackMode(mode)
         why = _reason(body.get("reason"))
         who = request[_WHO_KEY]
         result = await self._logged(

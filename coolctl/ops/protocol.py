@@ -11,8 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-Mode = Literal["auto", "manual"]
-"""auto: the loops drive the actuators; manual: only operator overrides and interlocks do."""
+from coolctl.model import RackMode
 
 JsonObject = dict[str, Any]
 
@@ -135,7 +134,7 @@ class ControlPlane(Protocol):
         """ControlError 404 when there is no such override."""
         ...
 
-    async def set_mode(self, rack: str, mode: Mode, who: str, why: str) -> JsonObject: ...
+    async def set_mode(self, rack: str, mode: RackMode, who: str, why: str) -> JsonObject: ...
 
     async def events(self, since_id: int = 0, limit: int = 100) -> list[EventRecord]: ...
 
@@ -167,7 +166,6 @@ __all__: Sequence[str] = (
     "ControlPlane",
     "EventRecord",
     "JsonObject",
-    "Mode",
     "OverrideRecord",
     "target_kind",
 )

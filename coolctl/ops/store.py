@@ -27,17 +27,15 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, ParamSpec, TypeVar, get_args
+from typing import Any, Final, ParamSpec, TypeVar
 
-from coolctl.model import Event, Severity
-from coolctl.ops.protocol import AuditRecord, EventRecord, Mode, OverrideRecord
+from coolctl.model import Event, RackMode, Severity
+from coolctl.ops.protocol import AuditRecord, EventRecord, OverrideRecord
 
 APPLICATION_ID: Final = 0x636F6F6C  # "cool": marks an SQLite file as a coolctl store
 SCHEMA_VERSION: Final = 2
 SYSTEM_WHO: Final = "coolctl"  # who ends overrides that expire or that a migration supersedes
 BUSY_TIMEOUT_MS: Final = 5000  # an sqlite3 shell reading the file may briefly hold a lock
-
-_MODES: Final = frozenset(get_args(Mode))
 
 # Each entry moves the schema from version i to i + 1, in one transaction together with the
 # new user_version, so a crash mid-migration leaves the previous version intact.
@@ -492,13 +490,16 @@ class Store:
 
     # -- modes ------------------------------------------------------------------------------
 
-    def set_mode(self, rack: str, mode: Mode, who: str, why: str, at: float) -> None:
+    def set_mode(self, rack: str, mode: RackMode, who: str, why: str, at: float) -> None:
         """Set a rack's mode, audited `mode_set` with the previous mode (even if unchanged:
         the operator's request itself is worth recording)."""
         _require_text(rack=rack, who=who)
         _require_str(why=why)
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {sorted(_MODES)}, not {mode!r}")
+        try:
+            mode = RackMode(mode)
+        except ValueError:
+            modes = sorted(each.value for each in RackMode)
+            raise ValueError(f"mode must be one of {modes}, not {mode!r}") from None
         at = _require_finite(at=at)
         with self._write() as conn:
             row = conn.execute("SELECT mode FROM modes WHERE rack = ?", (rack,)).fetchone()
@@ -506,25 +507,24 @@ class Store:
                 "INSERT INTO modes (rack, mode, set_at, set_by, why) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (rack) DO UPDATE SET mode = excluded.mode, set_at = excluded.set_at,"
                 " set_by = excluded.set_by, why = excluded.why",
-                (rack, mode, at, who, why),
+                (rack, mode.value, at, who, why),
             )
             self._append_audit(
                 conn,
                 who,
                 "mode_set",
                 rack,
-                {"mode": mode, "old_mode": row[0] if row is not None else None, "why": why},
+                {"mode": mode.value, "old_mode": row[0] if row is not None else None, "why": why},
                 at,
             )
 
-    def modes(self) -> dict[str, Mode]:
+    def modes(self) -> dict[str, RackMode]:
         """The stored mode of every rack that ever had one set."""
-        modes: dict[str, Mode] = {}
+        known = {each.value: each for each in RackMode}
+        modes: dict[str, RackMode] = {}
         for rack, mode in self._read("SELECT rack, mode FROM modes ORDER BY rack"):
-            if mode == "auto":
-                modes[rack] = "auto"
-            elif mode == "manual":
-                modes[rack] = "manual"
+            if mode in known:
+                modes[rack] = known[mode]
         return modes
 
     # -- audit ------------------------------------------------------------------------------
@@ -702,10 +702,10 @@ class AsyncStore:
     async def expire_overrides(self, at: float) -> list[OverrideRecord]:
         return await self._call(self._opened().expire_overrides, at)
 
-    async def set_mode(self, rack: str, mode: Mode, who: str, why: str, at: float) -> None:
+    async def set_mode(self, rack: str, mode: RackMode, who: str, why: str, at: float) -> None:
         await self._call(self._opened().set_mode, rack, mode, who, why, at)
 
-    async def modes(self) -> dict[str, Mode]:
+    async def modes(self) -> dict[str, RackMode]:
         return await self._call(self._opened().modes)
 
     async def audit(

@@ -71,6 +71,19 @@ class CapAllocator(Protocol):
     def drain_events(self) -> list[Event]: ...
 
 
+class ControlStack(Protocol):
+    """A rack's control stack as the rack step drives it; `RackControl` is one."""
+
+    @property
+    def controller(self) -> AutoController: ...
+
+    @property
+    def allocator(self) -> CapAllocator | None: ...
+
+    @property
+    def supervisor(self) -> Supervisor: ...
+
+
 def note_applied(
     controller: AutoController,
     allocator: CapAllocator | None,

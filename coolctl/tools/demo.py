@@ -25,6 +25,7 @@ from coolctl.daemon.logs import setup_logging
 from coolctl.daemon.run import stop_on_signals
 from coolctl.daemon.runtime import Daemon
 from coolctl.daemon.service import Service, ServiceOptions
+from coolctl.exitcodes import ExitCode
 from coolctl.model import PointId
 from coolctl.rack.check import load_or_report
 from coolctl.simulators.control_server import inject
@@ -103,11 +104,11 @@ async def serve_simulation(
     load: float,
     duration_s: float | None,
     mqtt_broker: str | None = None,
-) -> int:
+) -> ExitCode:
     """Serve the simulated devices of a config and print one line per service."""
     config = _load(config_path)
     if config is None:
-        return 1
+        return ExitCode.BAD
     setup_logging("text", "WARNING")
     stop = asyncio.Event()
     stop_on_signals(stop)
@@ -125,13 +126,13 @@ async def serve_simulation(
             await simulation.start()
         except (OSError, MosquittoError) as exc:
             print(f"cannot start the simulated devices: {exc}", file=sys.stderr)
-            return 3
+            return ExitCode.UNREACHABLE
         stack.push_async_callback(simulation.stop)
         for service in simulation.services:
             print(service.line(), flush=True)
         with _advertised(simulation.control_url):
             await _wait(stop, duration_s)
-    return 0
+    return ExitCode.OK
 
 
 async def inject_fault(
@@ -143,7 +144,7 @@ async def inject_fault(
     point: str | None,
     value: float | None,
     duration_s: float | None,
-) -> int:
+) -> ExitCode:
     """`coolctl sim inject`: apply a fault to a running simulation (demo or sim serve)."""
     url = sim_url
     if url is None:
@@ -155,7 +156,7 @@ async def inject_fault(
                 " `coolctl sim serve`, or pass --sim URL (its `control http://...` line)",
                 file=sys.stderr,
             )
-            return 3
+            return ExitCode.UNREACHABLE
     try:
         done = await inject(
             url,
@@ -168,12 +169,12 @@ async def inject_fault(
         )
     except ValueError as exc:
         print(f"coolctl sim inject: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.BAD
     except (aiohttp.ClientError, OSError) as exc:
         print(f"coolctl sim inject: cannot reach the simulation at {url}: {exc}", file=sys.stderr)
-        return 3
+        return ExitCode.UNREACHABLE
     print(done)
-    return 0
+    return ExitCode.OK
 
 
 async def run_demo(
@@ -184,11 +185,11 @@ async def run_demo(
     time_scale: float = 1.0,
     status_every_s: float = 3.0,
     mqtt_broker: str | None = None,
-) -> int:
+) -> ExitCode:
     """Simulated rack + daemon + metrics, with a live status line, until Ctrl-C or duration."""
     config = _load(config_path)
     if config is None:
-        return 1
+        return ExitCode.BAD
     setup_logging(config.daemon.log_format, "WARNING")
     stop = asyncio.Event()
     stop_on_signals(stop)
@@ -240,7 +241,7 @@ async def run_demo(
             with contextlib.suppress(asyncio.CancelledError):
                 await status
     print("demo stopped", flush=True)
-    return 0
+    return ExitCode.OK
 
 
 def _with_metrics_port(config: Config, port: int) -> Config:

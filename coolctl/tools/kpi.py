@@ -25,7 +25,16 @@ KPI names and units (the `--json` object of `coolctl sim run`):
 and beside them: `max_supply_temp_c`, `max_chip_temp_c`, `mean_pump_speed`,
 `pdu_energy_kwh`, `failsafe_s` and `interlock_s` (scored seconds the rack spent in failsafe, or
 under any interlock), `controller_errors`, `energy_balance_error_pct` (IT heat into the coolant
-minus heat removed and stored, in % of the IT heat, over the whole run), `scored_s`, `wall_s`.
+minus heat removed and stored, in % of the IT heat, over the whole run), `scored_s`, `wall_s`;
+and what wears the hardware or puts it at risk:
+
+| key | unit | what |
+|---|---|---|
+| `interlock_trips` | — | times any interlock engaged (rising edges, one sample per period) |
+| `pump_dry_run_s` | s | pump commanded above 0.2 while the flow was under 10 % of rated |
+| `valve_strokes_per_h` | 1/h | sum of abs(Δ valve position) per hour (a full stroke is 1.0) |
+| `valve_reversals_per_h` | 1/h | valve direction changes per hour, moves under 0.5 % ignored |
+| `hardware_throttle_s` | s | time any server was cutting its own power (exact, plant time) |
 """
 
 from __future__ import annotations
@@ -65,6 +74,11 @@ EXTRA_KPI_KEYS: tuple[str, ...] = (
     "energy_balance_error_pct",
     "scored_s",
     "wall_s",
+    "interlock_trips",
+    "pump_dry_run_s",
+    "valve_strokes_per_h",
+    "valve_reversals_per_h",
+    "hardware_throttle_s",
 )
 TIMING_KEYS = frozenset({"controller_step_p99_ms", "sim_speedup", "wall_s"})
 """KPIs that measure this machine, not the control: they differ between identical runs."""
@@ -92,9 +106,20 @@ KPI_UNITS: Mapping[str, str] = {
     "energy_balance_error_pct": "%",
     "scored_s": "s",
     "wall_s": "s",
+    "interlock_trips": "",
+    "pump_dry_run_s": "s",
+    "valve_strokes_per_h": "1/h",
+    "valve_reversals_per_h": "1/h",
+    "hardware_throttle_s": "s",
 }
 
 _J_PER_KWH = 3.6e6
+DRY_RUN_COMMAND = 0.2
+"""A pump commanded above this speed is meant to move coolant..."""
+DRY_RUN_FLOW_SHARE = 0.1
+"""...and runs dry when the flow is under this share of its rated flow."""
+VALVE_REVERSAL_EPSILON = 0.005
+"""Valve moves smaller than this (a share of full stroke) do not count as a reversal."""
 
 SERIES: tuple[str, ...] = (
     "t_s",
@@ -140,7 +165,13 @@ class Recorder:
     """Samples plant truth once per tick into the trace and the KPI sums."""
 
     def __init__(
-        self, ticks: int, period_s: float, warmup_s: float, setpoint_c: float, limits: Limits
+        self,
+        ticks: int,
+        period_s: float,
+        warmup_s: float,
+        setpoint_c: float,
+        limits: Limits,
+        rated_flow_lpm: float = 200.0,
     ) -> None:
         self.trace = Trace.empty(ticks, warmup_s, setpoint_c, limits)
         self._period_s = period_s
@@ -158,6 +189,15 @@ class Recorder:
         self._speed_sum = 0.0
         self._failsafe_s = 0.0
         self._interlock_s = 0.0
+        self._dry_flow_lpm = DRY_RUN_FLOW_SHARE * rated_flow_lpm
+        self._interlocked = False
+        self._trips = 0
+        self._dry_s = 0.0
+        self._valve: float | None = None
+        self._stroke = 0.0
+        self._valve_turn: float | None = None  # the valve's last extreme position
+        self._valve_direction = 0  # +1 opening, -1 closing, 0 not yet moved
+        self._reversals = 0
         self._scored = 0
         self._columns = [self.trace.columns[name] for name in SERIES]
 
@@ -195,6 +235,8 @@ class Recorder:
         )
         for column, value in zip(self._columns, row, strict=True):
             column[k] = value
+        tripped = interlocked and not self._interlocked
+        self._interlocked = interlocked
         if now < self._warmup_s - 1e-9:
             return
         if self._start is None:
@@ -214,7 +256,29 @@ class Recorder:
         self._speed_sum += truth.pump_speed
         self._failsafe_s += dt if failsafe else 0.0
         self._interlock_s += dt if interlocked else 0.0
+        self._trips += tripped
+        if truth.pump_speed_command > DRY_RUN_COMMAND and truth.flow_lpm < self._dry_flow_lpm:
+            self._dry_s += dt
+        self._valve_wear(truth.valve_position)
         self._scored += 1
+
+    def _valve_wear(self, position: float) -> None:
+        """Stem travel, and reversals: a move of more than the epsilon back from the last
+        extreme in the direction of travel."""
+        if self._valve is not None:
+            self._stroke += abs(position - self._valve)
+        self._valve = position
+        turn = self._valve_turn
+        if turn is None:
+            self._valve_turn = position
+            return
+        direction = self._valve_direction
+        if direction * (position - turn) > 0.0:  # further the same way: a new extreme
+            self._valve_turn = position
+        elif abs(position - turn) > VALVE_REVERSAL_EPSILON:
+            self._reversals += direction != 0
+            self._valve_direction = 1 if position > turn else -1
+            self._valve_turn = position
 
     def kpis(
         self,
@@ -231,6 +295,7 @@ class Recorder:
         it_heat = end.it_heat_to_coolant_j
         balance = 100.0 * end.energy_balance_error_j / it_heat if it_heat > 0 else 0.0
         scored = max(self._scored, 1)
+        hours = self._scored * self._period_s / 3600.0
         kpis = {
             "supply_temp_iae_ks": self._iae / 1000.0,
             "supply_temp_max_dev_k": self._max_dev,
@@ -253,6 +318,11 @@ class Recorder:
             "energy_balance_error_pct": balance,
             "scored_s": self._scored * self._period_s,
             "wall_s": wall_s,
+            "interlock_trips": float(self._trips),
+            "pump_dry_run_s": self._dry_s,
+            "valve_strokes_per_h": self._stroke / hours if hours > 0 else 0.0,
+            "valve_reversals_per_h": self._reversals / hours if hours > 0 else 0.0,
+            "hardware_throttle_s": end.hardware_throttle_s - start.hardware_throttle_s,
         }
         return kpis
 
@@ -268,7 +338,7 @@ def format_kpi(key: str, value: float | None) -> str:
     """A KPI as a table shows it: enough digits to compare, no more."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
-    if key in ("controller_errors", "failsafe_s", "interlock_s", "scored_s"):
+    if key in ("controller_errors", "failsafe_s", "interlock_s", "scored_s", "interlock_trips"):
         return f"{value:.0f}"
     if key == "sim_speedup":
         return f"{value:.0f}"

@@ -2,13 +2,14 @@
 
 The test runs under the daemon's own safety machinery, not around it. The rack's runtime is
 built exactly as the daemon builds it (`coolctl.daemon.runtime.Daemon`: pollers, the control
-tick, the safety supervisor, the power-cap allocator, the actuator channels), with one change:
-the rack's controller is a `StepTestController`, which asks for the step-test plan's pump speed
-and valve opening as automatic requests and leaves every other actuator to the rack's PID
-loops. So the supervisor keeps the last word — interlocks (leak, over-temperature, pump
-failure) win, a blind rack goes to failsafe, every request is clamped to the loop's output
-range and slew — and the plan itself never asks for more: its levels lie within the loops'
-`output_min..output_max`, its ramps within their slew.
+tick, the safety supervisor, the power-cap allocator, the actuator channels), with one change,
+made through the daemon's controller factory (`StepTestFactory`): the rack's controller is a
+`StepTestController`, which asks for the step-test plan's pump speed and valve opening as
+automatic requests and leaves every other actuator to the rack's PID loops. So the supervisor
+keeps the last word — interlocks (leak, over-temperature, pump failure) win, a blind rack goes
+to failsafe, every request is clamped to the loop's output range and slew — and the plan itself
+never asks for more: its levels lie within the loops' `output_min..output_max`, its ramps within
+their slew.
 
 The test aborts, hands the actuators back to the PID loops and writes no model when
 
@@ -89,7 +90,7 @@ from coolctl.daemon.runtime import Daemon, RackRuntime
 from coolctl.model import Command, PointId, Snapshot, Source
 from coolctl.rack.mpc import PUMP_POINT, VALVE_POINT, mpc_rack_of
 from coolctl.rack.safety import DeviceFacts
-from coolctl.rack.stack import build_pid_control
+from coolctl.rack.stack import RackControl, build_pid_control
 
 log = logging.getLogger("coolctl.identify")
 
@@ -539,13 +540,19 @@ async def run_live_step_test(
     """Run the test on `rack_id` (see the module docstring); StepTestRefused before anything is
     written if the rack cannot be tested, RackUnreachable if its devices do not answer."""
     reduced, rack = rack_under_test(config, rack_id)
+    factory = StepTestFactory(settings, with_allocator)
     try:
-        daemon = Daemon(reduced)
+        daemon = Daemon(reduced, controller_factory=factory)
+    except StepTestRefused:
+        raise  # the rack has no pump or valve the test can step: nothing was opened or written
     except Exception as exc:  # what the daemon itself refuses: a secret it cannot read, ...
         raise StepTestRefused(f"cannot build rack {rack_id}'s runtime: {exc}") from exc
     runtime = daemon.racks[rack_id]
+    controller, signals = factory.built(rack_id)
+    # The rack's MQTT state and events are the daemon's to publish; the test only logs.
+    runtime.on_state = None
+    daemon.event_listeners.clear()
     try:
-        controller, signals = _prepare(daemon, runtime, rack, settings, with_allocator)
         await _preflight(daemon, runtime, signals)
     except BaseException:
         await daemon.stop(hand_back=False)  # nothing was started or written: just close
@@ -597,41 +604,49 @@ async def run_live_step_test(
     )
 
 
-def _prepare(
-    daemon: Daemon,
-    runtime: RackRuntime,
-    rack: RackConfig,
-    settings: LiveTestSettings,
-    with_allocator: bool,
-) -> tuple[StepTestController, RackSignals]:
-    """Put the step-test controller in the runtime's place; publish nothing as the daemon."""
-    handles = {device: h for (_, device), h in daemon.devices.items()}
-    try:
-        signals = rack_signals(rack, handles)
-    except ValueError as exc:  # the MPC finds no CDU to drive (coolctl.rack.mpc)
-        raise StepTestRefused(str(exc)) from exc
-    supervisor = runtime.supervisor.config
-    # the pump and valve the rack's MPC will drive, as the supervisor knows them
-    by_point = {a.point: a for a in supervisor.actuators}
-    wanted = (signals.mpc_rack.pump, signals.mpc_rack.valve)
-    pump, valve = (None if p is None else by_point.get(p) for p in wanted)
-    if pump is None or valve is None:
-        shown = ", ".join(str(p) for p in wanted if p is not None and p not in by_point)
-        raise StepTestRefused(
-            f"rack {rack.id}: the MPC would drive {shown or 'a valve'} but no loop of the rack"
-            " does; the test moves only what a loop's bounds and slew govern"
+class StepTestFactory:
+    """The daemon's controller factory for the rack under test: the rack's own PID stack and
+    supervisor, with a `StepTestController` (over those PID loops) as its controller, and no
+    allocator unless asked (a daemon in manual mode keeps the caps). StepTestRefused when the
+    rack has no pump or valve the test may step."""
+
+    def __init__(self, settings: LiveTestSettings, with_allocator: bool) -> None:
+        self.settings = settings
+        self.with_allocator = with_allocator
+        self._built: dict[str, tuple[StepTestController, RackSignals]] = {}
+
+    def built(self, rack: str) -> tuple[StepTestController, RackSignals]:
+        """The controller built for `rack`, and the signals it records."""
+        return self._built[rack]
+
+    def __call__(self, rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> RackControl:
+        try:
+            signals = rack_signals(rack, devices)
+        except ValueError as exc:  # the MPC finds no CDU to drive (coolctl.rack.mpc)
+            raise StepTestRefused(str(exc)) from exc
+        pid = build_pid_control(rack, devices)
+        supervisor = pid.supervisor.config
+        # the pump and valve the rack's MPC will drive, as the supervisor knows them
+        by_point = {a.point: a for a in supervisor.actuators}
+        wanted = (signals.mpc_rack.pump, signals.mpc_rack.valve)
+        pump, valve = (None if p is None else by_point.get(p) for p in wanted)
+        if pump is None or valve is None:
+            shown = ", ".join(str(p) for p in wanted if p is not None and p not in by_point)
+            raise StepTestRefused(
+                f"rack {rack.id}: the MPC would drive {shown or 'a valve'} but no loop of the"
+                " rack does; the test moves only what a loop's bounds and slew govern"
+            )
+        controller = StepTestController(
+            pid.controller,
+            pump,
+            valve,
+            rack.control_period_s,
+            self.settings,
+            supervisor.temperature_limits,
         )
-    pid = build_pid_control(rack, handles).controller
-    controller = StepTestController(
-        pid, pump, valve, rack.control_period_s, settings, supervisor.temperature_limits
-    )
-    runtime.controller = controller
-    if not with_allocator:
-        runtime.allocator = None
-    # The rack's MQTT state and events are the daemon's to publish; the test only logs.
-    runtime.on_state = None
-    daemon.event_listeners.clear()
-    return controller, signals
+        self._built[rack.id] = (controller, signals)
+        allocator = pid.allocator if self.with_allocator else None
+        return RackControl(controller, allocator, pid.supervisor)
 
 
 async def _preflight(daemon: Daemon, runtime: RackRuntime, signals: RackSignals) -> None:

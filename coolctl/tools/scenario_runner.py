@@ -13,19 +13,24 @@ Every control period the runner does what the daemon does, in the same order:
    link, the fixed baseline's absent BMCs: read, then discarded): every controller sees the
    same noise on the same readings.
 2. **snapshot** from the daemon's `TelemetryStore` (so staleness ages exactly as in the daemon);
-3. **tick**, mirroring `RackRuntime.tick` line by line: actuators observe the snapshot, loops
-   step (the controller), the allocator shares the budget out as caps, the supervisor decides;
-   a controller that raises sends the rack to failsafe. The stack is built by
-   `build_pid_control` (or the MPC's `build_mpc_control`), the daemon's own constructors;
-4. **actuate**, mirroring `ActuatorChannel.submit`: clamp to the hard range, quantise to the
-   device's resolution, skip a value the device already holds, write; the write lands in the
-   plant at once (the daemon's writes take milliseconds, far under a period);
+3. **tick**: the daemon's own rack step (`coolctl.rack.step.RackStep`, which `RackRuntime.tick`
+   calls too): actuators observe the snapshot with its sample times, the budget in force is
+   followed (the scenario's, or an upstream one through the rack's `budget_point`), loops step
+   (the controller, in the rack's mode: `auto` here), the allocator shares the budget out as
+   caps, the supervisor decides (with overrides, none unless a test sets them); a controller
+   that raises sends the rack to failsafe, a command that is not finite or lies outside its
+   actuator's hard range is refused and counted. The stack is built by `build_pid_control` (or
+   the MPC's `build_mpc_control`), the daemon's own constructors;
+4. **actuate**, as `ActuatorChannel.submit` does: clamp to the hard range, quantise to the
+   device's resolution, skip a value the device already holds (a poll sampled before the last
+   write is not taken for a drift), write; the write lands in the plant at once (the daemon's
+   writes take milliseconds, far under a period);
 5. **record** plant truth for the KPIs and the plot (`coolctl.tools.kpi`), never for control;
 6. **advance** the plant to the next tick, stopping at each scenario event's own time.
 
 Not simulated: the MQTT fast path (a leak message between ticks is acted on at the next tick
-here), write failures and read-back mismatches, a budget from an upstream coordinator
-(`budget_point`: scenario `budget` events set the budget the way the coordinator would).
+here), write failures and read-back mismatches, an upstream coordinator (the simulated devices
+serve no `budget_point`; scenario `budget` events set the budget the way the coordinator would).
 
 Controllers (`--controller`):
 
@@ -53,10 +58,10 @@ scenario's `period_s` is the control period; its budget, if any, the rack's budg
 
 (the same arguments as `build_pid_control`, plus the identified model file from `--mpc-model`).
 It lives in `coolctl/`, not `control/`, because it reads `RackConfig`, which `control/` may not
-import; `control/mpc.py` stays pure and is what it builds on. `ControlStack` (below) is anything
-with three attributes: `controller` (`step(snapshot, now) -> list[Command]`,
-`applied(actuator, value, now)` — `RackController`'s interface: the MPC wraps the PID loops,
-which stay its fallback), `allocator` (None, or `step(snapshot, now, budget_w) ->
+import; `control/mpc.py` stays pure and is what it builds on. `ControlStack`
+(`coolctl.rack.stack`) is anything with three attributes: `controller` (`step(snapshot, now) ->
+list[Command]`, `applied(actuator, value, now)` — `RackController`'s interface: the MPC wraps
+the PID loops, which stay its fallback), `allocator` (None, or `step(snapshot, now, budget_w) ->
 list[Command]` and `drain_events()` — `PowerCapAllocator`'s: the MPC's lowers the budget it
 shares out when cooling runs out) and `supervisor` (the daemon's `Supervisor`, as
 `build_pid_control` makes it: the MPC never bypasses it). `RackControl` is one. If the
@@ -85,19 +90,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from coolctl.config import ConfigError, DeviceConfig, RackConfig, parse_config
 from coolctl.control.limits import ActuatorClamp, ActuatorLimits
-from coolctl.control.supervisor import Decision, Supervisor
+from coolctl.control.supervisor import Decision, Override, Supervisor
 from coolctl.daemon.telemetry import TelemetryStore
 from coolctl.drivers.modbus_profile import RegisterPoint, load_profile
 from coolctl.drivers.redfish import kind_points
-from coolctl.model import Command, Event, PointId, Quality, Reading, Snapshot
+from coolctl.model import Command, Event, PointId, Quality, RackMode, Reading, Snapshot
 from coolctl.rack.check import load_checked_config
 from coolctl.rack.facts import device_facts
 from coolctl.rack.safety import DeviceFacts
-from coolctl.rack.stack import AutoController, CapAllocator, build_pid_control, note_applied
+from coolctl.rack.stack import AutoController, CapAllocator, ControlStack, build_pid_control
+from coolctl.rack.step import RackStep, Refused, StackFactory, StepResult
 from coolctl.simulators.plant import RackPlant
 from coolctl.simulators.scenario import Scenario, ScenarioError, ScenarioEvent, ScenarioPlayer
 from coolctl.tools.kpi import Recorder, Trace
@@ -111,19 +117,6 @@ SIMULATED_MQTT_PROFILE = "sim-mqtt-sensors"
 
 class ControllerUnavailable(RuntimeError):
     """The controller asked for cannot be built here (the MPC without its solver installed)."""
-
-
-class ControlStack(Protocol):
-    """A rack's control stack as the runner steps it; `RackControl` is one."""
-
-    @property
-    def controller(self) -> AutoController: ...
-
-    @property
-    def allocator(self) -> CapAllocator | None: ...
-
-    @property
-    def supervisor(self) -> Supervisor: ...
 
 
 ControllerFactory = Callable[[RackConfig, Mapping[str, DeviceFacts], Path | None], ControlStack]
@@ -159,18 +152,6 @@ def default_mpc_model(scenario: Scenario) -> Path:
     from coolctl.tools.mpc_model import default_model_path
 
     return default_model_path(scenario.period_s, scenario.plant)
-
-
-def available_controllers() -> list[str]:
-    """The controllers this installation can run."""
-    names = []
-    for name in CONTROLLERS:
-        try:
-            controller_factory(name)
-        except ControllerUnavailable:
-            continue
-        names.append(name)
-    return names
 
 
 # ------------------------------------------------------------------------------ the rack
@@ -434,7 +415,15 @@ def _sim_device(
 class SimActuator:
     """One writable point, as `ActuatorChannel.submit` treats a command, written at once."""
 
-    __slots__ = ("clamp", "device_value", "last_written", "limits", "resolution", "write")
+    __slots__ = (
+        "clamp",
+        "device_value",
+        "last_written",
+        "limits",
+        "resolution",
+        "write",
+        "written_at",
+    )
 
     def __init__(
         self, limits: ActuatorLimits, resolution: float, write: Callable[[float], None]
@@ -445,8 +434,16 @@ class SimActuator:
         self.write = write
         self.last_written: float | None = None
         self.device_value: float | None = None
+        self.written_at: float | None = None
 
-    def observe(self, device_value: float | None, now: float) -> None:
+    def observe(
+        self, device_value: float | None, now: float, sampled_at: float | None = None
+    ) -> None:
+        """`ActuatorChannel.observe`: a value sampled before the last write is the device
+        before that write, not a drift."""
+        written_at = self.written_at
+        if sampled_at is not None and written_at is not None and sampled_at <= written_at:
+            return
         self.device_value = device_value
         if device_value is not None and self.clamp.last_value is None:
             self.clamp.accept(device_value, now)
@@ -464,6 +461,7 @@ class SimActuator:
             return
         self.write(value)
         self.last_written = self.device_value = value
+        self.written_at = now
         self.clamp.accept(value, now)
 
     def _quantised(self, value: float) -> float:
@@ -522,33 +520,35 @@ class _Timers:
 
 
 class SimRack:
-    """The control side of one simulated rack: devices, store, stack and actuators.
+    """The control side of one simulated rack: devices, store, actuators, and the rack step.
 
-    `tick` is `RackRuntime.tick` without the asyncio: same order, same calls.
+    `tick` calls the daemon's own step (`coolctl.rack.step.RackStep`, as `RackRuntime.tick`
+    does); only the I/O around it is simulated: the snapshot comes from the simulated devices'
+    polls, the commands go to `SimActuator`s that write into the plant at once.
     """
 
     def __init__(
         self,
         rack: RackConfig,
-        stack: ControlStack,
+        factory: StackFactory[ControlStack],
         devices: Sequence[SimDevice],
         plant: RackPlant,
         facts: Mapping[str, DeviceFacts],
         budget_w: float | None,
     ) -> None:
         self.rack = rack
-        self.stack = stack
-        self.controller = stack.controller
-        self.allocator = stack.allocator
-        self.supervisor = stack.supervisor
+        self.step = RackStep(rack, facts, factory)
         self.devices = list(devices)
         self.plant = plant
         self.store = TelemetryStore()
         for device in rack.devices.values():
             self.store.register_device(rack.id, device.id, device.stale_after_s)
-        self.power_budget_w = budget_w
-        self.controller_errors = 0
+        self.budget_w = budget_w  # the scenario's; an upstream one (budget_point) wins
+        self.mode: RackMode = RackMode.AUTO
+        self.overrides: dict[PointId, Override] = {}
+        self.controller_errors = 0  # controllers that raised, and commands refused
         self.first_error: str | None = None
+        self.refused: list[Refused] = []
         self.events: list[Event] = []
         self.decision: Decision | None = None
         self.step_times_s: list[float] = []
@@ -565,6 +565,23 @@ class SimRack:
                 _plant_writer(plant, point, servers),
             )
 
+    @property
+    def controller(self) -> AutoController:
+        return self.step.stack.controller
+
+    @property
+    def allocator(self) -> CapAllocator | None:
+        return self.step.stack.allocator
+
+    @property
+    def supervisor(self) -> Supervisor:
+        return self.step.stack.supervisor
+
+    @property
+    def power_budget_w(self) -> float | None:
+        """The budget in force: an upstream coordinator's (`budget_point`), else the scenario's."""
+        return self.step.budget_w(self.budget_w)
+
     def poll(self, now: float, links_down: frozenset[str]) -> None:
         """Poll every device that is due at `now`."""
         for device in self.devices:
@@ -578,51 +595,38 @@ class SimRack:
 
     def start_up(self, now: float) -> None:
         """`RackRuntime.start_up`: failsafe outputs unless every required reading is there."""
-        snapshot = self.store.snapshot(now, self.rack.id)
-        required = self.supervisor.config.required
-        if not all(snapshot.value(point) is not None for point in required):
-            self._apply(self.supervisor.startup(now), (), now)
+        result = self.step.start_up(self.store.snapshot(now, self.rack.id), now)
+        if result is not None:
+            self._apply(result, now)
 
     def tick(self, now: float) -> tuple[Snapshot, Decision]:
-        """One control step: snapshot → loops → allocator → supervisor → actuators."""
+        """One control step: snapshot → the rack step → actuators."""
         snapshot = self.store.snapshot(now, self.rack.id)
-        supervisor = self.supervisor
-        for point, actuator in self.actuators.items():
-            value = snapshot.value(point)
-            actuator.observe(value, now)
-            if value is not None:
-                supervisor.observe(point, value, now)
+        for point, value, sampled_at in self.step.readbacks(snapshot):
+            self.actuators[point].observe(value, now, sampled_at)
         started = time.thread_time()  # CPU time: a busy machine must not inflate the p99
-        requested: list[Command] = []
-        failed = False
-        try:
-            requested = self.controller.step(snapshot, now)
-            if self.allocator is not None:
-                requested += self.allocator.step(snapshot, now, self.power_budget_w)
-                self.events.extend(self.allocator.drain_events())
-        except Exception as exc:
-            # As in the daemon: a controller that raises sends the rack to failsafe.
-            failed = True
+        result = self.step.step(
+            snapshot, now, mode=self.mode, budget_w=self.budget_w, overrides=self.overrides
+        )
+        self.step_times_s.append(time.thread_time() - started)
+        self._apply(result, now)
+        return snapshot, result.decision
+
+    def _apply(self, result: StepResult, now: float) -> None:
+        """`RackRuntime._apply`, with the daemon's logs kept as counts and the first error."""
+        self.decision = result.decision
+        error = result.error
+        if error is not None:
             self.controller_errors += 1
             if self.first_error is None:
-                self.first_error = f"t={now:g} s: {type(exc).__name__}: {exc}"
-        decision = supervisor.step(snapshot, now, requested, {}, failed)
-        self.step_times_s.append(time.thread_time() - started)
-        self._apply(decision, requested, now)
-        return snapshot, decision
-
-    def _apply(self, decision: Decision, requested: Sequence[Command], now: float) -> None:
-        """`RackRuntime._apply`: submit each command; tell the controller what it did not ask."""
-        self.decision = decision
-        asked = {command.point: command.value for command in requested}
-        for command in decision.commands:
+                self.first_error = f"t={now:g} s: {type(error).__name__}: {error}"
+        self.controller_errors += len(result.refused)
+        self.refused.extend(result.refused)
+        for command in result.commands:
             actuator = self.actuators.get(command.point)
-            if actuator is None:
-                continue
-            actuator.submit(command, now)
-            if asked.get(command.point) != command.value:
-                note_applied(self.controller, self.allocator, command.point, command.value, now)
-        self.events.extend(decision.events)
+            if actuator is not None:
+                actuator.submit(command, now)
+        self.events.extend(result.events)
 
 
 def _plant_points(scenario: Scenario) -> dict[str, tuple[str, ...]]:
@@ -692,10 +696,15 @@ def run_scenario(
         if controller != "mpc" or factory is not None:
             raise
         raise ControllerUnavailable(f"the MPC cannot run: {exc}") from exc
-    sim = SimRack(rack, stack, devices, plant, facts, scenario.budget_w)
+    sim = SimRack(rack, lambda _rack, _facts: stack, devices, plant, facts, scenario.budget_w)
     ticks, period = scenario.ticks, scenario.period_s
     recorder = Recorder(
-        ticks, period, scenario.warmup_s, supply_setpoint(scenario, rack), scenario.limits
+        ticks,
+        period,
+        scenario.warmup_s,
+        supply_setpoint(scenario, rack),
+        scenario.limits,
+        scenario.plant.pump_rated_flow_lpm,
     )
     recorder.trace.throttle_c = scenario.plant.throttle_temperature_c
     recorder.trace.caps = stack.allocator is not None
@@ -711,16 +720,17 @@ def run_scenario(
         t0 = clock()
         sim.poll(now, player.links_down)
         t1 = clock()
-        sim.power_budget_w = player.budget_w
+        sim.budget_w = player.budget_w
         snapshot, decision = sim.tick(now)
         t2 = clock()
+        budget_w = sim.power_budget_w
         if on_tick is not None:
-            on_tick(snapshot, now, sim.power_budget_w, decision)
+            on_tick(snapshot, now, budget_w, decision)
         recorder.sample(
             k,
             now,
             plant.truth(),
-            player.budget_w,
+            budget_w,
             decision.failsafe,
             bool(decision.interlocks),
         )
