@@ -207,6 +207,14 @@ class MemoryPlane:
         self._audit(who, "mode_set", rack, mode=mode, why=why)
         return {"rack": rack, "mode": mode, "previous": previous}
 
+    async def reset_interlock(self, rack: str, interlock: str, who: str, why: str) -> JsonObject:
+        self.calls.append("reset_interlock")
+        self._rack(rack)
+        if interlock != "leak":
+            raise ControlError(409, f"the {interlock} interlock of rack {rack} is not active")
+        self._audit(who, "interlock_reset", rack, interlock=interlock, why=why)
+        return {"rack": rack, "interlock": interlock, "was": "r01/sensors1/leak_detected wet"}
+
     async def events(self, since_id: int = 0, limit: int = 100) -> list[EventRecord]:
         self.calls.append("events")
         return [e for e in self.event_log if e.id > since_id][:limit]
@@ -734,3 +742,24 @@ async def test_a_tcp_port_in_use_is_a_clear_error_and_leaves_no_socket(
         with pytest.raises(ControlApiError, match=f"cannot listen .* on 127.0.0.1:{port}"):
             await api.start()
     assert not (tmp_path / "a.sock").exists()
+
+
+@pytest.mark.asyncio
+async def test_interlock_reset_is_a_post_with_a_reason_and_audited(
+    served: tuple[ControlApi, MemoryPlane], unix: aiohttp.ClientSession
+) -> None:
+    _, plane = served
+    path = "/v1/racks/r01/interlocks/leak/reset"
+    status, body = await call(unix, "POST", path, json={"reason": "rope replaced"})
+    assert status == 200 and body["interlock"] == "leak" and "wet" in body["was"]
+    status, body = await call(unix, "POST", path, json={})
+    assert status == 400 and "reason" in body["error"]
+    status, body = await call(
+        unix, "POST", "/v1/racks/r01/interlocks/pump_failure/reset", json={"reason": "x"}
+    )
+    assert status == 409 and "not active" in body["error"]
+    status, body = await call(
+        unix, "POST", "/v1/racks/r09/interlocks/leak/reset", json={"reason": "x"}
+    )
+    assert status == 404
+    assert [a.action for a in plane.audit_log] == ["interlock_reset"]

@@ -218,6 +218,30 @@ def add_operator_commands(commands: SubParsers[argparse.ArgumentParser]) -> None
     )
     mode.set_defaults(operator_command="mode")
 
+    interlock = commands.add_parser("interlock", help="latched interlocks")
+    interlock_actions = interlock.add_subparsers(
+        dest="interlock_action", required=True, metavar="ACTION"
+    )
+    reset = interlock_actions.add_parser(
+        "reset",
+        parents=[common],
+        help="release a rack's latched interlock once its cause is clear (a leak: ropes dry)",
+        description="Release a latched interlock (a leak stays latched after the ropes read dry,"
+        " until an operator has looked). Refused while its cause is not known clear. Audited.",
+    )
+    reset.add_argument("rack", metavar="RACK")
+    reset.add_argument(
+        "interlock",
+        nargs="?",
+        default="leak",
+        metavar="INTERLOCK",
+        help="leak (default), over_temperature, pump_failure, loss_of_flow, low_coolant_level",
+    )
+    reset.add_argument(
+        "--reason", type=_reason_arg, required=True, metavar="TEXT", help=_REASON_HELP
+    )
+    reset.set_defaults(operator_command="interlock reset")
+
     events = commands.add_parser(
         "events", parents=[common], help="the event log (--follow to watch it)"
     )
@@ -414,6 +438,16 @@ async def _mode(client: ControlClient, args: argparse.Namespace) -> ExitCode:
     previous = result.get("previous")
     was = f" (was {previous})" if previous and previous != result.get("mode") else ""
     print(f"{args.rack}: mode {result.get('mode', args.mode)}{was}")
+    return ExitCode.OK
+
+
+async def _interlock_reset(client: ControlClient, args: argparse.Namespace) -> ExitCode:
+    result = await client.reset_interlock(args.rack, args.interlock, reason=args.reason)
+    if args.json:
+        _emit(result)
+        return ExitCode.OK
+    was = f" (was: {_text(result['was'])})" if result.get("was") else ""
+    print(f"{args.rack}: {args.interlock} interlock reset{was}")
     return ExitCode.OK
 
 
@@ -688,6 +722,7 @@ _HANDLERS: dict[str, Callable[[ControlClient, argparse.Namespace], Awaitable[Exi
     "override clear": _override_clear,
     "override list": _override_list,
     "mode": _mode,
+    "interlock reset": _interlock_reset,
     "events": _events,
     "reload": _reload,
 }

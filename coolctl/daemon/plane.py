@@ -254,6 +254,20 @@ class DaemonControlPlane:
             self._emit(rack, "mode_set", f"{who} switched the rack to {mode}: {why}")
         return {"rack": rack, "mode": mode, "previous": previous}
 
+    async def reset_interlock(self, rack: str, interlock: str, who: str, why: str) -> JsonObject:
+        runtime = self._rack(rack)
+        if not why.strip():
+            raise ControlError(400, "a reason is required")
+        before = runtime.supervisor.state.interlocks.get(interlock)
+        try:
+            runtime.reset_interlock(interlock, who, why)
+        except ValueError as exc:
+            raise ControlError(409, str(exc)) from None
+        was = before.reason if before is not None else ""
+        details = {"interlock": interlock, "reason": why, "was": was}
+        await self.store.audit(who, "interlock_reset", rack, details, self.wall_clock())
+        return {"rack": rack, "interlock": interlock, "was": was}
+
     async def reload(self, who: str) -> JsonObject:
         if self.reloader is None:
             raise ControlError(400, "this daemon cannot reload (no config file)")

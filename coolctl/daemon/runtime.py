@@ -220,6 +220,11 @@ class RackRuntime:
         """The fast path: a reading that may trip an interlock has just arrived."""
         self._apply(self.step.interlocks(self.store.snapshot(now, self.config.id), now), now)
 
+    def reset_interlock(self, name: str, who: str, why: str) -> None:
+        """An operator resets a latched (or clearing) interlock; ValueError says why not."""
+        now = self.clock()
+        self._apply(self.step.reset_interlock(name, now, who, why), now)
+
     def _apply(self, result: StepResult, now: float) -> None:
         """Emit, log, count and submit what the step decided, in the order of its making."""
         self.decision = result.decision

@@ -18,6 +18,7 @@ Endpoints (lists are wrapped in an object so that fields can be added later):
     PUT    /v1/racks/{rack}/overrides/{target}     {"value", "ttl_s" | "permanent", "reason"}
     DELETE /v1/racks/{rack}/overrides/{target}     reason in the body or ?reason=
     PUT    /v1/racks/{rack}/mode                   {"mode": "auto" | "manual", "reason"}
+    POST   /v1/racks/{rack}/interlocks/{name}/reset {"reason"}: release a latched interlock
     GET    /v1/events?since=ID&limit=N&wait=S      {"events": [...], "next_since": ID}
     GET    /v1/audit?since=ID&limit=N              {"audit": [...], "next_since": ID}
     POST   /v1/reload                              plane.reload()
@@ -467,6 +468,7 @@ class ControlApi:
         router.add_put("/v1/racks/{rack}/overrides/{target}", self._set_override)
         router.add_delete("/v1/racks/{rack}/overrides/{target}", self._clear_override)
         router.add_put("/v1/racks/{rack}/mode", self._set_mode)
+        router.add_post("/v1/racks/{rack}/interlocks/{interlock}/reset", self._reset_interlock)
         router.add_get("/v1/events", self._events)
         router.add_get("/v1/audit", self._audit)
         router.add_post("/v1/reload", self._reload)
@@ -552,6 +554,16 @@ class ControlApi:
         result = await self._logged(
             who, rack, f"mode {rack} {checked}: {why}", self.plane.set_mode(rack, checked, who, why)
         )
+        return _json(result)
+
+    async def _reset_interlock(self, request: web.Request) -> web.Response:
+        _query(request, ())
+        rack, interlock = request.match_info["rack"], request.match_info["interlock"]
+        body = await _body(request, ("reason",))
+        why = _reason(body.get("reason"))
+        who = request[_WHO_KEY]
+        call = self.plane.reset_interlock(rack, interlock, who, why)
+        result = await self._logged(who, rack, f"reset interlock {rack} {interlock}: {why}", call)
         return _json(result)
 
     async def _reload(self, request: web.Request) -> web.Response:

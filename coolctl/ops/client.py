@@ -195,6 +195,10 @@ class ControlClient:
             "PUT", f"/v1/racks/{_segment(rack)}/mode", body={"mode": mode, "reason": reason}
         )
 
+    async def reset_interlock(self, rack: str, interlock: str, *, reason: str) -> JsonObject:
+        path = f"/v1/racks/{_segment(rack)}/interlocks/{_segment(interlock)}/reset"
+        return await self.request("POST", path, body={"reason": reason})
+
     async def events(
         self, since: int | None = None, limit: int | None = None, wait_s: float = 0.0
     ) -> JsonObject:

@@ -136,6 +136,10 @@ class ControlPlane(Protocol):
 
     async def set_mode(self, rack: str, mode: RackMode, who: str, why: str) -> JsonObject: ...
 
+    async def reset_interlock(self, rack: str, interlock: str, who: str, why: str) -> JsonObject:
+        """Release an interlock whose cause is clear (a latched leak); 409 while it is not."""
+        ...
+
     async def events(self, since_id: int = 0, limit: int = 100) -> list[EventRecord]: ...
 
     async def wait_events(

@@ -180,6 +180,11 @@ class RackStep(Generic[StackT]):
         """The fast path, between ticks: a reading that may trip an interlock has arrived."""
         return self._result(self.supervisor.evaluate_interlocks(snapshot, now), (), now, [])
 
+    def reset_interlock(self, name: str, now: float, who: str, why: str) -> StepResult:
+        """An operator's reset of an interlock whose cause is clear (ValueError if it is not):
+        the next tick ramps the actuators back."""
+        return self._result(self.supervisor.reset_interlock(name, now, who, why), (), now, [])
+
     def shutdown(self, now: float) -> StepResult:
         """The hand-back values (or an active interlock's), on the way out."""
         return self._result(self.supervisor.shutdown(now), (), now, [])
