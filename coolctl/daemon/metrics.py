@@ -30,12 +30,12 @@ from prometheus_client.samples import Sample
 
 import coolctl
 from coolctl.control.loops import LoopMode
+from coolctl.control.supervisor import INTERLOCKS
 from coolctl.model import CANONICAL_POINTS, PointId, Quality, RackMode, Reading, Source, Unit
 
 if TYPE_CHECKING:
     from coolctl.daemon.runtime import Daemon
 
-INTERLOCKS = ("leak", "over_temperature", "pump_failure")
 
 _UNIT_SUFFIX = {
     Unit.CELSIUS: "_celsius",
@@ -343,6 +343,17 @@ class RackCollector(_DaemonState):
             "1 while the interlock holds the rack",
             labels=["rack", "interlock"],
         )
+        awaiting = GaugeMetricFamily(
+            "coolctl_interlock_awaiting_reset",
+            "1 while a latched interlock's cause is clear and it waits for an operator's reset",
+            labels=["rack", "interlock"],
+        )
+        silent = GaugeMetricFamily(
+            "coolctl_safety_sensor_silent",
+            "1 for each safety sensor (leak detector, flow, level) that never reported or went"
+            " silent: it cannot trip its interlock",
+            labels=["rack", "point"],
+        )
         failsafe = GaugeMetricFamily(
             "coolctl_rack_failsafe", "1 while the rack is in failsafe", labels=rack_label
         )
@@ -385,6 +396,11 @@ class RackCollector(_DaemonState):
             active = decision.interlocks if decision is not None else frozenset()
             for name in INTERLOCKS:
                 interlock.add_metric([rack_id, name], float(name in active))
+            safety = rack.supervisor.state
+            for name, status in safety.interlocks.items():
+                awaiting.add_metric([rack_id, name], float(status.awaiting_reset))
+            for point in safety.silent_sensors:
+                silent.add_metric([rack_id, f"{point.device}/{point.name}"], 1.0)
             failsafe.add_metric([rack_id], float(decision is not None and decision.failsafe))
             for each in RackMode:
                 mode.add_metric([rack_id, each.value], float(rack.mode == each))
@@ -404,7 +420,8 @@ class RackCollector(_DaemonState):
                 override.add_metric([rack_id, record.target], record.value)
                 if record.expires_at is not None:
                     expiry.add_metric([rack_id, record.target], record.expires_at)
-        yield from (interlock, failsafe, mode, power, budget, supply_limit, caps, feasible)
+        yield from (interlock, awaiting, silent, failsafe, mode, power, budget, supply_limit)
+        yield from (caps, feasible)
         yield from (override, expiry)
 
 
