@@ -397,7 +397,10 @@ class RackConfig:
 class DaemonConfig:
     """The daemon's own listeners, logs and state."""
 
-    metrics_listen: HostPort = ("127.0.0.1", DEFAULT_METRICS_PORT)
+    metrics_listen: HostPort = Field(
+        default=("127.0.0.1", DEFAULT_METRICS_PORT),
+        json_schema_extra={"default": f"127.0.0.1:{DEFAULT_METRICS_PORT}"},
+    )
     """HOST:PORT of /metrics and /healthz."""
     log_format: LogFormat = LogFormat.TEXT
     log_level: LogLevel = LogLevel.INFO
