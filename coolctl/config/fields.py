@@ -108,9 +108,15 @@ Text = Annotated[str, Strict(), AfterValidator(_no_nul)]
 TopicPart = Annotated[Text, AfterValidator(_no_wildcards)]
 """A string that goes into MQTT topics: no wildcards, or the topics break."""
 Id = Annotated[str, Strict(), StringConstraints(pattern=ID_PATTERN)]
-FilePath = Annotated[
-    Path, BeforeValidator(lambda value: _not_blank(_text_of(value)) if value is not None else None)
-]
+
+
+def _path_text(value: object) -> object:
+    if value is None or isinstance(value, Path):  # already read (dataclasses.replace)
+        return value
+    return _not_blank(_text_of(value))
+
+
+FilePath = Annotated[Path, BeforeValidator(_path_text)]
 Flag = Annotated[bool, Strict()]
 Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 Positive = Annotated[Number, Field(gt=0)]
