@@ -245,9 +245,7 @@ async def run_demo(
 
 
 def _with_metrics_port(config: Config, port: int) -> Config:
-    return replace(
-        config, daemon=replace(config.daemon, metrics_host="127.0.0.1", metrics_port=port)
-    )
+    return replace(config, daemon=replace(config.daemon, metrics_listen=("127.0.0.1", port)))
 
 
 async def _print_status(daemon: Daemon, every_s: float) -> None:
