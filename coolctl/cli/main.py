@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
             from coolctl.config import json_schema
 
             print(json.dumps(json_schema(), indent=2))
-            return EXIT_OK
+            return ExitCode.OK
         if args.command == "identify":
             from coolctl.cli.identify import run_identify
 

@@ -61,7 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coolctl.config import Config, Controller, RackConfig
+from coolctl.config import Config, Controller, MqttDeviceConfig, RackConfig
 from coolctl.control.identify import (
     CHIP_MAX,
     FACILITY_WATER,
@@ -652,7 +652,7 @@ class StepTestFactory:
 async def _preflight(daemon: Daemon, runtime: RackRuntime, signals: RackSignals) -> None:
     """Poll the polled devices once: every reading the supervisor requires and every signal
     the test records must be good before anything is written."""
-    polled = [h for h in daemon.devices.values() if h.config.driver != "mqtt"]
+    polled = [h for h in daemon.devices.values() if not isinstance(h.config, MqttDeviceConfig)]
     results = await asyncio.gather(*(h.client.poll() for h in polled), return_exceptions=True)
     for handle, result in zip(polled, results, strict=True):
         if isinstance(result, BaseException):

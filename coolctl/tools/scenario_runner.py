@@ -652,7 +652,11 @@ def _check_events(
     use, mapped to the plant's devices, and the full rack's simulated devices."""
     every = sim_devices(full, plant_points)
     # sensor faults act on the plant's sensor model, which MQTT devices do not go through
-    sensor_names = {d.name: d.plant_device for d in every if full.devices[d.name].driver != "mqtt"}
+    sensor_names = {
+        d.name: d.plant_device
+        for d in every
+        if not isinstance(full.devices[d.name], MqttDeviceConfig)
+    }
     cdus = [name for name, plant_device in sensor_names.items() if plant_device == "cdu"]
     links = [d.name for d in every]
     problems = scenario.check_devices(full.id, sensor_names, links, cdus, plant_points)
