@@ -71,7 +71,7 @@ from typing import Any
 import aiohttp
 from pymodbus.client import AsyncModbusTcpClient
 
-from coolctl.config import Config
+from coolctl.config import Config, ModbusDeviceConfig, RedfishDeviceConfig
 from coolctl.daemon.runtime import rack_phases
 from coolctl.daemon.service import Service, ServiceOptions
 from coolctl.daemon.tasks import cancel_and_wait
@@ -308,9 +308,7 @@ async def measure_row(
             secrets = base / "secrets"
             secrets.mkdir()
             config = with_services(load_checked_config(config_path), services, secrets)
-            config = replace(
-                config, daemon=replace(config.daemon, metrics_host="127.0.0.1", metrics_port=0)
-            )
+            config = replace(config, daemon=replace(config.daemon, metrics_listen=("127.0.0.1", 0)))
             result, requests = await run_daemon(
                 config, base, ours, child.pid or 0, window_s, warmup_s
             )
@@ -482,13 +480,13 @@ async def run_bare(
     phases = rack_phases(config)  # the daemon's schedule: racks spread across the period
     for rack in config.racks.values():
         for device in rack.devices.values():
-            if device.redfish is not None:
+            if isinstance(device, RedfishDeviceConfig):
                 poll, close = await bare_redfish(
                     by_device[(rack.id, device.id)],
                     requests[(rack.id, device.id)],
-                    device.redfish.max_in_flight,
+                    device.max_in_flight,
                 )
-            else:
+            elif isinstance(device, ModbusDeviceConfig):
                 blocks = ModbusDevice(
                     rack=rack.id,
                     device=device.id,
@@ -498,6 +496,8 @@ async def run_bare(
                     profile=_profile(device.profile),
                 ).blocks
                 poll, close = await bare_modbus(device.address, device.port, blocks)
+            else:
+                continue
             polls.append((poll, phases[rack.id] % PERIOD_S))
             closers.append(close)
     count = [0]

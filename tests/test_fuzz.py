@@ -62,7 +62,15 @@ from test_modbus_driver import (
 )
 from yarl import URL
 
-from coolctl.config import Config, ConfigError, load_config, parse_config
+from coolctl.config import (
+    Config,
+    ConfigError,
+    ModbusDeviceConfig,
+    MqttDeviceConfig,
+    RedfishDeviceConfig,
+    load_config,
+    parse_config,
+)
 from coolctl.daemon.plane import DaemonControlPlane
 from coolctl.daemon.runtime import Daemon
 from coolctl.daemon.service import Service, ServiceOptions
@@ -2172,9 +2180,10 @@ def check_accepted(config: Config) -> None:
         )
         for device in rack.devices.values():
             assert math.isfinite(device.poll_interval_s) and device.poll_interval_s > 0
-            assert math.isfinite(device.timeout_s) and device.timeout_s > 0
+            if not isinstance(device, MqttDeviceConfig):
+                assert math.isfinite(device.timeout_s) and device.timeout_s > 0
             assert math.isfinite(device.stale_after_s) and device.stale_after_s > 0
-            if device.driver == "modbus":
+            if isinstance(device, ModbusDeviceConfig):
                 assert 1 <= device.port <= 65535 and 0 <= device.unit <= 255
                 assert device.stale_after_s >= device.poll_interval_s
         for loop in rack.loops.values():
@@ -2232,12 +2241,13 @@ def check_nothing_dropped(doc: dict[str, Any], config: Config) -> None:
         if "release_rate_w_per_s" in raw.get("power", {}):
             assert rack.power.release_rate_w_per_s is not None
         for device in rack.devices.values():
-            assert not {"+", "#", "\0"} & set(device.topic_prefix), device
+            if isinstance(device, MqttDeviceConfig):
+                assert not {"+", "#", "\0"} & set(device.topic_prefix), device
     daemon = config.daemon
     paths = [daemon.state_directory, daemon.control_socket, daemon.control_token_file]
     if config.mqtt is not None:
         paths += [config.mqtt.password_file, config.mqtt.ca_file]
-        assert not {"+", "#", "\0"} & set(config.mqtt.topic_root + config.site)
+        assert not {"+", "#", "\0"} & set(config.mqtt.topic_root + config.site.name)
     assert all(path is None or "\0" not in str(path) for path in paths), paths
 
 
@@ -2245,7 +2255,8 @@ def needs_secrets(config: Config) -> bool:
     mqtt = config.mqtt
     if mqtt is not None and (mqtt.password_file or mqtt.password_credential):
         return True
-    return any(d.driver == "redfish" for r in config.racks.values() for d in r.devices.values())
+    devices = (d for r in config.racks.values() for d in r.devices.values())
+    return any(isinstance(d, RedfishDeviceConfig) for d in devices)
 
 
 @st.composite
@@ -2537,7 +2548,11 @@ def test_loop_setpoint_bounds_are_checked(change: dict[str, Any], message: str) 
     ("good", "bad", "message"),
     [
         ("setpoint = 160.0", "setpoint = 7000.0", r"loops.pump.setpoint: 7000 is outside what"),
-        ('broker = "127.0.0.1:1883"', 'broker = "127.0.0.1:0"', "broker's port"),
+        (
+            'broker = "127.0.0.1:1883"',
+            'broker = "127.0.0.1:0"',
+            "port must be from 1 to 65535, not 0",
+        ),
         ('topic_root = "coolctl/{site}"', 'topic_root = "coolctl/+"', "topic_root"),
         ('name = "example"', 'name = "a\\u0000b"', "site.name: must not contain a NUL"),
     ],

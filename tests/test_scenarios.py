@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from coolctl.cli.sim import main as sim_main
-from coolctl.config import RackConfig
+from coolctl.config import RackConfig, RedfishDeviceConfig
 from coolctl.control.supervisor import Decision
 from coolctl.daemon.devices import DeviceHandle
 from coolctl.daemon.runtime import RackRuntime
@@ -304,15 +304,18 @@ def test_fixed_is_a_pinned_pump_with_the_valve_loop_and_no_caps(tmp_path: Path) 
     pump = fixed.loops["pump"]
     assert (pump.output_min, pump.output_max) == (0.9, 0.9)
     assert fixed.loops["supply"] == pid.loops["supply"]
-    assert not any(d.redfish for d in fixed.devices.values())
-    assert sum(1 for d in pid.devices.values() if d.redfish) == 18
+    assert not any(isinstance(d, RedfishDeviceConfig) for d in fixed.devices.values())
+    assert sum(1 for d in pid.devices.values() if isinstance(d, RedfishDeviceConfig)) == 18
     result = run_scenario(s, "fixed", fixed_pump_speed=0.9)
     assert result.trace["pump_command"][10:].tolist() == [0.9] * 50  # after a slew from 1.0
 
 
 def test_bmcs_without_a_budget_leave_every_cap_at_its_maximum(tmp_path: Path) -> None:
     s = scenario(BASE + "[rack]\nbmcs = true\n", tmp_path)
-    assert sum(1 for d in rack_config(s, "pid").devices.values() if d.redfish) == 18
+    assert (
+        sum(1 for d in rack_config(s, "pid").devices.values() if isinstance(d, RedfishDeviceConfig))
+        == 18
+    )
     result = run_scenario(s, "pid")
     assert result.trace.caps and result.trace["caps_w"][-1] == 18 * 7000.0
     assert result.kpis["throttled_energy_kwh"] == 0.0

@@ -377,10 +377,11 @@ def _mpc_check(config: Any, rack_id: str, path: Path) -> str | None:
     """Load the model as the daemon's MPC would on this rack; what is wrong, or None."""
     from dataclasses import replace
 
+    from coolctl.config import Controller
     from coolctl.rack.facts import device_facts
     from coolctl.rack.mpc import build_mpc_control
 
-    rack = replace(config.racks[rack_id], controller="mpc", mpc_model=path)
+    rack = replace(config.racks[rack_id], controller=Controller.MPC, mpc_model=path)
     try:
         facts = {device.id: device_facts(device) for device in rack.devices.values()}
         build_mpc_control(rack, facts, path)

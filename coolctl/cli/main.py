@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate config files and exit")
     check.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    config = commands.add_parser("config", help="about the config file itself")
+    config_commands = config.add_subparsers(dest="config_command", metavar="WHAT", required=True)
+    config_commands.add_parser("schema", help="print the config file's JSON Schema")
 
     demo = commands.add_parser(
         "demo", help="run the daemon against a built-in simulated rack, no hardware needed"
@@ -130,6 +133,13 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
     try:
         if args.command == "check-config":
             return check_config(args.files)
+        if args.command == "config":
+            import json
+
+            from coolctl.config import json_schema
+
+            print(json.dumps(json_schema(), indent=2))
+            return ExitCode.OK
         if args.command == "identify":
             from coolctl.cli.identify import run_identify
 

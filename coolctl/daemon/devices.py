@@ -8,9 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from coolctl.config import (
-    DeviceConfig,
-)
+from coolctl.config import DeviceConfig, MqttDeviceConfig, RedfishDeviceConfig
 from coolctl.daemon.systemd import read_credential
 from coolctl.drivers.modbus import ModbusDevice
 from coolctl.drivers.modbus_profile import load_profile
@@ -124,9 +122,9 @@ def open_device(
     """Build the client for one device (no I/O yet: the first poll connects)."""
     facts = device_facts(config)
     client: DeviceClient
-    if config.driver == "redfish":
+    if isinstance(config, RedfishDeviceConfig):
         client = _redfish_client(rack, config)
-    elif config.driver == "mqtt":
+    elif isinstance(config, MqttDeviceConfig):
         if mqtt is None:
             raise ValueError(f"{rack}/{config.id}: an mqtt device needs the [mqtt] broker")
         device = mqtt.add_device(
@@ -148,17 +146,15 @@ def open_device(
     )
 
 
-def _redfish_client(rack: str, config: DeviceConfig) -> RedfishDevice:
-    redfish = config.redfish
-    assert redfish is not None
+def _redfish_client(rack: str, redfish: RedfishDeviceConfig) -> RedfishDevice:
     settings = RedfishSettings(
         url=redfish.url,
         username=redfish.username,
         password=read_secret(redfish.password_file, redfish.password_credential),
-        auth=redfish.auth,
+        auth=redfish.auth.literal,
         ca_file=redfish.ca_file,
         verify_tls=redfish.verify_tls,
-        timeout_s=config.timeout_s,
+        timeout_s=redfish.timeout_s,
         max_in_flight=redfish.max_in_flight,
     )
-    return RedfishDevice(rack=rack, device=config.id, kind=redfish.kind, settings=settings)
+    return RedfishDevice(rack=rack, device=redfish.id, kind=redfish.kind.literal, settings=settings)

@@ -19,7 +19,7 @@ from coolctl.model import Event
 
 def topic_root(config: Config) -> str:
     assert config.mqtt is not None
-    return config.mqtt.topic_root.replace("{site}", config.site)
+    return config.mqtt.topic_root.replace("{site}", config.site.name)
 
 
 def open_connection(config: Config) -> MqttConnection | None:
@@ -34,7 +34,7 @@ def open_connection(config: Config) -> MqttConnection | None:
         password=read_secret(mqtt.password_file, mqtt.password_credential),
         tls=mqtt.tls,
         tls_ca_file=mqtt.ca_file,
-        client_id=f"coolctl-{config.site}",
+        client_id=f"coolctl-{config.site.name}",
     )
     return MqttConnection(settings, will_topic=f"{topic_root(config)}/status")
 

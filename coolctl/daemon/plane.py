@@ -100,7 +100,7 @@ class DaemonControlPlane:
         uptime = daemon.clock() - daemon.started_at if daemon.started_at is not None else 0.0
         return {
             "version": coolctl.__version__,
-            "site": daemon.config.site,
+            "site": daemon.config.site.name,
             "config": str(daemon.config.path) if daemon.config.path else None,
             "uptime_s": round(uptime, 1),
             "racks": self.racks(),

@@ -65,7 +65,7 @@ async def run_daemon(
     setup_logging(log_format or config.daemon.log_format, config.daemon.log_level)
     if metrics_listen:
         host, port = parse_host_port(metrics_listen)
-        listen = replace(config.daemon, metrics_host=host, metrics_port=port)
+        listen = replace(config.daemon, metrics_listen=(host, port))
         config = replace(config, daemon=listen)
     service = Service(config, service_options(config))
     stop = asyncio.Event()

@@ -11,11 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coolctl.config import (
+    Auth,
     Config,
     ConfigError,
     DeviceConfig,
     LoopConfig,
+    MqttDeviceConfig,
     RackConfig,
+    RedfishDeviceConfig,
     load_config,
 )
 from coolctl.drivers.mqtt import MqttDevice, MqttSettings
@@ -53,7 +56,7 @@ class _ProfileFacts:
 def _profile_facts(config: DeviceConfig) -> _ProfileFacts:
     """What a device's profile offers, whatever its protocol (ValueError if unusable)."""
     facts = device_facts(config)
-    name = config.profile or f"redfish {facts.kind}"
+    name = f"redfish {facts.kind}" if isinstance(config, RedfishDeviceConfig) else config.profile
     return _ProfileFacts(name, frozenset(facts.point_names), frozenset(facts.writable))
 
 
@@ -145,7 +148,7 @@ def check_config_builds(config: Config) -> list[str]:
     if mqtt is None:
         return []
     try:
-        MqttSettings(host=mqtt.host, port=mqtt.port, client_id=f"coolctl-{config.site}")
+        MqttSettings(host=mqtt.host, port=mqtt.port, client_id=f"coolctl-{config.site.name}")
     except ValueError as exc:
         return [f"{where}: mqtt: {exc}"]
     return []
@@ -188,17 +191,17 @@ def _check_loop(key: str, loop: LoopConfig, facts: Mapping[str, DeviceFactsRecor
 
 def _check_device(key: str, rack: str, device: DeviceConfig) -> list[str]:
     try:
-        if device.driver == "mqtt":
+        if isinstance(device, MqttDeviceConfig):
             profile = load_mqtt_profile(device.profile)
             MqttDevice(rack, device.id, profile, device.topic_prefix, "check-config")
-        elif device.redfish is not None:
-            redfish = device.redfish
+        elif isinstance(device, RedfishDeviceConfig):
+            redfish = device
             RedfishSettings(
                 url=redfish.url,
                 username=redfish.username,
                 # not read here (the daemon may run as another user): any will do
-                password="" if redfish.auth != "none" else None,
-                auth=redfish.auth,
+                password="" if redfish.auth != Auth.NONE else None,
+                auth=redfish.auth.literal,
                 ca_file=redfish.ca_file,
                 verify_tls=redfish.verify_tls,
                 timeout_s=device.timeout_s,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from coolctl.config import RackConfig
+from coolctl.config import Controller, RackConfig
 from coolctl.rack.safety import DeviceFacts
 from coolctl.rack.stack import RackControl, build_pid_control
 
@@ -16,7 +16,7 @@ from coolctl.rack.stack import RackControl, build_pid_control
 def build_rack_control(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> RackControl:
     """The rack's stack as its config asks: `controller = "pid"` (the default) the PID loops,
     `"mpc"` the MPC over them with the model in `mpc_model` (`coolctl.rack.mpc`)."""
-    if config.controller == "mpc":
+    if config.controller == Controller.MPC:
         from coolctl.rack.mpc import build_mpc_control  # numpy, scipy, osqp: only when asked
 
         return build_mpc_control(config, devices, config.mpc_model)

@@ -12,8 +12,11 @@ from typing import Protocol
 
 from coolctl.config import (
     DeviceConfig,
+    DeviceKind,
     DeviceRef,
     LoopConfig,
+    MqttDeviceConfig,
+    RedfishDeviceConfig,
 )
 from coolctl.drivers.modbus_profile import ModbusProfile, RegisterPoint, load_profile
 from coolctl.drivers.mqtt_profile import load_mqtt_profile
@@ -44,17 +47,15 @@ class DeviceFactsRecord:
 
 def device_facts(config: DeviceConfig) -> DeviceFactsRecord:
     """A device's points, writable points with their ranges, and kind, without opening it."""
-    if config.driver == "redfish":
-        redfish = config.redfish
-        assert redfish is not None
+    if isinstance(config, RedfishDeviceConfig):
         writable: dict[str, WritableSpec] = {}
-        if redfish.kind == "server":
-            writable["power_limit"] = WritableSpec(redfish.cap_min_w, redfish.cap_max_w, 1.0)
-        elif redfish.kind == "cdu":
+        if config.kind == DeviceKind.SERVER:
+            writable["power_limit"] = WritableSpec(config.cap_min_w, config.cap_max_w, 1.0)
+        elif config.kind == DeviceKind.CDU:
             writable["pump_speed_command"] = WritableSpec(0.0, 1.0, 0.001)
             writable["valve_command"] = WritableSpec(0.0, 1.0, 0.001)
-        return DeviceFactsRecord(writable, kind_points(redfish.kind), redfish.kind)
-    if config.driver == "mqtt":
+        return DeviceFactsRecord(writable, kind_points(config.kind.literal), config.kind)
+    if isinstance(config, MqttDeviceConfig):
         mqtt_profile = load_mqtt_profile(config.profile)
         names = tuple(p.name for p in mqtt_profile.points)
         ranges = {

@@ -102,15 +102,15 @@ def mpc_rack_of(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> MpcRack
     writable pump speed), the PDU the allocator reads, and the servers whose caps it sets."""
     cdu = _pump_device(rack, devices)
     pdu = next((name for name, facts in devices.items() if facts.kind == "pdu"), None)
-    servers = [d for d in server_caps(rack) if d.redfish is not None]
+    servers = server_caps(rack)
     return MpcRack.standard(
         rack.id,
         cdu=cdu,
         servers=[d.id for d in servers],
         pdu=pdu,
         valve=VALVE_POINT in devices[cdu].writable,
-        cap_min_w=sum(d.redfish.cap_min_w for d in servers if d.redfish is not None),
-        cap_max_w=sum(d.redfish.cap_max_w for d in servers if d.redfish is not None),
+        cap_min_w=sum(d.cap_min_w for d in servers),
+        cap_max_w=sum(d.cap_max_w for d in servers),
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from coolctl.config import DeviceConfig, LoopConfig, RackConfig
+from coolctl.config import DeviceKind, LeakResponse, LoopConfig, RackConfig, RedfishDeviceConfig
 from coolctl.control.supervisor import (
     ActuatorRole,
     ActuatorSafety,
@@ -95,7 +95,7 @@ def loop_actuator(rack: RackConfig, loop: LoopConfig, device: WritableSpec) -> A
     on_leak = on_over_temperature = on_pump_failure = None
     if role is ActuatorRole.PUMP:
         safety = rack.safety
-        stop = hard_minimum if safety.leak_response == "stop" else safety.pump_safe_speed
+        stop = hard_minimum if safety.leak_response == LeakResponse.STOP else safety.pump_safe_speed
         on_leak = min(max(stop, hard_minimum), hard_maximum)
         on_over_temperature = maximum  # more flow is the only thing a pump can do for heat
     elif role is ActuatorRole.VALVE:
@@ -118,24 +118,22 @@ def loop_actuator(rack: RackConfig, loop: LoopConfig, device: WritableSpec) -> A
     )
 
 
-def server_caps(rack: RackConfig) -> list[DeviceConfig]:
+def server_caps(rack: RackConfig) -> list[RedfishDeviceConfig]:
     """The rack's servers whose power caps its budget sets (Redfish BMCs), in config order."""
     return [
         device
         for device in rack.devices.values()
-        if device.redfish is not None and device.redfish.kind == "server"
+        if isinstance(device, RedfishDeviceConfig) and device.kind == DeviceKind.SERVER
     ]
 
 
-def cap_actuator(rack: str, device: DeviceConfig) -> ActuatorSafety:
+def cap_actuator(rack: str, device: RedfishDeviceConfig) -> ActuatorSafety:
     """A server's power cap: the allocator moves it within the configured range, at once.
 
     Every safety response lowers it to the minimum: a leak, an over-temperature, a pump that
     failed, and a rack that cannot see its cooling (failsafe) all call for less heat.
     """
-    redfish = device.redfish
-    assert redfish is not None
-    low, high = redfish.cap_min_w, redfish.cap_max_w
+    low, high = device.cap_min_w, device.cap_max_w
     return ActuatorSafety(
         point=PointId(rack, device.id, "power_limit"),
         role=ActuatorRole.POWER_LIMIT,

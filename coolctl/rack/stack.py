@@ -125,13 +125,12 @@ def allocator(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> PowerCa
                     name=device.id,
                     power=PointId(rack, device.id, "power"),
                     limit=PointId(rack, device.id, "power_limit"),
-                    min_cap_w=device.redfish.cap_min_w,
-                    max_cap_w=device.redfish.cap_max_w,
-                    priority=device.redfish.priority,
-                    weight=device.redfish.weight,
+                    min_cap_w=device.cap_min_w,
+                    max_cap_w=device.cap_max_w,
+                    priority=device.priority,
+                    weight=device.weight,
                 )
                 for device in servers
-                if device.redfish is not None
             ),
             margin_w=config.power.margin_w,
             non_server_power=PointId(rack, pdu, "power") if pdu is not None else None,
@@ -158,7 +157,7 @@ def loop_spec(rack: str, loop: LoopConfig) -> LoopSpec:
             output_min=loop.output_min,
             output_max=loop.output_max,
             slew_per_s=loop.slew_per_s,
-            action=loop.action,
+            action=loop.action.value,
         ),
         enabled=loop.enabled,
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
-from coolctl.config import DEFAULT_METRICS_PORT, Config
+from coolctl.config import DEFAULT_METRICS_PORT, Config, MqttDeviceConfig
 from coolctl.daemon.logs import setup_logging
 from coolctl.daemon.run import stop_on_signals
 from coolctl.daemon.runtime import Daemon
@@ -57,7 +57,8 @@ async def _wait(stop: asyncio.Event, duration_s: float | None) -> None:
 
 
 def _needs_mqtt(config: Config) -> bool:
-    return any(d.driver == "mqtt" for r in config.racks.values() for d in r.devices.values())
+    devices = (d for r in config.racks.values() for d in r.devices.values())
+    return any(isinstance(d, MqttDeviceConfig) for d in devices)
 
 
 async def _broker(
@@ -245,9 +246,7 @@ async def run_demo(
 
 
 def _with_metrics_port(config: Config, port: int) -> Config:
-    return replace(
-        config, daemon=replace(config.daemon, metrics_host="127.0.0.1", metrics_port=port)
-    )
+    return replace(config, daemon=replace(config.daemon, metrics_listen=("127.0.0.1", port)))
 
 
 async def _print_status(daemon: Daemon, every_s: float) -> None:

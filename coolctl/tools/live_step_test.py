@@ -61,7 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coolctl.config import Config, RackConfig
+from coolctl.config import Config, Controller, MqttDeviceConfig, RackConfig
 from coolctl.control.identify import (
     CHIP_MAX,
     FACILITY_WATER,
@@ -524,7 +524,7 @@ def rack_under_test(config: Config, rack_id: str) -> tuple[Config, RackConfig]:
                 f"rack {rack_id} has no enabled loop on a CDU's {point}: the test steps the"
                 f" {what} through its loop's bounds and slew, and the MPC's model needs it"
             )
-    rack = replace(rack, controller="pid", mpc_model=None)
+    rack = replace(rack, controller=Controller.PID, mpc_model=None)
     return replace(config, racks={rack_id: rack}), rack
 
 
@@ -652,7 +652,7 @@ class StepTestFactory:
 async def _preflight(daemon: Daemon, runtime: RackRuntime, signals: RackSignals) -> None:
     """Poll the polled devices once: every reading the supervisor requires and every signal
     the test records must be good before anything is written."""
-    polled = [h for h in daemon.devices.values() if h.config.driver != "mqtt"]
+    polled = [h for h in daemon.devices.values() if not isinstance(h.config, MqttDeviceConfig)]
     results = await asyncio.gather(*(h.client.poll() for h in polled), return_exceptions=True)
     for handle, result in zip(polled, results, strict=True):
         if isinstance(result, BaseException):

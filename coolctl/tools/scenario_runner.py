@@ -92,7 +92,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from coolctl.config import ConfigError, DeviceConfig, RackConfig, parse_config
+from coolctl.config import (
+    ConfigError,
+    DeviceConfig,
+    DeviceKind,
+    MqttDeviceConfig,
+    RackConfig,
+    RedfishDeviceConfig,
+    parse_config,
+)
 from coolctl.control.limits import ActuatorClamp, ActuatorLimits
 from coolctl.control.supervisor import Decision, Override, Supervisor
 from coolctl.daemon.telemetry import TelemetryStore
@@ -247,7 +255,7 @@ def _fixed(rack: RackConfig, speed: float) -> RackConfig:
     devices = {
         name: device
         for name, device in rack.devices.items()
-        if device.redfish is None or device.redfish.kind != "server"
+        if not (isinstance(device, RedfishDeviceConfig) and device.kind == DeviceKind.SERVER)
     }
     return dataclasses.replace(rack, loops=loops, devices=devices)
 
@@ -356,7 +364,7 @@ def sim_devices(rack: RackConfig, plant_points: Mapping[str, Sequence[str]]) -> 
     servers = 0
     for device in rack.devices.values():
         devices.append(_sim_device(rack.id, device, servers, plant_points))
-        servers += device.redfish is not None and device.redfish.kind == "server"
+        servers += isinstance(device, RedfishDeviceConfig) and device.kind == DeviceKind.SERVER
     return devices
 
 
@@ -366,8 +374,8 @@ def _sim_device(
     def wire(name: str, source: str, quantise: Quantise) -> _WirePoint:
         return _WirePoint(PointId(rack, device.id, name), source, quantise)
 
-    if device.redfish is not None:
-        kind = device.redfish.kind
+    if isinstance(device, RedfishDeviceConfig):
+        kind = device.kind
         plant_device = f"server{server}" if kind == "server" else kind
         if plant_device not in plant_points:
             count = sum(1 for name in plant_points if name.startswith("server"))
@@ -381,11 +389,11 @@ def _sim_device(
                 name,
                 _rounder(_REDFISH_CONTROL_DIGITS if name == "power_limit" else _REDFISH_DIGITS),
             )
-            for name in kind_points(kind)
+            for name in kind_points(device.kind.literal)
             if name in offered
         )
         return SimDevice(device.id, plant_device, points, device.poll_interval_s)
-    if device.driver == "mqtt":
+    if isinstance(device, MqttDeviceConfig):
         if device.profile != SIMULATED_MQTT_PROFILE:
             raise ScenarioError(
                 [f"{rack}/{device.id}: MQTT profile {device.profile!r} is not simulated"]
@@ -644,7 +652,11 @@ def _check_events(
     use, mapped to the plant's devices, and the full rack's simulated devices."""
     every = sim_devices(full, plant_points)
     # sensor faults act on the plant's sensor model, which MQTT devices do not go through
-    sensor_names = {d.name: d.plant_device for d in every if full.devices[d.name].driver != "mqtt"}
+    sensor_names = {
+        d.name: d.plant_device
+        for d in every
+        if not isinstance(full.devices[d.name], MqttDeviceConfig)
+    }
     cdus = [name for name, plant_device in sensor_names.items() if plant_device == "cdu"]
     links = [d.name for d in every]
     problems = scenario.check_devices(full.id, sensor_names, links, cdus, plant_points)

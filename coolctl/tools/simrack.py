@@ -15,7 +15,9 @@ from urllib.parse import urlsplit
 
 from coolctl.config import (
     Config,
-    DeviceConfig,
+    DeviceKind,
+    ModbusDeviceConfig,
+    MqttDeviceConfig,
     RackConfig,
     RedfishDeviceConfig,
     parse_host_port,
@@ -50,19 +52,19 @@ def sim_specs(
 def _sim_devices(rack: RackConfig, port: int | None) -> Iterable[SimDeviceSpec]:
     servers = 0  # a rack's BMCs stand for plant servers 0, 1, 2, … in config order
     for device in rack.devices.values():
-        if device.redfish is not None:
-            kind = device.redfish.kind
+        if isinstance(device, RedfishDeviceConfig):
+            kind = device.kind
             yield SimDeviceSpec(
                 device=device.id,
-                kind=kind,
+                kind=kind.literal,
                 protocol="redfish",
-                server=servers if kind == "server" else 0,
-                username=device.redfish.username or "admin",
-                port=0 if port is not None else _url_port(device.redfish.url),
+                server=servers if kind == DeviceKind.SERVER else 0,
+                username=device.username or "admin",
+                port=0 if port is not None else _url_port(device.url),
             )
-            servers += kind == "server"
+            servers += kind == DeviceKind.SERVER
             continue
-        if device.driver == "mqtt":
+        if isinstance(device, MqttDeviceConfig):
             if device.profile in SIMULATED_MQTT_PROFILES:
                 prefix = device.topic_prefix or "coolctl-sim"
                 yield SimDeviceSpec(device=device.id, kind="sensor", topic_prefix=prefix)
@@ -91,26 +93,25 @@ def with_services(
             continue
         rack = racks[service.rack]
         device = rack.devices[service.device]
-        if service.protocol == "modbus":
+        if isinstance(device, ModbusDeviceConfig):
             host, _, port = service.address.rpartition(":")
             device = replace(device, address=host, port=int(port))
-        else:
-            device = replace(device, redfish=_redfish_pointed(device, service, secrets))
+        elif isinstance(device, RedfishDeviceConfig):
+            device = _redfish_pointed(device, service, secrets)
         racks[service.rack] = replace(rack, devices={**rack.devices, service.device: device})
     return replace(config, racks=racks)
 
 
 def _redfish_pointed(
-    device: DeviceConfig, service: Service, secrets: Path | None
+    device: RedfishDeviceConfig, service: Service, secrets: Path | None
 ) -> RedfishDeviceConfig:
-    assert device.redfish is not None
     if secrets is None:
         raise ValueError("simulated Redfish devices need a directory for their password files")
     password_file = secrets / f"{service.rack}-{service.device}.password"
     password_file.touch(mode=0o600)
     password_file.write_text(service.password, "utf-8")
     return replace(
-        device.redfish,
+        device,
         url=service.url,
         ca_file=Path(service.ca),
         username=service.username,
@@ -130,14 +131,14 @@ def with_broker(config: Config, broker: str) -> Config:
     host, port = parse_host_port(broker)
     if config.mqtt is None:
         raise ValueError("the config has no [mqtt] table")
-    return replace(config, mqtt=replace(config.mqtt, host=host, port=port))
+    return replace(config, mqtt=replace(config.mqtt, broker=(host, port)))
 
 
 def without_mqtt(config: Config) -> Config:
     """The config without its MQTT devices and broker (when no broker can be had)."""
     racks = {}
     for rack_id, rack in config.racks.items():
-        devices = {k: d for k, d in rack.devices.items() if d.driver != "mqtt"}
+        devices = {k: d for k, d in rack.devices.items() if not isinstance(d, MqttDeviceConfig)}
         limits = {
             ref: limit
             for ref, limit in rack.safety.temperature_limits.items()

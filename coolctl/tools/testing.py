@@ -154,7 +154,7 @@ async def hil_rack(
 
 
 def _metrics_on_free_port(config: Config) -> Config:
-    return replace(config, daemon=replace(config.daemon, metrics_host="127.0.0.1", metrics_port=0))
+    return replace(config, daemon=replace(config.daemon, metrics_listen=("127.0.0.1", 0)))
 
 
 @pytest.fixture

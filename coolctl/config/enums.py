@@ -1,0 +1,77 @@
+"""The config's closed sets of words. StrEnums: a TOML string and JSON round-trip as they are."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+
+class Driver(StrEnum):
+    """How coolctl talks to a device."""
+
+    MODBUS = "modbus"
+    MQTT = "mqtt"
+    REDFISH = "redfish"
+
+
+class DeviceKind(StrEnum):
+    """What a Redfish service is: a server's BMC, a CDU or a PDU."""
+
+    SERVER = "server"
+    CDU = "cdu"
+    PDU = "pdu"
+
+    @property
+    def literal(self) -> Literal["server", "cdu", "pdu"]:
+        """The kind as the Redfish driver and simulators spell it."""
+        return self.value
+
+
+class Auth(StrEnum):
+    """How coolctl signs in to a Redfish service."""
+
+    SESSION = "session"
+    BASIC = "basic"
+    NONE = "none"
+
+    @property
+    def literal(self) -> Literal["session", "basic", "none"]:
+        """The scheme as the Redfish driver spells it."""
+        return self.value
+
+
+class Controller(StrEnum):
+    """`pid`: the loops as configured; `mpc`: the MPC drives pump and valve, the loops are its
+    fallback, and it may lower the caps' budget."""
+
+    PID = "pid"
+    MPC = "mpc"
+
+
+class Action(StrEnum):
+    """`reverse`: too low → more output; `direct`: too high → more output."""
+
+    REVERSE = "reverse"
+    DIRECT = "direct"
+
+
+class LeakResponse(StrEnum):
+    """What the supervisor does to the pump on a leak."""
+
+    STOP = "stop"
+    SAFE_SPEED = "safe_speed"
+
+
+class LogFormat(StrEnum):
+    """`journal`: text with `<N>` priority prefixes for systemd-journald."""
+
+    TEXT = "text"
+    JSON = "json"
+    JOURNAL = "journal"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"

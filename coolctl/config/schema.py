@@ -1,0 +1,506 @@
+"""The config's tables and keys, each declared once: type, default, checks and description.
+
+The TOML document maps onto these classes key for key; `coolctl config schema` prints them as
+JSON Schema and the README's reference is generated from that (coolctl.config.reference).
+Checks across keys raise KeyProblem naming the keys they are about.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+from pydantic.json_schema import SkipJsonSchema
+
+from coolctl.config.enums import (
+    Action,
+    Auth,
+    Controller,
+    DeviceKind,
+    Driver,
+    LeakResponse,
+    LogFormat,
+    LogLevel,
+)
+from coolctl.config.fields import (
+    DEFAULT_METRICS_PORT,
+    FilePath,
+    Flag,
+    HostPort,
+    Id,
+    InFlight,
+    KeyProblem,
+    MeasurementRef,
+    ModbusUnit,
+    NonNegative,
+    Number,
+    PointRef,
+    Port,
+    Positive,
+    Priority,
+    ServiceAddress,
+    Text,
+    TopicPart,
+)
+
+_STRUCTURE = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+def _with_ids(entries: object) -> object:
+    """Each entry of a keyed table learns its key as its id."""
+    if not isinstance(entries, Mapping):
+        return entries
+    return {
+        key: {**entry, "id": key} if isinstance(entry, Mapping) else entry
+        for key, entry in entries.items()
+    }
+
+
+EntryId = SkipJsonSchema[str]
+
+
+def _per_poll(data: object, **defaults: Callable[[float], float]) -> object:
+    """Fill in the defaults that follow from the poll interval, when it is usable."""
+    if not isinstance(data, Mapping):
+        return data
+    poll = data.get("poll_interval_s", 1.0)
+    if isinstance(poll, bool) or not isinstance(poll, float | int) or not 0 < poll < math.inf:
+        return data
+    return {**{key: default(poll) for key, default in defaults.items()}, **data}
+
+
+def _thrice(poll: float) -> float:
+    return 3 * poll
+
+
+# -- devices --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
+class ModbusDeviceConfig:
+    """A Modbus TCP device (a CDU, a PDU), read and written through its profile."""
+
+    id: EntryId = ""
+    driver: Literal[Driver.MODBUS] = Driver.MODBUS
+    address: Text
+    """Host name or IP address."""
+    port: Port = 502
+    unit: ModbusUnit = 1
+    """Modbus unit/device id."""
+    profile: Text
+    """A shipped profile name, or a path to a profile file."""
+    poll_interval_s: Positive = 1.0
+    timeout_s: Positive = 1.0
+    """Per request; default: poll_interval_s, at most 1.0."""
+    stale_after_s: Positive = 3.0
+    """Readings older than this are stale; default: 3 × poll_interval_s."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: object) -> object:
+        return _per_poll(data, timeout_s=lambda poll: min(1.0, poll), stale_after_s=_thrice)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModbusDeviceConfig:
+        if self.stale_after_s < self.poll_interval_s:
+            message = (
+                f"must be at least poll_interval_s ({self.poll_interval_s}),"
+                f" not {self.stale_after_s}"
+            )
+            raise KeyProblem(("stale_after_s", message))
+        return self
+
+
+@dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
+class MqttDeviceConfig:
+    """Sensors publishing over MQTT: messages come from the [mqtt] broker."""
+
+    id: EntryId = ""
+    driver: Literal[Driver.MQTT] = Driver.MQTT
+    profile: Text
+    """A shipped MQTT profile name, or a path to a profile file."""
+    topic_prefix: TopicPart = ""
+    """Fills {prefix} in the profile's topic templates."""
+    poll_interval_s: Positive = 0.2
+    """How often the latest messages are taken into the snapshot (reading memory, no I/O)."""
+    stale_after_s: Positive = 5.0
+
+
+@dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
+class RedfishDeviceConfig:
+    """A Redfish service: a server's BMC (whose power cap the rack budget sets), a CDU or a PDU.
+    The DMTF schemas are its profile."""
+
+    id: EntryId = ""
+    driver: Literal[Driver.REDFISH] = Driver.REDFISH
+    kind: DeviceKind
+    url: Text
+    """https:// (or http://) URL of the service root's host."""
+    username: Text | None = None
+    """Needed unless auth = "none"."""
+    password_file: FilePath | None = None
+    """A file holding the password (never the password itself in the config)."""
+    password_credential: Text | None = None
+    """A systemd credential (LoadCredential=) holding the password."""
+    auth: Auth = Auth.SESSION
+    ca_file: FilePath | None = None
+    verify_tls: Flag = True
+    """false is logged: only for a lab."""
+    poll_interval_s: Positive = 1.0
+    timeout_s: Positive = 5.0
+    stale_after_s: Positive = 3.0
+    """Default: 3 × poll_interval_s."""
+    max_in_flight: InFlight = 2
+    """Requests at once to this service."""
+    cap_min_w: NonNegative = 0.0
+    """Servers: the lowest power cap the rack's allocator may set."""
+    cap_max_w: NonNegative = 0.0
+    """Servers: the highest power cap the rack's allocator may set (required for servers)."""
+    priority: Priority = 0
+    """Servers: higher gets headroom first."""
+    weight: Positive = 1.0
+    """Servers: share of headroom among equal priorities."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: object) -> object:
+        return _per_poll(data, stale_after_s=_thrice)
+
+    @model_validator(mode="after")
+    def _check(self) -> RedfishDeviceConfig:
+        problems: list[tuple[str, str]] = []
+        if not self.url.startswith(("https://", "http://")):
+            problems.append(("url", f"must be an https:// (or http://) URL, not {self.url!r}"))
+        if self.auth != Auth.NONE and self.username is None:
+            problems.append(
+                ("username", f'auth {self.auth.value!r} needs a username (or auth = "none")')
+            )
+        if self.kind == DeviceKind.SERVER:
+            if self.cap_max_w <= 0:
+                problems.append(
+                    ("cap_max_w", f"a server needs one greater than 0, not {self.cap_max_w}")
+                )
+            elif self.cap_min_w > self.cap_max_w:
+                problems.append(
+                    ("", f"cap_min_w {self.cap_min_w} is above cap_max_w {self.cap_max_w}")
+                )
+        if problems:
+            raise KeyProblem(*problems)
+        return self
+
+
+DeviceConfig = Annotated[
+    ModbusDeviceConfig | MqttDeviceConfig | RedfishDeviceConfig, Field(discriminator="driver")
+]
+"""One device of a rack, of the type its `driver` names."""
+DEVICE = TypeAdapter(DeviceConfig)
+
+
+# -- loops, safety, power -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
+class LoopConfig:
+    """A PID loop: hold `measurement` at `setpoint` by moving `actuator`."""
+
+    id: EntryId = ""
+    measurement: MeasurementRef
+    actuator: PointRef
+    """The writable point the loop moves, e.g. `cdu1/pump_speed_command`."""
+    setpoint: Number
+    """In the measurement's unit."""
+    action: Action = Action.REVERSE
+    kp: NonNegative = 0.0
+    """Output per unit of error."""
+    ki: NonNegative = 0.0
+    """Output per (unit of error · second)."""
+    kd: NonNegative = 0.0
+    derivative_filter_s: Positive = 1.0
+    output_min: Number
+    output_max: Number
+    slew_per_s: Positive | None = None
+    """Largest change of the output per second; default: no limit."""
+    failsafe_output: Number = 1.0
+    """Written when the rack is blind; default: output_max (full cooling)."""
+    enabled: Flag = True
+    shutdown_output: Number | None = None
+    """Written on stop; default: hand the actuator back to the device."""
+    setpoint_min: Number | None = None
+    """The lowest setpoint an operator's override may ask; default: what the measurement can
+    read (its profile's range or register span)."""
+    setpoint_max: Number | None = None
+    """The highest setpoint an operator's override may ask; default as setpoint_min."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: object) -> object:
+        if isinstance(data, Mapping) and "output_max" in data:
+            return {"failsafe_output": data["output_max"], **data}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> LoopConfig:
+        low, high = self.output_min, self.output_max
+        if low > high:
+            raise KeyProblem(("", f"output_min {low} is above output_max {high}"))
+        if not low <= self.failsafe_output <= high:
+            message = (
+                f"must lie within output_min..output_max ({low}..{high}),"
+                f" not {self.failsafe_output}"
+            )
+            raise KeyProblem(("failsafe_output", message))
+        below = self.setpoint_min is not None and self.setpoint < self.setpoint_min
+        above = self.setpoint_max is not None and self.setpoint > self.setpoint_max
+        if below or above:
+            low_text = f"{-math.inf if self.setpoint_min is None else self.setpoint_min:g}"
+            high_text = f"{math.inf if self.setpoint_max is None else self.setpoint_max:g}"
+            message = (
+                f"must lie within setpoint_min..setpoint_max ({low_text}..{high_text}),"
+                f" not {self.setpoint:g}"
+            )
+            raise KeyProblem(("setpoint", message))
+        return self
+
+
+@dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
+class SafetyConfig:
+    """The supervisor's settings for one rack (see control/supervisor.py)."""
+
+    failsafe_after_s: Positive = 3.0
+    """Readings a loop needs stale this long: the rack goes to failsafe."""
+    hold_s: NonNegative = 10.0
+    leak_response: LeakResponse = LeakResponse.STOP
+    pump_safe_speed: NonNegative = 0.3
+    """The pump speed of leak_response = "safe_speed"."""
+    standby_changeover_s: Positive = 2.0
+    temperature_limits: Mapping[PointRef, Number] = Field(default_factory=dict)
+    """`"device/point" = limit` in °C: over it, the supervisor cools at full."""
+
+
+@dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
+class PowerConfig:
+    """How the rack's budget is shared out as server caps (see control/powercap.py)."""
+
+    margin_w: NonNegative = 0.0
+    """The caps' sum stays this far under the budget."""
+    overhead_w: NonNegative = 0.0
+    """Non-server load (pump, fans, PDU) when no PDU measures it."""
+    release_rate_w_per_s: Positive | None = None
+    """How fast caps may rise again (they fall at once); default: at once."""
+    cap_deadband_w: NonNegative = 50.0
+    """Per server: a cap whose share moves less than this is not rewritten, and this much of
+    the budget is kept back so that held caps still fit; 0 rewrites caps for every watt."""
+    # 50 W rides out the tens of watts of noise in a PDU's and the BMCs' readings (a released
+    # server's share follows its own power reading: with 10 W of reading noise, 25 W still let
+    # about one cap in seven through each step in the scale benchmark).
+
+
+Devices = Annotated[Mapping[Id, DeviceConfig], BeforeValidator(_with_ids)]
+Loops = Annotated[Mapping[Id, LoopConfig], BeforeValidator(_with_ids)]
+
+
+@dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
+class RackConfig:
+    """One rack: its devices, its loops, and the budget its servers' caps share."""
+
+    id: EntryId = ""
+    control_period_s: Positive = 1.0
+    devices: Devices
+    """The rack's devices, by name."""
+    loops: Loops = Field(default_factory=dict)
+    """The rack's PID loops, by name."""
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    power_budget_w: Positive | None = None
+    """The rack's power budget; default: none (caps are left alone)."""
+    budget_point: PointRef | None = None
+    """An upstream coordinator's budget, e.g. over MQTT (profile row-budget)."""
+    budget_min_w: NonNegative = 0.0
+    """Budgets from upstream below this are rejected."""
+    budget_max_w: Positive = 10e6
+    """Budgets from upstream above this are rejected."""
+    power: PowerConfig = Field(default_factory=PowerConfig)
+    controller: Controller = Controller.PID
+    mpc_model: FilePath | None = None
+    """The MPC's model file (`coolctl identify --out`), for controller = "mpc"."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _note_devices(cls, data: object, info: ValidationInfo) -> object:
+        """Let references to devices check against the devices that are usable."""
+        if isinstance(info.context, dict) and isinstance(data, Mapping):
+            entries = _with_ids(data.get("devices"))
+            usable = set()
+            if isinstance(entries, Mapping):
+                for key, entry in entries.items():
+                    try:
+                        TypeAdapter(Id).validate_python(key)
+                        DEVICE.validate_python(entry)
+                    except ValidationError:
+                        continue
+                    usable.add(key)
+            info.context["devices"] = frozenset(usable)
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> RackConfig:
+        problems: list[tuple[str, str]] = []
+        owners: dict[object, str] = {}
+        for loop in self.loops.values():
+            if loop.actuator in owners:
+                message = (
+                    f"actuator {loop.actuator} is already driven by loop {owners[loop.actuator]!r}"
+                )
+                problems.append((f"loops.{loop.id}.actuator", message))
+            owners.setdefault(loop.actuator, loop.id)
+        # controller = "mpc" needs its model file and a pump loop (its PID fallback); a model
+        # with the PID controller is a mistake, not a spare. (Whether the file is a model that
+        # fits this rack is checked with the profiles: coolctl.rack.check.check_profiles.)
+        mpc = self.controller == Controller.MPC
+        if mpc and self.mpc_model is None:
+            problems.append(
+                (
+                    "mpc_model",
+                    'controller = "mpc" needs mpc_model = "FILE" (write one with coolctl identify)',
+                )
+            )
+        if not mpc and self.mpc_model is not None:
+            problems.append(("mpc_model", 'only used with controller = "mpc"'))
+        if mpc and not any(
+            loop.actuator.point == "pump_speed_command" for loop in self.loops.values()
+        ):
+            message = (
+                'controller = "mpc" needs a loop on a CDU\'s pump_speed_command:'
+                " the PID loop the MPC falls back to"
+            )
+            problems.append(("controller", message))
+        if problems:
+            raise KeyProblem(*problems)
+        return self
+
+
+# -- the daemon and the broker --------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
+class DaemonConfig:
+    """The daemon's own listeners, logs and state."""
+
+    metrics_listen: HostPort = Field(
+        default=("127.0.0.1", DEFAULT_METRICS_PORT),
+        json_schema_extra={"default": f"127.0.0.1:{DEFAULT_METRICS_PORT}"},
+    )
+    """HOST:PORT of /metrics and /healthz."""
+    log_format: LogFormat = LogFormat.TEXT
+    log_level: LogLevel = LogLevel.INFO
+    state_directory: FilePath | None = None
+    """Default: $STATE_DIRECTORY (systemd) or /var/lib/coolctl."""
+    control_socket: FilePath | None = None
+    """Default: $RUNTIME_DIRECTORY/control.sock or /run/coolctl/control.sock."""
+    control_socket_group: Text | None = None
+    """The group whose members may use the control socket."""
+    control_listen: HostPort | None = None
+    """HOST:PORT of an optional TCP control listener (bearer token: needs control_token_file)."""
+    control_token_file: FilePath | None = None
+
+    @property
+    def metrics_host(self) -> str:
+        return self.metrics_listen[0]
+
+    @property
+    def metrics_port(self) -> int:
+        return self.metrics_listen[1]
+
+    @model_validator(mode="after")
+    def _check(self) -> DaemonConfig:
+        if self.control_listen is not None and self.control_token_file is None:
+            raise KeyProblem(("control_listen", "a TCP control listener needs control_token_file"))
+        return self
+
+
+@dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
+class MqttConfig:
+    """The broker the daemon subscribes to sensors on and publishes its state and events to."""
+
+    broker: ServiceAddress
+    """HOST:PORT of the broker."""
+    username: Text | None = None
+    password_file: FilePath | None = None
+    """A file holding the password (never the password itself in the config)."""
+    password_credential: Text | None = None
+    """A systemd credential (LoadCredential=) holding the password."""
+    tls: Flag = False
+    ca_file: FilePath | None = None
+    topic_root: TopicPart = "coolctl/{site}"
+    """State: ROOT/RACK/state, events: ROOT/RACK/events, ROOT/status (online/offline)."""
+
+    @property
+    def host(self) -> str:
+        return self.broker[0]
+
+    @property
+    def port(self) -> int:
+        return self.broker[1]
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttConfig:
+        if self.password_file is not None and self.password_credential is not None:
+            raise KeyProblem(("", "give password_file or password_credential, not both"))
+        return self
+
+
+@dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
+class SiteConfig:
+    """The site the daemon's racks belong to."""
+
+    name: TopicPart = "site"
+    """Fills {site} in the MQTT topic root and names the daemon's MQTT client."""
+
+
+Racks = Annotated[Mapping[Id, RackConfig], BeforeValidator(_with_ids)]
+
+
+@dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
+class Config:
+    """A coolctl config file: site → racks → devices and loops."""
+
+    path: SkipJsonSchema[Path | None] = None
+    site: SiteConfig = Field(default_factory=SiteConfig)
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    mqtt: MqttConfig | None = None
+    """Needed by MQTT devices; also where state and events are published."""
+    racks: Racks
+    """The racks this daemon controls, by name."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        if self.mqtt is not None:
+            return self
+        problems = [
+            (f"racks.{rack.id}", f"devices.{device.id} needs an [mqtt] table with the broker")
+            for rack in self.racks.values()
+            for device in rack.devices.values()
+            if isinstance(device, MqttDeviceConfig)
+        ]
+        if problems:
+            raise KeyProblem(*problems)
+        return self
+
+
+CONFIG = TypeAdapter(Config)
+
+
+def json_schema() -> dict[str, Any]:
+    """The config file's JSON Schema, with each key's description."""
+    return CONFIG.json_schema()
