@@ -547,6 +547,7 @@ class Supervisor:
         hand-back value, so stopping coolctl during a leak never restarts the pump.
         """
         _require_time(now)
+        self._leak_caps_confirmed = True  # leaving: the pump takes its leak value now
         commands: list[Command] = []
         for safety in self._config.actuators:
             command = self._interlock_command(safety)

@@ -519,10 +519,18 @@ def test_interlock_fast_path_and_shutdown() -> None:
     step = _step()
     step.step(snapshot(0, 0.0), 0.0, budget_w=130000.0)
     wet = Reading(point("sensors1", "leak_detected"), 1.0, 0.1, Quality.GOOD)
-    fast = step.interlocks(snapshot(0, 0.1, wet), 0.1)
+    first = step.interlocks(snapshot(0, 0.1, wet), 0.1)
+    assert first.decision.interlocks == frozenset()  # one wet sample: the debounce runs
+    wet = Reading(point("sensors1", "leak_detected"), 1.0, 1.2, Quality.GOOD)
+    fast = step.interlocks(snapshot(0, 1.2, wet), 1.2)
     assert "leak" in fast.decision.interlocks
-    assert (PUMP, 0.0, Source.INTERLOCK) in {(c.point, c.value, c.source) for c in fast.commands}
+    sent = {(c.point, c.source) for c in fast.commands}
+    assert (PUMP, Source.INTERLOCK) not in sent  # caps first: the pump waits for the PDU
+    assert all(
+        c.source is Source.INTERLOCK and c.point.name == "power_limit" for c in fast.commands
+    )
     assert fast.budget_w is None
-    last = step.shutdown(0.2)
+    last = step.shutdown(1.3)
     assert [e.kind for e in last.events] == ["shutdown"]
     assert all(c.source is Source.INTERLOCK for c in last.commands)  # the leak outlives us
+    assert (PUMP, 0.0, Source.INTERLOCK) in {(c.point, c.value, c.source) for c in last.commands}

@@ -138,6 +138,8 @@ Port = Annotated[int, Strict(), *_from(1, 65535)]
 ModbusUnit = Annotated[int, Strict(), *_from(0, 255)]
 InFlight = Annotated[int, Strict(), *_from(1, 16)]
 Priority = Annotated[int, Strict(), *_from(-1000, 1000)]
+Votes = Annotated[int, Strict(), *_from(1, 16)]
+Fraction = Annotated[Number, Field(ge=0, le=1)]
 
 
 def _host_port(nonzero: bool) -> Callable[[object], tuple[str, int]]:

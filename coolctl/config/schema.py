@@ -38,6 +38,7 @@ from coolctl.config.fields import (
     DEFAULT_METRICS_PORT,
     FilePath,
     Flag,
+    Fraction,
     HostPort,
     Id,
     InFlight,
@@ -53,6 +54,7 @@ from coolctl.config.fields import (
     ServiceAddress,
     Text,
     TopicPart,
+    Votes,
 )
 
 _STRUCTURE = ConfigDict(extra="forbid", use_attribute_docstrings=True)
@@ -242,6 +244,14 @@ class LoopConfig:
     read (its profile's range or register span)."""
     setpoint_max: Number | None = None
     """The highest setpoint an operator's override may ask; default as setpoint_min."""
+    deadband: NonNegative = 0.0
+    """Errors smaller than this count as zero (in the measurement's unit): a valve loop with
+    a little deadband stops chasing sensor noise."""
+    feedforward_gain_per_kw: Number | None = None
+    """Output added per kW of the rack's measured power (its PDU's, else its servers'), so a
+    load step moves the actuator before the temperature does; default: none."""
+    feedforward_lag_s: NonNegative = 0.0
+    """The lag the measured power is seen through (about the loop's thermal lag)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -281,12 +291,56 @@ class SafetyConfig:
     failsafe_after_s: Positive = 3.0
     """Readings a loop needs stale this long: the rack goes to failsafe."""
     hold_s: NonNegative = 10.0
-    leak_response: LeakResponse = LeakResponse.STOP
+    """A cause clear this long releases its interlock or failsafe (over-temperature: its own)."""
+    leak_response: LeakResponse = LeakResponse.SAFE_SPEED
+    """The pump on a leak: slowed to pump_safe_speed (coolant keeps moving, at low pressure),
+    or stopped."""
     pump_safe_speed: NonNegative = 0.3
     """The pump speed of leak_response = "safe_speed"."""
+    leak_debounce_s: NonNegative = 1.0
+    """A detector must read wet this long without a break before the leak trips."""
+    leak_votes: Votes = 1
+    """Wet detectors needed to trip, where the rack has at least this many (2: 2-of-N)."""
+    leak_latched: Flag = True
+    """A leak stays tripped after the detectors read dry, until `coolctl interlock reset`."""
+    leak_caps_timeout_s: NonNegative = 5.0
+    """On a leak, caps fall first; the pump's leak value waits until the PDU shows the power
+    down, or this long."""
     standby_changeover_s: Positive = 2.0
     temperature_limits: Mapping[PointRef, Number] = Field(default_factory=dict)
     """`"device/point" = limit` in °C: over it, the supervisor cools at full."""
+    chip_limit_c: Positive | None = None
+    """Every server's chip_temperature over this: over-temperature (set it a little under the
+    chips' own throttle point); default: none."""
+    outlet_limit_c: Positive | None = None
+    """Every server's coolant_outlet_temperature over this: over-temperature; default: none."""
+    return_limit_c: Positive | None = None
+    """The pump CDU's return_temperature over this: over-temperature; default: none."""
+    temperature_release_band_c: NonNegative = 2.5
+    """Over-temperature releases only once every reading is this far under its limit."""
+    over_temperature_hold_s: NonNegative = 60.0
+    """How long over-temperature's cause must stay clear before it releases."""
+    rated_flow_lpm: Positive | None = None
+    """The pump CDU's flow at full speed: with it, flow under min_flow_fraction of what the
+    speed should give is a loss of flow."""
+    min_flow_fraction: Fraction = 0.5
+    min_flow_lpm_per_kw: NonNegative = 0.5
+    """Flow under this per kW of the rack's power (its PDU's) is a loss of flow; 0: off."""
+    flow_debounce_s: NonNegative = 2.0
+    """A loss of flow must last this long to trip."""
+    min_reservoir_level_l: NonNegative | None = None
+    """The pump CDU's reservoir_level under this: the pump stops before it runs dry."""
+    silent_after_s: Positive | None = 30.0
+    """A leak detector, flow meter or level sensor not heard this long after start-up (or
+    stale or bad since) is an alarm; none: off."""
+    failsafe_hold_under_c: Positive | None = 80.0
+    """A rack blind for want of a reading holds its last outputs and caps while every server's
+    chip_temperature is good and under this; none: failsafe values at once."""
+    thermal_cap: Flag = True
+    """Cap the rack's IT power continuously when pump and valve are at their top and a
+    temperature nears its limit (PID racks), instead of tripping on and off."""
+    thermal_cap_margin_c: NonNegative = 2.0
+    """The margin under each limit the thermal cap holds."""
 
 
 @dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
@@ -297,8 +351,9 @@ class PowerConfig:
     """The caps' sum stays this far under the budget."""
     overhead_w: NonNegative = 0.0
     """Non-server load (pump, fans, PDU) when no PDU measures it."""
-    release_rate_w_per_s: Positive | None = None
-    """How fast caps may rise again (they fall at once); default: at once."""
+    release_rate_w_per_s: Positive | None = 2000.0
+    """How fast each cap may rise again (they fall at once), so a released interlock or budget
+    ramps the rack back rather than stepping it."""
     cap_deadband_w: NonNegative = 50.0
     """Per server: a cap whose share moves less than this is not rewritten, and this much of
     the budget is kept back so that held caps still fit; 0 rewrites caps for every watt."""

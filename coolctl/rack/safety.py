@@ -35,6 +35,7 @@ class DeviceFacts(Protocol):
     def kind(self) -> str: ...
 
 
+PUMP = "pump_speed_command"
 ROLE_BY_POINT: Mapping[str, ActuatorRole] = {
     "pump_speed_command": ActuatorRole.PUMP,
     "valve_command": ActuatorRole.VALVE,
@@ -57,6 +58,13 @@ def supervisor_config(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> S
     pump_device = next((a.point.device for a in actuators if a.role is ActuatorRole.PUMP), None)
     pump_points = devices[pump_device].point_names if pump_device else ()
     safety = rack.safety
+
+    def pump_point(name: str) -> PointId | None:
+        return PointId(rack.id, pump_device, name) if pump_device and name in pump_points else None
+
+    power = rack_power_point(rack, devices)
+    servers = server_caps(rack)
+    caps_floor_w = sum(device.cap_min_w for device in servers)
     return SupervisorConfig(
         rack=rack.id,
         actuators=actuators,
@@ -65,10 +73,7 @@ def supervisor_config(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> S
             for device_id, handle in devices.items()
             if "leak_detected" in handle.point_names
         ),
-        temperature_limits=tuple(
-            TemperatureLimit(PointId(rack.id, ref.device, ref.point), limit)
-            for ref, limit in safety.temperature_limits.items()
-        ),
+        temperature_limits=temperature_limits(rack, devices),
         pump_running=(
             PointId(rack.id, pump_device, "pump_running")
             if pump_device and "pump_running" in pump_points
@@ -83,7 +88,84 @@ def supervisor_config(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> S
         required=required,
         failsafe_after_s=safety.failsafe_after_s,
         hold_s=safety.hold_s,
+        leak_debounce_s=safety.leak_debounce_s,
+        leak_votes=safety.leak_votes,
+        leak_latched=safety.leak_latched,
+        power=power,
+        # the caps took hold: the rack draws no more than its caps' minimums, its non-server
+        # load and a tenth of the minimums again for what the BMCs' capping lets through
+        leak_caps_power_w=(
+            1.1 * caps_floor_w + rack.power.overhead_w if servers and power is not None else None
+        ),
+        leak_caps_timeout_s=safety.leak_caps_timeout_s,
+        temperature_release_band_c=safety.temperature_release_band_c,
+        over_temperature_hold_s=safety.over_temperature_hold_s,
+        flow=pump_point("flow"),
+        rated_flow_lpm=safety.rated_flow_lpm,
+        min_flow_fraction=safety.min_flow_fraction,
+        min_flow_lpm_per_kw=safety.min_flow_lpm_per_kw,
+        flow_debounce_s=safety.flow_debounce_s,
+        reservoir_level=pump_point("reservoir_level"),
+        min_reservoir_level_l=safety.min_reservoir_level_l,
+        silent_after_s=safety.silent_after_s,
+        healthy_points=(
+            ()
+            if safety.failsafe_hold_under_c is None
+            else tuple(
+                TemperatureLimit(point, safety.failsafe_hold_under_c)
+                for point in server_points(rack, devices, "chip_temperature")
+            )
+        ),
+        healthy_margin_c=0.0,
     )
+
+
+def temperature_limits(
+    rack: RackConfig, devices: Mapping[str, DeviceFacts]
+) -> tuple[TemperatureLimit, ...]:
+    """The configured limits, then the rack-wide ones for every server's chips and outlets
+    and the pump CDU's return (`chip_limit_c`, `outlet_limit_c`, `return_limit_c`) where the
+    config gives a point no limit of its own."""
+    safety = rack.safety
+    limits = [
+        TemperatureLimit(PointId(rack.id, ref.device, ref.point), limit)
+        for ref, limit in safety.temperature_limits.items()
+    ]
+    configured = {limit.point for limit in limits}
+    wide: list[tuple[PointId, float | None]] = []
+    for name, limit in (
+        ("chip_temperature", safety.chip_limit_c),
+        ("coolant_outlet_temperature", safety.outlet_limit_c),
+    ):
+        wide += [(point, limit) for point in server_points(rack, devices, name)]
+    pump = next(
+        (loop.actuator.device for loop in rack.loops.values() if loop.actuator.point == PUMP), None
+    )
+    if pump is not None and "return_temperature" in devices[pump].point_names:
+        wide.append((PointId(rack.id, pump, "return_temperature"), safety.return_limit_c))
+    limits += [
+        TemperatureLimit(point, limit)
+        for point, limit in wide
+        if limit is not None and point not in configured
+    ]
+    return tuple(limits)
+
+
+def server_points(
+    rack: RackConfig, devices: Mapping[str, DeviceFacts], name: str
+) -> tuple[PointId, ...]:
+    """`name` on every server of the rack that reports it."""
+    return tuple(
+        PointId(rack.id, device.id, name)
+        for device in server_caps(rack)
+        if name in devices[device.id].point_names
+    )
+
+
+def rack_power_point(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> PointId | None:
+    """The rack's power as its (first) PDU measures it."""
+    pdu = next((name for name, facts in devices.items() if facts.kind == "pdu"), None)
+    return PointId(rack.id, pdu, "power") if pdu is not None else None
 
 
 def loop_actuator(rack: RackConfig, loop: LoopConfig, device: WritableSpec) -> ActuatorSafety:
@@ -92,16 +174,18 @@ def loop_actuator(rack: RackConfig, loop: LoopConfig, device: WritableSpec) -> A
     minimum = max(loop.output_min, device.minimum)
     maximum = min(loop.output_max, device.maximum)
     hard_minimum, hard_maximum = device.minimum, device.maximum
-    on_leak = on_over_temperature = on_pump_failure = None
+    on_leak = on_over_temperature = on_pump_failure = on_loss_of_flow = on_low_level = None
     if role is ActuatorRole.PUMP:
         safety = rack.safety
         stop = hard_minimum if safety.leak_response == LeakResponse.STOP else safety.pump_safe_speed
         on_leak = min(max(stop, hard_minimum), hard_maximum)
         on_over_temperature = maximum  # more flow is the only thing a pump can do for heat
+        on_low_level = hard_minimum  # no coolant: stop before the pump runs dry
     elif role is ActuatorRole.VALVE:
         on_over_temperature = maximum  # full facility water
     elif role is ActuatorRole.POWER_LIMIT:
         on_leak = on_over_temperature = on_pump_failure = hard_minimum
+        on_loss_of_flow = on_low_level = hard_minimum
     return ActuatorSafety(
         point=PointId(rack.id, loop.actuator.device, loop.actuator.point),
         role=role,
@@ -114,6 +198,8 @@ def loop_actuator(rack: RackConfig, loop: LoopConfig, device: WritableSpec) -> A
         on_leak=on_leak,
         on_over_temperature=on_over_temperature,
         on_pump_failure=on_pump_failure,
+        on_loss_of_flow=on_loss_of_flow,
+        on_low_level=on_low_level,
         shutdown=loop.shutdown_output,
     )
 
@@ -146,5 +232,7 @@ def cap_actuator(rack: str, device: RedfishDeviceConfig) -> ActuatorSafety:
         on_leak=low,
         on_over_temperature=low,
         on_pump_failure=low,
+        on_loss_of_flow=low,
+        on_low_level=low,
         shutdown=None,  # on stop, the BMC keeps the last cap
     )

@@ -11,12 +11,18 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from coolctl.config import LoopConfig, RackConfig
-from coolctl.control.loops import LoopSpec, PidLoop, RackController
+from coolctl.control.loops import FeedForward, LoopSpec, PidLoop, RackController
 from coolctl.control.pid import PidConfig, PidGains
 from coolctl.control.powercap import AllocatorConfig, PowerCapAllocator, ServerCap
-from coolctl.control.supervisor import Supervisor
-from coolctl.model import Command, Event, PointId, Snapshot
-from coolctl.rack.safety import DeviceFacts, server_caps, supervisor_config
+from coolctl.control.supervisor import ActuatorRole, Supervisor, SupervisorConfig
+from coolctl.control.thermalcap import (
+    CoolingActuator,
+    MarginPoint,
+    ThermalCapConfig,
+    ThermalCapLoop,
+)
+from coolctl.model import Command, Event, PointId, Severity, Snapshot
+from coolctl.rack.safety import DeviceFacts, rack_power_point, server_caps, supervisor_config
 
 
 class AutoController(Protocol):
@@ -100,14 +106,83 @@ def note_applied(
 
 
 def build_pid_control(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> PidControl:
-    """The PID loops, the allocator and the supervisor, whatever the config's `controller`."""
+    """The PID loops, the allocator and the supervisor, whatever the config's `controller`.
+
+    With `safety.thermal_cap` the allocator shares out the lower of the budget and the
+    thermal cap loop's limit (`ThermalCappedAllocator`)."""
+    safety = supervisor_config(config, devices)
+    power = it_power_points(config, devices)
+    shared = allocator(config, devices)
+    if shared is not None and config.safety.thermal_cap and power:
+        thermal = thermal_cap_loop(config, safety, power)
+        if thermal is not None:
+            shared = ThermalCappedAllocator(shared.config, thermal)
     return PidControl(
         controller=RackController(
-            config.id, [loop_spec(config.id, loop) for loop in config.loops.values()]
+            config.id, [loop_spec(config.id, loop, power) for loop in config.loops.values()]
         ),
-        allocator=allocator(config, devices),
-        supervisor=Supervisor(supervisor_config(config, devices)),
+        allocator=shared,
+        supervisor=Supervisor(safety),
     )
+
+
+def it_power_points(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> tuple[PointId, ...]:
+    """What measures the rack's power: its PDU, else the sum of its servers' own readings."""
+    pdu = rack_power_point(config, devices)
+    if pdu is not None:
+        return (pdu,)
+    return tuple(PointId(config.id, device.id, "power") for device in server_caps(config))
+
+
+def thermal_cap_loop(
+    config: RackConfig, safety: SupervisorConfig, power: tuple[PointId, ...]
+) -> ThermalCapLoop | None:
+    """The rack's thermal cap loop: margins from the supervisor's temperature limits, cooling
+    at its top when every pump and valve actuator is at its normal maximum."""
+    cooling = tuple(
+        CoolingActuator(a.point, a.maximum)
+        for a in safety.actuators
+        if a.role in (ActuatorRole.PUMP, ActuatorRole.VALVE)
+    )
+    if not cooling or not safety.temperature_limits:
+        return None
+    servers = server_caps(config)
+    return ThermalCapLoop(
+        ThermalCapConfig(
+            margins=tuple(MarginPoint(t.point, t.limit_c) for t in safety.temperature_limits),
+            cooling=cooling,
+            power=power,
+            floor_w=sum(device.cap_min_w for device in servers) + config.power.overhead_w,
+            target_margin_c=config.safety.thermal_cap_margin_c,
+            release_rate_w_per_s=config.power.release_rate_w_per_s or 2000.0,
+        )
+    )
+
+
+class ThermalCappedAllocator(PowerCapAllocator):
+    """The rack's allocator, sharing out the lower of the budget and the thermal cap loop's
+    limit. A subclass, as the MPC's is, so metrics and status read the same `allocation`."""
+
+    def __init__(self, config: AllocatorConfig, thermal: ThermalCapLoop) -> None:
+        super().__init__(config)
+        self.thermal = thermal
+
+    def step(self, snapshot: Snapshot, now: float, budget_w: float | None) -> list[Command]:
+        was = self.thermal.limit_w
+        limit = self.thermal.step(snapshot, now)
+        state = self.thermal.state
+        if limit is not None and was is None:
+            message = (
+                f"thermal cap engaged at {limit:.0f} W: cooling at its top and"
+                f" {state.worst_point} {state.worst_margin_c:.3g} K from its limit"
+            )
+            self.events.append(self._event("thermal_cap_engaged", Severity.WARNING, message, now))
+        elif limit is None and was is not None:
+            message = "thermal cap released: the temperatures have their margin back"
+            self.events.append(self._event("thermal_cap_released", Severity.INFO, message, now))
+        if limit is not None:
+            budget_w = limit if budget_w is None else min(budget_w, limit)
+        return super().step(snapshot, now, budget_w)
 
 
 def allocator(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> PowerCapAllocator | None:
@@ -141,8 +216,15 @@ def allocator(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> PowerCa
     )
 
 
-def loop_spec(rack: str, loop: LoopConfig) -> LoopSpec:
+def loop_spec(rack: str, loop: LoopConfig, power: Sequence[PointId] = ()) -> LoopSpec:
+    """A loop as its config asks; its feedforward reads the rack's power from `power`."""
     measurement = loop.measurement
+    gain = loop.feedforward_gain_per_kw
+    feedforward = (
+        FeedForward(tuple(power), gain / 1000.0, loop.feedforward_lag_s)
+        if gain is not None and power
+        else None
+    )
     subtrahend = measurement.subtrahend
     return LoopSpec(
         name=loop.id,
@@ -158,6 +240,8 @@ def loop_spec(rack: str, loop: LoopConfig) -> LoopSpec:
             output_max=loop.output_max,
             slew_per_s=loop.slew_per_s,
             action=loop.action.value,
+            deadband=loop.deadband,
         ),
         enabled=loop.enabled,
+        feedforward=feedforward,
     )
