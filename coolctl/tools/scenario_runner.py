@@ -246,7 +246,8 @@ def _fixed(rack: RackConfig, speed: float) -> RackConfig:
     """The baseline: pump pinned at `speed`, valve loop kept, no server caps."""
     loops = {
         name: (
-            dataclasses.replace(loop, output_min=speed, output_max=speed)
+            # a pump that runs at one speed keeps it when the rack is blind, too
+            dataclasses.replace(loop, output_min=speed, output_max=speed, failsafe_output=speed)
             if loop.actuator.point == "pump_speed_command"
             else loop
         )
