@@ -150,6 +150,7 @@ class SupervisorConfig:
     min_reservoir_level_l: float | None = None
     # safety sensors (leak detectors, flow, level) not heard this long after start-up: alarm
     silent_after_s: float | None = None
+    safety_sensors: tuple[PointId, ...] = ()  # those watched; empty: leak points, flow, level
     # failsafe while blind: actuators hold their last values (nothing written) as long as every
     # `healthy_points` reading is good and under its limit less `healthy_margin_c`
     healthy_points: tuple[TemperatureLimit, ...] = ()
@@ -599,6 +600,11 @@ class Supervisor:
             [], [self._event(f"interlock_{name}_reset", Severity.WARNING, message, now)]
         )
 
+    def commanded(self, point: PointId) -> float | None:
+        """The value last commanded for an actuator (None: never commanded)."""
+        issued = self._issued.get(point)
+        return issued.value if issued is not None else None
+
     def observe(self, point: PointId, value: float, now: float) -> None:
         """What the device holds. Until the supervisor commands the actuator, slew counts from it
         (bumpless start: a restarted daemon ramps from where the device is, never jumps).
@@ -921,8 +927,9 @@ class Supervisor:
         config = self._config
         if config.silent_after_s is None or self._started_at is None:
             return []
-        points = [*config.leak_points]
-        points += [p for p in (config.flow, config.reservoir_level) if p is not None]
+        points = list(config.safety_sensors) or [*config.leak_points]
+        if not config.safety_sensors:
+            points += [p for p in (config.flow, config.reservoir_level) if p is not None]
         events: list[Event] = []
         for point in points:
             reading = snapshot.get(point)

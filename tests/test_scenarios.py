@@ -546,3 +546,15 @@ def test_sim_run_plot_without_matplotlib_says_how_to_get_it_before_running(
     assert sim_main(["run", str(scenario), "--plot", str(tmp_path / "x.png")]) == 2
     assert "coolctl[plot]" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_caps_come_back_after_a_blind_rack_held_them() -> None:
+    """A CDU link lost long enough for failsafe: once the readings are back, the allocator
+    raises the caps again (it must learn what the supervisor held, not what it asked)."""
+    scenario = load_scenario(SHIPPED / "cdu-link-stale.toml")
+    result = run_scenario(scenario, "pid")
+    assert result.kpis["failsafe_s"] > 0
+    assert result.trace["caps_w"][-1] > 100_000.0
+    assert result.kpis["throttled_energy_kwh"] < 2.0
+    silent = [e for e in result.rack_events if e.kind == "safety_sensor_silent"]
+    assert all("cdu1" in e.message for e in silent)  # BMCs without leak detectors are not silent

@@ -108,6 +108,9 @@ def supervisor_config(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> S
         reservoir_level=pump_point("reservoir_level"),
         min_reservoir_level_l=safety.min_reservoir_level_l,
         silent_after_s=safety.silent_after_s,
+        safety_sensors=safety_sensors(
+            rack, devices, pump_point("flow"), pump_point("reservoir_level")
+        ),
         healthy_points=(
             ()
             if safety.failsafe_hold_under_c is None
@@ -149,6 +152,21 @@ def temperature_limits(
         if limit is not None and point not in configured
     ]
     return tuple(limits)
+
+
+def safety_sensors(
+    rack: RackConfig, devices: Mapping[str, DeviceFacts], *others: PointId | None
+) -> tuple[PointId, ...]:
+    """The safety sensors whose silence is an alarm: the leak detectors a profile declares
+    (Modbus, MQTT: the device has them), and the pump CDU's flow and level. A Redfish
+    service's detectors are what discovery finds, so one that lacks them is not silent."""
+    leaks = [
+        PointId(rack.id, device_id, "leak_detected")
+        for device_id, facts in devices.items()
+        if "leak_detected" in facts.point_names
+        and not isinstance(rack.devices.get(device_id), RedfishDeviceConfig)
+    ]
+    return (*leaks, *(point for point in others if point is not None))
 
 
 def server_points(

@@ -249,6 +249,14 @@ class RackStep(Generic[StackT]):
             commands.append(command)
             if asked.get(command.point) != command.value:
                 note_applied(stack.controller, stack.allocator, command.point, command.value, now)
+        decided = {command.point for command in decision.commands}
+        for point, value in asked.items():
+            # Asked, but the supervisor sent nothing (a blind rack holding its outputs, a
+            # request it dropped): the actuator keeps what it was last told, and the
+            # controller and allocator must carry on from that, not from what they asked.
+            held = stack.supervisor.commanded(point)
+            if point not in decided and held is not None and held != value:
+                note_applied(stack.controller, stack.allocator, point, held, now)
         events.extend(decision.events)
         return StepResult(decision, tuple(commands), tuple(events), budget_w, error, tuple(refused))
 
