@@ -1080,7 +1080,9 @@ class Supervisor:
         # A standby selector is not a control output: writing a failsafe value could switch
         # back to the pump that failed, so failsafe leaves it where it is.
         if self.failsafe and safety.role is not ActuatorRole.STANDBY:
-            return None if self._holding else self._failsafe_command(safety)
+            return (
+                self._holding_command(safety) if self._holding else self._failsafe_command(safety)
+            )
         if request is not None:
             return clamp.clamp(request, now)
         return None
@@ -1115,6 +1117,18 @@ class Supervisor:
         wins = f" ({_LABELS[winner]} wins)" if len(offers) > 1 else ""
         reason = f"{causes}; {_describe(safety, value)}{wins}"
         return Command(safety.point, value, Source.INTERLOCK, reason)
+
+    def _holding_command(self, safety: ActuatorSafety) -> Command | None:
+        """The value last commanded, sent again: held while the chips are healthy, and re-sent
+        every tick like any failsafe value, so a write the lost link failed is retried."""
+        issued = self._issued.get(safety.point)
+        if issued is None:
+            return None
+        reason = (
+            f"failsafe ({'; '.join(self._failsafe_reasons())}); holding"
+            f" {_describe(safety, issued.value)} while the chips are healthy"
+        )
+        return Command(safety.point, issued.value, Source.FAILSAFE, reason)
 
     def _failsafe_command(self, safety: ActuatorSafety) -> Command:
         reason = f"failsafe ({'; '.join(self._failsafe_reasons())}); " + _describe(

@@ -251,7 +251,9 @@ def test_blind_rack_holds_outputs_while_chips_are_healthy() -> None:
     blind = supervisor.step(snap(6.0, {FLOW: Quality.STALE}), 6.0, [auto(PUMP, 0.9)])
     assert blind.failsafe
     assert kinds(blind) == ["failsafe", "failsafe_holding"]
-    assert blind.commands == ()  # nothing moves: last outputs and caps hold
+    held = by_point(blind)  # nothing moves: the last outputs and caps are sent again
+    assert held[PUMP].value == pytest.approx(0.85) and held[PUMP].source is Source.FAILSAFE
+    assert "holding pump at 0.85 while the chips are healthy" in held[PUMP].reason
     hot = supervisor.step(snap(7.0, {FLOW: Quality.STALE, CHIP: 81.0}), 7.0, [])
     assert kinds(hot) == ["failsafe_outputs"]
     commands = by_point(hot)
