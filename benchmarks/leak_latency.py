@@ -43,6 +43,8 @@ control_period_s = 0.3
 failsafe_after_s = 5.0
 hold_s = 0.1
 leak_response = "stop"
+leak_debounce_s = 0.0    # the fast path itself: the first wet message trips
+leak_latched = false     # each trial releases by itself, for the next
 
 [racks.r01.devices.cdu1]
 driver = "modbus"
