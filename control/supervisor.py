@@ -927,6 +927,8 @@ class Supervisor:
         config = self._config
         if config.silent_after_s is None or self._started_at is None:
             return []
+        if now - self._started_at < config.silent_after_s:
+            return []  # start-up: a retained message of unknown age reads stale until the next
         points = list(config.safety_sensors) or [*config.leak_points]
         if not config.safety_sensors:
             points += [p for p in (config.flow, config.reservoir_level) if p is not None]
@@ -935,8 +937,7 @@ class Supervisor:
             reading = snapshot.get(point)
             why: str | None = None
             if reading is None or reading.quality is Quality.MISSING:
-                if now - self._started_at >= config.silent_after_s:
-                    why = f"has not reported in {now - self._started_at:.0f} s since start-up"
+                why = f"has not reported in {now - self._started_at:.0f} s since start-up"
             elif not reading.usable:
                 why = f"is {reading.quality.value}"
             was = self._silent.get(point)
