@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -125,6 +125,11 @@ def _fault_arguments(body: object) -> tuple[str, dict[str, Any]]:
             raise ValueError("'servers' must be a list of server numbers or null")
         arguments["servers"] = servers
     return kind, arguments
+
+
+def endpoint(host: str = "127.0.0.1", port: int = 0) -> Callable[[LiveSimulation], ControlServer]:
+    """What `LiveSimulation(control=...)` starts: this server on `host:port` (0: a free port)."""
+    return lambda simulation: ControlServer(simulation, host=host, port=port)
 
 
 class ControlServer:

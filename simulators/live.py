@@ -10,7 +10,7 @@ The Redfish services share one certificate authority per simulation (`tls_dir`, 
 folder removed on stop); clients trust its `ca.pem`, which every redfish Service line names.
 
 Faults can be injected while it runs (`coolctl.simulators.faults`), from the same process or,
-with `control_port`, over HTTP from another (`coolctl.simulators.control_server`).
+with `control` (an endpoint), over HTTP from another (`coolctl.simulators.control_server`).
 """
 
 from __future__ import annotations
@@ -27,12 +27,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from coolctl.simulators.control_server import ControlServer
-from coolctl.simulators.faults import FaultBook
+from coolctl.simulators.fault_book import FaultBook
 from coolctl.simulators.modbus_server import ModbusDeviceServer
 from coolctl.simulators.mqtt_sensors import DEFAULT_PREFIX, MqttSensorPublisher, parse_broker
 from coolctl.simulators.plant import PlantParams, RackPlant
@@ -300,14 +299,32 @@ _POINT_SOURCES: Mapping[str, Callable[[RackPlant, int, SimDeviceSpec], PointSour
 }
 
 
+class ControlEndpoint(Protocol):
+    """The simulation's fault-injection endpoint (`coolctl.simulators.control_server`)."""
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def url(self) -> str: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+EndpointFactory = Callable[["LiveSimulation"], ControlEndpoint]
+"""Builds the endpoint for a simulation: `coolctl.simulators.control_server.endpoint(...)`."""
+
+
 class LiveSimulation:
     """Plants stepped in (scaled) real time, behind Modbus, Redfish and MQTT front-ends.
 
-    `mqtt_broker` ("host:port") is where sensor devices publish unless their rack names its
-    own. `control_port` starts the fault-injection HTTP server on `control_host` (0 picks a free
-    port; None, the default, starts none). `tls_dir` is where the Redfish services' CA and
-    certificate go (made there once, a CA already there is reused); None uses a temporary
-    folder that `stop` removes.
+    `mqtt_broker` ("host:port") is where sensor devices publish unless their rack names its own.
+    `control` builds the fault-injection endpoint, started with the simulation
+    (`coolctl.simulators.control_server.endpoint(port=0)`; None, the default, starts none).
+    `tls_dir` is where the Redfish services' CA and certificate go (made there once, a CA
+    already there is reused); None uses a temporary folder that `stop` removes.
     """
 
     def __init__(
@@ -317,8 +334,7 @@ class LiveSimulation:
         time_scale: float = 1.0,
         step_s: float = 0.05,
         mqtt_broker: str | None = None,
-        control_port: int | None = None,
-        control_host: str = "127.0.0.1",
+        control: EndpointFactory | None = None,
         tls_dir: Path | None = None,
     ) -> None:
         if time_scale <= 0:
@@ -338,9 +354,8 @@ class LiveSimulation:
         self._tls_temporary: Path | None = None
         self.services: list[Service] = []
         self.faults = FaultBook()
-        self.control: ControlServer | None = None
-        self._control_port = control_port
-        self._control_host = control_host
+        self.control: ControlEndpoint | None = None
+        self._control_factory = control
         self._task: asyncio.Task[None] | None = None
         for spec in racks:
             params = PlantParams.from_dict({"initial_load": spec.load, **spec.plant})
@@ -446,8 +461,8 @@ class LiveSimulation:
                     Service("mqtt", publisher.broker, rack, device, topic_prefix=publisher.prefix)
                 )
             self._task = asyncio.create_task(self._step_forever(), name="plant")
-            if self._control_port is not None:
-                self.control = ControlServer(self, host=self._control_host, port=self._control_port)
+            if self._control_factory is not None:
+                self.control = self._control_factory(self)
                 await self.control.start()
                 self.services.append(Service("control", self.control.address, "", ""))
         except BaseException:

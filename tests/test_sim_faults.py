@@ -25,7 +25,7 @@ import pytest
 import pytest_asyncio
 from pymodbus.client import AsyncModbusTcpClient
 
-from coolctl.simulators.control_server import inject
+from coolctl.simulators.control_server import endpoint, inject
 from coolctl.simulators.faults import FAULT_KINDS, apply_fault
 from coolctl.simulators.live import LiveSimulation, SensorPoints, SimDeviceSpec, SimRackSpec
 from coolctl.simulators.modbus_server import load_register_map
@@ -87,7 +87,7 @@ def rack_spec(name: str = "r01") -> SimRackSpec:
 @pytest_asyncio.fixture
 async def sim(broker: str) -> AsyncIterator[LiveSimulation]:
     simulation = LiveSimulation(
-        [rack_spec()], time_scale=TIME_SCALE, mqtt_broker=broker, control_port=0
+        [rack_spec()], time_scale=TIME_SCALE, mqtt_broker=broker, control=endpoint(port=0)
     )
     async with simulation:
         await simulation.publishers[("r01", "sensors1")].wait_connected(5.0)

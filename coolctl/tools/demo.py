@@ -28,7 +28,7 @@ from coolctl.daemon.service import Service, ServiceOptions
 from coolctl.exitcodes import ExitCode
 from coolctl.model import PointId
 from coolctl.rack.check import load_or_report
-from coolctl.simulators.control_server import inject
+from coolctl.simulators.control_server import endpoint, inject
 from coolctl.simulators.live import LiveSimulation
 from coolctl.tools.broker import Mosquitto, MosquittoError, find_mosquitto
 from coolctl.tools.simrack import (
@@ -122,7 +122,7 @@ async def serve_simulation(
                 sim_specs(config, port=port, load=load),
                 time_scale=time_scale,
                 mqtt_broker=broker,
-                control_port=0,
+                control=endpoint(port=0),
             )
             await simulation.start()
         except (OSError, MosquittoError) as exc:
@@ -204,7 +204,7 @@ async def run_demo(
             specs,
             time_scale=time_scale,
             mqtt_broker=broker,
-            control_port=0,
+            control=endpoint(port=0),
             tls_dir=state / "tls",
         )
         await simulation.start()

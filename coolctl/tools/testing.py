@@ -30,6 +30,7 @@ from coolctl.daemon.runtime import Daemon
 from coolctl.daemon.service import Service, ServiceOptions
 from coolctl.model import PointId
 from coolctl.rack.check import load_checked_config
+from coolctl.simulators.control_server import endpoint
 from coolctl.simulators.live import LiveSimulation
 from coolctl.simulators.plant import RackPlant
 from coolctl.tools.broker import Mosquitto
@@ -70,7 +71,7 @@ async def simulated_rack(
             specs,
             time_scale=time_scale,
             mqtt_broker=mqtt_broker,
-            control_port=0,
+            control=endpoint(port=0),
             tls_dir=secrets / "tls",
         )
         await stack.enter_async_context(simulation)
