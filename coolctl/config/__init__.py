@@ -1,6 +1,9 @@
 """The daemon's configuration: one TOML file, site → racks → devices and loops.
 
 Declared once, in coolctl.config.schema; read and its problems worded in coolctl.config.load.
+
+May import: coolctl.model (canonical point names) and pydantic; nothing of the rack, the daemon
+or the drivers (checks against device profiles are coolctl.rack.check's).
 """
 
 from coolctl.config.enums import (
