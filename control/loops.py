@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from coolctl.control.pid import Pid, PidConfig
-from coolctl.model import Command, PointId, Snapshot, Source
+from coolctl.model import Command, Event, PointId, Severity, Snapshot, Source
 
 
 class LoopMode(StrEnum):
@@ -212,3 +212,53 @@ class RackController:
 
     def loop_of(self, actuator: PointId) -> PidLoop | None:
         return self._by_actuator.get(actuator)
+
+
+class SaturationWatch:
+    """An alarm for a loop pinned at the top of its range and still short of its setpoint for
+    `after_s`: the actuator cannot deliver (a worn pump short of its flow, a valve without the
+    authority for its temperature). One event when it starts, one when it ends."""
+
+    def __init__(self, rack: str, after_s: float = 120.0, tolerance: float = 0.02) -> None:
+        self.rack = rack
+        self.after_s = after_s
+        self.tolerance = tolerance  # of the setpoint's magnitude: "short" means beyond this
+        self._since: dict[str, float] = {}
+        self._alarmed: set[str] = set()
+
+    def step(self, loops: Mapping[str, PidLoop], now: float) -> list[Event]:
+        events: list[Event] = []
+        for name, loop in loops.items():
+            short = self._pinned_short(loop)
+            if not short:
+                self._since.pop(name, None)
+                if name in self._alarmed:
+                    self._alarmed.discard(name)
+                    message = f"loop {name} has its setpoint again (or is no longer at its top)"
+                    events.append(
+                        Event(self.rack, "loop_saturation_cleared", Severity.INFO, message, now)
+                    )
+                continue
+            since = self._since.setdefault(name, now)
+            if name not in self._alarmed and now - since >= self.after_s:
+                self._alarmed.add(name)
+                state = loop.state
+                message = (
+                    f"loop {name} pinned at its maximum ({loop.spec.actuator.name}"
+                    f" {state.output:.4g}) for {now - since:.0f} s and still short of its"
+                    f" setpoint ({state.measurement:.4g} for {state.setpoint:.4g}): the"
+                    " actuator cannot deliver (a worn pump? a valve without authority?)"
+                )
+                events.append(Event(self.rack, "loop_saturated", Severity.WARNING, message, now))
+        return events
+
+    def _pinned_short(self, loop: PidLoop) -> bool:
+        state = loop.state
+        if state.mode is not LoopMode.AUTO or state.output is None or state.measurement is None:
+            return False
+        pid = loop.spec.pid
+        if state.output < pid.output_max - 1e-9:
+            return False
+        sign = 1.0 if pid.action == "reverse" else -1.0
+        wanting = sign * (state.setpoint - state.measurement)
+        return wanting > max(self.tolerance * abs(state.setpoint), pid.deadband)

@@ -192,3 +192,35 @@ def test_feedforward_lag_and_a_lost_power_reading() -> None:
     assert one == pytest.approx(0.5 + 5e-6 * 6_000.0)  # a tenth of the way after 1 s of 9 s
     held = loop.step(_ff_snapshot(2.0, None), 2.0)[0].value
     assert held == pytest.approx(one)  # the PDU went quiet: the lagged power holds
+
+
+# -- a loop pinned at its top and short of its setpoint -----------------------------------------
+
+
+def test_a_pump_pinned_at_full_speed_short_of_its_flow_is_an_alarm() -> None:
+    from coolctl.control.loops import SaturationWatch
+
+    flow, pump = PointId("r01", "cdu1", "flow"), PointId("r01", "cdu1", "pump_speed_command")
+    spec = LoopSpec(
+        name="pump",
+        measurement=flow,
+        actuator=pump,
+        setpoint=160.0,
+        pid=PidConfig(PidGains(kp=0.01, ki=0.01), output_min=0.2, output_max=1.0),
+    )
+    loop = PidLoop(spec)
+    watch = SaturationWatch("r01", after_s=60.0)
+
+    def tick(now: float, measured: float) -> list[str]:
+        readings = [
+            Reading(flow, measured, now, Quality.GOOD),
+            Reading(pump, 1.0, now, Quality.GOOD),
+        ]
+        loop.step(Snapshot(readings, now), now)
+        return [event.kind for event in watch.step({"pump": loop}, now)]
+
+    assert tick(0.0, 150.0) == []
+    assert all(tick(float(t), 150.0) == [] for t in range(1, 60))
+    assert tick(60.0, 150.0) == ["loop_saturated"]
+    assert tick(61.0, 150.0) == []  # once
+    assert tick(62.0, 159.0) == ["loop_saturation_cleared"]  # within 2 % of the setpoint

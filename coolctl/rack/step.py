@@ -33,6 +33,7 @@ from types import MappingProxyType
 from typing import Generic, TypeVar, cast, overload
 
 from coolctl.config import RackConfig
+from coolctl.control.loops import SaturationWatch
 from coolctl.control.supervisor import Decision, Override, Supervisor
 from coolctl.model import Command, Event, PointId, Quality, RackMode, Severity, Snapshot
 from coolctl.rack.controllers import build_rack_control
@@ -117,6 +118,7 @@ class RackStep(Generic[StackT]):
         self._hard: dict[PointId, tuple[float, float]] = {
             a.point: (a.hard_minimum, a.hard_maximum) for a in self.supervisor.config.actuators
         }
+        self._saturation = SaturationWatch(config.id)  # loops that cannot reach their setpoint
         self._upstream_w: float | None = None  # the last budget accepted from budget_point
         self._budget_rejected = False
 
@@ -168,6 +170,9 @@ class RackStep(Generic[StackT]):
         try:
             if mode == RackMode.AUTO:
                 requested = stack.controller.step(snapshot, now)
+                loops = getattr(stack.controller, "loops", None)  # PID loops, or an MPC's
+                if isinstance(loops, Mapping):
+                    events.extend(self._saturation.step(loops, now))
             if stack.allocator is not None:  # the budget holds in manual mode too
                 requested += stack.allocator.step(snapshot, now, budget)
                 events.extend(stack.allocator.drain_events())
