@@ -57,7 +57,6 @@ _LABELS: Mapping[str, str] = {
 # Pumps, valves and the standby selector take these first, in this order, whatever else asks
 # for more: pumping through a leak or with no coolant does more harm than any heat.
 _PUMP_PROTECTING: tuple[str, ...] = (LEAK, LOW_LEVEL)
-_ROPE_SILENT = "silent"
 
 # Failsafe causes. Start-up is not a fault: it ends as soon as every required reading has been
 # good once, without waiting for hold_s.

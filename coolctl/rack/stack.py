@@ -147,6 +147,8 @@ def thermal_cap_loop(
     if not cooling or not safety.temperature_limits:
         return None
     servers = server_caps(config)
+    rate = config.power.release_rate_w_per_s  # caps rising at once: the loop's own pace
+    paced = {} if rate is None else {"release_rate_w_per_s": rate}
     return ThermalCapLoop(
         ThermalCapConfig(
             margins=tuple(MarginPoint(t.point, t.limit_c) for t in safety.temperature_limits),
@@ -154,7 +156,7 @@ def thermal_cap_loop(
             power=power,
             floor_w=sum(device.cap_min_w for device in servers) + config.power.overhead_w,
             target_margin_c=config.safety.thermal_cap_margin_c,
-            release_rate_w_per_s=config.power.release_rate_w_per_s or 2000.0,
+            **paced,
         )
     )
 
