@@ -23,6 +23,23 @@ class Unit(enum.StrEnum):
     RATIO = "ratio"  # 0..1
     BOOLEAN = "boolean"  # 0 or 1
     SECOND = "seconds"
+    STATE = "state"  # an enumerated state: the value is a code of the point's enum (CDU_MODES)
+
+
+class CduControlMode(enum.IntEnum):
+    """What a CDU that runs its own loops is controlling: the canonical codes of the
+    `cdu_control_mode` point. A profile maps its device's raw codes to these names (`states`)."""
+
+    STOPPED = 0  # pumps stopped on command
+    MANUAL = 1  # pump speed and valve set directly (coolctl's "direct" control)
+    AUTO_FLOW = 2  # pump on a flow setpoint, valve on a supply-temperature setpoint
+    AUTO_PRESSURE = 3  # pump on a differential-pressure setpoint, valve on supply temperature
+    AUTO_FLOW_TEMPERATURE = 4  # pump on flow and return temperature, valve on supply temperature
+    LOCAL = 5  # the CDU's own panel has control; remote commands are refused
+
+
+# Enumerated points and the enum their codes belong to.
+POINT_STATES: Mapping[str, type[enum.IntEnum]] = {"cdu_control_mode": CduControlMode}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +69,31 @@ CANONICAL_POINTS: Mapping[str, PointSpec] = _specs(
     PointSpec("heat_removed", Unit.WATT, "heat moved from the rack loop to facility water"),
     PointSpec("reservoir_level", Unit.LITRE, "coolant in the CDU reservoir"),
     PointSpec("leak_detected", Unit.BOOLEAN, "1 while a leak detector is wet"),
+    PointSpec("isolation_valve_command", Unit.BOOLEAN, "1 opens the rack's isolation valves"),
+    # CDU that runs its own loops: setpoints and commands it takes (cdu_control = "setpoints")
+    PointSpec("supply_temperature_setpoint", Unit.CELSIUS, "the CDU's supply target"),
+    PointSpec("flow_setpoint", Unit.LITRE_PER_MINUTE, "the CDU's secondary flow target"),
+    PointSpec("differential_pressure_setpoint", Unit.PASCAL, "the CDU's secondary pressure target"),
+    PointSpec("cdu_run_command", Unit.BOOLEAN, "1 asks the CDU to run its pumps, 0 to stop"),
+    PointSpec("cdu_remote", Unit.BOOLEAN, "1 while the CDU accepts remote commands"),
+    PointSpec("cdu_control_mode", Unit.STATE, "what the CDU's own loops control (CduControlMode)"),
+    # CDU alarms (1 = active), each an event and, where configured, an interlock
+    PointSpec("filter_clogged_alarm", Unit.BOOLEAN, "filter differential pressure too high"),
+    PointSpec("low_level_alarm", Unit.BOOLEAN, "reservoir level low"),
+    PointSpec("conductivity_alarm", Unit.BOOLEAN, "coolant conductivity out of range"),
+    PointSpec("ph_alarm", Unit.BOOLEAN, "coolant pH out of range"),
+    PointSpec("high_pressure_alarm", Unit.BOOLEAN, "secondary pressure too high"),
+    PointSpec("low_pressure_alarm", Unit.BOOLEAN, "secondary or pump-inlet pressure too low"),
+    PointSpec("pump_1_fault", Unit.BOOLEAN, "pump 1 (or its drive) reports a fault"),
+    PointSpec("pump_2_fault", Unit.BOOLEAN, "pump 2 (or its drive) reports a fault"),
+    PointSpec("pump_3_fault", Unit.BOOLEAN, "pump 3 (or its drive) reports a fault"),
+    PointSpec("dew_point_alarm", Unit.BOOLEAN, "supply at or below the dew point"),
+    PointSpec("sensor_fault_alarm", Unit.BOOLEAN, "the CDU reports one of its sensors failed"),
+    PointSpec("alarm_acknowledge", Unit.BOOLEAN, "writing 1 acknowledges the CDU's latched alarms"),
+    # room around the rack: the condensation guard's inputs
+    PointSpec("dew_point", Unit.CELSIUS, "dew point of the air around the rack"),
+    PointSpec("room_temperature", Unit.CELSIUS, "air temperature around the rack"),
+    PointSpec("room_humidity", Unit.RATIO, "relative humidity of the air around the rack"),
     # CDU, primary (facility) side
     PointSpec("facility_supply_temperature", Unit.CELSIUS, "facility water entering the CDU"),
     PointSpec("facility_return_temperature", Unit.CELSIUS, "facility water leaving the CDU"),

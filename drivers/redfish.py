@@ -90,6 +90,7 @@ _PLAUSIBLE: Final[Mapping[Unit, tuple[float, float]]] = {
     Unit.LITRE_PER_MINUTE: (-1e5, 1e6),
     Unit.RATIO: (0.0, 10.0),
     Unit.BOOLEAN: (0.0, 1.0),
+    Unit.STATE: (0.0, 1000.0),
 }
 
 

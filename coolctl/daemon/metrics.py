@@ -47,6 +47,7 @@ _UNIT_SUFFIX = {
     Unit.RATIO: "_ratio",
     Unit.BOOLEAN: "",
     Unit.SECOND: "_seconds",
+    Unit.STATE: "_state",
 }
 
 
