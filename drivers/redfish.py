@@ -86,6 +86,8 @@ _PLAUSIBLE: Final[Mapping[Unit, tuple[float, float]]] = {
     Unit.PASCAL: (-1e7, 1e8),
     Unit.WATT: (-1e8, 1e8),
     Unit.JOULE: (-1e20, 1e20),
+    Unit.AMPERE: (-1e5, 1e5),
+    Unit.VOLT: (-1e5, 1e5),
     Unit.LITRE: (0.0, 1e6),
     Unit.LITRE_PER_MINUTE: (-1e5, 1e6),
     Unit.RATIO: (0.0, 10.0),

@@ -114,6 +114,8 @@ PHYSICAL_RANGES: Mapping[Unit, tuple[float, float]] = {
     Unit.PASCAL: (-math.inf, math.inf),  # a differential pressure may be negative
     Unit.WATT: (0.0, math.inf),
     Unit.JOULE: (0.0, math.inf),
+    Unit.AMPERE: (0.0, math.inf),
+    Unit.VOLT: (0.0, math.inf),
     Unit.LITRE: (0.0, math.inf),
     Unit.LITRE_PER_MINUTE: (0.0, math.inf),
     Unit.RATIO: (0.0, 1.0),
