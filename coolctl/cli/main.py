@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure", action="store_true", help="do not verify TLS (logged as a warning)"
     )
     redfish.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    from coolctl.cli import probe_snmp
+
+    probe_snmp.add_parser(probe_kinds)
 
     sim = commands.add_parser("sim", help="the simulated rack")
     sim_commands = sim.add_subparsers(dest="sim_command", metavar="SIM_COMMAND", required=True)
@@ -169,6 +172,10 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
                     args.url, args.user, args.password_file, args.ca, args.insecure, args.json
                 )
             )
+        if args.command == "probe" and args.protocol == "snmp":
+            from coolctl.cli import probe_snmp
+
+            return asyncio.run(probe_snmp.probe_snmp(args))
         if args.command == "probe":
             from coolctl.cli.probe_modbus import probe_modbus
 

@@ -30,9 +30,13 @@ from coolctl.config.enums import (
     Controller,
     DeviceKind,
     Driver,
+    Feed,
     LeakResponse,
     LogFormat,
     LogLevel,
+    SnmpAuthProtocol,
+    SnmpPrivProtocol,
+    SnmpVersion,
 )
 from coolctl.config.fields import (
     DEFAULT_METRICS_PORT,
@@ -203,8 +207,73 @@ class RedfishDeviceConfig:
         return self
 
 
+@dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
+class SnmpDeviceConfig:
+    """A rack PDU read over SNMP (v2c or v3 authPriv) through its profile (apc-rpdu2,
+    raritan-pdu2 or a file). Secrets come from files or systemd credentials, never the config."""
+
+    id: EntryId = ""
+    driver: Literal[Driver.SNMP] = Driver.SNMP
+    address: Text
+    """Host name or IP address."""
+    port: Port = 161
+    profile: Text
+    """A shipped SNMP profile name, or a path to a profile file."""
+    version: SnmpVersion = SnmpVersion.V3
+    community_file: FilePath | None = None
+    """v2c: a file holding the community."""
+    community_credential: Text | None = None
+    """v2c: a systemd credential (LoadCredential=) holding the community."""
+    user: Text | None = None
+    """v3: the USM user."""
+    auth_protocol: SnmpAuthProtocol = SnmpAuthProtocol.SHA256
+    auth_key_file: FilePath | None = None
+    """v3: a file holding the authentication passphrase."""
+    auth_key_credential: Text | None = None
+    priv_protocol: SnmpPrivProtocol = SnmpPrivProtocol.AES
+    priv_key_file: FilePath | None = None
+    """v3: a file holding the privacy passphrase."""
+    priv_key_credential: Text | None = None
+    feed: Feed | None = None
+    """The rack feed (a or b) this PDU is on; its branch circuits count for that feed."""
+    poll_interval_s: Positive = 1.0
+    timeout_s: Positive = 1.0
+    """Per request; default: poll_interval_s, at most 1.0."""
+    stale_after_s: Positive = 3.0
+    """Default: 3 × poll_interval_s."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: object) -> object:
+        return _per_poll(data, timeout_s=lambda poll: min(1.0, poll), stale_after_s=_thrice)
+
+    @model_validator(mode="after")
+    def _check(self) -> SnmpDeviceConfig:
+        problems: list[tuple[str, str]] = []
+        if self.version == SnmpVersion.V2C:
+            if (self.community_file is None) == (self.community_credential is None):
+                problems.append(
+                    ("community_file", "v2c needs one of community_file, community_credential")
+                )
+        else:
+            if self.user is None:
+                problems.append(("user", "v3 needs a user"))
+            for key in ("auth_key", "priv_key"):
+                given = [getattr(self, f"{key}_file"), getattr(self, f"{key}_credential")]
+                if sum(value is not None for value in given) != 1:
+                    problems.append(
+                        (f"{key}_file", f"v3 authPriv needs one of {key}_file, {key}_credential")
+                    )
+        if self.stale_after_s < self.poll_interval_s:
+            problems.append(("stale_after_s", "must be at least poll_interval_s"))
+        if problems:
+            raise KeyProblem(*problems)
+        return self
+
+
 DeviceConfig = Annotated[
-    ModbusDeviceConfig | MqttDeviceConfig | RedfishDeviceConfig, Field(discriminator="driver")
+    ModbusDeviceConfig | MqttDeviceConfig | RedfishDeviceConfig | SnmpDeviceConfig,
+    Field(discriminator="driver"),
 ]
 """One device of a rack, of the type its `driver` names."""
 DEVICE = TypeAdapter(DeviceConfig)

@@ -20,8 +20,10 @@ from coolctl.config import (
     MqttDeviceConfig,
     RackConfig,
     RedfishDeviceConfig,
+    SnmpDeviceConfig,
     parse_host_port,
 )
+from coolctl.config.enums import SnmpVersion
 from coolctl.drivers.modbus_profile import load_profile
 from coolctl.simulators.live import Service, SimDeviceSpec, SimRackSpec
 
@@ -64,6 +66,16 @@ def _sim_devices(rack: RackConfig, port: int | None) -> Iterable[SimDeviceSpec]:
             )
             servers += kind == DeviceKind.SERVER
             continue
+        if isinstance(device, SnmpDeviceConfig):
+            yield SimDeviceSpec(
+                device=device.id,
+                kind="pdu",
+                protocol="snmp",
+                register_map=device.profile,
+                host=device.address,
+                port=device.port if port is None else port,
+            )
+            continue
         if isinstance(device, MqttDeviceConfig):
             if device.profile in SIMULATED_MQTT_PROFILES:
                 prefix = device.topic_prefix or "coolctl-sim"
@@ -89,7 +101,7 @@ def with_services(
     Redfish device's URL, CA and account (its password written to a file in `secrets`)."""
     racks = dict(config.racks)
     for service in services:
-        if service.protocol not in ("modbus", "redfish"):
+        if service.protocol not in ("modbus", "redfish", "snmp"):
             continue
         rack = racks[service.rack]
         device = rack.devices[service.device]
@@ -98,6 +110,8 @@ def with_services(
             device = replace(device, address=host, port=int(port))
         elif isinstance(device, RedfishDeviceConfig):
             device = _redfish_pointed(device, service, secrets)
+        elif isinstance(device, SnmpDeviceConfig):
+            device = _snmp_pointed(device, service, secrets)
         racks[service.rack] = replace(rack, devices={**rack.devices, service.device: device})
     return replace(config, racks=racks)
 
@@ -118,6 +132,26 @@ def _redfish_pointed(
         password_file=password_file,
         password_credential=None,
         verify_tls=True,
+    )
+
+
+def _snmp_pointed(
+    device: SnmpDeviceConfig, service: Service, secrets: Path | None
+) -> SnmpDeviceConfig:
+    """The simulated PDU answers v2c with its community, written to a file in `secrets`."""
+    if secrets is None:
+        raise ValueError("simulated SNMP devices need a directory for their community files")
+    community_file = secrets / f"{service.rack}-{service.device}.community"
+    community_file.touch(mode=0o600)
+    community_file.write_text(service.password, "utf-8")
+    host, _, port = service.address.rpartition(":")
+    return replace(
+        device,
+        address=host,
+        port=int(port),
+        version=SnmpVersion.V2C,
+        community_file=community_file,
+        community_credential=None,
     )
 
 
