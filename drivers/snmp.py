@@ -47,7 +47,7 @@ from pysnmp.proto import rfc1902, rfc1905
 from coolctl.model import PointId, Quality, Reading, indexed_point
 
 from .poll_stats import PollChange, PollStats
-from .snmp_profile import Conversion, Oid, SnmpProfile, Table, format_oid
+from .snmp_profile import Column, Conversion, Oid, SnmpProfile, Table, format_oid
 
 log = logging.getLogger("coolctl.drivers.snmp")
 
@@ -249,27 +249,21 @@ class SnmpDevice:
         cells = [Cell(p.name, p.oid, p.conversion) for p in self.profile.points]
         labels: dict[str, str] = {}
         rows_total = 0
+        walked: dict[Oid, dict[Oid, Any]] = {}  # columns sharing a base are walked once
         for table in self.profile.tables:
-            rows = await self._table_rows(table)
-            rows_total += len(rows)
             names = await self._walk(table.label_oid) if table.label_oid else {}
-            for row in rows:
-                label = (
-                    names.get(table.label_oid + table.label_prefix + row)
-                    if table.label_oid
-                    else None
-                )
-                for column in table.columns:
+            rows: set[Oid] = set()
+            for column in table.columns:
+                for row in await self._column_rows(table, column, walked):
+                    rows.add(row)
                     point = indexed_point(column.name, format_oid(row))
-                    cells.append(
-                        Cell(
-                            point,
-                            column.oid + table.index_prefix + row + column.index_suffix,
-                            column.conversion,
-                        )
-                    )
-                    if isinstance(label, univ.OctetString):
-                        labels[point] = _text(label)
+                    oid = column.oid + table.index_prefix + row + column.index_suffix
+                    cells.append(Cell(point, oid, column.conversion))
+                    if table.label_oid is not None:
+                        label = names.get(table.label_oid + table.label_prefix + row)
+                        if isinstance(label, univ.OctetString):
+                            labels[point] = _text(label)
+            rows_total += len(rows)
         cells = await self._with_digits(cells)
         self._cells = tuple(cells)
         self.labels = labels
@@ -278,21 +272,25 @@ class SnmpDevice:
         self.stats.discoveries += 1
         self.stats.rows = rows_total
 
-    async def _table_rows(self, table: Table) -> list[Oid]:
-        """Rows present in any column of the table, in order."""
-        seen: dict[Oid, None] = {}
-        for column in table.columns:
-            base = column.oid + table.index_prefix
-            suffix = column.index_suffix
-            for oid in await self._walk(base):
-                rest = oid[len(base) :]
-                if suffix:
-                    if len(rest) <= len(suffix) or rest[-len(suffix) :] != suffix:
-                        continue
-                    rest = rest[: -len(suffix)]
-                if rest:
-                    seen.setdefault(rest, None)
-        return sorted(seen)
+    async def _column_rows(
+        self, table: Table, column: Column, walked: dict[Oid, dict[Oid, Any]]
+    ) -> list[Oid]:
+        """The rows the device has in one column, in order: a cell is only read where the
+        walk found one (a row may lack a column: an unmetered outlet has no power)."""
+        base = column.oid + table.index_prefix
+        if base not in walked:
+            walked[base] = await self._walk(base)
+        suffix = column.index_suffix
+        rows = []
+        for oid in walked[base]:
+            rest = oid[len(base) :]
+            if suffix:
+                if len(rest) <= len(suffix) or rest[-len(suffix) :] != suffix:
+                    continue
+                rest = rest[: -len(suffix)]
+            if rest:
+                rows.append(rest)
+        return sorted(rows)
 
     async def _walk(self, base: Oid) -> dict[Oid, Any]:
         """Every OID under `base` and its value (GETBULK), bounded in rows."""

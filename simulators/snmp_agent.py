@@ -11,7 +11,8 @@ on it (outlet k feeds server k-1; outlets past the servers are empty), spread ov
 `share` is the fraction of each server's power this PDU carries: 0.5 for each of a rack's two
 feeds, 1.0 when the other feed has failed (`fail_other_feed`). Faults for tests: `silent`
 (requests are dropped: the client times out), `wrong_type` (numbers come as strings),
-`missing` (OIDs answered noSuchInstance), `lie` (negative power and answers for other OIDs).
+`missing` (OIDs answered noSuchInstance, and skipped by walks), `lie_oids` (answers for
+other OIDs than asked), `lie_values` (negative power).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class _Cell:
 class SnmpAgentFaults:
     silent: bool = False
     wrong_type: bool = False
-    lie: bool = False
+    lie_oids: bool = False  # answers name OIDs other than those asked for
+    lie_values: bool = False  # power readings come negative
     missing: set[Oid] = field(default_factory=set)
 
 
@@ -174,6 +176,8 @@ class _Mib(AbstractMibInstrumController):  # type: ignore[misc]
             if position >= len(oids):
                 out.append((name, rfc1905.endOfMibView))
                 continue
+            while position < len(oids) - 1 and oids[position] in self.agent.faults.missing:
+                position += 1  # a vanished OID is skipped by walks, as a real agent's table
             oid = oids[position]
             out.append((rfc1902.ObjectName(oid), self.agent.value(oid, snapshot)))
         return out
@@ -184,7 +188,7 @@ class _Mib(AbstractMibInstrumController):  # type: ignore[misc]
         raise error.NotWritableError(name=var_binds[0][0], idx=0)
 
     def _answer_name(self, oid: Oid) -> Any:
-        if self.agent.faults.lie:
+        if self.agent.faults.lie_oids:
             return rfc1902.ObjectName((*oid[:-1], oid[-1] + 1000))
         return rfc1902.ObjectName(oid)
 
@@ -283,7 +287,7 @@ class SnmpPduAgent:
         if value is None:
             return rfc1905.noSuchInstance
         raw = round((value - cell.offset) / cell.divisor)
-        if self.faults.lie and cell.point in ("power", "outlet_power"):
+        if self.faults.lie_values and cell.point in ("power", "outlet_power"):
             raw = -abs(raw) - 5
         if self.faults.wrong_type:
             return rfc1902.OctetString(str(raw))
