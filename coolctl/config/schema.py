@@ -178,6 +178,9 @@ class RedfishDeviceConfig:
     """Servers: higher gets headroom first."""
     weight: Positive = 1.0
     """Servers: share of headroom among equal priorities."""
+    branches: list[Text] = Field(default_factory=list)
+    """Servers: the PDU branch circuits it is plugged into, one per feed, as "pdu/N" (N the
+    branch's index on that SNMP PDU): its cap counts against each breaker's rating."""
 
     @model_validator(mode="before")
     @classmethod
@@ -236,6 +239,11 @@ class SnmpDeviceConfig:
     priv_key_credential: Text | None = None
     feed: Feed | None = None
     """The rack feed (a or b) this PDU is on; its branch circuits count for that feed."""
+    branch_rating_a: Positive | None = None
+    """The rated current of every branch breaker on this PDU; default: what the PDU reports
+    (a profile's branch_rating), else unenforced."""
+    branch_ratings_a: dict[Text, Positive] = Field(default_factory=dict)
+    """Per branch index ("1", "2", …): a rating that differs from branch_rating_a."""
     poll_interval_s: Positive = 1.0
     timeout_s: Positive = 1.0
     """Per request; default: poll_interval_s, at most 1.0."""
@@ -426,6 +434,13 @@ class PowerConfig:
     cap_deadband_w: NonNegative = 50.0
     """Per server: a cap whose share moves less than this is not rewritten, and this much of
     the budget is kept back so that held caps still fit; 0 rewrites caps for every watt."""
+    derating: Annotated[Fraction, Field(gt=0)] = 0.8
+    """Breakers and feeds are loaded to at most this fraction of their rating."""
+    voltage_v: Positive = 230.0
+    """Volts per branch circuit: turns a breaker's amperes into watts."""
+    feed_rating_w: Positive | None = None
+    """What one feed may carry (before derating): with two feeds, either must carry the caps
+    of every server on it when the other fails. Default: only branches and budget bind."""
     # 50 W rides out the tens of watts of noise in a PDU's and the BMCs' readings (a released
     # server's share follows its own power reading: with 10 W of reading noise, 25 W still let
     # about one cap in seven through each step in the scale benchmark).
@@ -501,6 +516,12 @@ class RackConfig:
             )
         if not mpc and self.mpc_model is not None:
             problems.append(("mpc_model", 'only used with controller = "mpc"'))
+        for device in self.devices.values():  # a server's branches name SNMP PDUs of the rack
+            for ref in getattr(device, "branches", ()):
+                pdu, _, index = ref.partition("/")
+                if not isinstance(self.devices.get(pdu), SnmpDeviceConfig) or not index:
+                    message = f"{ref!r} is not PDU/N with PDU an snmp device of this rack"
+                    problems.append((f"devices.{device.id}.branches", message))
         if mpc and not any(
             loop.actuator.point == "pump_speed_command" for loop in self.loops.values()
         ):

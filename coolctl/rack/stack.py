@@ -22,6 +22,7 @@ from coolctl.control.thermalcap import (
     ThermalCapLoop,
 )
 from coolctl.model import Command, Event, PointId, Severity, Snapshot
+from coolctl.rack.circuits import rack_circuits
 from coolctl.rack.safety import DeviceFacts, rack_power_point, server_caps, supervisor_config
 
 
@@ -214,6 +215,7 @@ def allocator(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> PowerCa
             overhead_w=config.power.overhead_w,
             release_rate_w_per_s=config.power.release_rate_w_per_s,
             cap_deadband_w=config.power.cap_deadband_w,
+            circuits=rack_circuits(config),
         )
     )
 
