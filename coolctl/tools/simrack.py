@@ -72,6 +72,7 @@ def _sim_devices(rack: RackConfig, port: int | None) -> Iterable[SimDeviceSpec]:
                 kind="pdu",
                 protocol="snmp",
                 register_map=device.profile,
+                share=0.5 if device.feed is not None else 1.0,  # two feeds share each server
                 host=device.address,
                 port=device.port if port is None else port,
             )
