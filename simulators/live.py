@@ -35,7 +35,8 @@ from coolctl.simulators.fault_book import FaultBook
 from coolctl.simulators.modbus_server import ModbusDeviceServer
 from coolctl.simulators.mqtt_sensors import DEFAULT_PREFIX, MqttSensorPublisher, parse_broker
 from coolctl.simulators.plant import PlantParams, RackPlant
-from coolctl.simulators.redfish_devices import build_device
+from coolctl.simulators.redfish_devices import build_device, build_power_shelf_service
+from coolctl.simulators.redfish_power_shelf import PowerShelves
 from coolctl.simulators.redfish_server import RedfishDeviceServer
 from coolctl.simulators.sensors import DeviceSensors, PointSensor
 from coolctl.simulators.snmp_agent import SimulatedPdu, SnmpPduAgent
@@ -92,6 +93,7 @@ class SimDeviceSpec:
     community: str = "public"  # snmp: the v2c community the simulated PDU answers
     outlets: int = 48  # snmp: outlets of the simulated PDU (outlet k feeds server k-1)
     share: float = 1.0  # snmp: the fraction of each server's power on this PDU's feed
+    power_shelves: int = 0  # redfish pdu: serve this many power shelves instead of a rack PDU
 
     def __post_init__(self) -> None:
         choices = PROTOCOL_CHOICES.get(self.kind)
@@ -354,6 +356,7 @@ class LiveSimulation:
         self.publishers: dict[tuple[str, str], MqttSensorPublisher] = {}
         self.redfish: dict[tuple[str, str], RedfishDeviceServer] = {}
         self.snmp: dict[tuple[str, str], SnmpPduAgent] = {}
+        self.power_shelves: dict[tuple[str, str], PowerShelves] = {}
         self.points: dict[tuple[str, str], PointSource] = {}
         self.tls: TlsMaterial | None = None
         self._ssl: ssl.SSLContext | None = None
@@ -425,6 +428,25 @@ class LiveSimulation:
         self, rack: str, device: SimDeviceSpec, source: PointSource, plant: RackPlant
     ) -> RedfishDeviceServer:
         tls, context = self._tls_material()
+        if device.power_shelves > 0:
+            service, shelves = build_power_shelf_service(
+                source,
+                plant,
+                name=f"{rack}/{device.device}",
+                username=device.username,
+                password=device.password or secrets.token_urlsafe(12),
+                shelves=device.power_shelves,
+                sensing_interval_s=self.step_s,
+            )
+            self.power_shelves[(rack, device.device)] = shelves
+            return RedfishDeviceServer(
+                service,
+                ssl_context=context,
+                certificate_file=tls.server_cert,
+                host=device.host,
+                port=device.port,
+                require_if_match=device.require_if_match,
+            )
         service = build_device(
             device.kind,
             source,

@@ -22,6 +22,7 @@ from coolctl.cli.probe_redfish import probe_redfish
 from coolctl.drivers.redfish import RedfishDevice, RedfishSettings, RedfishTransport
 from coolctl.drivers.redfish_points import list_resources
 from coolctl.model import Quality, Reading
+from coolctl.simulators.live import LiveSimulation, SimDeviceSpec, SimRackSpec
 
 pytestmark = pytest.mark.asyncio
 
@@ -110,3 +111,35 @@ async def test_probe_redfish_reads_a_power_shelf_service(
     assert status == 0, err
     assert "has no chassis, CDU or PDU" not in err
     assert '"device": "Shelves"' in out and '"point": "output_power"' in out
+
+
+async def test_the_simulated_shelves_read_as_the_rack_and_show_their_faults(
+    tmp_path: Path,
+) -> None:
+    """The simulator's shelves carry the plant's rack power; a lost PSU and a shelf on battery
+    show as psu_ok 0 and bbu_discharging 1, the shelf on battery drawing nothing from mains."""
+    spec = SimDeviceSpec(
+        "shelves", "pdu", protocol="redfish", power_shelves=2, password="shelf-pass-1"
+    )
+    simulation = LiveSimulation([SimRackSpec("r01", [spec], load=0.7)], tls_dir=tmp_path)
+    async with simulation:
+        service = simulation.service("r01", "shelves")
+        settings = RedfishSettings(
+            service.url, username="admin", password="shelf-pass-1", ca_file=Path(service.ca)
+        )
+        async with RedfishDevice(
+            rack="r01", device="shelves", kind="pdu", settings=settings
+        ) as dev:
+            await dev.poll()
+            before = {r.point.name: r.value for r in await dev.poll()}
+            rack_w = simulation.plants["r01"].pdu_readings()["power"]
+            assert before["output_power"] == pytest.approx(rack_w, rel=0.05)
+            assert before["power"] == pytest.approx(rack_w / 0.975, rel=0.05)
+            assert before["psu_ok"] == 1.0 and before["bbu_discharging"] == 0.0
+            shelves = simulation.power_shelves[("r01", "shelves")]
+            shelves.fail_psu(1, 2)
+            shelves.start_discharge(2)
+            after = {r.point.name: r.value for r in await dev.poll()}
+    assert after["psu_ok"] == 0.0 and after["bbu_discharging"] == 1.0
+    assert after["power"] == pytest.approx(before["power"] / 2, rel=0.1)  # shelf 2 on battery
+    assert after["output_power"] == pytest.approx(before["output_power"], rel=0.1)
