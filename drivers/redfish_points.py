@@ -425,6 +425,10 @@ POINT_SOURCES: Final[Mapping[Kind, Mapping[str, tuple[Source, ...]]]] = {
     },
 }
 
+# Points only some devices of a kind have (a power shelf's, not a rack PDU's): a device that
+# has none of their sources does not report them at all, rather than as missing.
+OPTIONAL_POINTS: Final = frozenset({"output_power", "psu_ok", "bbu_charge", "bbu_discharging"})
+
 # Status.State values of a member that is not there or not working on purpose: skipped.
 NOT_IN_USE: Final = frozenset({"Absent", "Disabled", "StandbyOffline", "StandbySpare"})
 # ... and of one whose value may be null without that being a fault.
