@@ -42,7 +42,7 @@ from pysnmp.hlapi.v3arch.asyncio import (
     get_cmd,
 )
 from pysnmp.hlapi.v3arch.asyncio import auth as snmp_auth
-from pysnmp.proto import rfc1902, rfc1905
+from pysnmp.proto import errind, rfc1902, rfc1905
 
 from coolctl.model import PointId, Quality, Reading, indexed_point
 
@@ -170,6 +170,7 @@ class SnmpDevice:
         timeout_s: float = 1.0,
         retries: int = 0,
         rediscover_s: float = 300.0,
+        rediscover_min_s: float = 10.0,
     ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, not {timeout_s}")
@@ -181,6 +182,9 @@ class SnmpDevice:
         self.timeout_s = timeout_s
         self.retries = retries
         self.rediscover_s = rediscover_s
+        # a vanished row triggers a walk, but not more often than this: an agent whose walks
+        # list an OID its GETs deny would otherwise be walked on every poll
+        self.rediscover_min_s = rediscover_min_s
         self.stats = SnmpStats()
         self.labels: dict[str, str] = {}  # point (with index) -> the row's name on the PDU
         self._auth = auth_data(credentials)
@@ -188,7 +192,8 @@ class SnmpDevice:
         self._target: UdpTransportTarget | None = None
         self._cells: tuple[Cell, ...] = ()
         self._expected: tuple[str, ...] = tuple(p.name for p in profile.points)
-        self._discovered_at = -math.inf
+        self._discovered_at = -math.inf  # when the tables were last walked
+        self._next_discovery_at = -math.inf
         self._lock = asyncio.Lock()
         self._last_good: dict[str, tuple[float, float]] = {}
         self._label = f"{rack}/{device} ({host}:{port} snmp)"
@@ -218,13 +223,14 @@ class SnmpDevice:
             outcome = _Outcome()
             try:
                 await self._connect()
-                if started - self._discovered_at >= self.rediscover_s:
+                if started >= self._next_discovery_at:
                     await self._discover()
                 await self._read_cells(outcome)
             except _RequestFailed as failure:
                 outcome.failures.append((failure.kind, failure.detail))
-            if outcome.rediscover:
-                self._discovered_at = -math.inf  # walk again next poll
+            if outcome.rediscover:  # walk again soon
+                soon = self._discovered_at + self.rediscover_min_s
+                self._next_discovery_at = min(self._next_discovery_at, soon)
             done = time.monotonic()
             readings = [
                 outcome.readings.get(name) or self._unread(name, done) for name in self._expected
@@ -269,6 +275,7 @@ class SnmpDevice:
         self.labels = labels
         self._expected = tuple(cell.point for cell in cells)
         self._discovered_at = time.monotonic()
+        self._next_discovery_at = self._discovered_at + self.rediscover_s
         self.stats.discoveries += 1
         self.stats.rows = rows_total
 
@@ -460,7 +467,7 @@ _ABSENT: Final = object()
 
 def _failure_of(error_indication: object) -> _RequestFailed:
     text = str(error_indication)
-    if "timeout" in text.lower() or "no snmp response" in text.lower():
+    if isinstance(error_indication, errind.RequestTimedOut):
         return _RequestFailed(FailureKind.TIMEOUT, text)
     return _RequestFailed(FailureKind.PROTOCOL, text)
 

@@ -50,6 +50,7 @@ def pdu_for(port: int, timeout_s: float = 0.3) -> SnmpDevice:
         profile=load_snmp_profile("apc-rpdu2"),
         credentials=PUBLIC,
         timeout_s=timeout_s,
+        rediscover_min_s=0.0,
     )
 
 
@@ -249,3 +250,24 @@ def _profile(text: str) -> None:
 def test_broken_profiles_name_the_key(text: str, problem: str) -> None:
     with pytest.raises(ProfileError, match=problem):
         _profile(text)
+
+
+@pytest.mark.asyncio
+async def test_vanished_rows_are_not_walked_for_on_every_poll(agent: SnmpPduAgent) -> None:
+    """An agent whose GETs deny what its walks list would cost a walk per poll: walks for
+    vanished rows wait rediscover_min_s after the last one."""
+    pdu = SnmpDevice(
+        rack="r01",
+        device="pdu",
+        host="127.0.0.1",
+        port=agent.port,
+        profile=load_snmp_profile("apc-rpdu2"),
+        credentials=PUBLIC,
+        rediscover_min_s=3600.0,
+    )
+    await pdu.poll()
+    agent.faults.missing.add(parse_oid("1.3.6.1.4.1.318.1.1.26.9.4.3.1.7.8"))
+    for _ in range(3):
+        assert qualities(await pdu.poll())["outlet_power.8"] is Quality.BAD
+    assert pdu.stats.discoveries == 1
+    await pdu.close()
