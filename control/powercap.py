@@ -181,6 +181,9 @@ class AllocatorConfig:
     cap_deadband_w: float = 0.0
     # Branch circuits and feeds whose limits the caps must fit (see `fit_circuits`).
     circuits: tuple[Circuit, ...] = ()
+    # The power sources' alarm points (`psu_ok`, `bbu_discharging` of PDUs and power shelves):
+    # each change is an event, so that a lost PSU or a rack on battery is on the record.
+    source_alarms: tuple[PointId, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.servers:
@@ -457,6 +460,7 @@ class PowerCapAllocator:
         self._floors = [server.min_cap_w for server in config.servers]
         self._min_sum_w = math.fsum(self._floors)
         self._ratings_a: dict[str, float] = {}  # circuit -> last good rating read from a PDU
+        self._alarmed: dict[PointId, bool] = {}  # source alarm point -> in trouble when last read
 
     @property
     def inputs(self) -> list[PointId]:
@@ -485,6 +489,7 @@ class PowerCapAllocator:
         failsafe, which lowers every cap)."""
         if budget_w is not None and not math.isfinite(budget_w):
             raise ValueError(f"{self.config.rack}: power budget {budget_w!r} is not finite")
+        self._note_sources(snapshot, now)
         servers = self.config.servers
         dt = None if self._last_now is None else max(0.0, now - self._last_now)
         self._last_now = now
@@ -674,6 +679,24 @@ class PowerCapAllocator:
         self._budget_seen, self._budget_w = True, budget_w
         self.events.append(self._event("power_budget", Severity.INFO, message, now))
 
+    def _note_sources(self, snapshot: Snapshot, now: float) -> None:
+        """An event when a power source's alarm point changes (first reading: only if set)."""
+        for point in self.config.source_alarms:
+            value = snapshot.value(point)
+            known = _SOURCE_ALARMS.get(point.name)
+            if value is None or known is None:
+                continue
+            trouble, kind, severity, cleared = known
+            alarmed = value == trouble
+            before = self._alarmed.get(point)
+            self._alarmed[point] = alarmed
+            if alarmed and before is not True:
+                message = f"{point.device}: {kind.replace('_', ' ')} ({point} = {value:g})"
+                self.events.append(self._event(kind, severity, message, now))
+            elif not alarmed and before is True:
+                message = f"{point.device}: {cleared.replace('_', ' ')} ({point} = {value:g})"
+                self.events.append(self._event(cleared, Severity.INFO, message, now))
+
     def _note_feasibility(self, feasible: bool, reason: str, now: float) -> None:
         if feasible == self._feasible:
             return
@@ -722,6 +745,15 @@ class PowerCapAllocator:
             more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
             reason += f"; power {shown}{more}: held at the cap in force"
         return reason
+
+
+# point name -> (value that means trouble, event kind, severity, event kind when it clears)
+_SOURCE_ALARMS: Mapping[str, tuple[float, str, Severity, str]] = MappingProxyType(
+    {
+        "psu_ok": (0.0, "psu_lost", Severity.WARNING, "psu_restored"),
+        "bbu_discharging": (1.0, "bbu_discharging", Severity.CRITICAL, "bbu_discharge_ended"),
+    }
+)
 
 
 def _watts(snapshot: Snapshot, point: PointId) -> float | None:

@@ -217,3 +217,23 @@ def test_a_branch_on_something_else_than_an_snmp_pdu_is_refused(tmp_path: Path) 
     text = CONFIG.format(secret=tmp_path / "c") + server_table("s0", '["cdu/1"]')
     with pytest.raises(ConfigError, match="branches"):
         parse_config(tomllib.loads(text))
+
+
+def test_a_lost_psu_and_a_discharging_bbu_are_events() -> None:
+    psu = PointId(RACK, "shelves", "psu_ok")
+    bbu = PointId(RACK, "shelves", "bbu_discharging")
+    allocator = PowerCapAllocator(AllocatorConfig(RACK, SERVERS, source_alarms=(psu, bbu)))
+
+    def step(now: float, psu_ok: float, discharging: float) -> list[str]:
+        readings = [
+            Reading(psu, psu_ok, now, Quality.GOOD),
+            Reading(bbu, discharging, now, Quality.GOOD),
+        ]
+        allocator.step(snap(now, {s.name: 2000.0 for s in SERVERS}, readings), now, 50_000.0)
+        return [e.kind for e in allocator.drain_events() if e.kind != "power_budget"]
+
+    assert step(0.0, 1.0, 0.0) == []  # all well from the start: nothing to say
+    assert step(1.0, 0.0, 0.0) == ["psu_lost"]
+    assert step(2.0, 0.0, 1.0) == ["bbu_discharging"]
+    assert step(3.0, 0.0, 1.0) == []  # once per change
+    assert step(4.0, 1.0, 0.0) == ["psu_restored", "bbu_discharge_ended"]

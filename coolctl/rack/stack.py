@@ -216,6 +216,12 @@ def allocator(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> PowerCa
             release_rate_w_per_s=config.power.release_rate_w_per_s,
             cap_deadband_w=config.power.cap_deadband_w,
             circuits=rack_circuits(config),
+            source_alarms=tuple(
+                PointId(rack, device, name)
+                for device, facts in devices.items()
+                if facts.kind == "pdu"
+                for name in ("psu_ok", "bbu_discharging")
+            ),
         )
     )
 
