@@ -501,5 +501,6 @@ _NON_NEGATIVE: Final = frozenset({"watts", "joules", "amperes", "volts", "ratio"
 
 
 def _text(value: univ.OctetString) -> str:
-    raw = bytes(value)
-    return raw.decode("utf-8", "replace").strip()[:64]
+    """A row's name as the PDU gives it, fit for a log line or JSON: printable, 64 at most."""
+    text = bytes(value).decode("utf-8", "replace")
+    return "".join(c if c.isprintable() else "?" for c in text).strip()[:64]

@@ -271,3 +271,11 @@ async def test_vanished_rows_are_not_walked_for_on_every_poll(agent: SnmpPduAgen
         assert qualities(await pdu.poll())["outlet_power.8"] is Quality.BAD
     assert pdu.stats.discoveries == 1
     await pdu.close()
+
+
+def test_row_labels_are_printable_and_short() -> None:
+    from coolctl.drivers.snmp import _text
+
+    assert _text(rfc1902.OctetString(b"Outlet\x1b[31m 7\n" + b"x" * 100)) == (
+        "Outlet?[31m 7?" + "x" * 50
+    )
