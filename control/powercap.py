@@ -171,6 +171,9 @@ class AllocatorConfig:
     margin_w: float = 0.0  # the caps' sum stays under budget - margin
     # The rack PDU's power, to measure pump and overhead as rack power - Σ server power.
     non_server_power: PointId | None = None
+    # Further meters whose power adds to it: a rack fed by two PDUs (feeds A and B) or by
+    # several power shelves draws their sum. If any reads no good value, the sum is unknown.
+    more_rack_power: tuple[PointId, ...] = ()
     overhead_w: float = 0.0  # non-server load without a PDU, and its floor with one
     # A server whose measured power is within this fraction of its cap counts as wanting more.
     demand_headroom_ratio: float = 0.1
@@ -466,6 +469,7 @@ class PowerCapAllocator:
     def inputs(self) -> list[PointId]:
         """The points a step reads."""
         extra = [self.config.non_server_power] if self.config.non_server_power else []
+        extra += self.config.more_rack_power
         extra += [c.rating for c in self.config.circuits if c.rating is not None]
         return [p for server in self.config.servers for p in (server.power, server.limit)] + extra
 
@@ -597,8 +601,14 @@ class PowerCapAllocator:
         point = self.config.non_server_power
         if point is None:
             return _NonServer(self.config.overhead_w, f"overhead {self.config.overhead_w:.0f} W")
-        rack = _watts(snapshot, point)
+        meters = [_watts(snapshot, meter) for meter in (point, *self.config.more_rack_power)]
+        rack = None if any(m is None for m in meters) else math.fsum(m or 0.0 for m in meters)
         if rack is None:
+            point = next(
+                meter
+                for meter, m in zip((point, *self.config.more_rack_power), meters, strict=True)
+                if m is None
+            )
             if self._non_server_w is not None:
                 held = self._non_server_w
                 return _NonServer(held, f"non-server {held:.0f} W held: {point} not good")

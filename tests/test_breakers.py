@@ -237,3 +237,29 @@ def test_a_lost_psu_and_a_discharging_bbu_are_events() -> None:
     assert step(2.0, 0.0, 1.0) == ["bbu_discharging"]
     assert step(3.0, 0.0, 1.0) == []  # once per change
     assert step(4.0, 1.0, 0.0) == ["psu_restored", "bbu_discharge_ended"]
+
+
+def test_two_feeds_meter_the_rack_together() -> None:
+    """A rack on two PDUs draws their sum: the load no cap governs is that sum less the
+    servers, and a feed whose PDU reads nothing leaves the last figure held."""
+    feed_a, feed_b = PointId(RACK, "pdua", "power"), PointId(RACK, "pdub", "power")
+    config = AllocatorConfig(
+        RACK, SERVERS, non_server_power=feed_a, more_rack_power=(feed_b,), overhead_w=100.0
+    )
+    allocator = PowerCapAllocator(config)
+    servers = {s.name: 2000.0 for s in SERVERS}  # 8 kW of servers
+    meters = [
+        Reading(feed_a, 4500.0, 0.0, Quality.GOOD),
+        Reading(feed_b, 4500.0, 0.0, Quality.GOOD),
+    ]
+    allocator.step(snap(0.0, servers, meters), 0.0, budget_w=9000.0)
+    allocation = allocator.allocation
+    assert allocation is not None and allocation.available_w == pytest.approx(9000.0 - 1000.0)
+    stale = [
+        Reading(feed_a, 4500.0, 1.0, Quality.GOOD),
+        Reading(feed_b, 4500.0, 1.0, Quality.STALE),
+    ]
+    allocator.step(snap(1.0, servers, stale), 1.0, budget_w=9000.0)
+    assert allocator.allocation is not None
+    assert allocator.allocation.available_w == pytest.approx(8000.0)  # held
+    assert "pdub/power not good" in allocator.allocation.reason

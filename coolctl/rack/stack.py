@@ -193,7 +193,8 @@ def allocator(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> PowerCa
     servers = server_caps(config)
     if not servers:
         return None
-    pdu = next((device for device, h in devices.items() if h.kind == "pdu"), None)
+    pdus = [device for device, h in devices.items() if h.kind == "pdu"]
+    pdu = pdus[0] if pdus else None
     rack = config.id
     return PowerCapAllocator(
         AllocatorConfig(
@@ -212,6 +213,7 @@ def allocator(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> PowerCa
             ),
             margin_w=config.power.margin_w,
             non_server_power=PointId(rack, pdu, "power") if pdu is not None else None,
+            more_rack_power=tuple(PointId(rack, other, "power") for other in pdus[1:]),
             overhead_w=config.power.overhead_w,
             release_rate_w_per_s=config.power.release_rate_w_per_s,
             cap_deadband_w=config.power.cap_deadband_w,
