@@ -23,7 +23,7 @@ from coolctl.control.thermalcap import (
 )
 from coolctl.model import Command, Event, PointId, Severity, Snapshot
 from coolctl.rack.circuits import rack_circuits
-from coolctl.rack.safety import DeviceFacts, rack_power_point, server_caps, supervisor_config
+from coolctl.rack.safety import DeviceFacts, server_caps, supervisor_config
 
 
 class AutoController(Protocol):
@@ -128,10 +128,13 @@ def build_pid_control(config: RackConfig, devices: Mapping[str, DeviceFacts]) ->
 
 
 def it_power_points(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> tuple[PointId, ...]:
-    """What measures the rack's power: its PDU, else the sum of its servers' own readings."""
-    pdu = rack_power_point(config, devices)
-    if pdu is not None:
-        return (pdu,)
+    """What measures the rack's power: its PDUs (summed: one per feed, or several power
+    shelves), else the sum of its servers' own readings."""
+    pdus = tuple(
+        PointId(config.id, name, "power") for name, f in devices.items() if f.kind == "pdu"
+    )
+    if pdus:
+        return pdus
     return tuple(PointId(config.id, device.id, "power") for device in server_caps(config))
 
 
