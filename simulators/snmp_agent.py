@@ -62,6 +62,7 @@ class _Cell:
 @dataclass(slots=True)
 class SnmpAgentFaults:
     silent: bool = False
+    delay_s: float = 0.0  # every request is answered this late
     wrong_type: bool = False
     lie_oids: bool = False  # answers name OIDs other than those asked for
     lie_values: bool = False  # power readings come negative
@@ -199,7 +200,12 @@ class _Transport(udp.UdpAsyncioTransport):  # type: ignore[misc]
     agent: SnmpPduAgent | None = None
 
     def datagram_received(self, datagram: bytes, transportAddress: Any) -> None:
-        if self.agent is not None and self.agent.faults.silent:
+        faults = self.agent.faults if self.agent is not None else SnmpAgentFaults()
+        if faults.silent:
+            return
+        if faults.delay_s > 0:
+            handle = super().datagram_received
+            self.loop.call_later(faults.delay_s, handle, datagram, transportAddress)
             return
         super().datagram_received(datagram, transportAddress)
 
@@ -294,6 +300,22 @@ class SnmpPduAgent:
         if raw < 0:
             return rfc1902.Integer32(max(raw, -(2**31)))
         return rfc1902.Gauge32(min(raw, 2**32 - 1))
+
+    # ---- faults, as the simulation's fault injection names them (simulators/faults.py)
+
+    def set_offline(self, offline: bool) -> None:
+        """Link loss: requests go unanswered (the client times out)."""
+        self.faults.silent = offline
+
+    def set_response_delay(self, seconds: float) -> None:
+        self.faults.delay_s = max(0.0, seconds)
+
+    def fail_reads(self, point: str | None) -> None:
+        """Every OID of `point` (a canonical name: all its rows) answers noSuchInstance;
+        None: every OID answers again."""
+        self.faults.missing = (
+            set() if point is None else {o for o, c in self._cells.items() if c.point == point}
+        )
 
     # ---- serving
 

@@ -279,3 +279,29 @@ def test_row_labels_are_printable_and_short() -> None:
     assert _text(rfc1902.OctetString(b"Outlet\x1b[31m 7\n" + b"x" * 100)) == (
         "Outlet?[31m 7?" + "x" * 50
     )
+
+
+@pytest.mark.asyncio
+async def test_the_simulations_fault_injection_reaches_an_snmp_pdu() -> None:
+    """link_loss, response_delay and read_fail, as `coolctl sim inject` sends them, act on a
+    simulated SNMP PDU as on a Modbus one; clear puts it right."""
+    from coolctl.simulators.faults import apply_fault
+    from coolctl.simulators.live import LiveSimulation, SimDeviceSpec, SimRackSpec
+
+    spec = SimDeviceSpec("pdu1", "pdu", protocol="snmp", register_map="apc-rpdu2", outlets=8)
+    async with LiveSimulation([SimRackSpec("r01", [spec])]) as simulation:
+        pdu = pdu_for(int(simulation.service("r01", "pdu1").address.rsplit(":", 1)[1]))
+        assert all(r.usable for r in await pdu.poll())
+        apply_fault(simulation, "read_fail", rack="r01", device="pdu1", point="outlet_power")
+        read = qualities(await pdu.poll())
+        assert read["outlet_power.3"] is Quality.BAD and read["power"] is Quality.GOOD
+        apply_fault(simulation, "link_loss", rack="r01", device="pdu1")
+        assert {r.quality for r in await pdu.poll()} == {Quality.STALE}
+        apply_fault(simulation, "clear", rack="r01")
+        pdu.rediscover_min_s = 0.0
+        await pdu.poll()  # walks again: outlet_power reappeared
+        assert all(r.usable for r in await pdu.poll())
+        apply_fault(simulation, "response_delay", rack="r01", device="pdu1", value=1.0)
+        assert {r.quality for r in await pdu.poll()} == {Quality.STALE}  # 0.3 s timeout
+        assert pdu.stats.errors_by_kind[FailureKind.TIMEOUT] == 2
+        await pdu.close()
