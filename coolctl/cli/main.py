@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="publish the MQTT sensors there (default: the config's [mqtt] broker)",
     )
+    serve.add_argument(
+        "--power-shelves",
+        type=int,
+        default=0,
+        metavar="N",
+        help="serve each Redfish PDU of the config as N power shelves (OCP ORv3) instead",
+    )
     inject = sim_commands.add_parser(
         "inject", help="inject a fault into a running simulation (demo or sim serve)"
     )
@@ -211,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
                     args.load,
                     args.duration,
                     args.mqtt_broker,
+                    args.power_shelves,
                 )
             )
     except KeyboardInterrupt:

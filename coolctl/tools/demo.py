@@ -105,6 +105,7 @@ async def serve_simulation(
     load: float,
     duration_s: float | None,
     mqtt_broker: str | None = None,
+    power_shelves: int = 0,
 ) -> ExitCode:
     """Serve the simulated devices of a config and print one line per service."""
     config = _load(config_path)
@@ -119,7 +120,7 @@ async def serve_simulation(
                 mqtt_broker = f"{config.mqtt.host}:{config.mqtt.port}"
             config, broker = await _broker(config, mqtt_broker, stack)
             simulation = LiveSimulation(
-                sim_specs(config, port=port, load=load),
+                sim_specs(config, port=port, load=load, power_shelves=power_shelves),
                 time_scale=time_scale,
                 mqtt_broker=broker,
                 control=endpoint(port=0),

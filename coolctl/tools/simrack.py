@@ -37,21 +37,25 @@ def sim_specs(
     port: int | None = None,
     load: float = 0.6,
     plant: Mapping[str, Any] | None = None,
+    power_shelves: int = 0,
 ) -> list[SimRackSpec]:
     """A simulated rack per configured rack, with a device for every simulatable profile.
 
     `port=0` lets each simulated device pick a free port; None keeps the configured ports.
-    `plant` overrides plant parameters (PlantParams names) for every rack.
+    `plant` overrides plant parameters (PlantParams names) for every rack. `power_shelves` > 0
+    serves each Redfish PDU as that many power shelves.
     """
     specs = []
     for rack in config.racks.values():
-        devices = list(_sim_devices(rack, port))
+        devices = list(_sim_devices(rack, port, power_shelves))
         if devices:
             specs.append(SimRackSpec(rack.id, devices, plant=dict(plant or {}), load=load))
     return specs
 
 
-def _sim_devices(rack: RackConfig, port: int | None) -> Iterable[SimDeviceSpec]:
+def _sim_devices(
+    rack: RackConfig, port: int | None, power_shelves: int = 0
+) -> Iterable[SimDeviceSpec]:
     servers = 0  # a rack's BMCs stand for plant servers 0, 1, 2, … in config order
     for device in rack.devices.values():
         if isinstance(device, RedfishDeviceConfig):
@@ -63,6 +67,7 @@ def _sim_devices(rack: RackConfig, port: int | None) -> Iterable[SimDeviceSpec]:
                 server=servers if kind == DeviceKind.SERVER else 0,
                 username=device.username or "admin",
                 port=0 if port is not None else _url_port(device.url),
+                power_shelves=power_shelves if kind == DeviceKind.PDU else 0,
             )
             servers += kind == DeviceKind.SERVER
             continue
