@@ -965,7 +965,7 @@ class ModbusRtuBus:
                 await self._refresher
             self._refresher = None
         if self._server is not None:
-            await self._server.shutdown()
+            await self._server.shutdown()  # type: ignore[no-untyped-call]
             self._server = None
             await _loop_turns(2)
 
