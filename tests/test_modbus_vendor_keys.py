@@ -176,7 +176,12 @@ type = "uint16"
 writable = true
 write_function = 16
 unit = "state"
-states = { "0x0001" = "manual", "0x0002" = "auto_flow", "0x0004" = "auto_flow_temperature", "0x8000" = "stopped" }
+
+[point.states]
+"0x0001" = "manual"
+"0x0002" = "auto_flow"
+"0x0004" = "auto_flow_temperature"
+"0x8000" = "stopped"
 
 [[point]]
 name = "supply_temperature_setpoint"
