@@ -128,6 +128,8 @@ class ModbusDevice:
         self.stats = DeviceStats()
         self.blocks: tuple[ReadBlock, ...] = tuple(plan_reads(profile))
         self.last_raw: dict[str, list[int]] = {}  # point -> its registers (or bit) as last read
+        self.problems: dict[str, str] = {}  # point -> why the last poll did not read it good
+        self.last_failures: list[Failure] = []  # what went wrong in the last poll
         self._lock = asyncio.Lock()
         self._last_good: dict[str, tuple[float, float]] = {}  # point -> (value, ts)
         self._label = f"{rack}/{device} ({link.label} unit {unit_id})"
@@ -163,6 +165,7 @@ class ModbusDevice:
         """
         async with self._lock:
             started = time.monotonic()
+            self.problems = {}
             outcome = await self._poll_blocks()
             done = time.monotonic()
             readings = [
@@ -188,6 +191,8 @@ class ModbusDevice:
                 outcome.failures.append(failure)
                 if failure.kind in LINK_FAILURES:
                     break  # the device is not answering: do not wait out every block
+                for point in block.points:
+                    self.problems[point.name] = failure.detail
                 outcome.readings.update(self._bad(block, time.monotonic()))
                 if not self.link.connected:  # an undecodable frame cost the connection
                     break
@@ -221,6 +226,7 @@ class ModbusDevice:
             words = raw[offset : offset + point.register_count]
             self.last_raw[point.name] = list(words)
             if is_missing(point, words):
+                self.problems[point.name] = "no sensor: " + " ".join(f"0x{w:04X}" for w in words)
                 self.stats.count(SENSOR_MISSING)
                 self._last_good.pop(point.name, None)  # no stale value of an absent sensor
                 outcome.readings[point.name] = self._reading(point, None, now, Quality.MISSING)
@@ -229,6 +235,7 @@ class ModbusDevice:
                 value = decode(point, words)
             except ValueError as exc:
                 outcome.failures.append(Failure(FailureKind.GARBLED, str(exc)))
+                self.problems[point.name] = str(exc)
                 outcome.readings[point.name] = self._reading(point, None, now, Quality.BAD)
                 continue
             self._last_good[point.name] = (value, now)
@@ -252,6 +259,7 @@ class ModbusDevice:
 
     def _account_poll(self, outcome: _PollOutcome, started: float, done: float) -> None:
         stats = self.stats
+        self.last_failures = list(outcome.failures)
         stats.connected = self.link.connected
         stats.connect_attempts = self.link.connect_attempts
         for failure in outcome.failures:

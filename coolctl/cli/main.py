@@ -68,12 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     probe = commands.add_parser("probe", help="read a device once through a profile")
     probe_kinds = probe.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
-    modbus = probe_kinds.add_parser("modbus", help="a Modbus TCP device")
-    modbus.add_argument("target", metavar="HOST:PORT")
+    modbus = probe_kinds.add_parser("modbus", help="a Modbus device (TCP, or RTU on a serial port)")
+    modbus.add_argument("target", metavar="HOST:PORT|/dev/ttyX")
     modbus.add_argument("--profile", required=True, metavar="NAME_OR_FILE")
     modbus.add_argument("--unit", type=int, default=1, metavar="N", help="unit/device id")
     modbus.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS")
     modbus.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    modbus.add_argument("--raw", action="store_true", help="show each point's raw registers")
+    modbus.add_argument("--baudrate", type=int, default=19200, help="RTU (default 19200)")
+    modbus.add_argument("--parity", choices=("N", "E", "O"), default="E", help="RTU (default E)")
+    modbus.add_argument("--stopbits", type=int, choices=(1, 2), default=1, help="RTU")
     redfish = probe_kinds.add_parser(
         "redfish", help="a Redfish service: every point coolctl finds there"
     )
@@ -170,10 +174,13 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
                 )
             )
         if args.command == "probe":
-            from coolctl.cli.probe_modbus import probe_modbus
+            from coolctl.cli.probe_modbus import BusOptions, probe_modbus
 
+            bus = BusOptions(args.baudrate, args.parity, args.stopbits)
             return asyncio.run(
-                probe_modbus(args.target, args.profile, args.unit, args.timeout, args.json)
+                probe_modbus(
+                    args.target, args.profile, args.unit, args.timeout, args.json, args.raw, bus
+                )
             )
         if args.command == "sim":
             status = run_sim_command(args)
