@@ -87,7 +87,9 @@ async def probe_modbus(
 
     `target` is HOST:PORT (Modbus TCP) or a serial device path such as /dev/ttyUSB0 (RTU).
     """
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # its connect errors are ours now
+    # The probe reports what went wrong itself, once: no library or driver log lines
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    logging.getLogger("coolctl.drivers.modbus").setLevel(logging.ERROR)
     try:
         profile = load_profile(profile_name)
         link = _link(target, timeout_s, bus or BusOptions())
