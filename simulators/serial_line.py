@@ -4,8 +4,10 @@ whose master ends this module bridges, pacing the bytes at the line's baud rate.
 A pty alone ignores the baud rate (STACK.md: a 40-register read took 0.3 ms at "19,200 baud",
 whose wire time is ~51 ms), so timing figures and timeouts over it would mean nothing. Here a
 chunk of bytes reaches the other end only when its last character would have: one character is
-start + data + parity + stop bits at the configured rate, and the line is half-duplex (one
-direction at a time, as RS-485 is), so a reply waits for the request to be off the wire.
+start + data + parity + stop bits at the configured rate, plus the 3.5 characters of silence
+by which an RTU receiver knows a frame has ended (1.75 ms above 19,200 baud, as the standard
+fixes it); and the line is half-duplex (one direction at a time, as RS-485 is), so a reply waits
+for the request to be off the wire.
 
 The two ends are ordinary tty paths (`device_path` for the simulated devices, `client_path` for
 coolctl), opened with pyserial like a USB RS-485 adapter would be.
@@ -44,6 +46,11 @@ class VirtualSerialLine:
     @property
     def character_s(self) -> float:
         return self.bits_per_character / self.baudrate
+
+    @property
+    def frame_gap_s(self) -> float:
+        """The silence that ends an RTU frame."""
+        return 3.5 * self.character_s if self.baudrate <= 19200 else 0.00175
 
     def start(self) -> None:
         """Open both pty pairs and start carrying bytes."""
@@ -87,7 +94,7 @@ class VirtualSerialLine:
             return
         now = time.monotonic()
         start = max(now, self._line_free_at)
-        self._line_free_at = start + len(data) * self.character_s
+        self._line_free_at = start + len(data) * self.character_s + self.frame_gap_s
         handle = self._loop.call_later(self._line_free_at - now, self._deliver, target, data)
         self._pending.add(handle)
 
