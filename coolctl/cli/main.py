@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--status-every", type=float, default=3.0, metavar="SECONDS", help="status line period"
     )
     demo.add_argument(
+        "--modbus-rtu",
+        action="store_true",
+        help="read the Modbus devices over a simulated RS-485 bus (Modbus RTU) instead of TCP",
+    )
+    demo.add_argument(
         "--mqtt-broker",
         metavar="HOST:PORT",
         help="broker for the MQTT sensors (default: start a private mosquitto if installed)",
@@ -109,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--mqtt-broker",
         metavar="HOST:PORT",
         help="publish the MQTT sensors there (default: the config's [mqtt] broker)",
+    )
+    serve.add_argument(
+        "--modbus-rtu", action="store_true", help="serve the Modbus devices on a virtual RTU bus"
     )
     inject = sim_commands.add_parser(
         "inject", help="inject a fault into a running simulation (demo or sim serve)"
@@ -163,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
                     time_scale=args.time_scale,
                     status_every_s=args.status_every,
                     mqtt_broker=args.mqtt_broker,
+                    modbus_rtu=args.modbus_rtu,
                 )
             )
         if args.command == "probe" and args.protocol == "redfish":
@@ -211,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
                     args.load,
                     args.duration,
                     args.mqtt_broker,
+                    args.modbus_rtu,
                 )
             )
     except KeyboardInterrupt:
