@@ -11,7 +11,6 @@ from collections.abc import Iterator
 import pytest
 from conftest import COOLCTL, EXAMPLE
 
-
 SERVE_RTU = ("--modbus-rtu", "--mqtt-broker")
 
 
