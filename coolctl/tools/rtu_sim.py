@@ -19,7 +19,8 @@ from coolctl.simulators.modbus_server import ModbusRtuBus
 from coolctl.simulators.serial_line import VirtualSerialLine
 
 RTU_BAUD = 19200
-RTU_PARITY: Final[Literal["N"]] = "N"  # a pty refuses parity settings once configured; real buses often run 8N1 too
+# A pty refuses parity settings once configured; real buses often run 8N1 too.
+RTU_PARITY: Final[Literal["N"]] = "N"
 
 
 async def serve_over_rtu(simulation: LiveSimulation, stack: AsyncExitStack) -> list[Service]:
@@ -37,9 +38,8 @@ async def serve_over_rtu(simulation: LiveSimulation, stack: AsyncExitStack) -> l
         services.append(
             Service("modbus-rtu", line.client_path, rack, device, unit, str(spec.register_map))
         )
-    bus = ModbusRtuBus(
-        list(simulation.servers.values()), port=line.device_path, baudrate=RTU_BAUD, parity=RTU_PARITY
-    )
+    servers = list(simulation.servers.values())
+    bus = ModbusRtuBus(servers, port=line.device_path, baudrate=RTU_BAUD, parity=RTU_PARITY)
     await bus.start()
     stack.push_async_callback(bus.stop)
     return services
