@@ -44,6 +44,7 @@ __all__ = [
     "MappedPoint",
     "ModbusDeviceServer",
     "ModbusRtuBus",
+    "ModbusTcpGateway",
     "PointStore",
     "RegisterMap",
     "Unlock",
@@ -635,7 +636,7 @@ class _DeviceTcpServer(ModbusTcpServer):
     back online on the same port synchronously.
     """
 
-    def __init__(self, bank: _RegisterBank, sock: socket.socket) -> None:
+    def __init__(self, bank: _RegisterBank | _BusContext, sock: socket.socket) -> None:
         self.bank = bank
         self._listen_socket = sock
         placeholder = SimDevice(bank.unit_id, simdata=SimData(0))
@@ -882,6 +883,8 @@ class _BusContext(SimCore):
         self._banks = {bank.unit_id: bank for bank in banks}
         if len(self._banks) != len(banks):
             raise ValueError("two devices on one bus share a unit id")
+        self.unit_id = banks[0].unit_id  # what the TCP server's placeholder device needs
+        self.response_delay_s = 0.0
 
     def device_ids(self) -> list[int]:
         return list(self._banks)
@@ -979,3 +982,54 @@ class ModbusRtuBus:
                     LOG.exception(
                         "modbus RTU device %s: reading the point store failed", device.name
                     )
+
+
+class ModbusTcpGateway:
+    """Simulated devices behind one TCP address, as behind a Modbus gateway: each request goes
+    to the device of its unit id; a unit id nobody has is answered with exception 11 (gateway
+    target failed to respond), as gateways do."""
+
+    def __init__(
+        self,
+        devices: Sequence[ModbusDeviceServer],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        refresh_interval_s: float = 0.05,
+    ) -> None:
+        self.devices = list(devices)
+        self.host = host
+        self.port = port
+        self.refresh_interval_s = refresh_interval_s
+        self._context = _BusContext([device._bank for device in self.devices])
+        self._server: _DeviceTcpServer | None = None
+        self._refresher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        for device in self.devices:
+            device.refresh()
+        sock = _bind(self.host, self.port)
+        self.port = sock.getsockname()[1]
+        self._server = _DeviceTcpServer(self._context, sock)
+        await self._server.serve_forever(background=True)
+        self._refresher = asyncio.create_task(self._refresh_loop(), name="modbus gateway")
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
+        if self._server is not None:
+            self._server.stop_accepting()
+            await _loop_turns(2)
+            self._server.close()
+            self._server = None
+            await _loop_turns(2)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_interval_s)
+            for device in self.devices:
+                with contextlib.suppress(Exception):
+                    device.refresh()

@@ -1,6 +1,8 @@
-"""Modbus RTU end to end: coolctl's driver on one end of a virtual serial line (two pty pairs
+"""Shared Modbus links. Modbus RTU end to end: coolctl's driver on one end of a virtual
+serial line (two pty pairs
 bridged in Python, paced at the baud rate), simulated devices with several unit ids on the
-other, served by pymodbus's serial server through the simulator's own register banks.
+other, served by pymodbus's serial server through the simulator's own register banks. And
+several unit ids behind one simulated TCP gateway, on one connection.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from coolctl.drivers.modbus import ModbusDevice
 from coolctl.drivers.modbus_link import LinkPool, ModbusLink, SerialSettings
 from coolctl.drivers.modbus_profile import load_profile
 from coolctl.model import Quality
-from coolctl.simulators.modbus_server import ModbusDeviceServer, ModbusRtuBus
+from coolctl.simulators.modbus_server import ModbusDeviceServer, ModbusRtuBus, ModbusTcpGateway
 from coolctl.simulators.serial_line import VirtualSerialLine
 
 # A pty refuses parity settings once configured (termios EINVAL), so the virtual bus runs 8N1.
@@ -173,3 +175,32 @@ def test_serial_settings_know_their_wire_time() -> None:
     assert bus.bits_per_character == 11
     # 8 bytes of a read request at 11 bits a character, plus 3.5 characters of silence
     assert bus.wire_time_s(8) == pytest.approx((8 + 3.5) * 11 / 19200)
+
+
+@pytest.mark.asyncio
+async def test_units_behind_one_tcp_gateway_share_one_connection() -> None:
+    stores = {unit: cdu_store(30.0 + unit) for unit in (1, 2)}
+    gateway = ModbusTcpGateway(
+        [ModbusDeviceServer("sim-cdu", store, unit_id=unit) for unit, store in stores.items()]
+    )
+    await gateway.start()
+    pool = LinkPool()
+    link = pool.tcp("127.0.0.1", gateway.port, timeout_s=1.0)
+    assert pool.tcp("127.0.0.1", gateway.port, timeout_s=1.0) is link
+    profile = load_profile("sim-cdu")
+    devices = [
+        ModbusDevice(rack="r01", device=f"cdu{unit}", unit_id=unit, profile=profile, link=link)
+        for unit in (1, 2, 5)
+    ]
+    try:
+        first, second, absent = await asyncio.gather(*(device.poll() for device in devices))
+        assert first[0].value == pytest.approx(31.0) and second[0].value == pytest.approx(32.0)
+        assert all(r.quality is Quality.BAD for r in absent)
+        assert (
+            "gateway target device failed to respond (Modbus exception 11)"
+            in (devices[2].problems["supply_temperature"])
+        )
+        assert link.connected and link.connect_attempts == 1
+    finally:
+        pool.close()
+        await gateway.stop()
