@@ -1,8 +1,7 @@
 """Shared Modbus links. Modbus RTU end to end: coolctl's driver on one end of a virtual
-serial line (two pty pairs
-bridged in Python, paced at the baud rate), simulated devices with several unit ids on the
-other, served by pymodbus's serial server through the simulator's own register banks. And
-several unit ids behind one simulated TCP gateway, on one connection.
+serial line (two pty pairs bridged in Python, paced at the baud rate), simulated devices with
+several unit ids on the other, served by pymodbus's serial server through the simulator's own
+register banks. And several unit ids behind one simulated TCP gateway, on one connection.
 """
 
 from __future__ import annotations
