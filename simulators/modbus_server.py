@@ -878,8 +878,11 @@ class _BusContext(SimCore):
     nobody has raises NoSuchIdException, which the server answers with silence, as a bus
     does (ignore_missing_devices)."""
 
-    def __init__(self, banks: Sequence[_RegisterBank]) -> None:
+    def __init__(
+        self, banks: Sequence[_RegisterBank], offline: Callable[[int], bool] | None = None
+    ) -> None:
         self.devices = {}
+        self._offline = offline  # a device set offline (a fault) is silent on the bus too
         self._banks = {bank.unit_id: bank for bank in banks}
         if len(self._banks) != len(banks):
             raise ValueError("two devices on one bus share a unit id")
@@ -891,7 +894,7 @@ class _BusContext(SimCore):
 
     def _bank(self, device_id: int) -> _RegisterBank:
         bank = self._banks.get(device_id)
-        if bank is None:
+        if bank is None or (self._offline is not None and self._offline(device_id)):
             raise NoSuchIdException(f"no unit {device_id} on this bus")
         return bank
 
@@ -929,7 +932,10 @@ class ModbusRtuBus:
             raise ValueError("a bus needs at least one device")
         self.devices = list(devices)
         self.port = port
-        self._context = _BusContext([device._bank for device in self.devices])
+        by_unit = {device.unit_id: device for device in self.devices}
+        self._context = _BusContext(
+            [device._bank for device in self.devices], lambda unit: by_unit[unit].offline
+        )
         self._settings = {
             "baudrate": baudrate,
             "parity": parity,

@@ -203,3 +203,27 @@ async def test_units_behind_one_tcp_gateway_share_one_connection() -> None:
     finally:
         pool.close()
         await gateway.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_device_set_offline_is_silent_on_the_bus_too() -> None:
+    line = VirtualSerialLine(baudrate=19200, bits_per_character=10)
+    line.start()
+    server = ModbusDeviceServer("sim-cdu", cdu_store(30.0), unit_id=3)
+    await server.start()  # on TCP as well, as in `sim serve --modbus-rtu`
+    bus = ModbusRtuBus([server], port=line.device_path, parity="N")
+    await bus.start()
+    link = ModbusLink(serial=settings(line), timeout_s=0.3)
+    device = ModbusDevice(
+        rack="r01", device="cdu3", unit_id=3, profile=load_profile("sim-cdu"), link=link
+    )
+    try:
+        server.set_offline(True)
+        assert all(r.quality is Quality.MISSING for r in await device.poll())
+        server.set_offline(False)
+        assert all(r.quality is Quality.GOOD for r in await device.poll())
+    finally:
+        link.close()
+        await bus.stop()
+        await server.stop()
+        line.stop()
