@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
+from coolctl.config import ConfigError, ModbusDeviceConfig, load_config
 from coolctl.config.schema import DEVICE
 from coolctl.daemon.devices import open_device
 from coolctl.drivers.modbus import ModbusDevice
@@ -227,3 +229,64 @@ async def test_a_device_set_offline_is_silent_on_the_bus_too() -> None:
         await bus.stop()
         await server.stop()
         line.stop()
+
+
+RTU_CONFIG = """
+[racks.r01.devices.rpu]
+driver = "modbus"
+transport = "rtu"
+serial_port = "/dev/ttyUSB0"
+baudrate = 19200
+parity = "N"
+unit = 13
+profile = "orv3-rpu"
+
+[racks.r01.devices.cdu2]
+driver = "modbus"
+transport = "rtu"
+serial_port = "/dev/ttyUSB0"
+parity = "N"
+unit = 3
+profile = "sim-cdu"
+"""
+
+
+def config_problems(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "site.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    return caught.value.problems
+
+
+def test_an_rtu_config_loads(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(RTU_CONFIG)
+    devices = load_config(path).racks["r01"].devices
+    rpu = devices["rpu"]
+    assert isinstance(rpu, ModbusDeviceConfig)
+    assert (rpu.transport, rpu.serial_port, rpu.parity, rpu.stopbits) == (
+        "rtu",
+        "/dev/ttyUSB0",
+        "N",
+        1,
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (('serial_port = "/dev/ttyUSB0"\nbaudrate', "baudrate"), "rpu.serial_port"),
+        (('parity = "N"\nunit = 3', 'parity = "E"\nunit = 3'), "set up differently"),
+        (("baudrate = 19200", "baudrate = 12"), "baudrate"),
+        (('parity = "N"\nunit = 13', 'parity = "X"\nunit = 13'), "parity"),
+    ],
+)
+def test_rtu_config_errors(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
+    problems = config_problems(tmp_path, RTU_CONFIG.replace(*change, 1))
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_a_tcp_device_needs_an_address(tmp_path: Path) -> None:
+    text = '[racks.r01.devices.cdu1]\ndriver = "modbus"\nprofile = "sim-cdu"\n'
+    assert any("needs an address" in p for p in config_problems(tmp_path, text))
