@@ -224,8 +224,10 @@ def allocator(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> PowerCa
             source_alarms=tuple(
                 PointId(rack, device, name)
                 for device, facts in devices.items()
-                if facts.kind == "pdu"
                 for name in ("psu_ok", "bbu_discharging")
+                # a PDU's (Redfish lists them for every PDU), or any device's that has one:
+                # an ORv3 BBU on Modbus is no power meter, but its discharge is an event
+                if facts.kind == "pdu" or name in facts.point_names
             ),
         )
     )
