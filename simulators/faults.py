@@ -49,6 +49,8 @@ FAULT_KINDS: tuple[str, ...] = (
     "read_fail",
     "load",
     "facility_water",
+    "psu_fail",
+    "mains_loss",
     "clear",
 )
 _SENSOR_KINDS = frozenset({"sensor_stuck", "sensor_noise", "sensor_drift"})
@@ -150,6 +152,8 @@ def apply_fault(
       device, point: reads of it get a device-failure exception). A simulated SNMP PDU takes
       the same three: silence, late answers, noSuchInstance for every row of the point.
     - `load` (value: fraction of max, `servers` to pick some), `facility_water` (value: °C).
+    - `psu_fail` (device: a PSU of the rack's Modbus power shelf stops delivering) and
+      `mains_loss` (the shelf's BBUs discharge and carry the rack).
     - `clear`: undo everything on the rack: leak stopped and reservoir refilled, pump restored,
       every sensor reset, every link back, and any load or facility-water step taken back.
 
@@ -173,8 +177,46 @@ def apply_fault(
     if kind in ("load", "facility_water"):
         _reject(kind, device=device, point=point)
         return _rack_event(simulation, kind, rack, value, duration_s, servers)
+    if kind in ("psu_fail", "mains_loss"):
+        _reject(kind, point=point, value=value)
+        return _shelf_fault(simulation, kind, rack, device, duration_s)
     _reject(kind, point=point)
     return _cdu_fault(simulation, kind, rack, device, value, duration_s)
+
+
+def _shelf_fault(
+    simulation: LiveSimulation,
+    kind: str,
+    rack: str,
+    device: str | None,
+    duration_s: float | None,
+) -> str:
+    """A lost PSU or a mains loss on the rack's ORv3 power shelf served over Modbus."""
+    shelf = simulation.modbus_shelves.get(rack)
+    if shelf is None:
+        raise ValueError(f"rack {rack} has no simulated Modbus power shelf (orv3-psu/orv3-bbu)")
+    undo: Callable[[], None]
+    if kind == "mains_loss":
+        if device is not None:
+            raise ValueError("mains_loss takes no device: it is the whole shelf's")
+        shelf.lose_mains()
+        text, undo = (
+            f"{rack}: mains lost, the BBUs carry the shelf",
+            functools.partial(shelf.lose_mains, False),
+        )
+    else:
+        specs = simulation.specs[rack].devices
+        psus = [spec.device for spec in specs if spec.shelf_role == "psu"]
+        if device not in psus:
+            raise ValueError(f"psu_fail needs the device of a PSU: one of {', '.join(psus)}")
+        number = psus.index(device) + 1
+        shelf.fail_psu(number)
+        text, undo = (
+            f"{rack}/{device}: PSU failed",
+            functools.partial(shelf.fail_psu, number, False),
+        )
+    fault = ActiveFault(kind, rack, device, None, None, text, shelf.plant.time_s, undo)
+    return _record(simulation, (rack, kind, device, None), fault, duration_s)
 
 
 def _record(

@@ -32,6 +32,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from coolctl.simulators.fault_book import FaultBook
+from coolctl.simulators.modbus_power_shelf import SHELF_ROLES, ModbusPowerShelf
 from coolctl.simulators.modbus_server import ModbusDeviceServer
 from coolctl.simulators.mqtt_sensors import DEFAULT_PREFIX, MqttSensorPublisher, parse_broker
 from coolctl.simulators.plant import PlantParams, RackPlant
@@ -94,11 +95,14 @@ class SimDeviceSpec:
     outlets: int = 48  # snmp: outlets of the simulated PDU (outlet k feeds server k-1)
     share: float = 1.0  # snmp: the fraction of each server's power on this PDU's feed
     power_shelves: int = 0  # redfish pdu: serve this many power shelves instead of a rack PDU
+    shelf_role: str = ""  # modbus pdu: "psu" or "bbu", a unit of the rack's ORv3 power shelf
 
     def __post_init__(self) -> None:
         choices = PROTOCOL_CHOICES.get(self.kind)
         if choices is None:
             raise ValueError(f"device {self.device!r}: unknown kind {self.kind!r}")
+        if self.shelf_role not in ("", *SHELF_ROLES) or (self.shelf_role and self.kind != "pdu"):
+            raise ValueError(f"device {self.device!r}: shelf_role {self.shelf_role!r} needs a pdu")
         protocol = self.protocol or PROTOCOLS[self.kind]
         if protocol not in choices:
             raise ValueError(
@@ -192,6 +196,22 @@ class CduPoints:
             raise ValueError(f"{name} is not writable on the CDU")
         writer(value)
         self.writes.append(DeviceWrite(time.monotonic(), self.plant.time_s, name, value))
+
+
+class ShelfUnitPoints:
+    """One PSU or BBU of the rack's ORv3 power shelf over Modbus (modbus_power_shelf.py)."""
+
+    def __init__(self, shelf: ModbusPowerShelf, role: str, number: int) -> None:
+        self.shelf = shelf
+        self.store = shelf.store(role, number)
+        self.writes: list[DeviceWrite] = []
+
+    def read_points(self) -> Mapping[str, float]:
+        return self.store.read_points()
+
+    def write_point(self, name: str, value: float) -> None:
+        self.store.write_point(name, value)
+        self.writes.append(DeviceWrite(time.monotonic(), self.shelf.plant.time_s, name, value))
 
 
 class ServerPoints:
@@ -297,7 +317,7 @@ class SensorPoints:
             self._sensors.sensor(point).reset()
 
 
-PointSource = CduPoints | PduPoints | SensorPoints | ServerPoints
+PointSource = CduPoints | PduPoints | SensorPoints | ServerPoints | ShelfUnitPoints
 
 _POINT_SOURCES: Mapping[str, Callable[[RackPlant, int, SimDeviceSpec], PointSource]] = {
     "cdu": lambda plant, _seed, _spec: CduPoints(plant),
@@ -357,6 +377,7 @@ class LiveSimulation:
         self.redfish: dict[tuple[str, str], RedfishDeviceServer] = {}
         self.snmp: dict[tuple[str, str], SnmpPduAgent] = {}
         self.power_shelves: dict[tuple[str, str], PowerShelves] = {}
+        self.modbus_shelves: dict[str, ModbusPowerShelf] = {}  # per rack: its PSUs and BBUs
         self.points: dict[tuple[str, str], PointSource] = {}
         self.tls: TlsMaterial | None = None
         self._ssl: ssl.SSLContext | None = None
@@ -371,9 +392,19 @@ class LiveSimulation:
             params = PlantParams.from_dict({"initial_load": spec.load, **spec.plant})
             plant = RackPlant(params, seed=spec.seed)
             self.plants[spec.rack] = plant
+            roles = [device.shelf_role for device in spec.devices]
+            if any(roles):
+                shelf = ModbusPowerShelf(plant, psus=roles.count("psu"), bbus=roles.count("bbu"))
+                self.modbus_shelves[spec.rack] = shelf
             for index, device in enumerate(spec.devices):
                 key = (spec.rack, device.device)
-                source = _POINT_SOURCES[device.kind](plant, spec.seed * 1000 + index, device)
+                source: PointSource
+                if device.shelf_role:
+                    number = roles[: index + 1].count(device.shelf_role)
+                    shelf = self.modbus_shelves[spec.rack]
+                    source = ShelfUnitPoints(shelf, device.shelf_role, number)
+                else:
+                    source = _POINT_SOURCES[device.kind](plant, spec.seed * 1000 + index, device)
                 self.points[key] = source
                 if device.protocol == "redfish":
                     self.redfish[key] = self._redfish_server(spec.rack, device, source, plant)

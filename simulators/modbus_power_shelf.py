@@ -17,7 +17,16 @@ from dataclasses import dataclass, field
 
 from coolctl.simulators.plant import RackPlant
 
-__all__ = ["BBU_UNIT_BASE", "PSU_UNIT_BASE", "BbuPoints", "ModbusPowerShelf", "PsuPoints"]
+__all__ = [
+    "BBU_UNIT_BASE",
+    "PSU_UNIT_BASE",
+    "SHELF_ROLES",
+    "BbuPoints",
+    "ModbusPowerShelf",
+    "PsuPoints",
+]
+
+SHELF_ROLES = ("psu", "bbu")
 
 PSU_UNIT_BASE = 192  # rackmon's ORv3 PSU addresses are 192..247 (0xC0..)
 BBU_UNIT_BASE = 64  # and its ORv3 BBU addresses 64..127
@@ -47,9 +56,16 @@ class ModbusPowerShelf:
     _bbus: list[_BbuState] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.psus < 1 or self.bbus < 0 or not 0.0 < self.share <= 1.0:
-            raise ValueError("a shelf needs >= 1 PSU, >= 0 BBUs and a share in (0, 1]")
+        if self.psus < 0 or self.bbus < 0 or not 0.0 < self.share <= 1.0:
+            raise ValueError("a shelf needs >= 0 PSUs and BBUs and a share in (0, 1]")
         self._bbus = [_BbuState() for _ in range(self.bbus)]
+
+    def store(self, role: str, number: int) -> PsuPoints | BbuPoints:
+        """The point store of PSU or BBU `number` (1-based)."""
+        count = self.psus if role == "psu" else self.bbus if role == "bbu" else 0
+        if not 1 <= number <= count:
+            raise ValueError(f"the shelf has no {role} {number}")
+        return PsuPoints(self, number) if role == "psu" else BbuPoints(self, number)
 
     # faults ---------------------------------------------------------------------------------
 

@@ -23,6 +23,8 @@ from coolctl.drivers.modbus_profile import ProfileError, decode, encode, load_pr
 from coolctl.model import PointId, Quality, Reading, Snapshot
 from coolctl.rack.facts import device_facts
 from coolctl.rack.stack import allocator as rack_allocator
+from coolctl.simulators.faults import apply_fault
+from coolctl.simulators.live import LiveSimulation, SimDeviceSpec, SimRackSpec
 from coolctl.simulators.modbus_power_shelf import (
     BBU_UNIT_BASE,
     PSU_UNIT_BASE,
@@ -343,3 +345,43 @@ def test_the_daemon_watches_the_psus_and_the_bbus_and_meters_the_psus() -> None:
     } <= set(config.source_alarms)
     assert config.non_server_power == PointId(RACK, "psu1", "power")  # the BBU is no meter
     assert config.more_rack_power == ()
+
+
+@pytest.mark.asyncio
+async def test_the_simulation_serves_the_shelf_and_takes_its_faults() -> None:
+    units = [
+        *(
+            SimDeviceSpec(f"psu{n}", "pdu", "orv3-psu", unit_id=191 + n, shelf_role="psu")
+            for n in (1, 2)
+        ),
+        SimDeviceSpec("bbu1", "pdu", "orv3-bbu", unit_id=BBU_UNIT_BASE, shelf_role="bbu"),
+    ]
+    async with LiveSimulation([SimRackSpec(RACK, units, load=0.1)]) as sim:
+        links = []
+        devices = []
+        for spec in units:
+            host, _, port = sim.service(RACK, spec.device).address.rpartition(":")
+            link = ModbusLink(host=host, port=int(port), timeout_s=1.0)
+            links.append(link)
+            profile = load_profile(str(spec.register_map))
+            devices.append(
+                ModbusDevice(
+                    rack=RACK, device=spec.device, unit_id=spec.unit_id, profile=profile, link=link
+                )
+            )
+        try:
+            readings = await poll(devices)
+            assert readings["psu1"]["psu_ok"].value == readings["psu2"]["psu_ok"].value == 1.0
+            assert apply_fault(sim, "psu_fail", device="psu2") == f"{RACK}/psu2: PSU failed"
+            assert apply_fault(sim, "mains_loss") == f"{RACK}: mains lost, the BBUs carry the shelf"
+            await _refreshed(devices[1], "psu_ok", 0.0)
+            await _refreshed(devices[2], "bbu_discharging", 1.0)
+            assert (await poll(devices))["psu1"]["psu_ok"].value == 1.0
+            with pytest.raises(ValueError, match="psu_fail needs the device of a PSU"):
+                apply_fault(sim, "psu_fail", device="bbu1")
+            apply_fault(sim, "clear")
+            await _refreshed(devices[1], "psu_ok", 1.0)
+            await _refreshed(devices[2], "bbu_discharging", 0.0)
+        finally:
+            for link in links:
+                link.close()

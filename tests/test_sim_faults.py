@@ -79,6 +79,8 @@ def rack_spec(name: str = "r01") -> SimRackSpec:
             SimDeviceSpec("cdu1", "cdu", "sim-cdu"),
             SimDeviceSpec("pdu1", "pdu", "sim-pdu"),
             SimDeviceSpec("sensors1", "sensor", publish_period_s=0.2),
+            SimDeviceSpec("psu1", "pdu", "orv3-psu", unit_id=192, shelf_role="psu"),
+            SimDeviceSpec("bbu1", "pdu", "orv3-bbu", unit_id=64, shelf_role="bbu"),
         ],
         load=START_LOAD,
     )
@@ -398,6 +400,8 @@ async def test_control_server_applies_every_kind_and_reports_state(sim: LiveSimu
         "read_fail": {"device": "pdu1", "point": "energy"},
         "load": {"value": 0.9, "servers": [2, 3]},
         "facility_water": {"value": 32.5, "rack": "r01"},
+        "psu_fail": {"device": "psu1"},
+        "mains_loss": {},
         "clear": {},
     }
     assert set(bodies) == set(FAULT_KINDS)

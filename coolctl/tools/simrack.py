@@ -88,16 +88,25 @@ def _sim_devices(
                 yield SimDeviceSpec(device=device.id, kind="sensor", topic_prefix=prefix)
             continue
         profile = load_profile(device.profile)
-        if profile.kind not in ("cdu", "pdu"):
+        role = _shelf_role(point.name for point in profile.points)
+        if profile.kind not in ("cdu", "pdu") and not role:
             continue
         yield SimDeviceSpec(
             device=device.id,
-            kind=profile.kind,
+            kind="pdu" if role else profile.kind,
+            shelf_role=role,
             register_map=device.profile,
             unit_id=device.unit,
             host=device.address,
             port=device.port if port is None else port,
         )
+
+
+def _shelf_role(points: Iterable[str]) -> str:
+    """A Modbus profile with a PSU's or a BBU's points is served as a unit of the rack's
+    simulated power shelf (its PSUs share the rack's power; its BBUs carry it on mains loss)."""
+    names = set(points)
+    return "psu" if "psu_ok" in names else "bbu" if "bbu_discharging" in names else ""
 
 
 def with_services(
