@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from test_operator_cli import Daemon, daemon, output  # noqa: F401 (daemon: its fixture)
 
 from coolctl.config import parse_config
 from coolctl.control.powercap import AllocatorConfig, PowerCapAllocator, ServerCap
@@ -22,6 +23,7 @@ from coolctl.drivers.modbus_link import ModbusLink, SerialSettings
 from coolctl.drivers.modbus_profile import ProfileError, decode, encode, load_profile, parse_profile
 from coolctl.model import PointId, Quality, Reading, Snapshot
 from coolctl.rack.facts import device_facts
+from coolctl.rack.power_alarms import power_alarms
 from coolctl.rack.stack import allocator as rack_allocator
 from coolctl.simulators.faults import apply_fault
 from coolctl.simulators.live import LiveSimulation, SimDeviceSpec, SimRackSpec
@@ -385,3 +387,38 @@ async def test_the_simulation_serves_the_shelf_and_takes_its_faults() -> None:
         finally:
             for link in links:
                 link.close()
+
+
+def test_power_alarms_name_what_is_true_now() -> None:
+    values = {
+        "psu1/psu_ok": 1.0,
+        "psu2/psu_ok": 0.0,
+        "bbu1/bbu_discharging": 1.0,
+        "shelves/psu_ok.3": 0.0,
+        "cdu1/flow": 0.0,
+    }
+    assert power_alarms(values) == [
+        "bbu1/bbu_discharging: on battery",
+        "psu2/psu_ok: PSU lost",
+        "shelves/psu_ok.3: PSU lost",
+    ]
+
+
+def test_status_prints_the_power_alarms(
+    daemon: Daemon,  # noqa: F811 (the fixture imported above)
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plain = daemon.plane._racks
+
+    def racks() -> list[dict[str, object]]:
+        found = plain()
+        found[0]["power_alarms"] = power_alarms({"psu2/psu_ok": 0.0, "bbu1/bbu_discharging": 1.0})
+        return found
+
+    monkeypatch.setattr(daemon.plane, "_racks", racks)
+    code, out, _ = output(capsys, "status")
+    assert code == 0
+    assert out.splitlines()[-1] == (
+        "r01 power alarms: bbu1/bbu_discharging: on battery; psu2/psu_ok: PSU lost"
+    )

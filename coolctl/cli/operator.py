@@ -363,6 +363,10 @@ async def _status(client: ControlClient, args: argparse.Namespace) -> ExitCode:
         print(
             table(["RACK", "MODE", "FAILSAFE", "INTERLOCKS", "POWER", "BUDGET", "OVERRIDES"], rows)
         )
+        for rack in racks:  # a lost PSU, a rack on battery: said whenever it is true
+            alarms = rack.get("power_alarms")
+            if isinstance(alarms, list) and alarms:
+                print(f"{_text(rack.get('rack'))} power alarms: {'; '.join(map(str, alarms))}")
     return ExitCode.OK
 
 

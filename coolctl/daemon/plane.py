@@ -31,6 +31,7 @@ from coolctl.ops.protocol import (
 )
 from coolctl.ops.store import AsyncStore
 from coolctl.rack.facts import setpoint_bounds
+from coolctl.rack.power_alarms import power_alarms
 
 log = logging.getLogger("coolctl.daemon.plane")
 
@@ -125,6 +126,7 @@ class DaemonControlPlane:
             "power_w": self.daemon.rack_power_w(rack.config.id, now),
             "budget_w": rack.power_budget_w,
             "values": values,
+            "power_alarms": power_alarms(values),
             "loops": self.loops(rack.config.id),
             "overrides": [record.as_json() for record in rack.override_records.values()],
             "actuators": [
