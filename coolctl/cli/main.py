@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     inject.add_argument(
         "kind",
         help="leak, pump_fail, pump_restore, pump_degrade, sensor_stuck, sensor_noise,"
-        " sensor_drift, link_loss, response_delay, read_fail, load, facility_water, clear",
+        " sensor_drift, link_loss, response_delay, read_fail, load, facility_water, psu_fail,"
+        " mains_loss, clear",
     )
     inject.add_argument("--rack", metavar="R")
     inject.add_argument("--device", metavar="D")
