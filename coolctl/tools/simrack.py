@@ -97,7 +97,7 @@ def _sim_devices(
             shelf_role=role,
             register_map=device.profile,
             unit_id=device.unit,
-            host=device.address,
+            host=device.address or "127.0.0.1",  # an RTU device has none: served on loopback
             port=device.port if port is None else port,
         )
 
