@@ -385,6 +385,14 @@ class RackConfig:
     """Budgets from upstream below this are rejected."""
     budget_max_w: Positive = 10e6
     """Budgets from upstream above this are rejected."""
+    budget_band_fraction: NonNegative = 0.5
+    """Budgets from upstream further than this fraction from power_budget_w are rejected
+    (0.5: 50..150 % of it), so a client that can publish the budget cannot zero the rack."""
+    budget_min_interval_s: NonNegative = 1.0
+    """A budget from upstream changes at most once per this many seconds; a newer one waits."""
+    budget_max_age_s: Positive = 60.0
+    """A new budget from upstream older than this is rejected, and so is a retained one replayed
+    by the broker on subscribing (its age is unknown): the coordinator must publish it live."""
     power: PowerConfig = Field(default_factory=PowerConfig)
     controller: Controller = Controller.PID
     mpc_model: FilePath | None = None
