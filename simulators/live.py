@@ -374,7 +374,8 @@ class LiveSimulation:
                             f"sensor device {spec.rack}/{device.device} publishes over MQTT:"
                             " give the simulation an mqtt_broker (or its rack one)"
                         )
-                    parse_broker(broker)  # a bad address fails here, not in the background
+                    # a bad address fails here, not in the background ("USER:PASSWORD@" aside)
+                    parse_broker(broker.rpartition("@")[2])
                     self.publishers[key] = MqttSensorPublisher(
                         source,
                         broker=broker,

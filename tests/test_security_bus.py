@@ -304,3 +304,30 @@ async def test_the_acl_lets_the_daemon_publish_its_status_for_viewers(
         async for message in viewer.messages:
             assert message.payload == b"online"
             break
+
+
+@pytest.mark.asyncio
+async def test_the_demos_private_broker_takes_no_anonymous_clients() -> None:
+    from contextlib import AsyncExitStack
+
+    from coolctl.daemon.devices import read_secret
+    from coolctl.tools.demo import _broker
+
+    config = load_config(CONFIG)
+    async with AsyncExitStack() as stack:
+        config, sensors = await _broker(config, None, stack, private=True)
+        assert config.mqtt is not None and sensors is not None
+        host, port = config.mqtt.host, config.mqtt.port
+        with pytest.raises(aiomqtt.MqttError):
+            async with aiomqtt.Client(host, port, timeout=5):
+                pass
+        password = read_secret(config.mqtt.password_file, None)
+        async with aiomqtt.Client(
+            host, port, username=config.mqtt.username, password=password, timeout=5
+        ):
+            pass
+        user, _, rest = sensors.partition(":")
+        sensor_password, _, address = rest.rpartition("@")
+        assert address == f"{host}:{port}"
+        async with aiomqtt.Client(host, port, username=user, password=sensor_password, timeout=5):
+            pass

@@ -11,6 +11,8 @@ import contextlib
 import errno
 import importlib.resources
 import logging
+import os
+import secrets
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -62,10 +64,14 @@ def _needs_mqtt(config: Config) -> bool:
 
 
 async def _broker(
-    config: Config, requested: str | None, stack: AsyncExitStack
+    config: Config, requested: str | None, stack: AsyncExitStack, *, private: bool = False
 ) -> tuple[Config, str | None]:
     """The broker for the MQTT sensors: the one asked for, or a private Mosquitto; without
-    either, the config loses its MQTT devices and the demo says how to get them back."""
+    either, the config loses its MQTT devices and the demo says how to get them back.
+
+    With `private` (the demo, whose daemon is the only other client), the private broker
+    takes no anonymous clients: the daemon and the simulated sensors each get an account with
+    a random password, and the sensors' broker address carries theirs (USER:PASSWORD@)."""
     if not _needs_mqtt(config):
         return config, None
     if requested is not None:
@@ -77,10 +83,28 @@ async def _broker(
             flush=True,
         )
         return without_mqtt(config), None
+    if private:
+        return await _private_broker(config, stack)
     broker = Mosquitto()
     await broker.start()
     stack.push_async_callback(broker.stop)
     return with_broker(config, broker.address), broker.address
+
+
+async def _private_broker(config: Config, stack: AsyncExitStack) -> tuple[Config, str]:
+    daemon_password, sensor_password = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    broker = Mosquitto(users={"coolctl": daemon_password, "sensors": sensor_password})
+    await broker.start()
+    stack.push_async_callback(broker.stop)
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="coolctl-demo-mqtt-")))
+    password_file = folder / "mqtt-password"
+    descriptor = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.write(daemon_password)
+    config = with_broker(config, broker.address)
+    assert config.mqtt is not None
+    mqtt = replace(config.mqtt, username="coolctl", password_file=password_file)
+    return replace(config, mqtt=mqtt), f"sensors:{sensor_password}@{broker.address}"
 
 
 @contextlib.contextmanager
@@ -195,7 +219,7 @@ async def run_demo(
     stop = asyncio.Event()
     stop_on_signals(stop)
     async with AsyncExitStack() as stack:
-        config, broker = await _broker(config, mqtt_broker, stack)
+        config, broker = await _broker(config, mqtt_broker, stack, private=True)
         # The demo rack starts at 60 % load with the valve a little too open, so that both
         # loops have visible work to do in the first half minute.
         specs = sim_specs(config, port=0, load=0.6, plant={"initial_valve": 0.55})
