@@ -36,7 +36,7 @@ from typing import Any, TextIO
 from coolctl.exitcodes import ExitCode
 from coolctl.model import RackMode
 from coolctl.ops.client import ClientError, ControlClient, Unreachable, default_socket_path
-from coolctl.ops.protocol import JsonObject
+from coolctl.ops.protocol import JsonObject, escape_json_text, escape_text
 
 FOLLOW_WAIT_S = 30.0
 """How long one `events --follow` long-poll waits; well under the daemon's 60 s cap."""
@@ -309,7 +309,7 @@ def run_operator_command(args: argparse.Namespace, parser: argparse.ArgumentPars
 
 
 def _complain(message: str) -> None:
-    print(f"coolctl: {message}", file=sys.stderr)
+    print(f"coolctl: {escape_text(message)}", file=sys.stderr)
 
 
 def _client(args: argparse.Namespace) -> ControlClient:
@@ -331,7 +331,7 @@ async def _run(command: str, client: ControlClient, args: argparse.Namespace) ->
 
 
 def _emit(document: Any) -> None:
-    print(json.dumps(document, indent=2, ensure_ascii=False))
+    print(escape_json_text(json.dumps(document, indent=2, ensure_ascii=False)))
 
 
 async def _status(client: ControlClient, args: argparse.Namespace) -> ExitCode:
@@ -495,7 +495,7 @@ async def _events(client: ControlClient, args: argparse.Namespace) -> ExitCode:
     while True:
         for event in events:
             if args.json:
-                print(json.dumps(event, ensure_ascii=False), flush=True)
+                print(escape_json_text(json.dumps(event, ensure_ascii=False)), flush=True)
             else:
                 print(table(None, [_event_row(event)], min_widths=_EVENT_WIDTHS), flush=True)
         document = await client.events(since=since, limit=args.limit, wait_s=FOLLOW_WAIT_S)
@@ -738,6 +738,7 @@ def table(
     min_widths: Sequence[int] | None = None,
 ) -> str:
     """Aligned columns, two spaces apart; the last column is not padded."""
+    rows = [[escape_text(cell) for cell in row] for row in rows]  # nothing raw to the terminal
     columns = len(headers) if headers is not None else len(rows[0]) if rows else 0
     widths = list(min_widths) if min_widths is not None else [0] * columns
     for row in [headers, *rows] if headers is not None else rows:
@@ -782,7 +783,7 @@ def _text(value: Any) -> str:
         return ", ".join(_text(item) for item in value) or "-"
     if isinstance(value, dict):
         return " ".join(f"{key}={_text(item)}" for key, item in value.items()) or "-"
-    return str(value)
+    return escape_text(str(value))  # text from the daemon may carry anyone's input
 
 
 def _kw(watts: Any) -> str:

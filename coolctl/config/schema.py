@@ -476,6 +476,8 @@ class DaemonConfig:
     control_listen: HostPort | None = None
     """HOST:PORT of an optional TCP control listener (bearer token: needs control_token_file)."""
     control_token_file: FilePath | None = None
+    max_override_ttl_s: Positive = 604800.0
+    """The longest override lifetime an operator may give (7 days); longer is --permanent."""
 
     @property
     def metrics_host(self) -> str:

@@ -27,6 +27,7 @@ from coolctl.ops.protocol import (
     EventRecord,
     JsonObject,
     OverrideRecord,
+    check_reason,
     target_kind,
 )
 from coolctl.ops.store import AsyncStore
@@ -218,8 +219,14 @@ class DaemonControlPlane:
             raise ControlError(
                 400, f"ttl must be at least {MIN_TTL_S:g} s (the expiry period), not {ttl_s:g}"
             )
-        if not why.strip():
-            raise ControlError(400, "a reason is required")
+        why = check_reason(why)
+        cap_s = self.daemon.config.daemon.max_override_ttl_s
+        if ttl_s is not None and ttl_s > cap_s:
+            raise ControlError(
+                400,
+                f"ttl {ttl_s:g} s is longer than the {cap_s:g} s cap"
+                " (daemon.max_override_ttl_s); an override meant to stay is set --permanent",
+            )
         self._check_override(runtime, target, value)  # refuse before anything is stored
         now = self.wall_clock()
         expires_at = now + ttl_s if ttl_s is not None else None
@@ -231,6 +238,7 @@ class DaemonControlPlane:
 
     async def clear_override(self, rack: str, target: str, who: str, why: str) -> OverrideRecord:
         runtime = self._rack(rack)
+        why = check_reason(why)
         if target not in runtime.override_records:
             raise ControlError(404, f"no override of {target} on rack {rack}")
         record = await self.store.clear_override(rack, target, who, why, self.wall_clock())
@@ -246,8 +254,7 @@ class DaemonControlPlane:
             mode = RackMode(mode)
         except ValueError:
             raise ControlError(400, f"mode must be auto or manual, not {mode!r}") from None
-        if not why.strip():
-            raise ControlError(400, "a reason is required")
+        why = check_reason(why)
         await self.store.set_mode(rack, mode, who, why, self.wall_clock())
         previous, runtime.mode = runtime.mode, mode
         if previous != mode:
@@ -256,8 +263,7 @@ class DaemonControlPlane:
 
     async def reset_interlock(self, rack: str, interlock: str, who: str, why: str) -> JsonObject:
         runtime = self._rack(rack)
-        if not why.strip():
-            raise ControlError(400, "a reason is required")
+        why = check_reason(why)
         before = runtime.supervisor.state.interlocks.get(interlock)
         try:
             runtime.reset_interlock(interlock, who, why)

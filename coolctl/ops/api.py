@@ -55,6 +55,8 @@ from coolctl.ops.protocol import (
     ControlPlane,
     EventRecord,
     JsonObject,
+    check_reason,
+    escape_text,
     target_kind,
 )
 
@@ -184,13 +186,7 @@ def _number(body: JsonObject, key: str, *, required: bool) -> float | None:
 
 
 def _reason(value: Any) -> str:
-    if value is None:
-        raise ControlError(400, "'reason' is required: say why, it goes in the audit log")
-    if not isinstance(value, str):
-        raise ControlError(400, f"'reason' must be a string, not {type(value).__name__}")
-    if not value.strip():
-        raise ControlError(400, "'reason' must not be empty: say why, it goes in the audit log")
-    return value.strip()
+    return check_reason(value)
 
 
 def _query(request: web.Request, allowed: Sequence[str]) -> dict[str, str]:
@@ -625,7 +621,8 @@ class ControlApi:
 
     async def _logged(self, who: str, rack: str | None, what: str, call: Awaitable[T]) -> T:
         """Run a state-changing call and log one line saying who did what and how it ended."""
-        extra = {"rack": rack} if rack is not None else {}
+        extra = {"rack": escape_text(rack)} if rack is not None else {}
+        what = escape_text(what)
         try:
             result = await call
         except ControlError as exc:
