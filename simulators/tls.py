@@ -104,8 +104,11 @@ def issue_certificate(
     ca_cert: x509.Certificate,
     public_key: ec.EllipticCurvePublicKey,
     common_name: str = "localhost",
+    *,
+    client: bool = False,
 ) -> x509.Certificate:
-    """A TLS server certificate for loopback, signed by the CA.
+    """A TLS server certificate for loopback, signed by the CA (with `client`, a client
+    certificate instead, for listeners that ask for one).
 
     It carries what strict verifiers (OpenSSL's X509_STRICT, Python 3.13's default context)
     insist on: subject alternative names, key identifiers and the serverAuth usage.
@@ -137,7 +140,12 @@ def issue_certificate(
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]
+            ),
+            critical=False,
+        )
         .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(

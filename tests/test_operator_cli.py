@@ -515,7 +515,7 @@ def test_bash_completion_follows_the_parser_tree(
     assert lines[3] == "set clear list"
     assert set(lines[4].split()) == {
         "--help", "--socket", "--url", "--token-file", "--json", "--ttl", "--permanent",
-        "--reason",
+        "--reason", "--ca-file", "--client-cert",
     }  # fmt: skip
     assert lines[5] == ""  # a DURATION is free text: nothing to offer
     assert lines[6] == "auto manual"

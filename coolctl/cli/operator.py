@@ -145,6 +145,12 @@ def _connection_options() -> argparse.ArgumentParser:
         "--url", metavar="URL", help="use the TCP listener instead: http://HOST:PORT"
     )
     group.add_argument("--token-file", type=Path, metavar="FILE", help="bearer token for --url")
+    group.add_argument(
+        "--ca-file", type=Path, metavar="FILE", help="CA to verify an https:// --url with"
+    )
+    group.add_argument(
+        "--client-cert", type=Path, metavar="FILE", help="client certificate (PEM, with its key)"
+    )
     common.add_argument("--json", action="store_true", help="print the API's JSON document")
     return common
 
@@ -318,7 +324,12 @@ def _client(args: argparse.Namespace) -> ControlClient:
             raise ValueError("give --socket or --url, not both")
         if args.token_file is None:
             raise ValueError("--url needs --token-file: the TCP listener requires a token")
-        return ControlClient(url=args.url, token_file=args.token_file)
+        return ControlClient(
+            url=args.url,
+            token_file=args.token_file,
+            ca_file=args.ca_file,
+            cert_file=args.client_cert,
+        )
     if args.token_file is not None:
         raise ValueError("--token-file is for --url; on the socket, who you are is known")
     return ControlClient(socket_path=args.socket)

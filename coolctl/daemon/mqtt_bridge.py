@@ -10,14 +10,18 @@ Topics under the config's `topic_root` (default `coolctl/<site>`):
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import socket
 from collections.abc import Mapping
 
 from coolctl.config import Config, RackConfig
+from coolctl.config.schema import is_loopback
 from coolctl.daemon.devices import DeviceHandle, MqttDeviceClient, read_secret
 from coolctl.drivers.mqtt import MqttConnection, MqttSettings
 from coolctl.model import Event
+
+log = logging.getLogger("coolctl.daemon.mqtt_bridge")
 
 
 def topic_root(config: Config) -> str:
@@ -51,6 +55,11 @@ def open_connection(config: Config) -> MqttConnection | None:
     if config.mqtt is None:
         return None
     mqtt = config.mqtt
+    if mqtt.has_credentials and not (mqtt.tls or mqtt.ca_file) and not is_loopback(mqtt.host):
+        log.warning(
+            "MQTT credentials go to %s in clear (allow_plaintext): use TLS on the broker",
+            mqtt.host,
+        )
     settings = MqttSettings(
         host=mqtt.host,
         port=mqtt.port,
