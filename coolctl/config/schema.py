@@ -37,6 +37,7 @@ from coolctl.config.enums import (
 )
 from coolctl.config.fields import (
     DEFAULT_METRICS_PORT,
+    EventCount,
     FilePath,
     Flag,
     Fraction,
@@ -492,6 +493,10 @@ class DaemonConfig:
     """Let control_listen serve plain HTTP beyond loopback (the token crosses in clear)."""
     max_override_ttl_s: Positive = 604800.0
     """The longest override lifetime an operator may give (7 days); longer is --permanent."""
+    events_keep: EventCount = 100000
+    """The store keeps at most this many events (the newest; the audit log is kept whole)."""
+    events_max_age_s: Positive = 7776000.0
+    """The store drops events older than this (90 days)."""
 
     @property
     def metrics_host(self) -> str:

@@ -56,6 +56,7 @@ class DaemonControlPlane:
         self._events_changed = asyncio.Condition()
         self._pending_events: set[asyncio.Task[None]] = set()
         self._expiry_task: asyncio.Task[None] | None = None
+        self._prune_task: asyncio.Task[None] | None = None
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -84,6 +85,8 @@ class DaemonControlPlane:
     def start(self) -> None:
         if self._expiry_task is None:
             self._expiry_task = asyncio.create_task(self._expire_forever(), name="overrides")
+        if self._prune_task is None:
+            self._prune_task = asyncio.create_task(self._prune_forever(), name="events pruning")
 
     async def stop(self) -> None:
         if self._expiry_task is not None:
@@ -91,6 +94,11 @@ class DaemonControlPlane:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._expiry_task
             self._expiry_task = None
+        if self._prune_task is not None:
+            self._prune_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prune_task
+            self._prune_task = None
         if self._pending_events:
             await asyncio.gather(*self._pending_events, return_exceptions=True)
 
@@ -204,6 +212,12 @@ class DaemonControlPlane:
 
     async def audit(self, since_id: int = 0, limit: int = 100) -> list[AuditRecord]:
         return await self.store.audit_log(since_id, limit)
+
+    async def newest_events(self, limit: int = 100) -> list[EventRecord]:
+        return await self.store.newest_events(limit)
+
+    async def newest_audit(self, limit: int = 100) -> list[AuditRecord]:
+        return await self.store.newest_audit(limit)
 
     # -- changes ----------------------------------------------------------------------------
 
@@ -353,6 +367,23 @@ class DaemonControlPlane:
             return
         device, _, name = target.partition("/")
         runtime.overrides.pop(PointId(runtime.config.id, device, name), None)
+
+    async def prune_events(self) -> int:
+        """Drop the events beyond daemon.events_keep and older than daemon.events_max_age_s."""
+        config = self.daemon.config.daemon
+        cutoff = self.wall_clock() - config.events_max_age_s
+        removed = await self.store.prune_events(config.events_keep, older_than=cutoff)
+        if removed:
+            log.info("pruned %d old events from the store", removed)
+        return removed
+
+    async def _prune_forever(self, every_s: float = 600.0) -> None:
+        while True:
+            try:
+                await self.prune_events()
+            except Exception:
+                log.exception("pruning the events failed; trying again later")
+            await asyncio.sleep(every_s)
 
     async def _expire_forever(self, every_s: float = 1.0) -> None:
         while True:

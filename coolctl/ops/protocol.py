@@ -219,6 +219,14 @@ class ControlPlane(Protocol):
 
     async def audit(self, since_id: int = 0, limit: int = 100) -> list[AuditRecord]: ...
 
+    async def newest_events(self, limit: int = 100) -> list[EventRecord]:
+        """The newest `limit` events, oldest first, without reading the older ones."""
+        ...
+
+    async def newest_audit(self, limit: int = 100) -> list[AuditRecord]:
+        """The newest `limit` audit records, oldest first, without reading the older ones."""
+        ...
+
     async def reload(self, who: str) -> JsonObject:
         """Validate and apply the config file again; ControlError 400 (old config kept) if bad."""
         ...
