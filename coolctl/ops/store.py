@@ -592,9 +592,7 @@ class Store:
         """The newest `limit` events, oldest first: read backwards along the primary key, so
         the cost is `limit` rows however many the table holds."""
         _require_limit(limit)
-        rows = self._read(
-            f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY id DESC LIMIT ?", (limit,)
-        )
+        rows = self._read(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY id DESC LIMIT ?", (limit,))
         return [EventRecord(*row) for row in reversed(rows)]
 
     def newest_audit(self, limit: int = 100) -> list[AuditRecord]:
