@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="publish the MQTT sensors there (default: the config's [mqtt] broker)",
     )
+    serve.add_argument(
+        "--listen-beyond-loopback",
+        action="store_true",
+        help="let simulated devices listen on the config's non-loopback addresses (anyone who"
+        " reaches them can command them)",
+    )
     inject = sim_commands.add_parser(
         "inject", help="inject a fault into a running simulation (demo or sim serve)"
     )
@@ -204,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
                     args.load,
                     args.duration,
                     args.mqtt_broker,
+                    allow_remote=args.listen_beyond_loopback,
                 )
             )
     except KeyboardInterrupt:

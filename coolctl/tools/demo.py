@@ -30,7 +30,13 @@ from coolctl.daemon.service import Service, ServiceOptions
 from coolctl.exitcodes import ExitCode
 from coolctl.model import PointId
 from coolctl.rack.check import load_or_report
-from coolctl.simulators.control_server import endpoint, inject
+from coolctl.simulators.control_server import (
+    endpoint,
+    inject,
+    private_directory,
+    read_access,
+    write_access,
+)
 from coolctl.simulators.live import LiveSimulation
 from coolctl.tools.broker import Mosquitto, MosquittoError, find_mosquitto
 from coolctl.tools.simrack import (
@@ -108,17 +114,23 @@ async def _private_broker(config: Config, stack: AsyncExitStack) -> tuple[Config
 
 
 @contextlib.contextmanager
-def _advertised(url: str | None) -> Iterator[None]:
-    """Leave the fault-injection URL where `coolctl sim inject` looks for it."""
+def _advertised(url: str | None, token: str | None = None) -> Iterator[None]:
+    """Leave the fault-injection URL and its token where `coolctl sim inject` looks for them,
+    in a file only this user can read, in a directory only this user can enter."""
     path = control_url_file()
     if url is not None:
-        path.write_text(url + "\n", "utf-8")
+        try:
+            private_directory(path.parent)
+            write_access(path, url, token or "")
+        except (OSError, ValueError) as exc:
+            print(f"coolctl sim inject will need --sim {url}: {exc}", file=sys.stderr)
+            url = None
     try:
         yield
     finally:
         if url is not None:
             with contextlib.suppress(OSError):
-                if path.read_text("utf-8").strip() == url:
+                if read_access(path)[0] == url:
                     path.unlink()
 
 
@@ -129,6 +141,8 @@ async def serve_simulation(
     load: float,
     duration_s: float | None,
     mqtt_broker: str | None = None,
+    *,
+    allow_remote: bool = False,
 ) -> ExitCode:
     """Serve the simulated devices of a config and print one line per service."""
     config = _load(config_path)
@@ -147,15 +161,16 @@ async def serve_simulation(
                 time_scale=time_scale,
                 mqtt_broker=broker,
                 control=endpoint(port=0),
+                allow_remote=allow_remote,
             )
             await simulation.start()
-        except (OSError, MosquittoError) as exc:
+        except (OSError, ValueError, MosquittoError) as exc:
             print(f"cannot start the simulated devices: {exc}", file=sys.stderr)
             return ExitCode.UNREACHABLE
         stack.push_async_callback(simulation.stop)
         for service in simulation.services:
             print(service.line(), flush=True)
-        with _advertised(simulation.control_url):
+        with _advertised(simulation.control_url, simulation.control_token):
             await _wait(stop, duration_s)
     return ExitCode.OK
 
@@ -172,16 +187,24 @@ async def inject_fault(
 ) -> ExitCode:
     """`coolctl sim inject`: apply a fault to a running simulation (demo or sim serve)."""
     url = sim_url
+    token = os.environ.get("COOLCTL_SIM_TOKEN")
+    if url is None or token is None:
+        found: str | None = None
+        token_found: str | None = None
+        with contextlib.suppress(OSError):
+            found, token_found = read_access(control_url_file())
+        if url is None:
+            url = found
+        if token is None and found == url:
+            token = token_found
     if url is None:
-        try:
-            url = control_url_file().read_text("utf-8").strip()
-        except OSError:
-            print(
-                "coolctl sim inject: no running simulation found; start `coolctl demo` or"
-                " `coolctl sim serve`, or pass --sim URL (its `control http://...` line)",
-                file=sys.stderr,
-            )
-            return ExitCode.UNREACHABLE
+        print(
+            "coolctl sim inject: no running simulation found; start `coolctl demo` or"
+            " `coolctl sim serve`, or pass --sim URL (its `control http://...` line) with"
+            " the token in $COOLCTL_SIM_TOKEN",
+            file=sys.stderr,
+        )
+        return ExitCode.UNREACHABLE
     try:
         done = await inject(
             url,
@@ -191,6 +214,7 @@ async def inject_fault(
             point=point,
             value=value,
             duration_s=duration_s,
+            token=token,
         )
     except ValueError as exc:
         print(f"coolctl sim inject: {exc}", file=sys.stderr)
@@ -259,7 +283,7 @@ async def run_demo(
         )
         status = asyncio.create_task(_print_status(service.daemon, status_every_s))
         try:
-            with _advertised(simulation.control_url):
+            with _advertised(simulation.control_url, simulation.control_token):
                 await _wait(stop, duration_s)
         finally:
             status.cancel()
