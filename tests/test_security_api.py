@@ -344,3 +344,69 @@ async def test_socket_users_outside_the_operator_group_are_viewers(shared_dir: P
         assert status == 200 and body["who"] == f"nobody (uid {nobody}) as operator"
     finally:
         await api.stop()
+
+
+# -- a reload re-reads the tokens, in the daemon ---------------------------------------------
+
+
+def _site(tmp_path: Path, token_file: Path) -> Path:
+    """The example config with nothing to reach (Modbus on closed ports, no MQTT) and a TCP
+    control listener on loopback."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "deploy" / "config" / "example.toml").read_text()
+    with socket.socket() as one, socket.socket() as two:
+        one.bind(("127.0.0.1", 0))
+        two.bind(("127.0.0.1", 0))
+        ports = one.getsockname()[1], two.getsockname()[1]
+    text = text.replace("port = 15020", f"port = {ports[0]}").replace(
+        "port = 15021", f"port = {ports[1]}"
+    )
+    text = re.sub(r"\[mqtt\][^\[]*", "", text)
+    text = re.sub(r"\[racks\.r01\.devices\.sensors1\][^\[]*", "", text)
+    text = text.replace(', "sensors1/inlet_temperature" = 45.0', "")
+    text = text.replace(
+        "[daemon]\n",
+        f'[daemon]\ncontrol_listen = "127.0.0.1:0"\ncontrol_token_file = "{token_file}"\n',
+        1,
+    )
+    path = tmp_path / "site.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.asyncio
+async def test_the_daemon_re_reads_its_token_on_reload(tmp_path: Path) -> None:
+    from coolctl.daemon.service import Service, ServiceOptions
+    from coolctl.ops.protocol import ControlError
+    from coolctl.rack.check import load_checked_config
+
+    token_file = secret(tmp_path, "token", OPERATOR_TOKEN)
+    path = _site(tmp_path, token_file)
+    service = Service(
+        load_checked_config(path),
+        ServiceOptions(tmp_path / "coolctl.db", tmp_path / "control.sock", metrics=False),
+    )
+    await service.start()
+    try:
+        assert service.api is not None
+        url = f"http://127.0.0.1:{service.api.tcp_port}"
+        async with ControlClient(url=url, token=OPERATOR_TOKEN) as client:
+            assert "version" in await client.status()
+        rotated = "rotated-" + "d" * 40
+        token_file.write_text(rotated + "\n")
+        await service.reload()
+        async with ControlClient(url=url, token=OPERATOR_TOKEN) as old:
+            with pytest.raises(ClientError) as refused:
+                await old.status()
+            assert refused.value.status == 401
+        async with ControlClient(url=url, token=rotated) as new:
+            assert "version" in await new.status()
+        # A token file others can read is refused at reload; the old config and token stay.
+        token_file.chmod(0o644)
+        with pytest.raises(ControlError, match="open to group or others"):
+            await service.reload()
+        async with ControlClient(url=url, token=rotated) as new:
+            assert "version" in await new.status()
+    finally:
+        await service.stop()

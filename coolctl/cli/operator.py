@@ -394,8 +394,9 @@ async def _override_set(client: ControlClient, args: argparse.Namespace) -> Exit
         "permanent" if expires is None else f"expires {_relative(expires)} ({local_time(expires)})"
     )
     print(
-        f"override set: {record.get('rack')} {record.get('target')} = "
-        f"{_text(record.get('value'))}, {lifetime}, by {record.get('who')} (id {record.get('id')})"
+        f"override set: {_text(record.get('rack'))} {_text(record.get('target'))} = "
+        f"{_text(record.get('value'))}, {lifetime}, by {_text(record.get('who'))}"
+        f" (id {_text(record.get('id'))})"
     )
     return ExitCode.OK
 
