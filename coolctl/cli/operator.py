@@ -581,7 +581,7 @@ def render_frame(
         title += f"  every {interval:g}s  (q quits)"
     lines = [title]
     if problem:
-        lines.append(f"!! {problem}; showing data from {stamp}")
+        lines.append(f"!! {escape_text(problem)}; showing data from {stamp}")
     lines.append("")
     if not screen.racks:
         lines.append("no racks" + (f" called {rack}" if rack else ""))
