@@ -31,7 +31,7 @@ from test_api import MemoryPlane
 from coolctl.config import ConfigError, load_config
 from coolctl.config.schema import DaemonConfig, is_loopback
 from coolctl.daemon.http import server_ssl_context
-from coolctl.ops.api import ControlApi, load_private_token
+from coolctl.ops.api import ControlApi, ControlApiError, load_private_token
 from coolctl.ops.client import ClientError, ControlClient
 from coolctl.simulators.tls import TlsMaterial, create_tls_material, issue_certificate
 
@@ -410,3 +410,21 @@ async def test_the_daemon_re_reads_its_token_on_reload(tmp_path: Path) -> None:
             assert "version" in await new.status()
     finally:
         await service.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_plaintext_listener_beyond_loopback_is_logged_as_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 192.0.2.1 (TEST-NET-1) is on no interface here: the warning comes before the bind,
+    # which then fails; nothing is sent anywhere.
+    caplog.set_level(logging.WARNING, logger="coolctl.ops.api")
+    api = ControlApi(
+        MemoryPlane(),
+        socket_path=tmp_path / "control.sock",
+        tcp_listen=("192.0.2.1", 0),
+        token_file=secret(tmp_path, "operator", OPERATOR_TOKEN),
+    )
+    with pytest.raises(ControlApiError, match="cannot listen"):
+        await api.start()
+    assert any("plain HTTP" in record.getMessage() for record in caplog.records)
