@@ -557,7 +557,8 @@ def test_zsh_completion_answers_from_the_same_tables(
         "compdef _coolctl coolctl",
         "set clear list",
         "auto manual",
-        "-h --help --socket --url --token-file --json --ttl --permanent --reason",
+        "-h --help --socket --url --token-file --ca-file --client-cert --json --ttl --permanent"
+        " --reason",
         "<files>",
     ]
 
