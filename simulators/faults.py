@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from coolctl.simulators.modbus_server import ModbusDeviceServer
     from coolctl.simulators.plant import RackPlant
     from coolctl.simulators.redfish_server import RedfishDeviceServer
+    from coolctl.simulators.snmp_agent import SnmpPduAgent
 
 __all__ = ["FAULT_KINDS", "ActiveFault", "FaultBook", "apply_fault"]
 
@@ -146,7 +147,8 @@ def apply_fault(
       point's unit), `sensor_drift` (device, point, value: units per second of plant time).
     - `link_loss` (device: a Modbus device stops answering, an MQTT sensor device stops
       publishing), `response_delay` (Modbus device, value: seconds), `read_fail` (Modbus
-      device, point: reads of it get a device-failure exception).
+      device, point: reads of it get a device-failure exception). A simulated SNMP PDU takes
+      the same three: silence, late answers, noSuchInstance for every row of the point.
     - `load` (value: fraction of max, `servers` to pick some), `facility_water` (value: °C).
     - `clear`: undo everything on the rack: leak stopped and reservoir refilled, pump restored,
       every sensor reset, every link back, and any load or facility-water step taken back.
@@ -385,13 +387,13 @@ def _link_fault(
     if name is None:
         raise ValueError(f"{kind} needs a device: rack {rack} has no CDU to default to")
     key = (rack, name)
-    server = simulation.servers.get(key) or simulation.redfish.get(key)
+    server = simulation.servers.get(key) or simulation.redfish.get(key) or simulation.snmp.get(key)
     publisher = simulation.publishers.get(key)
     plant = simulation.plants[rack]
     shown: float | None = None
     undo: Callable[[], None]
     if server is None and publisher is None:
-        every = (*simulation.servers, *simulation.redfish, *simulation.publishers)
+        every = (*simulation.servers, *simulation.redfish, *simulation.snmp, *simulation.publishers)
         known = ", ".join(d for r, d in every if r == rack)
         raise ValueError(f"rack {rack} has no simulated device {name!r}; it has {known}")
     if kind == "link_loss":
@@ -440,9 +442,12 @@ def _clear(simulation: LiveSimulation, rack: str) -> str:
     for device in ("cdu", "pdu", *(f"server{i}" for i in range(plant.n_servers))):
         for point in plant.readings(device):
             plant.reset_sensor(device, point)
-    servers: list[tuple[tuple[str, str], ModbusDeviceServer | RedfishDeviceServer]] = [
+    servers: list[
+        tuple[tuple[str, str], ModbusDeviceServer | RedfishDeviceServer | SnmpPduAgent]
+    ] = [
         *simulation.servers.items(),
         *simulation.redfish.items(),
+        *simulation.snmp.items(),
     ]
     for (server_rack, _), server in servers:
         if server_rack != rack:

@@ -36,9 +36,11 @@ from coolctl.simulators.fault_book import FaultBook
 from coolctl.simulators.modbus_server import ModbusDeviceServer
 from coolctl.simulators.mqtt_sensors import DEFAULT_PREFIX, MqttSensorPublisher, parse_broker
 from coolctl.simulators.plant import PlantParams, RackPlant
-from coolctl.simulators.redfish_devices import build_device
+from coolctl.simulators.redfish_devices import build_device, build_power_shelf_service
+from coolctl.simulators.redfish_power_shelf import PowerShelves
 from coolctl.simulators.redfish_server import RedfishDeviceServer
 from coolctl.simulators.sensors import DeviceSensors, PointSensor
+from coolctl.simulators.snmp_agent import SimulatedPdu, SnmpPduAgent
 from coolctl.simulators.tls import TlsMaterial, create_tls_material, server_ssl_context
 
 log = logging.getLogger("coolctl.simulators.live")
@@ -54,7 +56,7 @@ PROTOCOLS: Mapping[str, str] = {
 }
 PROTOCOL_CHOICES: Mapping[str, tuple[str, ...]] = {
     "cdu": ("modbus", "redfish"),
-    "pdu": ("modbus", "redfish"),
+    "pdu": ("modbus", "redfish", "snmp"),
     "sensor": ("mqtt",),
     "server": ("redfish",),
 }
@@ -89,6 +91,10 @@ class SimDeviceSpec:
     password: str = ""
     legacy_power: bool = False
     require_if_match: bool = False
+    community: str = "public"  # snmp: the v2c community the simulated PDU answers
+    outlets: int = 48  # snmp: outlets of the simulated PDU (outlet k feeds server k-1)
+    share: float = 1.0  # snmp: the fraction of each server's power on this PDU's feed
+    power_shelves: int = 0  # redfish pdu: serve this many power shelves instead of a rack PDU
 
     def __post_init__(self) -> None:
         choices = PROTOCOL_CHOICES.get(self.kind)
@@ -149,6 +155,8 @@ class Service:
             return f"control http://{self.address}"
         if self.protocol == "redfish":
             return f"redfish {self.url} user={self.username} password={self.password} ca={self.ca}"
+        if self.protocol == "snmp":
+            return f"snmp {self.address} community={self.password} profile={self.register_map}"
         return (
             f"{self.protocol} {self.address} rack={self.rack} device={self.device}"
             f" unit={self.unit_id} profile={self.register_map}"
@@ -371,6 +379,8 @@ class LiveSimulation:
         self.servers: dict[tuple[str, str], ModbusDeviceServer] = {}
         self.publishers: dict[tuple[str, str], MqttSensorPublisher] = {}
         self.redfish: dict[tuple[str, str], RedfishDeviceServer] = {}
+        self.snmp: dict[tuple[str, str], SnmpPduAgent] = {}
+        self.power_shelves: dict[tuple[str, str], PowerShelves] = {}
         self.points: dict[tuple[str, str], PointSource] = {}
         self.tls: TlsMaterial | None = None
         self._ssl: ssl.SSLContext | None = None
@@ -391,6 +401,15 @@ class LiveSimulation:
                 self.points[key] = source
                 if device.protocol == "redfish":
                     self.redfish[key] = self._redfish_server(spec.rack, device, source, plant)
+                elif device.protocol == "snmp":
+                    pdu = SimulatedPdu(plant, outlets=device.outlets, share=device.share)
+                    self.snmp[key] = SnmpPduAgent(
+                        device.register_map,
+                        pdu,
+                        host=device.host,
+                        port=device.port,
+                        community=device.community,
+                    )
                 elif device.kind == "sensor":
                     broker = spec.mqtt_broker or mqtt_broker
                     if broker is None:
@@ -434,6 +453,25 @@ class LiveSimulation:
         self, rack: str, device: SimDeviceSpec, source: PointSource, plant: RackPlant
     ) -> RedfishDeviceServer:
         tls, context = self._tls_material()
+        if device.power_shelves > 0:
+            service, shelves = build_power_shelf_service(
+                source,
+                plant,
+                name=f"{rack}/{device.device}",
+                username=device.username,
+                password=device.password or secrets.token_urlsafe(12),
+                shelves=device.power_shelves,
+                sensing_interval_s=self.step_s,
+            )
+            self.power_shelves[(rack, device.device)] = shelves
+            return RedfishDeviceServer(
+                service,
+                ssl_context=context,
+                certificate_file=tls.server_cert,
+                host=device.host,
+                port=device.port,
+                require_if_match=device.require_if_match,
+            )
         service = build_device(
             device.kind,
             source,
@@ -480,6 +518,18 @@ class LiveSimulation:
                         ca=str(self.tls.ca_cert),
                     )
                 )
+            for (rack, device), agent in self.snmp.items():
+                await agent.start()
+                self.services.append(
+                    Service(
+                        "snmp",
+                        agent.address,
+                        rack,
+                        device,
+                        register_map=agent.profile_name,
+                        password=agent.community,
+                    )
+                )
             for (rack, device), publisher in self.publishers.items():
                 await publisher.start()
                 self.services.append(
@@ -510,6 +560,8 @@ class LiveSimulation:
             await server.stop()
         for redfish in self.redfish.values():
             await redfish.stop()
+        for agent in self.snmp.values():
+            await agent.stop()
         if self._tls_temporary is not None:
             shutil.rmtree(self._tls_temporary, ignore_errors=True)
             self._tls_temporary = None

@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure", action="store_true", help="do not verify TLS (logged as a warning)"
     )
     redfish.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    from coolctl.cli import probe_snmp
+
+    probe_snmp.add_parser(probe_kinds)
 
     sim = commands.add_parser("sim", help="the simulated rack")
     sim_commands = sim.add_subparsers(dest="sim_command", metavar="SIM_COMMAND", required=True)
@@ -123,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let simulated devices listen on the config's non-loopback addresses (anyone who"
         " reaches them can command them)",
+    )
+    serve.add_argument(
+        "--power-shelves",
+        type=int,
+        default=0,
+        metavar="N",
+        help="serve each Redfish PDU of the config as N power shelves (OCP ORv3) instead",
     )
     inject = sim_commands.add_parser(
         "inject", help="inject a fault into a running simulation (demo or sim serve)"
@@ -188,6 +198,10 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
                     args.url, args.user, args.password_file, args.ca, args.insecure, args.json
                 )
             )
+        if args.command == "probe" and args.protocol == "snmp":
+            from coolctl.cli import probe_snmp
+
+            return asyncio.run(probe_snmp.probe_snmp(args))
         if args.command == "probe":
             from coolctl.cli.probe_modbus import BusOptions, probe_modbus
 
@@ -227,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
                     args.duration,
                     args.mqtt_broker,
                     args.modbus_rtu,
+                    power_shelves=args.power_shelves,
                     allow_remote=args.listen_beyond_loopback,
                 )
             )

@@ -31,9 +31,13 @@ from coolctl.config.enums import (
     Controller,
     DeviceKind,
     Driver,
+    Feed,
     LeakResponse,
     LogFormat,
     LogLevel,
+    SnmpAuthProtocol,
+    SnmpPrivProtocol,
+    SnmpVersion,
 )
 from coolctl.config.fields import (
     DEFAULT_METRICS_PORT,
@@ -195,6 +199,9 @@ class RedfishDeviceConfig:
     """Servers: higher gets headroom first."""
     weight: Positive = 1.0
     """Servers: share of headroom among equal priorities."""
+    branches: list[Text] = Field(default_factory=list)
+    """Servers: the PDU branch circuits it is plugged into, one per feed, as "pdu/N" (N the
+    branch's index on that SNMP PDU): its cap counts against each breaker's rating."""
 
     @model_validator(mode="before")
     @classmethod
@@ -224,8 +231,78 @@ class RedfishDeviceConfig:
         return self
 
 
+@dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
+class SnmpDeviceConfig:
+    """A rack PDU read over SNMP (v2c or v3 authPriv) through its profile (apc-rpdu2,
+    raritan-pdu2 or a file). Secrets come from files or systemd credentials, never the config."""
+
+    id: EntryId = ""
+    driver: Literal[Driver.SNMP] = Driver.SNMP
+    address: Text
+    """Host name or IP address."""
+    port: Port = 161
+    profile: Text
+    """A shipped SNMP profile name, or a path to a profile file."""
+    version: SnmpVersion = SnmpVersion.V3
+    community_file: FilePath | None = None
+    """v2c: a file holding the community."""
+    community_credential: Text | None = None
+    """v2c: a systemd credential (LoadCredential=) holding the community."""
+    user: Text | None = None
+    """v3: the USM user."""
+    auth_protocol: SnmpAuthProtocol = SnmpAuthProtocol.SHA256
+    auth_key_file: FilePath | None = None
+    """v3: a file holding the authentication passphrase."""
+    auth_key_credential: Text | None = None
+    priv_protocol: SnmpPrivProtocol = SnmpPrivProtocol.AES
+    priv_key_file: FilePath | None = None
+    """v3: a file holding the privacy passphrase."""
+    priv_key_credential: Text | None = None
+    feed: Feed | None = None
+    """The rack feed (a or b) this PDU is on; its branch circuits count for that feed."""
+    branch_rating_a: Positive | None = None
+    """The rated current of every branch breaker on this PDU; default: what the PDU reports
+    (a profile's branch_rating), else unenforced."""
+    branch_ratings_a: dict[Text, Positive] = Field(default_factory=dict)
+    """Per branch index ("1", "2", …): a rating that differs from branch_rating_a."""
+    poll_interval_s: Positive = 1.0
+    timeout_s: Positive = 1.0
+    """Per request; default: poll_interval_s, at most 1.0."""
+    stale_after_s: Positive = 3.0
+    """Default: 3 × poll_interval_s."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: object) -> object:
+        return _per_poll(data, timeout_s=lambda poll: min(1.0, poll), stale_after_s=_thrice)
+
+    @model_validator(mode="after")
+    def _check(self) -> SnmpDeviceConfig:
+        problems: list[tuple[str, str]] = []
+        if self.version == SnmpVersion.V2C:
+            if (self.community_file is None) == (self.community_credential is None):
+                problems.append(
+                    ("community_file", "v2c needs one of community_file, community_credential")
+                )
+        else:
+            if self.user is None:
+                problems.append(("user", "v3 needs a user"))
+            for key in ("auth_key", "priv_key"):
+                given = [getattr(self, f"{key}_file"), getattr(self, f"{key}_credential")]
+                if sum(value is not None for value in given) != 1:
+                    problems.append(
+                        (f"{key}_file", f"v3 authPriv needs one of {key}_file, {key}_credential")
+                    )
+        if self.stale_after_s < self.poll_interval_s:
+            problems.append(("stale_after_s", "must be at least poll_interval_s"))
+        if problems:
+            raise KeyProblem(*problems)
+        return self
+
+
 DeviceConfig = Annotated[
-    ModbusDeviceConfig | MqttDeviceConfig | RedfishDeviceConfig, Field(discriminator="driver")
+    ModbusDeviceConfig | MqttDeviceConfig | RedfishDeviceConfig | SnmpDeviceConfig,
+    Field(discriminator="driver"),
 ]
 """One device of a rack, of the type its `driver` names."""
 DEVICE = TypeAdapter(DeviceConfig)
@@ -378,6 +455,13 @@ class PowerConfig:
     cap_deadband_w: NonNegative = 50.0
     """Per server: a cap whose share moves less than this is not rewritten, and this much of
     the budget is kept back so that held caps still fit; 0 rewrites caps for every watt."""
+    derating: Annotated[Fraction, Field(gt=0)] = 0.8
+    """Breakers and feeds are loaded to at most this fraction of their rating."""
+    voltage_v: Positive = 230.0
+    """Volts per branch circuit: turns a breaker's amperes into watts."""
+    feed_rating_w: Positive | None = None
+    """What one feed may carry (before derating): with two feeds, either must carry the caps
+    of every server on it when the other fails. Default: only branches and budget bind."""
     # 50 W rides out the tens of watts of noise in a PDU's and the BMCs' readings (a released
     # server's share follows its own power reading: with 10 W of reading noise, 25 W still let
     # about one cap in seven through each step in the scale benchmark).
@@ -461,6 +545,12 @@ class RackConfig:
             )
         if not mpc and self.mpc_model is not None:
             problems.append(("mpc_model", 'only used with controller = "mpc"'))
+        for device in self.devices.values():  # a server's branches name SNMP PDUs of the rack
+            for ref in getattr(device, "branches", ()):
+                pdu, _, index = ref.partition("/")
+                if not isinstance(self.devices.get(pdu), SnmpDeviceConfig) or not index:
+                    message = f"{ref!r} is not PDU/N with PDU an snmp device of this rack"
+                    problems.append((f"devices.{device.id}.branches", message))
         if mpc and not any(
             loop.actuator.point == "pump_speed_command" for loop in self.loops.values()
         ):

@@ -145,6 +145,7 @@ async def serve_simulation(
     mqtt_broker: str | None = None,
     modbus_rtu: bool = False,
     *,
+    power_shelves: int = 0,
     allow_remote: bool = False,
 ) -> ExitCode:
     """Serve the simulated devices of a config and print one line per service (with
@@ -161,7 +162,7 @@ async def serve_simulation(
                 mqtt_broker = f"{config.mqtt.host}:{config.mqtt.port}"
             config, broker = await _broker(config, mqtt_broker, stack)
             simulation = LiveSimulation(
-                sim_specs(config, port=port, load=load),
+                sim_specs(config, port=port, load=load, power_shelves=power_shelves),
                 time_scale=time_scale,
                 mqtt_broker=broker,
                 control=endpoint(port=0),

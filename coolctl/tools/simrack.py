@@ -20,8 +20,10 @@ from coolctl.config import (
     MqttDeviceConfig,
     RackConfig,
     RedfishDeviceConfig,
+    SnmpDeviceConfig,
     parse_host_port,
 )
+from coolctl.config.enums import SnmpVersion
 from coolctl.drivers.modbus_profile import load_profile
 from coolctl.simulators.live import Service, SimDeviceSpec, SimRackSpec
 
@@ -35,21 +37,25 @@ def sim_specs(
     port: int | None = None,
     load: float = 0.6,
     plant: Mapping[str, Any] | None = None,
+    power_shelves: int = 0,
 ) -> list[SimRackSpec]:
     """A simulated rack per configured rack, with a device for every simulatable profile.
 
     `port=0` lets each simulated device pick a free port; None keeps the configured ports.
-    `plant` overrides plant parameters (PlantParams names) for every rack.
+    `plant` overrides plant parameters (PlantParams names) for every rack. `power_shelves` > 0
+    serves each Redfish PDU as that many power shelves.
     """
     specs = []
     for rack in config.racks.values():
-        devices = list(_sim_devices(rack, port))
+        devices = list(_sim_devices(rack, port, power_shelves))
         if devices:
             specs.append(SimRackSpec(rack.id, devices, plant=dict(plant or {}), load=load))
     return specs
 
 
-def _sim_devices(rack: RackConfig, port: int | None) -> Iterable[SimDeviceSpec]:
+def _sim_devices(
+    rack: RackConfig, port: int | None, power_shelves: int = 0
+) -> Iterable[SimDeviceSpec]:
     servers = 0  # a rack's BMCs stand for plant servers 0, 1, 2, … in config order
     for device in rack.devices.values():
         if isinstance(device, RedfishDeviceConfig):
@@ -61,8 +67,20 @@ def _sim_devices(rack: RackConfig, port: int | None) -> Iterable[SimDeviceSpec]:
                 server=servers if kind == DeviceKind.SERVER else 0,
                 username=device.username or "admin",
                 port=0 if port is not None else _url_port(device.url),
+                power_shelves=power_shelves if kind == DeviceKind.PDU else 0,
             )
             servers += kind == DeviceKind.SERVER
+            continue
+        if isinstance(device, SnmpDeviceConfig):
+            yield SimDeviceSpec(
+                device=device.id,
+                kind="pdu",
+                protocol="snmp",
+                register_map=device.profile,
+                share=0.5 if device.feed is not None else 1.0,  # two feeds share each server
+                host=device.address,
+                port=device.port if port is None else port,
+            )
             continue
         if isinstance(device, MqttDeviceConfig):
             if device.profile in SIMULATED_MQTT_PROFILES:
@@ -89,7 +107,7 @@ def with_services(
     Redfish device's URL, CA and account (its password written to a file in `secrets`)."""
     racks = dict(config.racks)
     for service in services:
-        if service.protocol not in ("modbus", "redfish"):
+        if service.protocol not in ("modbus", "redfish", "snmp"):
             continue
         rack = racks[service.rack]
         device = rack.devices[service.device]
@@ -98,6 +116,8 @@ def with_services(
             device = replace(device, address=host, port=int(port))
         elif isinstance(device, RedfishDeviceConfig):
             device = _redfish_pointed(device, service, secrets)
+        elif isinstance(device, SnmpDeviceConfig):
+            device = _snmp_pointed(device, service, secrets)
         racks[service.rack] = replace(rack, devices={**rack.devices, service.device: device})
     return replace(config, racks=racks)
 
@@ -118,6 +138,26 @@ def _redfish_pointed(
         password_file=password_file,
         password_credential=None,
         verify_tls=True,
+    )
+
+
+def _snmp_pointed(
+    device: SnmpDeviceConfig, service: Service, secrets: Path | None
+) -> SnmpDeviceConfig:
+    """The simulated PDU answers v2c with its community, written to a file in `secrets`."""
+    if secrets is None:
+        raise ValueError("simulated SNMP devices need a directory for their community files")
+    community_file = secrets / f"{service.rack}-{service.device}.community"
+    community_file.touch(mode=0o600)
+    community_file.write_text(service.password, "utf-8")
+    host, _, port = service.address.rpartition(":")
+    return replace(
+        device,
+        address=host,
+        port=int(port),
+        version=SnmpVersion.V2C,
+        community_file=community_file,
+        community_credential=None,
     )
 
 
