@@ -79,6 +79,8 @@ class FailureKind(enum.StrEnum):
     WRONG_TYPE = "wrong_type"  # a string, OID or address where a number belongs
     INVALID = "invalid"  # a value the profile marks "not supported", or outside its bounds
     MISMATCH = "mismatch"  # an answer for an OID that was not asked for
+    AUTH = "auth"  # v3: unknown user, wrong authentication or privacy key (a v2c agent
+    # answers a wrong community with silence: that is a timeout)
     PROTOCOL = "protocol"  # authentication, decryption or any other request failure
 
 
@@ -465,10 +467,23 @@ class SnmpDevice:
 _ABSENT: Final = object()
 
 
+_AUTH_ERRORS: Final = (
+    errind.WrongDigest,
+    errind.UnknownUserName,
+    errind.DecryptionError,
+    errind.AuthenticationError,
+    errind.AuthenticationFailure,
+    errind.UnknownSecurityName,
+    errind.UnsupportedSecurityLevel,
+)
+
+
 def _failure_of(error_indication: object) -> _RequestFailed:
     text = str(error_indication)
     if isinstance(error_indication, errind.RequestTimedOut):
         return _RequestFailed(FailureKind.TIMEOUT, text)
+    if isinstance(error_indication, _AUTH_ERRORS):
+        return _RequestFailed(FailureKind.AUTH, text)
     return _RequestFailed(FailureKind.PROTOCOL, text)
 
 

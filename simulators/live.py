@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import math
 import secrets
@@ -345,6 +346,26 @@ EndpointFactory = Callable[["LiveSimulation"], ControlEndpoint]
 """Builds the endpoint for a simulation: `coolctl.simulators.control_server.endpoint(...)`."""
 
 
+def _refuse_beyond_loopback(racks: Sequence[SimRackSpec]) -> None:
+    """The simulation is for tests and demos: its devices obey anyone who reaches them, so
+    they listen on loopback unless asked otherwise (`allow_remote`)."""
+    for spec in racks:
+        for device in spec.devices:
+            if device.kind == "sensor" and device.protocol != "redfish":
+                continue  # MQTT publishers listen nowhere
+            host = device.host.strip("[]")
+            try:
+                loopback = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                loopback = host == "localhost"
+            if not loopback:
+                raise ValueError(
+                    f"simulated {spec.rack}/{device.device} would listen on {device.host},"
+                    " beyond loopback: the simulation is for tests and demos; allow it with"
+                    " --listen-beyond-loopback"
+                )
+
+
 class LiveSimulation:
     """Plants stepped in (scaled) real time, behind Modbus, Redfish and MQTT front-ends.
 
@@ -364,9 +385,12 @@ class LiveSimulation:
         mqtt_broker: str | None = None,
         control: EndpointFactory | None = None,
         tls_dir: Path | None = None,
+        allow_remote: bool = False,
     ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be greater than 0")
+        if not allow_remote:
+            _refuse_beyond_loopback(racks)
         self.time_scale = time_scale
         self.step_s = step_s
         self.mqtt_broker = mqtt_broker
@@ -424,7 +448,8 @@ class LiveSimulation:
                             f"sensor device {spec.rack}/{device.device} publishes over MQTT:"
                             " give the simulation an mqtt_broker (or its rack one)"
                         )
-                    parse_broker(broker)  # a bad address fails here, not in the background
+                    # a bad address fails here, not in the background ("USER:PASSWORD@" aside)
+                    parse_broker(broker.rpartition("@")[2])
                     self.publishers[key] = MqttSensorPublisher(
                         source,
                         broker=broker,
@@ -588,6 +613,11 @@ class LiveSimulation:
     def control_url(self) -> str | None:
         """`http://host:port` of the fault-injection server, once started; else None."""
         return None if self.control is None else self.control.url
+
+    @property
+    def control_token(self) -> str | None:
+        """The bearer token the fault-injection server asks for, once started; else None."""
+        return getattr(self.control, "token", None)
 
     def writes(self, rack: str, device: str) -> list[DeviceWrite]:
         """Every setpoint the simulated device accepted, in order."""

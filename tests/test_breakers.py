@@ -263,3 +263,46 @@ def test_two_feeds_meter_the_rack_together() -> None:
     assert allocator.allocation is not None
     assert allocator.allocation.available_w == pytest.approx(8000.0)  # held
     assert "pdub/power not good" in allocator.allocation.reason
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.floats(3000.0, 20_000.0),  # budget
+            st.lists(st.floats(0.0, 3200.0), min_size=4, max_size=4),  # server powers
+            st.floats(2000.0, 8000.0),  # branch limit this step (a PDU's rating moving)
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    deadband=st.sampled_from([0.0, 50.0, 300.0]),
+)
+def test_every_step_keeps_every_breaker_and_the_budget(
+    steps: list[tuple[float, list[float], float]], deadband: float
+) -> None:
+    """Whatever the budget, the loads and the ratings do from step to step (held caps and paced
+    rises included), the caps in force fit every circuit and the budget whenever they can."""
+    rating = PointId(RACK, "pdua", "branch_rating.1")
+    circuits = (
+        Circuit("pdua branch 1", ("s0", "s1"), None, rating=rating, derating=1.0, voltage_v=1.0),
+        Circuit("pdua branch 2", ("s2", "s3"), BRANCH_W),
+    )
+    allocator = PowerCapAllocator(
+        AllocatorConfig(
+            RACK, SERVERS, circuits=circuits, cap_deadband_w=deadband, release_rate_w_per_s=5000.0
+        )
+    )
+    for now, (budget, powers, limit) in enumerate(steps):
+        readings = [Reading(rating, limit, float(now), Quality.GOOD)]
+        powers_by = {s.name: p for s, p in zip(SERVERS, powers, strict=True)}
+        allocator.step(snap(float(now), powers_by, readings), float(now), budget)
+        allocation = allocator.allocation
+        assert allocation is not None
+        caps = allocation.caps
+        if allocation.feasible:
+            assert caps["s0"] + caps["s1"] <= limit + 1e-3
+            assert caps["s2"] + caps["s3"] <= BRANCH_W + 1e-3
+            assert sum(caps.values()) <= budget + 1e-3
+        for s in SERVERS:
+            assert s.min_cap_w - 1e-6 <= caps[s.name] <= s.max_cap_w + 1e-6

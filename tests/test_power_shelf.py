@@ -143,3 +143,29 @@ async def test_the_simulated_shelves_read_as_the_rack_and_show_their_faults(
     assert after["psu_ok"] == 0.0 and after["bbu_discharging"] == 1.0
     assert after["power"] == pytest.approx(before["power"] / 2, rel=0.1)  # shelf 2 on battery
     assert after["output_power"] == pytest.approx(before["output_power"], rel=0.1)
+
+
+async def test_sim_serve_can_make_a_configs_redfish_pdu_power_shelves() -> None:
+    from coolctl.config import parse_config
+    from coolctl.tools.simrack import sim_specs
+
+    config = parse_config(
+        {
+            "racks": {
+                "r01": {
+                    "devices": {
+                        "pdu": {
+                            "driver": "redfish",
+                            "kind": "pdu",
+                            "url": "https://a",
+                            "auth": "none",
+                        }
+                    }
+                }
+            }
+        }
+    )
+    (spec,) = sim_specs(config, port=0, power_shelves=2)
+    assert spec.devices[0].power_shelves == 2 and spec.devices[0].protocol == "redfish"
+    (plain,) = sim_specs(config, port=0)
+    assert plain.devices[0].power_shelves == 0

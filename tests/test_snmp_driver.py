@@ -13,8 +13,15 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from coolctl.drivers.snmp import SnmpDevice, V2cCredentials, V3Credentials, WriteError
+from coolctl.drivers.snmp import (
+    FailureKind,
+    SnmpDevice,
+    V2cCredentials,
+    V3Credentials,
+    WriteError,
+)
 from coolctl.drivers.snmp_profile import load_snmp_profile, shipped_snmp_profiles
+from coolctl.exitcodes import ExitCode
 from coolctl.model import Quality, base_point
 from coolctl.simulators.plant import RackPlant
 from coolctl.simulators.snmp_agent import SimulatedPdu, SnmpPduAgent
@@ -119,7 +126,8 @@ async def test_wrong_credentials_read_nothing_and_say_so(agent: SnmpPduAgent) ->
     finally:
         await pdu.close()
     assert all(r.quality is Quality.MISSING for r in readings)
-    assert pdu.stats.consecutive_failures == 1 and pdu.stats.errors_by_kind
+    assert pdu.stats.consecutive_failures == 1
+    assert pdu.stats.errors_by_kind == {FailureKind.AUTH: 1}
 
 
 @pytest.mark.asyncio
@@ -165,3 +173,24 @@ async def test_probe_json_has_point_value_unit_quality_and_index(
     outlet = next(row for row in rows if row["point"] == "outlet_power")
     assert outlet["index"] == "1" and outlet["label"] == "Outlet 1"
     assert outlet["quality"] == "good"
+
+
+@pytest.mark.asyncio
+async def test_probe_says_when_the_credentials_are_refused(
+    agent: SnmpPduAgent, tmp_path: Path
+) -> None:
+    auth, priv = tmp_path / "auth", tmp_path / "priv"
+    auth.write_text("not-the-passphrase\n")
+    priv.write_text(f"{V3.priv_key}\n")
+    command = [
+        sys.executable, "-m", "coolctl.cli.main", "probe", "snmp", f"127.0.0.1:{agent.port}",
+        "--profile", agent.profile_name, "--user", V3.user,
+        "--auth-key-file", str(auth), "--priv-key-file", str(priv), "--timeout", "0.5",
+    ]  # fmt: skip
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path
+    )
+    _, err = await process.communicate()
+    assert process.returncode == ExitCode.BAD, err.decode()
+    assert b"refused the credentials" in err
+    assert b"not-the-passphrase" not in err  # never echoed

@@ -119,14 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="publish the MQTT sensors there (default: the config's [mqtt] broker)",
     )
     serve.add_argument(
+        "--modbus-rtu", action="store_true", help="serve the Modbus devices on a virtual RTU bus"
+    )
+    serve.add_argument(
+        "--listen-beyond-loopback",
+        action="store_true",
+        help="let simulated devices listen on the config's non-loopback addresses (anyone who"
+        " reaches them can command them)",
+    )
+    serve.add_argument(
         "--power-shelves",
         type=int,
         default=0,
         metavar="N",
         help="serve each Redfish PDU of the config as N power shelves (OCP ORv3) instead",
-    )
-    serve.add_argument(
-        "--modbus-rtu", action="store_true", help="serve the Modbus devices on a virtual RTU bus"
     )
     inject = sim_commands.add_parser(
         "inject", help="inject a fault into a running simulation (demo or sim serve)"
@@ -235,8 +241,9 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
                     args.load,
                     args.duration,
                     args.mqtt_broker,
-                    args.power_shelves,
                     args.modbus_rtu,
+                    power_shelves=args.power_shelves,
+                    allow_remote=args.listen_beyond_loopback,
                 )
             )
     except KeyboardInterrupt:

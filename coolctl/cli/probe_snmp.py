@@ -17,6 +17,7 @@ from coolctl.drivers.snmp import (
     AUTH_PROTOCOLS,
     PRIV_PROTOCOLS,
     Credentials,
+    FailureKind,
     SnmpDevice,
     V2cCredentials,
     V3Credentials,
@@ -119,6 +120,9 @@ async def probe_snmp(args: argparse.Namespace) -> ExitCode:
         summary = ", ".join(f"{kind} {count}" for kind, count in sorted(errors.items()))
         print(f"{_PROG}: {args.target}: {summary}", file=sys.stderr)
     if all(r.quality is not Quality.GOOD for r in readings):
+        if FailureKind.AUTH in errors:
+            print(f"{_PROG}: {args.target} refused the credentials", file=sys.stderr)
+            return ExitCode.BAD
         print(f"{_PROG}: no good reading from {args.target}", file=sys.stderr)
         return ExitCode.UNREACHABLE
     return ExitCode.OK

@@ -140,6 +140,7 @@ Baud = Annotated[int, Strict(), *_from(300, 1_000_000)]
 InFlight = Annotated[int, Strict(), *_from(1, 16)]
 Priority = Annotated[int, Strict(), *_from(-1000, 1000)]
 Votes = Annotated[int, Strict(), *_from(1, 16)]
+EventCount = Annotated[int, Strict(), *_from(100, 100_000_000)]
 Fraction = Annotated[Number, Field(ge=0, le=1)]
 
 

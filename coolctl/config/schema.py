@@ -7,6 +7,7 @@ Checks across keys raise KeyProblem naming the keys they are about.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -41,6 +42,7 @@ from coolctl.config.enums import (
 from coolctl.config.fields import (
     DEFAULT_METRICS_PORT,
     Baud,
+    EventCount,
     FilePath,
     Flag,
     Fraction,
@@ -488,6 +490,14 @@ class RackConfig:
     """Budgets from upstream below this are rejected."""
     budget_max_w: Positive = 10e6
     """Budgets from upstream above this are rejected."""
+    budget_band_fraction: NonNegative = 0.5
+    """Budgets from upstream further than this fraction from power_budget_w are rejected
+    (0.5: 50..150 % of it), so a client that can publish the budget cannot zero the rack."""
+    budget_min_interval_s: NonNegative = 1.0
+    """A budget from upstream changes at most once per this many seconds; a newer one waits."""
+    budget_max_age_s: Positive = 60.0
+    """A new budget from upstream older than this is rejected, and so is a retained one replayed
+    by the broker on subscribing (its age is unknown): the coordinator must publish it live."""
     power: PowerConfig = Field(default_factory=PowerConfig)
     controller: Controller = Controller.PID
     mpc_model: FilePath | None = None
@@ -577,6 +587,25 @@ class DaemonConfig:
     control_listen: HostPort | None = None
     """HOST:PORT of an optional TCP control listener (bearer token: needs control_token_file)."""
     control_token_file: FilePath | None = None
+    """The operator's bearer token for control_listen: at least 32 bytes, mode 0600."""
+    control_viewer_token_file: FilePath | None = None
+    """A second token for control_listen that may only read (role viewer)."""
+    control_operator_group: Text | None = None
+    """Members may change things over the socket; its other users only read (role viewer).
+    Default: everyone who can reach the socket is an operator."""
+    tls_cert_file: FilePath | None = None
+    """PEM certificate (chain) for control_listen and metrics_listen: both then serve HTTPS."""
+    tls_key_file: FilePath | None = None
+    tls_client_ca_file: FilePath | None = None
+    """With TLS: clients of both listeners must show a certificate this CA signed."""
+    allow_plaintext: Flag = False
+    """Let control_listen serve plain HTTP beyond loopback (the token crosses in clear)."""
+    max_override_ttl_s: Positive = 604800.0
+    """The longest override lifetime an operator may give (7 days); longer is --permanent."""
+    events_keep: EventCount = 100000
+    """The store keeps at most this many events (the newest; the audit log is kept whole)."""
+    events_max_age_s: Positive = 7776000.0
+    """The store drops events older than this (90 days)."""
 
     @property
     def metrics_host(self) -> str:
@@ -586,11 +615,46 @@ class DaemonConfig:
     def metrics_port(self) -> int:
         return self.metrics_listen[1]
 
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
+
     @model_validator(mode="after")
     def _check(self) -> DaemonConfig:
+        problems: list[tuple[str, str]] = []
         if self.control_listen is not None and self.control_token_file is None:
-            raise KeyProblem(("control_listen", "a TCP control listener needs control_token_file"))
+            problems.append(("control_listen", "a TCP control listener needs control_token_file"))
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            problems.append(("tls_key_file", "give tls_cert_file and tls_key_file together"))
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            problems.append(("tls_client_ca_file", "client certificates need tls_cert_file"))
+        if self.control_viewer_token_file is not None and self.control_listen is None:
+            problems.append(("control_viewer_token_file", "only used with control_listen"))
+        if (
+            self.control_listen is not None
+            and not is_loopback(self.control_listen[0])
+            and not self.tls
+            and not self.allow_plaintext
+        ):
+            message = (
+                f"{self.control_listen[0]} is not loopback: serve the control API over TLS"
+                " (tls_cert_file, tls_key_file), or accept its token in clear with"
+                " allow_plaintext = true"
+            )
+            problems.append(("control_listen", message))
+        if problems:
+            raise KeyProblem(*problems)
         return self
+
+
+def is_loopback(host: str) -> bool:
+    """Whether traffic to `host` stays on this machine (localhost, 127.0.0.0/8, ::1)."""
+    if host.lower() in ("localhost", "localhost.", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
@@ -608,6 +672,16 @@ class MqttConfig:
     ca_file: FilePath | None = None
     topic_root: TopicPart = "coolctl/{site}"
     """State: ROOT/RACK/state, events: ROOT/RACK/events, ROOT/status (online/offline)."""
+    allow_plaintext: Flag = False
+    """Let credentials go to a broker beyond loopback without TLS (they cross in clear)."""
+
+    @property
+    def has_credentials(self) -> bool:
+        return (
+            self.username is not None
+            or self.password_file is not None
+            or (self.password_credential is not None)
+        )
 
     @property
     def host(self) -> str:
@@ -621,6 +695,18 @@ class MqttConfig:
     def _check(self) -> MqttConfig:
         if self.password_file is not None and self.password_credential is not None:
             raise KeyProblem(("", "give password_file or password_credential, not both"))
+        if (
+            self.has_credentials
+            and not self.tls
+            and self.ca_file is None
+            and not is_loopback(self.host)
+            and not self.allow_plaintext
+        ):
+            message = (
+                f"credentials for {self.host}, which is not loopback, would cross in clear:"
+                " set tls = true (and ca_file), or allow_plaintext = true"
+            )
+            raise KeyProblem(("tls", message))
         return self
 
 

@@ -29,7 +29,7 @@ from coolctl.control.powercap import PowerCapAllocator
 from coolctl.control.supervisor import Decision, Override, Supervisor
 from coolctl.daemon.actuation import ActuatorChannel
 from coolctl.daemon.devices import DeviceHandle, open_device
-from coolctl.daemon.mqtt_bridge import event_payload, open_connection, topic_root
+from coolctl.daemon.mqtt_bridge import budget_topic, event_payload, open_connection, topic_root
 from coolctl.daemon.tasks import cancel_and_wait
 from coolctl.daemon.telemetry import TelemetryStore
 from coolctl.drivers.modbus_link import LinkPool
@@ -316,6 +316,7 @@ class Daemon:
             self.racks[rack.id] = RackRuntime(
                 rack, self.store, handles, clock, self.emit, controller_factory
             )
+            self.racks[rack.id].step.budget_source = budget_topic(rack, handles)
             self.racks[rack.id].on_state = self.publish_state
 
     def emit(self, event: Event) -> None:

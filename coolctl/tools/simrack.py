@@ -209,4 +209,6 @@ def control_url_file() -> Path:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
         return Path(runtime) / "coolctl-sim.url"
-    return Path(f"/tmp/coolctl-sim-{os.getuid()}.url")
+    # Not a file straight under /tmp, where another user could plant a symlink: a directory
+    # of this user's own (checked and made private by control_server.private_directory).
+    return Path(f"/tmp/coolctl-sim-{os.getuid()}") / "coolctl-sim.url"
