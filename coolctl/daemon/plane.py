@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import coolctl
 from coolctl.control.supervisor import Override
+from coolctl.daemon.devices import DeviceHandle
 from coolctl.daemon.runtime import Daemon, RackRuntime
 from coolctl.model import CANONICAL_POINTS, Event, PointId, RackMode, Severity
 from coolctl.ops.api import MIN_TTL_S
@@ -31,6 +32,7 @@ from coolctl.ops.protocol import (
     target_kind,
 )
 from coolctl.ops.store import AsyncStore
+from coolctl.rack.bounds import loop_bounds
 from coolctl.rack.facts import setpoint_bounds
 
 log = logging.getLogger("coolctl.daemon.plane")
@@ -326,18 +328,22 @@ class DaemonControlPlane:
             raise ControlError(400, str(exc)) from exc
 
     def _check_setpoint(self, runtime: RackRuntime, loop_id: str, value: float) -> None:
-        """A setpoint override must lie within the loop's setpoint bounds (see
-        coolctl.devices.setpoint_bounds), as an actuator override within its safe bounds."""
+        """A setpoint override must lie within the loop's safe bounds (coolctl.rack.bounds,
+        from what the rack reads now), else within what its measurement can read."""
         loop = runtime.config.loops.get(loop_id)
         if loop is None:  # a loop the config does not know (none today): finite is all we know
             return
-        rack = runtime.config.id
-        devices = {
-            device: handle
-            for (rack_id, device), handle in self.daemon.devices.items()
-            if rack_id == rack
-        }
-        low, high = setpoint_bounds(loop, devices)
+        low, high = setpoint_bounds(loop, self._devices(runtime))
+        now = self.daemon.clock()
+        readings = self.daemon.store.readings(now, runtime.config.id)
+        bounds = loop_bounds(runtime.config, loop, (low, high), readings)
+        if bounds is not None:
+            if not bounds.contains(value):
+                raise ControlError(
+                    400,
+                    f"{loop_id}.setpoint {value:g} is outside its safe bounds {bounds.text()}",
+                )
+            return
         if not (math.isfinite(value) and low <= value <= high):
             spec = CANONICAL_POINTS.get(loop.measurement.minuend.point)
             unit = f" {spec.unit.value}" if spec is not None else ""
@@ -346,6 +352,14 @@ class DaemonControlPlane:
                 f"{loop_id}.setpoint {value:g} is outside its bounds {low:g}..{high:g}{unit}"
                 f" (what {loop.measurement} can read, or the loop's setpoint_min/setpoint_max)",
             )
+
+    def _devices(self, runtime: RackRuntime) -> dict[str, DeviceHandle]:
+        rack = runtime.config.id
+        return {
+            device: handle
+            for (rack_id, device), handle in self.daemon.devices.items()
+            if rack_id == rack
+        }
 
     def _apply_override(self, runtime: RackRuntime, record: OverrideRecord) -> None:
         self._check_override(runtime, record.target, record.value)
