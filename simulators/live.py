@@ -148,7 +148,10 @@ class Service:
         if self.protocol == "control":
             return f"control http://{self.address}"
         if self.protocol == "redfish":
-            return f"redfish {self.url} user={self.username} password={self.password} ca={self.ca}"
+            return (
+                f"redfish {self.url} rack={self.rack} device={self.device}"
+                f" user={self.username} password={self.password} ca={self.ca}"
+            )
         return (
             f"{self.protocol} {self.address} rack={self.rack} device={self.device}"
             f" unit={self.unit_id} profile={self.register_map}"

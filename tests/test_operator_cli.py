@@ -254,13 +254,11 @@ def test_refusals_exit_1_with_the_daemons_message(
     [
         (["override", "set", "r01", PUMP, "0.5", "--ttl", "15", "--reason", "x"], "use e.g. 90s"),
         (["override", "set", "r01", PUMP, "0.5", "--ttl", "0s", "--reason", "x"], "than zero"),
-        (["override", "set", "r01", PUMP, "0.5", "--ttl", "15m"], "--reason"),
         (["override", "set", "r01", PUMP, "0.5", "--ttl", "1m", "--reason", " "], "not be empty"),
         (["override", "set", "r01", PUMP, "0.5", "--reason", "x"], "--ttl --permanent"),
         (["override", "set", "r01", PUMP, "0.5", "--ttl", "1m", "--permanent", "--reason", "x"],
          "not allowed with"),
         (["override", "set", "r01", PUMP, "nan", "--ttl", "1m", "--reason", "x"], "not a finite"),
-        (["override", "clear", "r01", PUMP], "--reason"),
         (["mode", "r01", "off", "--reason", "x"], "invalid choice"),
         (["events", "--limit", "0"], "1 or more"),
         (["events", "--since", "-1"], "0 or more"),
@@ -274,6 +272,25 @@ def test_usage_errors_exit_2_before_anything_is_sent(
         coolctl(*argv)
     assert exited.value.code == 2
     assert complaint in capsys.readouterr().err
+    assert daemon.plane.calls == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["override", "set", "r01", PUMP, "0.5", "--ttl", "15m"],
+        ["override", "clear", "r01", PUMP],
+        ["mode", "r01", "manual"],
+        ["interlock", "reset", "r01"],
+    ],
+)
+def test_a_missing_reason_is_explained_in_words(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    code, out, err = output(capsys, *argv)
+    assert code == 2 and out == ""
+    assert "needs --reason TEXT: say why in a few words; it goes in the audit log" in err
+    assert "usage:" not in err
     assert daemon.plane.calls == []
 
 
@@ -512,7 +529,7 @@ def test_bash_completion_follows_the_parser_tree(
         "run", "check-config", "demo", "probe", "sim",
         "status", "top", "override", "mode", "events", "reload", "completion",
     }  # fmt: skip
-    assert lines[3] == "set clear list"
+    assert lines[3] == "set clear targets list"
     assert set(lines[4].split()) == {
         "--help", "--socket", "--url", "--token-file", "--json", "--ttl", "--permanent",
         "--reason", "--ca-file", "--client-cert",

@@ -197,18 +197,22 @@ def add_operator_commands(commands: SubParsers[argparse.ArgumentParser]) -> None
     lifetime.add_argument(
         "--permanent", action="store_true", help="never expire (clear it by hand)"
     )
-    set_.add_argument(
-        "--reason", type=_reason_arg, required=True, metavar="TEXT", help=_REASON_HELP
-    )
+    set_.add_argument("--reason", type=_reason_arg, metavar="TEXT", help=_REASON_HELP)
     set_.set_defaults(operator_command="override set")
 
     clear = actions.add_parser("clear", parents=[common], help="end an override now")
     clear.add_argument("rack", metavar="RACK")
     clear.add_argument("target", metavar="TARGET")
-    clear.add_argument(
-        "--reason", type=_reason_arg, required=True, metavar="TEXT", help=_REASON_HELP
-    )
+    clear.add_argument("--reason", type=_reason_arg, metavar="TEXT", help=_REASON_HELP)
     clear.set_defaults(operator_command="override clear")
+
+    targets = actions.add_parser(
+        "targets",
+        parents=[common],
+        help="what an override may name on a rack, with its bounds now, unit and why",
+    )
+    targets.add_argument("rack", metavar="RACK")
+    targets.set_defaults(operator_command="override targets")
 
     list_ = actions.add_parser("list", parents=[common], help="the overrides in force")
     list_.add_argument("--rack", metavar="RACK", help="only this rack")
@@ -219,9 +223,7 @@ def add_operator_commands(commands: SubParsers[argparse.ArgumentParser]) -> None
     )
     mode.add_argument("rack", metavar="RACK")
     mode.add_argument("mode", choices=[each.value for each in RackMode])
-    mode.add_argument(
-        "--reason", type=_reason_arg, required=True, metavar="TEXT", help=_REASON_HELP
-    )
+    mode.add_argument("--reason", type=_reason_arg, metavar="TEXT", help=_REASON_HELP)
     mode.set_defaults(operator_command="mode")
 
     interlock = commands.add_parser("interlock", help="latched interlocks")
@@ -243,9 +245,7 @@ def add_operator_commands(commands: SubParsers[argparse.ArgumentParser]) -> None
         metavar="INTERLOCK",
         help="leak (default), over_temperature, pump_failure, loss_of_flow, low_coolant_level",
     )
-    reset.add_argument(
-        "--reason", type=_reason_arg, required=True, metavar="TEXT", help=_REASON_HELP
-    )
+    reset.add_argument("--reason", type=_reason_arg, metavar="TEXT", help=_REASON_HELP)
     reset.set_defaults(operator_command="interlock reset")
 
     events = commands.add_parser(
@@ -259,6 +259,18 @@ def add_operator_commands(commands: SubParsers[argparse.ArgumentParser]) -> None
     )
     events.add_argument("--limit", type=_whole_arg(1), metavar="N", help="at most N events")
     events.set_defaults(operator_command="events")
+
+    audit = commands.add_parser(
+        "audit", parents=[common], help="the audit log: who changed what, when and why"
+    )
+    audit.add_argument(
+        "--follow", "-f", action="store_true", help="keep printing records as they are made"
+    )
+    audit.add_argument(
+        "--since", type=_whole_arg(0), metavar="ID", help="records after this id (default: newest)"
+    )
+    audit.add_argument("--limit", type=_whole_arg(1), metavar="N", help="at most N records")
+    audit.set_defaults(operator_command="audit")
 
     reload = commands.add_parser(
         "reload", parents=[common], help="re-read the config file (a bad one is refused)"
@@ -286,6 +298,12 @@ def run_operator_command(args: argparse.Namespace, parser: argparse.ArgumentPars
     if command == "completion":
         print(completion_script(args.shell, parser), end="")
         return ExitCode.OK
+    if hasattr(args, "reason") and args.reason is None:
+        _complain(
+            f"{command} needs --reason TEXT: say why in a few words; it goes in the audit log"
+            ' with your name (e.g. --reason "pump seal check, ticket 4711")'
+        )
+        return ExitCode.USAGE
     try:
         client = _client(args)
     except ValueError as exc:
@@ -398,6 +416,26 @@ async def _override_set(client: ControlClient, args: argparse.Namespace) -> Exit
         f"{_text(record.get('value'))}, {lifetime}, by {_text(record.get('who'))}"
         f" (id {_text(record.get('id'))})"
     )
+    if record.get("in_force") is False:
+        print(f"  {_text(record.get('note')) or 'not in force now'}")
+    return ExitCode.OK
+
+
+async def _override_targets(client: ControlClient, args: argparse.Namespace) -> ExitCode:
+    document = await client.targets(args.rack)
+    if args.json:
+        _emit(document)
+        return ExitCode.OK
+    rows = [
+        [
+            _text(entry.get("target")),
+            f"{_text(entry.get('low'))}..{_text(entry.get('high'))}",
+            _text(entry.get("unit")),
+            _text(entry.get("why")),
+        ]
+        for entry in _dicts(document.get("targets"))
+    ]
+    print(table(["TARGET", "BOUNDS", "UNIT", "WHY"], rows) if rows else "no targets")
     return ExitCode.OK
 
 
@@ -512,6 +550,50 @@ async def _events(client: ControlClient, args: argparse.Namespace) -> ExitCode:
                 print(table(None, [_event_row(event)], min_widths=_EVENT_WIDTHS), flush=True)
         document = await client.events(since=since, limit=args.limit, wait_s=FOLLOW_WAIT_S)
         events = _dicts(document.get("events"))
+        since = int(document.get("next_since") or since)
+
+
+AUDIT_POLL_S = 2.0
+"""How often `audit --follow` asks for new records (the audit endpoint does not long-poll)."""
+
+_AUDIT_HEADERS = ["ID", "TIME", "WHO", "ACTION", "RACK", "DETAILS"]
+_AUDIT_WIDTHS = [5, 25, 16, 16, 5, 0]
+
+
+def _audit_row(record: JsonObject) -> list[str]:
+    return [
+        _text(record.get("id")),
+        local_time(record.get("at")),
+        _text(record.get("who")),
+        _text(record.get("action")),
+        _text(record.get("rack")),
+        _text(record.get("details")),
+    ]
+
+
+async def _audit(client: ControlClient, args: argparse.Namespace) -> ExitCode:
+    document = await client.audit(since=args.since, limit=args.limit)
+    records = _dicts(document.get("audit"))
+    if not args.follow:
+        if args.json:
+            _emit(document)
+        elif records:
+            print(table(_AUDIT_HEADERS, [_audit_row(r) for r in records]))
+        else:
+            print("no audit records")
+        return ExitCode.OK
+    if not args.json:
+        print(table(_AUDIT_HEADERS, [], min_widths=_AUDIT_WIDTHS), flush=True)
+    since = int(document.get("next_since") or 0)
+    while True:
+        for record in records:
+            if args.json:
+                print(json.dumps(record, ensure_ascii=False), flush=True)
+            else:
+                print(table(None, [_audit_row(record)], min_widths=_AUDIT_WIDTHS), flush=True)
+        await asyncio.sleep(AUDIT_POLL_S)
+        document = await client.audit(since=since, limit=args.limit)
+        records = _dicts(document.get("audit"))
         since = int(document.get("next_since") or since)
 
 
@@ -733,6 +815,8 @@ _HANDLERS: dict[str, Callable[[ControlClient, argparse.Namespace], Awaitable[Exi
     "override set": _override_set,
     "override clear": _override_clear,
     "override list": _override_list,
+    "override targets": _override_targets,
+    "audit": _audit,
     "mode": _mode,
     "interlock reset": _interlock_reset,
     "events": _events,

@@ -374,7 +374,8 @@ class RackCollector(_DaemonState):
         )
         caps = GaugeMetricFamily(
             "coolctl_rack_power_caps_watts",
-            "Sum of the server caps the allocator set from the budget",
+            "Sum of the server caps last commanded, after the safety supervisor (an"
+            " interlock's minimum caps included)",
             labels=rack_label,
         )
         feasible = GaugeMetricFamily(
@@ -411,8 +412,9 @@ class RackCollector(_DaemonState):
             if rack.power_budget_w is not None:
                 budget.add_metric([rack_id], rack.power_budget_w)
             allocation = rack.allocator.allocation if rack.allocator is not None else None
+            if rack.caps_w is not None:
+                caps.add_metric([rack_id], rack.caps_w)
             if allocation is not None:
-                caps.add_metric([rack_id], allocation.allocated_w)
                 feasible.add_metric([rack_id], float(allocation.feasible))
             for ref, limit in rack.config.safety.temperature_limits.items():
                 if ref.point == "supply_temperature":

@@ -20,7 +20,7 @@ import coolctl
 from coolctl.control.supervisor import Override
 from coolctl.daemon.devices import DeviceHandle
 from coolctl.daemon.runtime import Daemon, RackRuntime
-from coolctl.model import CANONICAL_POINTS, Event, PointId, RackMode, Severity
+from coolctl.model import CANONICAL_POINTS, Event, PointId, RackMode, Severity, Source
 from coolctl.ops.api import MIN_TTL_S
 from coolctl.ops.protocol import (
     AuditRecord,
@@ -135,9 +135,13 @@ class DaemonControlPlane:
             "interlocks": sorted(decision.interlocks) if decision else [],
             "power_w": self.daemon.rack_power_w(rack.config.id, now),
             "budget_w": rack.power_budget_w,
+            "caps_w": rack.caps_w,
             "values": values,
             "loops": self.loops(rack.config.id),
-            "overrides": [record.as_json() for record in rack.override_records.values()],
+            "overrides": [
+                record.as_json() | self.override_effect(rack.config.id, record.target)
+                for record in rack.override_records.values()
+            ],
             "actuators": [
                 {
                     "point": f"{point.device}/{point.name}",
@@ -297,7 +301,95 @@ class DaemonControlPlane:
         await self.store.audit(who, "reload", None, result, self.wall_clock())
         return result
 
+    def targets(self, rack: str) -> list[JsonObject]:
+        """Every target an override may name on `rack`, with its bounds now, unit and why."""
+        runtime = self._rack(rack)
+        result: list[JsonObject] = []
+        now = self.daemon.clock()
+        readings = self.daemon.store.readings(now, rack)
+        for loop_id in sorted(runtime.controller.loops):
+            loop = runtime.config.loops.get(loop_id)
+            if loop is None:
+                continue
+            low, high = setpoint_bounds(loop, self._devices(runtime))
+            spec = CANONICAL_POINTS.get(loop.measurement.minuend.point)
+            unit = spec.unit.value if spec is not None else None
+            why = "what the measurement reads, or setpoint_min/setpoint_max"
+            bounds = loop_bounds(runtime.config, loop, (low, high), readings)
+            if bounds is not None:
+                low, high, unit, why = bounds.low, bounds.high, bounds.unit, bounds.why()
+            result.append(
+                {
+                    "target": f"{loop_id}.setpoint",
+                    "kind": "setpoint",
+                    "low": low,
+                    "high": high,
+                    "unit": unit,
+                    "why": why,
+                }
+            )
+        for safety in runtime.supervisor.config.actuators:
+            spec = CANONICAL_POINTS.get(safety.point.name)
+            result.append(
+                {
+                    "target": f"{safety.point.device}/{safety.point.name}",
+                    "kind": "actuator",
+                    "low": safety.minimum,
+                    "high": safety.maximum,
+                    "unit": spec.unit.value if spec is not None else None,
+                    "why": "the loop's output range within the device's",
+                }
+            )
+        return result
+
+    def override_effect(self, rack: str, target: str) -> JsonObject:
+        """Whether an override of `target` is in force now, and if not what overrules it: an
+        interlock holds its actuator; for a setpoint, failsafe or manual mode stops the loop."""
+        runtime = self._rack(rack)
+        decision = runtime.decision
+        point: PointId | None = None
+        setpoint = target_kind(target) == "setpoint"
+        if setpoint:
+            loop = runtime.controller.loops.get(target.removesuffix(".setpoint"))
+            if loop is not None:
+                actuator = loop.spec.actuator
+                point = PointId(rack, actuator.device, actuator.name)
+        else:
+            device, _, name = target.partition("/")
+            point = PointId(rack, device, name)
+        status = runtime.supervisor.state.actuators.get(point) if point is not None else None
+        overruled: list[str] = []
+        note = ""
+        if (
+            status is not None
+            and status.source is Source.INTERLOCK
+            and runtime.supervisor.interlocks
+        ):
+            overruled = sorted(runtime.supervisor.interlocks)
+            note = (
+                f"not in force: the {', '.join(overruled)} interlock holds {point} at"
+                f" {status.value:g} ({status.reason}); the override applies once it releases"
+            )
+        elif setpoint and decision is not None and decision.failsafe:
+            overruled = ["failsafe"]
+            reasons = "; ".join(runtime.supervisor.state.failsafe_reasons)
+            note = (
+                f"not in force: the rack is in failsafe ({reasons}); the loop and its setpoint"
+                " act again once it ends"
+            )
+        elif setpoint and runtime.mode == RackMode.MANUAL:
+            overruled = ["manual"]
+            note = "not in force: the rack is in manual mode, its loops do not run"
+        return {"in_force": not overruled, "overruled_by": overruled, "note": note}
+
     # -- internals ----------------------------------------------------------------------------
+
+    def _target_names(self, runtime: RackRuntime) -> list[str]:
+        loops = [f"{loop_id}.setpoint" for loop_id in sorted(runtime.controller.loops)]
+        actuators = [
+            f"{a.point.device}/{a.point.name}" for a in runtime.supervisor.config.actuators
+        ]
+        return loops + actuators
 
     def _known(self, rack: str | None) -> None:
         if rack is not None:
@@ -316,12 +408,21 @@ class DaemonControlPlane:
             if loop_id not in runtime.controller.loops:
                 loops = ", ".join(sorted(runtime.controller.loops)) or "none"
                 raise ControlError(
-                    404, f"no loop {loop_id!r} on rack {runtime.config.id} ({loops})"
+                    404,
+                    f"no loop {loop_id!r} on rack {runtime.config.id} ({loops}); valid targets:"
+                    f" {', '.join(self._target_names(runtime))}",
                 )
             self._check_setpoint(runtime, loop_id, value)
             return
         device, _, name = target.partition("/")
         point = PointId(runtime.config.id, device, name)
+        if point not in {a.point for a in runtime.supervisor.config.actuators}:
+            raise ControlError(
+                404,
+                f"{target} is not an actuator of rack {runtime.config.id}; valid targets:"
+                f" {', '.join(self._target_names(runtime))}"
+                f" (coolctl override targets {runtime.config.id})",
+            )
         try:
             runtime.supervisor.check_override(point, value)
         except ValueError as exc:

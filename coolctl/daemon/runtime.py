@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from coolctl.config import Config, RackConfig
 from coolctl.control.limits import ActuatorLimits
 from coolctl.control.powercap import PowerCapAllocator
-from coolctl.control.supervisor import Decision, Override, Supervisor
+from coolctl.control.supervisor import ActuatorRole, Decision, Override, Supervisor
 from coolctl.daemon.actuation import ActuatorChannel
 from coolctl.daemon.devices import DeviceHandle, open_device
 from coolctl.daemon.mqtt_bridge import budget_topic, event_payload, open_connection, topic_root
@@ -183,6 +183,20 @@ class RackRuntime:
     def power_budget_w(self, watts: float | None) -> None:
         """Set the rack's own budget (an upstream coordinator's, once accepted, still wins)."""
         self._own_budget_w = watts
+
+    @property
+    def caps_w(self) -> float | None:
+        """The sum of the server caps last commanded, after the supervisor: what the BMCs were
+        told (an interlock's minimum caps included), not what the allocator asked. None before
+        any cap was commanded, or without servers."""
+        supervisor = self.supervisor
+        caps = [
+            supervisor.commanded(a.point)
+            for a in supervisor.config.actuators
+            if a.role is ActuatorRole.POWER_LIMIT
+        ]
+        known = [cap for cap in caps if cap is not None]
+        return sum(known) if known else None
 
     def start(self) -> None:
         for channel in self.actuators.values():

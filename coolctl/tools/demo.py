@@ -25,10 +25,10 @@ import aiohttp
 from coolctl.config import DEFAULT_METRICS_PORT, Config, MqttDeviceConfig
 from coolctl.daemon.logs import setup_logging
 from coolctl.daemon.run import stop_on_signals
-from coolctl.daemon.runtime import Daemon
+from coolctl.daemon.runtime import Daemon, RackRuntime
 from coolctl.daemon.service import Service, ServiceOptions
 from coolctl.exitcodes import ExitCode
-from coolctl.model import PointId
+from coolctl.model import PointId, RackMode, Source, Unit
 from coolctl.rack.check import load_or_report
 from coolctl.simulators.control_server import (
     endpoint,
@@ -325,6 +325,32 @@ async def _print_status(daemon: Daemon, every_s: float) -> None:
             print(f"[{elapsed:6.1f}s] {line}", flush=True)
 
 
+_UNITS = {
+    Unit.CELSIUS: "°C",
+    Unit.LITRE_PER_MINUTE: " L/min",
+    Unit.PASCAL: " Pa",
+    Unit.WATT: " W",
+    Unit.RATIO: "",
+}
+
+
+def loop_source(rack: RackRuntime, loop_id: str) -> str:
+    """Who drives a loop's actuator now: interlock, failsafe, override (of the actuator or of
+    the setpoint), manual (the loops do not run) or auto; as the supervisor last commanded."""
+    loop = rack.controller.loops[loop_id]
+    actuator = loop.spec.actuator
+    point = PointId(rack.config.id, actuator.device, actuator.name)
+    status = rack.supervisor.state.actuators.get(point)
+    source = status.source if status is not None else None
+    if source in (Source.INTERLOCK, Source.FAILSAFE, Source.OVERRIDE):
+        return str(source)
+    if rack.mode == RackMode.MANUAL:
+        return "manual"
+    if loop.setpoint_override is not None:
+        return "override"
+    return "auto"
+
+
 def status_lines(daemon: Daemon) -> list[str]:
     """One compact line per rack: coolant, pump, power, and each loop against its setpoint."""
     now = daemon.clock()
@@ -339,11 +365,10 @@ def status_lines(daemon: Daemon) -> list[str]:
                 return reading.quality.value
             return fmt.format(reading.value * scale)
 
-        kinds = {
-            handle.kind: device
-            for (rack_of, device), handle in daemon.devices.items()
-            if rack_of == rack_id
-        }
+        kinds: dict[str, str] = {}  # the first device of each kind: the one the loops use
+        for (rack_of, device), handle in daemon.devices.items():
+            if rack_of == rack_id:
+                kinds.setdefault(handle.kind, device)
         cdu, pdu, sensors = kinds.get("cdu"), kinds.get("pdu"), kinds.get("sensor")
         parts = [rack_id]
         if cdu:
@@ -351,17 +376,16 @@ def status_lines(daemon: Daemon) -> list[str]:
                 f"supply {show(cdu, 'supply_temperature', '{:.1f}')}°C",
                 f"return {show(cdu, 'return_temperature', '{:.1f}')}°C",
                 f"flow {show(cdu, 'flow', '{:.0f}')} L/min",
-                f"dP {show(cdu, 'differential_pressure', '{:.0f}', 1e-3)} kPa",
-                f"pump {show(cdu, 'pump_speed', '{:.0f}', 100)}%",
+                f"ΔP {show(cdu, 'differential_pressure', '{:.0f}', 1e-3)} kPa",
+                f"pump speed {show(cdu, 'pump_speed', '{:.0f}', 100)}%",
                 f"valve {show(cdu, 'valve_position', '{:.0f}', 100)}%",
             ]
         if pdu:
             parts.append(f"power {show(pdu, 'power', '{:.1f}', 1e-3)} kW")
-        allocation = rack.allocator.allocation if rack.allocator is not None else None
-        if allocation is not None and allocation.budget_w is not None:
-            parts.append(
-                f"caps {allocation.allocated_w / 1e3:.1f}/{allocation.budget_w / 1e3:.0f} kW"
-            )
+        if rack.caps_w is not None:
+            budget = rack.power_budget_w
+            of = f"/{budget / 1e3:.0f}" if budget is not None else ""
+            parts.append(f"caps {rack.caps_w / 1e3:.1f}{of} kW")
         if sensors:
             parts.append(f"inlet {show(sensors, 'inlet_temperature', '{:.1f}')}°C")
             parts.append(f"leak {show(sensors, 'leak_detected', '{:.0f}')}")
@@ -371,7 +395,10 @@ def status_lines(daemon: Daemon) -> list[str]:
             parts.append("SAFETY " + ",".join(held))
         for loop_id, loop in rack.controller.loops.items():
             state = loop.state
-            seen = "—" if state.measurement is None else f"{state.measurement:.2f}"
-            parts.append(f"{loop_id} {seen}/{state.setpoint:g} {state.mode.value}")
+            unit = _UNITS.get(loop.spec.measurement.unit, "")
+            seen = "—" if state.measurement is None else f"{state.measurement:.1f}"
+            parts.append(
+                f"{loop_id} loop {seen}/{state.setpoint:g}{unit} {loop_source(rack, loop_id)}"
+            )
         lines.append(" | ".join(parts))
     return lines
