@@ -525,6 +525,9 @@ async def test_probe_exit_statuses(tmp_path: Path, capsys: pytest.CaptureFixture
     _, err = capsys.readouterr()
     assert "wrong-secret" not in err
     assert "TLS certificate verification failed" in err
+    # and what to do about it, in the same line
+    tls_line = next(line for line in err.splitlines() if "TLS certificate" in line)
+    assert "pass --ca FILE" in tls_line and "--insecure" in tls_line
     # Nobody listens there any more.
     assert await probe_redfish(url, None, None, tls.ca_file, False, False) == 3
 

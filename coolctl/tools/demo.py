@@ -15,7 +15,6 @@ import os
 import secrets
 import sys
 import tempfile
-from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -30,19 +29,13 @@ from coolctl.daemon.service import Service, ServiceOptions
 from coolctl.exitcodes import ExitCode
 from coolctl.model import PointId, RackMode, Source, Unit
 from coolctl.rack.check import load_or_report
-from coolctl.simulators.control_server import (
-    endpoint,
-    inject,
-    private_directory,
-    read_access,
-    write_access,
-)
+from coolctl.simulators.control_server import endpoint, inject
 from coolctl.simulators.live import LiveSimulation
 from coolctl.simulators.live import Service as SimService
 from coolctl.tools.broker import Mosquitto, MosquittoError, find_mosquitto
 from coolctl.tools.rtu_sim import serve_over_rtu, with_rtu_services
+from coolctl.tools.simfinder import advertised, choose, live_adverts
 from coolctl.tools.simrack import (
-    control_url_file,
     sim_specs,
     with_broker,
     with_services,
@@ -115,27 +108,6 @@ async def _private_broker(config: Config, stack: AsyncExitStack) -> tuple[Config
     return replace(config, mqtt=mqtt), f"sensors:{sensor_password}@{broker.address}"
 
 
-@contextlib.contextmanager
-def _advertised(url: str | None, token: str | None = None) -> Iterator[None]:
-    """Leave the fault-injection URL and its token where `coolctl sim inject` looks for them,
-    in a file only this user can read, in a directory only this user can enter."""
-    path = control_url_file()
-    if url is not None:
-        try:
-            private_directory(path.parent)
-            write_access(path, url, token or "")
-        except (OSError, ValueError) as exc:
-            print(f"coolctl sim inject will need --sim {url}: {exc}", file=sys.stderr)
-            url = None
-    try:
-        yield
-    finally:
-        if url is not None:
-            with contextlib.suppress(OSError):
-                if read_access(path)[0] == url:
-                    path.unlink()
-
-
 async def serve_simulation(
     config_path: Path | None,
     port: int | None,
@@ -175,7 +147,7 @@ async def serve_simulation(
         services = await _rtu_services(simulation, stack, modbus_rtu)
         for service in services:
             print(service.line(), flush=True)
-        with _advertised(simulation.control_url, simulation.control_token):
+        with advertised(simulation.control_url, token=simulation.control_token):
             await _wait(stop, duration_s)
     return ExitCode.OK
 
@@ -200,26 +172,19 @@ async def inject_fault(
     value: float | None,
     duration_s: float | None,
 ) -> ExitCode:
-    """`coolctl sim inject`: apply a fault to a running simulation (demo or sim serve)."""
+    """`coolctl sim inject`: apply a fault to a running simulation (demo or sim serve): the
+    one `--sim` names, else the one behind the daemon of $COOLCTL_SOCKET, else the only one."""
     url = sim_url
     token = os.environ.get("COOLCTL_SIM_TOKEN")
-    if url is None or token is None:
-        found: str | None = None
-        token_found: str | None = None
-        with contextlib.suppress(OSError):
-            found, token_found = read_access(control_url_file())
-        if url is None:
-            url = found
-        if token is None and found == url:
-            token = token_found
+    adverts = live_adverts()
     if url is None:
-        print(
-            "coolctl sim inject: no running simulation found; start `coolctl demo` or"
-            " `coolctl sim serve`, or pass --sim URL (its `control http://...` line) with"
-            " the token in $COOLCTL_SIM_TOKEN",
-            file=sys.stderr,
-        )
-        return ExitCode.UNREACHABLE
+        try:
+            url = choose(adverts, os.environ.get("COOLCTL_SOCKET")).control_url
+        except LookupError as exc:
+            print(f"coolctl sim inject: {exc}", file=sys.stderr)
+            return ExitCode.UNREACHABLE
+    if token is None:  # the token the simulation at that URL advertised with it
+        token = next((a.token for a in adverts if a.control_url == url), None)
     try:
         done = await inject(
             url,
@@ -237,7 +202,7 @@ async def inject_fault(
     except (aiohttp.ClientError, OSError) as exc:
         print(f"coolctl sim inject: cannot reach the simulation at {url}: {exc}", file=sys.stderr)
         return ExitCode.UNREACHABLE
-    print(done)
+    print(f"{url}: {done}")
     return ExitCode.OK
 
 
@@ -302,7 +267,7 @@ async def run_demo(
         )
         status = asyncio.create_task(_print_status(service.daemon, status_every_s))
         try:
-            with _advertised(simulation.control_url, simulation.control_token):
+            with advertised(simulation.control_url, options.socket_path, simulation.control_token):
                 await _wait(stop, duration_s)
         finally:
             status.cancel()
