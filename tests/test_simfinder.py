@@ -82,21 +82,23 @@ async def test_inject_goes_to_the_simulation_behind_the_socket_and_says_where(
     first, second = two_sims
     assert first.control_url and second.control_url
     options = {"rack": None, "device": None, "point": None, "value": None, "duration_s": None}
-    with advertised(first.control_url, Path("/tmp/first.sock")):
-        with advertised(second.control_url, Path("/tmp/second.sock")):
-            assert await inject_fault("leak", sim_url=None, **options) == 3
-            err = capsys.readouterr().err
-            assert "2 simulations are running" in err and first.control_url in err
-            assert first.plants["r01"].truth().leak_rate_lpm == 0.0
-            assert second.plants["r01"].truth().leak_rate_lpm == 0.0
+    with (
+        advertised(first.control_url, Path("/tmp/first.sock")),
+        advertised(second.control_url, Path("/tmp/second.sock")),
+    ):
+        assert await inject_fault("leak", sim_url=None, **options) == 3
+        err = capsys.readouterr().err
+        assert "2 simulations are running" in err and first.control_url in err
+        assert first.plants["r01"].truth().leak_rate_lpm == 0.0
+        assert second.plants["r01"].truth().leak_rate_lpm == 0.0
 
-            monkeypatch.setenv("COOLCTL_SOCKET", "/tmp/second.sock")
-            assert await inject_fault("leak", sim_url=None, **options) == 0
-            out = capsys.readouterr().out
-            assert out.startswith(f"{second.control_url}: ")
-            assert second.plants["r01"].truth().leak_rate_lpm > 0.0
-            assert first.plants["r01"].truth().leak_rate_lpm == 0.0
+        monkeypatch.setenv("COOLCTL_SOCKET", "/tmp/second.sock")
+        assert await inject_fault("leak", sim_url=None, **options) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"{second.control_url}: ")
+        assert second.plants["r01"].truth().leak_rate_lpm > 0.0
+        assert first.plants["r01"].truth().leak_rate_lpm == 0.0
 
-            monkeypatch.delenv("COOLCTL_SOCKET")
-            assert await inject_fault("clear", sim_url=second.control_url, **options) == 0
-            assert capsys.readouterr().out.startswith(f"{second.control_url}: ")
+        monkeypatch.delenv("COOLCTL_SOCKET")
+        assert await inject_fault("clear", sim_url=second.control_url, **options) == 0
+        assert capsys.readouterr().out.startswith(f"{second.control_url}: ")
