@@ -105,6 +105,11 @@ CANONICAL_POINTS: Mapping[str, PointSpec] = _specs(
     PointSpec("energy", Unit.JOULE, "electrical energy counted by the device"),
     PointSpec("power_limit", Unit.WATT, "power cap in force on a server"),
     PointSpec("chip_temperature", Unit.CELSIUS, "hottest processor temperature of a server"),
+    PointSpec(
+        "chip_throttle_temperature",
+        Unit.CELSIUS,
+        "where a server's chips throttle, as its BMC reports it (the sensor's critical threshold)",
+    ),
     PointSpec("coolant_outlet_temperature", Unit.CELSIUS, "coolant temperature leaving a server"),
     PointSpec("inlet_temperature", Unit.CELSIUS, "air or coolant temperature at the rack inlet"),
     # upstream

@@ -33,9 +33,11 @@ from test_api import PUMP, TOKEN, MemoryPlane
 
 from coolctl.cli import main as cli
 from coolctl.cli.operator import (
+    _Screen,
     add_operator_commands,
     format_duration,
     parse_duration,
+    render_frame,
     run_operator_command,
 )
 from coolctl.ops.api import ControlApi
@@ -123,11 +125,17 @@ def test_status_table_and_json(daemon: Daemon, capsys: pytest.CaptureFixture[str
     lines = out.splitlines()
     assert lines[0] == "coolctl 0.1.0, up 1h2m5s, config /etc/coolctl/site.toml, 2 racks"
     assert lines[1].split() == [
-        "RACK", "MODE", "FAILSAFE", "INTERLOCKS", "POWER", "BUDGET", "OVERRIDES"
+        "RACK", "MODE", "FAILSAFE", "INTERLOCKS", "POWER", "BUDGET", "CAPS", "CHIPS", "OVERRIDES"
     ]  # fmt: skip
-    assert lines[2].split() == ["r01", "auto", "no", "-", "42.1", "kW", "48.0", "kW", "1"]
-    assert lines[3].split() == ["r02", "auto", "yes", "leak", "30.5", "kW", "48.0", "kW", "0"]
+    assert lines[2].split() == [
+        "r01", "auto", "no", "-", "42.1", "kW", "48.0", "kW", "46.0", "kW", "82°C", "1"
+    ]  # fmt: skip
+    assert lines[3].split() == [
+        "r02", "auto", "yes", "leak", "30.5", "kW", "48.0", "kW", "27.0", "kW",
+        "87°C", "THROTTLING", "2/18", "0",
+    ]  # fmt: skip
     assert lines[1].index("MODE") == lines[2].index("auto")  # aligned columns
+    assert lines[4:] == ["r02: throttling: bmc03, bmc07", "r02: near throttle: bmc01"]
     code, out, _ = output(capsys, "status", "--json")
     assert code == 0 and json.loads(out) == daemon.plane.status()
 
@@ -386,8 +394,9 @@ def test_top_once_prints_one_plain_frame(
     assert code == 0 and "\x1b" not in out
     lines = out.splitlines()
     assert lines[0].startswith("coolctl top  ") and ISO.search(lines[0])
-    header = lines[2].split()
+    header = lines[2].split()  # not a terminal: every column
     assert header[:8] == ["RACK", "MODE", "SUPPLY", "RETURN", "FLOW", "ΔP", "PUMP", "VALVE"]
+    assert header[8:] == ["POWER/BUDGET", "CHIPS", "INTERLOCKS", "FAILSAFE"]
     r01, r02 = lines[3], lines[4]
     for shown in (
         "30.1°C",
@@ -400,14 +409,34 @@ def test_top_once_prints_one_plain_frame(
     ):
         assert shown in r01, shown
     assert "30.1°C (stale)" in r02 and r02.split()[-2:] == ["leak", "yes"]
-    assert lines[6] == "OVERRIDES"
-    assert PUMP in lines[8] and re.search(r"in 14m(\d+s)?  seal$", lines[8])
+    assert "87°C THROTTLING 2/18" in r02
+    assert lines[5] == "r02 throttling: bmc03, bmc07"
+    assert lines[7] == "OVERRIDES"
+    assert PUMP in lines[9] and re.search(r"in 14m(\d+s)?  seal$", lines[9])
 
     code, out, _ = output(capsys, "top", "--once", "--rack", "r02")
     assert "r01" not in out and "no overrides" in out
     code, out, _ = output(capsys, "top", "--json")
     document = json.loads(out)
     assert set(document) == {"racks", "points", "overrides"} and len(document["racks"]) == 2
+
+
+@pytest.mark.parametrize("width", [80, 60, 160])
+def test_top_fits_its_width_and_always_shows_the_safety_states(daemon: Daemon, width: int) -> None:
+    racks = daemon.plane.racks()
+    screen = _Screen(racks, daemon.plane.points(), [])
+    lines = render_frame(screen, interval=2.0, rack=None, width=width)
+    table_lines = lines[2:5]
+    header = table_lines[0].split()
+    for column in ("RACK", "CHIPS", "INTERLOCKS", "FAILSAFE"):
+        assert column in header
+    if width >= 60:
+        assert all(len(line) <= width for line in table_lines), table_lines
+    assert table_lines[2].split()[-2:] == ["leak", "yes"]
+    if width == 160:
+        assert "ΔP" in header  # room for everything
+    if width == 80:
+        assert "ΔP" not in header and "SUPPLY" in header
 
 
 def test_top_live_redraws_and_q_quits_restoring_the_screen(

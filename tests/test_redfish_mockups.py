@@ -91,6 +91,7 @@ async def test_rackmount1_reads_the_new_style_resources() -> None:
         "power_limit": 500.0,  # Controls/PowerLimit SetPoint
         "energy": 325675 * KWH,  # Sensors/TotalEnergy, kW.h
         "chip_temperature": 44.0,  # Sensors/CPU1Temp (PhysicalContext CPU, no ReadingType)
+        "chip_throttle_temperature": 45.0,  # CPU1Temp's Thresholds/UpperCritical
     }
     assert readings["coolant_outlet_temperature"].quality is Quality.MISSING
     assert readings["leak_detected"].quality is Quality.MISSING
@@ -136,6 +137,7 @@ async def test_liquid_cooled_server() -> None:
         "power_limit": 500.0,
         "energy": 325675 * KWH,
         "chip_temperature": 37.0,
+        "chip_throttle_temperature": 45.0,
         "coolant_outlet_temperature": 46.9,  # the hotter of the two cold plates' return
     }
     assert device.writable() == {"power_limit": (150.0, 1000.0)}

@@ -385,14 +385,35 @@ async def _status(client: ControlClient, args: argparse.Namespace) -> ExitCode:
                 _text(rack.get("interlocks")),
                 _kw(rack.get("power_w")),
                 _kw(rack.get("budget_w")),
+                _kw(rack.get("caps_w")),
+                chips_cell(rack.get("chips")),
                 _count(rack.get("overrides")),
             ]
             for rack in racks
         ]
-        print(
-            table(["RACK", "MODE", "FAILSAFE", "INTERLOCKS", "POWER", "BUDGET", "OVERRIDES"], rows)
-        )
+        headers = ["RACK", "MODE", "FAILSAFE", "INTERLOCKS", "POWER", "BUDGET", "CAPS", "CHIPS"]
+        print(table([*headers, "OVERRIDES"], rows))
+        for line in _rack_notes(racks):
+            print(line)
     return ExitCode.OK
+
+
+def _rack_notes(racks: Sequence[JsonObject]) -> list[str]:
+    """Below the table: servers that throttle or are near it, and overrides not in force."""
+    notes = []
+    for rack in racks:
+        name = _text(rack.get("rack"))
+        chips = rack.get("chips")
+        if isinstance(chips, dict):
+            if chips.get("throttling"):
+                notes.append(f"{name}: throttling: {_text(chips['throttling'])}")
+            if chips.get("near_throttle"):
+                notes.append(f"{name}: near throttle: {_text(chips['near_throttle'])}")
+        overrides = rack.get("overrides")
+        for record in _dicts(overrides):
+            if record.get("in_force") is False:
+                notes.append(f"{name}: override {_text(record.get('target'))} {record.get('note')}")
+    return notes
 
 
 async def _override_set(client: ControlClient, args: argparse.Namespace) -> ExitCode:
@@ -651,10 +672,60 @@ def _reading(point: JsonObject | None, render: Callable[[float], str]) -> str:
     return shown if quality == "good" else f"{shown} ({quality})"
 
 
+_TOP_COLUMNS = (
+    "RACK", "MODE", "SUPPLY", "RETURN", "FLOW", "ΔP", "PUMP", "VALVE", "POWER/BUDGET",
+    "CHIPS", "INTERLOCKS", "FAILSAFE",
+)  # fmt: skip
+_TOP_DROP_ORDER = ("ΔP", "RETURN", "VALVE", "PUMP", "MODE", "POWER/BUDGET", "FLOW", "SUPPLY")
+"""Which columns `top` gives up first when the terminal is narrow; RACK and the safety states
+(CHIPS, INTERLOCKS, FAILSAFE) are never dropped."""
+
+
+def fit_columns(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], width: int | None
+) -> tuple[list[str], list[list[str]]]:
+    """The columns that fit in `width`, dropping them in _TOP_DROP_ORDER (None: all)."""
+    keep = list(headers)
+    while width is not None:
+        index = [headers.index(name) for name in keep]
+        shown = table(keep, [[row[i] for i in index] for row in rows])
+        if max((len(line) for line in shown.splitlines()), default=0) <= width:
+            break
+        droppable = [name for name in _TOP_DROP_ORDER if name in keep]
+        if not droppable:
+            break
+        keep.remove(droppable[0])
+    index = [headers.index(name) for name in keep]
+    return keep, [[row[i] for i in index] for row in rows]
+
+
+def chips_cell(chips: Any) -> str:
+    """`82°C`, `85°C near 3/18`, `87°C THROTTLING 2/18`: the hottest chip and who is close."""
+    if not isinstance(chips, dict):
+        return "-"
+    hottest = chips.get("hottest_c")
+    text = f"{hottest:.0f}°C" if isinstance(hottest, int | float) else "-"
+    servers = chips.get("servers")
+    of = f"/{servers}" if isinstance(servers, int) else ""
+    throttling = chips.get("throttling") or []
+    near = chips.get("near_throttle") or []
+    if throttling:
+        text += f" THROTTLING {len(throttling)}{of}"
+    elif near:
+        text += f" near {len(near)}{of}"
+    return text
+
+
 def render_frame(
-    screen: _Screen, *, interval: float | None, rack: str | None, problem: str | None = None
+    screen: _Screen,
+    *,
+    interval: float | None,
+    rack: str | None,
+    problem: str | None = None,
+    width: int | None = None,
 ) -> list[str]:
-    """The lines of one `top` frame; the same for `--once` and the live view."""
+    """The lines of one `top` frame; the same for `--once` and the live view. Columns that do
+    not fit in `width` are dropped by priority: the safety states always show."""
     stamp = local_time(screen.fetched_at)
     title = f"coolctl top  {stamp}"
     if rack:
@@ -693,13 +764,17 @@ def render_frame(
                         lambda v: f"{v * 100:.0f}%",
                     ),
                     _power(power, budget),
+                    chips_cell(entry.get("chips")),
                     _text(entry.get("interlocks")),
                     _text(entry.get("failsafe")),
                 ]
             )
-        headers = ["RACK", "MODE", "SUPPLY", "RETURN", "FLOW", "ΔP", "PUMP", "VALVE"]
-        headers += ["POWER/BUDGET", "INTERLOCKS", "FAILSAFE"]
+        headers, rows = fit_columns(_TOP_COLUMNS, rows, width)
         lines.extend(table(headers, rows).splitlines())
+        for entry in screen.racks:
+            chips = entry.get("chips")
+            if isinstance(chips, dict) and chips.get("throttling"):
+                lines.append(f"{entry.get('rack')} throttling: {_text(chips['throttling'])}")
     lines.append("")
     if screen.overrides:
         lines.append("OVERRIDES")
@@ -723,7 +798,8 @@ async def _top(client: ControlClient, args: argparse.Namespace) -> ExitCode:
         if args.json:
             _emit(document)
         else:
-            print("\n".join(render_frame(screen, interval=None, rack=args.rack)))
+            width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+            print("\n".join(render_frame(screen, interval=None, rack=args.rack, width=width)))
         return ExitCode.OK
     return await _top_live(client, args.rack, args.interval, screen, sys.stdout)
 
@@ -748,7 +824,9 @@ async def _top_live(
             problem: str | None = None
             while True:
                 width = shutil.get_terminal_size().columns
-                lines = render_frame(screen, interval=interval, rack=rack, problem=problem)
+                lines = render_frame(
+                    screen, interval=interval, rack=rack, problem=problem, width=width
+                )
                 out.write(_HOME + "".join(f"{line[:width]}{_CLEAR_LINE}\n" for line in lines))
                 out.write(_CLEAR_BELOW)
                 out.flush()

@@ -368,6 +368,9 @@ class SafetyConfig:
     supply_condensation_margin_c: NonNegative = 2.0
     """An operator's supply-temperature setpoint stays this far over the facility water and
     the dew point, where the rack reads them."""
+    chip_near_throttle_margin_c: NonNegative = 5.0
+    """A server whose hottest chip is within this of its throttle point (as its BMC reports
+    it, else chip_limit_c) is near throttle: an event, a metric, a line in status and top."""
     min_flow_setpoint_lpm_per_kw: NonNegative = 1.5
     """An operator's flow setpoint stays at least this per kW of the rack's power (OCP's
     design figure for cold-plate racks: 1.5 L/min per kW); 0: off."""

@@ -136,6 +136,7 @@ class DaemonControlPlane:
             "power_w": self.daemon.rack_power_w(rack.config.id, now),
             "budget_w": rack.power_budget_w,
             "caps_w": rack.caps_w,
+            "chips": dict(rack.step.chips.summary()),
             "values": values,
             "loops": self.loops(rack.config.id),
             "overrides": [

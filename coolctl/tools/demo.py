@@ -351,6 +351,13 @@ def status_lines(daemon: Daemon) -> list[str]:
             budget = rack.power_budget_w
             of = f"/{budget / 1e3:.0f}" if budget is not None else ""
             parts.append(f"caps {rack.caps_w / 1e3:.1f}{of} kW")
+        watch = rack.step.chips
+        if watch.servers:
+            hottest = watch.summary()["hottest_c"]
+            shown = f"{hottest:.1f}°C" if isinstance(hottest, float) else "-"
+            parts.append(
+                f"chips max {shown}, throttling {len(watch.throttling)}/{len(watch.servers)}"
+            )
         if sensors:
             parts.append(f"inlet {show(sensors, 'inlet_temperature', '{:.1f}')}°C")
             parts.append(f"leak {show(sensors, 'leak_detected', '{:.0f}')}")
@@ -360,7 +367,8 @@ def status_lines(daemon: Daemon) -> list[str]:
             parts.append("SAFETY " + ",".join(held))
         for loop_id, loop in rack.controller.loops.items():
             state = loop.state
-            unit = _UNITS.get(loop.spec.measurement.unit, "")
+            measured = loop.spec.measurement.unit
+            unit = _UNITS.get(measured, "") if measured is not None else ""
             seen = "—" if state.measurement is None else f"{state.measurement:.1f}"
             parts.append(
                 f"{loop_id} loop {seen}/{state.setpoint:g}{unit} {loop_source(rack, loop_id)}"
