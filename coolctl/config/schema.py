@@ -362,9 +362,10 @@ class SafetyConfig:
     temperature nears its limit (PID racks), instead of tripping on and off."""
     thermal_cap_margin_c: NonNegative = 2.0
     """The margin under each limit the thermal cap holds."""
-    supply_limit_margin_c: NonNegative = 5.0
+    supply_limit_margin_c: NonNegative = 7.0
     """An operator's supply-temperature setpoint stays this far under the lowest supply
-    limit in temperature_limits."""
+    limit in temperature_limits (7 K: at 5 K, 40 °C under a 45 °C limit, the simulated rack's
+    chips throttle at full power even at 1.5 L/min per kW)."""
     supply_condensation_margin_c: NonNegative = 2.0
     """An operator's supply-temperature setpoint stays this far over the facility water and
     the dew point, where the rack reads them."""

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import coolctl
-from coolctl.control.supervisor import Override
+from coolctl.control.supervisor import ActuatorSafety, Override
 from coolctl.daemon.devices import DeviceHandle
 from coolctl.daemon.runtime import Daemon, RackRuntime
 from coolctl.model import CANONICAL_POINTS, Event, PointId, RackMode, Severity, Source
@@ -358,18 +358,28 @@ class DaemonControlPlane:
         else:
             device, _, name = target.partition("/")
             point = PointId(rack, device, name)
-        status = runtime.supervisor.state.actuators.get(point) if point is not None else None
+        supervisor = runtime.supervisor
+        status = supervisor.state.actuators.get(point) if point is not None else None
+        safety = next((a for a in supervisor.config.actuators if a.point == point), None)
         overruled: list[str] = []
         note = ""
-        if (
-            status is not None
-            and status.source is Source.INTERLOCK
-            and runtime.supervisor.interlocks
-        ):
-            overruled = sorted(runtime.supervisor.interlocks)
+        holding = [  # the active interlocks that give this actuator a value of their own
+            name
+            for name in sorted(supervisor.interlocks)
+            if safety is not None and _interlock_value(safety, name) is not None
+        ]
+        by_interlock = status is not None and status.source is Source.INTERLOCK
+        if by_interlock and not holding:
+            holding = sorted(supervisor.interlocks)
+        if holding:
+            overruled = holding
+            value = status.value if status is not None and by_interlock else None
+            if value is None and safety is not None:
+                value = _interlock_value(safety, holding[0])
+            at = f" at {value:g}" if value is not None else ""
             note = (
-                f"not in force: the {', '.join(overruled)} interlock holds {point} at"
-                f" {status.value:g} ({status.reason}); the override applies once it releases"
+                f"not in force: the {', '.join(holding)} interlock holds {point}{at};"
+                " the override applies once it releases"
             )
         elif setpoint and decision is not None and decision.failsafe:
             overruled = ["failsafe"]
@@ -538,3 +548,14 @@ class DaemonControlPlane:
             return
         async with self._events_changed:
             self._events_changed.notify_all()
+
+
+def _interlock_value(safety: ActuatorSafety, interlock: str) -> float | None:
+    """The value an interlock gives an actuator (None: it leaves the actuator alone)."""
+    return {
+        "leak": safety.on_leak,
+        "over_temperature": safety.on_over_temperature,
+        "pump_failure": safety.on_pump_failure,
+        "loss_of_flow": safety.on_loss_of_flow,
+        "low_coolant_level": safety.on_low_level,
+    }.get(interlock)

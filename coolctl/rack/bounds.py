@@ -10,9 +10,11 @@ the chips out of throttling and the rack dry:
 - a flow setpoint stays within what the pump can deliver (`rated_flow_lpm`, else what the meter
   reads), and at least `min_flow_setpoint_lpm_per_kw` per kW of the rack's power. The default,
   1.5 L/min per kW, is the Open Compute Project's design figure for cold-plate racks (ORv3
-  / Advanced Cooling Facilities guidance: 1.5 LPM/kW at a 10 K coolant rise). On the simulated
-  rack at full load under its 120 kW budget (116 kW), that minimum with the highest supply
-  setpoint the bounds allow (40 °C) keeps the hottest chip at 85 °C, 2 K under throttle;
+  / Advanced Cooling Facilities guidance: 1.5 LPM/kW at a 10 K coolant rise). The two bounds
+  hold together: on the simulated rack at full power (126 kW), that minimum flow with the
+  warmest supply the bounds allow (38 °C: the 45 °C limit less the default 7 K margin) keeps the
+  hottest chip at 85.3 °C, under its 87 °C throttle point; with a 5 K margin (40 °C) it
+  throttles (`tests/test_setpoint_bounds.py` checks the corners and random setpoints);
 - a ΔP setpoint stays within what its sensor reads (the pump's curve is not known here).
 
 Pure: the config, the sensor range and the latest values are arguments; `coolctl` wires them
