@@ -450,7 +450,7 @@ async def _override_targets(client: ControlClient, args: argparse.Namespace) -> 
     rows = [
         [
             _text(entry.get("target")),
-            f"{_text(entry.get('low'))}..{_text(entry.get('high'))}",
+            f"{_short(entry.get('low'))}..{_short(entry.get('high'))}",
             _text(entry.get("unit")),
             _text(entry.get("why")),
         ]
@@ -588,8 +588,19 @@ def _audit_row(record: JsonObject) -> list[str]:
         _text(record.get("who")),
         _text(record.get("action")),
         _text(record.get("rack")),
-        _text(record.get("details")),
+        _details(record.get("details")),
     ]
+
+
+def _details(details: Any) -> str:
+    """An audit record's details: absent ones left out, times (`*_at`) as local time."""
+    if not isinstance(details, dict):
+        return _text(details)
+    return " ".join(
+        f"{key}={local_time(value) if key.endswith('_at') else _text(value)}"
+        for key, value in details.items()
+        if value is not None
+    )
 
 
 async def _audit(client: ControlClient, args: argparse.Namespace) -> ExitCode:
@@ -798,7 +809,8 @@ async def _top(client: ControlClient, args: argparse.Namespace) -> ExitCode:
         if args.json:
             _emit(document)
         else:
-            width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+            fixed = sys.stdout.isatty() or "COLUMNS" in os.environ
+            width = shutil.get_terminal_size().columns if fixed else None
             print("\n".join(render_frame(screen, interval=None, rack=args.rack, width=width)))
         return ExitCode.OK
     return await _top_live(client, args.rack, args.interval, screen, sys.stdout)
@@ -958,6 +970,13 @@ def _text(value: Any) -> str:
     if isinstance(value, dict):
         return " ".join(f"{key}={_text(item)}" for key, item in value.items()) or "-"
     return escape_text(str(value))  # text from the daemon may carry anyone's input
+
+
+def _short(value: Any) -> str:
+    """A bound as an operator reads it: four significant digits."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return _text(value)
 
 
 def _kw(watts: Any) -> str:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import coolctl
-from coolctl.control.supervisor import ActuatorSafety, Override
+from coolctl.control.supervisor import ActuatorRole, ActuatorSafety, Override
 from coolctl.daemon.devices import DeviceHandle
 from coolctl.daemon.runtime import Daemon, RackRuntime
 from coolctl.model import CANONICAL_POINTS, Event, PointId, RackMode, Severity, Source
@@ -338,7 +338,11 @@ class DaemonControlPlane:
                     "low": safety.minimum,
                     "high": safety.maximum,
                     "unit": spec.unit.value if spec is not None else None,
-                    "why": "the loop's output range within the device's",
+                    "why": (
+                        "the server's cap_min_w..cap_max_w"
+                        if safety.role is ActuatorRole.POWER_LIMIT
+                        else "the loop's output_min..output_max, within the device's range"
+                    ),
                 }
             )
         return result
