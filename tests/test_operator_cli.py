@@ -302,6 +302,19 @@ def test_a_missing_reason_is_explained_in_words(
     assert daemon.plane.calls == []
 
 
+def test_audit_table_and_json(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = output(capsys, "audit")
+    assert (code, out) == (0, "no audit records\n")
+    set_pump(daemon)
+    code, out, _ = output(capsys, "audit")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["ID", "TIME", "WHO", "ACTION", "RACK", "DETAILS"]
+    assert "override_set" in lines[1] and "alice (uid 1000)" in lines[1]
+    code, out, _ = output(capsys, "audit", "--json", "--limit", "1")
+    document = json.loads(out)
+    assert code == 0 and len(document["audit"]) == 1 and document["next_since"] >= 1
+
+
 # --- mode, reload ------------------------------------------------------------------------
 
 
