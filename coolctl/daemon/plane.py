@@ -32,7 +32,7 @@ from coolctl.ops.protocol import (
     target_kind,
 )
 from coolctl.ops.store import AsyncStore
-from coolctl.rack.bounds import loop_bounds
+from coolctl.rack.bounds import live_bounds, loop_bounds, quantity_of, rack_inputs, static_bounds
 from coolctl.rack.facts import setpoint_bounds
 
 log = logging.getLogger("coolctl.daemon.plane")
@@ -442,6 +442,29 @@ class DaemonControlPlane:
             runtime.supervisor.check_override(point, value)
         except ValueError as exc:
             raise ControlError(400, str(exc)) from exc
+        self._check_cdu_setpoint(runtime, point, value)
+
+    def _check_cdu_setpoint(self, runtime: RackRuntime, point: PointId, value: float) -> None:
+        """A CDU that runs its own loops takes setpoints as actuators (supply_temperature_
+        setpoint, flow_setpoint): an override of one is refused outside the safe bounds a
+        loop's setpoint of that quantity has (once set, the supervisor holds it to the
+        actuator's range; it is not re-bounded tick by tick as a loop's setpoint is)."""
+        quantity = quantity_of(point.name)
+        safety = next((a for a in runtime.supervisor.config.actuators if a.point == point), None)
+        if quantity is None or safety is None:
+            return
+        bounds = live_bounds(
+            runtime.config,
+            static_bounds(runtime.config, quantity, (safety.minimum, safety.maximum)),
+            quantity,
+            *rack_inputs(
+                runtime.config, self.daemon.store.readings(self.daemon.clock(), point.rack)
+            ),
+        )
+        if not bounds.contains(value):
+            raise ControlError(
+                400, f"{point.name} {value:g} is outside its safe bounds {bounds.text()}"
+            )
 
     def _check_setpoint(self, runtime: RackRuntime, loop_id: str, value: float) -> None:
         """A setpoint override must lie within the loop's safe bounds (coolctl.rack.bounds,
