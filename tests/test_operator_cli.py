@@ -614,7 +614,7 @@ def test_zsh_completion_answers_from_the_same_tables(
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert result.stdout.splitlines() == [
         "compdef _coolctl coolctl",
-        "set clear list",
+        "set clear targets list",
         "auto manual",
         "-h --help --socket --url --token-file --ca-file --client-cert --json --ttl --permanent"
         " --reason",
