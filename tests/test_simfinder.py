@@ -34,6 +34,7 @@ def test_each_run_keeps_its_own_private_file(private_runtime_dir: Path) -> None:
                 assert stat.S_IMODE(path.stat().st_mode) == 0o600
                 assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
             found = {advert.control_url: advert for advert in live_adverts()}
+            assert all(advert.token is None for advert in found.values())
             assert set(found) == {"http://127.0.0.1:1", "http://127.0.0.1:2"}
             assert found["http://127.0.0.1:1"].socket == "/run/a.sock"
             assert found["http://127.0.0.1:2"].socket is None
@@ -83,8 +84,8 @@ async def test_inject_goes_to_the_simulation_behind_the_socket_and_says_where(
     assert first.control_url and second.control_url
     options = {"rack": None, "device": None, "point": None, "value": None, "duration_s": None}
     with (
-        advertised(first.control_url, Path("/tmp/first.sock")),
-        advertised(second.control_url, Path("/tmp/second.sock")),
+        advertised(first.control_url, Path("/tmp/first.sock"), first.control_token),
+        advertised(second.control_url, Path("/tmp/second.sock"), second.control_token),
     ):
         assert await inject_fault("leak", sim_url=None, **options) == 3
         err = capsys.readouterr().err
