@@ -412,7 +412,9 @@ def _rack_notes(racks: Sequence[JsonObject]) -> list[str]:
         overrides = rack.get("overrides")
         for record in _dicts(overrides):
             if record.get("in_force") is False:
-                notes.append(f"{name}: override {_text(record.get('target'))} {record.get('note')}")
+                notes.append(
+                    f"{name}: override {_text(record.get('target'))} {_text(record.get('note'))}"
+                )
     return notes
 
 
@@ -620,7 +622,7 @@ async def _audit(client: ControlClient, args: argparse.Namespace) -> ExitCode:
     while True:
         for record in records:
             if args.json:
-                print(json.dumps(record, ensure_ascii=False), flush=True)
+                print(escape_json_text(json.dumps(record, ensure_ascii=False)), flush=True)
             else:
                 print(table(None, [_audit_row(record)], min_widths=_AUDIT_WIDTHS), flush=True)
         await asyncio.sleep(AUDIT_POLL_S)
