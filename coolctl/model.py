@@ -124,6 +124,11 @@ CANONICAL_POINTS: Mapping[str, PointSpec] = _specs(
     PointSpec("bbu_charge", Unit.RATIO, "state of charge of a battery backup unit (per BBU)"),
     PointSpec("bbu_discharging", Unit.BOOLEAN, "1 while a battery backup unit discharges"),
     PointSpec("chip_temperature", Unit.CELSIUS, "hottest processor temperature of a server"),
+    PointSpec(
+        "chip_throttle_temperature",
+        Unit.CELSIUS,
+        "where a server's chips throttle, as its BMC reports it (the sensor's critical threshold)",
+    ),
     PointSpec("coolant_outlet_temperature", Unit.CELSIUS, "coolant temperature leaving a server"),
     PointSpec("inlet_temperature", Unit.CELSIUS, "air or coolant temperature at the rack inlet"),
     # upstream

@@ -285,6 +285,14 @@ POINT_SOURCES: Final[Mapping[Kind, Mapping[str, tuple[Source, ...]]]] = {
                 combine="max",
             ),
         ),
+        # the chip sensor's own critical threshold: where the BMC's chips throttle
+        "chip_throttle_temperature": (
+            Source(
+                Role.SENSOR,
+                ("Thresholds", "UpperCritical", "Reading"),
+                match=_sensor(_set("Temperature"), CHIPS, units=_set("Cel")),
+            ),
+        ),
         "coolant_outlet_temperature": (
             Source(Role.COOLANT_CONNECTOR, ("ReturnTemperatureCelsius", "Reading"), combine="max"),
             Source(

@@ -158,7 +158,10 @@ class Service:
         if self.protocol == "control":
             return f"control http://{self.address}"
         if self.protocol == "redfish":
-            return f"redfish {self.url} user={self.username} password={self.password} ca={self.ca}"
+            return (
+                f"redfish {self.url} rack={self.rack} device={self.device}"
+                f" user={self.username} password={self.password} ca={self.ca}"
+            )
         if self.protocol == "snmp":
             return f"snmp {self.address} community={self.password} profile={self.register_map}"
         return (

@@ -148,7 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     inject.add_argument("--point", metavar="P", help="for sensor faults")
     inject.add_argument("--value", type=float, metavar="V", help="the number the kind takes")
     inject.add_argument("--duration", type=float, metavar="S", help="undo after S seconds")
-    inject.add_argument("--sim", metavar="URL", help="the simulation's `control http://...`")
+    inject.add_argument(
+        "--sim",
+        metavar="URL",
+        help="the simulation's `control http://...` (default: the one behind the daemon of"
+        " $COOLCTL_SOCKET, else the only one running)",
+    )
     add_identify_command(commands)
     add_operator_commands(commands)
     return parser

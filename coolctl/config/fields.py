@@ -182,7 +182,7 @@ ServiceAddress = Annotated[
 
 
 def configured_devices(info: ValidationInfo) -> frozenset[str] | None:
-    """The devices of the rack being read that passed validation (None outside a load)."""
+    """The devices the rack being read names (None outside a load), a bad entry included."""
     context = info.context
     return context.get("devices") if isinstance(context, Mapping) else None
 

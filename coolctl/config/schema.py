@@ -439,6 +439,19 @@ class SafetyConfig:
     temperature nears its limit (PID racks), instead of tripping on and off."""
     thermal_cap_margin_c: NonNegative = 2.0
     """The margin under each limit the thermal cap holds."""
+    supply_limit_margin_c: NonNegative = 7.0
+    """An operator's supply-temperature setpoint stays this far under the lowest supply
+    limit in temperature_limits (7 K: at 5 K, 40 °C under a 45 °C limit, the simulated rack's
+    chips throttle at full power even at 1.5 L/min per kW)."""
+    supply_condensation_margin_c: NonNegative = 2.0
+    """An operator's supply-temperature setpoint stays this far over the facility water and
+    the dew point, where the rack reads them."""
+    chip_near_throttle_margin_c: NonNegative = 5.0
+    """A server whose hottest chip is within this of its throttle point (as its BMC reports
+    it, else chip_limit_c) is near throttle: an event, a metric, a line in status and top."""
+    min_flow_setpoint_lpm_per_kw: NonNegative = 1.5
+    """An operator's flow setpoint stays at least this per kW of the rack's power (OCP's
+    design figure for cold-plate racks: 1.5 L/min per kW); 0: off."""
 
 
 @dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
@@ -511,10 +524,11 @@ class RackConfig:
             entries = _with_ids(data.get("devices"))
             usable = set()
             if isinstance(entries, Mapping):
-                for key, entry in entries.items():
+                for key in entries:
+                    # A device with a bad entry is still configured: its own error says what
+                    # is wrong, and references to it must not add "not configured" lines.
                     try:
                         TypeAdapter(Id).validate_python(key)
-                        DEVICE.validate_python(entry)
                     except ValidationError:
                         continue
                     usable.add(key)

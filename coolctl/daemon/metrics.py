@@ -391,7 +391,8 @@ class RackCollector(_DaemonState):
         )
         caps = GaugeMetricFamily(
             "coolctl_rack_power_caps_watts",
-            "Sum of the server caps the allocator set from the budget",
+            "Sum of the server caps last commanded, after the safety supervisor (an"
+            " interlock's minimum caps included)",
             labels=rack_label,
         )
         feasible = GaugeMetricFamily(
@@ -428,8 +429,9 @@ class RackCollector(_DaemonState):
             if rack.power_budget_w is not None:
                 budget.add_metric([rack_id], rack.power_budget_w)
             allocation = rack.allocator.allocation if rack.allocator is not None else None
+            if rack.caps_w is not None:
+                caps.add_metric([rack_id], rack.caps_w)
             if allocation is not None:
-                caps.add_metric([rack_id], allocation.allocated_w)
                 feasible.add_metric([rack_id], float(allocation.feasible))
             for ref, limit in rack.config.safety.temperature_limits.items():
                 if ref.point == "supply_temperature":
@@ -441,6 +443,55 @@ class RackCollector(_DaemonState):
         yield from (interlock, awaiting, silent, failsafe, mode, power, budget, supply_limit)
         yield from (caps, feasible)
         yield from (override, expiry)
+        yield from self._chips()
+
+    def _chips(self) -> Iterator[Metric]:
+        """Servers that throttle or are near it (coolctl.rack.chips), and the outlet limit."""
+        labels = ["rack", "device"]
+        throttling = GaugeMetricFamily(
+            "coolctl_server_throttling",
+            "1 while the server's hottest chip sits at its throttle point (its BMC's threshold)",
+            labels=labels,
+        )
+        near = GaugeMetricFamily(
+            "coolctl_server_chip_near_throttle",
+            "1 while the server's hottest chip is within chip_near_throttle_margin_c of throttling",
+            labels=labels,
+        )
+        margin = GaugeMetricFamily(
+            "coolctl_server_chip_throttle_margin_celsius",
+            "Degrees left before the server's hottest chip throttles",
+            labels=labels,
+        )
+        rack_throttling = GaugeMetricFamily(
+            "coolctl_rack_servers_throttling", "Servers of the rack throttling", labels=["rack"]
+        )
+        rack_near = GaugeMetricFamily(
+            "coolctl_rack_servers_near_throttle",
+            "Servers of the rack within the margin of throttling (throttling ones not counted)",
+            labels=["rack"],
+        )
+        outlet_limit = GaugeMetricFamily(
+            "coolctl_rack_outlet_temperature_limit_celsius",
+            "Server coolant outlet temperature above which over-temperature trips (outlet_limit_c)",
+            labels=["rack"],
+        )
+        for rack_id, rack in sorted(self.daemon.racks.items()):
+            watch = rack.step.chips
+            for device, chips in sorted(watch.states.items()):
+                if chips.state == "unknown":
+                    continue
+                key = [rack_id, device]
+                throttling.add_metric(key, float(chips.state == "throttling"))
+                near.add_metric(key, float(chips.state == "near"))
+                if chips.margin_c is not None:
+                    margin.add_metric(key, chips.margin_c)
+            if watch.servers:
+                rack_throttling.add_metric([rack_id], float(len(watch.throttling)))
+                rack_near.add_metric([rack_id], float(len(watch.near)))
+            if rack.config.safety.outlet_limit_c is not None:
+                outlet_limit.add_metric([rack_id], rack.config.safety.outlet_limit_c)
+        yield from (throttling, near, margin, rack_throttling, rack_near, outlet_limit)
 
 
 class MpcCollector(_DaemonState):

@@ -17,9 +17,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 import coolctl
-from coolctl.control.supervisor import Override
+from coolctl.control.supervisor import ActuatorRole, ActuatorSafety, Override
+from coolctl.daemon.devices import DeviceHandle
 from coolctl.daemon.runtime import Daemon, RackRuntime
-from coolctl.model import CANONICAL_POINTS, Event, PointId, RackMode, Severity
+from coolctl.model import CANONICAL_POINTS, Event, PointId, RackMode, Severity, Source
 from coolctl.ops.api import MIN_TTL_S
 from coolctl.ops.protocol import (
     AuditRecord,
@@ -31,6 +32,7 @@ from coolctl.ops.protocol import (
     target_kind,
 )
 from coolctl.ops.store import AsyncStore
+from coolctl.rack.bounds import live_bounds, loop_bounds, quantity_of, rack_inputs, static_bounds
 from coolctl.rack.facts import setpoint_bounds
 from coolctl.rack.power_alarms import power_alarms
 
@@ -134,10 +136,15 @@ class DaemonControlPlane:
             "interlocks": sorted(decision.interlocks) if decision else [],
             "power_w": self.daemon.rack_power_w(rack.config.id, now),
             "budget_w": rack.power_budget_w,
+            "caps_w": rack.caps_w,
+            "chips": dict(rack.step.chips.summary()),
             "values": values,
             "power_alarms": power_alarms(values),
             "loops": self.loops(rack.config.id),
-            "overrides": [record.as_json() for record in rack.override_records.values()],
+            "overrides": [
+                record.as_json() | self.override_effect(rack.config.id, record.target)
+                for record in rack.override_records.values()
+            ],
             "actuators": [
                 {
                     "point": f"{point.device}/{point.name}",
@@ -297,7 +304,109 @@ class DaemonControlPlane:
         await self.store.audit(who, "reload", None, result, self.wall_clock())
         return result
 
+    def targets(self, rack: str) -> list[JsonObject]:
+        """Every target an override may name on `rack`, with its bounds now, unit and why."""
+        runtime = self._rack(rack)
+        result: list[JsonObject] = []
+        now = self.daemon.clock()
+        readings = self.daemon.store.readings(now, rack)
+        for loop_id in sorted(runtime.controller.loops):
+            loop = runtime.config.loops.get(loop_id)
+            if loop is None:
+                continue
+            low, high = setpoint_bounds(loop, self._devices(runtime))
+            spec = CANONICAL_POINTS.get(loop.measurement.minuend.point)
+            unit = spec.unit.value if spec is not None else None
+            why = "what the measurement reads, or setpoint_min/setpoint_max"
+            bounds = loop_bounds(runtime.config, loop, (low, high), readings)
+            if bounds is not None:
+                low, high, unit, why = bounds.low, bounds.high, bounds.unit, bounds.why()
+            result.append(
+                {
+                    "target": f"{loop_id}.setpoint",
+                    "kind": "setpoint",
+                    "low": low,
+                    "high": high,
+                    "unit": unit,
+                    "why": why,
+                }
+            )
+        for safety in runtime.supervisor.config.actuators:
+            spec = CANONICAL_POINTS.get(safety.point.name)
+            result.append(
+                {
+                    "target": f"{safety.point.device}/{safety.point.name}",
+                    "kind": "actuator",
+                    "low": safety.minimum,
+                    "high": safety.maximum,
+                    "unit": spec.unit.value if spec is not None else None,
+                    "why": (
+                        "the server's cap_min_w..cap_max_w"
+                        if safety.role is ActuatorRole.POWER_LIMIT
+                        else "the loop's output_min..output_max, within the device's range"
+                    ),
+                }
+            )
+        return result
+
+    def override_effect(self, rack: str, target: str) -> JsonObject:
+        """Whether an override of `target` is in force now, and if not what overrules it: an
+        interlock holds its actuator; for a setpoint, failsafe or manual mode stops the loop."""
+        runtime = self._rack(rack)
+        decision = runtime.decision
+        point: PointId | None = None
+        setpoint = target_kind(target) == "setpoint"
+        if setpoint:
+            loop = runtime.controller.loops.get(target.removesuffix(".setpoint"))
+            if loop is not None:
+                actuator = loop.spec.actuator
+                point = PointId(rack, actuator.device, actuator.name)
+        else:
+            device, _, name = target.partition("/")
+            point = PointId(rack, device, name)
+        supervisor = runtime.supervisor
+        status = supervisor.state.actuators.get(point) if point is not None else None
+        safety = next((a for a in supervisor.config.actuators if a.point == point), None)
+        overruled: list[str] = []
+        note = ""
+        holding = [  # the active interlocks that give this actuator a value of their own
+            name
+            for name in sorted(supervisor.interlocks)
+            if safety is not None and _interlock_value(safety, name) is not None
+        ]
+        by_interlock = status is not None and status.source is Source.INTERLOCK
+        if by_interlock and not holding:
+            holding = sorted(supervisor.interlocks)
+        if holding:
+            overruled = holding
+            value = status.value if status is not None and by_interlock else None
+            if value is None and safety is not None:
+                value = _interlock_value(safety, holding[0])
+            at = f" at {value:g}" if value is not None else ""
+            note = (
+                f"not in force: the {', '.join(holding)} interlock holds {point}{at};"
+                " the override applies once it releases"
+            )
+        elif setpoint and decision is not None and decision.failsafe:
+            overruled = ["failsafe"]
+            reasons = "; ".join(runtime.supervisor.state.failsafe_reasons)
+            note = (
+                f"not in force: the rack is in failsafe ({reasons}); the loop and its setpoint"
+                " act again once it ends"
+            )
+        elif setpoint and runtime.mode == RackMode.MANUAL:
+            overruled = ["manual"]
+            note = "not in force: the rack is in manual mode, its loops do not run"
+        return {"in_force": not overruled, "overruled_by": overruled, "note": note}
+
     # -- internals ----------------------------------------------------------------------------
+
+    def _target_names(self, runtime: RackRuntime) -> list[str]:
+        loops = [f"{loop_id}.setpoint" for loop_id in sorted(runtime.controller.loops)]
+        actuators = [
+            f"{a.point.device}/{a.point.name}" for a in runtime.supervisor.config.actuators
+        ]
+        return loops + actuators
 
     def _known(self, rack: str | None) -> None:
         if rack is not None:
@@ -316,30 +425,66 @@ class DaemonControlPlane:
             if loop_id not in runtime.controller.loops:
                 loops = ", ".join(sorted(runtime.controller.loops)) or "none"
                 raise ControlError(
-                    404, f"no loop {loop_id!r} on rack {runtime.config.id} ({loops})"
+                    404,
+                    f"no loop {loop_id!r} on rack {runtime.config.id} ({loops}); valid targets:"
+                    f" {', '.join(self._target_names(runtime))}",
                 )
             self._check_setpoint(runtime, loop_id, value)
             return
         device, _, name = target.partition("/")
         point = PointId(runtime.config.id, device, name)
+        if point not in {a.point for a in runtime.supervisor.config.actuators}:
+            raise ControlError(
+                404,
+                f"{target} is not an actuator of rack {runtime.config.id}; valid targets:"
+                f" {', '.join(self._target_names(runtime))}"
+                f" (coolctl override targets {runtime.config.id})",
+            )
         try:
             runtime.supervisor.check_override(point, value)
         except ValueError as exc:
             raise ControlError(400, str(exc)) from exc
+        self._check_cdu_setpoint(runtime, point, value)
+
+    def _check_cdu_setpoint(self, runtime: RackRuntime, point: PointId, value: float) -> None:
+        """A CDU that runs its own loops takes setpoints as actuators (supply_temperature_
+        setpoint, flow_setpoint): an override of one is refused outside the safe bounds a
+        loop's setpoint of that quantity has (once set, the supervisor holds it to the
+        actuator's range; it is not re-bounded tick by tick as a loop's setpoint is)."""
+        quantity = quantity_of(point.name)
+        safety = next((a for a in runtime.supervisor.config.actuators if a.point == point), None)
+        if quantity is None or safety is None:
+            return
+        bounds = live_bounds(
+            runtime.config,
+            static_bounds(runtime.config, quantity, (safety.minimum, safety.maximum)),
+            quantity,
+            *rack_inputs(
+                runtime.config, self.daemon.store.readings(self.daemon.clock(), point.rack)
+            ),
+        )
+        if not bounds.contains(value):
+            raise ControlError(
+                400, f"{point.name} {value:g} is outside its safe bounds {bounds.text()}"
+            )
 
     def _check_setpoint(self, runtime: RackRuntime, loop_id: str, value: float) -> None:
-        """A setpoint override must lie within the loop's setpoint bounds (see
-        coolctl.devices.setpoint_bounds), as an actuator override within its safe bounds."""
+        """A setpoint override must lie within the loop's safe bounds (coolctl.rack.bounds,
+        from what the rack reads now), else within what its measurement can read."""
         loop = runtime.config.loops.get(loop_id)
         if loop is None:  # a loop the config does not know (none today): finite is all we know
             return
-        rack = runtime.config.id
-        devices = {
-            device: handle
-            for (rack_id, device), handle in self.daemon.devices.items()
-            if rack_id == rack
-        }
-        low, high = setpoint_bounds(loop, devices)
+        low, high = setpoint_bounds(loop, self._devices(runtime))
+        now = self.daemon.clock()
+        readings = self.daemon.store.readings(now, runtime.config.id)
+        bounds = loop_bounds(runtime.config, loop, (low, high), readings)
+        if bounds is not None:
+            if not bounds.contains(value):
+                raise ControlError(
+                    400,
+                    f"{loop_id}.setpoint {value:g} is outside its safe bounds {bounds.text()}",
+                )
+            return
         if not (math.isfinite(value) and low <= value <= high):
             spec = CANONICAL_POINTS.get(loop.measurement.minuend.point)
             unit = f" {spec.unit.value}" if spec is not None else ""
@@ -348,6 +493,14 @@ class DaemonControlPlane:
                 f"{loop_id}.setpoint {value:g} is outside its bounds {low:g}..{high:g}{unit}"
                 f" (what {loop.measurement} can read, or the loop's setpoint_min/setpoint_max)",
             )
+
+    def _devices(self, runtime: RackRuntime) -> dict[str, DeviceHandle]:
+        rack = runtime.config.id
+        return {
+            device: handle
+            for (rack_id, device), handle in self.daemon.devices.items()
+            if rack_id == rack
+        }
 
     def _apply_override(self, runtime: RackRuntime, record: OverrideRecord) -> None:
         self._check_override(runtime, record.target, record.value)
@@ -424,3 +577,14 @@ class DaemonControlPlane:
             return
         async with self._events_changed:
             self._events_changed.notify_all()
+
+
+def _interlock_value(safety: ActuatorSafety, interlock: str) -> float | None:
+    """The value an interlock gives an actuator (None: it leaves the actuator alone)."""
+    return {
+        "leak": safety.on_leak,
+        "over_temperature": safety.on_over_temperature,
+        "pump_failure": safety.on_pump_failure,
+        "loss_of_flow": safety.on_loss_of_flow,
+        "low_coolant_level": safety.on_low_level,
+    }.get(interlock)

@@ -15,7 +15,11 @@ Endpoints (lists are wrapped in an object so that fields can be added later):
     GET    /v1/points?rack=R                       {"points": [...]}
     GET    /v1/loops?rack=R                        {"loops": [...]}
     GET    /v1/overrides?rack=R                    {"overrides": [...]}
-    PUT    /v1/racks/{rack}/overrides/{target}     {"value", "ttl_s" | "permanent", "reason"}
+    PUT    /v1/racks/{rack}/overrides/{target}     {"value", "ttl_s" | "permanent", "reason"}:
+                                                   the record, with `in_force`, `overruled_by`
+                                                   (interlocks, failsafe, manual) and `note`
+    GET    /v1/racks/{rack}/targets                {"targets": [{target, kind, low, high,
+                                                   unit, why}]}: what an override may name
     DELETE /v1/racks/{rack}/overrides/{target}     reason in the body or ?reason=
     PUT    /v1/racks/{rack}/mode                   {"mode": "auto" | "manual", "reason"}
     POST   /v1/racks/{rack}/interlocks/{name}/reset {"reason"}: release a latched interlock
@@ -577,6 +581,7 @@ class ControlApi:
         router.add_get("/v1/loops", self._loops)
         router.add_get("/v1/overrides", self._overrides)
         router.add_put("/v1/racks/{rack}/overrides/{target}", self._set_override)
+        router.add_get("/v1/racks/{rack}/targets", self._targets)
         router.add_delete("/v1/racks/{rack}/overrides/{target}", self._clear_override)
         router.add_put("/v1/racks/{rack}/mode", self._set_mode)
         router.add_post("/v1/racks/{rack}/interlocks/{interlock}/reset", self._reset_interlock)
@@ -635,7 +640,18 @@ class ControlApi:
         record = await self._logged(
             who, rack, what, self.plane.set_override(rack, target, value, ttl_s, who, why)
         )
-        return _json(record.as_json())
+        document = record.as_json()
+        effect = getattr(self.plane, "override_effect", None)
+        if callable(effect):  # in force now, or overruled by an interlock, failsafe, manual
+            document.update(effect(rack, target))
+        return _json(document)
+
+    async def _targets(self, request: web.Request) -> web.Response:
+        _query(request, ())
+        targets = getattr(self.plane, "targets", None)
+        if not callable(targets):
+            raise ControlError(404, "this daemon cannot list override targets")
+        return _json({"targets": targets(request.match_info["rack"])})
 
     async def _clear_override(self, request: web.Request) -> web.Response:
         query = _query(request, ("reason",))

@@ -196,6 +196,9 @@ class ControlClient:
             "PUT", f"/v1/racks/{_segment(rack)}/overrides/{_segment(target)}", body=body
         )
 
+    async def targets(self, rack: str) -> JsonObject:
+        return await self.request("GET", f"/v1/racks/{_segment(rack)}/targets")
+
     async def clear_override(self, rack: str, target: str, *, reason: str) -> JsonObject:
         return await self.request(
             "DELETE",

@@ -36,6 +36,7 @@ from coolctl.config import RackConfig
 from coolctl.control.loops import SaturationWatch
 from coolctl.control.supervisor import Decision, Override, Supervisor
 from coolctl.model import Command, Event, PointId, Quality, RackMode, Severity, Snapshot
+from coolctl.rack.chips import ChipWatch
 from coolctl.rack.controllers import build_rack_control
 from coolctl.rack.safety import DeviceFacts
 from coolctl.rack.stack import ControlStack, RackControl, note_applied
@@ -119,6 +120,7 @@ class RackStep(Generic[StackT]):
             a.point: (a.hard_minimum, a.hard_maximum) for a in self.supervisor.config.actuators
         }
         self._saturation = SaturationWatch(config.id)  # loops that cannot reach their setpoint
+        self.chips = ChipWatch(config)  # servers that throttle, or are near it
         self._upstream_w: float | None = None  # the last budget accepted from budget_point
         self._budget_rejected = False
         self._budget_changed_at: float | None = None  # when upstream last changed the budget
@@ -167,7 +169,7 @@ class RackStep(Generic[StackT]):
         for point, value, _ in self.readbacks(snapshot):
             if value is not None:
                 supervisor.observe(point, value, now)
-        events: list[Event] = []
+        events: list[Event] = self.chips.step(snapshot, now)
         budget = self._follow_budget(snapshot, now, budget_w, events)
         requested: list[Command] = []
         error: Exception | None = None

@@ -15,7 +15,6 @@ import os
 import secrets
 import sys
 import tempfile
-from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -25,24 +24,18 @@ import aiohttp
 from coolctl.config import DEFAULT_METRICS_PORT, Config, MqttDeviceConfig
 from coolctl.daemon.logs import setup_logging
 from coolctl.daemon.run import stop_on_signals
-from coolctl.daemon.runtime import Daemon
+from coolctl.daemon.runtime import Daemon, RackRuntime
 from coolctl.daemon.service import Service, ServiceOptions
 from coolctl.exitcodes import ExitCode
-from coolctl.model import PointId
+from coolctl.model import PointId, RackMode, Source, Unit
 from coolctl.rack.check import load_or_report
-from coolctl.simulators.control_server import (
-    endpoint,
-    inject,
-    private_directory,
-    read_access,
-    write_access,
-)
+from coolctl.simulators.control_server import endpoint, inject
 from coolctl.simulators.live import LiveSimulation
 from coolctl.simulators.live import Service as SimService
 from coolctl.tools.broker import Mosquitto, MosquittoError, find_mosquitto
 from coolctl.tools.rtu_sim import serve_over_rtu, with_rtu_services
+from coolctl.tools.simfinder import advertised, choose, live_adverts
 from coolctl.tools.simrack import (
-    control_url_file,
     sim_specs,
     with_broker,
     with_services,
@@ -115,27 +108,6 @@ async def _private_broker(config: Config, stack: AsyncExitStack) -> tuple[Config
     return replace(config, mqtt=mqtt), f"sensors:{sensor_password}@{broker.address}"
 
 
-@contextlib.contextmanager
-def _advertised(url: str | None, token: str | None = None) -> Iterator[None]:
-    """Leave the fault-injection URL and its token where `coolctl sim inject` looks for them,
-    in a file only this user can read, in a directory only this user can enter."""
-    path = control_url_file()
-    if url is not None:
-        try:
-            private_directory(path.parent)
-            write_access(path, url, token or "")
-        except (OSError, ValueError) as exc:
-            print(f"coolctl sim inject will need --sim {url}: {exc}", file=sys.stderr)
-            url = None
-    try:
-        yield
-    finally:
-        if url is not None:
-            with contextlib.suppress(OSError):
-                if read_access(path)[0] == url:
-                    path.unlink()
-
-
 async def serve_simulation(
     config_path: Path | None,
     port: int | None,
@@ -176,7 +148,7 @@ async def serve_simulation(
         services = await _rtu_services(simulation, stack, modbus_rtu)
         for service in services:
             print(service.line(), flush=True)
-        with _advertised(simulation.control_url, simulation.control_token):
+        with advertised(simulation.control_url, token=simulation.control_token):
             await _wait(stop, duration_s)
     return ExitCode.OK
 
@@ -201,26 +173,19 @@ async def inject_fault(
     value: float | None,
     duration_s: float | None,
 ) -> ExitCode:
-    """`coolctl sim inject`: apply a fault to a running simulation (demo or sim serve)."""
+    """`coolctl sim inject`: apply a fault to a running simulation (demo or sim serve): the
+    one `--sim` names, else the one behind the daemon of $COOLCTL_SOCKET, else the only one."""
     url = sim_url
     token = os.environ.get("COOLCTL_SIM_TOKEN")
-    if url is None or token is None:
-        found: str | None = None
-        token_found: str | None = None
-        with contextlib.suppress(OSError):
-            found, token_found = read_access(control_url_file())
-        if url is None:
-            url = found
-        if token is None and found == url:
-            token = token_found
+    adverts = live_adverts()
     if url is None:
-        print(
-            "coolctl sim inject: no running simulation found; start `coolctl demo` or"
-            " `coolctl sim serve`, or pass --sim URL (its `control http://...` line) with"
-            " the token in $COOLCTL_SIM_TOKEN",
-            file=sys.stderr,
-        )
-        return ExitCode.UNREACHABLE
+        try:
+            url = choose(adverts, os.environ.get("COOLCTL_SOCKET")).control_url
+        except LookupError as exc:
+            print(f"coolctl sim inject: {exc}", file=sys.stderr)
+            return ExitCode.UNREACHABLE
+    if token is None:  # the token the simulation at that URL advertised with it
+        token = next((a.token for a in adverts if a.control_url == url), None)
     try:
         done = await inject(
             url,
@@ -238,7 +203,7 @@ async def inject_fault(
     except (aiohttp.ClientError, OSError) as exc:
         print(f"coolctl sim inject: cannot reach the simulation at {url}: {exc}", file=sys.stderr)
         return ExitCode.UNREACHABLE
-    print(done)
+    print(f"{url}: {done}")
     return ExitCode.OK
 
 
@@ -303,7 +268,7 @@ async def run_demo(
         )
         status = asyncio.create_task(_print_status(service.daemon, status_every_s))
         try:
-            with _advertised(simulation.control_url, simulation.control_token):
+            with advertised(simulation.control_url, options.socket_path, simulation.control_token):
                 await _wait(stop, duration_s)
         finally:
             status.cancel()
@@ -326,6 +291,32 @@ async def _print_status(daemon: Daemon, every_s: float) -> None:
             print(f"[{elapsed:6.1f}s] {line}", flush=True)
 
 
+_UNITS = {
+    Unit.CELSIUS: "°C",
+    Unit.LITRE_PER_MINUTE: " L/min",
+    Unit.PASCAL: " Pa",
+    Unit.WATT: " W",
+    Unit.RATIO: "",
+}
+
+
+def loop_source(rack: RackRuntime, loop_id: str) -> str:
+    """Who drives a loop's actuator now: interlock, failsafe, override (of the actuator or of
+    the setpoint), manual (the loops do not run) or auto; as the supervisor last commanded."""
+    loop = rack.controller.loops[loop_id]
+    actuator = loop.spec.actuator
+    point = PointId(rack.config.id, actuator.device, actuator.name)
+    status = rack.supervisor.state.actuators.get(point)
+    source = status.source if status is not None else None
+    if source in (Source.INTERLOCK, Source.FAILSAFE, Source.OVERRIDE):
+        return str(source)
+    if rack.mode == RackMode.MANUAL:
+        return "manual"
+    if loop.setpoint_override is not None:
+        return "override"
+    return "auto"
+
+
 def status_lines(daemon: Daemon) -> list[str]:
     """One compact line per rack: coolant, pump, power, and each loop against its setpoint."""
     now = daemon.clock()
@@ -340,11 +331,10 @@ def status_lines(daemon: Daemon) -> list[str]:
                 return reading.quality.value
             return fmt.format(reading.value * scale)
 
-        kinds = {
-            handle.kind: device
-            for (rack_of, device), handle in daemon.devices.items()
-            if rack_of == rack_id
-        }
+        kinds: dict[str, str] = {}  # the first device of each kind: the one the loops use
+        for (rack_of, device), handle in daemon.devices.items():
+            if rack_of == rack_id:
+                kinds.setdefault(handle.kind, device)
         cdu, pdu, sensors = kinds.get("cdu"), kinds.get("pdu"), kinds.get("sensor")
         parts = [rack_id]
         if cdu:
@@ -352,16 +342,22 @@ def status_lines(daemon: Daemon) -> list[str]:
                 f"supply {show(cdu, 'supply_temperature', '{:.1f}')}°C",
                 f"return {show(cdu, 'return_temperature', '{:.1f}')}°C",
                 f"flow {show(cdu, 'flow', '{:.0f}')} L/min",
-                f"dP {show(cdu, 'differential_pressure', '{:.0f}', 1e-3)} kPa",
-                f"pump {show(cdu, 'pump_speed', '{:.0f}', 100)}%",
+                f"ΔP {show(cdu, 'differential_pressure', '{:.0f}', 1e-3)} kPa",
+                f"pump speed {show(cdu, 'pump_speed', '{:.0f}', 100)}%",
                 f"valve {show(cdu, 'valve_position', '{:.0f}', 100)}%",
             ]
         if pdu:
             parts.append(f"power {show(pdu, 'power', '{:.1f}', 1e-3)} kW")
-        allocation = rack.allocator.allocation if rack.allocator is not None else None
-        if allocation is not None and allocation.budget_w is not None:
+        if rack.caps_w is not None:
+            budget = rack.power_budget_w
+            of = f"/{budget / 1e3:.0f}" if budget is not None else ""
+            parts.append(f"caps {rack.caps_w / 1e3:.1f}{of} kW")
+        watch = rack.step.chips
+        if watch.servers:
+            hottest = watch.summary()["hottest_c"]
+            shown = f"{hottest:.1f}°C" if isinstance(hottest, float) else "-"
             parts.append(
-                f"caps {allocation.allocated_w / 1e3:.1f}/{allocation.budget_w / 1e3:.0f} kW"
+                f"chips max {shown}, throttling {len(watch.throttling)}/{len(watch.servers)}"
             )
         if sensors:
             parts.append(f"inlet {show(sensors, 'inlet_temperature', '{:.1f}')}°C")
@@ -372,7 +368,11 @@ def status_lines(daemon: Daemon) -> list[str]:
             parts.append("SAFETY " + ",".join(held))
         for loop_id, loop in rack.controller.loops.items():
             state = loop.state
-            seen = "—" if state.measurement is None else f"{state.measurement:.2f}"
-            parts.append(f"{loop_id} {seen}/{state.setpoint:g} {state.mode.value}")
+            measured = loop.spec.measurement.unit
+            unit = _UNITS.get(measured, "") if measured is not None else ""
+            seen = "—" if state.measurement is None else f"{state.measurement:.1f}"
+            parts.append(
+                f"{loop_id} loop {seen}/{state.setpoint:g}{unit} {loop_source(rack, loop_id)}"
+            )
         lines.append(" | ".join(parts))
     return lines
