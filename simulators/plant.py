@@ -165,6 +165,9 @@ class PlantParams:
     leak_pressure_exponent: float = 0.5
     # PDU
     pdu_overhead_w: float = 800.0
+    # the air around the rack: its dew point is where condensation starts on the pipes
+    room_temperature_c: float = 24.0
+    room_humidity: float = 0.4
     # initial state (the plant starts in the steady state of these)
     initial_load: float = 0.0
     initial_pump_speed: float = 1.0
@@ -215,6 +218,16 @@ class PlantParams:
             return (1.0,)
         m = self.flow_maldistribution
         return tuple((1.0 + m * (1.0 - 2.0 * i / (n - 1))) / n for i in range(n))
+
+    @property
+    def room_dew_point_c(self) -> float:
+        """Dew point of the room air (Magnus formula, over water, the constants of Alduchov and
+        Eskridge 1996; within 0.4 K from -40 to 50 degC): supply under it wets the pipes."""
+        a, b = 17.625, 243.04
+        gamma = math.log(max(self.room_humidity, 1e-6)) + a * self.room_temperature_c / (
+            b + self.room_temperature_c
+        )
+        return b * gamma / (a - gamma)
 
     @property
     def cdu_volume_l(self) -> float:
@@ -269,7 +282,12 @@ _NON_NEGATIVE = (
     "server_power_noise_w", "pdu_power_noise_w", "chip_spread_k", "leak_pressure_exponent",
 )  # fmt: skip
 _UNIT_INTERVAL = ("initial_load", "initial_pump_speed", "initial_valve", "valve_stiction")
-_OPEN_FRACTIONS = ("liquid_fraction", "pump_efficiency", "valve_authority")  # in (0, 1]
+_OPEN_FRACTIONS = (
+    "liquid_fraction",
+    "pump_efficiency",
+    "valve_authority",
+    "room_humidity",
+)  # in (0, 1]  fmt: skip
 # Points with a physical sensor behind them, which `sensor_lag_s` may slow down (commands,
 # switches, caps and counters are not measured through a sensing element).
 LAGGABLE_POINTS = frozenset(
@@ -438,6 +456,7 @@ class PlantTruth:
     cap_denied_energy_j: float
     thermal_throttled_energy_j: float
     hardware_throttle_s: float
+    room_dew_point_c: float
 
     @property
     def throttled_energy_j(self) -> float:
@@ -916,6 +935,7 @@ class RackPlant:
             cap_denied_energy_j=self._cap_denied_j,
             thermal_throttled_energy_j=self._thermal_j,
             hardware_throttle_s=self._throttle_s,
+            room_dew_point_c=self._p.room_dew_point_c,
         )
 
     # ---- integration ----------------------------------------------------------------------

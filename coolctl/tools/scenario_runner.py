@@ -23,8 +23,11 @@ Every control period the runner does what the daemon does, in the same order:
    the MPC's `build_mpc_control`), the daemon's own constructors;
 4. **actuate**, as `ActuatorChannel.submit` does: clamp to the hard range, quantise to the
    device's resolution, skip a value the device already holds (a poll sampled before the last
-   write is not taken for a drift), write; the write lands in the plant at once (the daemon's
-   writes take milliseconds, far under a period);
+   write is not taken for a drift), write; a Modbus write lands in the plant at once (the
+   daemon's writes take milliseconds, far under a period), a power cap lands its BMC's own
+   latency later (`[rack] cap_write_latency_s`, by default each BMC 0.5..2 s, drawn once from
+   the seed: `CapWrites`), so that a leak's caps-then-pump sequence and the PDU's confirmation
+   are judged against BMCs as slow as real ones;
 5. **record** plant truth for the KPIs and the plot (`coolctl.tools.kpi`), never for control;
 6. **advance** the plant to the next tick, stopping at each scenario event's own time.
 
@@ -81,6 +84,7 @@ any `ControllerFactory` to `run_scenario`.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import importlib
 import math
 import struct
@@ -91,6 +95,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from coolctl.config import (
     ConfigError,
@@ -486,8 +492,52 @@ class SimActuator:
         return round(quantised, 9)
 
 
+_LATENCY_STREAM = 0xCA95  # second word of the seed that draws the BMCs' write latencies
+
+
+class CapWrites:
+    """Power-cap writes in flight: each BMC applies a write its own latency after it was sent.
+
+    The runner sets `now` before each tick (a write is sent at the tick's time) and lands the
+    writes that are due as it advances the plant (`next_time`, `land`). A BMC's writes land in
+    the order they were sent. Latency 0 lands at once.
+    """
+
+    def __init__(self, plant: RackPlant, latencies_s: Sequence[float]) -> None:
+        self._plant = plant
+        self.latencies_s = tuple(latencies_s)
+        self._pending: list[tuple[float, int, int, float]] = []  # (due, order, server, watts)
+        self._order = 0
+        self.now = 0.0
+
+    @classmethod
+    def drawn(cls, plant: RackPlant, seed: int, latency_s: tuple[float, float]) -> CapWrites:
+        """Each of the plant's servers a fixed latency, uniform in `latency_s`, from the seed."""
+        low, high = latency_s
+        rng = np.random.default_rng([seed, _LATENCY_STREAM])
+        return cls(plant, rng.uniform(low, high, plant.n_servers).tolist())
+
+    def send(self, server: int, watts: float) -> None:
+        latency = self.latencies_s[server] if server < len(self.latencies_s) else 0.0
+        if latency <= 0.0:
+            self._plant.set_power_limit(server, watts)
+            return
+        self._order += 1
+        heapq.heappush(self._pending, (self.now + latency, self._order, server, watts))
+
+    def next_time(self) -> float:
+        return self._pending[0][0] if self._pending else math.inf
+
+    def land(self, now: float) -> None:
+        """Apply every write due by `now`."""
+        pending = self._pending
+        while pending and pending[0][0] <= now + 1e-9:
+            _, _, server, watts = heapq.heappop(pending)
+            self._plant.set_power_limit(server, watts)
+
+
 def _plant_writer(
-    plant: RackPlant, point: PointId, servers: Mapping[str, int]
+    plant: RackPlant, point: PointId, servers: Mapping[str, int], caps: CapWrites | None
 ) -> Callable[[float], None]:
     if point.name == "pump_speed_command":
         return plant.set_pump_speed_command
@@ -495,6 +545,8 @@ def _plant_writer(
         return plant.set_valve_command
     if point.name == "power_limit" and point.device in servers:
         index = servers[point.device]
+        if caps is not None:
+            return lambda watts: caps.send(index, watts)
         return lambda watts: plant.set_power_limit(index, watts)
     raise ScenarioError([f"{point}: the simulated rack cannot write this point"])
 
@@ -544,8 +596,10 @@ class SimRack:
         plant: RackPlant,
         facts: Mapping[str, DeviceFacts],
         budget_w: float | None,
+        caps: CapWrites | None = None,
     ) -> None:
         self.rack = rack
+        self.caps = caps  # None: cap writes land at once
         self.step = RackStep(rack, facts, factory)
         self.devices = list(devices)
         self.plant = plant
@@ -571,7 +625,7 @@ class SimRack:
             self.actuators[point] = SimActuator(
                 ActuatorLimits(safety.hard_minimum, safety.hard_maximum),
                 spec.resolution,
-                _plant_writer(plant, point, servers),
+                _plant_writer(plant, point, servers, caps),
             )
 
     @property
@@ -604,12 +658,16 @@ class SimRack:
 
     def start_up(self, now: float) -> None:
         """`RackRuntime.start_up`: failsafe outputs unless every required reading is there."""
+        if self.caps is not None:
+            self.caps.now = now
         result = self.step.start_up(self.store.snapshot(now, self.rack.id), now)
         if result is not None:
             self._apply(result, now)
 
     def tick(self, now: float) -> tuple[Snapshot, Decision]:
         """One control step: snapshot → the rack step → actuators."""
+        if self.caps is not None:
+            self.caps.now = now
         snapshot = self.store.snapshot(now, self.rack.id)
         for point, value, sampled_at in self.step.readbacks(snapshot):
             self.actuators[point].observe(value, now, sampled_at)
@@ -636,6 +694,18 @@ class SimRack:
             if actuator is not None:
                 actuator.submit(command, now)
         self.events.extend(result.events)
+
+
+def _min_caps_w(rack: RackConfig, scenario: Scenario) -> float | None:
+    """The sum of the server caps' minimums, each no lower than the plant's servers can be
+    capped (None: the rack has no server caps)."""
+    floor = scenario.plant.power_limit_min_w
+    minimums = [
+        max(device.cap_min_w, floor)
+        for device in rack.devices.values()
+        if isinstance(device, RedfishDeviceConfig) and device.kind == DeviceKind.SERVER
+    ]
+    return math.fsum(minimums) if minimums else None
 
 
 def _plant_points(scenario: Scenario) -> dict[str, tuple[str, ...]]:
@@ -709,7 +779,8 @@ def run_scenario(
         if controller != "mpc" or factory is not None:
             raise
         raise ControllerUnavailable(f"the MPC cannot run: {exc}") from exc
-    sim = SimRack(rack, lambda _rack, _facts: stack, devices, plant, facts, scenario.budget_w)
+    caps = CapWrites.drawn(plant, scenario.seed, scenario.rack.cap_write_latency_s)
+    sim = SimRack(rack, lambda _rack, _facts: stack, devices, plant, facts, scenario.budget_w, caps)
     ticks, period = scenario.ticks, scenario.period_s
     recorder = Recorder(
         ticks,
@@ -718,6 +789,8 @@ def run_scenario(
         supply_setpoint(scenario, rack),
         scenario.limits,
         scenario.plant.pump_rated_flow_lpm,
+        min_caps_w=_min_caps_w(rack, scenario) if stack.allocator is not None else None,
+        load_steps_s=[e.at_s for e in scenario.events if e.kind == "load"],
     )
     recorder.trace.throttle_c = scenario.plant.throttle_temperature_c
     recorder.trace.caps = stack.allocator is not None
@@ -749,13 +822,15 @@ def run_scenario(
         )
         t3 = clock()
         end = (k + 1) * period
-        while (due := player.next_time()) < end - 1e-9:
+        while (due := min(player.next_time(), caps.next_time())) < end - 1e-9:
             plant.advance(max(0.0, due - sim_s))
             sim_s = max(sim_s, due)
             player.apply(due)
+            caps.land(due)
         plant.advance(end - sim_s)
         sim_s = end
         player.apply(end)
+        caps.land(end)
         t4 = clock()
         timers.devices += t1 - t0
         timers.control += t2 - t1
