@@ -37,19 +37,22 @@ and what wears the hardware or puts it at risk:
 | `hardware_throttle_s` | s | time any server was cutting its own power (exact, plant time) |
 | `pump_dry_run_max_s` | s | the longest unbroken dry run of the pump (same test as above) |
 
-and what the safety acceptance is judged by (per period, so to within one period; a fault that
-never happens is null in `--json`; one that is never answered counts to the end of the run):
+and what the safety acceptance is judged by (sampled once per period, so to within one period;
+a fault that never happens is null in `--json`, one never answered counts to the run's end):
 
-| key | unit | what |
-|---|---|---|
-| `leak_detection_s` | s | from a leak starting (coolant leaving the loop) to an interlock in force |
-| `no_flow_detection_s` | s | from flow under 30 % of rated while the pump is asked for > 0.2 to an interlock |
-| `pump_trip_detection_s` | s | from the pump stopping while asked to run (> 0.2) to an interlock |
-| `min_caps_confirmed_s` | s | from flow under 30 % of rated to IT power at the caps' minimum (+10 %), as the PDU measures it (its power less pump and overhead); null without server caps |
-| `load_step_settling_s` | s | after a `load` event, until the supply stays within ±0.2 K of its setpoint (the worst step; null without one) |
-| `load_step_overshoot_pct` | % | after a `load` event, the swing past the setpoint the other way, in % of the step's peak deviation (the worst step) |
-| `chip_swing_k` | K | max − min of the hottest chip after warm-up |
-| `below_dew_point_s` | s | time the supply was under the room air's dew point (condensation on the pipes) |
+- `leak_detection_s` (s): from a leak starting (coolant leaving the loop) to an interlock;
+- `no_flow_detection_s` (s): from flow under 30 % of rated, the pump asked for > 0.2, to an
+  interlock;
+- `pump_trip_detection_s` (s): from the pump stopping while asked to run to an interlock;
+- `min_caps_confirmed_s` (s): from flow under 30 % of rated to IT power at the caps' minimum
+  (+10 %), as the PDU measures it (its power less pump and overhead); null without caps;
+- `load_step_settling_s` (s): after a `load` event, until the supply stays within ±0.2 K of
+  its setpoint (the worst step; null without one);
+- `load_step_overshoot_pct` (%): after a `load` event, the swing past the setpoint the other
+  way, in % of the step's peak deviation (the worst step);
+- `chip_swing_k` (K): max − min of the hottest chip after warm-up;
+- `below_dew_point_s` (s): time the supply was under the room air's dew point (the plant's
+  `room_temperature_c` and `room_humidity`): condensation on the pipes.
 
 Every fault counts each time it starts (a rising edge), scored or not as its start is; the
 worst one is reported.
