@@ -252,6 +252,11 @@ class LoopConfig:
     load step moves the actuator before the temperature does; default: none."""
     feedforward_lag_s: NonNegative = 0.0
     """The lag the measured power is seen through (about the loop's thermal lag)."""
+    boost_above_c: Number | None = None
+    """A cascade on the chips: while the hottest server chip is above this, the setpoint
+    moves toward `boost_setpoint` (more flow, cooler supply); default: no boost."""
+    boost_setpoint: Number | None = None
+    """The setpoint at full chip boost (needed with `boost_above_c`)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -271,6 +276,8 @@ class LoopConfig:
                 f" not {self.failsafe_output}"
             )
             raise KeyProblem(("failsafe_output", message))
+        if (self.boost_above_c is None) != (self.boost_setpoint is None):
+            raise KeyProblem(("boost_setpoint", "boost_above_c and boost_setpoint go together"))
         below = self.setpoint_min is not None and self.setpoint < self.setpoint_min
         above = self.setpoint_max is not None and self.setpoint > self.setpoint_max
         if below or above:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from coolctl.config import LoopConfig, RackConfig
-from coolctl.control.loops import FeedForward, LoopSpec, PidLoop, RackController
+from coolctl.control.loops import ChipBoost, FeedForward, LoopSpec, PidLoop, RackController
 from coolctl.control.pid import PidConfig, PidGains
 from coolctl.control.powercap import AllocatorConfig, PowerCapAllocator, ServerCap
 from coolctl.control.supervisor import ActuatorRole, Supervisor, SupervisorConfig
@@ -22,7 +22,13 @@ from coolctl.control.thermalcap import (
     ThermalCapLoop,
 )
 from coolctl.model import Command, Event, PointId, Severity, Snapshot
-from coolctl.rack.safety import DeviceFacts, rack_power_point, server_caps, supervisor_config
+from coolctl.rack.safety import (
+    DeviceFacts,
+    rack_power_point,
+    server_caps,
+    server_points,
+    supervisor_config,
+)
 
 
 class AutoController(Protocol):
@@ -117,9 +123,11 @@ def build_pid_control(config: RackConfig, devices: Mapping[str, DeviceFacts]) ->
         thermal = thermal_cap_loop(config, safety, power)
         if thermal is not None:
             shared = ThermalCappedAllocator(shared.config, thermal)
+    chips = server_points(config, devices, "chip_temperature")
     return PidControl(
         controller=RackController(
-            config.id, [loop_spec(config.id, loop, power) for loop in config.loops.values()]
+            config.id,
+            [loop_spec(config.id, loop, power, chips) for loop in config.loops.values()],
         ),
         allocator=shared,
         supervisor=Supervisor(safety),
@@ -218,8 +226,11 @@ def allocator(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> PowerCa
     )
 
 
-def loop_spec(rack: str, loop: LoopConfig, power: Sequence[PointId] = ()) -> LoopSpec:
-    """A loop as its config asks; its feedforward reads the rack's power from `power`."""
+def loop_spec(
+    rack: str, loop: LoopConfig, power: Sequence[PointId] = (), chips: Sequence[PointId] = ()
+) -> LoopSpec:
+    """A loop as its config asks; its feedforward reads the rack's power from `power`, its chip
+    boost the servers' chip temperatures `chips` (no chips: no boost)."""
     measurement = loop.measurement
     gain = loop.feedforward_gain_per_kw
     feedforward = (
@@ -246,4 +257,9 @@ def loop_spec(rack: str, loop: LoopConfig, power: Sequence[PointId] = ()) -> Loo
         ),
         enabled=loop.enabled,
         feedforward=feedforward,
+        boost=(
+            ChipBoost(tuple(chips), loop.boost_above_c, loop.boost_setpoint)
+            if loop.boost_above_c is not None and loop.boost_setpoint is not None and chips
+            else None
+        ),
     )

@@ -47,7 +47,7 @@ a fault that never happens is null in `--json`, one never answered counts to the
 - `min_caps_confirmed_s` (s): from flow under 30 % of rated to IT power at the caps' minimum
   (+10 %), as the PDU measures it (its power less pump and overhead); null without caps;
 - `load_step_settling_s` (s): after a `load` event, until the supply stays within ±0.2 K of
-  its setpoint (the worst step; null without one);
+  the setpoint in force (a chip boost may lower it; the worst step; null without one);
 - `load_step_overshoot_pct` (%): after a `load` event, the swing past the setpoint the other
   way, in % of the step's peak deviation (the worst step);
 - `chip_swing_k` (K): max − min of the hottest chip after warm-up;
@@ -190,6 +190,7 @@ SERIES: tuple[str, ...] = (
     "budget_w",
     "failsafe",
     "interlock",
+    "setpoint_c",
 )
 
 
@@ -275,7 +276,10 @@ class Recorder:
         budget_w: float | None,
         failsafe: bool,
         interlocked: bool,
+        setpoint_c: float | None = None,
     ) -> None:
+        """`setpoint_c`: the supply setpoint in force (a chip boost may have moved it), which
+        the load steps' settling is judged against; None: the scenario's."""
         supply = truth.supply_temperature_c
         outlet = max(truth.outlet_temperature_c)
         chip = max(truth.chip_temperature_c)
@@ -298,6 +302,7 @@ class Recorder:
             math.nan if budget_w is None else budget_w,
             float(failsafe),
             float(interlocked),
+            self._setpoint_c if setpoint_c is None else setpoint_c,
         )
         for column, value in zip(self._columns, row, strict=True):
             column[k] = value
@@ -372,7 +377,8 @@ class Recorder:
     def _settling(self) -> tuple[float, float]:
         """Worst settling time (s) and overshoot (%) over the scored load steps: the supply's
         last exit from the band before the next step, and its swing past the setpoint against
-        the direction of its peak deviation."""
+        the direction of its peak deviation; both from the setpoint in force (a chip boost
+        lowers it on purpose: that is not an error of the loop)."""
         t = self.trace["t_s"]
         supply = self.trace["supply_c"]
         steps = [s for s in self._load_steps_s if s >= self._warmup_s - 1e-9]
@@ -384,7 +390,7 @@ class Recorder:
             window = (t >= start - 1e-9) & (t < stop - 1e-9) & np.isfinite(supply)
             if not window.any():
                 continue
-            times, error = t[window], supply[window] - self._setpoint_c
+            times, error = t[window], supply[window] - self.trace["setpoint_c"][window]
             outside = np.flatnonzero(np.abs(error) > SETTLING_BAND_K)
             settle = 0.0
             if outside.size:

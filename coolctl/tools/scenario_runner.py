@@ -696,6 +696,22 @@ class SimRack:
         self.events.extend(result.events)
 
 
+def _supply_setpoint_in_force(controller: AutoController) -> float | None:
+    """The supply loop's setpoint now (an override or a chip boost moves it), if it has one."""
+    loops = getattr(controller, "loops", None)
+    if not isinstance(loops, Mapping):
+        return None
+    for loop in loops.values():
+        spec = getattr(loop, "spec", None)
+        if (
+            spec is not None
+            and spec.measurement_subtrahend is None
+            and spec.measurement.name == "supply_temperature"
+        ):
+            return float(loop.setpoint)
+    return None
+
+
 def _min_caps_w(rack: RackConfig, scenario: Scenario) -> float | None:
     """The sum of the server caps' minimums, each no lower than the plant's servers can be
     capped (None: the rack has no server caps)."""
@@ -819,6 +835,7 @@ def run_scenario(
             budget_w,
             decision.failsafe,
             bool(decision.interlocks),
+            _supply_setpoint_in_force(sim.controller),
         )
         t3 = clock()
         end = (k + 1) * period
