@@ -24,6 +24,13 @@ first, then, once the PDU shows the power down (or after a timeout), the pump's 
 Safety sensors that never reported or went silent raise an alarm (an event and a state) — a
 configured leak rope is never silently ignored.
 
+A supply floor keeps the coolant off the pipes' dew point: no command to a
+`supply_temperature_setpoint` goes below `supply_floor_margin_c` over the facility water and over
+the room air's dew point (a `dew_point` reading, or Magnus from `room_temperature` and
+`room_humidity`), and while the supply reads under that floor the supply valve is not opened
+further but closed at `supply_valve_close_per_s` (automatic, override and failsafe values alike;
+an interlock's value still wins).
+
 Pure and deterministic: no clock reads, `now` is monotonic seconds passed in by the caller, and
 the same calls in the same order give the same decisions.
 """
@@ -37,6 +44,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Literal
 
+from coolctl.control.dewpoint import dew_point_c, supply_floor_c
 from coolctl.control.limits import ActuatorClamp, ActuatorLimits
 from coolctl.model import Command, Event, PointId, Quality, Severity, Snapshot, Source
 
@@ -46,6 +54,8 @@ PUMP_FAILURE = "pump_failure"
 LOSS_OF_FLOW = "loss_of_flow"
 LOW_LEVEL = "low_coolant_level"
 INTERLOCKS: tuple[str, ...] = (LEAK, OVER_TEMPERATURE, PUMP_FAILURE, LOSS_OF_FLOW, LOW_LEVEL)
+SUPPLY_SETPOINT = "supply_temperature_setpoint"
+"""A CDU's own supply setpoint: every command to it is floored (see the module docstring)."""
 
 _LABELS: Mapping[str, str] = {
     LEAK: "leak",
@@ -154,6 +164,15 @@ class SupervisorConfig:
     # `healthy_points` reading is good and under its limit less `healthy_margin_c`
     healthy_points: tuple[TemperatureLimit, ...] = ()
     healthy_margin_c: float = 5.0
+    # the supply floor (see the module docstring): the supply temperature the valve acts on,
+    # what the floor is computed from, and how fast the valve closes while under it
+    supply: PointId | None = None
+    facility_supply: PointId | None = None
+    dew_point: PointId | None = None
+    room_temperature: PointId | None = None
+    room_humidity: PointId | None = None
+    supply_floor_margin_c: float = 2.0
+    supply_valve_close_per_s: float = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +322,10 @@ class _Issued:
 def _num(value: float) -> str:
     """A bound or value as operators read it in messages: 1.0, 0.15, 400.0."""
     return repr(float(value))
+
+
+def _num_or(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.1f}"
 
 
 def _finite_value(snapshot: Snapshot, point: PointId) -> float | None:
@@ -473,6 +496,9 @@ class Supervisor:
         self._leak_caps_confirmed = True
         self._has_caps = any(a.role is ActuatorRole.POWER_LIMIT for a in config.actuators)
         self._holding = False  # blind, but holding the last outputs (see _update_holding)
+        self._supply_floor_c: float | None = None  # the floor now, from the last snapshot
+        self._supply_c: float | None = None
+        self._under_floor = False
 
     @property
     def config(self) -> SupervisorConfig:
@@ -519,6 +545,7 @@ class Supervisor:
         events.extend(self._update_failsafe(snapshot, now, controller_failed, was_failsafe))
         events.extend(self._update_silent(snapshot, now))
         events.extend(self._update_holding(snapshot, now))
+        events.extend(self._update_supply_floor(snapshot, now))
         auto = self._collect_requests(requested, now, events)
         manual = self._collect_overrides(overrides, now, events)
         return self._decision(self._decide_all(now, auto, manual), events)
@@ -1059,8 +1086,73 @@ class Supervisor:
         for safety in self._config.actuators:
             command = self._decide(safety, now, auto.get(safety.point), manual.get(safety.point))
             if command is not None:
-                commands.append(self._record(command, now))
+                commands.append(self._record(self._floored(safety, command, now), now))
         return commands
+
+    # -- the supply floor --------------------------------------------------------------------
+
+    def _update_supply_floor(self, snapshot: Snapshot, now: float) -> list[Event]:
+        """The floor from this snapshot (facility water, dew point), and whether the supply
+        reads under it: one event when it goes under, one when it is back over."""
+        config = self._config
+        facility = (
+            _finite_value(snapshot, config.facility_supply) if config.facility_supply else None
+        )
+        dew = _finite_value(snapshot, config.dew_point) if config.dew_point else None
+        if dew is None and config.room_temperature and config.room_humidity:
+            air = _finite_value(snapshot, config.room_temperature)
+            humidity = _finite_value(snapshot, config.room_humidity)
+            if air is not None and humidity is not None:
+                dew = dew_point_c(air, humidity)
+        floor = supply_floor_c(facility, dew, config.supply_floor_margin_c)
+        self._supply_floor_c = floor
+        supply = _finite_value(snapshot, config.supply) if config.supply else None
+        self._supply_c = supply
+        under = floor is not None and supply is not None and supply < floor
+        if under == self._under_floor:
+            return []
+        self._under_floor = under
+        if under:
+            message = (
+                f"supply {supply or 0.0:.1f} °C under its floor {floor or 0.0:.1f} °C"
+                f" (facility water {_num_or(facility)} °C, dew point {_num_or(dew)} °C, +"
+                f"{config.supply_floor_margin_c:g} K): the supply valve closes"
+            )
+            return [self._event("supply_under_floor", Severity.WARNING, message, now)]
+        message = "supply back over its floor (facility water and dew point + margin)"
+        return [self._event("supply_floor_cleared", Severity.INFO, message, now)]
+
+    def _floored(self, safety: ActuatorSafety, command: Command, now: float) -> Command:
+        """`command` held to the supply floor: a supply setpoint never below it; the supply
+        valve, while the supply is under it, no further open than it is, closing."""
+        floor = self._supply_floor_c
+        if floor is None or command.source is Source.INTERLOCK:
+            return command
+        if safety.point.name == SUPPLY_SETPOINT and command.value < floor:
+            value = min(max(floor, safety.hard_minimum), safety.hard_maximum)
+            reason = f"{command.reason}; held at the supply floor {floor:.1f} °C"
+            return replace(command, value=value, reason=reason)
+        supply = self._config.supply
+        if (
+            not self._under_floor
+            or safety.role is not ActuatorRole.VALVE
+            or supply is None
+            or safety.point.device != supply.device
+        ):
+            return command
+        issued = self._issued.get(safety.point)
+        last = issued.value if issued is not None else self._observed.get(safety.point)
+        if last is None:
+            return command
+        dt_s = max(0.0, now - issued.ts) if issued is not None else 0.0
+        ceiling = max(safety.minimum, last - self._config.supply_valve_close_per_s * dt_s)
+        if command.value <= ceiling:
+            return command
+        reason = (
+            f"{command.reason}; supply {self._supply_c or 0.0:.1f} °C under its floor"
+            f" {floor:.1f} °C: valve held to {ceiling:.3g}"
+        )
+        return replace(command, value=ceiling, reason=reason)
 
     def _decide(
         self,

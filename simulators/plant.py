@@ -81,6 +81,11 @@ What PLANT.md leaves out, and the plant adds so that it does not flatter the con
   (`leak_pressure_exponent`, the orifice law; 0: a constant rate): a stopped pump stops it (the
   loop has no static head here), a cavitating pump slows it.
 
+- The room: `room_temperature_c` and `room_humidity` (24 °C, 40 % by default: a dew point of
+  9.6 °C) are the air around the rack, read by device `room` (`room_temperature`,
+  `room_humidity`, `dew_point`); the KPIs count the time the supply spends under that dew point,
+  where the pipes would sweat.
+
 Servers are numbered from 0: `set_power_limit(0, ...)` and device `server0` are the same server.
 """
 
@@ -712,6 +717,7 @@ class RackPlant:
         devices: dict[str, dict[str, float]] = {
             "cdu": cdu,
             "pdu": {"power": p.pdu_power_noise_w, "energy": 0.0},
+            "room": {"room_temperature": t, "room_humidity": r, "dew_point": t},
         }
         for i in range(p.n_servers):
             devices[f"server{i}"] = {
@@ -861,6 +867,12 @@ class RackPlant:
             return self._cdu_truth()
         if device == "pdu":
             return {"power": self._pdu_power_w(), "energy": self._pdu_j}
+        if device == "room":  # the air around the rack, as a room sensor reads it
+            return {
+                "room_temperature": self._p.room_temperature_c,
+                "room_humidity": self._p.room_humidity,
+                "dew_point": self._p.room_dew_point_c,
+            }
         index = _server_device(device)
         if index is None or index >= self._p.n_servers:
             raise ValueError(f"unknown device {device!r}")

@@ -37,6 +37,7 @@ Format (every key but `duration_s` optional)::
     cap_write_latency_s = [0.5, 2.0] # a cap write lands this long after it is sent: each BMC
                                      # its own latency, drawn once from the seed within the
                                      # range (one number: every BMC the same; default 0.5..2)
+    room_sensor = true               # built-in rack: a room-air sensor (dew point) too
 
     [[event]]
     at_s = 600.0                     # when, in simulated seconds from the start
@@ -225,12 +226,16 @@ class RackChoice:
     `cap_write_latency_s` (low, high): a BMC applies a power-cap write this long after it was
     sent (a Redfish PATCH and the BMC's own firmware take 0.5-2 s on real servers); each BMC
     has its own latency, drawn once from the seed, so a rack's caps land spread over time.
+
+    `room_sensor` gives the built-in rack an MQTT room-air sensor (`room1`, profile
+    `sim-room-sensor`: temperature, humidity, dew point), which the supply floor reads.
     """
 
     config: Path | None = None
     id: str | None = None
     bmcs: bool | None = None
     cap_write_latency_s: tuple[float, float] = DEFAULT_CAP_WRITE_LATENCY_S
+    room_sensor: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -573,7 +578,8 @@ class _Reader:
         section = ("rack", 0)
         try:
             table = self.table(raw, "rack")
-            self.unknown(table, section, {"config", "id", "bmcs", "cap_write_latency_s"})
+            known = {"config", "id", "bmcs", "cap_write_latency_s", "room_sensor"}
+            self.unknown(table, section, known)
             config = self.string(table, section, "config")
             rack_id = self.string(table, section, "id")
             bmcs = table.get("bmcs")
@@ -584,6 +590,13 @@ class _Reader:
                 self.problem(section, "bmcs", "rack: bmcs is for the built-in rack, not a config")
                 raise _Invalid
             latency = self.latency(table, section)
+            room = table.get("room_sensor", False)
+            if not isinstance(room, bool):
+                self.problem(section, "room_sensor", "rack: room_sensor must be true or false")
+                raise _Invalid
+            if room and config is not None:
+                self.problem(section, "room_sensor", "rack: room_sensor is for the built-in rack")
+                raise _Invalid
         except _Invalid:
             return RackChoice()
         config_path = None
@@ -591,7 +604,7 @@ class _Reader:
             config_path = Path(config)
             if not config_path.is_absolute() and path is not None:
                 config_path = path.parent / config_path
-        return RackChoice(config_path, rack_id, bmcs, latency)
+        return RackChoice(config_path, rack_id, bmcs, latency, room)
 
     def latency(self, table: Mapping[str, Any], section: tuple[str, int]) -> tuple[float, float]:
         key = "cap_write_latency_s"

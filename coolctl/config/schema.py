@@ -348,6 +348,10 @@ class SafetyConfig:
     temperature nears its limit (PID racks), instead of tripping on and off."""
     thermal_cap_margin_c: NonNegative = 2.0
     """The margin under each limit the thermal cap holds."""
+    supply_floor_margin_c: NonNegative = 2.0
+    """The supply is never driven below the facility water or the room's dew point (a
+    dew_point reading, or room_temperature and room_humidity) plus this: supply setpoint
+    commands are floored, the supply valve closes while the supply is under it."""
 
 
 @dataclass(frozen=True, kw_only=True, config=_STRUCTURE)

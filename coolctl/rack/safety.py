@@ -120,7 +120,19 @@ def supervisor_config(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> S
             )
         ),
         healthy_margin_c=0.0,
+        supply=pump_point("supply_temperature"),
+        facility_supply=pump_point("facility_supply_temperature"),
+        dew_point=rack_point(rack, devices, "dew_point"),
+        room_temperature=rack_point(rack, devices, "room_temperature"),
+        room_humidity=rack_point(rack, devices, "room_humidity"),
+        supply_floor_margin_c=safety.supply_floor_margin_c,
     )
+
+
+def rack_point(rack: RackConfig, devices: Mapping[str, DeviceFacts], name: str) -> PointId | None:
+    """`name` on the first of the rack's devices that reports it (a room sensor, the CDU)."""
+    device = next((d for d, facts in devices.items() if name in facts.point_names), None)
+    return PointId(rack.id, device, name) if device is not None else None
 
 
 def temperature_limits(

@@ -127,6 +127,12 @@ MPC_MODULE = "coolctl.rack.mpc"
 MPC_FACTORY = "build_mpc_control"
 MPC_UNAVAILABLE = "the MPC controller is not available here"
 SIMULATED_MQTT_PROFILE = "sim-mqtt-sensors"
+SIMULATED_ROOM_PROFILE = "sim-room-sensor"
+_ROOM_POINTS: Mapping[str, tuple[str, int]] = {  # point -> (room reading, decimals published)
+    "room_temperature": ("room_temperature", 2),
+    "room_humidity": ("room_humidity", 3),
+    "dew_point": ("dew_point", 2),
+}
 
 
 class ControllerUnavailable(RuntimeError):
@@ -208,6 +214,9 @@ def _demo_rack(scenario: Scenario) -> RackConfig:
                 "cap_max_w": p.server_max_w,
             }
 
+    if scenario.rack.room_sensor:
+        devices["room1"] = {"driver": "mqtt", "profile": SIMULATED_ROOM_PROFILE}
+
     def kept(ref: str) -> bool:
         return all(part.strip().split("/")[0] in devices for part in ref.split(" - "))
 
@@ -225,7 +234,10 @@ def _demo_rack(scenario: Scenario) -> RackConfig:
         if key not in ("devices", "loops", "safety", "budget_point", "power_budget_w")
     }
     table.update(devices=devices, loops=loops, safety=safety)
-    config = parse_config({"site": {"name": "scenario"}, "racks": {rack_id: table}})
+    document: dict[str, Any] = {"site": {"name": "scenario"}, "racks": {rack_id: table}}
+    if scenario.rack.room_sensor:  # never connected: the runner serves the sensor itself
+        document["mqtt"] = {"broker": "127.0.0.1:1883"}
+    config = parse_config(document)
     return config.racks[rack_id]
 
 
@@ -400,6 +412,11 @@ def _sim_device(
             if name in offered
         )
         return SimDevice(device.id, plant_device, points, device.poll_interval_s)
+    if isinstance(device, MqttDeviceConfig) and device.profile == SIMULATED_ROOM_PROFILE:
+        points = tuple(
+            wire(name, source, _rounder(digits)) for name, (source, digits) in _ROOM_POINTS.items()
+        )
+        return SimDevice(device.id, "room", points, device.poll_interval_s)
     if isinstance(device, MqttDeviceConfig):
         if device.profile != SIMULATED_MQTT_PROFILE:
             raise ScenarioError(
@@ -727,7 +744,7 @@ def _min_caps_w(rack: RackConfig, scenario: Scenario) -> float | None:
 def _plant_points(scenario: Scenario) -> dict[str, tuple[str, ...]]:
     """What each plant device reports, from a throwaway plant (the run's own keeps its noise)."""
     probe = RackPlant(scenario.plant, seed=scenario.seed)
-    names = ["cdu", "pdu", *(f"server{i}" for i in range(probe.n_servers))]
+    names = ["cdu", "pdu", "room", *(f"server{i}" for i in range(probe.n_servers))]
     return {name: tuple(probe.readings(name)) for name in names}
 
 
