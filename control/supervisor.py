@@ -27,9 +27,9 @@ configured leak rope is never silently ignored.
 A supply floor keeps the coolant off the pipes' dew point: no command to a
 `supply_temperature_setpoint` goes below `supply_floor_margin_c` over the facility water and over
 the room air's dew point (a `dew_point` reading, or Magnus from `room_temperature` and
-`room_humidity`), and while the supply reads under that floor the supply valve is not opened
-further but closed at `supply_valve_close_per_s` (automatic, override and failsafe values alike;
-an interlock's value still wins).
+`room_humidity`); while the supply reads under the dew point + margin (in failsafe: under that
+floor) the supply valve is not opened further but closed at `supply_valve_close_per_s`
+(automatic, override and failsafe values alike; an interlock's value still wins).
 
 Pure and deterministic: no clock reads, `now` is monotonic seconds passed in by the caller, and
 the same calls in the same order give the same decisions.
@@ -496,7 +496,8 @@ class Supervisor:
         self._leak_caps_confirmed = True
         self._has_caps = any(a.role is ActuatorRole.POWER_LIMIT for a in config.actuators)
         self._holding = False  # blind, but holding the last outputs (see _update_holding)
-        self._supply_floor_c: float | None = None  # the floor now, from the last snapshot
+        self._supply_floor_c: float | None = None  # the floors now, from the last snapshot
+        self._dew_floor_c: float | None = None
         self._supply_c: float | None = None
         self._under_floor = False
 
@@ -1092,8 +1093,14 @@ class Supervisor:
     # -- the supply floor --------------------------------------------------------------------
 
     def _update_supply_floor(self, snapshot: Snapshot, now: float) -> list[Event]:
-        """The floor from this snapshot (facility water, dew point), and whether the supply
-        reads under it: one event when it goes under, one when it is back over."""
+        """The floors from this snapshot, and whether the supply valve is held by one: one
+        event when it starts, one when it ends.
+
+        Two floors: the dew point + margin, which every valve command respects (condensation
+        is a hazard), and the higher of that and facility water + margin, which supply setpoint
+        commands and the valve's failsafe respect (a failsafe valve wide open at low load only
+        drags the supply toward the facility water). The supply loop's own commands may take
+        the supply near the facility water when the heat needs it."""
         config = self._config
         facility = (
             _finite_value(snapshot, config.facility_supply) if config.facility_supply else None
@@ -1104,10 +1111,12 @@ class Supervisor:
             humidity = _finite_value(snapshot, config.room_humidity)
             if air is not None and humidity is not None:
                 dew = dew_point_c(air, humidity)
-        floor = supply_floor_c(facility, dew, config.supply_floor_margin_c)
-        self._supply_floor_c = floor
+        margin = config.supply_floor_margin_c
+        self._supply_floor_c = supply_floor_c(facility, dew, margin)
+        self._dew_floor_c = supply_floor_c(None, dew, margin)
         supply = _finite_value(snapshot, config.supply) if config.supply else None
         self._supply_c = supply
+        floor = self._valve_floor(Source.FAILSAFE if self.failsafe else Source.AUTO)
         under = floor is not None and supply is not None and supply < floor
         if under == self._under_floor:
             return []
@@ -1115,30 +1124,42 @@ class Supervisor:
         if under:
             message = (
                 f"supply {supply or 0.0:.1f} °C under its floor {floor or 0.0:.1f} °C"
-                f" (facility water {_num_or(facility)} °C, dew point {_num_or(dew)} °C, +"
-                f"{config.supply_floor_margin_c:g} K): the supply valve closes"
+                f" (dew point {_num_or(dew)} °C"
+                + (f", facility water {_num_or(facility)} °C" if self.failsafe else "")
+                + f", +{margin:g} K): the supply valve closes"
             )
             return [self._event("supply_under_floor", Severity.WARNING, message, now)]
-        message = "supply back over its floor (facility water and dew point + margin)"
+        message = "supply back over its floor (dew point, facility water + margin)"
         return [self._event("supply_floor_cleared", Severity.INFO, message, now)]
+
+    def _valve_floor(self, source: Source) -> float | None:
+        """The floor the supply valve respects for a command from `source`."""
+        if source is Source.FAILSAFE:
+            return self._supply_floor_c
+        return self._dew_floor_c
 
     def _floored(self, safety: ActuatorSafety, command: Command, now: float) -> Command:
         """`command` held to the supply floor: a supply setpoint never below it; the supply
-        valve, while the supply is under it, no further open than it is, closing."""
-        floor = self._supply_floor_c
-        if floor is None or command.source is Source.INTERLOCK:
+        valve, while the supply is under its floor, no further open than it is, closing."""
+        if command.source is Source.INTERLOCK:
             return command
-        if safety.point.name == SUPPLY_SETPOINT and command.value < floor:
+        floor = self._supply_floor_c
+        if safety.point.name == SUPPLY_SETPOINT:
+            if floor is None or command.value >= floor:
+                return command
             value = min(max(floor, safety.hard_minimum), safety.hard_maximum)
             reason = f"{command.reason}; held at the supply floor {floor:.1f} °C"
             return replace(command, value=value, reason=reason)
-        supply = self._config.supply
+        supply_point = self._config.supply
         if (
-            not self._under_floor
-            or safety.role is not ActuatorRole.VALVE
-            or supply is None
-            or safety.point.device != supply.device
+            safety.role is not ActuatorRole.VALVE
+            or supply_point is None
+            or safety.point.device != supply_point.device
         ):
+            return command
+        floor = self._valve_floor(command.source)
+        supply = self._supply_c
+        if floor is None or supply is None or supply >= floor:
             return command
         issued = self._issued.get(safety.point)
         last = issued.value if issued is not None else self._observed.get(safety.point)
@@ -1149,7 +1170,7 @@ class Supervisor:
         if command.value <= ceiling:
             return command
         reason = (
-            f"{command.reason}; supply {self._supply_c or 0.0:.1f} °C under its floor"
+            f"{command.reason}; supply {supply:.1f} °C under its floor"
             f" {floor:.1f} °C: valve held to {ceiling:.3g}"
         )
         return replace(command, value=ceiling, reason=reason)
