@@ -87,6 +87,7 @@ class ActuatorRole(StrEnum):
     VALVE = "valve"
     POWER_LIMIT = "power_limit"
     STANDBY = "standby"  # a writable 0/1 that selects the standby pump, if a CDU has one
+    ISOLATION = "isolation"  # a writable 0/1 that closes (0) the rack's isolation valves
 
 
 @dataclass(frozen=True, slots=True)
@@ -1190,6 +1191,8 @@ class Supervisor:
         if override is not None:
             reason = f"override by {override.who}: {override.reason}"
             return clamp.clamp(Command(safety.point, override.value, Source.OVERRIDE, reason), now)
+        if safety.role is ActuatorRole.ISOLATION:
+            return self._isolation_reopened(safety)
         # A standby selector is not a control output: writing a failsafe value could switch
         # back to the pump that failed, so failsafe leaves it where it is.
         if self.failsafe and safety.role is not ActuatorRole.STANDBY:
@@ -1203,7 +1206,10 @@ class Supervisor:
     def _interlock_offers(self, safety: ActuatorSafety) -> list[tuple[str, float]]:
         offers: list[tuple[str, float]] = []
         active = self._interlocks
-        pump_waits = safety.role is ActuatorRole.PUMP and not self._leak_caps_confirmed
+        # the pump step of the leak sequence (pump to its leak value, isolation valves shut)
+        # waits for the caps
+        pump_step = safety.role in (ActuatorRole.PUMP, ActuatorRole.ISOLATION)
+        pump_waits = pump_step and not self._leak_caps_confirmed
         if active[LEAK].active and safety.on_leak is not None and not pump_waits:
             offers.append((LEAK, safety.on_leak))
         if active[LOW_LEVEL].active and safety.on_low_level is not None:
@@ -1230,6 +1236,17 @@ class Supervisor:
         wins = f" ({_LABELS[winner]} wins)" if len(offers) > 1 else ""
         reason = f"{causes}; {_describe(safety, value)}{wins}"
         return Command(safety.point, value, Source.INTERLOCK, reason)
+
+    def _isolation_reopened(self, safety: ActuatorSafety) -> Command | None:
+        """An isolation valve is no loop's: it stays as it is, except that once the interlock
+        that shut it has been released (a leak: by an operator's reset) it opens again, and
+        failsafe never moves it (closing it would stop the coolant; opening it could feed a
+        leak)."""
+        issued = self._issued.get(safety.point)
+        if issued is None or issued.source is not Source.INTERLOCK:
+            return None
+        reason = f"interlock released: {_describe(safety, safety.maximum)} (isolation valves open)"
+        return Command(safety.point, safety.maximum, Source.AUTO, reason)
 
     def _holding_command(self, safety: ActuatorSafety) -> Command | None:
         """The value last commanded, sent again: held while the chips are healthy, and re-sent

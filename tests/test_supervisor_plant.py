@@ -35,6 +35,7 @@ from coolctl.control.supervisor import (
     LOSS_OF_FLOW,
     LOW_LEVEL,
     OVER_TEMPERATURE,
+    ActuatorRole,
     ActuatorSafety,
     Supervisor,
     SupervisorConfig,
@@ -277,3 +278,42 @@ def test_new_actuator_values_are_checked_against_hard_bounds() -> None:
         Supervisor(make_config(actuators=(PUMP_SAFETY, bad)))
     with pytest.raises(ValueError, match="leak_votes"):
         Supervisor(make_config(leak_votes=0))
+
+
+# -- isolation valves --------------------------------------------------------------------------
+
+ISOLATION = PointId(RACK, "cdu1", "isolation_valve_command")
+ISOLATION_SAFETY = ActuatorSafety(
+    ISOLATION,
+    ActuatorRole.ISOLATION,
+    minimum=0.0,
+    maximum=1.0,
+    slew_per_s=None,
+    failsafe=1.0,
+    hard_minimum=0.0,
+    hard_maximum=1.0,
+    on_leak=0.0,
+)
+
+
+def test_isolation_valves_shut_in_the_pump_step_of_a_leak_and_open_after_the_reset() -> None:
+    base = make_config(power=POWER, leak_caps_power_w=30_000.0, leak_caps_timeout_s=5.0)
+    config = replace(base, actuators=(*base.actuators, ISOLATION_SAFETY), leak_latched=True)
+    supervisor = started(config)
+    tripped = supervisor.evaluate_interlocks(snap(1.0, {LEAK1: 1.0, POWER: 100_000.0}), 1.0)
+    assert ISOLATION not in by_point(tripped)  # caps first
+    done = supervisor.step(snap(2.0, {LEAK1: 1.0, POWER: 25_000.0}), 2.0, [])
+    shut = by_point(done)[ISOLATION]
+    assert shut.value == 0.0 and shut.source is Source.INTERLOCK
+    dry = supervisor.step(snap(3.0, {LEAK1: 0.0, POWER: 25_000.0}), 3.0, [])
+    assert by_point(dry)[ISOLATION].value == 0.0  # latched: still shut
+    supervisor.reset_interlock(LEAK, 4.0, "op", "leak fixed")
+    reopened = by_point(supervisor.step(snap(5.0, {LEAK1: 0.0}), 5.0, []))[ISOLATION]
+    assert reopened.value == 1.0 and "isolation valves open" in reopened.reason
+    assert ISOLATION not in by_point(supervisor.step(snap(6.0, {LEAK1: 0.0}), 6.0, []))
+
+
+def test_failsafe_leaves_an_isolation_valve_alone() -> None:
+    base = make_config()
+    supervisor = Supervisor(replace(base, actuators=(*base.actuators, ISOLATION_SAFETY)))
+    assert ISOLATION not in by_point(supervisor.startup(0.0))  # start-up is failsafe
