@@ -165,6 +165,9 @@ class SupervisorConfig:
     # `healthy_points` reading is good and under its limit less `healthy_margin_c`
     healthy_points: tuple[TemperatureLimit, ...] = ()
     healthy_margin_c: float = 5.0
+    # ...and past that, caps fall in proportion: at `failsafe_cap_band_c` over the healthy
+    # threshold (or with a reading not good) they are at their minimum; 0: minimum at once
+    failsafe_cap_band_c: float = 0.0
     # the supply floor (see the module docstring): the supply temperature the valve acts on,
     # what the floor is computed from, and how fast the valve closes while under it
     supply: PointId | None = None
@@ -378,6 +381,9 @@ def _validate(config: SupervisorConfig) -> None:
     """Refuse a configuration under which the supervisor could command something unsafe."""
     if not config.rack:
         raise ValueError("rack must not be empty")
+    close = config.supply_valve_close_per_s
+    if not (math.isfinite(close) and close > 0.0):
+        raise ValueError(f"supply_valve_close_per_s must be finite and > 0, got {close!r}")
     for name in (
         "standby_changeover_s",
         "failsafe_after_s",
@@ -390,6 +396,8 @@ def _validate(config: SupervisorConfig) -> None:
         "min_pump_speed",
         "flow_debounce_s",
         "healthy_margin_c",
+        "failsafe_cap_band_c",
+        "supply_floor_margin_c",
     ):
         value = getattr(config, name)
         if not (math.isfinite(value) and value >= 0.0):
@@ -497,6 +505,8 @@ class Supervisor:
         self._leak_caps_confirmed = True
         self._has_caps = any(a.role is ActuatorRole.POWER_LIMIT for a in config.actuators)
         self._holding = False  # blind, but holding the last outputs (see _update_holding)
+        self._cap_share = 0.0  # blind, chips warm: the share of their span caps keep
+        self._normal_caps: dict[PointId, float] = {}  # last values outside failsafe/interlock
         self._supply_floor_c: float | None = None  # the floors now, from the last snapshot
         self._dew_floor_c: float | None = None
         self._supply_c: float | None = None
@@ -1004,7 +1014,23 @@ class Supervisor:
             message = f"rack {config.rack}: failsafe outputs ({why or 'no longer only blind'})"
             events.append(self._event("failsafe_outputs", Severity.WARNING, message, now))
         self._holding = holding
+        self._cap_share = self._failsafe_cap_share(snapshot) if only_blind else 0.0
         return events
+
+    def _failsafe_cap_share(self, snapshot: Snapshot) -> float:
+        """How much of its normal cap a server keeps in a blind failsafe: 1 at the healthy
+        threshold, 0 at `failsafe_cap_band_c` over it or with a reading that is not good."""
+        config = self._config
+        band = config.failsafe_cap_band_c
+        if band <= 0.0 or not config.healthy_points:
+            return 0.0
+        excess = -math.inf
+        for limit in config.healthy_points:
+            value = _finite_value(snapshot, limit.point)
+            if value is None:
+                return 0.0
+            excess = max(excess, value - (limit.limit_c - config.healthy_margin_c))
+        return min(1.0, max(0.0, 1.0 - excess / band))
 
     def _thermal_health(self, snapshot: Snapshot) -> tuple[bool, str]:
         margin = self._config.healthy_margin_c
@@ -1261,14 +1287,25 @@ class Supervisor:
         return Command(safety.point, issued.value, Source.FAILSAFE, reason)
 
     def _failsafe_command(self, safety: ActuatorSafety) -> Command:
-        reason = f"failsafe ({'; '.join(self._failsafe_reasons())}); " + _describe(
-            safety, safety.failsafe
-        )
-        return Command(safety.point, safety.failsafe, Source.FAILSAFE, reason)
+        value = safety.failsafe
+        share = self._cap_share
+        normal = self._normal_caps.get(safety.point)
+        if safety.role is ActuatorRole.POWER_LIMIT and share > 0.0 and normal is not None:
+            # blind, the chips a little warm: the caps fall with the evidence, not at once
+            value = max(safety.failsafe, min(normal, value + share * (normal - value)))
+            reason = (
+                f"failsafe ({'; '.join(self._failsafe_reasons())}); chips warm: caps keep"
+                f" {share:.0%} of their span, {_describe(safety, value)}"
+            )
+            return Command(safety.point, value, Source.FAILSAFE, reason)
+        reason = f"failsafe ({'; '.join(self._failsafe_reasons())}); " + _describe(safety, value)
+        return Command(safety.point, value, Source.FAILSAFE, reason)
 
     def _record(self, command: Command, now: float) -> Command:
         """Remember what was commanded: the base for slew and for pump-failure detection."""
         self._issued[command.point] = _Issued(command.value, command.source, command.reason, now)
+        if command.source in (Source.AUTO, Source.OVERRIDE):
+            self._normal_caps[command.point] = command.value  # what a failsafe scales from
         self._clamps[command.point].accept(command.value, now)
         self._note_pump(now)
         return command

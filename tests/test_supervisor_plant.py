@@ -317,3 +317,23 @@ def test_failsafe_leaves_an_isolation_valve_alone() -> None:
     base = make_config()
     supervisor = Supervisor(replace(base, actuators=(*base.actuators, ISOLATION_SAFETY)))
     assert ISOLATION not in by_point(supervisor.startup(0.0))  # start-up is failsafe
+
+
+def test_blind_rack_lowers_caps_in_proportion_to_how_warm_the_chips_are() -> None:
+    config = make_config(
+        healthy_points=(TemperatureLimit(CHIP, 85.0),),
+        healthy_margin_c=5.0,
+        failsafe_cap_band_c=4.0,
+    )
+    supervisor = started(config)
+    normal = by_point(supervisor.step(snap(1.0), 1.0, [auto(CAP1, 900.0)]))[CAP1].value
+    warm = supervisor.step(snap(6.0, {FLOW: Quality.STALE, CHIP: 81.0}), 6.0, [])
+    caps = by_point(warm)
+    low = cap(CAP1).failsafe
+    # 1 K over the 80 °C threshold of a 4 K band: the caps keep 3/4 of their span
+    assert caps[CAP1].value == pytest.approx(low + 0.75 * (normal - low))
+    assert caps[CAP1].source is Source.FAILSAFE and "chips warm" in caps[CAP1].reason
+    hotter = by_point(supervisor.step(snap(7.0, {FLOW: Quality.STALE, CHIP: 83.0}), 7.0, []))
+    assert hotter[CAP1].value == pytest.approx(low + 0.25 * (normal - low))
+    gone = by_point(supervisor.step(snap(8.0, {FLOW: Quality.STALE, CHIP: None}), 8.0, []))
+    assert gone[CAP1].value == low  # no thermal evidence: the minimum

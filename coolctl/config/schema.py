@@ -343,6 +343,10 @@ class SafetyConfig:
     failsafe_hold_under_c: Positive | None = 80.0
     """A rack blind for want of a reading holds its last outputs and caps while every server's
     chip_temperature is good and under this; none: failsafe values at once."""
+    failsafe_cap_band_c: NonNegative = 5.0
+    """Blind, with a chip over failsafe_hold_under_c: the caps keep a share of their span
+    that falls to nothing at this many K over it (or with a chip reading not good); 0: caps to
+    their minimum at once."""
     thermal_cap: Flag = True
     """Cap the rack's IT power continuously when pump and valve are at their top and a
     temperature nears its limit (PID racks), instead of tripping on and off."""
