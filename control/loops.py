@@ -6,6 +6,7 @@ the offline scenario runner and the live daemon run this very code.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -49,6 +50,14 @@ class ChipBoost:
     boosted: float  # the setpoint at full boost
     kp_per_k: float = 0.3
     ki_per_k_s: float = 0.01
+    # feedforward from the rack's power (summed `power_points`): none at `from_w`, full at
+    # `full_w`, in between in proportion; the boost in force is the larger of the two. A rack
+    # without BMCs has no chips to read, and a load step reaches the PDU before the chips.
+    power_points: tuple[PointId, ...] = ()
+    from_w: float = math.inf
+    full_w: float = math.inf
+    power_lag_s: float = 20.0  # the power seen through a lag: more flow at once would bring
+    # the load step's hot return to the exchanger before the valve has opened for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +108,9 @@ class PidLoop:
         self._ff_power_w: float | None = None  # the feedforward's power, after its lag
         self._ff_at: float | None = None
         self.boost_fraction = 0.0  # the chip boost in force, 0..1 (see ChipBoost)
+        self._chip_fraction = 0.0
+        self._power_fraction = 0.0
+        self._power_at: float | None = None
         self._boost_integral = 0.0
         self._boost_at: float | None = None
 
@@ -120,14 +132,27 @@ class PidLoop:
         values = [snapshot.value(point) for point in boost.points]
         known = [v for v in values if v is not None]
         last, self._boost_at = self._boost_at, now
-        if not known:
-            return
-        error = max(known) - boost.above_c
-        dt_s = 0.0 if last is None else max(0.0, now - last)
-        integral = self._boost_integral + boost.ki_per_k_s * error * dt_s
-        self._boost_integral = min(1.0, max(0.0, integral))
-        fraction = boost.kp_per_k * error + self._boost_integral
-        self.boost_fraction = min(1.0, max(0.0, fraction))
+        chips = self._chip_fraction
+        if known:
+            error = max(known) - boost.above_c
+            dt_s = 0.0 if last is None else max(0.0, now - last)
+            integral = self._boost_integral + boost.ki_per_k_s * error * dt_s
+            self._boost_integral = min(1.0, max(0.0, integral))
+            chips = min(1.0, max(0.0, boost.kp_per_k * error + self._boost_integral))
+            self._chip_fraction = chips
+        power = self._power_fraction
+        watts = [snapshot.value(point) for point in boost.power_points]
+        if watts and all(w is not None for w in watts) and boost.full_w > boost.from_w:
+            total = sum(w for w in watts if w is not None)
+            target = min(1.0, max(0.0, (total - boost.from_w) / (boost.full_w - boost.from_w)))
+            if self._power_at is None or boost.power_lag_s <= 0.0:
+                power = target
+            else:
+                dt_s = max(0.0, now - self._power_at)
+                power += dt_s / (boost.power_lag_s + dt_s) * (target - power)
+            self._power_at = now
+            self._power_fraction = power
+        self.boost_fraction = max(chips, power)  # a reading not good: its share holds
 
     def step(self, snapshot: Snapshot, now: float) -> list[Command]:
         spec = self.spec

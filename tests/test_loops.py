@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 
 from coolctl.control.loops import (
@@ -279,3 +282,28 @@ def test_chip_boost_lowers_a_supply_setpoint_toward_its_boosted_value() -> None:
     )
     loop.step(hot, 0.0)
     assert loop.setpoint == pytest.approx(34.0)
+
+
+POWER = PointId("r01", "pdu1", "power")
+
+
+def test_boost_feedforward_from_power_raises_the_flow_setpoint_through_its_lag() -> None:
+    boost = ChipBoost((), above_c=math.inf, boosted=200.0, power_points=(POWER,))
+    boost = dataclasses.replace(boost, from_w=80_000.0, full_w=110_000.0, power_lag_s=10.0)
+    loop = PidLoop(pump_loop(setpoint=160.0, boost=boost))
+
+    def at(now: float, watts: float | None) -> Snapshot:
+        readings = [Reading(FLOW, 160.0, now, Quality.GOOD)]
+        if watts is not None:
+            readings.append(Reading(POWER, watts, now, Quality.GOOD))
+        return Snapshot(readings, now)
+
+    loop.step(at(0.0, 70_000.0), 0.0)
+    assert loop.setpoint == 160.0  # under 80 kW: no boost
+    loop.step(at(1.0, 125_000.0), 1.0)  # a load step: through the lag, not at once
+    assert 160.0 < loop.setpoint < 170.0
+    for k in range(2, 120):
+        loop.step(at(float(k), 125_000.0), float(k))
+    assert loop.setpoint == pytest.approx(200.0, abs=0.5)
+    loop.step(at(120.0, None), 120.0)  # the PDU unread: the boost holds
+    assert loop.setpoint == pytest.approx(200.0, abs=0.5)

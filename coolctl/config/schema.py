@@ -256,7 +256,12 @@ class LoopConfig:
     """A cascade on the chips: while the hottest server chip is above this, the setpoint
     moves toward `boost_setpoint` (more flow, cooler supply); default: no boost."""
     boost_setpoint: Number | None = None
-    """The setpoint at full chip boost (needed with `boost_above_c`)."""
+    """The setpoint at full chip boost (needed with `boost_above_c` or `boost_from_kw`)."""
+    boost_from_kw: NonNegative | None = None
+    """Feedforward: the boost also grows with the rack's measured power (its PDU's, else its
+    servers'), none at this many kW..."""
+    boost_full_kw: NonNegative | None = None
+    """...and full at this many; the larger of this and the chips' boost is in force."""
 
     @model_validator(mode="before")
     @classmethod
@@ -276,8 +281,18 @@ class LoopConfig:
                 f" not {self.failsafe_output}"
             )
             raise KeyProblem(("failsafe_output", message))
-        if (self.boost_above_c is None) != (self.boost_setpoint is None):
-            raise KeyProblem(("boost_setpoint", "boost_above_c and boost_setpoint go together"))
+        boosted = self.boost_above_c is not None or self.boost_from_kw is not None
+        if boosted != (self.boost_setpoint is not None):
+            message = "boost_setpoint goes with boost_above_c or boost_from_kw"
+            raise KeyProblem(("boost_setpoint", message))
+        if (self.boost_from_kw is None) != (self.boost_full_kw is None):
+            raise KeyProblem(("boost_full_kw", "boost_from_kw and boost_full_kw go together"))
+        if (
+            self.boost_from_kw is not None
+            and self.boost_full_kw is not None
+            and self.boost_full_kw <= self.boost_from_kw
+        ):
+            raise KeyProblem(("boost_full_kw", "must be above boost_from_kw"))
         below = self.setpoint_min is not None and self.setpoint < self.setpoint_min
         above = self.setpoint_max is not None and self.setpoint > self.setpoint_max
         if below or above:

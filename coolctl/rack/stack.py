@@ -6,6 +6,7 @@ simulated time runs the very code that runs a rack.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -142,13 +143,17 @@ def it_power_points(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> t
     return tuple(PointId(config.id, device.id, "power") for device in server_caps(config))
 
 
+FLOW_BOUND = frozenset({"chip_temperature", "coolant_outlet_temperature"})
+"""Temperatures that more flow cools: their margin is out of cooling once the pumps are."""
+
+
 def thermal_cap_loop(
     config: RackConfig, safety: SupervisorConfig, power: tuple[PointId, ...]
 ) -> ThermalCapLoop | None:
     """The rack's thermal cap loop: margins from the supervisor's temperature limits, cooling
     at its top when every pump and valve actuator is at its normal maximum."""
     cooling = tuple(
-        CoolingActuator(a.point, a.maximum)
+        CoolingActuator(a.point, a.maximum, moves_flow=a.role is ActuatorRole.PUMP)
         for a in safety.actuators
         if a.role in (ActuatorRole.PUMP, ActuatorRole.VALVE)
     )
@@ -159,7 +164,10 @@ def thermal_cap_loop(
     paced = {} if rate is None else {"release_rate_w_per_s": rate}
     return ThermalCapLoop(
         ThermalCapConfig(
-            margins=tuple(MarginPoint(t.point, t.limit_c) for t in safety.temperature_limits),
+            margins=tuple(
+                MarginPoint(t.point, t.limit_c, flow_bound=t.point.name in FLOW_BOUND)
+                for t in safety.temperature_limits
+            ),
             cooling=cooling,
             power=power,
             floor_w=sum(device.cap_min_w for device in servers) + config.power.overhead_w,
@@ -257,9 +265,24 @@ def loop_spec(
         ),
         enabled=loop.enabled,
         feedforward=feedforward,
-        boost=(
-            ChipBoost(tuple(chips), loop.boost_above_c, loop.boost_setpoint)
-            if loop.boost_above_c is not None and loop.boost_setpoint is not None and chips
-            else None
-        ),
+        boost=boost(loop, power, chips),
+    )
+
+
+def boost(loop: LoopConfig, power: Sequence[PointId], chips: Sequence[PointId]) -> ChipBoost | None:
+    """A loop's chip boost (and its feedforward from power), from what the rack can read."""
+    if loop.boost_setpoint is None:
+        return None
+    from_kw, full_kw = loop.boost_from_kw, loop.boost_full_kw
+    by_power = from_kw is not None and full_kw is not None and bool(power)
+    by_chips = loop.boost_above_c is not None and bool(chips)
+    if not (by_power or by_chips):
+        return None
+    return ChipBoost(
+        points=tuple(chips) if by_chips else (),
+        above_c=loop.boost_above_c if loop.boost_above_c is not None else math.inf,
+        boosted=loop.boost_setpoint,
+        power_points=tuple(power) if by_power else (),
+        from_w=from_kw * 1000.0 if from_kw is not None else math.inf,
+        full_w=full_kw * 1000.0 if full_kw is not None else math.inf,
     )
