@@ -2,7 +2,8 @@
 their limits, engaged only when cooling has nothing left to give.
 
 For a chip or a server outlet margin, cooling is at its top once the pumps are: more
-flow is what such a margin needs (a worn pump pinned at full speed, the valve with room left).
+flow is what such a margin needs (a worn pump pinned at full speed, the valve with room left);
+for a supply or return margin, once the valves are: the exchanger has no more to give.
 
 The over-temperature interlock is an on/off limiter: it drops every cap to its minimum at the
 limit and lifts them after the hold, so a rack whose facility water is too warm to carry its
@@ -139,12 +140,14 @@ class ThermalCapLoop:
         return any(m.flow_bound for m in self.config.margins if m.point == where)
 
     def _cooling_at_top(self, snapshot: Snapshot, flow_bound: bool = False) -> bool:
-        """Every cooling actuator at its top; for a chip or an outlet (`flow_bound`), every
-        pump: a pump at full speed can give such a margin no more, whatever the valve does (a
-        worn pump short of its flow)."""
+        """For a chip or an outlet (`flow_bound`), every pump at its top: a pump at full speed
+        can give such a margin no more, whatever the valve does (a worn pump short of its
+        flow); for a coolant temperature (supply, return), every valve at its top: the
+        exchanger has nothing more to give, whatever flow the chips need. A stack without the
+        one kind of actuator judges by all of them."""
         tolerance = self.config.top_tolerance
-        cooling = [a for a in self.config.cooling if a.moves_flow or not flow_bound]
-        if flow_bound and not cooling:
+        cooling = [a for a in self.config.cooling if a.moves_flow == flow_bound]
+        if not cooling:
             cooling = list(self.config.cooling)
         for actuator in cooling:
             value = snapshot.value(actuator.point)
