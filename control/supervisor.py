@@ -29,7 +29,9 @@ A supply floor keeps the coolant off the pipes' dew point: no command to a
 the room air's dew point (a `dew_point` reading, or Magnus from `room_temperature` and
 `room_humidity`); while the supply reads under the dew point + margin (in failsafe: under that
 floor) the supply valve is not opened further but closed at `supply_valve_close_per_s`
-(automatic, override and failsafe values alike; an interlock's value still wins).
+(automatic, override and failsafe values alike; an interlock's value still wins); with the
+supply unread, a failsafe does not open the valve while the facility water (as last read) is
+under the dew point + margin.
 
 Pure and deterministic: no clock reads, `now` is monotonic seconds passed in by the caller, and
 the same calls in the same order give the same decisions.
@@ -509,6 +511,7 @@ class Supervisor:
         self._normal_caps: dict[PointId, float] = {}  # last values outside failsafe/interlock
         self._supply_floor_c: float | None = None  # the floors now, from the last snapshot
         self._dew_floor_c: float | None = None
+        self._last_facility_c: float | None = None  # the last good facility water reading
         self._supply_c: float | None = None
         self._under_floor = False
 
@@ -1139,6 +1142,8 @@ class Supervisor:
             if air is not None and humidity is not None:
                 dew = dew_point_c(air, humidity)
         margin = config.supply_floor_margin_c
+        if facility is not None:
+            self._last_facility_c = facility
         self._supply_floor_c = supply_floor_c(facility, dew, margin)
         self._dew_floor_c = supply_floor_c(None, dew, margin)
         supply = _finite_value(snapshot, config.supply) if config.supply else None
@@ -1186,11 +1191,11 @@ class Supervisor:
             return command
         floor = self._valve_floor(command.source)
         supply = self._supply_c
-        if floor is None or supply is None or supply >= floor:
-            return command
         issued = self._issued.get(safety.point)
         last = issued.value if issued is not None else self._observed.get(safety.point)
-        if last is None:
+        if supply is None and command.source is Source.FAILSAFE and last is not None:
+            return self._blind_valve(command, last)
+        if floor is None or supply is None or supply >= floor or last is None:
             return command
         dt_s = max(0.0, now - issued.ts) if issued is not None else 0.0
         ceiling = max(safety.minimum, last - self._config.supply_valve_close_per_s * dt_s)
@@ -1201,6 +1206,21 @@ class Supervisor:
             f" {floor:.1f} °C: valve held to {ceiling:.3g}"
         )
         return replace(command, value=ceiling, reason=reason)
+
+    def _blind_valve(self, command: Command, last: float) -> Command:
+        """The supply unread, the valve's failsafe would open it: held where it is instead
+        when the facility water (as last read) is under the dew point + margin, where a wide
+        open valve would sweat the pipes. An interlock's full cooling still wins."""
+        dew_floor, facility = self._dew_floor_c, self._last_facility_c
+        if dew_floor is None or facility is None or facility >= dew_floor:
+            return command
+        if command.value <= last:
+            return command
+        reason = (
+            f"{command.reason}; supply unread and facility water {facility:.1f} °C under the"
+            f" dew point floor {dew_floor:.1f} °C: valve held at {last:.3g}"
+        )
+        return replace(command, value=last, reason=reason)
 
     def _decide(
         self,

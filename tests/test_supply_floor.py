@@ -3,6 +3,8 @@ facility water or the room's dew point plus the margin (coolctl.control.supervis
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from coolctl.control.dewpoint import dew_point_c, supply_floor_c
@@ -78,3 +80,22 @@ def test_valve_closes_while_the_supply_is_under_its_floor() -> None:
     assert [e.kind for e in decision.events] == ["supply_under_floor"]
     decision = sup.step(snapshot(3.0, 30.0), 3.0, [auto(VALVE, 1.0)])
     assert [e.kind for e in decision.events] == ["supply_floor_cleared"]
+
+
+def test_a_blind_failsafe_does_not_open_the_valve_onto_water_under_the_dew_point() -> None:
+    base = supervisor().config
+    sup = Supervisor(replace(base, required=(SUPPLY,), failsafe_after_s=3.0))
+    sup.startup(0.0)
+    sup.step(snapshot(1.0, 35.0), 1.0, [auto(VALVE, 0.2)])
+    room = {AIR: 28.0, HUMIDITY: 0.75}  # the room sensor still reads; the CDU does not
+    blind = Snapshot([Reading(p, v, 6.0, Quality.GOOD) for p, v in room.items()], 6.0)
+    decision = sup.step(blind, 6.0, [])
+    assert decision.failsafe
+    (valve,) = [c for c in decision.commands if c.point == VALVE]
+    assert valve.source is Source.FAILSAFE and valve.value == pytest.approx(0.2)
+    assert "dew point floor" in valve.reason
+    warm = Supervisor(replace(base, required=(SUPPLY,), failsafe_after_s=3.0))
+    warm.startup(0.0)
+    warm.step(snapshot(1.0, 35.0, facility=30.0), 1.0, [auto(VALVE, 0.2)])
+    (opened,) = [c for c in warm.step(blind, 6.0, []).commands if c.point == VALVE]
+    assert opened.value == 1.0  # facility water over the dew point: full cooling is harmless
