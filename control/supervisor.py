@@ -78,6 +78,7 @@ _CONTROLLER = "controller"
 _CAUSES: tuple[str, ...] = (_STARTUP, _BLIND, _CONTROLLER)
 
 _ON = 0.5  # boolean points: at or above this reads as 1
+_NO_FLOW_SHARE = 0.3  # flow under this share of rated: nothing moves the coolant
 
 _Change = Literal["entered", "cleared"]
 
@@ -179,6 +180,10 @@ class SupervisorConfig:
     room_humidity: PointId | None = None
     supply_floor_margin_c: float = 2.0
     supply_valve_close_per_s: float = 0.02
+    # caps that do not hold: `power` over the caps in force (+10 %) and `power_overhead_w` for
+    # this long is an alarm (a BMC that took the write and did not cap, a write that was lost)
+    power_overhead_w: float = 0.0
+    caps_hold_within_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,6 +405,8 @@ def _validate(config: SupervisorConfig) -> None:
         "healthy_margin_c",
         "failsafe_cap_band_c",
         "supply_floor_margin_c",
+        "power_overhead_w",
+        "caps_hold_within_s",
     ):
         value = getattr(config, name)
         if not (math.isfinite(value) and value >= 0.0):
@@ -512,6 +519,8 @@ class Supervisor:
         self._supply_floor_c: float | None = None  # the floors now, from the last snapshot
         self._dew_floor_c: float | None = None
         self._last_facility_c: float | None = None  # the last good facility water reading
+        self._caps_over_since: float | None = None  # power over what the caps allow, since
+        self._caps_alarmed = False
         self._supply_c: float | None = None
         self._under_floor = False
 
@@ -563,7 +572,9 @@ class Supervisor:
         events.extend(self._update_supply_floor(snapshot, now))
         auto = self._collect_requests(requested, now, events)
         manual = self._collect_overrides(overrides, now, events)
-        return self._decision(self._decide_all(now, auto, manual), events)
+        commands = self._decide_all(now, auto, manual)
+        events.extend(self._watch_caps(snapshot, now))
+        return self._decision(commands, events)
 
     def evaluate_interlocks(self, snapshot: Snapshot, now: float) -> Decision:
         """The fast path, between ticks: commands only if an interlock changed state.
@@ -1094,6 +1105,14 @@ class Supervisor:
             pump.took_over = True
             message = f"rack {rack}: standby pump took over ({self._config.standby_active} = 1)"
             return [self._event("standby_took_over", Severity.INFO, message, now)]
+        if self._no_flow(snapshot):
+            pump.caps = True
+            message = (
+                f"rack {rack}: pump failure and {self._config.flow} under"
+                f" {_NO_FLOW_SHARE:.0%} of rated: nothing moves the coolant, caps applied"
+                " without waiting for a standby"
+            )
+            return [self._event("pump_failure_caps", Severity.CRITICAL, message, now)]
         if now - pump.onset >= self._config.standby_changeover_s:
             pump.caps = True
             message = (
@@ -1102,6 +1121,14 @@ class Supervisor:
             )
             return [self._event("pump_failure_caps", Severity.CRITICAL, message, now)]
         return []
+
+    def _no_flow(self, snapshot: Snapshot) -> bool:
+        """The flow reads under `_NO_FLOW_SHARE` of rated: no pump is moving the coolant."""
+        config = self._config
+        if config.flow is None or config.rated_flow_lpm is None:
+            return False
+        value = _finite_value(snapshot, config.flow)
+        return value is not None and value < _NO_FLOW_SHARE * config.rated_flow_lpm
 
     def _standby_on(self, snapshot: Snapshot) -> bool:
         point = self._config.standby_active
@@ -1282,6 +1309,38 @@ class Supervisor:
         wins = f" ({_LABELS[winner]} wins)" if len(offers) > 1 else ""
         reason = f"{causes}; {_describe(safety, value)}{wins}"
         return Command(safety.point, value, Source.INTERLOCK, reason)
+
+    def _watch_caps(self, snapshot: Snapshot, now: float) -> list[Event]:
+        """After the caps went down, the PDU must show it: its power over what the caps in
+        force allow (+10 %, and the rack's non-server load) for `caps_hold_within_s` is one
+        event (`caps_not_holding`), and one when it holds again (`caps_holding`)."""
+        config = self._config
+        caps = [a.point for a in config.actuators if a.role is ActuatorRole.POWER_LIMIT]
+        issued = [self._issued.get(point) for point in caps]
+        power = _finite_value(snapshot, config.power) if config.power else None
+        if not caps or power is None or any(i is None for i in issued):
+            return []
+        allowed = 1.1 * math.fsum(i.value for i in issued if i is not None)
+        allowed += config.power_overhead_w
+        if power <= allowed:
+            self._caps_over_since = None
+            if not self._caps_alarmed:
+                return []
+            self._caps_alarmed = False
+            message = f"rack {config.rack}: power {power:.0f} W is within its caps again"
+            return [self._event("caps_holding", Severity.INFO, message, now)]
+        if self._caps_over_since is None:
+            self._caps_over_since = now
+        waited = now - self._caps_over_since
+        if self._caps_alarmed or waited < config.caps_hold_within_s:
+            return []
+        self._caps_alarmed = True
+        message = (
+            f"rack {config.rack}: power did not fall after the cap writes: {config.power}"
+            f" {power:.0f} W for {waited:.0f} s, over the {allowed:.0f} W the caps in force allow"
+            " (a BMC that did not apply its cap? a write that was lost?)"
+        )
+        return [self._event("caps_not_holding", Severity.WARNING, message, now)]
 
     def _isolation_reopened(self, safety: ActuatorSafety) -> Command | None:
         """An isolation valve is no loop's: it stays as it is, except that once the interlock

@@ -337,3 +337,29 @@ def test_blind_rack_lowers_caps_in_proportion_to_how_warm_the_chips_are() -> Non
     assert hotter[CAP1].value == pytest.approx(low + 0.25 * (normal - low))
     gone = by_point(supervisor.step(snap(8.0, {FLOW: Quality.STALE, CHIP: None}), 8.0, []))
     assert gone[CAP1].value == low  # no thermal evidence: the minimum
+
+
+def test_power_that_does_not_fall_under_the_caps_is_an_alarm() -> None:
+    supervisor = started(make_config(power=POWER, caps_hold_within_s=10.0))
+    caps = [auto(CAP1, 400.0), auto(CAP2, 400.0)]
+    supervisor.step(snap(1.0, {POWER: 2000.0}), 1.0, caps)
+    waiting = supervisor.step(snap(10.0, {POWER: 2000.0}), 10.0, caps)
+    assert "caps_not_holding" not in kinds(waiting)  # BMCs and servers get their time
+    late = supervisor.step(snap(11.0, {POWER: 2000.0}), 11.0, caps)
+    assert kinds(late) == ["caps_not_holding"]
+    assert "did not fall after the cap writes" in late.events[0].message
+    assert "caps_not_holding" not in kinds(supervisor.step(snap(12.0, {POWER: 2000.0}), 12.0, caps))
+    held = supervisor.step(snap(13.0, {POWER: 850.0}), 13.0, caps)  # under 1.1 × 2 × 400
+    assert kinds(held) == ["caps_holding"]
+
+
+def test_a_pump_failure_with_no_flow_caps_without_waiting_for_a_standby() -> None:
+    config = make_config(flow=FLOW, rated_flow_lpm=200.0, standby_changeover_s=2.0)
+    config = replace(config, standby_active=PointId(RACK, "cdu1", "standby_pump_active"))
+    supervisor = started(config)
+    supervisor.step(snap(1.0, {FLOW: 160.0}), 1.0, [auto(PUMP, 0.9)])
+    tripped = supervisor.step(snap(2.0, {FLOW: 150.0, RUNNING: 0.0}), 2.0, [auto(PUMP, 0.9)])
+    assert "pump_failure_caps" not in kinds(tripped)  # flow still moving: wait for a standby
+    dry = supervisor.step(snap(2.5, {FLOW: 20.0, RUNNING: 0.0}), 2.5, [auto(PUMP, 0.9)])
+    assert "pump_failure_caps" in kinds(dry)
+    assert by_point(dry)[CAP1].source is Source.INTERLOCK

@@ -122,6 +122,7 @@ def supervisor_config(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> S
         ),
         healthy_margin_c=0.0,
         failsafe_cap_band_c=safety.failsafe_cap_band_c,
+        power_overhead_w=rack.power.overhead_w,
         supply=pump_point("supply_temperature"),
         facility_supply=pump_point("facility_supply_temperature"),
         dew_point=rack_point(rack, devices, "dew_point"),
