@@ -367,6 +367,9 @@ class SafetyConfig:
     temperature nears its limit (PID racks), instead of tripping on and off."""
     thermal_cap_margin_c: NonNegative = 2.0
     """The margin under each limit the thermal cap holds."""
+    thermal_cap_chip_c: Positive | None = None
+    """A chip temperature the thermal cap keeps its margin under, on every server whose chip
+    has no limit above (chip_limit_c), without an interlock at it; default: none."""
     supply_floor_margin_c: NonNegative = 2.0
     """The supply is never driven below the facility water or the room's dew point (a
     dew_point reading, or room_temperature and room_humidity) plus this: supply setpoint

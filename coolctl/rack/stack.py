@@ -121,7 +121,8 @@ def build_pid_control(config: RackConfig, devices: Mapping[str, DeviceFacts]) ->
     power = it_power_points(config, devices)
     shared = allocator(config, devices)
     if shared is not None and config.safety.thermal_cap and power:
-        thermal = thermal_cap_loop(config, safety, power)
+        chips = server_points(config, devices, "chip_temperature")
+        thermal = thermal_cap_loop(config, safety, power, chips)
         if thermal is not None:
             shared = ThermalCappedAllocator(shared.config, thermal)
     chips = server_points(config, devices, "chip_temperature")
@@ -148,16 +149,26 @@ FLOW_BOUND = frozenset({"chip_temperature", "coolant_outlet_temperature"})
 
 
 def thermal_cap_loop(
-    config: RackConfig, safety: SupervisorConfig, power: tuple[PointId, ...]
+    config: RackConfig,
+    safety: SupervisorConfig,
+    power: tuple[PointId, ...],
+    chips: Sequence[PointId] = (),
 ) -> ThermalCapLoop | None:
-    """The rack's thermal cap loop: margins from the supervisor's temperature limits, cooling
-    at its top when every pump and valve actuator is at its normal maximum."""
+    """The rack's thermal cap loop: margins from the supervisor's temperature limits, and from
+    `safety.thermal_cap_chip_c` for every server chip (`chips`) that has no limit of its own
+    there; cooling at its top when the pumps (chips, outlets) or the valves (supply, return)
+    are at their normal maximum."""
     cooling = tuple(
         CoolingActuator(a.point, a.maximum, moves_flow=a.role is ActuatorRole.PUMP)
         for a in safety.actuators
         if a.role in (ActuatorRole.PUMP, ActuatorRole.VALVE)
     )
-    if not cooling or not safety.temperature_limits:
+    limits = [(t.point, t.limit_c) for t in safety.temperature_limits]
+    chip_c = config.safety.thermal_cap_chip_c
+    if chip_c is not None:
+        limited = {point for point, _ in limits}
+        limits += [(point, chip_c) for point in chips if point not in limited]
+    if not cooling or not limits:
         return None
     servers = server_caps(config)
     rate = config.power.release_rate_w_per_s  # caps rising at once: the loop's own pace
@@ -165,8 +176,8 @@ def thermal_cap_loop(
     return ThermalCapLoop(
         ThermalCapConfig(
             margins=tuple(
-                MarginPoint(t.point, t.limit_c, flow_bound=t.point.name in FLOW_BOUND)
-                for t in safety.temperature_limits
+                MarginPoint(point, limit_c, flow_bound=point.name in FLOW_BOUND)
+                for point, limit_c in limits
             ),
             cooling=cooling,
             power=power,
