@@ -27,6 +27,7 @@ from coolctl.model import Command, PointId, Reading, Snapshot
 from coolctl.rack.controllers import build_rack_control
 from coolctl.rack.facts import device_facts
 from coolctl.rack.safety import DeviceFacts
+from coolctl.rack.stack import ThermalCappedAllocator, build_pid_control
 from coolctl.simulators.modbus_server import encode_value, load_register_map
 from coolctl.simulators.plant import RackPlant
 from coolctl.simulators.scenario import (
@@ -619,3 +620,16 @@ def test_a_humid_room_is_read_by_the_room_sensor_and_the_supply_floor_acts(
     assert "supply_under_floor" in {e.kind for e in result.rack_events}
     # the valve closes: the supply rises over the dew point instead of sitting at 35 °C
     assert 0.0 < kpis["below_dew_point_s"] < kpis["scored_s"] / 2
+
+
+def test_the_demo_rack_caps_on_its_chips_without_an_interlock_at_them() -> None:
+    rack = rack_config(scenario("duration_s = 60\n[rack]\nbmcs = true\n"), "pid")
+    stack = build_pid_control(rack, {d.id: device_facts(d) for d in rack.devices.values()})
+    assert isinstance(stack.allocator, ThermalCappedAllocator)
+    margins = stack.allocator.thermal.config.margins
+    chips = [m for m in margins if m.point.name == "chip_temperature"]
+    assert len(chips) == 18 and all(m.flow_bound and m.limit_c == 85.0 for m in chips)
+    limits = stack.supervisor.config.temperature_limits
+    assert not any(t.point.name == "chip_temperature" for t in limits)
+    pump = stack.controller.loops["pump"].spec.boost
+    assert pump is not None and pump.boosted == 200.0 and len(pump.points) == 18
