@@ -321,7 +321,13 @@ def _coerce(key: str, kind: str, value: object) -> object:
 
 
 def _lags(value: object) -> tuple[tuple[str, float], ...]:
-    """A `[plant] sensor_lag_s` table: point names to time constants in seconds."""
+    """A `[plant] sensor_lag_s` table: point names to time constants in seconds (or the
+    (point, seconds) pairs `PlantParams` holds them as, when a plant is rebuilt from another's
+    fields: the MPC's step test on a scenario's plant)."""
+    if isinstance(value, tuple) and all(
+        isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) for pair in value
+    ):
+        value = dict(value)
     if not isinstance(value, Mapping):
         raise ValueError(
             f"plant parameter 'sensor_lag_s' must be a table of point = seconds, got {value!r}"
