@@ -254,7 +254,7 @@ class MemoryPlane:
 
 
 ME = f"{pwd.getpwuid(os.getuid()).pw_name} (uid {os.getuid()})"
-TOKEN = "s3cret-token-for-tests"
+TOKEN = "s3cret-token-for-tests-0123456789abcdef"
 
 
 @pytest.fixture
@@ -715,6 +715,7 @@ async def test_tcp_is_refused_without_a_usable_token_file(tmp_path: Path) -> Non
         ).start()
     empty = tmp_path / "empty"
     empty.write_text("\n")
+    empty.chmod(0o600)
     with pytest.raises(ControlApiError, match="is empty"):
         await ControlApi(
             MemoryPlane(),

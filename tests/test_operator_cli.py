@@ -515,7 +515,7 @@ def test_bash_completion_follows_the_parser_tree(
     assert lines[3] == "set clear list"
     assert set(lines[4].split()) == {
         "--help", "--socket", "--url", "--token-file", "--json", "--ttl", "--permanent",
-        "--reason",
+        "--reason", "--ca-file", "--client-cert",
     }  # fmt: skip
     assert lines[5] == ""  # a DURATION is free text: nothing to offer
     assert lines[6] == "auto manual"
@@ -557,7 +557,8 @@ def test_zsh_completion_answers_from_the_same_tables(
         "compdef _coolctl coolctl",
         "set clear list",
         "auto manual",
-        "-h --help --socket --url --token-file --json --ttl --permanent --reason",
+        "-h --help --socket --url --token-file --ca-file --client-cert --json --ttl --permanent"
+        " --reason",
         "<files>",
     ]
 

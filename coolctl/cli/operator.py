@@ -36,7 +36,7 @@ from typing import Any, TextIO
 from coolctl.exitcodes import ExitCode
 from coolctl.model import RackMode
 from coolctl.ops.client import ClientError, ControlClient, Unreachable, default_socket_path
-from coolctl.ops.protocol import JsonObject
+from coolctl.ops.protocol import JsonObject, escape_json_text, escape_text
 
 FOLLOW_WAIT_S = 30.0
 """How long one `events --follow` long-poll waits; well under the daemon's 60 s cap."""
@@ -145,6 +145,12 @@ def _connection_options() -> argparse.ArgumentParser:
         "--url", metavar="URL", help="use the TCP listener instead: http://HOST:PORT"
     )
     group.add_argument("--token-file", type=Path, metavar="FILE", help="bearer token for --url")
+    group.add_argument(
+        "--ca-file", type=Path, metavar="FILE", help="CA to verify an https:// --url with"
+    )
+    group.add_argument(
+        "--client-cert", type=Path, metavar="FILE", help="client certificate (PEM, with its key)"
+    )
     common.add_argument("--json", action="store_true", help="print the API's JSON document")
     return common
 
@@ -309,7 +315,7 @@ def run_operator_command(args: argparse.Namespace, parser: argparse.ArgumentPars
 
 
 def _complain(message: str) -> None:
-    print(f"coolctl: {message}", file=sys.stderr)
+    print(f"coolctl: {escape_text(message)}", file=sys.stderr)
 
 
 def _client(args: argparse.Namespace) -> ControlClient:
@@ -318,7 +324,12 @@ def _client(args: argparse.Namespace) -> ControlClient:
             raise ValueError("give --socket or --url, not both")
         if args.token_file is None:
             raise ValueError("--url needs --token-file: the TCP listener requires a token")
-        return ControlClient(url=args.url, token_file=args.token_file)
+        return ControlClient(
+            url=args.url,
+            token_file=args.token_file,
+            ca_file=args.ca_file,
+            cert_file=args.client_cert,
+        )
     if args.token_file is not None:
         raise ValueError("--token-file is for --url; on the socket, who you are is known")
     return ControlClient(socket_path=args.socket)
@@ -331,7 +342,7 @@ async def _run(command: str, client: ControlClient, args: argparse.Namespace) ->
 
 
 def _emit(document: Any) -> None:
-    print(json.dumps(document, indent=2, ensure_ascii=False))
+    print(escape_json_text(json.dumps(document, indent=2, ensure_ascii=False)))
 
 
 async def _status(client: ControlClient, args: argparse.Namespace) -> ExitCode:
@@ -363,6 +374,10 @@ async def _status(client: ControlClient, args: argparse.Namespace) -> ExitCode:
         print(
             table(["RACK", "MODE", "FAILSAFE", "INTERLOCKS", "POWER", "BUDGET", "OVERRIDES"], rows)
         )
+        for rack in racks:  # a lost PSU, a rack on battery: said whenever it is true
+            alarms = rack.get("power_alarms")
+            if isinstance(alarms, list) and alarms:
+                print(f"{_text(rack.get('rack'))} power alarms: {'; '.join(map(str, alarms))}")
     return ExitCode.OK
 
 
@@ -383,8 +398,9 @@ async def _override_set(client: ControlClient, args: argparse.Namespace) -> Exit
         "permanent" if expires is None else f"expires {_relative(expires)} ({local_time(expires)})"
     )
     print(
-        f"override set: {record.get('rack')} {record.get('target')} = "
-        f"{_text(record.get('value'))}, {lifetime}, by {record.get('who')} (id {record.get('id')})"
+        f"override set: {_text(record.get('rack'))} {_text(record.get('target'))} = "
+        f"{_text(record.get('value'))}, {lifetime}, by {_text(record.get('who'))}"
+        f" (id {_text(record.get('id'))})"
     )
     return ExitCode.OK
 
@@ -495,7 +511,7 @@ async def _events(client: ControlClient, args: argparse.Namespace) -> ExitCode:
     while True:
         for event in events:
             if args.json:
-                print(json.dumps(event, ensure_ascii=False), flush=True)
+                print(escape_json_text(json.dumps(event, ensure_ascii=False)), flush=True)
             else:
                 print(table(None, [_event_row(event)], min_widths=_EVENT_WIDTHS), flush=True)
         document = await client.events(since=since, limit=args.limit, wait_s=FOLLOW_WAIT_S)
@@ -569,7 +585,7 @@ def render_frame(
         title += f"  every {interval:g}s  (q quits)"
     lines = [title]
     if problem:
-        lines.append(f"!! {problem}; showing data from {stamp}")
+        lines.append(f"!! {escape_text(problem)}; showing data from {stamp}")
     lines.append("")
     if not screen.racks:
         lines.append("no racks" + (f" called {rack}" if rack else ""))
@@ -738,6 +754,7 @@ def table(
     min_widths: Sequence[int] | None = None,
 ) -> str:
     """Aligned columns, two spaces apart; the last column is not padded."""
+    rows = [[escape_text(cell) for cell in row] for row in rows]  # nothing raw to the terminal
     columns = len(headers) if headers is not None else len(rows[0]) if rows else 0
     widths = list(min_widths) if min_widths is not None else [0] * columns
     for row in [headers, *rows] if headers is not None else rows:
@@ -782,7 +799,7 @@ def _text(value: Any) -> str:
         return ", ".join(_text(item) for item in value) or "-"
     if isinstance(value, dict):
         return " ".join(f"{key}={_text(item)}" for key, item in value.items()) or "-"
-    return str(value)
+    return escape_text(str(value))  # text from the daemon may carry anyone's input
 
 
 def _kw(watts: Any) -> str:

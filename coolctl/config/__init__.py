@@ -31,6 +31,7 @@ from coolctl.config.schema import (
     RedfishDeviceConfig,
     SafetyConfig,
     SiteConfig,
+    SnmpDeviceConfig,
     json_schema,
 )
 
@@ -59,6 +60,7 @@ __all__ = [
     "RedfishDeviceConfig",
     "SafetyConfig",
     "SiteConfig",
+    "SnmpDeviceConfig",
     "json_schema",
     "load_config",
     "parse_config",

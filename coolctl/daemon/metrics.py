@@ -31,7 +31,16 @@ from prometheus_client.samples import Sample
 import coolctl
 from coolctl.control.loops import LoopMode
 from coolctl.control.supervisor import INTERLOCKS
-from coolctl.model import CANONICAL_POINTS, PointId, Quality, RackMode, Reading, Source, Unit
+from coolctl.model import (
+    CANONICAL_POINTS,
+    PointId,
+    Quality,
+    RackMode,
+    Reading,
+    Source,
+    Unit,
+    base_point,
+)
 
 if TYPE_CHECKING:
     from coolctl.daemon.runtime import Daemon
@@ -41,6 +50,8 @@ _UNIT_SUFFIX = {
     Unit.CELSIUS: "_celsius",
     Unit.PASCAL: "_pascals",
     Unit.WATT: "_watts",
+    Unit.AMPERE: "_amperes",
+    Unit.VOLT: "_volts",
     Unit.JOULE: "_joules",
     Unit.LITRE: "_litres",
     Unit.LITRE_PER_MINUTE: "_litres_per_minute",
@@ -162,18 +173,24 @@ class DeviceCollector(_DaemonState):
         families: dict[str, GaugeMetricFamily] = {}
         for reading in readings:
             point = reading.point
-            if not reading.usable or point.name not in CANONICAL_POINTS:
+            base = base_point(point.name)
+            if not reading.usable or base not in CANONICAL_POINTS:
                 continue  # only good values are exported as values: never pass old ones off
-            name = point_metric_name(point.name)
+            # a table row (outlet_power.12) is its point's family with an `index` label
+            index = point.name[len(base) + 1 :] if base != point.name else None
+            name = point_metric_name(base)
             family = families.get(name)
             if family is None:
                 family = families[name] = GaugeMetricFamily(
                     name,
-                    CANONICAL_POINTS[point.name].description,
-                    labels=["rack", "device"],
+                    CANONICAL_POINTS[base].description,
+                    labels=["rack", "device"] if index is None else ["rack", "device", "index"],
                 )
             assert reading.value is not None
-            family.add_metric([point.rack, point.device], reading.value)
+            values = (
+                [point.rack, point.device] if index is None else [point.rack, point.device, index]
+            )
+            family.add_metric(values, reading.value)
         yield from families.values()
 
     def _devices(self, now: float, wall_offset: float) -> Iterator[Metric]:

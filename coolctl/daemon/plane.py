@@ -27,10 +27,12 @@ from coolctl.ops.protocol import (
     EventRecord,
     JsonObject,
     OverrideRecord,
+    check_reason,
     target_kind,
 )
 from coolctl.ops.store import AsyncStore
 from coolctl.rack.facts import setpoint_bounds
+from coolctl.rack.power_alarms import power_alarms
 
 log = logging.getLogger("coolctl.daemon.plane")
 
@@ -55,6 +57,7 @@ class DaemonControlPlane:
         self._events_changed = asyncio.Condition()
         self._pending_events: set[asyncio.Task[None]] = set()
         self._expiry_task: asyncio.Task[None] | None = None
+        self._prune_task: asyncio.Task[None] | None = None
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -83,6 +86,8 @@ class DaemonControlPlane:
     def start(self) -> None:
         if self._expiry_task is None:
             self._expiry_task = asyncio.create_task(self._expire_forever(), name="overrides")
+        if self._prune_task is None:
+            self._prune_task = asyncio.create_task(self._prune_forever(), name="events pruning")
 
     async def stop(self) -> None:
         if self._expiry_task is not None:
@@ -90,6 +95,11 @@ class DaemonControlPlane:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._expiry_task
             self._expiry_task = None
+        if self._prune_task is not None:
+            self._prune_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prune_task
+            self._prune_task = None
         if self._pending_events:
             await asyncio.gather(*self._pending_events, return_exceptions=True)
 
@@ -125,6 +135,7 @@ class DaemonControlPlane:
             "power_w": self.daemon.rack_power_w(rack.config.id, now),
             "budget_w": rack.power_budget_w,
             "values": values,
+            "power_alarms": power_alarms(values),
             "loops": self.loops(rack.config.id),
             "overrides": [record.as_json() for record in rack.override_records.values()],
             "actuators": [
@@ -204,6 +215,12 @@ class DaemonControlPlane:
     async def audit(self, since_id: int = 0, limit: int = 100) -> list[AuditRecord]:
         return await self.store.audit_log(since_id, limit)
 
+    async def newest_events(self, limit: int = 100) -> list[EventRecord]:
+        return await self.store.newest_events(limit)
+
+    async def newest_audit(self, limit: int = 100) -> list[AuditRecord]:
+        return await self.store.newest_audit(limit)
+
     # -- changes ----------------------------------------------------------------------------
 
     async def set_override(
@@ -218,8 +235,14 @@ class DaemonControlPlane:
             raise ControlError(
                 400, f"ttl must be at least {MIN_TTL_S:g} s (the expiry period), not {ttl_s:g}"
             )
-        if not why.strip():
-            raise ControlError(400, "a reason is required")
+        why = check_reason(why)
+        cap_s = self.daemon.config.daemon.max_override_ttl_s
+        if ttl_s is not None and ttl_s > cap_s:
+            raise ControlError(
+                400,
+                f"ttl {ttl_s:g} s is longer than the {cap_s:g} s cap"
+                " (daemon.max_override_ttl_s); an override meant to stay is set --permanent",
+            )
         self._check_override(runtime, target, value)  # refuse before anything is stored
         now = self.wall_clock()
         expires_at = now + ttl_s if ttl_s is not None else None
@@ -231,6 +254,7 @@ class DaemonControlPlane:
 
     async def clear_override(self, rack: str, target: str, who: str, why: str) -> OverrideRecord:
         runtime = self._rack(rack)
+        why = check_reason(why)
         if target not in runtime.override_records:
             raise ControlError(404, f"no override of {target} on rack {rack}")
         record = await self.store.clear_override(rack, target, who, why, self.wall_clock())
@@ -246,8 +270,7 @@ class DaemonControlPlane:
             mode = RackMode(mode)
         except ValueError:
             raise ControlError(400, f"mode must be auto or manual, not {mode!r}") from None
-        if not why.strip():
-            raise ControlError(400, "a reason is required")
+        why = check_reason(why)
         await self.store.set_mode(rack, mode, who, why, self.wall_clock())
         previous, runtime.mode = runtime.mode, mode
         if previous != mode:
@@ -256,8 +279,7 @@ class DaemonControlPlane:
 
     async def reset_interlock(self, rack: str, interlock: str, who: str, why: str) -> JsonObject:
         runtime = self._rack(rack)
-        if not why.strip():
-            raise ControlError(400, "a reason is required")
+        why = check_reason(why)
         before = runtime.supervisor.state.interlocks.get(interlock)
         try:
             runtime.reset_interlock(interlock, who, why)
@@ -347,6 +369,23 @@ class DaemonControlPlane:
             return
         device, _, name = target.partition("/")
         runtime.overrides.pop(PointId(runtime.config.id, device, name), None)
+
+    async def prune_events(self) -> int:
+        """Drop the events beyond daemon.events_keep and older than daemon.events_max_age_s."""
+        config = self.daemon.config.daemon
+        cutoff = self.wall_clock() - config.events_max_age_s
+        removed = await self.store.prune_events(config.events_keep, older_than=cutoff)
+        if removed:
+            log.info("pruned %d old events from the store", removed)
+        return removed
+
+    async def _prune_forever(self, every_s: float = 600.0) -> None:
+        while True:
+            try:
+                await self.prune_events()
+            except Exception:
+                log.exception("pruning the events failed; trying again later")
+            await asyncio.sleep(every_s)
 
     async def _expire_forever(self, every_s: float = 1.0) -> None:
         while True:

@@ -11,6 +11,8 @@ import contextlib
 import errno
 import importlib.resources
 import logging
+import os
+import secrets
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -28,9 +30,17 @@ from coolctl.daemon.service import Service, ServiceOptions
 from coolctl.exitcodes import ExitCode
 from coolctl.model import PointId
 from coolctl.rack.check import load_or_report
-from coolctl.simulators.control_server import endpoint, inject
+from coolctl.simulators.control_server import (
+    endpoint,
+    inject,
+    private_directory,
+    read_access,
+    write_access,
+)
 from coolctl.simulators.live import LiveSimulation
+from coolctl.simulators.live import Service as SimService
 from coolctl.tools.broker import Mosquitto, MosquittoError, find_mosquitto
+from coolctl.tools.rtu_sim import serve_over_rtu, with_rtu_services
 from coolctl.tools.simrack import (
     control_url_file,
     sim_specs,
@@ -62,10 +72,14 @@ def _needs_mqtt(config: Config) -> bool:
 
 
 async def _broker(
-    config: Config, requested: str | None, stack: AsyncExitStack
+    config: Config, requested: str | None, stack: AsyncExitStack, *, private: bool = False
 ) -> tuple[Config, str | None]:
     """The broker for the MQTT sensors: the one asked for, or a private Mosquitto; without
-    either, the config loses its MQTT devices and the demo says how to get them back."""
+    either, the config loses its MQTT devices and the demo says how to get them back.
+
+    With `private` (the demo, whose daemon is the only other client), the private broker
+    takes no anonymous clients: the daemon and the simulated sensors each get an account with
+    a random password, and the sensors' broker address carries theirs (USER:PASSWORD@)."""
     if not _needs_mqtt(config):
         return config, None
     if requested is not None:
@@ -77,24 +91,48 @@ async def _broker(
             flush=True,
         )
         return without_mqtt(config), None
+    if private:
+        return await _private_broker(config, stack)
     broker = Mosquitto()
     await broker.start()
     stack.push_async_callback(broker.stop)
     return with_broker(config, broker.address), broker.address
 
 
+async def _private_broker(config: Config, stack: AsyncExitStack) -> tuple[Config, str]:
+    daemon_password, sensor_password = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    broker = Mosquitto(users={"coolctl": daemon_password, "sensors": sensor_password})
+    await broker.start()
+    stack.push_async_callback(broker.stop)
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="coolctl-demo-mqtt-")))
+    password_file = folder / "mqtt-password"
+    descriptor = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.write(daemon_password)
+    config = with_broker(config, broker.address)
+    assert config.mqtt is not None
+    mqtt = replace(config.mqtt, username="coolctl", password_file=password_file)
+    return replace(config, mqtt=mqtt), f"sensors:{sensor_password}@{broker.address}"
+
+
 @contextlib.contextmanager
-def _advertised(url: str | None) -> Iterator[None]:
-    """Leave the fault-injection URL where `coolctl sim inject` looks for it."""
+def _advertised(url: str | None, token: str | None = None) -> Iterator[None]:
+    """Leave the fault-injection URL and its token where `coolctl sim inject` looks for them,
+    in a file only this user can read, in a directory only this user can enter."""
     path = control_url_file()
     if url is not None:
-        path.write_text(url + "\n", "utf-8")
+        try:
+            private_directory(path.parent)
+            write_access(path, url, token or "")
+        except (OSError, ValueError) as exc:
+            print(f"coolctl sim inject will need --sim {url}: {exc}", file=sys.stderr)
+            url = None
     try:
         yield
     finally:
         if url is not None:
             with contextlib.suppress(OSError):
-                if path.read_text("utf-8").strip() == url:
+                if read_access(path)[0] == url:
                     path.unlink()
 
 
@@ -105,8 +143,13 @@ async def serve_simulation(
     load: float,
     duration_s: float | None,
     mqtt_broker: str | None = None,
+    modbus_rtu: bool = False,
+    *,
+    power_shelves: int = 0,
+    allow_remote: bool = False,
 ) -> ExitCode:
-    """Serve the simulated devices of a config and print one line per service."""
+    """Serve the simulated devices of a config and print one line per service (with
+    `modbus_rtu`, the Modbus devices also on one virtual RTU bus, printed instead)."""
     config = _load(config_path)
     if config is None:
         return ExitCode.BAD
@@ -119,21 +162,33 @@ async def serve_simulation(
                 mqtt_broker = f"{config.mqtt.host}:{config.mqtt.port}"
             config, broker = await _broker(config, mqtt_broker, stack)
             simulation = LiveSimulation(
-                sim_specs(config, port=port, load=load),
+                sim_specs(config, port=port, load=load, power_shelves=power_shelves),
                 time_scale=time_scale,
                 mqtt_broker=broker,
                 control=endpoint(port=0),
+                allow_remote=allow_remote,
             )
             await simulation.start()
-        except (OSError, MosquittoError) as exc:
+        except (OSError, ValueError, MosquittoError) as exc:
             print(f"cannot start the simulated devices: {exc}", file=sys.stderr)
             return ExitCode.UNREACHABLE
         stack.push_async_callback(simulation.stop)
-        for service in simulation.services:
+        services = await _rtu_services(simulation, stack, modbus_rtu)
+        for service in services:
             print(service.line(), flush=True)
-        with _advertised(simulation.control_url):
+        with _advertised(simulation.control_url, simulation.control_token):
             await _wait(stop, duration_s)
     return ExitCode.OK
+
+
+async def _rtu_services(
+    simulation: LiveSimulation, stack: AsyncExitStack, modbus_rtu: bool
+) -> list[SimService]:
+    """The simulation's services; with `modbus_rtu`, its Modbus ones served over RTU instead."""
+    if not modbus_rtu:
+        return list(simulation.services)
+    rtu = await serve_over_rtu(simulation, stack)
+    return [s for s in simulation.services if s.protocol != "modbus"] + rtu
 
 
 async def inject_fault(
@@ -148,16 +203,24 @@ async def inject_fault(
 ) -> ExitCode:
     """`coolctl sim inject`: apply a fault to a running simulation (demo or sim serve)."""
     url = sim_url
+    token = os.environ.get("COOLCTL_SIM_TOKEN")
+    if url is None or token is None:
+        found: str | None = None
+        token_found: str | None = None
+        with contextlib.suppress(OSError):
+            found, token_found = read_access(control_url_file())
+        if url is None:
+            url = found
+        if token is None and found == url:
+            token = token_found
     if url is None:
-        try:
-            url = control_url_file().read_text("utf-8").strip()
-        except OSError:
-            print(
-                "coolctl sim inject: no running simulation found; start `coolctl demo` or"
-                " `coolctl sim serve`, or pass --sim URL (its `control http://...` line)",
-                file=sys.stderr,
-            )
-            return ExitCode.UNREACHABLE
+        print(
+            "coolctl sim inject: no running simulation found; start `coolctl demo` or"
+            " `coolctl sim serve`, or pass --sim URL (its `control http://...` line) with"
+            " the token in $COOLCTL_SIM_TOKEN",
+            file=sys.stderr,
+        )
+        return ExitCode.UNREACHABLE
     try:
         done = await inject(
             url,
@@ -167,6 +230,7 @@ async def inject_fault(
             point=point,
             value=value,
             duration_s=duration_s,
+            token=token,
         )
     except ValueError as exc:
         print(f"coolctl sim inject: {exc}", file=sys.stderr)
@@ -186,8 +250,10 @@ async def run_demo(
     time_scale: float = 1.0,
     status_every_s: float = 3.0,
     mqtt_broker: str | None = None,
+    modbus_rtu: bool = False,
 ) -> ExitCode:
-    """Simulated rack + daemon + metrics, with a live status line, until Ctrl-C or duration."""
+    """Simulated rack + daemon + metrics, with a live status line, until Ctrl-C or duration.
+    With `modbus_rtu` the daemon reads its Modbus devices over a simulated RTU bus."""
     config = _load(config_path)
     if config is None:
         return ExitCode.BAD
@@ -195,7 +261,7 @@ async def run_demo(
     stop = asyncio.Event()
     stop_on_signals(stop)
     async with AsyncExitStack() as stack:
-        config, broker = await _broker(config, mqtt_broker, stack)
+        config, broker = await _broker(config, mqtt_broker, stack, private=True)
         # The demo rack starts at 60 % load with the valve a little too open, so that both
         # loops have visible work to do in the first half minute.
         specs = sim_specs(config, port=0, load=0.6, plant={"initial_valve": 0.55})
@@ -209,9 +275,11 @@ async def run_demo(
         )
         await simulation.start()
         stack.push_async_callback(simulation.stop)
-        for sim_service in simulation.services:
+        sim_services = await _rtu_services(simulation, stack, modbus_rtu)
+        for sim_service in sim_services:
             print(sim_service.line(), flush=True)
         config = with_services(config, simulation.services, state)
+        config = with_rtu_services(config, sim_services)
         options = ServiceOptions(state / "coolctl.db", state / "control.sock")
         port = DEFAULT_METRICS_PORT if metrics_port is None else metrics_port
         service = Service(_with_metrics_port(config, port), options)
@@ -235,7 +303,7 @@ async def run_demo(
         )
         status = asyncio.create_task(_print_status(service.daemon, status_every_s))
         try:
-            with _advertised(simulation.control_url):
+            with _advertised(simulation.control_url, simulation.control_token):
                 await _wait(stop, duration_s)
         finally:
             status.cancel()
