@@ -628,7 +628,7 @@ def test_the_demo_rack_caps_on_its_chips_without_an_interlock_at_them() -> None:
     assert isinstance(stack.allocator, ThermalCappedAllocator)
     margins = stack.allocator.thermal.config.margins
     chips = [m for m in margins if m.point.name == "chip_temperature"]
-    assert len(chips) == 18 and all(m.flow_bound and m.limit_c == 85.0 for m in chips)
+    assert len(chips) == 18 and all(m.flow_bound and m.limit_c == 83.5 for m in chips)
     limits = stack.supervisor.config.temperature_limits
     assert not any(t.point.name == "chip_temperature" for t in limits)
     pump = stack.controller.loops["pump"].spec.boost
