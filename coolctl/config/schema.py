@@ -350,6 +350,16 @@ class LoopConfig:
     load step moves the actuator before the temperature does; default: none."""
     feedforward_lag_s: NonNegative = 0.0
     """The lag the measured power is seen through (about the loop's thermal lag)."""
+    boost_above_c: Number | None = None
+    """A cascade on the chips: while the hottest server chip is above this, the setpoint
+    moves toward `boost_setpoint` (more flow, cooler supply); default: no boost."""
+    boost_setpoint: Number | None = None
+    """The setpoint at full chip boost (needed with `boost_above_c` or `boost_from_kw`)."""
+    boost_from_kw: NonNegative | None = None
+    """Feedforward: the boost also grows with the rack's measured power (its PDU's, else its
+    servers'), none at this many kW..."""
+    boost_full_kw: NonNegative | None = None
+    """...and full at this many; the larger of this and the chips' boost is in force."""
 
     @model_validator(mode="before")
     @classmethod
@@ -369,6 +379,18 @@ class LoopConfig:
                 f" not {self.failsafe_output}"
             )
             raise KeyProblem(("failsafe_output", message))
+        boosted = self.boost_above_c is not None or self.boost_from_kw is not None
+        if boosted != (self.boost_setpoint is not None):
+            message = "boost_setpoint goes with boost_above_c or boost_from_kw"
+            raise KeyProblem(("boost_setpoint", message))
+        if (self.boost_from_kw is None) != (self.boost_full_kw is None):
+            raise KeyProblem(("boost_full_kw", "boost_from_kw and boost_full_kw go together"))
+        if (
+            self.boost_from_kw is not None
+            and self.boost_full_kw is not None
+            and self.boost_full_kw <= self.boost_from_kw
+        ):
+            raise KeyProblem(("boost_full_kw", "must be above boost_from_kw"))
         below = self.setpoint_min is not None and self.setpoint < self.setpoint_min
         above = self.setpoint_max is not None and self.setpoint > self.setpoint_max
         if below or above:
@@ -434,6 +456,10 @@ class SafetyConfig:
     failsafe_hold_under_c: Positive | None = 80.0
     """A rack blind for want of a reading holds its last outputs and caps while every server's
     chip_temperature is good and under this; none: failsafe values at once."""
+    failsafe_cap_band_c: NonNegative = 5.0
+    """Blind, with a chip over failsafe_hold_under_c: the caps keep a share of their span
+    that falls to nothing at this many K over it (or with a chip reading not good); 0: caps to
+    their minimum at once."""
     thermal_cap: Flag = True
     """Cap the rack's IT power continuously when pump and valve are at their top and a
     temperature nears its limit (PID racks), instead of tripping on and off."""
@@ -443,15 +469,20 @@ class SafetyConfig:
     """An operator's supply-temperature setpoint stays this far under the lowest supply
     limit in temperature_limits (7 K: at 5 K, 40 °C under a 45 °C limit, the simulated rack's
     chips throttle at full power even at 1.5 L/min per kW)."""
-    supply_condensation_margin_c: NonNegative = 2.0
-    """An operator's supply-temperature setpoint stays this far over the facility water and
-    the dew point, where the rack reads them."""
     chip_near_throttle_margin_c: NonNegative = 5.0
     """A server whose hottest chip is within this of its throttle point (as its BMC reports
     it, else chip_limit_c) is near throttle: an event, a metric, a line in status and top."""
     min_flow_setpoint_lpm_per_kw: NonNegative = 1.5
     """An operator's flow setpoint stays at least this per kW of the rack's power (OCP's
     design figure for cold-plate racks: 1.5 L/min per kW); 0: off."""
+    thermal_cap_chip_c: Positive | None = None
+    """A chip temperature the thermal cap keeps its margin under, on every server whose chip
+    has no limit above (chip_limit_c), without an interlock at it; default: none."""
+    supply_floor_margin_c: NonNegative = 2.0
+    """The supply is never driven below the facility water or the room's dew point (a
+    dew_point reading, or room_temperature and room_humidity) plus this: supply setpoint
+    commands are floored, the supply valve closes while the supply is under it, and an
+    operator's supply setpoint under it is refused."""
 
 
 @dataclass(frozen=True, kw_only=True, config=_STRUCTURE)

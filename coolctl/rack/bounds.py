@@ -4,7 +4,7 @@ A setpoint a sensor can read is not therefore a safe one. These bounds come from
 the chips out of throttling and the rack dry:
 
 - a supply-temperature setpoint stays `supply_limit_margin_c` under the lowest over-temperature
-  limit on a supply temperature, and `supply_condensation_margin_c` over the facility water and
+  limit on a supply temperature, and `supply_floor_margin_c` over the facility water and
   the dew point, where the rack reads them (colder than the water the exchanger cannot reach;
   colder than the dew point the manifolds sweat);
 - a flow setpoint stays within what the pump can deliver (`rated_flow_lpm`, else what the meter
@@ -133,7 +133,7 @@ def live_bounds(
     safety = rack.safety
     low, why_low = static.low, static.why_low
     if quantity == "supply":
-        margin = safety.supply_condensation_margin_c
+        margin = safety.supply_floor_margin_c
         for point, label in (
             ("facility_supply_temperature", "the facility water"),
             ("dew_point", "the dew point"),

@@ -49,6 +49,7 @@ def supervisor_config(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> S
         loop_actuator(rack, loop, devices[loop.actuator.device].writable[loop.actuator.point])
         for loop in rack.loops.values()
     ) + tuple(cap_actuator(rack.id, device) for device in server_caps(rack))
+    actuators += isolation_actuators(rack, devices)
     required = tuple(
         PointId(rack.id, ref.device, ref.point)
         for loop in rack.loops.values()
@@ -120,7 +121,21 @@ def supervisor_config(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> S
             )
         ),
         healthy_margin_c=0.0,
+        failsafe_cap_band_c=safety.failsafe_cap_band_c,
+        power_overhead_w=rack.power.overhead_w,
+        supply=pump_point("supply_temperature"),
+        facility_supply=pump_point("facility_supply_temperature"),
+        dew_point=rack_point(rack, devices, "dew_point"),
+        room_temperature=rack_point(rack, devices, "room_temperature"),
+        room_humidity=rack_point(rack, devices, "room_humidity"),
+        supply_floor_margin_c=safety.supply_floor_margin_c,
     )
+
+
+def rack_point(rack: RackConfig, devices: Mapping[str, DeviceFacts], name: str) -> PointId | None:
+    """`name` on the first of the rack's devices that reports it (a room sensor, the CDU)."""
+    device = next((d for d, facts in devices.items() if name in facts.point_names), None)
+    return PointId(rack.id, device, name) if device is not None else None
 
 
 def temperature_limits(
@@ -220,6 +235,36 @@ def loop_actuator(rack: RackConfig, loop: LoopConfig, device: WritableSpec) -> A
         on_low_level=on_low_level,
         shutdown=loop.shutdown_output,
     )
+
+
+ISOLATION = "isolation_valve_command"
+
+
+def isolation_actuators(
+    rack: RackConfig, devices: Mapping[str, DeviceFacts]
+) -> tuple[ActuatorSafety, ...]:
+    """Every writable `isolation_valve_command` of the rack's devices: shut (its minimum) in
+    the pump step of a leak's sequence, opened again after the reset, left alone otherwise."""
+    found = []
+    for device_id, facts in devices.items():
+        spec = facts.writable.get(ISOLATION)
+        if spec is None:
+            continue
+        low, high = spec.minimum, spec.maximum
+        found.append(
+            ActuatorSafety(
+                point=PointId(rack.id, device_id, ISOLATION),
+                role=ActuatorRole.ISOLATION,
+                minimum=low,
+                maximum=high,
+                slew_per_s=None,
+                failsafe=high,  # never written: failsafe leaves an isolation valve alone
+                hard_minimum=low,
+                hard_maximum=high,
+                on_leak=low,
+            )
+        )
+    return tuple(found)
 
 
 def server_caps(rack: RackConfig) -> list[RedfishDeviceConfig]:
