@@ -179,19 +179,31 @@ def test_no_reachable_setpoint_throttles_a_chip_at_full_load(
 
 
 def test_the_unbounded_setpoints_of_the_report_do_throttle() -> None:
-    """Without the bounds, the setpoints an operator tried (flow 0, supply 80 °C) throttle the
-    chips at full load: what the property above rules out is real."""
+    """Without the bounds, and without the chip boost and thermal cap that would otherwise
+    carry the rack, the flow an operator tried (0 L/min) throttles the chips at full load:
+    what the property above rules out is real, and the bounds alone rule it out."""
     scenario = parse_scenario(_full_load(120_000.0, 30.0))
 
     def unbounded(
         rack: RackConfig, facts: Mapping[str, DeviceFacts], _m: Path | None
     ) -> ControlStack:
+        unboosted = {
+            name: dataclasses.replace(
+                loop,
+                boost_above_c=None,
+                boost_from_kw=None,
+                boost_setpoint=None,
+                boost_full_kw=None,
+            )
+            for name, loop in rack.loops.items()
+        }
+        no_thermal_cap = dataclasses.replace(
+            rack.safety, thermal_cap=False, thermal_cap_chip_c=None
+        )
+        rack = dataclasses.replace(rack, loops=unboosted, safety=no_thermal_cap)
         stack = build_pid_control(rack, facts)
         stack.controller.loops["pump"].setpoint_override = 0.0
         return stack
 
     kpis = run_scenario(scenario, factory=unbounded).kpis
     assert kpis["hardware_throttle_s"] > 0.0
-
-
-_ = dataclasses  # keep the import for readers who extend the scenarios here
