@@ -77,6 +77,7 @@ class ActuatorRole(StrEnum):
     VALVE = "valve"
     POWER_LIMIT = "power_limit"
     STANDBY = "standby"  # a writable 0/1 that selects the standby pump, if a CDU has one
+    SETPOINT = "setpoint"  # a setpoint or mode of a CDU that runs its own loops
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +328,8 @@ def _describe(safety: ActuatorSafety, value: float) -> str:
         return f"valve at {value:.4g}"
     if role is ActuatorRole.POWER_LIMIT:
         return f"power limit {value:.6g}"
+    if role is ActuatorRole.SETPOINT:
+        return f"{safety.point.name} {value:.6g}"
     return "standby pump selected" if value >= _ON else "standby pump not selected"
 
 
