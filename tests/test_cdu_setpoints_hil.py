@@ -8,11 +8,14 @@ not asserted on time: the test asserts the CDU holds supply within ±0.5 K and f
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 import pytest
 
+from coolctl.cli.main import build_parser
+from coolctl.cli.operator import run_operator_command
 from coolctl.model import CduControlMode
 from coolctl.simulators.cdu_controller import CduController
 from coolctl.tools.testing import HilRack, hil_rack
@@ -135,3 +138,57 @@ async def test_a_cdu_switched_to_local_is_left_alone_and_announced() -> None:
         controller.set_remote(True)
         await rack.wait_until(lambda: "cdu_remote" in kinds(), 5.0)
         assert "cdu1" not in runtime.step.cdu.local_devices
+
+
+async def cli(rack: HilRack, *args: str) -> int:
+    """The CLI as an operator runs it (its own event loop, so on a thread of its own here)."""
+    parser = build_parser()
+    parsed = parser.parse_args([*args, "--socket", str(rack.socket_path)])
+    return await asyncio.to_thread(run_operator_command, parsed, parser)
+
+
+@pytest.mark.hil
+@pytest.mark.asyncio
+async def test_a_latched_alarm_is_an_event_listed_and_acknowledged_with_an_audit(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with hil_rack(CONFIG, time_scale=TIME_SCALE, load=load_for(60_000.0)) as rack:
+        controller = cdu(rack)
+        kinds = lambda: [e.kind for e in rack.daemon.recent_events]  # noqa: E731
+        await rack.wait_until(lambda: rack.value("r01/cdu1/filter_clogged_alarm") == 0.0, 10.0)
+        controller.force_alarm("filter_clogged_alarm")
+        await rack.wait_until(lambda: "cdu_alarm" in kinds(), 5.0)
+        assert kinds().count("cdu_alarm") == 1  # once per change, not once per tick
+        capsys.readouterr()
+        assert await cli(rack, "alarms", "r01") == 0
+        listed = capsys.readouterr().out
+        assert "filter_clogged_alarm" in listed and "ACTIVE" in listed
+        # the cause goes, the alarm stays latched until an operator acknowledges it
+        controller.force_alarm("filter_clogged_alarm", active=False)
+        assert rack.value("r01/cdu1/filter_clogged_alarm") == 1.0
+        assert await cli(rack, "alarms", "ack", "r01") == 2  # a reason is required
+        assert await cli(rack, "alarms", "ack", "r01", "--reason", "filter changed") == 0
+        await rack.wait_until(lambda: "cdu_alarm_cleared" in kinds(), 5.0)
+        await rack.wait_until(lambda: "alarms_acknowledged" in kinds(), 1.0)
+        audit = await rack.service.store.audit_log(0, 100)
+        assert [a.action for a in audit].count("alarms_acknowledged") == 1
+
+
+@pytest.mark.hil
+@pytest.mark.asyncio
+async def test_a_leak_stops_the_cdu_in_setpoint_mode() -> None:
+    async with hil_rack(CONFIG, time_scale=TIME_SCALE, load=load_for(60_000.0)) as rack:
+        controller = cdu(rack)
+        await rack.wait_until(lambda: controller.mode is CduControlMode.AUTO_FLOW, 10.0)
+        await rack.wait_until(lambda: rack.value("r01/cdu1/leak_detected") == 0.0, 5.0)
+        rack.plant("r01").start_leak(5.0)
+        await rack.wait_until(lambda: not controller.running, 10.0)
+        # read back over Modbus: the run command the daemon sees is 0, and the pump stops
+        await rack.wait_until(lambda: rack.value("r01/cdu1/cdu_run_command") == 0.0, 5.0)
+        await rack.wait_until(lambda: (rack.value("r01/cdu1/pump_speed") or 1.0) < 0.05, 10.0)
+        decision = rack.daemon.racks["r01"].decision
+        assert decision is not None and "leak" in decision.interlocks
+        run = [
+            w.value for w in rack.simulation.writes("r01", "cdu1") if w.point == "cdu_run_command"
+        ]
+        assert run[-1] == 0.0

@@ -140,6 +140,7 @@ class RackRuntime:
         self.overrides: dict[PointId, Override] = {}  # what the supervisor applies
         self.override_records: dict[str, OverrideRecord] = {}  # by target, for status/metrics
         self.step = RackStep(config, devices, controller_factory)
+        self.devices = devices
         self.decision: Decision | None = None
         self.on_tick: Callable[[str, float], None] | None = None  # the watchdog's progress
         self.on_state: Callable[[RackRuntime, float], None] | None = None  # MQTT state
@@ -224,6 +225,18 @@ class RackRuntime:
         """An operator resets a latched (or clearing) interlock; ValueError says why not."""
         now = self.clock()
         self._apply(self.step.reset_interlock(name, now, who, why), now)
+
+    async def acknowledge_alarms(self) -> list[str]:
+        """Write 1 to `alarm_acknowledge` on every device of the rack that takes it (the CDU
+        clears its latched alarms whose cause is gone); the devices written. A CDU in local
+        control is skipped: it would refuse the write."""
+        written = []
+        for name, handle in self.devices.items():
+            if "alarm_acknowledge" not in handle.writable or name in self.step.cdu.local_devices:
+                continue
+            await handle.client.write("alarm_acknowledge", 1.0)
+            written.append(name)
+        return written
 
     def _apply(self, result: StepResult, now: float) -> None:
         """Emit, log, count and submit what the step decided, in the order of its making."""
