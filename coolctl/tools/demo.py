@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
-from coolctl.config import DEFAULT_METRICS_PORT, Config, MqttDeviceConfig
+from coolctl.config import DEFAULT_METRICS_PORT, CduControl, Config, MqttDeviceConfig
 from coolctl.daemon.logs import setup_logging
 from coolctl.daemon.run import stop_on_signals
 from coolctl.daemon.runtime import Daemon
@@ -186,11 +186,19 @@ async def run_demo(
     time_scale: float = 1.0,
     status_every_s: float = 3.0,
     mqtt_broker: str | None = None,
+    cdu_control: str | None = None,
 ) -> ExitCode:
-    """Simulated rack + daemon + metrics, with a live status line, until Ctrl-C or duration."""
+    """Simulated rack + daemon + metrics, with a live status line, until Ctrl-C or duration.
+
+    `cdu_control` ("direct" or "setpoints") overrides every rack's: in setpoint mode the
+    simulated CDU runs its own loops on the setpoints the daemon writes."""
     config = _load(config_path)
     if config is None:
         return ExitCode.BAD
+    if cdu_control is not None:
+        control = CduControl(cdu_control)
+        racks = {key: replace(rack, cdu_control=control) for key, rack in config.racks.items()}
+        config = replace(config, racks=racks)
     setup_logging(config.daemon.log_format, "WARNING")
     stop = asyncio.Event()
     stop_on_signals(stop)
