@@ -118,7 +118,9 @@ async def test_setpoint_mode_holds_the_cdu_through_a_load_step_40_to_100_kw() ->
 
 @pytest.mark.hil
 @pytest.mark.asyncio
-async def test_a_cdu_switched_to_local_is_left_alone_and_announced() -> None:
+async def test_a_cdu_switched_to_local_is_left_alone_and_announced(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     async with hil_rack(CONFIG, time_scale=TIME_SCALE, load=load_for(60_000.0)) as rack:
         controller = cdu(rack)
         runtime = rack.daemon.racks["r01"]
@@ -127,6 +129,9 @@ async def test_a_cdu_switched_to_local_is_left_alone_and_announced() -> None:
         kinds = lambda: [e.kind for e in rack.daemon.recent_events]  # noqa: E731
         await rack.wait_until(lambda: "cdu_local" in kinds(), 5.0)
         assert "cdu1" in runtime.step.cdu.local_devices
+        capsys.readouterr()
+        assert await cli(rack, "status") == 0
+        assert "r01: cdu1 is in local control" in capsys.readouterr().out
         # nothing is written to it while it stays local (it would refuse it), so nothing is
         # refused either: watch ten control ticks go by
         refused_before = controller.writes_refused

@@ -366,7 +366,6 @@ async def _status(client: ControlClient, args: argparse.Namespace) -> ExitCode:
                 _text(rack.get("mode")),
                 _text(rack.get("failsafe")),
                 _text(rack.get("interlocks")),
-                _text(rack.get("cdu_local")),
                 _kw(rack.get("power_w")),
                 _kw(rack.get("budget_w")),
                 _count(rack.get("overrides")),
@@ -374,14 +373,14 @@ async def _status(client: ControlClient, args: argparse.Namespace) -> ExitCode:
             for rack in racks
         ]
         print(
-            table(
-                [
-                    *("RACK", "MODE", "FAILSAFE", "INTERLOCKS", "CDU LOCAL"),
-                    *("POWER", "BUDGET", "OVERRIDES"),
-                ],
-                rows,
-            )
+            table(["RACK", "MODE", "FAILSAFE", "INTERLOCKS", "POWER", "BUDGET", "OVERRIDES"], rows)
         )
+        for rack in racks:  # a CDU its panel has taken: coolctl leaves it alone
+            for device in rack.get("cdu_local") or []:
+                print(
+                    f"{_text(rack.get('rack'))}: {device} is in local control (its panel);"
+                    " coolctl writes nothing to it"
+                )
     return ExitCode.OK
 
 
