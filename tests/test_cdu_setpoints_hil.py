@@ -197,3 +197,29 @@ async def test_a_leak_stops_the_cdu_in_setpoint_mode() -> None:
             w.value for w in rack.simulation.writes("r01", "cdu1") if w.point == "cdu_run_command"
         ]
         assert run[-1] == 0.0
+
+
+@pytest.mark.hil
+@pytest.mark.asyncio
+async def test_writes_the_cdu_refuses_are_an_event_counted_and_retried_with_backoff() -> None:
+    direct = Path(__file__).parent / "configs" / "hil-rack.toml"
+    async with hil_rack(direct, time_scale=TIME_SCALE, plant={"initial_valve": 0.5}) as rack:
+        controller = cdu(rack)
+        runtime = rack.daemon.racks["r01"]
+        await rack.wait_until(lambda: bool(rack.simulation.writes("r01", "cdu1")), 10.0)
+        # the building management system puts the CDU in auto: it refuses pump and valve
+        # commands now (Modbus exception 3), and the daemon keeps asking for them
+        controller.write("cdu_control_mode", float(CduControlMode.AUTO_FLOW))
+        refused_before = controller.writes_refused
+        kinds = lambda: [e.kind for e in rack.daemon.recent_events]  # noqa: E731
+        await rack.wait_until(lambda: "write_refused" in kinds(), 5.0)
+        runs = runtime.tick_stats.runs
+        await rack.wait_until(lambda: runtime.tick_stats.runs >= runs + 30, 20.0)
+        refused = controller.writes_refused - refused_before
+        failures = sum(channel.stats.write_failures for channel in runtime.actuators.values())
+        print(f"\n30 ticks: {refused} writes refused by the CDU, {failures} counted by coolctl")
+        assert 0 < refused < 30  # backoff: far fewer attempts than ticks, for two actuators
+        assert failures >= refused
+        assert kinds().count("write_refused") == 2  # pump and valve, once each
+        controller.write("cdu_control_mode", float(CduControlMode.MANUAL))
+        await rack.wait_until(lambda: "write_accepted" in kinds(), 20.0)

@@ -22,6 +22,12 @@ log = logging.getLogger("coolctl.daemon.actuation")
 Writer = Callable[[str, float], Awaitable[float]]
 """Writes an engineering value to a device point and returns the value read back."""
 
+FailureHook = Callable[[PointId, str | None], None]
+"""Told when a point's writes start failing (with the error) and when they succeed again
+(None): once per change, for the event log."""
+
+RETRY_BACKOFF_S = (0.5, 8.0)  # a failed write: the next one waits 0.5 s, doubling up to 8 s
+
 
 @dataclass(slots=True)
 class ActuatorStats:
@@ -49,6 +55,7 @@ class ActuatorChannel:
         *,
         resolution: float = 0.0,
         clock: Callable[[], float] | None = None,
+        on_failure: FailureHook | None = None,
     ) -> None:
         self.point = point
         self.limits = limits
@@ -67,6 +74,10 @@ class ActuatorChannel:
         # a poll sampled before then shows what the device held before that write.
         self._clock = clock
         self._written_at: float | None = None
+        # A device that refuses writes (an exception code, out of range, locked in local) is
+        # retried with backoff, never in a tight loop: the latest command waits its turn
+        self._on_failure = on_failure
+        self._backoff_s = 0.0
 
     def start(self) -> None:
         if self._task is None:
@@ -155,6 +166,8 @@ class ActuatorChannel:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._pending is not None and self._backoff_s > 0.0:
+                await asyncio.sleep(self._backoff_s)  # newer commands replace the pending one
             pending, self._pending = self._pending, None
             if pending is not None:
                 self._writing = True
@@ -171,7 +184,11 @@ class ActuatorChannel:
             read_back = await self._writer(self.point.name, command.value)
         except Exception as exc:  # any failure of the device or link: counted, retried next tick
             stats.write_failures += 1
+            low, high = RETRY_BACKOFF_S
+            self._backoff_s = min(high, max(low, 2.0 * self._backoff_s))
             message = f"{type(exc).__name__}: {exc}"
+            if stats.last_error is None and self._on_failure is not None:
+                self._on_failure(self.point, message)
             if message != stats.last_error:
                 log.warning(
                     "%s/%s: write of %s=%.4g failed: %s",
@@ -184,6 +201,9 @@ class ActuatorChannel:
                 )
             stats.last_error = message
             return
+        self._backoff_s = 0.0
+        if stats.last_error is not None and self._on_failure is not None:
+            self._on_failure(self.point, None)
         if stats.last_error is not None:
             log.info(
                 "%s/%s: writes of %s succeed again",

@@ -156,6 +156,7 @@ class RackRuntime:
                 handle.client.write,
                 resolution=spec.resolution,
                 clock=self.clock,
+                on_failure=self._write_failure,
             )
 
     @property
@@ -225,6 +226,17 @@ class RackRuntime:
         """An operator resets a latched (or clearing) interlock; ValueError says why not."""
         now = self.clock()
         self._apply(self.step.reset_interlock(name, now, who, why), now)
+
+    def _write_failure(self, point: PointId, error: str | None) -> None:
+        """A device started refusing (or failing) writes to `point`, or accepts them again."""
+        now = self.clock()
+        if error is not None:
+            message = f"writes to {point} refused or failed: {error}; retrying with backoff"
+            kind, severity = "write_refused", Severity.WARNING
+        else:
+            message = f"writes to {point} succeed again"
+            kind, severity = "write_accepted", Severity.INFO
+        self.on_event(Event(self.config.id, kind, severity, message, now, source="daemon"))
 
     async def acknowledge_alarms(self) -> list[str]:
         """Write 1 to `alarm_acknowledge` on every device of the rack that takes it (the CDU
