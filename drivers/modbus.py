@@ -84,6 +84,8 @@ RequestFactory = Callable[[AsyncModbusTcpClient], Awaitable[ModbusPDU]]
 class WriteError(Exception):
     """A write that was refused, failed, or did not read back as written."""
 
+    refused = False  # the device answered and said no (an exception code): retry with backoff
+
 
 @dataclass(slots=True)
 class DeviceStats(PollStats):
@@ -398,7 +400,9 @@ class ModbusDevice:
         self.stats.count(failure.kind)
         self.stats.connected = self._connected
         log.debug("%s: write of %s failed: %s", self._label, spec.name, failure)
-        return WriteError(f"{self._label}: write of {spec.name} failed: {failure}")
+        error = WriteError(f"{self._label}: write of {spec.name} failed: {failure}")
+        error.refused = failure.kind not in _LINK_FAILURES
+        return error
 
     def _write_request(
         self, spec: RegisterPoint, words: list[int], client: AsyncModbusTcpClient

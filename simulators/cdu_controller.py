@@ -196,6 +196,7 @@ class CduController:
         self._remote = p.remote
         self._mode = CduControlMode[p.mode.upper()]
         self._run = p.run
+        self._isolation_open = True  # the rack's isolation valves (CoolantConnector.ValveControl)
         self._setpoints: dict[str, float] = {
             "supply_temperature_setpoint": p.supply_setpoint_c,
             "flow_setpoint": p.flow_setpoint_lpm,
@@ -237,7 +238,11 @@ class CduController:
 
     @property
     def running(self) -> bool:
-        return self._run and self._effective_mode() is not CduControlMode.STOPPED
+        return (
+            self._run
+            and self._isolation_open
+            and self._effective_mode() is not CduControlMode.STOPPED
+        )
 
     def setpoint(self, name: str) -> float:
         return self._setpoints[name]
@@ -255,6 +260,7 @@ class CduController:
         values = self.plant.cdu_readings()
         values.update(self._setpoints)
         values["cdu_run_command"] = float(self._run)
+        values["isolation_valve_command"] = float(self._isolation_open)
         values["cdu_remote"] = float(self._remote)
         values["cdu_control_mode"] = float(self.mode)
         values["alarm_acknowledge"] = self._acknowledged
@@ -287,6 +293,9 @@ class CduController:
             self._setpoints[name] = value
         elif name == "cdu_run_command":
             self._run = value >= 0.5
+            self._apply_outputs()
+        elif name == "isolation_valve_command":
+            self._isolation_open = value >= 0.5  # closed: the pumps stop (nowhere to pump)
             self._apply_outputs()
         elif name == "cdu_control_mode":
             code = round(value)
@@ -376,7 +385,7 @@ class CduController:
         readings = self.plant.cdu_readings()
         mode = self._effective_mode()
         p = self.params
-        if mode in _AUTO and self._run:
+        if mode in _AUTO and self.running:
             if mode is CduControlMode.AUTO_PRESSURE:
                 self._pump_pi.kp, self._pump_pi.ki_per_s = p.pressure_kp, p.pressure_ki_per_s
                 measured, target = "differential_pressure", "differential_pressure_setpoint"
@@ -392,7 +401,7 @@ class CduController:
             self._valve = self._valve_pi.step(
                 self._valve, supply_error, dt, p.valve_min, p.valve_max
             )
-        if mode is not CduControlMode.MANUAL or not self._run:
+        if mode is not CduControlMode.MANUAL or not self.running:
             self._apply_outputs()  # manual: the last direct writes stand as they were applied
         self._update_alarms(readings)
 
@@ -401,7 +410,7 @@ class CduController:
 
     def _apply_outputs(self) -> None:
         mode = self._effective_mode()
-        stopped = not self._run or mode is CduControlMode.STOPPED
+        stopped = not self._run or not self._isolation_open or mode is CduControlMode.STOPPED
         self.plant.set_pump_speed_command(0.0 if stopped else self._pump)
         self.plant.set_valve_command(self._valve)
 

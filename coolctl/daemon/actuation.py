@@ -184,8 +184,11 @@ class ActuatorChannel:
             read_back = await self._writer(self.point.name, command.value)
         except Exception as exc:  # any failure of the device or link: counted, retried next tick
             stats.write_failures += 1
+            # a device that answered "no" is asked again with backoff; a lost link is the
+            # driver's to back off from, and its writes resume as soon as it is back
             low, high = RETRY_BACKOFF_S
-            self._backoff_s = min(high, max(low, 2.0 * self._backoff_s))
+            refused = getattr(exc, "refused", False) is True
+            self._backoff_s = min(high, max(low, 2.0 * self._backoff_s)) if refused else 0.0
             message = f"{type(exc).__name__}: {exc}"
             if stats.last_error is None and self._on_failure is not None:
                 self._on_failure(self.point, message)
