@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from coolctl.model import CduControlMode
+from coolctl.simulators.plant import PlantTruth
 
 ALARMS: tuple[str, ...] = (
     "filter_clogged_alarm",
@@ -64,6 +65,8 @@ class Plant(Protocol):
     """What the controller needs of the plant (`RackPlant` has it)."""
 
     def cdu_readings(self) -> dict[str, float]: ...
+
+    def truth(self) -> PlantTruth: ...
 
     def set_pump_speed_command(self, ratio: float) -> None: ...
 
@@ -153,6 +156,19 @@ class CduControllerParams:
         return cls(**kwargs)  # type: ignore[arg-type]
 
 
+def _sensed(truth: PlantTruth) -> dict[str, float]:
+    """What the CDU controller's own instruments show of the plant."""
+    return {
+        "supply_temperature": truth.supply_temperature_c,
+        "flow": truth.flow_lpm,
+        "differential_pressure": truth.differential_pressure_pa,
+        "pump_speed": truth.pump_speed,
+        "pump_speed_command": truth.pump_speed_command,
+        "pump_running": float(truth.pump_running),
+        "reservoir_level": truth.reservoir_level_l,
+    }
+
+
 def dew_point_c(temperature_c: float, relative_humidity: float) -> float:
     """Dew point of air (Magnus formula, b = 17.62, c = 243.12 °C; within 0.35 K from -45 to
     60 °C). A humidity of 0 has no dew point: -inf would be honest but is no register value,
@@ -221,9 +237,9 @@ class CduController:
         self._room_rh = p.room_humidity
         # the last auto mode: what the panel runs on when it takes control
         self._local_mode = self._mode if self._mode in _AUTO else CduControlMode.AUTO_FLOW
-        readings = self.plant.cdu_readings()
-        self._pump = readings.get("pump_speed_command", 0.0)
-        self._valve = readings.get("valve_command", 0.0)
+        truth = self.plant.truth()
+        self._pump = truth.pump_speed_command
+        self._valve = truth.valve_command
 
     # -- what it shows -----------------------------------------------------------------------
 
@@ -381,8 +397,12 @@ class CduController:
             self.step(period)
 
     def step(self, dt: float) -> None:
-        """One control period of the CDU's loops and alarm logic, on the plant as it is."""
-        readings = self.plant.cdu_readings()
+        """One control period of the CDU's loops and alarm logic, on the plant as it is.
+
+        The CDU's own instruments read the plant's state without the noise of the sensors
+        coolctl reads: the controller draws nothing from the sensor model, so the readings
+        coolctl sees are the same stream with or without it."""
+        readings = _sensed(self.plant.truth())
         mode = self._effective_mode()
         p = self.params
         if mode in _AUTO and self.running:
