@@ -53,6 +53,19 @@ SETPOINTS: tuple[str, ...] = (
     "differential_pressure_setpoint",
 )
 
+CDU_WRITABLE: frozenset[str] = frozenset(
+    {
+        *SETPOINTS,
+        "cdu_run_command",
+        "cdu_control_mode",
+        "alarm_acknowledge",
+        "isolation_valve_command",
+        "pump_speed_command",
+        "valve_command",
+    }
+)
+"""What a remote client may write to the CDU (in the right mode, while it is remote)."""
+
 _AUTO = (
     CduControlMode.AUTO_FLOW,
     CduControlMode.AUTO_PRESSURE,
@@ -386,15 +399,20 @@ class CduController:
     # -- time --------------------------------------------------------------------------------
 
     def advance(self, duration_s: float) -> None:
-        """Advance the plant by `duration_s`, stepping the CDU's loops every control period."""
+        """Advance the plant by exactly `duration_s`, stepping the CDU's loops at every
+        boundary of its control period on the way (the plant keeps the caller's clock)."""
         if not (math.isfinite(duration_s) and duration_s >= 0.0):
             raise ValueError(f"duration must be finite and >= 0, got {duration_s!r}")
         period = self.params.control_period_s
-        self._pending_s += duration_s
-        while self._pending_s >= period - 1e-12:
-            self._pending_s -= period
-            self.plant.advance(period)
+        remaining = duration_s
+        while self._pending_s + remaining >= period - 1e-12:
+            to_boundary = min(remaining, max(0.0, period - self._pending_s))
+            self.plant.advance(to_boundary)
+            remaining -= to_boundary
+            self._pending_s = 0.0
             self.step(period)
+        self.plant.advance(remaining)
+        self._pending_s += remaining
 
     def step(self, dt: float) -> None:
         """One control period of the CDU's loops and alarm logic, on the plant as it is.
