@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,8 @@ from coolctl.simulators.cdu_controller import (
     dew_point_c,
 )
 from coolctl.simulators.plant import PlantParams, RackPlant
+from coolctl.simulators.scenario import load_scenario
+from coolctl.tools.scenario_runner import run_scenario
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "hil-setpoints-rack.toml"
 RACK = "r01"
@@ -270,3 +273,24 @@ def test_params_from_data_refuse_unknown_keys_and_bad_values() -> None:
         CduControllerParams.from_dict({"mode": "local"})
     with pytest.raises(ValueError, match="must not exceed"):
         CduControllerParams.from_dict({"pump_min": 0.9, "pump_max": 0.5})
+
+
+# -- in simulated time -----------------------------------------------------------------------
+
+
+def test_a_load_step_scenario_in_setpoint_mode_offline() -> None:
+    """The scenario runner serves the CDU through its own controller: the shipped load step
+    (one hour, simulated), with the rack driving the CDU by its setpoints."""
+    shipped = resources.files("coolctl.simulators.scenarios").joinpath("load-step-up.toml")
+    scenario = load_scenario(Path(str(shipped)))
+    scenario = dataclasses.replace(scenario, rack=dataclasses.replace(scenario.rack, config=CONFIG))
+    result = run_scenario(scenario, "pid")
+    kpis = result.kpis
+    print(
+        f"\nload-step-up in setpoint mode: supply max deviation"
+        f" {kpis['supply_temp_max_dev_k']:.3f} K, IAE {kpis['supply_temp_iae_ks']:.3f} K·ks,"
+        f" mean pump {kpis['mean_pump_speed']:.2f}"
+    )
+    assert result.first_error is None and kpis["controller_errors"] == 0.0
+    assert kpis["failsafe_s"] == 0.0 and kpis["interlock_s"] == 0.0
+    assert kpis["supply_temp_max_dev_k"] < 0.5
