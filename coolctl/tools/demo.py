@@ -26,8 +26,9 @@ from coolctl.daemon.run import stop_on_signals
 from coolctl.daemon.runtime import Daemon
 from coolctl.daemon.service import Service, ServiceOptions
 from coolctl.exitcodes import ExitCode
-from coolctl.model import PointId
+from coolctl.model import CduControlMode, PointId
 from coolctl.rack.check import load_or_report
+from coolctl.rack.setpoints import SetpointPlan
 from coolctl.simulators.control_server import endpoint, inject
 from coolctl.simulators.live import LiveSimulation
 from coolctl.tools.broker import Mosquitto, MosquittoError, find_mosquitto
@@ -310,6 +311,15 @@ def status_lines(daemon: Daemon) -> list[str]:
         if decision is not None and (decision.interlocks or decision.failsafe):
             held = sorted(decision.interlocks) + (["failsafe"] if decision.failsafe else [])
             parts.append("SAFETY " + ",".join(held))
+        plan = getattr(rack.controller, "plan", None)
+        if isinstance(plan, SetpointPlan):  # setpoint mode: what the CDU's own loops do
+            point = PointId(rack_id, plan.device, "cdu_control_mode")
+            mode = daemon.store.current(point, now).value
+            code = None if mode is None else round(mode)
+            known = {each.value for each in CduControlMode}
+            parts.append(f"CDU {CduControlMode(code).name.lower() if code in known else '?'}")
+            if plan.device in rack.step.cdu.local_devices:
+                parts.append("LOCAL: coolctl writes nothing")
         for loop_id, loop in rack.controller.loops.items():
             state = loop.state
             seen = "—" if state.measurement is None else f"{state.measurement:.2f}"
