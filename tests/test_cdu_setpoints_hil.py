@@ -18,6 +18,7 @@ from coolctl.cli.main import build_parser
 from coolctl.cli.operator import run_operator_command
 from coolctl.model import CduControlMode
 from coolctl.simulators.cdu_controller import CduController
+from coolctl.simulators.faults import apply_fault
 from coolctl.tools.testing import HilRack, hil_rack
 
 CONFIG = Path(__file__).parent / "configs" / "hil-setpoints-rack.toml"
@@ -223,3 +224,26 @@ async def test_writes_the_cdu_refuses_are_an_event_counted_and_retried_with_back
         assert kinds().count("write_refused") == 2  # pump and valve, once each
         controller.write("cdu_control_mode", float(CduControlMode.MANUAL))
         await rack.wait_until(lambda: "write_accepted" in kinds(), 20.0)
+
+
+@pytest.mark.hil
+@pytest.mark.asyncio
+async def test_a_leak_over_the_mqtt_fast_path_stops_the_cdu_in_setpoint_mode(
+    tmp_path: Path,
+) -> None:
+    mqtt_rack = Path(__file__).parent / "configs" / "hil-mqtt-rack.toml"
+    config = tmp_path / "mqtt-setpoints.toml"
+    text = mqtt_rack.read_text()
+    config.write_text(text.replace("[racks.r01]\n", '[racks.r01]\ncdu_control = "setpoints"\n', 1))
+    async with hil_rack(config, time_scale=TIME_SCALE, plant={"initial_valve": 0.5}) as rack:
+        controller = cdu(rack)
+        await rack.wait_until(lambda: controller.mode is CduControlMode.AUTO_FLOW, 10.0)
+        await rack.wait_until(lambda: rack.value("r01/sensors1/leak_detected") == 0.0, 10.0)
+        apply_fault(
+            rack.simulation, "leak", rack="r01", device=None, point=None, value=5.0, duration_s=None
+        )
+        kinds = lambda: [e.kind for e in rack.daemon.recent_events]  # noqa: E731
+        await rack.wait_until(lambda: "interlock_leak" in kinds(), 5.0)
+        await rack.wait_until(lambda: not controller.running, 5.0)
+        # read back: the run command the daemon polls from the CDU is 0
+        await rack.wait_until(lambda: rack.value("r01/cdu1/cdu_run_command") == 0.0, 5.0)
