@@ -492,7 +492,7 @@ async def test_write_exception_response_is_a_write_error() -> None:
     registers = cdu_registers()
     registers.readonly_holding = True
     async with sim_server(registers) as server, device("sim-cdu", server.port) as dev:
-        with pytest.raises(WriteError, match=r"exception response 2 \(illegal data address\)"):
+        with pytest.raises(WriteError, match=r"illegal data address \(Modbus exception 2\)"):
             await dev.write("pump_speed_command", 0.5)
         readings = by_name(await dev.poll())  # the link is fine: polling goes on
     assert readings["pump_speed_command"].quality is Quality.GOOD

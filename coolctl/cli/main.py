@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--status-every", type=float, default=3.0, metavar="SECONDS", help="status line period"
     )
     demo.add_argument(
+        "--modbus-rtu",
+        action="store_true",
+        help="read the Modbus devices over a simulated RS-485 bus (Modbus RTU) instead of TCP",
+    )
+    demo.add_argument(
         "--mqtt-broker",
         metavar="HOST:PORT",
         help="broker for the MQTT sensors (default: start a private mosquitto if installed)",
@@ -74,12 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     probe = commands.add_parser("probe", help="read a device once through a profile")
     probe_kinds = probe.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
-    modbus = probe_kinds.add_parser("modbus", help="a Modbus TCP device")
-    modbus.add_argument("target", metavar="HOST:PORT")
+    modbus = probe_kinds.add_parser("modbus", help="a Modbus device (TCP, or RTU on a serial port)")
+    modbus.add_argument("target", metavar="HOST:PORT|/dev/ttyX")
     modbus.add_argument("--profile", required=True, metavar="NAME_OR_FILE")
     modbus.add_argument("--unit", type=int, default=1, metavar="N", help="unit/device id")
     modbus.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS")
     modbus.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    modbus.add_argument("--raw", action="store_true", help="show each point's raw registers")
+    modbus.add_argument("--baudrate", type=int, default=19200, help="RTU (default 19200)")
+    modbus.add_argument("--parity", choices=("N", "E", "O"), default="E", help="RTU (default E)")
+    modbus.add_argument("--stopbits", type=int, choices=(1, 2), default=1, help="RTU")
     redfish = probe_kinds.add_parser(
         "redfish", help="a Redfish service: every point coolctl finds there"
     )
@@ -111,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--mqtt-broker",
         metavar="HOST:PORT",
         help="publish the MQTT sensors there (default: the config's [mqtt] broker)",
+    )
+    serve.add_argument(
+        "--modbus-rtu", action="store_true", help="serve the Modbus devices on a virtual RTU bus"
     )
     inject = sim_commands.add_parser(
         "inject", help="inject a fault into a running simulation (demo or sim serve)"
@@ -166,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
                     status_every_s=args.status_every,
                     mqtt_broker=args.mqtt_broker,
                     cdu_control=args.cdu_control,
+                    modbus_rtu=args.modbus_rtu,
                 )
             )
         if args.command == "probe" and args.protocol == "redfish":
@@ -177,10 +190,13 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
                 )
             )
         if args.command == "probe":
-            from coolctl.cli.probe_modbus import probe_modbus
+            from coolctl.cli.probe_modbus import BusOptions, probe_modbus
 
+            bus = BusOptions(args.baudrate, args.parity, args.stopbits)
             return asyncio.run(
-                probe_modbus(args.target, args.profile, args.unit, args.timeout, args.json)
+                probe_modbus(
+                    args.target, args.profile, args.unit, args.timeout, args.json, args.raw, bus
+                )
             )
         if args.command == "sim":
             status = run_sim_command(args)
@@ -211,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
                     args.load,
                     args.duration,
                     args.mqtt_broker,
+                    args.modbus_rtu,
                 )
             )
     except KeyboardInterrupt:

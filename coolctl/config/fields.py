@@ -136,6 +136,7 @@ def _from(low: int, high: int) -> tuple[AfterValidator, Any]:
 
 Port = Annotated[int, Strict(), *_from(1, 65535)]
 ModbusUnit = Annotated[int, Strict(), *_from(0, 255)]
+Baud = Annotated[int, Strict(), *_from(300, 1_000_000)]
 InFlight = Annotated[int, Strict(), *_from(1, 16)]
 Priority = Annotated[int, Strict(), *_from(-1000, 1000)]
 Votes = Annotated[int, Strict(), *_from(1, 16)]

@@ -37,6 +37,7 @@ from coolctl.config.enums import (
 )
 from coolctl.config.fields import (
     DEFAULT_METRICS_PORT,
+    Baud,
     FilePath,
     Flag,
     Fraction,
@@ -94,13 +95,23 @@ def _thrice(poll: float) -> float:
 
 @dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
 class ModbusDeviceConfig:
-    """A Modbus TCP device (a CDU, a PDU), read and written through its profile."""
+    """A Modbus device (a CDU, a PDU), read and written through its profile: over TCP, or over
+    RTU on a serial bus. Devices at one address:port (a gateway) or on one serial port share
+    one connection, one request at a time."""
 
     id: EntryId = ""
     driver: Literal[Driver.MODBUS] = Driver.MODBUS
-    address: Text
-    """Host name or IP address."""
+    transport: Literal["tcp", "rtu"] = "tcp"
+    address: Text = ""
+    """TCP: host name or IP address (required)."""
     port: Port = 502
+    serial_port: Text | None = None
+    """RTU: the serial device of the bus, e.g. /dev/ttyUSB0 (required)."""
+    baudrate: Baud = 19200
+    """RTU: every device on one serial port must give the same settings."""
+    parity: Literal["N", "E", "O"] = "E"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
     unit: ModbusUnit = 1
     """Modbus unit/device id."""
     profile: Text
@@ -118,6 +129,14 @@ class ModbusDeviceConfig:
 
     @model_validator(mode="after")
     def _check(self) -> ModbusDeviceConfig:
+        if self.transport == "tcp" and not self.address:
+            raise KeyProblem(
+                ("address", 'a Modbus TCP device needs an address (or transport = "rtu")')
+            )
+        if self.transport == "rtu" and not self.serial_port:
+            raise KeyProblem(
+                ("serial_port", "a Modbus RTU device needs the serial port of its bus")
+            )
         if self.stale_after_s < self.poll_interval_s:
             message = (
                 f"must be at least poll_interval_s ({self.poll_interval_s}),"
@@ -577,6 +596,25 @@ class Config:
     """Needed by MQTT devices; also where state and events are published."""
     racks: Racks
     """The racks this daemon controls, by name."""
+
+    @model_validator(mode="after")
+    def _one_setting_per_serial_bus(self) -> Config:
+        buses: dict[str, tuple[str, tuple[object, ...]]] = {}
+        for rack in self.racks.values():
+            for device in rack.devices.values():
+                if not isinstance(device, ModbusDeviceConfig) or device.transport != "rtu":
+                    continue
+                where = f"racks.{rack.id}.devices.{device.id}"
+                settings = (device.baudrate, device.parity, device.stopbits, device.bytesize)
+                first = buses.setdefault(str(device.serial_port), (where, settings))
+                if first[1] != settings:
+                    raise KeyProblem(
+                        (
+                            where,
+                            f"serial port {device.serial_port} is set up differently by {first[0]}",
+                        )
+                    )
+        return self
 
     @model_validator(mode="after")
     def _check(self) -> Config:

@@ -11,6 +11,7 @@ from typing import Protocol
 from coolctl.config import DeviceConfig, MqttDeviceConfig, RedfishDeviceConfig
 from coolctl.daemon.systemd import read_credential
 from coolctl.drivers.modbus import ModbusDevice
+from coolctl.drivers.modbus_link import LinkPool, SerialSettings
 from coolctl.drivers.modbus_profile import load_profile
 from coolctl.drivers.mqtt import MqttConnection, MqttDevice
 from coolctl.drivers.mqtt_profile import load_mqtt_profile
@@ -117,9 +118,13 @@ class MqttDeviceClient:
 
 
 def open_device(
-    rack: str, config: DeviceConfig, mqtt: MqttConnection | None = None
+    rack: str,
+    config: DeviceConfig,
+    mqtt: MqttConnection | None = None,
+    links: LinkPool | None = None,
 ) -> DeviceHandle:
-    """Build the client for one device (no I/O yet: the first poll connects)."""
+    """Build the client for one device (no I/O yet: the first poll connects). Modbus devices
+    at one address:port or on one serial bus share a link of `links` (one connection)."""
     facts = device_facts(config)
     client: DeviceClient
     if isinstance(config, RedfishDeviceConfig):
@@ -132,14 +137,25 @@ def open_device(
         )
         client = MqttDeviceClient(device, mqtt)
     else:
+        links = links if links is not None else LinkPool()
+        if config.transport == "rtu":
+            assert config.serial_port is not None  # the config's check
+            bus = SerialSettings(
+                config.serial_port,
+                baudrate=config.baudrate,
+                parity=config.parity,
+                stopbits=config.stopbits,
+                bytesize=config.bytesize,
+            )
+            link = links.serial(bus, timeout_s=config.timeout_s)
+        else:
+            link = links.tcp(config.address, config.port, timeout_s=config.timeout_s)
         client = ModbusDevice(
             rack=rack,
             device=config.id,
-            host=config.address,
-            port=config.port,
             unit_id=config.unit,
             profile=load_profile(config.profile),
-            timeout_s=config.timeout_s,
+            link=link,
         )
     return DeviceHandle(
         rack, config, client, facts.writable, facts.point_names, facts.kind, facts.ranges

@@ -32,6 +32,7 @@ from coolctl.daemon.devices import DeviceHandle, open_device
 from coolctl.daemon.mqtt_bridge import event_payload, open_connection, topic_root
 from coolctl.daemon.tasks import cancel_and_wait
 from coolctl.daemon.telemetry import TelemetryStore
+from coolctl.drivers.modbus_link import LinkPool
 from coolctl.model import Event, PointId, RackMode, Reading, Severity
 from coolctl.ops.protocol import OverrideRecord
 from coolctl.rack.controllers import build_rack_control
@@ -322,13 +323,14 @@ class Daemon:
         self._control_tasks: list[asyncio.Task[None]] = []
         self._pdus: dict[str, str | None] = {}  # each rack's PDU, the first configured
         self.mqtt = open_connection(config)
+        self.modbus_links = LinkPool()  # Modbus devices on one connection or bus share it
         if self.mqtt is not None:
             self.mqtt.on_interlock_message(self._interlock_message)
             self.event_listeners.append(self._publish_event)
         for rack in config.racks.values():
             handles = {}
             for device in rack.devices.values():
-                handle = open_device(rack.id, device, self.mqtt)
+                handle = open_device(rack.id, device, self.mqtt, self.modbus_links)
                 handles[device.id] = handle
                 self.devices[(rack.id, device.id)] = handle
                 self.poll_stats[(rack.id, device.id)] = ScheduleStats()

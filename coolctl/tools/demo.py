@@ -31,7 +31,9 @@ from coolctl.rack.check import load_or_report
 from coolctl.rack.setpoints import SetpointPlan
 from coolctl.simulators.control_server import endpoint, inject
 from coolctl.simulators.live import LiveSimulation
+from coolctl.simulators.live import Service as SimService
 from coolctl.tools.broker import Mosquitto, MosquittoError, find_mosquitto
+from coolctl.tools.rtu_sim import serve_over_rtu, with_rtu_services
 from coolctl.tools.simrack import (
     control_url_file,
     sim_specs,
@@ -106,8 +108,10 @@ async def serve_simulation(
     load: float,
     duration_s: float | None,
     mqtt_broker: str | None = None,
+    modbus_rtu: bool = False,
 ) -> ExitCode:
-    """Serve the simulated devices of a config and print one line per service."""
+    """Serve the simulated devices of a config and print one line per service (with
+    `modbus_rtu`, the Modbus devices also on one virtual RTU bus, printed instead)."""
     config = _load(config_path)
     if config is None:
         return ExitCode.BAD
@@ -130,11 +134,22 @@ async def serve_simulation(
             print(f"cannot start the simulated devices: {exc}", file=sys.stderr)
             return ExitCode.UNREACHABLE
         stack.push_async_callback(simulation.stop)
-        for service in simulation.services:
+        services = await _rtu_services(simulation, stack, modbus_rtu)
+        for service in services:
             print(service.line(), flush=True)
         with _advertised(simulation.control_url):
             await _wait(stop, duration_s)
     return ExitCode.OK
+
+
+async def _rtu_services(
+    simulation: LiveSimulation, stack: AsyncExitStack, modbus_rtu: bool
+) -> list[SimService]:
+    """The simulation's services; with `modbus_rtu`, its Modbus ones served over RTU instead."""
+    if not modbus_rtu:
+        return list(simulation.services)
+    rtu = await serve_over_rtu(simulation, stack)
+    return [s for s in simulation.services if s.protocol != "modbus"] + rtu
 
 
 async def inject_fault(
@@ -187,9 +202,11 @@ async def run_demo(
     time_scale: float = 1.0,
     status_every_s: float = 3.0,
     mqtt_broker: str | None = None,
+    modbus_rtu: bool = False,
     cdu_control: str | None = None,
 ) -> ExitCode:
     """Simulated rack + daemon + metrics, with a live status line, until Ctrl-C or duration.
+    With `modbus_rtu` the daemon reads its Modbus devices over a simulated RTU bus.
 
     `cdu_control` ("direct" or "setpoints") overrides every rack's: in setpoint mode the
     simulated CDU runs its own loops on the setpoints the daemon writes."""
@@ -218,9 +235,11 @@ async def run_demo(
         )
         await simulation.start()
         stack.push_async_callback(simulation.stop)
-        for sim_service in simulation.services:
+        sim_services = await _rtu_services(simulation, stack, modbus_rtu)
+        for sim_service in sim_services:
             print(sim_service.line(), flush=True)
         config = with_services(config, simulation.services, state)
+        config = with_rtu_services(config, sim_services)
         options = ServiceOptions(state / "coolctl.db", state / "control.sock")
         port = DEFAULT_METRICS_PORT if metrics_port is None else metrics_port
         service = Service(_with_metrics_port(config, port), options)
