@@ -73,6 +73,8 @@ async def test_setpoint_mode_holds_the_cdu_through_a_load_step_40_to_100_kw() ->
     async with hil_rack(CONFIG, time_scale=TIME_SCALE, load=load_for(40_000.0)) as rack:
         controller = cdu(rack)
         await rack.wait_until(lambda: controller.mode is CduControlMode.AUTO_FLOW, 10.0)
+        auto_flow = float(CduControlMode.AUTO_FLOW)  # read back through the profile's states
+        await rack.wait_until(lambda: rack.value("r01/cdu1/cdu_control_mode") == auto_flow, 5.0)
         await settle(rack, hold_s=2.0, timeout_s=60.0)
         before_kw = rack.value("r01/pdu1/power")
         rack.plant("r01").set_load(load_for(100_000.0))
@@ -129,6 +131,8 @@ async def test_a_cdu_switched_to_local_is_left_alone_and_announced(
         controller.set_remote(False)  # the panel's switch
         kinds = lambda: [e.kind for e in rack.daemon.recent_events]  # noqa: E731
         await rack.wait_until(lambda: "cdu_local" in kinds(), 5.0)
+        local = float(CduControlMode.LOCAL)
+        await rack.wait_until(lambda: rack.value("r01/cdu1/cdu_control_mode") == local, 5.0)
         assert "cdu1" in runtime.step.cdu.local_devices
         capsys.readouterr()
         assert await cli(rack, "status") == 0
