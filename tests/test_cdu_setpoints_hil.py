@@ -128,7 +128,8 @@ async def test_a_cdu_switched_to_local_is_left_alone_and_announced(
         controller = cdu(rack)
         runtime = rack.daemon.racks["r01"]
         await rack.wait_until(lambda: controller.mode is CduControlMode.AUTO_FLOW, 10.0)
-        controller.set_remote(False)  # the panel's switch
+        fault = "cdu_local"  # the panel's switch, as `coolctl sim inject cdu_local` throws it
+        apply_fault(rack.simulation, fault, rack="r01", device=None, point=None, value=None)
         kinds = lambda: [e.kind for e in rack.daemon.recent_events]  # noqa: E731
         await rack.wait_until(lambda: "cdu_local" in kinds(), 5.0)
         local = float(CduControlMode.LOCAL)
@@ -145,7 +146,8 @@ async def test_a_cdu_switched_to_local_is_left_alone_and_announced(
         await rack.wait_until(lambda: runtime.tick_stats.runs >= runs + 10, 10.0)
         assert controller.writes_refused == refused_before
         assert len(rack.simulation.writes("r01", "cdu1")) == writes_before
-        controller.set_remote(True)
+        apply_fault(rack.simulation, "clear", rack="r01")
+        assert controller.remote
         await rack.wait_until(lambda: "cdu_remote" in kinds(), 5.0)
         assert "cdu1" not in runtime.step.cdu.local_devices
 
@@ -163,10 +165,9 @@ async def test_a_latched_alarm_is_an_event_listed_and_acknowledged_with_an_audit
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     async with hil_rack(CONFIG, time_scale=TIME_SCALE, load=load_for(60_000.0)) as rack:
-        controller = cdu(rack)
         kinds = lambda: [e.kind for e in rack.daemon.recent_events]  # noqa: E731
         await rack.wait_until(lambda: rack.value("r01/cdu1/filter_clogged_alarm") == 0.0, 10.0)
-        controller.force_alarm("filter_clogged_alarm")
+        apply_fault(rack.simulation, "cdu_alarm", rack="r01", point="filter_clogged_alarm")
         await rack.wait_until(lambda: "cdu_alarm" in kinds(), 5.0)
         assert kinds().count("cdu_alarm") == 1  # once per change, not once per tick
         capsys.readouterr()
@@ -174,7 +175,7 @@ async def test_a_latched_alarm_is_an_event_listed_and_acknowledged_with_an_audit
         listed = capsys.readouterr().out
         assert "filter_clogged_alarm" in listed and "ACTIVE" in listed
         # the cause goes, the alarm stays latched until an operator acknowledges it
-        controller.force_alarm("filter_clogged_alarm", active=False)
+        apply_fault(rack.simulation, "clear", rack="r01")  # the cause goes
         assert rack.value("r01/cdu1/filter_clogged_alarm") == 1.0
         assert await cli(rack, "alarms", "ack", "r01") == 2  # a reason is required
         assert await cli(rack, "alarms", "ack", "r01", "--reason", "filter changed") == 0
