@@ -514,10 +514,10 @@ class Supervisor:
         failsafe) gets no command and holds its last value.
         """
         _require_time(now)
-        was_failsafe = self.failsafe
         events: list[Event] = []
-        if not self._started:
+        if not self._started:  # before was_failsafe: the start-up failsafe's end is announced
             events.extend(self._start(now))
+        was_failsafe = self.failsafe
         events.extend(self._update_interlocks(snapshot, now))
         events.extend(self._update_failsafe(snapshot, now, controller_failed, was_failsafe))
         events.extend(self._update_silent(snapshot, now))

@@ -42,6 +42,7 @@ from .modbus_profile import (
     ReadBlock,
     RegisterPoint,
     Table,
+    Unlock,
     decode,
     encode,
     is_missing,
@@ -370,14 +371,14 @@ class ModbusDevice:
         device holds (the value asked for, for a momentary command)."""
         unlocks = self.profile.unlocks_for(spec.name)
         for unlock in unlocks:
-            await self._write_raw(unlock.table, unlock.address, [unlock.value], 6)
+            await self._write_unlock(unlock, unlock.value)
         if spec.bit is not None:
             await self._write_bit(spec, encoded[0])
         else:
             await self._write_raw(spec.table, spec.address, encoded, spec.function_for_write)
         for unlock in unlocks:
             if unlock.relock is not None:
-                await self._write_raw(unlock.table, unlock.address, [unlock.relock], 6)
+                await self._write_unlock(unlock, unlock.relock)
         if spec.momentary:
             return value
         block = ReadBlock(spec.table, spec.address, spec.register_count, (spec,))
@@ -390,6 +391,21 @@ class ModbusDevice:
             return decode(spec, raw)
         except ValueError as exc:
             raise Failure(FailureKind.GARBLED, f"read-back: {exc}") from None
+
+    async def _write_unlock(self, unlock: Unlock, value: int) -> None:
+        """A write-enable write: the whole register, or (with `bit`) that bit alone, by a read
+        of the register and a write of it with only that bit changed."""
+        if unlock.bit is None:
+            await self._write_raw(unlock.table, unlock.address, [value], 6)
+            return
+        block = ReadBlock(unlock.table, unlock.address, 1, ())
+        response = await self.link.request(functools.partial(self._read, block))
+        words = _raw_values(block, response)
+        if words is None:
+            raise Failure(FailureKind.GARBLED, "read before a write-enable: reply of wrong size")
+        mask = 1 << unlock.bit
+        word = (words[0] & ~mask & 0xFFFF) | (mask if value else 0)
+        await self._write_raw(unlock.table, unlock.address, [word], 6)
 
     async def _write_bit(self, spec: RegisterPoint, bit_value: int) -> None:
         """One bit of a holding register: a mask write (function 22), or a read of the

@@ -11,8 +11,9 @@ Register maps as vendors write them (README, "Device profiles"): one bit of a st
 as a bool (`bit`), a bool that reads 0 when true (`invert`), sentinels meaning "no sensor"
 (`missing`), enumerations mapped onto canonical states (`states`), bytes swapped inside words
 (`byte_swap`, beside `word_order`), the write function (`write_function`), a bit written alone
-(`bit_write`), commands that do not read back (`momentary`), and write-enable registers written
-before a setpoint (`[[unlock]]`).
+(`bit_write`), commands that do not read back (`momentary`), write-enable registers written
+before a setpoint (`[[unlock]]`, a whole register or one `bit` of it), and fixed-point numbers
+with N fractional bits (`fraction_bits`, rackmon's FLOAT "precision": value = raw / 2^N).
 """
 
 from __future__ import annotations
@@ -95,9 +96,10 @@ _POINT_OPTIONAL: Final = frozenset(
         "write_function",
         "bit_write",
         "momentary",
+        "fraction_bits",
     }
 )
-_UNLOCK_KEYS: Final = frozenset({"table", "address", "value", "relock", "points"})
+_UNLOCK_KEYS: Final = frozenset({"table", "address", "value", "relock", "points", "bit"})
 _SIXTEEN_BIT_TYPES: Final = frozenset({"int16", "uint16"})
 _THIRTY_TWO_BIT_TYPES: Final = frozenset({"int32", "uint32", "float32"})
 
@@ -112,7 +114,8 @@ class RegisterPoint:
     orders of a 32-bit value. A bool is either a coil/discrete bit, or bit `bit` (0 = least
     significant) of a 16-bit holding/input register. `missing` holds raw values (the unsigned
     integer of the register(s), after word order and byte swap) that mean "no sensor";
-    `states` maps raw codes to the canonical codes of an enumerated point.
+    `states` maps raw codes to the canonical codes of an enumerated point. A fixed-point
+    integer with `fraction_bits` N is divided by 2^N before scale and offset apply.
     """
 
     name: str
@@ -134,6 +137,7 @@ class RegisterPoint:
     write_function: int | None = None  # 6 or 16; None: 6 for one register, 16 for two
     bit_write: BitWrite = "read_modify_write"
     momentary: bool = False  # a command the device clears itself: written, never read back
+    fraction_bits: int = 0  # fixed point: the integer counts 2^-fraction_bits (before scale)
 
     @property
     def register_count(self) -> int:
@@ -187,13 +191,16 @@ class RegisterPoint:
 @dataclass(frozen=True, slots=True)
 class Unlock:
     """A write-enable write: `value` written to `table` `address` before a write to any point
-    of `points`, and `relock` (if set) written after it."""
+    of `points`, and `relock` (if set) written after it. With `bit`, the write-enable is that
+    one bit of a holding register (value and relock are 0 or 1), set by read-modify-write so
+    that the register's other bits (settings) are kept."""
 
     table: Table
     address: int
     value: int
     relock: int | None
     points: frozenset[str]
+    bit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,6 +374,7 @@ class _Checker(ProfileChecker):
             write_function=self.write_function(raw, key, writable, table, data_type),
             bit_write=self.bit_write(raw, key, writable, bit),
             momentary=self.momentary(raw, key, writable),
+            fraction_bits=self.fraction_bits(raw, key, data_type, states),
         )
         if point.address + point.register_count - 1 > MODBUS_MAX_ADDRESS:
             raise self.fail(f"{key}.address", f"{data_type} at {point.address} runs past 65535")
@@ -488,6 +496,29 @@ class _Checker(ProfileChecker):
             raise self.fail(f"{key}.bit_write", "applies to writable points with a bit")
         return self.choice(raw, "bit_write", key, BIT_WRITES, "read_modify_write")
 
+    def fraction_bits(
+        self,
+        raw: Mapping[str, Any],
+        key: str,
+        data_type: DataType,
+        states: tuple[tuple[int, int], ...],
+    ) -> int:
+        """N fractional bits of a fixed-point integer; refused where the raw value is no
+        integer count (bool, float32) or a code (states), and where N leaves no integer bit."""
+        if "fraction_bits" not in raw:
+            return 0
+        bits = self.integer(raw, "fraction_bits", key)
+        if data_type not in _INTEGER_RANGES:
+            raise self.fail(f"{key}.fraction_bits", f"applies to integer types, not {data_type}")
+        if states:
+            raise self.fail(f"{key}.fraction_bits", "does not apply to a point with states")
+        width = 16 if data_type in _SIXTEEN_BIT_TYPES else 32
+        if not 0 <= bits < width:
+            raise self.fail(
+                f"{key}.fraction_bits", f"must be within 0..{width - 1} for {data_type}, not {bits}"
+            )
+        return bits
+
     def momentary(self, raw: Mapping[str, Any], key: str, writable: bool) -> bool:
         momentary = self.boolean(raw, "momentary", key, default=False)
         if momentary and not writable:
@@ -505,7 +536,8 @@ class _Checker(ProfileChecker):
                 raise self.fail(key, f"must be a table, not {type(entry).__name__}")
             self.no_unknown_keys(entry, _UNLOCK_KEYS, key)
             table: Table = self.choice(entry, "table", key, ("holding", "coil"))
-            limit = 1 if table == "coil" else 0xFFFF
+            bit = self.unlock_bit(entry, key, table)
+            limit = 1 if table == "coil" or bit is not None else 0xFFFF
             values: list[int | None] = []
             for name in ("value", "relock"):
                 if name not in entry:
@@ -526,9 +558,19 @@ class _Checker(ProfileChecker):
             unlock_value, relock = values
             assert unlock_value is not None
             unlocks.append(
-                Unlock(table, self.address(entry, key), unlock_value, relock, frozenset(names))
+                Unlock(table, self.address(entry, key), unlock_value, relock, frozenset(names), bit)
             )
         return tuple(unlocks)
+
+    def unlock_bit(self, entry: Mapping[str, Any], key: str, table: str) -> int | None:
+        if "bit" not in entry:
+            return None
+        bit = self.integer(entry, "bit", key)
+        if table != "holding":
+            raise self.fail(f"{key}.bit", f"applies to a holding register, not a {table}")
+        if not 0 <= bit <= 15:
+            raise self.fail(f"{key}.bit", f"must be within 0..15, not {bit}")
+        return bit
 
     # --- checks across points
 
@@ -648,6 +690,8 @@ def decode(point: RegisterPoint, words_or_bits: Sequence[int]) -> float:
         if code is None:
             raise ValueError(f"{point.name}: raw code {raw} is no known state")
         return float(code)
+    if point.fraction_bits:
+        raw = raw / (1 << point.fraction_bits)
     return float(raw) * point.scale + point.offset
 
 
@@ -671,7 +715,7 @@ def encode(point: RegisterPoint, value: float) -> list[int]:
             raise ValueError(f"{point.name}: {value} is no state this device can be set to")
         raw: float = raw_code
     else:
-        raw = (value - point.offset) / point.scale
+        raw = (value - point.offset) / point.scale * (1 << point.fraction_bits)
     if point.data_type == "float32":
         try:
             packed = struct.pack(">f", raw)

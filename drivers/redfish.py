@@ -37,6 +37,7 @@ from coolctl.model import CANONICAL_POINTS, PointId, Quality, Reading, Unit
 from .poll_stats import PollChange, PollStats
 from .redfish_points import (
     ACTION_POINTS,
+    OPTIONAL_POINTS,
     POINT_SOURCES,
     ActionPoint,
     Binding,
@@ -89,6 +90,8 @@ _PLAUSIBLE: Final[Mapping[Unit, tuple[float, float]]] = {
     Unit.PASCAL: (-1e7, 1e8),
     Unit.WATT: (-1e8, 1e8),
     Unit.JOULE: (-1e20, 1e20),
+    Unit.AMPERE: (-1e5, 1e5),
+    Unit.VOLT: (-1e5, 1e5),
     Unit.LITRE: (0.0, 1e6),
     Unit.LITRE_PER_MINUTE: (-1e5, 1e6),
     Unit.RATIO: (0.0, 10.0),
@@ -170,7 +173,7 @@ class RedfishDevice:
         self.settings = settings
         self.resource = resource
         self.stats = RedfishStats()
-        self.points: tuple[str, ...] = tuple(POINT_SOURCES[kind])
+        self._all_points: tuple[str, ...] = tuple(POINT_SOURCES[kind])
         self._label = f"{rack}/{device} ({settings.origin})"
         self._log_extra = {"rack": rack, "device": device}
         self._owns_transport = transport is None
@@ -211,6 +214,13 @@ class RedfishDevice:
             if self._owns_transport:
                 await self._transport.close()
             self.stats.connected = False
+
+    @property
+    def points(self) -> tuple[str, ...]:
+        """The points a poll reports, in table order: every point of the kind, except those
+        only some devices have (a power shelf's) when this one has no source for them."""
+        bound = self._plan.bindings if self._plan is not None else {}
+        return tuple(p for p in self._all_points if p in bound or p not in OPTIONAL_POINTS)
 
     @property
     def found(self) -> ResourceRef | None:

@@ -7,7 +7,9 @@ the driver's decoding would be mirrored here and go unnoticed. Every profile key
 here again: bits of status words, inverted bools, "no sensor" sentinels (served while the store
 has no value, NaN), enumerated states, byte and word swaps, momentary commands, and write-enable
 registers (a write to a locked point is refused with "illegal function" until the unlock value
-is written; without a `relock` value the lock closes again after one write).
+is written; without a `relock` value the lock closes again after one write; an unlock with `bit`
+is one bit of a register that may hold command bits too), and fixed-point integers with
+`fraction_bits` N (counts of 2^-N).
 
 pymodbus supplies the TCP listener and the PDU framing. The register bank is ours (it stands
 where pymodbus puts its `SimCore`), so that writes reach the store, out-of-range values and
@@ -114,6 +116,7 @@ class MappedPoint:
     states: tuple[tuple[int, int], ...] = ()  # (raw code, canonical code)
     byte_swap: bool = False  # bytes swapped inside each register
     momentary: bool = False  # a command the device clears itself once carried out
+    fraction_bits: int = 0  # fixed point: raw counts of 2^-fraction_bits
 
     @property
     def addresses(self) -> range:
@@ -173,6 +176,20 @@ class Unlock:
     value: int
     relock: int | None
     points: frozenset[str]
+    bit: int | None = None  # the write-enable is this bit of the register (value 0 or 1)
+
+    def is_open(self, word: int) -> bool:
+        """Whether the register's word lets locked points be written."""
+        if self.bit is None:
+            return word == self.value
+        return (word >> self.bit) & 1 == self.value
+
+    def closed(self, word: int) -> int:
+        """The word with the lock closed again (after one write, without a relock value)."""
+        if self.bit is None:
+            return 0 if self.value else 1
+        mask = 1 << self.bit
+        return (word & ~mask) | (0 if self.value else mask)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +232,7 @@ def load_device_map(source: str | Path) -> RegisterMap:
             value=int(entry["value"]),
             relock=None if entry.get("relock") is None else int(entry["relock"]),
             points=frozenset(entry.get("points", writable)),
+            bit=None if entry.get("bit") is None else int(entry["bit"]),
         )
         for entry in document.get("unlock", [])
     )
@@ -239,6 +257,11 @@ def _parse_point(entry: Mapping[str, Any], default_order: str, default_swap: boo
         else "",
         "scale must not be 0" if float(entry.get("scale", 1.0)) == 0.0 else "",
     ]
+    fraction_bits = int(entry.get("fraction_bits", 0))
+    if "fraction_bits" in entry and (
+        kind not in _INT_RANGE or "states" in entry or not 0 <= fraction_bits < 16 * _WIDTH[kind]
+    ):
+        problems.append("fraction_bits needs an integer type without states, 0..bits-1")
     if bit is not None:
         if table in BIT_TABLES or kind not in ("bool", "int16", "uint16") or not 0 <= bit <= 15:
             problems.append("bit needs a 16-bit holding/input register and 0..15")
@@ -265,6 +288,7 @@ def _parse_point(entry: Mapping[str, Any], default_order: str, default_swap: boo
         states=states,
         byte_swap=bool(entry.get("byte_swap", default_swap)) and kind != "bool",
         momentary=bool(entry.get("momentary", False)),
+        fraction_bits=fraction_bits,
     )
 
 
@@ -341,7 +365,7 @@ def encode_value(point: MappedPoint, value: float) -> list[int] | None:
             return None  # a state this device cannot show: keep what it shows
         counts: float = raw_code
     else:
-        counts = (value - point.offset) / point.scale
+        counts = math.ldexp((value - point.offset) / point.scale, point.fraction_bits)
     if point.type == "float32":
         clamped = counts if math.isnan(counts) else max(-_FLOAT32_MAX, min(_FLOAT32_MAX, counts))
         words = list(struct.unpack(">HH", struct.pack(">f", clamped)))
@@ -394,6 +418,7 @@ def _scaled(point: MappedPoint, raw: float) -> float:
     IEEE division is correctly rounded, so raw / 1000 is the double nearest the decimal value,
     whereas raw * 0.001 may land one ulp off (0.7000000000000001) and surprise the store.
     """
+    raw = math.ldexp(raw, -point.fraction_bits)  # exact: a power of two
     inverse = 1.0 / point.scale
     divisor = round(inverse)
     if abs(point.scale) < 1.0 and math.isclose(inverse, divisor, rel_tol=1e-12):
@@ -490,12 +515,31 @@ class _RegisterBank(SimCore):
         if unlock_words:
             if len(unlock_words) != len(written):
                 return ExcCodes.ILLEGAL_ADDRESS
-            self._words[table].update(unlock_words)
-            return None
+            shared = self._write_unlocks(table, unlock_words)
+            if not shared:
+                return None
+            written = shared  # command bits in the write-enable's register: written below
         points = self._points_at(table, written)
         if points is None:
             return ExcCodes.ILLEGAL_ADDRESS
         return self._apply(table, points, written)
+
+    def _write_unlocks(self, table: str, words: Mapping[int, int]) -> dict[int, int]:
+        """Store written write-enable words; return those whose register also holds points.
+
+        A whole-register write-enable takes the word as written. A write-enable bit takes only
+        its bit; the register's other bits are points, applied as a normal write afterwards."""
+        shared = {}
+        for address, word in words.items():
+            unlock = self._unlock_at[(table, address)]
+            memory = self._words[table]
+            if unlock.bit is None or address not in self._owner[table]:
+                memory[address] = word
+                continue
+            mask = 1 << unlock.bit
+            memory[address] = (memory[address] & ~mask) | (word & mask)
+            shared[address] = word
+        return shared
 
     def _points_at(self, table: str, addresses: Iterable[int]) -> list[MappedPoint] | None:
         """The points covering these addresses, in address order; None if one is unmapped."""
@@ -516,7 +560,7 @@ class _RegisterBank(SimCore):
 
     def _locked(self, point: MappedPoint) -> bool:
         return any(
-            point.name in u.points and self._words[u.table][u.address] != u.value
+            point.name in u.points and not u.is_open(self._words[u.table][u.address])
             for u in self._unlocks
         )
 
@@ -565,7 +609,8 @@ class _RegisterBank(SimCore):
         """A write-enable register without a relock value closes after one write."""
         for unlock in self._unlocks:
             if point.name in unlock.points and unlock.relock is None:
-                self._words[unlock.table][unlock.address] = 0 if unlock.value else 1
+                memory = self._words[unlock.table]
+                memory[unlock.address] = unlock.closed(memory[unlock.address])
 
 
 # --------------------------------------------------------------------------- pymodbus glue

@@ -92,6 +92,32 @@ async def test_bounds_and_slew_hold_and_the_first_command_ramps_from_the_device_
 
 
 @pytest.mark.asyncio
+async def test_a_failure_whose_text_carries_changing_numbers_is_logged_once_with_a_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A device that refuses every write with a new transaction id and the value in its text:
+    one line when it starts, one when it ends with how many failed, not one per tick."""
+    device = Device()
+    chan = channel(device)
+    with caplog.at_level(logging.INFO, logger="coolctl.daemon.actuation"):
+        for step in range(6):
+            value = 0.3 + step * 0.01
+            device.fail_with = OSError(f"transaction {1000 + step}: write of {value:.2f} refused")
+            chan.submit(command(value), float(step))
+            await chan.idle()
+        device.fail_with = ValueError("answer garbled")  # another failure: logged
+        chan.submit(command(0.45), 7.0)
+        await chan.idle()
+        device.fail_with = None
+        chan.submit(command(0.5), 10.0)
+        await chan.idle()
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("failed:" in m for m in messages) == 2, messages
+    assert sum("succeed again after 7 failures" in m for m in messages) == 1, messages
+    await chan.stop()
+
+
+@pytest.mark.asyncio
 async def test_write_failures_are_counted_and_logged_once_per_change(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -107,7 +133,7 @@ async def test_write_failures_are_counted_and_logged_once_per_change(
         await chan.idle()
     assert chan.stats.write_failures == 5 and chan.stats.writes == 1
     messages = [r.getMessage() for r in caplog.records]
-    assert sum("failed" in m for m in messages) == 1
+    assert sum("failed:" in m for m in messages) == 1
     assert sum("succeed again" in m for m in messages) == 1
     await chan.stop()
 

@@ -105,6 +105,14 @@ class MemoryPlane:
                 "interlocks": ["leak"] if rack == "r02" else [],
                 "power_w": 42100.0 if rack == "r01" else 30500.0,
                 "budget_w": 48000.0,
+                "caps_w": 46000.0 if rack == "r01" else 27000.0,
+                "chips": {
+                    "servers": 18,
+                    "hottest_c": 81.6 if rack == "r01" else 87.0,
+                    "throttle_margin_c": 5.4 if rack == "r01" else 0.0,
+                    "throttling": [] if rack == "r01" else ["bmc03", "bmc07"],
+                    "near_throttle": [] if rack == "r01" else ["bmc01"],
+                },
                 "overrides": sum(1 for key in self.records if key[0] == rack),
             }
             for rack, mode in self.modes.items()
@@ -254,7 +262,7 @@ class MemoryPlane:
 
 
 ME = f"{pwd.getpwuid(os.getuid()).pw_name} (uid {os.getuid()})"
-TOKEN = "s3cret-token-for-tests"
+TOKEN = "s3cret-token-for-tests-0123456789abcdef"
 
 
 @pytest.fixture
@@ -715,6 +723,7 @@ async def test_tcp_is_refused_without_a_usable_token_file(tmp_path: Path) -> Non
         ).start()
     empty = tmp_path / "empty"
     empty.write_text("\n")
+    empty.chmod(0o600)
     with pytest.raises(ControlApiError, match="is empty"):
         await ControlApi(
             MemoryPlane(),

@@ -385,7 +385,7 @@ def test_the_daemon_and_the_runner_decide_alike_tick_by_tick() -> None:
         ("budget_set", "budget 100000.0 W -> 90000 W from row/power_budget"),
         (
             "budget_rejected",
-            "budget from row/power_budget rejected (500000 W; accepted 20000..200000 W);"
+            "budget from row/power_budget rejected (500000 W; accepted 65000..195000 W);"
             " keeping 90000.0 W",
         ),
         ("budget_set", "budget 90000.0 W -> 80000 W from row/power_budget"),

@@ -91,6 +91,7 @@ async def test_rackmount1_reads_the_new_style_resources() -> None:
         "power_limit": 500.0,  # Controls/PowerLimit SetPoint
         "energy": 325675 * KWH,  # Sensors/TotalEnergy, kW.h
         "chip_temperature": 44.0,  # Sensors/CPU1Temp (PhysicalContext CPU, no ReadingType)
+        "chip_throttle_temperature": 45.0,  # CPU1Temp's Thresholds/UpperCritical
     }
     assert readings["coolant_outlet_temperature"].quality is Quality.MISSING
     assert readings["leak_detected"].quality is Quality.MISSING
@@ -136,6 +137,7 @@ async def test_liquid_cooled_server() -> None:
         "power_limit": 500.0,
         "energy": 325675 * KWH,
         "chip_temperature": 37.0,
+        "chip_throttle_temperature": 45.0,
         "coolant_outlet_temperature": 46.9,  # the hotter of the two cold plates' return
     }
     assert device.writable() == {"power_limit": (150.0, 1000.0)}
@@ -534,6 +536,9 @@ async def test_probe_exit_statuses(tmp_path: Path, capsys: pytest.CaptureFixture
     _, err = capsys.readouterr()
     assert "wrong-secret" not in err
     assert "TLS certificate verification failed" in err
+    # and what to do about it, in the same line
+    tls_line = next(line for line in err.splitlines() if "TLS certificate" in line)
+    assert "pass --ca FILE" in tls_line and "--insecure" in tls_line
     # Nobody listens there any more.
     assert await probe_redfish(url, None, None, tls.ca_file, False, False) == 3
 

@@ -159,18 +159,20 @@ async def test_service_line_names_url_account_and_ca(sim: LiveSimulation) -> Non
     service = sim.service("r01", "bmc0")
     ca = sim.tls.ca_cert if sim.tls else None
     assert service.line() == (
-        f"redfish https://127.0.0.1:{server(sim, 'bmc0').port} user=admin"
+        f"redfish https://127.0.0.1:{server(sim, 'bmc0').port} rack=r01 device=bmc0 user=admin"
         f" password={PASSWORD} ca={ca}"
     )
     generated = sim.service("r01", "bmc2")
     assert re.fullmatch(
-        r"redfish https://127\.0\.0\.1:\d+ user=admin password=\S{12,} ca=\S+", generated.line()
+        r"redfish https://127\.0\.0\.1:\d+ rack=r01 device=bmc2 user=admin password=\S{12,}"
+        r" ca=\S+",
+        generated.line(),
     )
     assert await asyncio.to_thread(Path(generated.ca).is_file)
     assert generated.password != PASSWORD
     assert Service(
         "redfish", "", "r", "d", url="https://h:1", username="u", password="p", ca="/c"
-    ).line() == ("redfish https://h:1 user=u password=p ca=/c")
+    ).line() == ("redfish https://h:1 rack=r device=d user=u password=p ca=/c")
     # the Modbus and MQTT lines are untouched; a sensor cannot speak Redfish
     assert SimDeviceSpec("c", "cdu").protocol == "modbus"
     assert SimDeviceSpec("b", "server").protocol == "redfish"

@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure", action="store_true", help="do not verify TLS (logged as a warning)"
     )
     redfish.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    from coolctl.cli import probe_snmp
+
+    probe_snmp.add_parser(probe_kinds)
 
     sim = commands.add_parser("sim", help="the simulated rack")
     sim_commands = sim.add_subparsers(dest="sim_command", metavar="SIM_COMMAND", required=True)
@@ -124,20 +127,39 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--modbus-rtu", action="store_true", help="serve the Modbus devices on a virtual RTU bus"
     )
+    serve.add_argument(
+        "--listen-beyond-loopback",
+        action="store_true",
+        help="let simulated devices listen on the config's non-loopback addresses (anyone who"
+        " reaches them can command them)",
+    )
+    serve.add_argument(
+        "--power-shelves",
+        type=int,
+        default=0,
+        metavar="N",
+        help="serve each Redfish PDU of the config as N power shelves (OCP ORv3) instead",
+    )
     inject = sim_commands.add_parser(
         "inject", help="inject a fault into a running simulation (demo or sim serve)"
     )
     inject.add_argument(
         "kind",
         help="leak, pump_fail, pump_restore, pump_degrade, sensor_stuck, sensor_noise,"
-        " sensor_drift, link_loss, response_delay, read_fail, load, facility_water, clear",
+        " sensor_drift, link_loss, response_delay, read_fail, load, facility_water, psu_fail,"
+        " mains_loss, clear",
     )
     inject.add_argument("--rack", metavar="R")
     inject.add_argument("--device", metavar="D")
     inject.add_argument("--point", metavar="P", help="for sensor faults")
     inject.add_argument("--value", type=float, metavar="V", help="the number the kind takes")
     inject.add_argument("--duration", type=float, metavar="S", help="undo after S seconds")
-    inject.add_argument("--sim", metavar="URL", help="the simulation's `control http://...`")
+    inject.add_argument(
+        "--sim",
+        metavar="URL",
+        help="the simulation's `control http://...` (default: the one behind the daemon of"
+        " $COOLCTL_SOCKET, else the only one running)",
+    )
     add_identify_command(commands)
     add_operator_commands(commands)
     return parser
@@ -189,6 +211,10 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
                     args.url, args.user, args.password_file, args.ca, args.insecure, args.json
                 )
             )
+        if args.command == "probe" and args.protocol == "snmp":
+            from coolctl.cli import probe_snmp
+
+            return asyncio.run(probe_snmp.probe_snmp(args))
         if args.command == "probe":
             from coolctl.cli.probe_modbus import BusOptions, probe_modbus
 
@@ -228,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
                     args.duration,
                     args.mqtt_broker,
                     args.modbus_rtu,
+                    power_shelves=args.power_shelves,
+                    allow_remote=args.listen_beyond_loopback,
                 )
             )
     except KeyboardInterrupt:

@@ -33,6 +33,7 @@ from coolctl.config.schema import (
     RedfishDeviceConfig,
     SafetyConfig,
     SiteConfig,
+    SnmpDeviceConfig,
     json_schema,
 )
 
@@ -63,6 +64,7 @@ __all__ = [
     "RedfishDeviceConfig",
     "SafetyConfig",
     "SiteConfig",
+    "SnmpDeviceConfig",
     "json_schema",
     "load_config",
     "parse_config",

@@ -7,6 +7,7 @@ Checks across keys raise KeyProblem naming the keys they are about.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,13 +32,18 @@ from coolctl.config.enums import (
     Controller,
     DeviceKind,
     Driver,
+    Feed,
     LeakResponse,
     LogFormat,
     LogLevel,
+    SnmpAuthProtocol,
+    SnmpPrivProtocol,
+    SnmpVersion,
 )
 from coolctl.config.fields import (
     DEFAULT_METRICS_PORT,
     Baud,
+    EventCount,
     FilePath,
     Flag,
     Fraction,
@@ -195,6 +201,9 @@ class RedfishDeviceConfig:
     """Servers: higher gets headroom first."""
     weight: Positive = 1.0
     """Servers: share of headroom among equal priorities."""
+    branches: list[Text] = Field(default_factory=list)
+    """Servers: the PDU branch circuits it is plugged into, one per feed, as "pdu/N" (N the
+    branch's index on that SNMP PDU): its cap counts against each breaker's rating."""
 
     @model_validator(mode="before")
     @classmethod
@@ -224,8 +233,78 @@ class RedfishDeviceConfig:
         return self
 
 
+@dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
+class SnmpDeviceConfig:
+    """A rack PDU read over SNMP (v2c or v3 authPriv) through its profile (apc-rpdu2,
+    raritan-pdu2 or a file). Secrets come from files or systemd credentials, never the config."""
+
+    id: EntryId = ""
+    driver: Literal[Driver.SNMP] = Driver.SNMP
+    address: Text
+    """Host name or IP address."""
+    port: Port = 161
+    profile: Text
+    """A shipped SNMP profile name, or a path to a profile file."""
+    version: SnmpVersion = SnmpVersion.V3
+    community_file: FilePath | None = None
+    """v2c: a file holding the community."""
+    community_credential: Text | None = None
+    """v2c: a systemd credential (LoadCredential=) holding the community."""
+    user: Text | None = None
+    """v3: the USM user."""
+    auth_protocol: SnmpAuthProtocol = SnmpAuthProtocol.SHA256
+    auth_key_file: FilePath | None = None
+    """v3: a file holding the authentication passphrase."""
+    auth_key_credential: Text | None = None
+    priv_protocol: SnmpPrivProtocol = SnmpPrivProtocol.AES
+    priv_key_file: FilePath | None = None
+    """v3: a file holding the privacy passphrase."""
+    priv_key_credential: Text | None = None
+    feed: Feed | None = None
+    """The rack feed (a or b) this PDU is on; its branch circuits count for that feed."""
+    branch_rating_a: Positive | None = None
+    """The rated current of every branch breaker on this PDU; default: what the PDU reports
+    (a profile's branch_rating), else unenforced."""
+    branch_ratings_a: dict[Text, Positive] = Field(default_factory=dict)
+    """Per branch index ("1", "2", …): a rating that differs from branch_rating_a."""
+    poll_interval_s: Positive = 1.0
+    timeout_s: Positive = 1.0
+    """Per request; default: poll_interval_s, at most 1.0."""
+    stale_after_s: Positive = 3.0
+    """Default: 3 × poll_interval_s."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: object) -> object:
+        return _per_poll(data, timeout_s=lambda poll: min(1.0, poll), stale_after_s=_thrice)
+
+    @model_validator(mode="after")
+    def _check(self) -> SnmpDeviceConfig:
+        problems: list[tuple[str, str]] = []
+        if self.version == SnmpVersion.V2C:
+            if (self.community_file is None) == (self.community_credential is None):
+                problems.append(
+                    ("community_file", "v2c needs one of community_file, community_credential")
+                )
+        else:
+            if self.user is None:
+                problems.append(("user", "v3 needs a user"))
+            for key in ("auth_key", "priv_key"):
+                given = [getattr(self, f"{key}_file"), getattr(self, f"{key}_credential")]
+                if sum(value is not None for value in given) != 1:
+                    problems.append(
+                        (f"{key}_file", f"v3 authPriv needs one of {key}_file, {key}_credential")
+                    )
+        if self.stale_after_s < self.poll_interval_s:
+            problems.append(("stale_after_s", "must be at least poll_interval_s"))
+        if problems:
+            raise KeyProblem(*problems)
+        return self
+
+
 DeviceConfig = Annotated[
-    ModbusDeviceConfig | MqttDeviceConfig | RedfishDeviceConfig, Field(discriminator="driver")
+    ModbusDeviceConfig | MqttDeviceConfig | RedfishDeviceConfig | SnmpDeviceConfig,
+    Field(discriminator="driver"),
 ]
 """One device of a rack, of the type its `driver` names."""
 DEVICE = TypeAdapter(DeviceConfig)
@@ -362,6 +441,19 @@ class SafetyConfig:
     temperature nears its limit (PID racks), instead of tripping on and off."""
     thermal_cap_margin_c: NonNegative = 2.0
     """The margin under each limit the thermal cap holds."""
+    supply_limit_margin_c: NonNegative = 7.0
+    """An operator's supply-temperature setpoint stays this far under the lowest supply
+    limit in temperature_limits (7 K: at 5 K, 40 °C under a 45 °C limit, the simulated rack's
+    chips throttle at full power even at 1.5 L/min per kW)."""
+    supply_condensation_margin_c: NonNegative = 2.0
+    """An operator's supply-temperature setpoint stays this far over the facility water and
+    the dew point, where the rack reads them."""
+    chip_near_throttle_margin_c: NonNegative = 5.0
+    """A server whose hottest chip is within this of its throttle point (as its BMC reports
+    it, else chip_limit_c) is near throttle: an event, a metric, a line in status and top."""
+    min_flow_setpoint_lpm_per_kw: NonNegative = 1.5
+    """An operator's flow setpoint stays at least this per kW of the rack's power (OCP's
+    design figure for cold-plate racks: 1.5 L/min per kW); 0: off."""
 
 
 CDU_ALARMS: tuple[str, ...] = tuple(
@@ -409,6 +501,13 @@ class PowerConfig:
     cap_deadband_w: NonNegative = 50.0
     """Per server: a cap whose share moves less than this is not rewritten, and this much of
     the budget is kept back so that held caps still fit; 0 rewrites caps for every watt."""
+    derating: Annotated[Fraction, Field(gt=0)] = 0.8
+    """Breakers and feeds are loaded to at most this fraction of their rating."""
+    voltage_v: Positive = 230.0
+    """Volts per branch circuit: turns a breaker's amperes into watts."""
+    feed_rating_w: Positive | None = None
+    """What one feed may carry (before derating): with two feeds, either must carry the caps
+    of every server on it when the other fails. Default: only branches and budget bind."""
     # 50 W rides out the tens of watts of noise in a PDU's and the BMCs' readings (a released
     # server's share follows its own power reading: with 10 W of reading noise, 25 W still let
     # about one cap in seven through each step in the scale benchmark).
@@ -437,6 +536,14 @@ class RackConfig:
     """Budgets from upstream below this are rejected."""
     budget_max_w: Positive = 10e6
     """Budgets from upstream above this are rejected."""
+    budget_band_fraction: NonNegative = 0.5
+    """Budgets from upstream further than this fraction from power_budget_w are rejected
+    (0.5: 50..150 % of it), so a client that can publish the budget cannot zero the rack."""
+    budget_min_interval_s: NonNegative = 1.0
+    """A budget from upstream changes at most once per this many seconds; a newer one waits."""
+    budget_max_age_s: Positive = 60.0
+    """A new budget from upstream older than this is rejected, and so is a retained one replayed
+    by the broker on subscribing (its age is unknown): the coordinator must publish it live."""
     power: PowerConfig = Field(default_factory=PowerConfig)
     controller: Controller = Controller.PID
     mpc_model: FilePath | None = None
@@ -454,10 +561,11 @@ class RackConfig:
             entries = _with_ids(data.get("devices"))
             usable = set()
             if isinstance(entries, Mapping):
-                for key, entry in entries.items():
+                for key in entries:
+                    # A device with a bad entry is still configured: its own error says what
+                    # is wrong, and references to it must not add "not configured" lines.
                     try:
                         TypeAdapter(Id).validate_python(key)
-                        DEVICE.validate_python(entry)
                     except ValidationError:
                         continue
                     usable.add(key)
@@ -488,6 +596,12 @@ class RackConfig:
             )
         if not mpc and self.mpc_model is not None:
             problems.append(("mpc_model", 'only used with controller = "mpc"'))
+        for device in self.devices.values():  # a server's branches name SNMP PDUs of the rack
+            for ref in getattr(device, "branches", ()):
+                pdu, _, index = ref.partition("/")
+                if not isinstance(self.devices.get(pdu), SnmpDeviceConfig) or not index:
+                    message = f"{ref!r} is not PDU/N with PDU an snmp device of this rack"
+                    problems.append((f"devices.{device.id}.branches", message))
         if mpc and not any(
             loop.actuator.point == "pump_speed_command" for loop in self.loops.values()
         ):
@@ -527,6 +641,25 @@ class DaemonConfig:
     control_listen: HostPort | None = None
     """HOST:PORT of an optional TCP control listener (bearer token: needs control_token_file)."""
     control_token_file: FilePath | None = None
+    """The operator's bearer token for control_listen: at least 32 bytes, mode 0600."""
+    control_viewer_token_file: FilePath | None = None
+    """A second token for control_listen that may only read (role viewer)."""
+    control_operator_group: Text | None = None
+    """Members may change things over the socket; its other users only read (role viewer).
+    Default: everyone who can reach the socket is an operator."""
+    tls_cert_file: FilePath | None = None
+    """PEM certificate (chain) for control_listen and metrics_listen: both then serve HTTPS."""
+    tls_key_file: FilePath | None = None
+    tls_client_ca_file: FilePath | None = None
+    """With TLS: clients of both listeners must show a certificate this CA signed."""
+    allow_plaintext: Flag = False
+    """Let control_listen serve plain HTTP beyond loopback (the token crosses in clear)."""
+    max_override_ttl_s: Positive = 604800.0
+    """The longest override lifetime an operator may give (7 days); longer is --permanent."""
+    events_keep: EventCount = 100000
+    """The store keeps at most this many events (the newest; the audit log is kept whole)."""
+    events_max_age_s: Positive = 7776000.0
+    """The store drops events older than this (90 days)."""
 
     @property
     def metrics_host(self) -> str:
@@ -536,11 +669,46 @@ class DaemonConfig:
     def metrics_port(self) -> int:
         return self.metrics_listen[1]
 
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
+
     @model_validator(mode="after")
     def _check(self) -> DaemonConfig:
+        problems: list[tuple[str, str]] = []
         if self.control_listen is not None and self.control_token_file is None:
-            raise KeyProblem(("control_listen", "a TCP control listener needs control_token_file"))
+            problems.append(("control_listen", "a TCP control listener needs control_token_file"))
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            problems.append(("tls_key_file", "give tls_cert_file and tls_key_file together"))
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            problems.append(("tls_client_ca_file", "client certificates need tls_cert_file"))
+        if self.control_viewer_token_file is not None and self.control_listen is None:
+            problems.append(("control_viewer_token_file", "only used with control_listen"))
+        if (
+            self.control_listen is not None
+            and not is_loopback(self.control_listen[0])
+            and not self.tls
+            and not self.allow_plaintext
+        ):
+            message = (
+                f"{self.control_listen[0]} is not loopback: serve the control API over TLS"
+                " (tls_cert_file, tls_key_file), or accept its token in clear with"
+                " allow_plaintext = true"
+            )
+            problems.append(("control_listen", message))
+        if problems:
+            raise KeyProblem(*problems)
         return self
+
+
+def is_loopback(host: str) -> bool:
+    """Whether traffic to `host` stays on this machine (localhost, 127.0.0.0/8, ::1)."""
+    if host.lower() in ("localhost", "localhost.", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
@@ -558,6 +726,16 @@ class MqttConfig:
     ca_file: FilePath | None = None
     topic_root: TopicPart = "coolctl/{site}"
     """State: ROOT/RACK/state, events: ROOT/RACK/events, ROOT/status (online/offline)."""
+    allow_plaintext: Flag = False
+    """Let credentials go to a broker beyond loopback without TLS (they cross in clear)."""
+
+    @property
+    def has_credentials(self) -> bool:
+        return (
+            self.username is not None
+            or self.password_file is not None
+            or (self.password_credential is not None)
+        )
 
     @property
     def host(self) -> str:
@@ -571,6 +749,18 @@ class MqttConfig:
     def _check(self) -> MqttConfig:
         if self.password_file is not None and self.password_credential is not None:
             raise KeyProblem(("", "give password_file or password_credential, not both"))
+        if (
+            self.has_credentials
+            and not self.tls
+            and self.ca_file is None
+            and not is_loopback(self.host)
+            and not self.allow_plaintext
+        ):
+            message = (
+                f"credentials for {self.host}, which is not loopback, would cross in clear:"
+                " set tls = true (and ca_file), or allow_plaintext = true"
+            )
+            raise KeyProblem(("tls", message))
         return self
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
@@ -78,6 +79,7 @@ class ActuatorChannel:
         # retried with backoff, never in a tight loop: the latest command waits its turn
         self._on_failure = on_failure
         self._backoff_s = 0.0
+        self._failed_in_a_row = 0  # writes failed since the last that succeeded
 
     def start(self) -> None:
         if self._task is None:
@@ -192,9 +194,13 @@ class ActuatorChannel:
             message = f"{type(exc).__name__}: {exc}"
             if stats.last_error is None and self._on_failure is not None:
                 self._on_failure(self.point, message)
-            if message != stats.last_error:
+            # Once per change of the failure, not per retry: the same failure with another
+            # value, address or transaction id in its text is the same failure.
+            kind = _failure_kind(message)
+            if kind != _failure_kind(stats.last_error):
                 log.warning(
-                    "%s/%s: write of %s=%.4g failed: %s",
+                    "%s/%s: write of %s=%.4g failed: %s (retried, with backoff if refused;"
+                    " logged again when it changes or ends)",
                     self.point.rack,
                     self.point.device,
                     self.point.name,
@@ -203,18 +209,21 @@ class ActuatorChannel:
                     extra={"rack": self.point.rack, "device": self.point.device},
                 )
             stats.last_error = message
+            self._failed_in_a_row += 1
             return
         self._backoff_s = 0.0
         if stats.last_error is not None and self._on_failure is not None:
             self._on_failure(self.point, None)
         if stats.last_error is not None:
             log.info(
-                "%s/%s: writes of %s succeed again",
+                "%s/%s: writes of %s succeed again after %d failures",
                 self.point.rack,
                 self.point.device,
                 self.point.name,
+                self._failed_in_a_row,
                 extra={"rack": self.point.rack, "device": self.point.device},
             )
+        self._failed_in_a_row = 0
         stats.last_error = None
         stats.writes += 1
         stats.last_written = read_back if math.isfinite(read_back) else command.value
@@ -223,3 +232,11 @@ class ActuatorChannel:
         # The slew limit counts from when the command was decided, not from when the device
         # answered, so that a slow device does not shrink the next step's allowance.
         self.clamp.accept(command.value, decided_at)
+
+
+_NUMBERS = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def _failure_kind(message: str | None) -> str | None:
+    """A failure's text without its numbers: what tells one failure from another."""
+    return None if message is None else _NUMBERS.sub("#", message)

@@ -17,10 +17,12 @@ from coolctl.config import (
     LoopConfig,
     MqttDeviceConfig,
     RedfishDeviceConfig,
+    SnmpDeviceConfig,
 )
 from coolctl.drivers.modbus_profile import ModbusProfile, RegisterPoint, load_profile
 from coolctl.drivers.mqtt_profile import load_mqtt_profile
 from coolctl.drivers.redfish import kind_points
+from coolctl.drivers.snmp_profile import load_snmp_profile
 from coolctl.model import CANONICAL_POINTS, Unit
 
 
@@ -81,6 +83,9 @@ def device_facts(config: DeviceConfig) -> DeviceFactsRecord:
             if p.min is not None or p.max is not None
         }
         return DeviceFactsRecord({}, names, mqtt_profile.kind, ranges)
+    if isinstance(config, SnmpDeviceConfig):  # read-only; table points are found by walking
+        snmp = load_snmp_profile(config.profile)
+        return DeviceFactsRecord({}, snmp.point_names, snmp.kind)
     profile = load_profile(config.profile)
     names = tuple(p.name for p in profile.points)
     ranges = {p.name: register_range(p) for p in profile.points}
@@ -128,6 +133,8 @@ PHYSICAL_RANGES: Mapping[Unit, tuple[float, float]] = {
     Unit.PASCAL: (-math.inf, math.inf),  # a differential pressure may be negative
     Unit.WATT: (0.0, math.inf),
     Unit.JOULE: (0.0, math.inf),
+    Unit.AMPERE: (0.0, math.inf),
+    Unit.VOLT: (0.0, math.inf),
     Unit.LITRE: (0.0, math.inf),
     Unit.LITRE_PER_MINUTE: (0.0, math.inf),
     Unit.RATIO: (0.0, 1.0),

@@ -22,7 +22,8 @@ from coolctl.control.thermalcap import (
     ThermalCapLoop,
 )
 from coolctl.model import Command, Event, PointId, Severity, Snapshot
-from coolctl.rack.safety import DeviceFacts, rack_power_point, server_caps, supervisor_config
+from coolctl.rack.circuits import rack_circuits
+from coolctl.rack.safety import DeviceFacts, server_caps, supervisor_config
 
 
 class AutoController(Protocol):
@@ -127,10 +128,13 @@ def build_pid_control(config: RackConfig, devices: Mapping[str, DeviceFacts]) ->
 
 
 def it_power_points(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> tuple[PointId, ...]:
-    """What measures the rack's power: its PDU, else the sum of its servers' own readings."""
-    pdu = rack_power_point(config, devices)
-    if pdu is not None:
-        return (pdu,)
+    """What measures the rack's power: its PDUs (summed: one per feed, or several power
+    shelves), else the sum of its servers' own readings."""
+    pdus = tuple(
+        PointId(config.id, name, "power") for name, f in devices.items() if f.kind == "pdu"
+    )
+    if pdus:
+        return pdus
     return tuple(PointId(config.id, device.id, "power") for device in server_caps(config))
 
 
@@ -192,7 +196,8 @@ def allocator(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> PowerCa
     servers = server_caps(config)
     if not servers:
         return None
-    pdu = next((device for device, h in devices.items() if h.kind == "pdu"), None)
+    pdus = [device for device, h in devices.items() if h.kind == "pdu"]
+    pdu = pdus[0] if pdus else None
     rack = config.id
     return PowerCapAllocator(
         AllocatorConfig(
@@ -211,9 +216,19 @@ def allocator(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> PowerCa
             ),
             margin_w=config.power.margin_w,
             non_server_power=PointId(rack, pdu, "power") if pdu is not None else None,
+            more_rack_power=tuple(PointId(rack, other, "power") for other in pdus[1:]),
             overhead_w=config.power.overhead_w,
             release_rate_w_per_s=config.power.release_rate_w_per_s,
             cap_deadband_w=config.power.cap_deadband_w,
+            circuits=rack_circuits(config),
+            source_alarms=tuple(
+                PointId(rack, device, name)
+                for device, facts in devices.items()
+                for name in ("psu_ok", "bbu_discharging")
+                # a PDU's (Redfish lists them for every PDU), or any device's that has one:
+                # an ORv3 BBU on Modbus is no power meter, but its discharge is an event
+                if facts.kind == "pdu" or name in facts.point_names
+            ),
         )
     )
 

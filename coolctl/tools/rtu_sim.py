@@ -4,7 +4,9 @@ under its own unit id, for `coolctl sim serve --modbus-rtu` and `coolctl demo --
 
 The devices keep their register banks and their plant: the bus answers from the same memory
 the TCP listeners do, so either can be used, and faults injected into the simulation show on
-both. Unit ids on one bus must differ; the devices are numbered 1, 2, … in config order.
+both. Unit ids on one bus must differ: the devices keep their configured ones when those all
+differ (an ORv3 shelf's PSUs at 192.., its BBUs at 64..), else are numbered 1, 2, … in config
+order.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ async def serve_over_rtu(simulation: LiveSimulation, stack: AsyncExitStack) -> l
     line.start()
     stack.callback(line.stop)
     services = []
-    for unit, ((rack, device), server) in enumerate(simulation.servers.items(), start=1):
+    configured = [server.unit_id for server in simulation.servers.values()]
+    keep = len(set(configured)) == len(configured)
+    for index, ((rack, device), server) in enumerate(simulation.servers.items(), start=1):
+        unit = server.unit_id if keep else index
         server.unit_id = unit
         server._bank.unit_id = unit
         spec = simulation.device_spec(rack, device)
