@@ -257,7 +257,9 @@ def add_operator_commands(commands: SubParsers[argparse.ArgumentParser]) -> None
         " Audited.",
     )
     alarms.add_argument("words", nargs="*", metavar="[ack] RACK")
-    alarms.add_argument("--reason", type=_reason_arg, metavar="TEXT", help=_REASON_HELP)
+    alarms.add_argument(  # its own dest: listing needs no reason, `alarms ack` does
+        "--reason", dest="ack_reason", type=_reason_arg, metavar="TEXT", help=_REASON_HELP
+    )
     alarms.set_defaults(operator_command="alarms")
 
     events = commands.add_parser(
@@ -550,10 +552,10 @@ async def _interlock_reset(client: ControlClient, args: argparse.Namespace) -> E
 async def _alarms(client: ControlClient, args: argparse.Namespace) -> ExitCode:
     words = list(args.words)
     if words[:1] == ["ack"]:
-        if len(words) != 2 or not args.reason:
+        if len(words) != 2 or not args.ack_reason:
             print("usage: coolctl alarms ack RACK --reason TEXT", file=sys.stderr)
             return ExitCode.USAGE
-        result = await client.acknowledge_alarms(words[1], reason=args.reason)
+        result = await client.acknowledge_alarms(words[1], reason=args.ack_reason)
         if args.json:
             _emit(result)
             return ExitCode.OK
