@@ -91,6 +91,7 @@ class ActuatorRole(StrEnum):
     POWER_LIMIT = "power_limit"
     STANDBY = "standby"  # a writable 0/1 that selects the standby pump, if a CDU has one
     ISOLATION = "isolation"  # a writable 0/1 that closes (0) the rack's isolation valves
+    SETPOINT = "setpoint"  # a setpoint or mode of a CDU that runs its own loops
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,6 +362,8 @@ def _describe(safety: ActuatorSafety, value: float) -> str:
         return f"valve at {value:.4g}"
     if role is ActuatorRole.POWER_LIMIT:
         return f"power limit {value:.6g}"
+    if role is ActuatorRole.SETPOINT:
+        return f"{safety.point.name} {value:.6g}"
     return "standby pump selected" if value >= _ON else "standby pump not selected"
 
 

@@ -69,6 +69,8 @@ SENSOR_MISSING = "sensor_missing"  # errors_by_kind: a register held a "no senso
 class WriteError(Exception):
     """A write that was refused, failed, or did not read back as written."""
 
+    refused = False  # the device answered and said no (an exception code): retry with backoff
+
 
 @dataclass(slots=True)
 class DeviceStats(PollStats):
@@ -447,7 +449,9 @@ class ModbusDevice:
         self.stats.connected = self.link.connected
         self.stats.connect_attempts = self.link.connect_attempts
         log.debug("%s: write of %s failed: %s", self._label, spec.name, failure)
-        return WriteError(f"{self._label}: write of {spec.name} failed: {failure}")
+        error = WriteError(f"{self._label}: write of {spec.name} failed: {failure}")
+        error.refused = failure.kind not in LINK_FAILURES
+        return error
 
     # ----------------------------------------------------------------------------------------
     # Connection

@@ -224,7 +224,38 @@ _LEAK_SOURCES: Final = (
     ),
 )
 
+
 # The mapping table: canonical point -> where it may be found, preferred source first.
+def _cdu_setpoint(
+    excerpt: str, control_type: str, scale: float, default_range: tuple[float, float]
+) -> tuple[Source, ...]:
+    """A CDU set point: the secondary connector's excerpt, else a Control of that type in the
+    cooling subsystem (AllowableMin/AllowableMax bound the write either way)."""
+    return (
+        Source(
+            Role.SECONDARY_CONNECTOR,
+            (excerpt, "SetPoint"),
+            scale=scale,
+            setpoint=True,
+            default_range=default_range,
+            minimum=(excerpt, "AllowableMin"),
+            maximum=(excerpt, "AllowableMax"),
+        ),
+        Source(
+            Role.CONTROL,
+            ("SetPoint",),
+            match=(
+                {"ControlType": _set(control_type), "PhysicalContext": _set("CoolingSubsystem")},
+            ),
+            scale=scale,
+            setpoint=True,
+            default_range=default_range,
+            minimum=ALLOWABLE_MIN,
+            maximum=ALLOWABLE_MAX,
+        ),
+    )
+
+
 POINT_SOURCES: Final[Mapping[Kind, Mapping[str, tuple[Source, ...]]]] = {
     "server": {
         "power": (
@@ -405,6 +436,17 @@ POINT_SOURCES: Final[Mapping[Kind, Mapping[str, tuple[Source, ...]]]] = {
                 maximum=ALLOWABLE_MAX,
             ),
         ),
+        # A CDU that runs its own loops: its set points, on the secondary connector's control
+        # excerpts (CoolantConnector v1.1, 2024.4) or on the Control resources they link
+        "supply_temperature_setpoint": _cdu_setpoint(
+            "SupplyTemperatureControlCelsius", "Temperature", 1.0, (0.0, 100.0)
+        ),
+        "flow_setpoint": _cdu_setpoint(
+            "FlowControlLitersPerMinute", "LiquidFlowLPM", 1.0, (0.0, math.inf)
+        ),
+        "differential_pressure_setpoint": _cdu_setpoint(
+            "DeltaPressureControlkPa", "PressurekPa", KILO, (0.0, math.inf)
+        ),
     },
     "pdu": {
         # summed: one PDU has one Metrics; a rack's power shelves have one each
@@ -431,6 +473,44 @@ POINT_SOURCES: Final[Mapping[Kind, Mapping[str, tuple[Source, ...]]]] = {
             Source(Role.BATTERY, ("ChargeState",), decode="discharging", combine="any"),
         ),
     },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ActionPoint:
+    """A point written by a Redfish action, not a PATCH: `action` on the device's own resource
+    (`role` None) or on each bound resource of `role`, with `parameter` = `values[0 or 1]`,
+    read back from the resource's Status.State (`states`)."""
+
+    role: Role | None
+    action: str
+    parameter: str
+    values: tuple[str, str]  # what 0 and 1 are sent as
+    states: Mapping[str, float]  # Status.State after the action -> the value it means
+
+
+ACTION_POINTS: Final[Mapping[Kind, Mapping[str, ActionPoint]]] = {
+    "server": {},
+    "cdu": {
+        # CoolingUnit.SetMode (2024.4): Enabled runs the CDU, Disabled stops it
+        "cdu_run_command": ActionPoint(
+            None,
+            "CoolingUnit.SetMode",
+            "Mode",
+            ("Disabled", "Enabled"),
+            {"Enabled": 1.0, "Disabled": 0.0, "StandbyOffline": 0.0, "StandbySpare": 0.0},
+        ),
+        # CoolantConnector.ValveControl (2025.3): the rack's isolation valves; a closed
+        # connector's Status.State is Disabled
+        "isolation_valve_command": ActionPoint(
+            Role.SECONDARY_CONNECTOR,
+            "CoolantConnector.ValveControl",
+            "ValveState",
+            ("Closed", "Open"),
+            {"Enabled": 1.0, "Disabled": 0.0},
+        ),
+    },
+    "pdu": {},
 }
 
 # Points only some devices of a kind have (a power shelf's, not a rack PDU's): a device that

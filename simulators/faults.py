@@ -49,6 +49,8 @@ FAULT_KINDS: tuple[str, ...] = (
     "read_fail",
     "load",
     "facility_water",
+    "cdu_local",
+    "cdu_alarm",
     "psu_fail",
     "mains_loss",
     "clear",
@@ -152,6 +154,8 @@ def apply_fault(
       device, point: reads of it get a device-failure exception). A simulated SNMP PDU takes
       the same three: silence, late answers, noSuchInstance for every row of the point.
     - `load` (value: fraction of max, `servers` to pick some), `facility_water` (value: °C).
+    - `cdu_local`: the CDU's panel takes control (remote writes refused); `cdu_alarm` (point:
+      an alarm, e.g. filter_clogged_alarm): raised (latched until acknowledged once undone).
     - `psu_fail` (device: a PSU of the rack's Modbus power shelf stops delivering) and
       `mains_loss` (the shelf's BBUs discharge and carry the rack).
     - `clear`: undo everything on the rack: leak stopped and reservoir refilled, pump restored,
@@ -177,11 +181,41 @@ def apply_fault(
     if kind in ("load", "facility_water"):
         _reject(kind, device=device, point=point)
         return _rack_event(simulation, kind, rack, value, duration_s, servers)
+    if kind in ("cdu_local", "cdu_alarm"):
+        _reject(kind, device=device, value=value)
+        return _cdu_panel(simulation, kind, rack, point, duration_s)
     if kind in ("psu_fail", "mains_loss"):
         _reject(kind, point=point, value=value)
         return _shelf_fault(simulation, kind, rack, device, duration_s)
     _reject(kind, point=point)
     return _cdu_fault(simulation, kind, rack, device, value, duration_s)
+
+
+def _cdu_panel(
+    simulation: LiveSimulation,
+    kind: str,
+    rack: str,
+    point: str | None,
+    duration_s: float | None,
+) -> str:
+    """The CDU controller's own state: its panel's local/remote switch, or one of its alarms."""
+    cdu = simulation.cdus[rack]
+    undo: Callable[[], None]
+    if kind == "cdu_local":
+        _reject(kind, point=point)
+        cdu.set_remote(False)
+        text, undo = (
+            f"{rack}: CDU switched to local at its panel",
+            functools.partial(cdu.set_remote, True),
+        )
+    else:
+        if point is None:
+            raise ValueError("cdu_alarm needs --point, the alarm (e.g. filter_clogged_alarm)")
+        cdu.force_alarm(point)  # ValueError names the known alarms
+        text = f"{rack}: CDU alarm {point} raised"
+        undo = functools.partial(cdu.force_alarm, point, False)
+    fault = ActiveFault(kind, rack, None, point, None, text, simulation.plants[rack].time_s, undo)
+    return _record(simulation, (rack, kind, None, point), fault, duration_s)
 
 
 def _shelf_fault(

@@ -32,6 +32,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from coolctl.simulators.cdu_controller import CduController, CduControllerParams
 from coolctl.simulators.fault_book import FaultBook
 from coolctl.simulators.modbus_power_shelf import SHELF_ROLES, ModbusPowerShelf
 from coolctl.simulators.modbus_server import ModbusDeviceServer
@@ -115,11 +116,16 @@ class SimDeviceSpec:
 
 @dataclass(frozen=True, slots=True)
 class SimRackSpec:
-    """One simulated rack: its plant parameters, starting load and devices."""
+    """One simulated rack: its plant parameters, starting load and devices.
+
+    `cdu` sets up the rack's CDU controller (`CduControllerParams`: its starting mode, loops,
+    setpoint ranges, room); every CDU device of the rack is a front-end of that one controller.
+    """
 
     rack: str
     devices: Sequence[SimDeviceSpec]
     plant: Mapping[str, Any] = field(default_factory=dict)
+    cdu: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 0
     load: float = 0.6  # starting fraction of max for every server
     mqtt_broker: str | None = None  # "host:port" for its sensor devices; else the simulation's
@@ -181,24 +187,21 @@ class DeviceWrite:
 
 
 class CduPoints:
-    """The CDU's view of the plant: its readings, and the two setpoints it accepts."""
+    """The CDU as its front-ends see it: the plant's readings through the CDU's own controller
+    (`coolctl.simulators.cdu_controller`), which takes the writes: pump and valve commands in
+    its manual mode, setpoints, run command, mode and alarm acknowledge in every mode, nothing
+    while its panel has control (ValueError: the front-end answers with an error)."""
 
-    def __init__(self, plant: RackPlant) -> None:
+    def __init__(self, plant: RackPlant, controller: CduController | None = None) -> None:
         self.plant = plant
+        self.controller = controller if controller is not None else CduController(plant)
         self.writes: list[DeviceWrite] = []
-        self._writers: Mapping[str, Callable[[float], None]] = {
-            "pump_speed_command": plant.set_pump_speed_command,
-            "valve_command": plant.set_valve_command,
-        }
 
     def read_points(self) -> Mapping[str, float]:
-        return self.plant.cdu_readings()
+        return self.controller.read_points()
 
     def write_point(self, name: str, value: float) -> None:
-        writer = self._writers.get(name)
-        if writer is None:
-            raise ValueError(f"{name} is not writable on the CDU")
-        writer(value)
+        self.controller.write(name, value)
         self.writes.append(DeviceWrite(time.monotonic(), self.plant.time_s, name, value))
 
 
@@ -406,6 +409,7 @@ class LiveSimulation:
         self.power_shelves: dict[tuple[str, str], PowerShelves] = {}
         self.modbus_shelves: dict[str, ModbusPowerShelf] = {}  # per rack: its PSUs and BBUs
         self.points: dict[tuple[str, str], PointSource] = {}
+        self.cdus: dict[str, CduController] = {}  # each rack's CDU controller, by rack
         self.tls: TlsMaterial | None = None
         self._ssl: ssl.SSLContext | None = None
         self._tls_dir = tls_dir
@@ -419,6 +423,8 @@ class LiveSimulation:
             params = PlantParams.from_dict({"initial_load": spec.load, **spec.plant})
             plant = RackPlant(params, seed=spec.seed)
             self.plants[spec.rack] = plant
+            cdu = CduController(plant, CduControllerParams.from_dict(spec.cdu))
+            self.cdus[spec.rack] = cdu
             roles = [device.shelf_role for device in spec.devices]
             if any(roles):
                 shelf = ModbusPowerShelf(plant, psus=roles.count("psu"), bbus=roles.count("bbu"))
@@ -430,6 +436,8 @@ class LiveSimulation:
                     number = roles[: index + 1].count(device.shelf_role)
                     shelf = self.modbus_shelves[spec.rack]
                     source = ShelfUnitPoints(shelf, device.shelf_role, number)
+                elif device.kind == "cdu":
+                    source = CduPoints(plant, cdu)  # the rack's one CDU controller
                 else:
                     source = _POINT_SOURCES[device.kind](plant, spec.seed * 1000 + index, device)
                 self.points[key] = source
@@ -644,7 +652,7 @@ class LiveSimulation:
             now = time.monotonic()
             plant_dt = (now - last) * self.time_scale
             last = now
-            for rack, plant in self.plants.items():
-                plant.advance(plant_dt)
+            for rack in self.plants:
+                self.cdus[rack].advance(plant_dt)  # the plant, with the CDU's own loops
                 for publisher in self._publishers_by_rack[rack]:
                     publisher.poll()

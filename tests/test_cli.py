@@ -27,7 +27,7 @@ def test_sim_serve_prints_one_line_per_service_and_probe_reads_them(
     assert table.returncode == 0, table.stderr
     header, *rows = table.stdout.splitlines()
     assert header.split() == ["POINT", "VALUE", "UNIT", "QUALITY"]
-    assert len(rows) == 17 and all(row.split()[-1] == "good" for row in rows)
+    assert len(rows) == 36 and all(row.split()[-1] == "good" for row in rows)
     as_json = run("probe", "modbus", served["pdu1"], "--profile", "sim-pdu", "--json")
     points = {entry["point"]: entry for entry in json.loads(as_json.stdout)}
     assert points["power"]["unit"] == "watts" and points["power"]["quality"] == "good"

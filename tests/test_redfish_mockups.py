@@ -158,11 +158,20 @@ async def test_cooling_unit() -> None:
         "facility_supply_temperature": 30.0,
         "facility_return_temperature": 40.0,
         "primary_flow": 42.0,
+        # the CDU's own loops' set points, on the secondary connector's control excerpts
+        "supply_temperature_setpoint": 30.0,
+        "flow_setpoint": 43.0,
+        "differential_pressure_setpoint": 35_000.0,  # 35 kPa
     }
     # Reservoirs are not linked from this CoolingUnit and it has no valve: never read.
     for point in ("reservoir_level", "valve_position", "valve_command"):
         assert readings[point].quality is Quality.MISSING
-    assert device.writable() == {"pump_speed_command": (0.0, 1.0)}
+    assert device.writable() == {
+        "pump_speed_command": (0.0, 1.0),
+        "supply_temperature_setpoint": (10.0, 35.0),  # AllowableMin/AllowableMax
+        "flow_setpoint": (20.0, 50.0),
+        "differential_pressure_setpoint": (20_000.0, 50_000.0),
+    }
 
 
 async def test_pdu() -> None:

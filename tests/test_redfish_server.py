@@ -410,12 +410,14 @@ async def test_cdu_pump_and_valve_set_points_reach_the_plant(sim: LiveSimulation
         too_fast = await cdu.patch(control, {"SetPoint": 120})
         assert too_fast.status == 400 and too_fast.message_ids == ["PropertyValueOutOfRange"]
         secondary = (await cdu.get(f"{CDU}/SecondaryCoolantConnectors/1")).body
-        assert secondary["FlowControlLitersPerMinute"]["ControlMode"] == "Disabled"
+        # the CDU runs its own loops only when asked: in its manual mode, pump and valve
+        assert secondary["FlowControlLitersPerMinute"]["ControlMode"] == "Manual"
         assert secondary["FlowLitersPerMinute"]["Reading"] > 0
-        run_by_coolctl = await cdu.patch(
+        flow = await cdu.patch(
             f"{CDU}/SecondaryCoolantConnectors/1", {"FlowControlLitersPerMinute": {"SetPoint": 90}}
         )
-        assert run_by_coolctl.status == 405
+        assert flow.status == 200
+        assert sim.cdus["r01"].setpoint("flow_setpoint") == 90.0
         plant.start_leak(2.0)
         await eventually(lambda: _leak_shown(cdu))
     finally:

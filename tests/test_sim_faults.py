@@ -400,6 +400,8 @@ async def test_control_server_applies_every_kind_and_reports_state(sim: LiveSimu
         "read_fail": {"device": "pdu1", "point": "energy"},
         "load": {"value": 0.9, "servers": [2, 3]},
         "facility_water": {"value": 32.5, "rack": "r01"},
+        "cdu_local": {},
+        "cdu_alarm": {"point": "filter_clogged_alarm"},
         "psu_fail": {"device": "psu1"},
         "mains_loss": {},
         "clear": {},

@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="broker for the MQTT sensors (default: start a private mosquitto if installed)",
     )
+    demo.add_argument(
+        "--cdu-control",
+        choices=("direct", "setpoints"),
+        help="drive the CDU's pump and valve (direct), or its own loops' setpoints (setpoints);"
+        " default: as the config says",
+    )
 
     probe = commands.add_parser("probe", help="read a device once through a profile")
     probe_kinds = probe.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
@@ -193,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
                     time_scale=args.time_scale,
                     status_every_s=args.status_every,
                     mqtt_broker=args.mqtt_broker,
+                    cdu_control=args.cdu_control,
                     modbus_rtu=args.modbus_rtu,
                 )
             )

@@ -248,6 +248,20 @@ def add_operator_commands(commands: SubParsers[argparse.ArgumentParser]) -> None
     reset.add_argument("--reason", type=_reason_arg, metavar="TEXT", help=_REASON_HELP)
     reset.set_defaults(operator_command="interlock reset")
 
+    alarms = commands.add_parser(
+        "alarms",
+        parents=[common],
+        help="the CDUs' alarms; `alarms ack RACK --reason` acknowledges latched ones",
+        description="List the CDU alarms of every rack or of RACK; `alarms ack RACK --reason"
+        " TEXT` writes the acknowledge that clears a CDU's latched alarms whose cause is gone."
+        " Audited.",
+    )
+    alarms.add_argument("words", nargs="*", metavar="[ack] RACK")
+    alarms.add_argument(  # its own dest: listing needs no reason, `alarms ack` does
+        "--reason", dest="ack_reason", type=_reason_arg, metavar="TEXT", help=_REASON_HELP
+    )
+    alarms.set_defaults(operator_command="alarms")
+
     events = commands.add_parser(
         "events", parents=[common], help="the event log (--follow to watch it)"
     )
@@ -400,6 +414,12 @@ async def _status(client: ControlClient, args: argparse.Namespace) -> ExitCode:
             if isinstance(alarms, list) and alarms:
                 notes = "; ".join(escape_text(str(alarm)) for alarm in alarms)
                 print(f"{escape_text(str(rack.get('rack')))} power alarms: {notes}")
+        for rack in racks:  # a CDU its panel has taken: coolctl leaves it alone
+            for device in rack.get("cdu_local") or []:
+                print(
+                    f"{escape_text(str(rack.get('rack')))}: {escape_text(str(device))} is in"
+                    " local control (its panel); coolctl writes nothing to it"
+                )
     return ExitCode.OK
 
 
@@ -526,6 +546,42 @@ async def _interlock_reset(client: ControlClient, args: argparse.Namespace) -> E
         return ExitCode.OK
     was = f" (was: {_text(result['was'])})" if result.get("was") else ""
     print(f"{args.rack}: {args.interlock} interlock reset{was}")
+    return ExitCode.OK
+
+
+async def _alarms(client: ControlClient, args: argparse.Namespace) -> ExitCode:
+    words = list(args.words)
+    if words[:1] == ["ack"]:
+        if len(words) != 2 or not args.ack_reason:
+            print("usage: coolctl alarms ack RACK --reason TEXT", file=sys.stderr)
+            return ExitCode.USAGE
+        result = await client.acknowledge_alarms(words[1], reason=args.ack_reason)
+        if args.json:
+            _emit(result)
+            return ExitCode.OK
+        devices = ", ".join(str(d) for d in result.get("devices", []))
+        print(f"{words[1]}: alarms acknowledged on {devices}")
+        return ExitCode.OK
+    if len(words) > 1:
+        print(
+            "usage: coolctl alarms [RACK] | coolctl alarms ack RACK --reason TEXT", file=sys.stderr
+        )
+        return ExitCode.USAGE
+    document = await client.alarms(words[0] if words else None)
+    if args.json:
+        _emit(document)
+        return ExitCode.OK
+    rows = [
+        [
+            _text(alarm.get("rack")),
+            _text(alarm.get("device")),
+            _text(alarm.get("alarm")),
+            "ACTIVE" if alarm.get("active") else "clear",
+            format_duration(alarm["for_s"]) if isinstance(alarm.get("for_s"), int | float) else "",
+        ]
+        for alarm in _dicts(document.get("alarms"))
+    ]
+    print(table(["RACK", "DEVICE", "ALARM", "STATE", "FOR"], rows) if rows else "no CDU alarms")
     return ExitCode.OK
 
 
@@ -916,6 +972,7 @@ _HANDLERS: dict[str, Callable[[ControlClient, argparse.Namespace], Awaitable[Exi
     "audit": _audit,
     "mode": _mode,
     "interlock reset": _interlock_reset,
+    "alarms": _alarms,
     "events": _events,
     "reload": _reload,
 }

@@ -77,6 +77,14 @@ class Controller(StrEnum):
     MPC = "mpc"
 
 
+class CduControl(StrEnum):
+    """`direct`: coolctl's loops drive the CDU's pump and valve; `setpoints`: the CDU runs its
+    own loops and coolctl writes their setpoints, run command and mode."""
+
+    DIRECT = "direct"
+    SETPOINTS = "setpoints"
+
+
 class Action(StrEnum):
     """`reverse`: too low → more output; `direct`: too high → more output."""
 

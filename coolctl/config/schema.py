@@ -28,6 +28,7 @@ from pydantic.json_schema import SkipJsonSchema
 from coolctl.config.enums import (
     Action,
     Auth,
+    CduControl,
     Controller,
     DeviceKind,
     Driver,
@@ -63,6 +64,7 @@ from coolctl.config.fields import (
     TopicPart,
     Votes,
 )
+from coolctl.model import CANONICAL_POINTS
 
 _STRUCTURE = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
@@ -485,6 +487,37 @@ class SafetyConfig:
     operator's supply setpoint under it is refused."""
 
 
+CDU_ALARMS: tuple[str, ...] = tuple(
+    name for name in CANONICAL_POINTS if name.endswith("_alarm") or name.endswith("_fault")
+)
+
+
+@dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
+class CduConfig:
+    """A CDU that runs its own loops (cdu_control = "setpoints"), and its alarms (both modes).
+
+    In setpoint mode the rack's CDU loops give the setpoints: a loop on supply_temperature
+    writes supply_temperature_setpoint, one on flow flow_setpoint, one on
+    differential_pressure differential_pressure_setpoint (its setpoint, within its
+    setpoint_min..setpoint_max); the CDU's own loops act on them."""
+
+    failsafe_supply_temperature_c: Number | None = None
+    """Supply setpoint written while the rack is blind; default: the supply loop's setpoint."""
+    failsafe_flow_lpm: Positive | None = None
+    """Flow setpoint written while the rack is blind; default: the flow loop's setpoint."""
+    failsafe_differential_pressure_pa: Positive | None = None
+    """ΔP setpoint written while the rack is blind; default: the ΔP loop's setpoint."""
+    stop_on_alarms: tuple[Text, ...] = ()
+    """CDU alarms that stop the CDU as a leak does (caps first, then the pumps), e.g.
+    ["low_level_alarm"]; every alarm is an event either way."""
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.stop_on_alarms if name not in CDU_ALARMS]
+        if unknown:
+            message = f"{', '.join(unknown)} not among the CDU alarms ({', '.join(CDU_ALARMS)})"
+            raise KeyProblem(("stop_on_alarms", message))
+
+
 @dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
 class PowerConfig:
     """How the rack's budget is shared out as server caps (see control/powercap.py)."""
@@ -546,6 +579,10 @@ class RackConfig:
     controller: Controller = Controller.PID
     mpc_model: FilePath | None = None
     """The MPC's model file (`coolctl identify --out`), for controller = "mpc"."""
+    cdu_control: CduControl = CduControl.DIRECT
+    """`direct`: the loops drive the CDU's pump and valve; `setpoints`: the loops' setpoints go
+    to a CDU that runs its own loops, with its run command and mode (see [racks.X.cdu])."""
+    cdu: CduConfig = Field(default_factory=CduConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -604,6 +641,9 @@ class RackConfig:
                 " the PID loop the MPC falls back to"
             )
             problems.append(("controller", message))
+        if mpc and self.cdu_control == CduControl.SETPOINTS:
+            message = 'a CDU that runs its own loops (cdu_control = "setpoints") takes no MPC'
+            problems.append(("cdu_control", message))
         if problems:
             raise KeyProblem(*problems)
         return self

@@ -23,6 +23,12 @@ log = logging.getLogger("coolctl.daemon.actuation")
 Writer = Callable[[str, float], Awaitable[float]]
 """Writes an engineering value to a device point and returns the value read back."""
 
+FailureHook = Callable[[PointId, str | None], None]
+"""Told when a point's writes start failing (with the error) and when they succeed again
+(None): once per change, for the event log."""
+
+RETRY_BACKOFF_S = (0.5, 8.0)  # a failed write: the next one waits 0.5 s, doubling up to 8 s
+
 
 @dataclass(slots=True)
 class ActuatorStats:
@@ -50,6 +56,7 @@ class ActuatorChannel:
         *,
         resolution: float = 0.0,
         clock: Callable[[], float] | None = None,
+        on_failure: FailureHook | None = None,
     ) -> None:
         self.point = point
         self.limits = limits
@@ -68,6 +75,10 @@ class ActuatorChannel:
         # a poll sampled before then shows what the device held before that write.
         self._clock = clock
         self._written_at: float | None = None
+        # A device that refuses writes (an exception code, out of range, locked in local) is
+        # retried with backoff, never in a tight loop: the latest command waits its turn
+        self._on_failure = on_failure
+        self._backoff_s = 0.0
         self._failed_in_a_row = 0  # writes failed since the last that succeeded
 
     def start(self) -> None:
@@ -157,6 +168,8 @@ class ActuatorChannel:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._pending is not None and self._backoff_s > 0.0:
+                await asyncio.sleep(self._backoff_s)  # newer commands replace the pending one
             pending, self._pending = self._pending, None
             if pending is not None:
                 self._writing = True
@@ -173,14 +186,21 @@ class ActuatorChannel:
             read_back = await self._writer(self.point.name, command.value)
         except Exception as exc:  # any failure of the device or link: counted, retried next tick
             stats.write_failures += 1
+            # a device that answered "no" is asked again with backoff; a lost link is the
+            # driver's to back off from, and its writes resume as soon as it is back
+            low, high = RETRY_BACKOFF_S
+            refused = getattr(exc, "refused", False) is True
+            self._backoff_s = min(high, max(low, 2.0 * self._backoff_s)) if refused else 0.0
             message = f"{type(exc).__name__}: {exc}"
+            if stats.last_error is None and self._on_failure is not None:
+                self._on_failure(self.point, message)
             # Once per change of the failure, not per retry: the same failure with another
             # value, address or transaction id in its text is the same failure.
             kind = _failure_kind(message)
             if kind != _failure_kind(stats.last_error):
                 log.warning(
-                    "%s/%s: write of %s=%.4g failed: %s (retried every tick; logged again"
-                    " when it changes or ends)",
+                    "%s/%s: write of %s=%.4g failed: %s (retried, with backoff if refused;"
+                    " logged again when it changes or ends)",
                     self.point.rack,
                     self.point.device,
                     self.point.name,
@@ -191,6 +211,9 @@ class ActuatorChannel:
             stats.last_error = message
             self._failed_in_a_row += 1
             return
+        self._backoff_s = 0.0
+        if stats.last_error is not None and self._on_failure is not None:
+            self._on_failure(self.point, None)
         if stats.last_error is not None:
             log.info(
                 "%s/%s: writes of %s succeed again after %d failures",

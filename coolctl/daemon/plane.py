@@ -134,6 +134,7 @@ class DaemonControlPlane:
             "mode": rack.mode,
             "failsafe": bool(decision and decision.failsafe),
             "interlocks": sorted(decision.interlocks) if decision else [],
+            "cdu_local": sorted(rack.step.cdu.local_devices),  # its panel has control
             "power_w": self.daemon.rack_power_w(rack.config.id, now),
             "budget_w": rack.power_budget_w,
             "caps_w": rack.caps_w,
@@ -172,6 +173,43 @@ class DaemonControlPlane:
             }
             for reading in sorted(self.daemon.store.readings(now, rack), key=lambda r: r.point)
         ]
+
+    def alarms(self, rack: str | None = None) -> list[JsonObject]:
+        """Every CDU alarm point seen, active or not, and the CDUs in local control."""
+        self._known(rack)
+        now = self.daemon.clock()
+        result: list[JsonObject] = []
+        for rack_id, runtime in self.daemon.racks.items():
+            if rack is not None and rack_id != rack:
+                continue
+            for alarm in runtime.step.cdu.alarms():
+                result.append(
+                    {
+                        "rack": rack_id,
+                        "device": alarm.point.device,
+                        "alarm": alarm.point.name,
+                        "active": alarm.active,
+                        "for_s": round(now - alarm.since, 1),
+                    }
+                )
+        return result
+
+    async def acknowledge_alarms(self, rack: str, who: str, why: str) -> JsonObject:
+        """Acknowledge a rack's latched CDU alarms (written to its CDUs), audited."""
+        runtime = self._rack(rack)
+        if not why.strip():
+            raise ControlError(400, "a reason is required")
+        active = [a.point.name for a in runtime.step.cdu.alarms() if a.active]
+        try:
+            devices = await runtime.acknowledge_alarms()
+        except Exception as exc:  # the CDU refused or did not answer
+            raise ControlError(502, f"acknowledge not written: {exc}") from None
+        if not devices:
+            raise ControlError(409, f"rack {rack} has no CDU that takes an alarm acknowledge now")
+        details = {"devices": devices, "active": active, "reason": why}
+        await self.store.audit(who, "alarms_acknowledged", rack, details, self.wall_clock())
+        self._emit(rack, "alarms_acknowledged", f"{who} acknowledged the CDU alarms: {why}")
+        return {"rack": rack, "devices": devices, "active": active}
 
     def loops(self, rack: str | None = None) -> list[JsonObject]:
         self._known(rack)

@@ -160,6 +160,7 @@ class RackRuntime:
                 handle.client.write,
                 resolution=spec.resolution,
                 clock=self.clock,
+                on_failure=self._write_failure,
             )
 
     @property
@@ -275,6 +276,29 @@ class RackRuntime:
         """An operator resets a latched (or clearing) interlock; ValueError says why not."""
         now = self.clock()
         self._apply(self.step.reset_interlock(name, now, who, why), now)
+
+    def _write_failure(self, point: PointId, error: str | None) -> None:
+        """A device started refusing (or failing) writes to `point`, or accepts them again."""
+        now = self.clock()
+        if error is not None:
+            message = f"writes to {point} refused or failed: {error}; retrying with backoff"
+            kind, severity = "write_refused", Severity.WARNING
+        else:
+            message = f"writes to {point} succeed again"
+            kind, severity = "write_accepted", Severity.INFO
+        self.on_event(Event(self.config.id, kind, severity, message, now, source="daemon"))
+
+    async def acknowledge_alarms(self) -> list[str]:
+        """Write 1 to `alarm_acknowledge` on every device of the rack that takes it (the CDU
+        clears its latched alarms whose cause is gone); the devices written. A CDU in local
+        control is skipped: it would refuse the write."""
+        written = []
+        for name, handle in self._devices.items():
+            if "alarm_acknowledge" not in handle.writable or name in self.step.cdu.local_devices:
+                continue
+            await handle.client.write("alarm_acknowledge", 1.0)
+            written.append(name)
+        return written
 
     def _apply(self, result: StepResult, now: float) -> None:
         """Emit, log, count and submit what the step decided, in the order of its making."""

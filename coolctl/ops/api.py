@@ -23,6 +23,8 @@ Endpoints (lists are wrapped in an object so that fields can be added later):
     DELETE /v1/racks/{rack}/overrides/{target}     reason in the body or ?reason=
     PUT    /v1/racks/{rack}/mode                   {"mode": "auto" | "manual", "reason"}
     POST   /v1/racks/{rack}/interlocks/{name}/reset {"reason"}: release a latched interlock
+    GET    /v1/alarms?rack=R                       {"alarms": [...]}: the CDUs' alarm points
+    POST   /v1/racks/{rack}/alarms/ack             {"reason"}: acknowledge latched CDU alarms
     GET    /v1/events?since=ID&limit=N&wait=S      {"events": [...], "next_since": ID}
     GET    /v1/audit?since=ID&limit=N              {"audit": [...], "next_since": ID}
     POST   /v1/reload                              plane.reload()
@@ -585,6 +587,8 @@ class ControlApi:
         router.add_delete("/v1/racks/{rack}/overrides/{target}", self._clear_override)
         router.add_put("/v1/racks/{rack}/mode", self._set_mode)
         router.add_post("/v1/racks/{rack}/interlocks/{interlock}/reset", self._reset_interlock)
+        router.add_get("/v1/alarms", self._alarms)
+        router.add_post("/v1/racks/{rack}/alarms/ack", self._ack_alarms)
         router.add_get("/v1/events", self._events)
         router.add_get("/v1/audit", self._audit)
         router.add_post("/v1/reload", self._reload)
@@ -692,6 +696,18 @@ class ControlApi:
         call = self.plane.reset_interlock(rack, interlock, who, why)
         result = await self._logged(who, rack, f"reset interlock {rack} {interlock}: {why}", call)
         return _json(result)
+
+    async def _alarms(self, request: web.Request) -> web.Response:
+        rack = _rack_param(_query(request, ("rack",)))
+        return _json({"alarms": self.plane.alarms(rack)})
+
+    async def _ack_alarms(self, request: web.Request) -> web.Response:
+        _query(request, ())
+        rack = request.match_info["rack"]
+        why = _reason((await _body(request, ("reason",))).get("reason"))
+        who = request[_WHO_KEY]
+        call = self.plane.acknowledge_alarms(rack, who, why)
+        return _json(await self._logged(who, rack, f"acknowledge alarms {rack}: {why}", call))
 
     async def _reload(self, request: web.Request) -> web.Response:
         _query(request, ())

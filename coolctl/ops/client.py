@@ -215,6 +215,13 @@ class ControlClient:
         path = f"/v1/racks/{_segment(rack)}/interlocks/{_segment(interlock)}/reset"
         return await self.request("POST", path, body={"reason": reason})
 
+    async def alarms(self, rack: str | None = None) -> JsonObject:
+        return await self.request("GET", "/v1/alarms", query={"rack": rack} if rack else None)
+
+    async def acknowledge_alarms(self, rack: str, *, reason: str) -> JsonObject:
+        path = f"/v1/racks/{_segment(rack)}/alarms/ack"
+        return await self.request("POST", path, body={"reason": reason})
+
     async def events(
         self, since: int | None = None, limit: int | None = None, wait_s: float = 0.0
     ) -> JsonObject:

@@ -192,6 +192,12 @@ class ControlPlane(Protocol):
 
     def overrides(self, rack: str | None = None) -> list[OverrideRecord]: ...
 
+    def alarms(self, rack: str | None = None) -> list[JsonObject]:
+        """The CDUs' alarm points: rack, device, alarm, active, for_s."""
+
+    async def acknowledge_alarms(self, rack: str, who: str, why: str) -> JsonObject:
+        """Write the acknowledge that clears a rack's latched CDU alarms; audited."""
+
     async def set_override(
         self, rack: str, target: str, value: float, ttl_s: float | None, who: str, why: str
     ) -> OverrideRecord:

@@ -47,6 +47,21 @@ class DeviceFactsRecord:
     ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
 
+REDFISH_CDU_WRITABLE: Mapping[str, WritableSpec] = {
+    "pump_speed_command": WritableSpec(0.0, 1.0, 0.001),
+    "valve_command": WritableSpec(0.0, 1.0, 0.001),
+    # A CDU that runs its own loops (setpoint mode). What the service really accepts is its
+    # Controls' AllowableMin/AllowableMax, checked by the driver at each write; these are the
+    # physical bounds coolctl holds commands to before that.
+    "supply_temperature_setpoint": WritableSpec(0.0, 100.0, 0.1),
+    "flow_setpoint": WritableSpec(0.0, 10_000.0, 0.1),
+    "differential_pressure_setpoint": WritableSpec(0.0, 1.0e6, 100.0),
+    "cdu_run_command": WritableSpec(0.0, 1.0, 1.0),  # CoolingUnit.SetMode
+    "isolation_valve_command": WritableSpec(0.0, 1.0, 1.0),  # CoolantConnector.ValveControl
+}
+"""What coolctl may write to a Redfish CDU, and within what."""
+
+
 def device_facts(config: DeviceConfig) -> DeviceFactsRecord:
     """A device's points, writable points with their ranges, and kind, without opening it."""
     if isinstance(config, RedfishDeviceConfig):
@@ -54,8 +69,7 @@ def device_facts(config: DeviceConfig) -> DeviceFactsRecord:
         if config.kind == DeviceKind.SERVER:
             writable["power_limit"] = WritableSpec(config.cap_min_w, config.cap_max_w, 1.0)
         elif config.kind == DeviceKind.CDU:
-            writable["pump_speed_command"] = WritableSpec(0.0, 1.0, 0.001)
-            writable["valve_command"] = WritableSpec(0.0, 1.0, 0.001)
+            writable.update(REDFISH_CDU_WRITABLE)
         return DeviceFactsRecord(writable, kind_points(config.kind.literal), config.kind)
     if isinstance(config, MqttDeviceConfig):
         mqtt_profile = load_mqtt_profile(config.profile)

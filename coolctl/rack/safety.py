@@ -18,6 +18,7 @@ from coolctl.control.supervisor import (
     TemperatureLimit,
 )
 from coolctl.model import PointId
+from coolctl.rack.cdu_watch import with_alarm_stops
 from coolctl.rack.facts import WritableSpec
 
 
@@ -66,7 +67,7 @@ def supervisor_config(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> S
     power = rack_power_point(rack, devices)
     servers = server_caps(rack)
     caps_floor_w = sum(device.cap_min_w for device in servers)
-    return SupervisorConfig(
+    config = SupervisorConfig(
         rack=rack.id,
         actuators=actuators,
         leak_points=tuple(
@@ -130,6 +131,7 @@ def supervisor_config(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> S
         room_humidity=rack_point(rack, devices, "room_humidity"),
         supply_floor_margin_c=safety.supply_floor_margin_c,
     )
+    return with_alarm_stops(config, rack, devices)  # alarms that stop the CDU as a leak does
 
 
 def rack_point(rack: RackConfig, devices: Mapping[str, DeviceFacts], name: str) -> PointId | None:

@@ -36,6 +36,7 @@ from coolctl.config import RackConfig
 from coolctl.control.loops import SaturationWatch
 from coolctl.control.supervisor import Decision, Override, Supervisor
 from coolctl.model import Command, Event, PointId, Quality, RackMode, Severity, Snapshot
+from coolctl.rack.cdu_watch import CduWatch
 from coolctl.rack.chips import ChipWatch
 from coolctl.rack.controllers import build_rack_control
 from coolctl.rack.safety import DeviceFacts
@@ -77,6 +78,7 @@ class StepResult:
     budget_w: float | None = None
     error: Exception | None = None
     refused: tuple[Refused, ...] = ()
+    held: tuple[Command, ...] = ()  # for a CDU in local control: not written while it stays
 
     @property
     def controller_failed(self) -> bool:
@@ -123,6 +125,7 @@ class RackStep(Generic[StackT]):
         self.chips = ChipWatch(config)  # servers that throttle, or are near it
         self._upstream_w: float | None = None  # the last budget accepted from budget_point
         self._budget_rejected = False
+        self.cdu = CduWatch(config.id, facts)  # CDUs in local control, and their alarms
         self._budget_changed_at: float | None = None  # when upstream last changed the budget
         self._budget_held = False
         self.budget_source: str | None = None
@@ -169,7 +172,8 @@ class RackStep(Generic[StackT]):
         for point, value, _ in self.readbacks(snapshot):
             if value is not None:
                 supervisor.observe(point, value, now)
-        events: list[Event] = self.chips.step(snapshot, now)
+        events: list[Event] = self.cdu.observe(snapshot, now)
+        events += self.chips.step(snapshot, now)
         budget = self._follow_budget(snapshot, now, budget_w, events)
         requested: list[Command] = []
         error: Exception | None = None
@@ -189,7 +193,8 @@ class RackStep(Generic[StackT]):
 
     def interlocks(self, snapshot: Snapshot, now: float) -> StepResult:
         """The fast path, between ticks: a reading that may trip an interlock has arrived."""
-        return self._result(self.supervisor.evaluate_interlocks(snapshot, now), (), now, [])
+        events = self.cdu.observe(snapshot, now)
+        return self._result(self.supervisor.evaluate_interlocks(snapshot, now), (), now, events)
 
     def reset_interlock(self, name: str, now: float, who: str, why: str) -> StepResult:
         """An operator's reset of an interlock whose cause is clear (ValueError if it is not):
@@ -281,10 +286,14 @@ class RackStep(Generic[StackT]):
         asked = {command.point: command.value for command in requested}
         commands: list[Command] = []
         refused: list[Refused] = []
+        held_back: list[Command] = []
         for command in decision.commands:
             hard = self._hard.get(command.point)
             if hard is None:
                 continue  # not an actuator of this rack: nothing to write it to
+            if self.cdu.holds(command.point):
+                held_back.append(command)  # its panel has control: written once it is back
+                continue
             problem = _refusal(command, *hard)
             if problem is not None:
                 refused.append(Refused(command, problem))
@@ -301,7 +310,15 @@ class RackStep(Generic[StackT]):
             if point not in decided and held is not None and held != value:
                 note_applied(stack.controller, stack.allocator, point, held, now)
         events.extend(decision.events)
-        return StepResult(decision, tuple(commands), tuple(events), budget_w, error, tuple(refused))
+        return StepResult(
+            decision,
+            tuple(commands),
+            tuple(events),
+            budget_w,
+            error,
+            tuple(refused),
+            tuple(held_back),
+        )
 
 
 def _refusal(command: Command, low: float, high: float) -> str | None:

@@ -21,14 +21,15 @@ from pathlib import Path
 
 import aiohttp
 
-from coolctl.config import DEFAULT_METRICS_PORT, Config, MqttDeviceConfig
+from coolctl.config import DEFAULT_METRICS_PORT, CduControl, Config, MqttDeviceConfig
 from coolctl.daemon.logs import setup_logging
 from coolctl.daemon.run import stop_on_signals
 from coolctl.daemon.runtime import Daemon, RackRuntime
 from coolctl.daemon.service import Service, ServiceOptions
 from coolctl.exitcodes import ExitCode
-from coolctl.model import PointId, RackMode, Source, Unit
+from coolctl.model import CduControlMode, PointId, RackMode, Source, Unit
 from coolctl.rack.check import load_or_report
+from coolctl.rack.setpoints import SetpointPlan
 from coolctl.simulators.control_server import endpoint, inject
 from coolctl.simulators.live import LiveSimulation
 from coolctl.simulators.live import Service as SimService
@@ -216,12 +217,20 @@ async def run_demo(
     status_every_s: float = 3.0,
     mqtt_broker: str | None = None,
     modbus_rtu: bool = False,
+    cdu_control: str | None = None,
 ) -> ExitCode:
     """Simulated rack + daemon + metrics, with a live status line, until Ctrl-C or duration.
-    With `modbus_rtu` the daemon reads its Modbus devices over a simulated RTU bus."""
+    With `modbus_rtu` the daemon reads its Modbus devices over a simulated RTU bus.
+
+    `cdu_control` ("direct" or "setpoints") overrides every rack's: in setpoint mode the
+    simulated CDU runs its own loops on the setpoints the daemon writes."""
     config = _load(config_path)
     if config is None:
         return ExitCode.BAD
+    if cdu_control is not None:
+        control = CduControl(cdu_control)
+        racks = {key: replace(rack, cdu_control=control) for key, rack in config.racks.items()}
+        config = replace(config, racks=racks)
     setup_logging(config.daemon.log_format, "WARNING")
     stop = asyncio.Event()
     stop_on_signals(stop)
@@ -366,6 +375,15 @@ def status_lines(daemon: Daemon) -> list[str]:
         if decision is not None and (decision.interlocks or decision.failsafe):
             held = sorted(decision.interlocks) + (["failsafe"] if decision.failsafe else [])
             parts.append("SAFETY " + ",".join(held))
+        plan = getattr(rack.controller, "plan", None)
+        if isinstance(plan, SetpointPlan):  # setpoint mode: what the CDU's own loops do
+            point = PointId(rack_id, plan.device, "cdu_control_mode")
+            mode = daemon.store.current(point, now).value
+            code = None if mode is None else round(mode)
+            known = {each.value for each in CduControlMode}
+            parts.append(f"CDU {CduControlMode(code).name.lower() if code in known else '?'}")
+            if plan.device in rack.step.cdu.local_devices:
+                parts.append("LOCAL: coolctl writes nothing")
         for loop_id, loop in rack.controller.loops.items():
             state = loop.state
             measured = loop.spec.measurement.unit

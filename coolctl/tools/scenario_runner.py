@@ -94,11 +94,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from coolctl.config import (
+    CduControl,
     ConfigError,
     DeviceConfig,
     DeviceKind,
@@ -116,8 +117,10 @@ from coolctl.model import Command, Event, PointId, Quality, RackMode, Reading, S
 from coolctl.rack.check import load_checked_config
 from coolctl.rack.facts import device_facts
 from coolctl.rack.safety import DeviceFacts
+from coolctl.rack.setpoints import build_setpoint_control
 from coolctl.rack.stack import AutoController, CapAllocator, ControlStack, build_pid_control
 from coolctl.rack.step import RackStep, Refused, StackFactory, StepResult
+from coolctl.simulators.cdu_controller import CDU_WRITABLE, CduController
 from coolctl.simulators.plant import RackPlant
 from coolctl.simulators.scenario import Scenario, ScenarioError, ScenarioEvent, ScenarioPlayer
 from coolctl.tools.kpi import Recorder, Trace
@@ -145,6 +148,8 @@ ControllerFactory = Callable[[RackConfig, Mapping[str, DeviceFacts], Path | None
 def _pid_factory(
     rack: RackConfig, devices: Mapping[str, DeviceFacts], model_path: Path | None
 ) -> ControlStack:
+    if rack.cdu_control == CduControl.SETPOINTS:  # a CDU that runs its own loops
+        return build_setpoint_control(rack, devices)
     return build_pid_control(rack, devices)  # whatever the rack config's `controller`
 
 
@@ -336,6 +341,26 @@ class _WirePoint:
     quantise: Quantise
 
 
+class PlantReader(Protocol):
+    """What a simulated device reads: the plant's devices (`SimPlant` serves the CDU's
+    through its own controller)."""
+
+    def readings(self, device: str) -> Mapping[str, float]: ...
+
+
+class SimPlant:
+    """The plant with the CDU's own controller in front of it (`CduController`): the CDU's
+    points are the controller's, writes to the CDU go through it, time through it too. In
+    its manual mode (direct control) pump and valve commands reach the plant as they are."""
+
+    def __init__(self, plant: RackPlant) -> None:
+        self.plant = plant
+        self.cdu = CduController(plant)
+
+    def readings(self, device: str) -> Mapping[str, float]:
+        return self.cdu.read_points() if device == "cdu" else self.plant.readings(device)
+
+
 @dataclass(slots=True)
 class SimDevice:
     """One configured device as the simulated rack serves it."""
@@ -348,7 +373,7 @@ class SimDevice:
     last: list[Reading] | None = None  # the last good poll, in `points` order
     phantom: bool = False  # read for its noise draws only: not a device of this rack
 
-    def poll(self, plant: RackPlant, now: float, link_down: bool) -> list[Reading]:
+    def poll(self, plant: PlantReader, now: float, link_down: bool) -> list[Reading]:
         """One poll: fresh readings, or, with the link down, the last ones gone stale.
 
         The plant is read either way, so that a lost link leaves the noise of every other
@@ -554,8 +579,15 @@ class CapWrites:
 
 
 def _plant_writer(
-    plant: RackPlant, point: PointId, servers: Mapping[str, int], caps: CapWrites | None
+    plant: RackPlant,
+    point: PointId,
+    servers: Mapping[str, int],
+    caps: CapWrites | None,
+    cdu: CduController | None = None,
 ) -> Callable[[float], None]:
+    if cdu is not None and point.name in CDU_WRITABLE:
+        name = point.name
+        return lambda value: cdu.write(name, value)  # its own loops, or straight through
     if point.name == "pump_speed_command":
         return plant.set_pump_speed_command
     if point.name == "valve_command":
@@ -620,6 +652,7 @@ class SimRack:
         self.step = RackStep(rack, facts, factory)
         self.devices = list(devices)
         self.plant = plant
+        self.sim_plant = SimPlant(plant)  # the CDU's own controller in front of the plant
         self.store = TelemetryStore()
         for device in rack.devices.values():
             self.store.register_device(rack.id, device.id, device.stale_after_s)
@@ -642,7 +675,7 @@ class SimRack:
             self.actuators[point] = SimActuator(
                 ActuatorLimits(safety.hard_minimum, safety.hard_maximum),
                 spec.resolution,
-                _plant_writer(plant, point, servers, caps),
+                _plant_writer(plant, point, servers, caps, self.sim_plant.cdu),
             )
 
     @property
@@ -669,7 +702,7 @@ class SimRack:
                 if device.phantom:
                     self.plant.readings(device.plant_device)
                 else:
-                    self.store.update(device.poll(self.plant, now, device.name in links_down))
+                    self.store.update(device.poll(self.sim_plant, now, device.name in links_down))
                 periods = math.floor((now - device.next_due_s) / device.interval_s + 1e-9) + 1
                 device.next_due_s += periods * device.interval_s
 
@@ -743,8 +776,8 @@ def _min_caps_w(rack: RackConfig, scenario: Scenario) -> float | None:
 
 def _plant_points(scenario: Scenario) -> dict[str, tuple[str, ...]]:
     """What each plant device reports, from a throwaway plant (the run's own keeps its noise)."""
-    probe = RackPlant(scenario.plant, seed=scenario.seed)
-    names = ["cdu", "pdu", "room", *(f"server{i}" for i in range(probe.n_servers))]
+    probe = SimPlant(RackPlant(scenario.plant, seed=scenario.seed))
+    names = ["cdu", "pdu", "room", *(f"server{i}" for i in range(probe.plant.n_servers))]
     return {name: tuple(probe.readings(name)) for name in names}
 
 
@@ -857,11 +890,11 @@ def run_scenario(
         t3 = clock()
         end = (k + 1) * period
         while (due := min(player.next_time(), caps.next_time())) < end - 1e-9:
-            plant.advance(max(0.0, due - sim_s))
+            sim.sim_plant.cdu.advance(max(0.0, due - sim_s))  # the plant, with the CDU's loops
             sim_s = max(sim_s, due)
             player.apply(due)
             caps.land(due)
-        plant.advance(end - sim_s)
+        sim.sim_plant.cdu.advance(end - sim_s)
         sim_s = end
         player.apply(end)
         caps.land(end)
