@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from coolctl.model import CduControlMode
-from coolctl.simulators.plant import PlantTruth
+from coolctl.simulators.plant import PlantTruth, dew_point_c
 
 ALARMS: tuple[str, ...] = (
     "filter_clogged_alarm",
@@ -87,6 +87,8 @@ class Plant(Protocol):
 
     def advance(self, duration_s: float) -> None: ...
 
+    def room_readings(self) -> dict[str, float]: ...
+
 
 @dataclass(frozen=True, slots=True)
 class CduControllerParams:
@@ -122,9 +124,6 @@ class CduControllerParams:
     low_level_l: float = 8.0
     high_pressure_pa: float = 220_000.0
     low_pressure_pa: float = 5_000.0
-    # the room: dew point from temperature and relative humidity (Magnus)
-    room_temperature_c: float = 24.0
-    room_humidity: float = 0.45
 
     def __post_init__(self) -> None:
         if self.mode.upper() not in CduControlMode.__members__ or self.mode.upper() == "LOCAL":
@@ -135,8 +134,6 @@ class CduControllerParams:
                 raise ValueError(f"cdu parameter {name} must be finite, got {value!r}")
         if self.control_period_s <= 0:
             raise ValueError("cdu parameter control_period_s must be > 0")
-        if not 0.0 <= self.room_humidity <= 1.0:
-            raise ValueError("cdu parameter room_humidity must lie within 0..1")
         for low, high in (
             ("pump_min", "pump_max"),
             ("valve_min", "valve_max"),
@@ -180,17 +177,6 @@ def _sensed(truth: PlantTruth) -> dict[str, float]:
         "pump_running": float(truth.pump_running),
         "reservoir_level": truth.reservoir_level_l,
     }
-
-
-def dew_point_c(temperature_c: float, relative_humidity: float) -> float:
-    """Dew point of air (Magnus formula, b = 17.62, c = 243.12 °C; within 0.35 K from -45 to
-    60 °C). A humidity of 0 has no dew point: -inf would be honest but is no register value,
-    so it reads -273.15."""
-    if relative_humidity <= 0.0:
-        return -273.15
-    b, c = 17.62, 243.12
-    gamma = math.log(relative_humidity) + b * temperature_c / (c + temperature_c)
-    return c * gamma / (b - gamma)
 
 
 @dataclass(slots=True)
@@ -246,8 +232,7 @@ class CduController:
         self._alarms = {name: _Alarm() for name in ALARMS}
         self._acknowledged = 0.0
         self._pending_s = 0.0
-        self._room_c = p.room_temperature_c
-        self._room_rh = p.room_humidity
+        self._room_override: tuple[float, float] | None = None  # set_room: not the plant's air
         # the last auto mode: what the panel runs on when it takes control
         self._local_mode = self._mode if self._mode in _AUTO else CduControlMode.AUTO_FLOW
         truth = self.plant.truth()
@@ -295,9 +280,10 @@ class CduController:
         values["alarm_acknowledge"] = self._acknowledged
         values.update({name: float(self._alarm_value(name)) for name in ALARMS})
         values["alarm_word"] = float(self.alarm_word)
-        values["room_temperature"] = self._room_c
-        values["room_humidity"] = self._room_rh
-        values["dew_point"] = dew_point_c(self._room_c, self._room_rh)
+        room_c, room_rh = self._room()
+        values["room_temperature"] = room_c
+        values["room_humidity"] = room_rh
+        values["dew_point"] = dew_point_c(room_c, room_rh)
         return values
 
     # -- remote writes -----------------------------------------------------------------------
@@ -376,7 +362,14 @@ class CduController:
     def set_room(self, temperature_c: float, humidity: float) -> None:
         if not (math.isfinite(temperature_c) and 0.0 <= humidity <= 1.0):
             raise ValueError("room temperature must be finite and humidity within 0..1")
-        self._room_c, self._room_rh = temperature_c, humidity
+        self._room_override = (temperature_c, humidity)
+
+    def _room(self) -> tuple[float, float]:
+        """The air its room sensors read: the plant's room, unless set_room said otherwise."""
+        if self._room_override is not None:
+            return self._room_override
+        air = self.plant.room_readings()
+        return air["room_temperature"], air["room_humidity"]
 
     def force_alarm(self, name: str, active: bool = True) -> None:
         """Raise (or clear the cause of) an alarm that has no model behind it."""
@@ -464,7 +457,7 @@ class CduController:
             and dp < p.low_pressure_pa,
             "pump_1_fault": commanded and readings.get("pump_running", 1.0) < 0.5,
             "dew_point_alarm": readings.get("supply_temperature", math.inf)
-            <= dew_point_c(self._room_c, self._room_rh),
+            <= dew_point_c(*self._room()),
         }
         for name, alarm in self._alarms.items():
             alarm.condition = conditions.get(name, False)

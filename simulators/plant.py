@@ -108,6 +108,15 @@ _LPM_TO_LPS = 1.0 / 60.0
 _SPREAD_STREAM = 0x5EED  # second word of the seed that draws the servers' spread
 
 
+def dew_point_c(temperature_c: float, relative_humidity: float) -> float:
+    """Dew point of air (Magnus formula, over water, the constants of Alduchov and Eskridge
+    1996; within 0.4 K from -40 to 50 degC). The plant's own: simulators do not import the
+    controller's (control/dewpoint.py)."""
+    a, b = 17.625, 243.04
+    gamma = math.log(max(relative_humidity, 1e-6)) + a * temperature_c / (b + temperature_c)
+    return b * gamma / (a - gamma)
+
+
 @dataclass(frozen=True, slots=True)
 class PlantParams:
     """Every number of the plant, with PLANT.md's defaults; a scenario's `[plant]` table overrides.
@@ -226,13 +235,8 @@ class PlantParams:
 
     @property
     def room_dew_point_c(self) -> float:
-        """Dew point of the room air (Magnus formula, over water, the constants of Alduchov and
-        Eskridge 1996; within 0.4 K from -40 to 50 degC): supply under it wets the pipes."""
-        a, b = 17.625, 243.04
-        gamma = math.log(max(self.room_humidity, 1e-6)) + a * self.room_temperature_c / (
-            b + self.room_temperature_c
-        )
-        return b * gamma / (a - gamma)
+        """Dew point of the room air: supply under it wets the pipes."""
+        return dew_point_c(self.room_temperature_c, self.room_humidity)
 
     @property
     def cdu_volume_l(self) -> float:
@@ -868,17 +872,21 @@ class RackPlant:
             raw.update(lagged)
         return raw
 
+    def room_readings(self) -> dict[str, float]:
+        """The air around the rack, true values: what room sensors and a CDU's own read."""
+        return {
+            "room_temperature": self._p.room_temperature_c,
+            "room_humidity": self._p.room_humidity,
+            "dew_point": self._p.room_dew_point_c,
+        }
+
     def _raw_readings(self, device: str) -> dict[str, float]:
         if device == "cdu":
             return self._cdu_truth()
         if device == "pdu":
             return {"power": self._pdu_power_w(), "energy": self._pdu_j}
         if device == "room":  # the air around the rack, as a room sensor reads it
-            return {
-                "room_temperature": self._p.room_temperature_c,
-                "room_humidity": self._p.room_humidity,
-                "dew_point": self._p.room_dew_point_c,
-            }
+            return self.room_readings()
         index = _server_device(device)
         if index is None or index >= self._p.n_servers:
             raise ValueError(f"unknown device {device!r}")

@@ -256,10 +256,13 @@ def test_alarms_latch_until_acknowledged_with_their_cause_gone() -> None:
 
 def test_dew_point_and_its_alarm() -> None:
     assert dew_point_c(25.0, 0.6) == pytest.approx(16.7, abs=0.1)  # psychrometric tables
-    cdu = CduController(plant(), CduControllerParams(room_temperature_c=30.0, room_humidity=0.95))
-    cdu.advance(1.0)  # the room sensors and the dew point they give
+    the_plant = plant()
+    cdu = CduController(the_plant)
+    cdu.advance(1.0)  # the room sensors read the plant's room air, and its dew point
     points = cdu.read_points()
-    assert points["dew_point"] == pytest.approx(dew_point_c(30.0, 0.95))
+    assert points["dew_point"] == pytest.approx(the_plant.room_readings()["dew_point"])
+    cdu.set_room(30.0, 0.95)
+    assert cdu.read_points()["dew_point"] == pytest.approx(dew_point_c(30.0, 0.95))
     cdu.set_room(38.0, 0.95)  # dew point above the supply: condensation
     cdu.advance(1.0)
     assert cdu.read_points()["dew_point_alarm"] == 1.0
