@@ -142,9 +142,10 @@ class SupervisorConfig:
     leak_debounce_s: float = 0.0
     leak_votes: int = 1
     leak_latched: bool = False  # a leak interlock releases only by an operator's reset
-    # The leak's pump response waits until `power` reads at most `leak_caps_power_w` (the caps
-    # have taken hold), or `leak_caps_timeout_s` after the trip; 0 s: no wait
-    power: PointId | None = None
+    # The leak's pump response waits until the rack's power (the sum of `power`: its PDUs, one
+    # per feed, or its power shelves) reads at most `leak_caps_power_w` (the caps have taken
+    # hold), or `leak_caps_timeout_s` after the trip; 0 s: no wait
+    power: tuple[PointId, ...] = ()
     leak_caps_power_w: float | None = None
     leak_caps_timeout_s: float = 0.0
     # over-temperature: releases only below limit - band, after this hold (None: hold_s)
@@ -344,6 +345,15 @@ def _finite_value(snapshot: Snapshot, point: PointId) -> float | None:
     """A good, finite reading, or None: a NaN that claims to be good is no better than bad."""
     value = snapshot.value(point)
     return value if value is not None and math.isfinite(value) else None
+
+
+def _sum_of(snapshot: Snapshot, points: tuple[PointId, ...]) -> float | None:
+    """The sum of good, finite readings of every point, or None if any has none (a rack fed
+    by two PDUs is not metered by one of them)."""
+    values = [_finite_value(snapshot, point) for point in points]
+    if not values or any(value is None for value in values):
+        return None
+    return math.fsum(value for value in values if value is not None)
 
 
 def _quality(snapshot: Snapshot, point: PointId) -> str:
@@ -846,7 +856,7 @@ class Supervisor:
     def _waits_for_caps(self) -> bool:
         """Whether a leak's pump response waits for the caps to take hold."""
         config = self._config
-        measured = config.power is not None and config.leak_caps_power_w is not None
+        measured = bool(config.power) and config.leak_caps_power_w is not None
         return self._has_caps and (measured or config.leak_caps_timeout_s > 0.0)
 
     def _leak_sequence(self, snapshot: Snapshot, now: float) -> list[Event]:
@@ -859,8 +869,9 @@ class Supervisor:
         if self._leak_caps_confirmed or leak.since is None:
             return []
         config = self._config
-        point, target = config.power, config.leak_caps_power_w
-        power = None if point is None else _finite_value(snapshot, point)
+        target = config.leak_caps_power_w
+        point = " + ".join(map(str, config.power)) or "rack power"
+        power = _sum_of(snapshot, config.power)
         rack = config.rack
         if power is not None and target is not None and power <= target:
             self._leak_caps_confirmed = True
@@ -951,7 +962,7 @@ class Supervisor:
                         f" at {speed:.3g} should give",
                     )
                 )
-        power = None if config.power is None else _finite_value(snapshot, config.power)
+        power = _sum_of(snapshot, config.power)
         if config.min_flow_lpm_per_kw > 0.0 and power is not None:
             floors.append(
                 (
@@ -1320,7 +1331,7 @@ class Supervisor:
         config = self._config
         caps = [a.point for a in config.actuators if a.role is ActuatorRole.POWER_LIMIT]
         issued = [self._issued.get(point) for point in caps]
-        power = _finite_value(snapshot, config.power) if config.power else None
+        power = _sum_of(snapshot, config.power)
         if not caps or power is None or any(i is None for i in issued):
             return []
         allowed = 1.1 * math.fsum(i.value for i in issued if i is not None)
@@ -1339,7 +1350,8 @@ class Supervisor:
             return []
         self._caps_alarmed = True
         message = (
-            f"rack {config.rack}: power did not fall after the cap writes: {config.power}"
+            f"rack {config.rack}: power did not fall after the cap writes:"
+            f" {' + '.join(map(str, config.power))}"
             f" {power:.0f} W for {waited:.0f} s, over the {allowed:.0f} W the caps in force allow"
             " (a BMC that did not apply its cap? a write that was lost?)"
         )

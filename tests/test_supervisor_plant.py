@@ -111,7 +111,7 @@ def test_a_stopped_pump_expects_no_flow() -> None:
 
 def test_flow_per_kilowatt_of_it_power() -> None:
     config = plant_config(
-        rated_flow_lpm=None, power=POWER, min_flow_lpm_per_kw=1.0, flow_debounce_s=0.0
+        rated_flow_lpm=None, power=(POWER,), min_flow_lpm_per_kw=1.0, flow_debounce_s=0.0
     )
     supervisor = started(config)
     fine = supervisor.step(snap(1.0, {FLOW: 130.0, POWER: 120_000.0, LEVEL: 20.0}), 1.0, [])
@@ -159,7 +159,7 @@ def test_two_of_n_leak_detectors() -> None:
 
 
 def test_leak_caps_first_then_the_pump_once_the_pdu_shows_it() -> None:
-    config = make_config(power=POWER, leak_caps_power_w=30_000.0, leak_caps_timeout_s=5.0)
+    config = make_config(power=(POWER,), leak_caps_power_w=30_000.0, leak_caps_timeout_s=5.0)
     supervisor = started(config)
     tripped = supervisor.evaluate_interlocks(snap(1.0, {LEAK1: 1.0, POWER: 100_000.0}), 1.0)
     commands = by_point(tripped)
@@ -173,8 +173,36 @@ def test_leak_caps_first_then_the_pump_once_the_pdu_shows_it() -> None:
     assert by_point(done)[PUMP].value == 0.0 and by_point(done)[PUMP].source is Source.INTERLOCK
 
 
+def test_leak_caps_are_confirmed_by_the_sum_of_the_rack_pdus() -> None:
+    """A rack fed by two PDUs (feeds A and B) is metered by their sum: one of them falling
+    under the target is no confirmation, and one unreadable leaves the sum unknown."""
+    power_b = PointId(RACK, "pdu2", "power")
+    config = make_config(
+        power=(POWER, power_b), leak_caps_power_w=30_000.0, leak_caps_timeout_s=10.0
+    )
+    supervisor = started(config)
+    supervisor.evaluate_interlocks(snap(1.0, {LEAK1: 1.0, POWER: 50_000.0, power_b: 50_000.0}), 1.0)
+    half = supervisor.step(
+        snap(2.0, {LEAK1: 1.0, POWER: 20_000.0, power_b: 20_000.0}), 2.0, [auto(PUMP, 0.9)]
+    )
+    assert not supervisor.state.leak_caps_confirmed  # 40 kW in all, over 30 kW
+    assert by_point(half)[PUMP].source is Source.AUTO
+    blind = supervisor.step(
+        snap(3.0, {LEAK1: 1.0, POWER: 10_000.0, power_b: Quality.STALE}), 3.0, [auto(PUMP, 0.9)]
+    )
+    assert not supervisor.state.leak_caps_confirmed  # feed B unknown: no sum
+    assert by_point(blind)[PUMP].source is Source.AUTO
+    done = supervisor.step(
+        snap(4.0, {LEAK1: 1.0, POWER: 14_000.0, power_b: 14_000.0}), 4.0, [auto(PUMP, 0.9)]
+    )
+    assert kinds(done) == ["leak_caps_confirmed"]
+    assert (
+        "pdu1/power + r01/pdu2/power" in done.events[0].message or "pdu2" in done.events[0].message
+    )
+
+
 def test_leak_pump_response_goes_out_after_the_timeout_without_a_pdu() -> None:
-    config = make_config(power=POWER, leak_caps_power_w=30_000.0, leak_caps_timeout_s=2.0)
+    config = make_config(power=(POWER,), leak_caps_power_w=30_000.0, leak_caps_timeout_s=2.0)
     supervisor = started(config)
     supervisor.evaluate_interlocks(snap(1.0, {LEAK1: 1.0, POWER: Quality.STALE}), 1.0)
     late = supervisor.step(snap(3.0, {LEAK1: 1.0, POWER: Quality.STALE}), 3.0, [])
@@ -297,7 +325,7 @@ ISOLATION_SAFETY = ActuatorSafety(
 
 
 def test_isolation_valves_shut_in_the_pump_step_of_a_leak_and_open_after_the_reset() -> None:
-    base = make_config(power=POWER, leak_caps_power_w=30_000.0, leak_caps_timeout_s=5.0)
+    base = make_config(power=(POWER,), leak_caps_power_w=30_000.0, leak_caps_timeout_s=5.0)
     config = replace(base, actuators=(*base.actuators, ISOLATION_SAFETY), leak_latched=True)
     supervisor = started(config)
     tripped = supervisor.evaluate_interlocks(snap(1.0, {LEAK1: 1.0, POWER: 100_000.0}), 1.0)
@@ -340,7 +368,7 @@ def test_blind_rack_lowers_caps_in_proportion_to_how_warm_the_chips_are() -> Non
 
 
 def test_power_that_does_not_fall_under_the_caps_is_an_alarm() -> None:
-    supervisor = started(make_config(power=POWER, caps_hold_within_s=10.0))
+    supervisor = started(make_config(power=(POWER,), caps_hold_within_s=10.0))
     caps = [auto(CAP1, 400.0), auto(CAP2, 400.0)]
     supervisor.step(snap(1.0, {POWER: 2000.0}), 1.0, caps)
     waiting = supervisor.step(snap(10.0, {POWER: 2000.0}), 10.0, caps)

@@ -379,7 +379,9 @@ class RackCollector(_DaemonState):
             "coolctl_rack_mode", "Rack mode, one series per state", labels=["rack", "mode"]
         )
         power = GaugeMetricFamily(
-            "coolctl_rack_power_watts", "Rack power as measured by its PDU", labels=rack_label
+            "coolctl_rack_power_watts",
+            "Rack power as its PDUs (or power shelves) measure it, summed",
+            labels=rack_label,
         )
         budget = GaugeMetricFamily(
             "coolctl_rack_power_budget_watts", "The rack's power budget", labels=rack_label

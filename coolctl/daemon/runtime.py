@@ -370,7 +370,7 @@ class Daemon:
         self.event_listeners: list[Callable[[Event], None]] = []
         self._poll_tasks: list[asyncio.Task[None]] = []
         self._control_tasks: list[asyncio.Task[None]] = []
-        self._pdus: dict[str, str | None] = {}  # each rack's PDU, the first configured
+        self._pdus: dict[str, tuple[str, ...]] = {}  # each rack's PDUs (feeds, power shelves)
         self.mqtt = open_connection(config)
         self.modbus_links = LinkPool()  # Modbus devices on one connection or bus share it
         if self.mqtt is not None:
@@ -384,8 +384,8 @@ class Daemon:
                 self.devices[(rack.id, device.id)] = handle
                 self.poll_stats[(rack.id, device.id)] = ScheduleStats()
                 self.store.register_device(rack.id, device.id, device.stale_after_s)
-            self._pdus[rack.id] = next(
-                (device for device, handle in handles.items() if handle.kind == "pdu"), None
+            self._pdus[rack.id] = tuple(
+                device for device, handle in handles.items() if handle.kind == "pdu"
             )
             self.racks[rack.id] = RackRuntime(
                 rack, self.store, handles, clock, self.emit, controller_factory
@@ -489,12 +489,13 @@ class Daemon:
         self.mqtt.publish_nowait(topic, json.dumps(state).encode(), qos=1, retain=True)
 
     def rack_power_w(self, rack: str, now: float) -> float | None:
-        """The rack's power as its PDU measures it (None without a PDU or a good reading)."""
-        device = self._pdus.get(rack)
-        if device is None:
+        """The rack's power as its PDUs measure it, summed (None without a PDU, or while one
+        of them has no good reading: half a rack's feeds is not its power)."""
+        devices = self._pdus.get(rack, ())
+        readings = [self.store.current(PointId(rack, device, "power"), now) for device in devices]
+        if not readings or not all(reading.usable for reading in readings):
             return None
-        reading = self.store.current(PointId(rack, device, "power"), now)
-        return reading.value if reading.usable else None
+        return math.fsum(reading.value for reading in readings if reading.value is not None)
 
     async def _poll_once(self, handle: DeviceHandle) -> None:
         try:

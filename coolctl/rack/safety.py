@@ -64,7 +64,7 @@ def supervisor_config(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> S
     def pump_point(name: str) -> PointId | None:
         return PointId(rack.id, pump_device, name) if pump_device and name in pump_points else None
 
-    power = rack_power_point(rack, devices)
+    power = rack_power_points(devices, rack.id)
     servers = server_caps(rack)
     caps_floor_w = sum(device.cap_min_w for device in servers)
     config = SupervisorConfig(
@@ -97,7 +97,7 @@ def supervisor_config(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> S
         # the caps took hold: the rack draws no more than its caps' minimums, its non-server
         # load and a tenth of the minimums again for what the BMCs' capping lets through
         leak_caps_power_w=(
-            1.1 * caps_floor_w + rack.power.overhead_w if servers and power is not None else None
+            1.1 * caps_floor_w + rack.power.overhead_w if servers and power else None
         ),
         leak_caps_timeout_s=safety.leak_caps_timeout_s,
         temperature_release_band_c=safety.temperature_release_band_c,
@@ -197,10 +197,12 @@ def server_points(
     )
 
 
-def rack_power_point(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> PointId | None:
-    """The rack's power as its (first) PDU measures it."""
-    pdu = next((name for name, facts in devices.items() if facts.kind == "pdu"), None)
-    return PointId(rack.id, pdu, "power") if pdu is not None else None
+def rack_power_points(devices: Mapping[str, DeviceFacts], rack: str) -> tuple[PointId, ...]:
+    """What meters the rack's power: its PDUs, summed (one per feed, or several power
+    shelves)."""
+    return tuple(
+        PointId(rack, name, "power") for name, facts in devices.items() if facts.kind == "pdu"
+    )
 
 
 def loop_actuator(rack: RackConfig, loop: LoopConfig, device: WritableSpec) -> ActuatorSafety:
