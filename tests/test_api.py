@@ -261,7 +261,7 @@ class MemoryPlane:
 # --- fixtures ----------------------------------------------------------------------------
 
 
-ME = f"{pwd.getpwuid(os.getuid()).pw_name} (uid {os.getuid()})"
+ME = f"{pwd.getpwuid(os.getuid()).pw_name} (uid {os.getuid()}) as operator"
 TOKEN = "s3cret-token-for-tests-0123456789abcdef"
 
 
@@ -674,9 +674,9 @@ async def test_peer_credentials_name_other_users_and_the_group_gates_access(
     try:
         nobody = pwd.getpwnam("nobody").pw_uid
         answer = json.loads(await as_user(nobody, nogroup))
-        assert answer["who"] == f"nobody (uid {nobody})"
+        assert answer["who"] == f"nobody (uid {nobody}) as operator"
         answer = json.loads(await as_user(42424, nogroup))  # a uid without a passwd entry
-        assert answer["who"] == "uid 42424"
+        assert answer["who"] == "uid 42424 as operator"
         assert await as_user(42424, 42424) == "EACCES"  # not in the socket's group
     finally:
         await api.stop()
@@ -712,7 +712,7 @@ async def test_tcp_needs_the_bearer_token(
         good = {"Authorization": f"Bearer {TOKEN}"}
         async with session.put(url, json=pump_body(), headers=good) as response:
             assert response.status == 200
-            assert (await response.json())["who"] == "token@127.0.0.1"
+            assert (await response.json())["who"] == "token@127.0.0.1 as operator"
 
 
 @pytest.mark.asyncio

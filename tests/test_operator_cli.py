@@ -193,7 +193,7 @@ def test_override_set_list_clear(daemon: Daemon, capsys: pytest.CaptureFixture[s
     assert (code, err) == (0, "")
     assert re.fullmatch(
         rf"override set: r01 {PUMP} = 0\.8, expires in 1[45]m\d*s? \({ISO.pattern}\), "
-        r"by \S+ \(uid \d+\) \(id 1\)\n",
+        r"by \S+ \(uid \d+\) as operator \(id 1\)\n",
         out,
     ), out
     record = daemon.plane.records[("r01", PUMP)]

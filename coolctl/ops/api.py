@@ -548,9 +548,9 @@ class ControlApi:
                 return response
             who = f"token@{request.remote}"
         request[_ROLE_KEY] = role
-        # With roles in use, the audit log and the daemon's log name the role with the person
-        # (without, everyone who can reach the API is an operator, as the docs say).
-        request[_WHO_KEY] = f"{who} as {role}" if self._roles_in_use() else who
+        # The audit log and the daemon's log name the role with the person (without roles
+        # configured, everyone who can reach the API is an operator, as the docs say).
+        request[_WHO_KEY] = f"{who} as {role}"
         if role != OPERATOR and request.method not in _READ_METHODS:
             raise ControlError(
                 403,
