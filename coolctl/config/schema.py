@@ -127,6 +127,10 @@ class ModbusDeviceConfig:
     """Per request; default: poll_interval_s, at most 1.0."""
     stale_after_s: Positive = 3.0
     """Readings older than this are stale; default: 3 × poll_interval_s."""
+    meters_rack: Flag = True
+    """PDUs: its power counts toward the rack's (the rack's PDUs are summed: one per feed, or
+    several power shelves); false for a second view of a meter already counted (the same PDU
+    over another protocol)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -191,6 +195,10 @@ class RedfishDeviceConfig:
     timeout_s: Positive = 5.0
     stale_after_s: Positive = 3.0
     """Default: 3 × poll_interval_s."""
+    meters_rack: Flag = True
+    """PDUs: its power counts toward the rack's (the rack's PDUs are summed: one per feed, or
+    several power shelves); false for a second view of a meter already counted (the same PDU
+    over another protocol)."""
     max_in_flight: InFlight = 2
     """Requests at once to this service."""
     cap_min_w: NonNegative = 0.0
@@ -272,6 +280,10 @@ class SnmpDeviceConfig:
     """Per request; default: poll_interval_s, at most 1.0."""
     stale_after_s: Positive = 3.0
     """Default: 3 × poll_interval_s."""
+    meters_rack: Flag = True
+    """PDUs: its power counts toward the rack's (the rack's PDUs are summed: one per feed, or
+    several power shelves); false for a second view of a meter already counted (the same PDU
+    over another protocol)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -38,6 +38,7 @@ from coolctl.ops.protocol import OverrideRecord
 from coolctl.rack.bounds import hold_inside
 from coolctl.rack.controllers import build_rack_control
 from coolctl.rack.facts import setpoint_bounds
+from coolctl.rack.safety import rack_meters
 from coolctl.rack.stack import LoopController
 from coolctl.rack.step import ControllerFactory, RackStep, StepResult
 
@@ -384,8 +385,8 @@ class Daemon:
                 self.devices[(rack.id, device.id)] = handle
                 self.poll_stats[(rack.id, device.id)] = ScheduleStats()
                 self.store.register_device(rack.id, device.id, device.stale_after_s)
-            self._pdus[rack.id] = tuple(
-                device for device, handle in handles.items() if handle.kind == "pdu"
+            self._pdus[rack.id] = rack_meters(
+                rack, {name: handle.kind for name, handle in handles.items()}
             )
             self.racks[rack.id] = RackRuntime(
                 rack, self.store, handles, clock, self.emit, controller_factory

@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from coolctl.config import DeviceKind, LeakResponse, LoopConfig, RackConfig, RedfishDeviceConfig
+from coolctl.config import (
+    DeviceKind,
+    LeakResponse,
+    LoopConfig,
+    MqttDeviceConfig,
+    RackConfig,
+    RedfishDeviceConfig,
+)
 from coolctl.control.supervisor import (
     ActuatorRole,
     ActuatorSafety,
@@ -64,7 +71,7 @@ def supervisor_config(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> S
     def pump_point(name: str) -> PointId | None:
         return PointId(rack.id, pump_device, name) if pump_device and name in pump_points else None
 
-    power = rack_power_points(devices, rack.id)
+    power = rack_power_points(rack, devices)
     servers = server_caps(rack)
     caps_floor_w = sum(device.cap_min_w for device in servers)
     config = SupervisorConfig(
@@ -197,12 +204,24 @@ def server_points(
     )
 
 
-def rack_power_points(devices: Mapping[str, DeviceFacts], rack: str) -> tuple[PointId, ...]:
-    """What meters the rack's power: its PDUs, summed (one per feed, or several power
-    shelves)."""
-    return tuple(
-        PointId(rack, name, "power") for name, facts in devices.items() if facts.kind == "pdu"
-    )
+def rack_meters(rack: RackConfig, kinds: Mapping[str, str]) -> tuple[str, ...]:
+    """The devices whose power is summed as the rack's: its PDUs (one per feed, or several
+    power shelves), except a second view of one already counted (`meters_rack = false`).
+    `kinds`: each device's kind, by name."""
+    meters = []
+    for name, kind in kinds.items():
+        device = rack.devices.get(name)
+        if kind != "pdu" or device is None or isinstance(device, MqttDeviceConfig):
+            continue
+        if device.meters_rack:
+            meters.append(name)
+    return tuple(meters)
+
+
+def rack_power_points(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> tuple[PointId, ...]:
+    """The rack's power meters (rack_meters), whose readings the supervisor sums."""
+    kinds = {name: facts.kind for name, facts in devices.items()}
+    return tuple(PointId(rack.id, name, "power") for name in rack_meters(rack, kinds))
 
 
 def loop_actuator(rack: RackConfig, loop: LoopConfig, device: WritableSpec) -> ActuatorSafety:

@@ -24,7 +24,14 @@ from coolctl.control.thermalcap import (
 )
 from coolctl.model import Command, Event, PointId, Severity, Snapshot
 from coolctl.rack.circuits import rack_circuits
-from coolctl.rack.safety import DeviceFacts, server_caps, server_points, supervisor_config
+from coolctl.rack.safety import (
+    DeviceFacts,
+    rack_meters,
+    rack_power_points,
+    server_caps,
+    server_points,
+    supervisor_config,
+)
 
 
 class AutoController(Protocol):
@@ -134,9 +141,7 @@ def build_pid_control(config: RackConfig, devices: Mapping[str, DeviceFacts]) ->
 def it_power_points(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> tuple[PointId, ...]:
     """What measures the rack's power: its PDUs (summed: one per feed, or several power
     shelves), else the sum of its servers' own readings."""
-    pdus = tuple(
-        PointId(config.id, name, "power") for name, f in devices.items() if f.kind == "pdu"
-    )
+    pdus = rack_power_points(config, devices)
     if pdus:
         return pdus
     return tuple(PointId(config.id, device.id, "power") for device in server_caps(config))
@@ -217,7 +222,7 @@ def allocator(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> PowerCa
     servers = server_caps(config)
     if not servers:
         return None
-    pdus = [device for device, h in devices.items() if h.kind == "pdu"]
+    pdus = list(rack_meters(config, {name: facts.kind for name, facts in devices.items()}))
     pdu = pdus[0] if pdus else None
     rack = config.id
     return PowerCapAllocator(
