@@ -148,7 +148,20 @@ async def hil_rack(
         pointed = _metrics_on_free_port(pointed)
         state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="coolctl-hil-")))
         socket_path = state / "control.sock"
-        service = Service(pointed, ServiceOptions(state / "coolctl.db", socket_path))
+        secrets = state / "secrets"
+        secrets.mkdir()
+
+        def reload_pointed(path: Path) -> Config:
+            """A reload reads the config file again and points it at the same simulation, so
+            that a test can change the file and reload as an operator would."""
+            loaded = load_checked_config(path)
+            if loaded.mqtt is not None and pointed.mqtt is not None:
+                loaded = replace(loaded, mqtt=replace(loaded.mqtt, broker=pointed.mqtt.broker))
+            return _metrics_on_free_port(with_services(loaded, simulation.services, secrets))
+
+        service = Service(
+            pointed, ServiceOptions(state / "coolctl.db", socket_path), load=reload_pointed
+        )
         await service.start()
         stack.push_async_callback(service.stop)
         yield HilRack(simulation, service, pointed, time_scale, socket_path)
