@@ -105,7 +105,10 @@ async def test_write_failures_are_counted_and_logged_once_per_change(
         device.fail_with = None
         chan.submit(command(0.5), 10.0)
         await chan.idle()
-    assert chan.stats.write_failures == 5 and chan.stats.writes == 1
+    # failed at 0 (retry due at 1), at 1 (due at 3), deferred at 2, failed at 3 (due at 7),
+    # deferred at 4: the backoff doubles from the channel's retry_after_s (1 s)
+    assert chan.stats.write_failures == 3 and chan.stats.deferred == 2 and chan.stats.writes == 1
+    assert chan.stats.consecutive_failures == 0
     messages = [r.getMessage() for r in caplog.records]
     assert sum("failed" in m for m in messages) == 1
     assert sum("succeed again" in m for m in messages) == 1
@@ -127,4 +130,70 @@ async def test_non_finite_commands_are_refused() -> None:
     chan = channel(Device())
     with pytest.raises(ValueError):
         chan.submit(command(float("nan")), 0.0)
+    await chan.stop()
+
+
+class Stubborn(Device):
+    """Answers every write but keeps holding `holds`: a device that never reads back."""
+
+    def __init__(self, holds: float) -> None:
+        super().__init__()
+        self.holds = holds
+
+    async def write(self, point: str, value: float) -> float:
+        self.written.append(value)
+        return self.holds
+
+
+@pytest.mark.asyncio
+async def test_a_device_that_never_reads_back_is_retried_with_bounded_backoff() -> None:
+    device = Stubborn(holds=0.5)
+    chan = ActuatorChannel(
+        PUMP, ActuatorLimits(0.2, 1.0), device.write, resolution=0.001, retry_after_s=0.2
+    )
+    chan.start()
+    ticks = 0
+    for ticks in range(1, 601):  # two minutes of 0.2 s ticks asking for the same value
+        chan.submit(command(0.8), ticks * 0.2)
+        await chan.idle()
+    stats = chan.stats
+    # 0.2, 0.4, 0.8, ... 25.6 s, then every RETRY_MAX_S (30 s): 8 + 3 tries, not 600
+    assert len(device.written) == stats.write_failures == stats.readback_mismatches
+    assert 8 <= len(device.written) <= 12, device.written
+    assert stats.deferred == ticks - len(device.written)
+    assert stats.writes == 0 and stats.last_written is None
+    assert stats.consecutive_failures == len(device.written)
+    # once the device reads back again, the next due retry succeeds and the backoff resets
+    device.holds = 0.8
+    chan.submit(command(0.8), ticks * 0.2 + 31.0)
+    await chan.idle()
+    assert stats.writes == 1 and stats.consecutive_failures == 0
+    chan.submit(command(0.7), ticks * 0.2 + 31.2)
+    await chan.idle()
+    assert device.written[-1] == 0.7
+    await chan.stop()
+
+
+@pytest.mark.asyncio
+async def test_the_backoff_never_delays_a_new_safety_value(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    device = Stubborn(holds=0.5)
+    chan = ActuatorChannel(
+        PUMP, ActuatorLimits(0.0, 1.0), device.write, resolution=0.001, retry_after_s=10.0
+    )
+    chan.start()
+    with caplog.at_level(logging.WARNING, logger="coolctl.daemon.actuation"):
+        chan.submit(command(0.8), 0.0)
+        await chan.idle()
+        chan.submit(command(0.9), 1.0)  # automatic control waits for the retry
+        chan.submit(command(0.8, Source.INTERLOCK), 1.1)  # the value that failed: waits too
+        await chan.idle()
+        assert device.written == [0.8] and chan.stats.deferred == 2
+        chan.submit(command(0.0, Source.INTERLOCK), 1.2)  # a new safety value: at once
+        await chan.idle()
+        chan.submit(command(1.0, Source.FAILSAFE), 1.3)
+        await chan.idle()
+    assert device.written == [0.8, 0.0, 1.0]
+    assert sum("reads back" in r.getMessage() for r in caplog.records) == 1  # once per state
     await chan.stop()

@@ -376,3 +376,37 @@ async def test_reload_failed_is_emitted_when_the_new_daemon_cannot_start(
         )
         ticks = runtime.tick_stats.runs
         await rack.wait_until(lambda: runtime.tick_stats.runs >= ticks + 3, 5.0)
+
+
+# -- a device that never reads back --------------------------------------------------------------
+
+
+@pytest.mark.hil
+@pytest.mark.asyncio
+async def test_a_valve_that_never_reads_back_is_retried_with_backoff_not_every_tick() -> None:
+    async with hil_rack(
+        CONFIGS / "hil-rack.toml", time_scale=SCALE, plant={"initial_valve": 0.3}
+    ) as rack:
+        await running(rack)
+        cdu = rack.simulation.points[("r01", "cdu1")]
+        # the CDU acknowledges valve writes but its valve stays where it is: the register
+        # reads back the write, then the plant's value again at the next refresh
+        cdu._writers = {**cdu._writers, "valve_command": lambda value: None}  # type: ignore[attr-defined]
+        runtime = rack.daemon.racks["r01"]
+        valve = next(p for p in runtime.actuators if p.name == "valve_command")
+        channel = runtime.actuators[valve]
+        arrivals = len([w for w in rack.simulation.writes("r01", "cdu1") if w.point == valve.name])
+        drifts = channel.stats.drifts
+        ticks = runtime.tick_stats.runs
+        await rack.wait_until(lambda: channel.stats.drifts >= drifts + 2, 10.0)
+        await rack.wait_until(lambda: runtime.tick_stats.runs >= ticks + 40, 30.0)
+        tried = len([w for w in rack.simulation.writes("r01", "cdu1") if w.point == valve.name])
+        tried -= arrivals
+        stats = channel.stats
+        print(
+            f"\n{runtime.tick_stats.runs - ticks} ticks: {tried} valve writes tried,"
+            f" {stats.drifts - drifts} lost, {stats.deferred} deferred"
+        )
+        # 40 ticks of 0.2 s: rewrites after 0, 0.2, 0.4, 0.8, 1.6, 3.2 s... about 7, never 40
+        assert 2 <= tried <= 12
+        assert stats.deferred >= 20

@@ -3,6 +3,14 @@
 One channel per writable point. The control tick only submits; a writer task per channel does
 the I/O, so a slow device delays its own writes and nobody's control tick. When a newer command
 arrives while a write is in flight, the older one is dropped: only the latest matters.
+
+A write that fails (the link, the device, or a read-back that differs from what was written) is
+retried with a bounded exponential backoff, not at every tick: `retry_after_s`, doubled at each
+failure in a row up to `RETRY_MAX_S`. So is a device that takes writes but keeps losing them (a
+later poll shows another value): the first drift is rewritten at once, the next ones back off.
+Commands that arrive before the retry is due are counted (`deferred`) and not written. A safety
+command (interlock, failsafe, hand-back) with a value other than the one that failed goes out at
+once: the backoff never delays a new safety value.
 """
 
 from __future__ import annotations
@@ -19,6 +27,11 @@ from coolctl.model import Command, PointId, Source
 
 log = logging.getLogger("coolctl.daemon.actuation")
 
+RETRY_MAX_S = 30.0
+"""The longest wait between retries of a write that keeps failing."""
+
+_SAFETY_SOURCES = frozenset({Source.INTERLOCK, Source.FAILSAFE})
+
 Writer = Callable[[str, float], Awaitable[float]]
 """Writes an engineering value to a device point and returns the value read back."""
 
@@ -28,7 +41,11 @@ class ActuatorStats:
     """Counters for metrics; the last command shows what the loop asked for and why."""
 
     writes: int = 0
-    write_failures: int = 0
+    write_failures: int = 0  # every failed write, read-back mismatches included
+    readback_mismatches: int = 0  # writes the device answered but reads back otherwise
+    consecutive_failures: int = 0
+    deferred: int = 0  # commands not written because a failed write's retry was not yet due
+    drifts: int = 0  # confirmed writes that a later poll showed the device had not kept
     skipped_unchanged: int = 0
     clamped: int = 0
     coalesced: int = 0
@@ -49,7 +66,10 @@ class ActuatorChannel:
         *,
         resolution: float = 0.0,
         clock: Callable[[], float] | None = None,
+        retry_after_s: float = 1.0,
     ) -> None:
+        """`retry_after_s` is the first wait after a failed write (the daemon passes its
+        control period: a failed write is tried again at the next tick, then less often)."""
         self.point = point
         self.limits = limits
         self.clamp = ActuatorClamp(limits)
@@ -67,6 +87,11 @@ class ActuatorChannel:
         # a poll sampled before then shows what the device held before that write.
         self._clock = clock
         self._written_at: float | None = None
+        self.retry_after_s = retry_after_s
+        self._retry_at: float | None = None  # when a failed write may be tried again
+        self._failed_value: float | None = None  # the value of the last failed write
+        self._drifts = 0  # confirmed writes in a row the device did not keep
+        self._drifted = False  # the last confirmed write has been seen lost already
 
     def start(self) -> None:
         if self._task is None:
@@ -103,6 +128,36 @@ class ActuatorChannel:
         self._device_value = device_value
         if device_value is not None and self.clamp.last_value is None:
             self.clamp.accept(device_value, now)
+        last = self.stats.last_written
+        if device_value is None or last is None:
+            return
+        if self._matches(device_value, last):
+            self._drifts = 0  # the device kept what it was last told
+        elif not self._drifted:
+            self._drift(last, now)
+
+    def _drift(self, lost: float, now: float) -> None:
+        """The device no longer holds `lost`, its last confirmed write. The first drift is
+        rewritten at once (someone turned a knob); a device that keeps losing what it is told
+        is rewritten with the backoff of a failing write, not at every tick."""
+        stats = self.stats
+        self._drifted = True  # once per confirmed write
+        self._drifts += 1
+        stats.drifts += 1
+        if self._drifts == 1:
+            return
+        backoff_s = self._backoff_s(self._drifts - 1)
+        self._retry_at = max(self._retry_at or now, now + backoff_s)
+        self._failed_value = lost
+        if self._drifts == 2:
+            log.warning(
+                "%s/%s: %s does not keep the value written (%.4g); rewriting with backoff",
+                self.point.rack,
+                self.point.device,
+                self.point.name,
+                lost,
+                extra={"rack": self.point.rack, "device": self.point.device},
+            )
 
     def submit(self, command: Command, now: float) -> Command:
         """Clamp `command` and queue it for writing; return the command as it will be written."""
@@ -116,6 +171,9 @@ class ActuatorChannel:
         )
         if self._unchanged(clamped.value):
             stats.skipped_unchanged += 1
+            return clamped
+        if self._held_back(clamped, now):
+            stats.deferred += 1
             return clamped
         if self._pending is not None:
             stats.coalesced += 1
@@ -151,6 +209,14 @@ class ActuatorChannel:
         device = self._device_value
         return device is None or abs(device - last) <= tolerance
 
+    def _held_back(self, command: Command, now: float) -> bool:
+        """True while a failed write's retry is not due, unless `command` is a new safety
+        value (an interlock, failsafe or hand-back value other than the one that failed)."""
+        retry_at = self._retry_at
+        if retry_at is None or now >= retry_at:
+            return False
+        return command.source not in _SAFETY_SOURCES or command.value == self._failed_value
+
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
@@ -169,20 +235,16 @@ class ActuatorChannel:
         stats = self.stats
         try:
             read_back = await self._writer(self.point.name, command.value)
-        except Exception as exc:  # any failure of the device or link: counted, retried next tick
-            stats.write_failures += 1
+        except Exception as exc:  # any failure of the device or link: counted, retried later
             message = f"{type(exc).__name__}: {exc}"
-            if message != stats.last_error:
-                log.warning(
-                    "%s/%s: write of %s=%.4g failed: %s",
-                    self.point.rack,
-                    self.point.device,
-                    self.point.name,
-                    command.value,
-                    message,
-                    extra={"rack": self.point.rack, "device": self.point.device},
-                )
-            stats.last_error = message
+            self._failed(command, decided_at, message, message)
+            return
+        if math.isfinite(read_back) and not self._matches(read_back, command.value):
+            # the device took the write but holds something else: not what was asked
+            stats.readback_mismatches += 1
+            self._device_value = read_back
+            shown = f"it reads back {read_back:g}"
+            self._failed(command, decided_at, shown, "the device reads back another value")
             return
         if stats.last_error is not None:
             log.info(
@@ -193,10 +255,43 @@ class ActuatorChannel:
                 extra={"rack": self.point.rack, "device": self.point.device},
             )
         stats.last_error = None
+        stats.consecutive_failures = 0
+        self._retry_at = self._failed_value = None
         stats.writes += 1
+        self._drifted = False
         stats.last_written = read_back if math.isfinite(read_back) else command.value
         self._device_value = stats.last_written
         self._written_at = self._clock() if self._clock is not None else decided_at
         # The slew limit counts from when the command was decided, not from when the device
         # answered, so that a slow device does not shrink the next step's allowance.
         self.clamp.accept(command.value, decided_at)
+
+    def _matches(self, read_back: float, value: float) -> bool:
+        """The read-back is the value written, to within half a count (or float dust)."""
+        tolerance = max(self.resolution / 2, 1e-9 * max(1.0, abs(value)))
+        return abs(read_back - value) <= tolerance + 1e-12
+
+    def _backoff_s(self, failures: int) -> float:
+        """The wait after `failures` failures in a row: doubling, bounded."""
+        return float(min(self.retry_after_s * 2.0 ** min(failures - 1, 30), RETRY_MAX_S))
+
+    def _failed(self, command: Command, decided_at: float, message: str, state: str) -> None:
+        """Count a failed write, log it once per change of `state`, and put the retry off."""
+        stats = self.stats
+        stats.write_failures += 1
+        stats.consecutive_failures += 1
+        backoff_s = self._backoff_s(stats.consecutive_failures)
+        self._retry_at = decided_at + backoff_s
+        self._failed_value = command.value
+        if state != stats.last_error:
+            log.warning(
+                "%s/%s: write of %s=%.4g failed: %s (retrying in %.3g s)",
+                self.point.rack,
+                self.point.device,
+                self.point.name,
+                command.value,
+                message,
+                backoff_s,
+                extra={"rack": self.point.rack, "device": self.point.device},
+            )
+        stats.last_error = state

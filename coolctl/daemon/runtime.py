@@ -155,6 +155,7 @@ class RackRuntime:
                 handle.client.write,
                 resolution=spec.resolution,
                 clock=self.clock,
+                retry_after_s=config.control_period_s,
             )
 
     @property
