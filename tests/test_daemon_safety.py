@@ -20,7 +20,7 @@ import aiomqtt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from coolctl.model import PointId, RackMode
+from coolctl.model import PointId, RackMode, Source
 from coolctl.simulators.faults import apply_fault
 from coolctl.tools.testing import HilRack, hil_rack
 
@@ -54,6 +54,18 @@ def read_back(rack: HilRack, device: str, point: str) -> Callable[[], float | No
 
 def caps_read_back(rack: HilRack) -> list[float | None]:
     return [rack.value(f"r01/{bmc}/power_limit") for bmc in BMCS]
+
+
+def commanded_by(rack: HilRack, device: str, point: str, interlock: str) -> bool:
+    """The last command sent to the actuator came from `interlock` (its label, e.g.
+    "over-temperature"), whatever other cause also asked for the same value."""
+    channel = rack.daemon.racks["r01"].actuators[PointId("r01", device, point)]
+    command = channel.stats.last_command
+    return (
+        command is not None
+        and command.source is Source.INTERLOCK
+        and f"{interlock} interlock" in command.reason
+    )
 
 
 def fault(rack: HilRack, kind: str, **kwargs: object) -> None:
@@ -197,6 +209,10 @@ async def test_over_temperature_opens_pump_and_valve_fully_and_drops_the_caps() 
         )
         decision = rack.daemon.racks["r01"].decision
         assert decision is not None and "over_temperature" in decision.interlocks
+        for device, point in [("cdu1", "pump_speed_command"), ("cdu1", "valve_command")] + [
+            (bmc, "power_limit") for bmc in BMCS
+        ]:
+            assert commanded_by(rack, device, point, "over-temperature"), point
 
 
 @pytest.mark.hil
@@ -210,6 +226,8 @@ async def test_pump_failure_without_a_standby_drops_the_caps_after_the_changeove
         await rack.wait_until(lambda: "pump_failure_caps" in kinds(rack), 10.0)
         await rack.wait_until(lambda: caps_read_back(rack) == [CAP_MIN_W] * 2, 10.0)
         assert rack.daemon.racks["r01"].supervisor.state.pump_failure_caps
+        # the caps are the pump failure's (the stopped pump may trip loss of flow as well)
+        assert all(commanded_by(rack, bmc, "power_limit", "pump failure") for bmc in BMCS)
         assert "standby_took_over" not in kinds(rack)
 
 
