@@ -57,7 +57,7 @@ from coolctl.rack.check import load_checked_config
 from coolctl.rack.facts import device_facts
 from coolctl.simulators.fault_proxy import FaultProxy
 from coolctl.simulators.faults import apply_fault
-from coolctl.tools.broker import Mosquitto, find_mosquitto
+from coolctl.tools.broker import Mosquitto
 from coolctl.tools.testing import HilRack, hil_rack, simulated_rack
 
 CONFIG = Path(__file__).parent / "configs" / "hil-full-rack.toml"
@@ -69,10 +69,7 @@ AFTER_FAILSAFE_S = 0.5  # and this long past the failsafe it causes
 SCHEDULING_S = 0.35  # slack for the event loop: a 2-core machine, three racks in one loop
 SAMPLE_S = 0.02  # how often the watch looks at the rack
 
-pytestmark = [
-    pytest.mark.hil,
-    pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed"),
-]
+pytestmark = [pytest.mark.hil]
 
 
 # --------------------------------------------------------------------------------------------

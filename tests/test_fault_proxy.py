@@ -297,7 +297,7 @@ async def test_tls_passes_through_untouched_and_garbage_or_truncation_breaks_it(
 @pytest.mark.asyncio
 async def test_mqtt_through_the_proxy_and_a_stall_holds_messages_back() -> None:
     if find_mosquitto() is None:
-        pytest.skip("mosquitto is not installed")
+        pytest.fail("mosquitto is not installed: apt-get install mosquitto")
     async with Mosquitto() as broker:
         proxy = FaultProxy(broker.host, broker.port)
         async with proxy, aiomqtt.Client(broker.host, broker.port) as publisher:

@@ -54,7 +54,7 @@ class Broker:
 
     def start(self) -> None:
         if not Path(MOSQUITTO).exists():
-            pytest.skip("mosquitto is not installed")
+            pytest.fail("mosquitto is not installed: apt-get install mosquitto")
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [MOSQUITTO, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT
