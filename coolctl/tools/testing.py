@@ -14,6 +14,7 @@ sockets, and `/metrics` is served on a free port.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -36,7 +37,7 @@ from coolctl.simulators.plant import RackPlant
 from coolctl.tools.broker import Mosquitto
 from coolctl.tools.simrack import sim_specs, with_broker, with_services
 
-__all__ = ["HilRack", "coolctl_hil", "hil_rack", "simulated_rack"]
+__all__ = ["HilRack", "LoopLag", "coolctl_hil", "hil_rack", "simulated_rack"]
 
 
 def _config(config: Config | str | Path) -> Config:
@@ -125,6 +126,42 @@ class HilRack:
                 pytest.fail(f"condition not met within {timeout_s} s")
             await asyncio.sleep(poll_s)
         return time.monotonic() - started
+
+
+class LoopLag:
+    """How late the running event loop wakes a sleeper, sampled while the context is open.
+
+    A latency a test must bound (a message within a step of its cause) is bounded by the
+    expected figure plus the worst lag measured meanwhile: on a loaded machine everything on
+    the loop runs late by about as much, and a bound that ignored it would fail for the
+    machine's sake, not the code's.
+
+        async with LoopLag() as lag:
+            ...
+        assert took_s <= 0.07 + lag.max_s
+    """
+
+    def __init__(self, every_s: float = 0.005) -> None:
+        self.every_s = every_s
+        self.max_s = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _sample(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + self.every_s
+            await asyncio.sleep(self.every_s)
+            self.max_s = max(self.max_s, loop.time() - due)
+
+    async def __aenter__(self) -> LoopLag:
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 @asynccontextmanager
