@@ -320,3 +320,24 @@ async def test_a_device_that_keeps_losing_its_value_is_rewritten_with_backoff() 
     await tick(108.0)  # a first drift again: at once
     assert device.written[-2:] == [0.6, 0.5]
     await chan.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_device_readable_again_is_written_at_once_whatever_the_backoff() -> None:
+    device = Device()
+    chan = ActuatorChannel(
+        PUMP, ActuatorLimits(0.0, 1.0), device.write, resolution=0.001, retry_after_s=10.0
+    )
+    chan.start()
+    device.fail_with = ConnectionError("link down")
+    chan.submit(command(0.5), 100.0)
+    await chan.idle()
+    chan.observe(None, 101.0)  # its readings go stale too
+    chan.submit(command(0.5), 101.0)
+    assert chan.stats.deferred == 1
+    device.fail_with = None
+    chan.observe(0.3, 102.0, sampled_at=102.0)  # readable again: the link is back
+    chan.submit(command(0.5), 102.0)
+    await chan.idle()
+    assert device.written == [0.5] and chan.stats.writes == 1
+    await chan.stop()

@@ -8,7 +8,9 @@ A write that fails (the link, the device, or a read-back that differs from what 
 retried with a bounded exponential backoff, not at every tick: `retry_after_s`, doubled at each
 failure in a row up to `RETRY_MAX_S`. So is a device that takes writes but keeps losing them (a
 later poll shows another value): the first drift is rewritten at once, the next ones back off.
-Commands that arrive before the retry is due are counted (`deferred`) and not written. A safety
+Commands that arrive before the retry is due are counted (`deferred`) and not written; a device
+whose readings come back after a spell without them is written at once (its link is back). A
+safety
 command (interlock, failsafe, hand-back) with a value other than the one that failed goes out at
 once: the backoff never delays a new safety value.
 """
@@ -92,6 +94,7 @@ class ActuatorChannel:
         self._failed_value: float | None = None  # the value of the last failed write
         self._drifts = 0  # confirmed writes in a row the device did not keep
         self._drifted = False  # the last confirmed write has been seen lost already
+        self._unreadable = False  # the last observation had no usable value
 
     def start(self) -> None:
         if self._task is None:
@@ -125,6 +128,13 @@ class ActuatorChannel:
         written_at = self._written_at
         if sampled_at is not None and written_at is not None and sampled_at <= written_at:
             return
+        if device_value is None:
+            self._unreadable = True
+        elif self._unreadable:
+            # readable again after a spell without readings (a link that came back): what
+            # failed while it was away is written at once, not when the backoff says
+            self._unreadable = False
+            self._retry_at = None
         self._device_value = device_value
         if device_value is not None and self.clamp.last_value is None:
             self.clamp.accept(device_value, now)
