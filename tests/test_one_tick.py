@@ -11,6 +11,7 @@ must submit the same commands and emit the same events at every tick. Then the s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,7 +32,7 @@ from coolctl.rack.controllers import build_rack_control
 from coolctl.rack.facts import device_facts
 from coolctl.rack.safety import DeviceFacts
 from coolctl.rack.stack import LoopController, RackControl
-from coolctl.rack.step import RackStep, StepResult
+from coolctl.rack.step import RackStep, Refused, StepResult
 from coolctl.simulators.plant import RackPlant
 from coolctl.tools.scenario_runner import SimDevice, SimRack
 
@@ -534,3 +535,86 @@ def test_interlock_fast_path_and_shutdown() -> None:
     assert [e.kind for e in last.events] == ["shutdown"]
     assert all(c.source is Source.INTERLOCK for c in last.commands)  # the leak outlives us
     assert (PUMP, 0.0, Source.INTERLOCK) in {(c.point, c.value, c.source) for c in last.commands}
+
+
+# ---- the step's own contract -----------------------------------------------------------------
+
+
+def test_results_are_immutable_and_say_whether_the_controller_failed() -> None:
+    result = _step().step(snapshot(0, 0.0), 0.0, budget_w=130000.0)
+    assert result.controller_failed is False and result.error is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.commands = ()  # type: ignore[misc]
+    refused = Refused(Command(PUMP, -1.0, Source.AUTO, "x"), "why")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        refused.reason = "other"  # type: ignore[misc]
+
+
+def test_readbacks_give_each_actuator_its_value_and_sample_time() -> None:
+    step = _step()
+    snap = Snapshot([Reading(PUMP, 0.7, 3.5, Quality.GOOD)], 4.0)
+    seen = {p: (v, ts) for p, v, ts in step.readbacks(snap)}
+    assert seen[PUMP] == (0.7, 3.5)
+    assert seen[VALVE] == (None, None)  # missing: no value, no time
+    assert set(seen) == {a.point for a in step.supervisor.config.actuators}
+
+
+def test_a_loop_pinned_at_its_top_and_short_of_its_setpoint_is_reported() -> None:
+    step = _step()
+    kinds: list[str] = []
+    for k in range(0, 135):
+        now = float(k)
+        weak = Reading(point("sensors1", "flow"), 60.0, now, Quality.GOOD)  # setpoint 160
+        result = step.step(snapshot(k, now, weak), now, budget_w=130000.0)
+        kinds += [e.kind for e in result.events]
+    assert kinds.count("loop_saturated") == 1
+
+
+class ReshapingSupervisor(Supervisor):
+    """A supervisor that drops its valve command (as one holding a blind rack's outputs might,
+    sending nothing) and decides a command for a point that is no actuator of the rack."""
+
+    held: float | None = None
+
+    def step(
+        self,
+        snapshot: Snapshot,
+        now: float,
+        requested: Sequence[Command],
+        overrides: Mapping[PointId, Override] = {},
+        controller_failed: bool = False,
+    ) -> Decision:
+        decision = super().step(snapshot, now, requested, overrides, controller_failed)
+        if now == 0.0:
+            self.held = next(c.value for c in decision.commands if c.point == VALVE)
+            return decision
+        foreign = Command(PointId("r99", "cdu9", "pump_speed_command"), 0.5, Source.AUTO, "?")
+        kept = tuple(c for c in decision.commands if c.point != VALVE)
+        return replace(decision, commands=(foreign, *kept))
+
+    def commanded(self, point: PointId) -> float | None:
+        """The valve holds what it was told first; nothing else changes."""
+        return self.held if point == VALVE else super().commanded(point)
+
+
+def test_a_request_the_supervisor_sent_nothing_for_is_told_the_value_held() -> None:
+    built: list[ScriptedController] = []
+
+    def factory(rack: RackConfig, facts: Mapping[str, DeviceFacts]) -> RackControl:
+        stack = build_rack_control(rack, facts)
+        controller = ScriptedController(stack.controller, Script())
+        built.append(controller)
+        return RackControl(
+            controller, stack.allocator, ReshapingSupervisor(stack.supervisor.config)
+        )
+
+    step = _step(factory)
+    first = step.step(snapshot(0, 0.0), 0.0, budget_w=130000.0)
+    held = next(c.value for c in first.commands if c.point == VALVE)
+    built[0].applied_values.clear()
+    second = step.step(snapshot(1, PERIOD), PERIOD, budget_w=130000.0)
+    # the foreign command is not this rack's to write; the rest still are
+    assert {c.point for c in second.commands} >= {PUMP}
+    assert all(c.point.rack == RACK for c in second.commands)
+    # the valve was asked for something else but keeps what it was last told
+    assert (VALVE, held) in built[0].applied_values
