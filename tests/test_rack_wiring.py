@@ -298,3 +298,38 @@ def test_servers_and_the_rack_power_point() -> None:
         del rack["devices"]["bmc02"]["cap_min_w"], rack["devices"]["bmc02"]["cap_max_w"]
 
     assert [device.id for device in server_caps(rack_of(cdu_kind))] == ["bmc01"]
+
+
+def test_a_pump_cdu_without_run_and_standby_points_has_none_to_watch() -> None:
+    """A Redfish CDU reports neither whether its pump runs nor a standby pump."""
+
+    def redfish_cdu(rack: dict[str, Any]) -> None:
+        rack["devices"]["rfcdu"] = {
+            "driver": "redfish",
+            "kind": "cdu",
+            "url": "https://127.0.0.1:1",
+            "username": "admin",
+        }
+        rack["loops"]["pump"]["actuator"] = "rfcdu/pump_speed_command"
+
+    config = built(redfish_cdu)
+    assert config.pump_running is None and config.standby_active is None
+    assert config.flow == p("rfcdu", "flow")
+    assert config.reservoir_level == p("rfcdu", "reservoir_level")
+
+
+def test_a_pump_cdu_without_a_level_sensor_has_no_level_to_watch(tmp_path: Path) -> None:
+    """A site profile of a CDU without a reservoir level sensor."""
+    text = (Path(__file__).resolve().parent.parent / "drivers/profiles/sim-cdu.toml").read_text()
+    start = text.index('name = "reservoir_level"')
+    start = text.rindex("[[point]]", 0, start)
+    end = text.index("[[point]]", start + 1)
+    profile = tmp_path / "no-level-cdu.toml"
+    profile.write_text(text[:start] + text[end:])
+
+    def no_level(rack: dict[str, Any]) -> None:
+        rack["devices"]["cdu1"]["profile"] = str(profile)
+
+    config = built(no_level)
+    assert config.reservoir_level is None and config.flow == p("cdu1", "flow")
+    assert config.safety_sensors[-1] == p("cdu1", "flow")
