@@ -341,3 +341,51 @@ async def test_a_device_readable_again_is_written_at_once_whatever_the_backoff()
     await chan.idle()
     assert device.written == [0.5] and chan.stats.writes == 1
     await chan.stop()
+
+
+@pytest.mark.asyncio
+async def test_commands_are_counted_by_source_and_a_channel_without_resolution_is_exact() -> None:
+    device = Device()
+    chan = ActuatorChannel(PUMP, ActuatorLimits(0.0, 1.0), device.write)
+    chan.start()
+    asked = [(0.12345, Source.AUTO, 0.0), (0.2, Source.AUTO, 1.0), (0.0, Source.INTERLOCK, 2.0)]
+    for value, source, now in asked:
+        chan.submit(command(value, source), now)
+        await chan.idle()
+    assert chan.stats.commands_by_source == {Source.AUTO: 2, Source.INTERLOCK: 1}
+    assert device.written[0] == 0.12345  # no resolution given: written as asked
+    await chan.stop()
+
+
+@pytest.mark.asyncio
+async def test_unchanged_means_within_half_a_count_of_what_the_device_holds() -> None:
+    device = Device()
+    chan = channel(device)
+    chan.submit(command(0.5), 0.0)
+    await chan.idle()
+    chan.observe(0.5004, 1.0, sampled_at=1.0)  # the device holds it, to within half a count
+    chan.submit(command(0.5), 1.0)
+    assert chan.stats.skipped_unchanged == 1 and chan.stats.drifts == 0
+    chan.submit(command(0.501), 2.0)  # one count more: written
+    await chan.idle()
+    assert device.written == [0.5, 0.501]
+    await chan.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_device_that_keeps_losing_its_value_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    device = Device()
+    chan = ActuatorChannel(
+        PUMP, ActuatorLimits(0.0, 1.0), device.write, resolution=0.001, retry_after_s=0.1
+    )
+    chan.start()
+    with caplog.at_level(logging.WARNING, logger="coolctl.daemon.actuation"):
+        for k in range(5):
+            chan.submit(command(0.5), 10.0 * k)
+            await chan.idle()
+            chan.observe(0.3, 10.0 * k + 5.0, sampled_at=10.0 * k + 5.0)
+    assert chan.stats.drifts == 5 and len(device.written) == 5
+    assert sum("does not keep" in r.getMessage() for r in caplog.records) == 1
+    await chan.stop()
