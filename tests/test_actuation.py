@@ -247,6 +247,7 @@ class Offset(Device):
     ("resolution", "offset", "matches"),
     [
         (0.001, 0.0004, True),  # within half a count: the register holds it
+        (0.001, 0.0005, True),  # half a count exactly (float dust either way): still it
         (0.001, 0.0006, False),
         (0.0, 0.5e-9, True),  # no resolution: float dust only
         (0.0, 1.5e-9, False),

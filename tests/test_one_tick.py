@@ -550,6 +550,24 @@ def test_results_are_immutable_and_say_whether_the_controller_failed() -> None:
         refused.reason = "other"  # type: ignore[misc]
 
 
+def test_the_supervisor_observes_what_the_devices_hold() -> None:
+    step = _step()
+    step.step(snapshot(0, 0.0), 0.0, budget_w=130000.0)  # the CDU reads pump 0.8, valve 0.5
+    actuators = step.supervisor.state.actuators
+    assert actuators[PUMP].observed == 0.8 and actuators[VALVE].observed == 0.5
+
+
+def test_early_events_are_the_ones_before_the_supervisor_decided() -> None:
+    step = _step()
+    started = step.start_up(Snapshot([], 0.0), 0.0)
+    assert started is not None and started.early_events == ()
+    rejected = Reading(BUDGET, 1.0, 0.0, Quality.GOOD)
+    result = step.step(snapshot(0, 0.0, rejected), 0.0, budget_w=130000.0)
+    assert result.decision.events, "the supervisor said something (failsafe cleared)"
+    assert result.early_events[0].kind == "budget_rejected"
+    assert not set(result.early_events) & set(result.decision.events)
+
+
 def test_readbacks_give_each_actuator_its_value_and_sample_time() -> None:
     step = _step()
     snap = Snapshot([Reading(PUMP, 0.7, 3.5, Quality.GOOD)], 4.0)
