@@ -23,7 +23,7 @@ import pytest
 
 from coolctl.config import RackConfig, load_config
 from coolctl.control.loops import PidLoop
-from coolctl.control.supervisor import Decision, Override, Supervisor
+from coolctl.control.supervisor import Decision, Override, Supervisor, SupervisorConfig
 from coolctl.daemon.devices import DeviceHandle
 from coolctl.daemon.runtime import RackRuntime
 from coolctl.daemon.telemetry import TelemetryStore
@@ -592,7 +592,9 @@ class ReshapingSupervisor(Supervisor):
     """A supervisor that drops its valve command (as one holding a blind rack's outputs might,
     sending nothing) and decides a command for a point that is no actuator of the rack."""
 
-    held: float | None = None
+    def __init__(self, config: SupervisorConfig, held: float) -> None:
+        super().__init__(config)
+        self.held = held
 
     def step(
         self,
@@ -604,18 +606,18 @@ class ReshapingSupervisor(Supervisor):
     ) -> Decision:
         decision = super().step(snapshot, now, requested, overrides, controller_failed)
         if now == 0.0:
-            self.held = next(c.value for c in decision.commands if c.point == VALVE)
             return decision
         foreign = Command(PointId("r99", "cdu9", "pump_speed_command"), 0.5, Source.AUTO, "?")
         kept = tuple(c for c in decision.commands if c.point != VALVE)
         return replace(decision, commands=(foreign, *kept))
 
     def commanded(self, point: PointId) -> float | None:
-        """The valve holds what it was told first; nothing else changes."""
+        """The valve holds `held`, whatever it is asked; nothing else changes."""
         return self.held if point == VALVE else super().commanded(point)
 
 
-def test_a_request_the_supervisor_sent_nothing_for_is_told_the_value_held() -> None:
+@pytest.mark.parametrize("held", [0.06, 0.99])  # below and above what the loop asks
+def test_a_request_the_supervisor_sent_nothing_for_is_told_the_value_held(held: float) -> None:
     built: list[ScriptedController] = []
 
     def factory(rack: RackConfig, facts: Mapping[str, DeviceFacts]) -> RackControl:
@@ -623,16 +625,16 @@ def test_a_request_the_supervisor_sent_nothing_for_is_told_the_value_held() -> N
         controller = ScriptedController(stack.controller, Script())
         built.append(controller)
         return RackControl(
-            controller, stack.allocator, ReshapingSupervisor(stack.supervisor.config)
+            controller, stack.allocator, ReshapingSupervisor(stack.supervisor.config, held)
         )
 
     step = _step(factory)
-    first = step.step(snapshot(0, 0.0), 0.0, budget_w=130000.0)
-    held = next(c.value for c in first.commands if c.point == VALVE)
+    step.step(snapshot(0, 0.0), 0.0, budget_w=130000.0)
     built[0].applied_values.clear()
     second = step.step(snapshot(1, PERIOD), PERIOD, budget_w=130000.0)
     # the foreign command is not this rack's to write; the rest still are
     assert {c.point for c in second.commands} >= {PUMP}
     assert all(c.point.rack == RACK for c in second.commands)
-    # the valve was asked for something else but keeps what it was last told
-    assert (VALVE, held) in built[0].applied_values
+    # the valve was asked for something else but keeps what it holds
+    asked = [v for p, v in built[0].applied_values if p == VALVE]
+    assert asked == [held]
