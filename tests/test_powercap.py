@@ -840,3 +840,15 @@ def test_a_negative_or_non_finite_deadband_is_refused() -> None:
     for bad in (-1.0, math.nan, math.inf):
         with pytest.raises(ValueError, match="cap_deadband_w"):
             rack([server("x")], cap_deadband_w=bad)
+
+
+def test_the_allocator_reads_each_server_power_and_cap_and_the_rack_pdu() -> None:
+    servers = [server("bmc01"), server("bmc02")]
+    assert PowerCapAllocator(rack(servers)).inputs == [
+        PointId(RACK, "bmc01", "power"),
+        PointId(RACK, "bmc01", "power_limit"),
+        PointId(RACK, "bmc02", "power"),
+        PointId(RACK, "bmc02", "power_limit"),
+    ]
+    with_pdu = PowerCapAllocator(rack(servers, non_server_power=PDU)).inputs
+    assert with_pdu[-1] == PDU and len(with_pdu) == 5
