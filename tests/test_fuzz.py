@@ -2465,8 +2465,12 @@ async def test_reload_of_a_config_the_daemon_cannot_build_keeps_the_old_one(
     )
     await service.start()
     try:
-        await asyncio.sleep(0.3)  # a few ticks
         running = service.daemon
+        async with asyncio.timeout(10.0):  # a few ticks
+            for _ in iter(int, 1):  # until they have run
+                if min(r.tick_stats.runs for r in running.racks.values()) >= 3:
+                    break
+                await asyncio.sleep(0.01)
         path.write_text(
             path.read_text().replace(
                 "failsafe_output = 1.0\n", "failsafe_output = 1.0\nshutdown_output = 5.0\n", 1
