@@ -852,3 +852,23 @@ def test_the_allocator_reads_each_server_power_and_cap_and_the_rack_pdu() -> Non
     ]
     with_pdu = PowerCapAllocator(rack(servers, non_server_power=PDU)).inputs
     assert with_pdu[-1] == PDU and len(with_pdu) == 5
+
+
+def test_the_reason_counts_what_the_servers_want() -> None:
+    servers = [server("idle"), server("busy")]
+    allocator = PowerCapAllocator(rack(servers))
+    limits = {"idle": 7000.0, "busy": 6000.0}
+    allocator.step(snapshot(0.0, servers, {"idle": 1500.0, "busy": 6000.0}, limits), 0.0, 8000.0)
+    assert "; 1 want more, 1 released" in the(allocator.allocation).reason
+
+
+@pytest.mark.parametrize(("count", "more"), [(8, ""), (9, " and 1 more")])
+def test_the_reason_names_eight_servers_without_power_and_counts_the_rest(
+    count: int, more: str
+) -> None:
+    servers = [server(f"s{i}") for i in range(count)]
+    allocator = PowerCapAllocator(rack(servers))
+    allocator.step(snapshot(0.0, servers, {}), 0.0, 1e6)
+    reason = the(allocator.allocation).reason
+    assert reason.endswith(f"s7 missing{more}: held at the cap in force"), reason
+    assert "0 want more, 0 released" in reason
