@@ -872,3 +872,29 @@ def test_the_reason_names_eight_servers_without_power_and_counts_the_rest(
     reason = the(allocator.allocation).reason
     assert reason.endswith(f"s7 missing{more}: held at the cap in force"), reason
     assert "0 want more, 0 released" in reason
+
+
+def test_a_cap_that_moves_by_the_threshold_exactly_is_not_sent_again() -> None:
+    servers = [server("a"), server("b")]
+    allocator = PowerCapAllocator(rack(servers))
+    limits = {"a": 4000.0, "b": 4000.0}
+    busy = snapshot(0.0, servers, {"a": 4000.0, "b": 4000.0}, limits)
+    assert caps_of(allocator.step(busy, 0.0, 8000.0)) == {"a": 4000.0, "b": 4000.0}
+    assert caps_of(allocator.step(busy, 1.0, 8002.0)) == {}  # 1 W each: not worth a write
+    assert caps_of(allocator.step(busy, 2.0, 8004.2)) == {"a": 4002.1, "b": 4002.1}
+
+
+def test_a_server_without_a_priority_waits_for_one_with_a_higher_one() -> None:
+    plain = ServerCap(
+        "plain",
+        PointId(RACK, "plain", "power"),
+        PointId(RACK, "plain", "power_limit"),
+        1500.0,
+        7000.0,
+    )
+    first = server("first", priority=1)
+    allocator = PowerCapAllocator(rack([plain, first]))
+    limits = {"plain": 6000.0, "first": 6000.0}
+    snap = snapshot(0.0, [plain, first], {"plain": 6000.0, "first": 6000.0}, limits)
+    caps = caps_of(allocator.step(snap, 0.0, 9000.0))
+    assert caps == {"plain": 2000.0, "first": 7000.0}
