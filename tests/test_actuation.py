@@ -277,7 +277,9 @@ async def test_a_poll_sampled_before_the_write_is_not_a_drift() -> None:
     await chan.idle()  # confirmed at 10.0 on the readings' clock
     chan.observe(0.3, 10.5, sampled_at=9.9)  # the device before the write
     chan.submit(command(0.5), 10.5)
-    assert chan.stats.skipped_unchanged == 1 and chan.stats.drifts == 0
+    chan.observe(0.3, 10.5, sampled_at=10.0)  # sampled as it was confirmed: still before
+    chan.submit(command(0.5), 10.5)
+    assert chan.stats.skipped_unchanged == 2 and chan.stats.drifts == 0
     chan.observe(0.3, 10.6, sampled_at=10.1)  # after it: someone turned the knob
     chan.submit(command(0.5), 10.6)
     await chan.idle()

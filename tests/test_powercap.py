@@ -898,3 +898,17 @@ def test_a_server_without_a_priority_waits_for_one_with_a_higher_one() -> None:
     snap = snapshot(0.0, [plain, first], {"plain": 6000.0, "first": 6000.0}, limits)
     caps = caps_of(allocator.step(snap, 0.0, 9000.0))
     assert caps == {"plain": 2000.0, "first": 7000.0}
+
+
+def test_a_negative_margin_is_refused() -> None:
+    with pytest.raises(ValueError, match="margin_w must be >= 0"):
+        rack([server("a")], margin_w=-0.5)
+    assert rack([server("a")], margin_w=0.0).margin_w == 0.0
+
+
+def test_the_trim_takes_the_excess_off_as_many_caps_as_it_needs() -> None:
+    from coolctl.control.powercap import _trim
+
+    # the first cap gives up all it can above its floor (100 W), the second the rest
+    assert _trim([1600.0, 1600.0], [1500.0, 1500.0], 3000.0) == [1500.0, 1500.0]
+    assert _trim([1600.0, 1600.0], [1500.0, 1500.0], 3300.0) == [1600.0, 1600.0]
