@@ -1,5 +1,9 @@
 """Leak message published → interlock command written to the simulated CDU: p50 and p99.
 
+Two rows for coolctl: direct mode (the pump stop, `pump_speed_command` = 0) and setpoint mode
+(`cdu_control = "setpoints"`: the CDU's run command, `cdu_run_command` = 0, which stops the
+CDU's own loops and pumps).
+
 The daemon runs against the simulated rack with a real Mosquitto, in this process. Each trial
 publishes a wet leak-rope message (as the rope would) and times until the simulated CDU has
 received the pump stop, then publishes dry and waits for the interlock to release. The
@@ -85,13 +89,13 @@ async def publish_leak(client: aiomqtt.Client, wet: bool) -> None:
     await client.publish(LEAK_TOPIC, payload, qos=1, retain=True)
 
 
+STOP_POINT = {"direct": "pump_speed_command", "setpoints": "cdu_run_command"}
+
+
 def stop_seen_after(rack: HilRack, since: float) -> float | None:
+    point = STOP_POINT[rack.config.racks["r01"].cdu_control.value]
     for write in rack.simulation.writes("r01", "cdu1"):
-        if (
-            write.point == "pump_speed_command"
-            and write.value == 0.0
-            and write.wall_time_s >= since
-        ):
+        if write.point == point and write.value == 0.0 and write.wall_time_s >= since:
             return write.wall_time_s
     return None
 
@@ -137,41 +141,52 @@ async def baseline_trials(broker: str, cdu: str, trials: int) -> list[float]:
     return latencies
 
 
+async def mode_trials(broker: Mosquitto, folder: str, mode: str, trials: int) -> list[float]:
+    """Leak trials against a fresh simulated rack whose CDU is driven in `mode`."""
+    config = Path(folder) / f"bench-{mode}.toml"
+    config.write_text(CONFIG.replace("[racks.r01]\n", f'[racks.r01]\ncdu_control = "{mode}"\n', 1))
+    async with hil_rack(config, plant={"initial_valve": 0.5}, mqtt_broker=broker.address) as rack:
+        rack.simulation.publishers[("r01", "rope1")].set_paused(True)  # we are the rope
+        host, port = broker.address.rsplit(":", 1)
+        async with aiomqtt.Client(host, port=int(port)) as client:
+            await publish_leak(client, False)
+            await asyncio.sleep(1.0)
+            await coolctl_trials(rack, client, 5)  # warm up
+            return await coolctl_trials(rack, client, trials)
+
+
 async def main(trials: int) -> None:
     logging.disable(logging.CRITICAL)  # 200 leak interlocks would be 200 critical log lines
     with tempfile.TemporaryDirectory() as folder:
-        config = Path(folder) / "bench.toml"
-        config.write_text(CONFIG)
-        async with (
-            Mosquitto() as broker,
-            hil_rack(config, plant={"initial_valve": 0.5}, mqtt_broker=broker.address) as rack,
-        ):
-            rack.simulation.publishers[("r01", "rope1")].set_paused(True)  # we are the rope
-            host, port = broker.address.rsplit(":", 1)
-            async with aiomqtt.Client(host, port=int(port)) as client:
-                await publish_leak(client, False)
-                await asyncio.sleep(1.0)
-                await coolctl_trials(rack, client, 5)  # warm up
-                leak = await coolctl_trials(rack, client, trials)
-            cdu = rack.simulation.service("r01", "cdu1").address
-            floor = await baseline_trials(broker.address, cdu, trials)
+        async with Mosquitto() as broker:
+            leak = await mode_trials(broker, folder, "direct", trials)
+            setpoints = await mode_trials(broker, folder, "setpoints", trials)
+            config = Path(folder) / "bench-direct.toml"
+            async with hil_rack(
+                config, plant={"initial_valve": 0.5}, mqtt_broker=broker.address
+            ) as rack:
+                cdu = rack.simulation.service("r01", "cdu1").address
+                floor = await baseline_trials(broker.address, cdu, trials)
     print(f"leak message → pump stop written at the CDU, {trials} trials (wall time)")
     print(
         f"control period {CONTROL_PERIOD_S * 1e3:.0f} ms, Modbus poll {MODBUS_POLL_S * 1e3:.0f} ms"
     )
     print(f"{'':34} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for name, values in (
-        ("coolctl (fast path)", leak),
+        ("coolctl (fast path), direct", leak),
+        ("coolctl (fast path), setpoints", setpoints),
         ("bare MQTT delivery + Modbus write", floor),
     ):
         print(
             f"{name:34} {percentile(values, 0.5) * 1e3:8.2f} {percentile(values, 0.99) * 1e3:8.2f}"
             f" {max(values) * 1e3:8.2f}"
         )
-    print(
-        f"ratio coolctl/bare: p50 {statistics.median(leak) / statistics.median(floor):.2f},"
-        f" p99 {percentile(leak, 0.99) / percentile(floor, 0.99):.2f}"
-    )
+    for name, values in (("direct", leak), ("setpoints", setpoints)):
+        print(
+            f"ratio coolctl {name}/bare: p50"
+            f" {statistics.median(values) / statistics.median(floor):.2f},"
+            f" p99 {percentile(values, 0.99) / percentile(floor, 0.99):.2f}"
+        )
 
 
 if __name__ == "__main__":

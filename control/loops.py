@@ -6,6 +6,7 @@ the offline scenario runner and the live daemon run this very code.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -34,6 +35,32 @@ class FeedForward:
 
 
 @dataclass(frozen=True, slots=True)
+class ChipBoost:
+    """A cascade on the chips: while the hottest of `points` is above `above_c`, the loop's
+    setpoint moves toward `boosted` (the flow loop's up, the supply loop's down).
+
+    The PID loops hold flow and supply temperature, not the chips; with the servers' spread a
+    load step took the hottest chip to the throttle at a flow and supply that were on target.
+    The boost is a fraction 0..1 of the way from the setpoint to `boosted`: proportional
+    (`kp_per_k` per K over `above_c`) plus an integral (`ki_per_k_s`), both clamped to 0..1,
+    so it comes in quickly on a step and goes back slowly as the chips cool."""
+
+    points: tuple[PointId, ...]  # every server's chip temperature
+    above_c: float
+    boosted: float  # the setpoint at full boost
+    kp_per_k: float = 0.3
+    ki_per_k_s: float = 0.01
+    # feedforward from the rack's power (summed `power_points`): none at `from_w`, full at
+    # `full_w`, in between in proportion; the boost in force is the larger of the two. A rack
+    # without BMCs has no chips to read, and a load step reaches the PDU before the chips.
+    power_points: tuple[PointId, ...] = ()
+    from_w: float = math.inf
+    full_w: float = math.inf
+    power_lag_s: float = 20.0  # the power seen through a lag: more flow at once would bring
+    # the load step's hot return to the exchanger before the valve has opened for it
+
+
+@dataclass(frozen=True, slots=True)
 class LoopSpec:
     """What one loop holds, and with what."""
 
@@ -45,6 +72,7 @@ class LoopSpec:
     measurement_subtrahend: PointId | None = None  # set for a difference, e.g. coolant ΔT
     enabled: bool = True
     feedforward: FeedForward | None = None
+    boost: ChipBoost | None = None
 
     @property
     def inputs(self) -> tuple[PointId, ...]:
@@ -79,14 +107,56 @@ class PidLoop:
         self.state = LoopState(LoopMode.DISABLED, spec.setpoint, None, None, "not run yet")
         self._ff_power_w: float | None = None  # the feedforward's power, after its lag
         self._ff_at: float | None = None
+        self.boost_fraction = 0.0  # the chip boost in force, 0..1 (see ChipBoost)
+        self._chip_fraction = 0.0
+        self._power_fraction = 0.0
+        self._power_at: float | None = None
+        self._boost_integral = 0.0
+        self._boost_at: float | None = None
 
     @property
     def setpoint(self) -> float:
-        """The setpoint in force: an operator's override, or the configured one."""
-        return self.spec.setpoint if self.setpoint_override is None else self.setpoint_override
+        """The setpoint in force: an operator's override, or the configured one, moved by the
+        chip boost (if any)."""
+        base = self.spec.setpoint if self.setpoint_override is None else self.setpoint_override
+        boost = self.spec.boost
+        if boost is None or self.boost_fraction <= 0.0:
+            return base
+        return base + self.boost_fraction * (boost.boosted - base)
+
+    def _step_boost(self, snapshot: Snapshot, now: float) -> None:
+        """Update the chip boost from the hottest chip that reads good (none: hold)."""
+        boost = self.spec.boost
+        if boost is None:
+            return
+        values = [snapshot.value(point) for point in boost.points]
+        known = [v for v in values if v is not None]
+        last, self._boost_at = self._boost_at, now
+        chips = self._chip_fraction
+        if known:
+            error = max(known) - boost.above_c
+            dt_s = 0.0 if last is None else max(0.0, now - last)
+            integral = self._boost_integral + boost.ki_per_k_s * error * dt_s
+            self._boost_integral = min(1.0, max(0.0, integral))
+            chips = min(1.0, max(0.0, boost.kp_per_k * error + self._boost_integral))
+            self._chip_fraction = chips
+        power = self._power_fraction
+        watts = [snapshot.value(point) for point in boost.power_points]
+        if watts and all(w is not None for w in watts) and boost.full_w > boost.from_w:
+            total = sum(w for w in watts if w is not None)
+            target = min(1.0, max(0.0, (total - boost.from_w) / (boost.full_w - boost.from_w)))
+            if self._power_at is None or boost.power_lag_s <= 0.0:
+                power = target
+            else:
+                dt_s = max(0.0, now - self._power_at)
+                power += dt_s / (boost.power_lag_s + dt_s) * (target - power)
+            self._power_at = now
+            self._power_fraction = power
+        self.boost_fraction = max(chips, power)  # a reading not good: its share holds
 
     def step(self, snapshot: Snapshot, now: float) -> list[Command]:
         spec = self.spec
+        self._step_boost(snapshot, now)
         setpoint = self.setpoint
         if not spec.enabled:
             self.state = LoopState(LoopMode.DISABLED, setpoint, None, None, "disabled")

@@ -46,6 +46,18 @@ How a step allocates (each part is a function below, so each can be read and tes
    sent the moment the caps would not fit. So a budget drop beyond the band lowers the caps
    in the same step, as does a server that needs headroom beyond d.
 
+6. **Breakers and feeds** (`fit_circuits`): a rack fed by two feeds (A and B) has servers
+   plugged into a branch circuit (behind a breaker) of each. When one feed fails, every server
+   draws all its power from the other, so each branch must be able to carry the whole of the
+   caps of the servers on it, not the half it carries in normal running: for every branch,
+   Σ caps of its servers ≤ derating × rating × voltage (`Circuit.limit_w`, or the rating the
+   PDU reports); for every feed, Σ caps of the servers on it ≤ what the feed may carry. Caps
+   that do not fit are lowered, within the circuit, water-filled from the servers' minimums
+   (weights as above), so the largest caps come down first; caps only ever fall here, so the
+   rack budget still holds. If the minimums alone do not fit a circuit, its caps sit at their
+   minimums and the allocation is infeasible. A held cap (deadband) that would break a
+   circuit is sent. Pure like the rest: the rating read from a PDU is an argument.
+
 Tie rules, so every result is explainable:
 - A server exactly at (1 − r)·cap counts as `MORE` (the threshold is inclusive). The cap it is
   compared with is the one read back from its BMC (polled with its power), else the one last
@@ -118,6 +130,39 @@ class ServerCap:
 
 
 @dataclass(frozen=True, slots=True)
+class Circuit:
+    """A branch circuit (breaker) or a feed: the servers whose caps it must carry on its own
+    when the other feed fails, and how much that may be.
+
+    `limit_w` is derating × rated current × voltage, from the config; when `rating` names a
+    point (a PDU's `branch_rating.N`, amperes) and it reads good, derating × that × `voltage_v`
+    is used instead, the smaller of the two when both are known. None and no good reading: the
+    circuit is not enforced this step (and the allocation's reason says so).
+    """
+
+    name: str  # e.g. "pdua/branch 3" or "feed a"
+    servers: tuple[str, ...]
+    limit_w: float | None
+    rating: PointId | None = None
+    derating: float = 0.8
+    voltage_v: float = 230.0
+
+    def __post_init__(self) -> None:
+        if self.limit_w is not None:
+            _finite(self.limit_w, f"circuit {self.name}: limit_w", minimum=0.0)
+        if not 0.0 < self.derating <= 1.0:
+            raise ValueError(f"circuit {self.name}: derating must be in (0, 1]")
+        _finite(self.voltage_v, f"circuit {self.name}: voltage_v", minimum=0.0)
+
+    def limit(self, rating_a: float | None) -> float | None:
+        """What the circuit may carry, given the rating the PDU reports (None: unknown)."""
+        if rating_a is None or not math.isfinite(rating_a) or rating_a <= 0.0:
+            return self.limit_w
+        measured = self.derating * rating_a * self.voltage_v
+        return measured if self.limit_w is None else min(measured, self.limit_w)
+
+
+@dataclass(frozen=True, slots=True)
 class AllocatorConfig:
     """A rack's servers and how its budget is shared among them."""
 
@@ -126,6 +171,9 @@ class AllocatorConfig:
     margin_w: float = 0.0  # the caps' sum stays under budget - margin
     # The rack PDU's power, to measure pump and overhead as rack power - Σ server power.
     non_server_power: PointId | None = None
+    # Further meters whose power adds to it: a rack fed by two PDUs (feeds A and B) or by
+    # several power shelves draws their sum. If any reads no good value, the sum is unknown.
+    more_rack_power: tuple[PointId, ...] = ()
     overhead_w: float = 0.0  # non-server load without a PDU, and its floor with one
     # A server whose measured power is within this fraction of its cap counts as wanting more.
     demand_headroom_ratio: float = 0.1
@@ -134,6 +182,11 @@ class AllocatorConfig:
     # allocated this much per server under what is available, so held caps still fit. 0: off,
     # every cap follows every watt (the daemon's config sets a default; see coolctl/config.py).
     cap_deadband_w: float = 0.0
+    # Branch circuits and feeds whose limits the caps must fit (see `fit_circuits`).
+    circuits: tuple[Circuit, ...] = ()
+    # The power sources' alarm points (`psu_ok`, `bbu_discharging` of PDUs and power shelves):
+    # each change is an event, so that a lost PSU or a rack on battery is on the record.
+    source_alarms: tuple[PointId, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.servers:
@@ -154,6 +207,10 @@ class AllocatorConfig:
         rate = self.release_rate_w_per_s
         if rate is not None and not (math.isfinite(rate) and rate > 0.0):
             raise ValueError(f"release_rate_w_per_s must be finite and > 0, got {rate!r}")
+        for circuit in self.circuits:
+            unknown = set(circuit.servers) - set(names)
+            if unknown:
+                raise ValueError(f"circuit {circuit.name}: no server {sorted(unknown)}")
 
 
 # -- what one step decided -------------------------------------------------------------------
@@ -313,6 +370,47 @@ def _trim(caps: list[float], floors: Sequence[float], available_w: float) -> lis
     return caps
 
 
+def fit_circuits(
+    servers: Sequence[ServerCap],
+    caps: Sequence[float],
+    limits: Sequence[tuple[Circuit, float]],
+) -> tuple[list[float], list[str], list[str]]:
+    """Lower caps so that every circuit carries at most its limit; returns the caps, the
+    circuits that lowered some, and those whose servers' minimums alone exceed their limit
+    (their caps sit at the minimums).
+
+    Within a circuit over its limit the caps are water-filled up from the minimums to at most
+    their current values, so the largest fall first and equal caps stay equal. Caps only fall,
+    so a circuit already fitted stays fitted while the next is fitted: one pass suffices, and
+    the sum never rises above what the budget allowed.
+    """
+    index = {server.name: i for i, server in enumerate(servers)}
+    fitted = list(caps)
+    lowered: list[str] = []
+    short: list[str] = []
+    for circuit, limit_w in limits:
+        members = [index[name] for name in circuit.servers]
+        if math.fsum(fitted[i] for i in members) <= limit_w + _TOLERANCE_W:
+            continue
+        floors = [servers[i].min_cap_w for i in members]
+        room = limit_w - math.fsum(floors)
+        if room < -_TOLERANCE_W:
+            short.append(circuit.name)
+            for i, floor in zip(members, floors, strict=True):
+                fitted[i] = min(fitted[i], floor)
+            continue
+        values, _ = water_fill(
+            floors,
+            [fitted[i] for i in members],
+            [servers[i].weight for i in members],
+            max(0.0, room),
+        )
+        for i, value in zip(members, values, strict=True):
+            fitted[i] = min(fitted[i], value)
+        lowered.append(circuit.name)
+    return fitted, lowered, short
+
+
 def limit_rises(
     targets: Sequence[float],
     previous: Sequence[float | None],
@@ -364,11 +462,15 @@ class PowerCapAllocator:
         self._feasible = True
         self._floors = [server.min_cap_w for server in config.servers]
         self._min_sum_w = math.fsum(self._floors)
+        self._ratings_a: dict[str, float] = {}  # circuit -> last good rating read from a PDU
+        self._alarmed: dict[PointId, bool] = {}  # source alarm point -> in trouble when last read
 
     @property
     def inputs(self) -> list[PointId]:
         """The points a step reads."""
         extra = [self.config.non_server_power] if self.config.non_server_power else []
+        extra += self.config.more_rack_power
+        extra += [c.rating for c in self.config.circuits if c.rating is not None]
         return [p for server in self.config.servers for p in (server.power, server.limit)] + extra
 
     def applied(self, limit: PointId, value: float) -> None:
@@ -391,6 +493,7 @@ class PowerCapAllocator:
         failsafe, which lowers every cap)."""
         if budget_w is not None and not math.isfinite(budget_w):
             raise ValueError(f"{self.config.rack}: power budget {budget_w!r} is not finite")
+        self._note_sources(snapshot, now)
         servers = self.config.servers
         dt = None if self._last_now is None else max(0.0, now - self._last_now)
         self._last_now = now
@@ -426,6 +529,18 @@ class PowerCapAllocator:
                 reason = self._feasible_reason(budget_w, available, non_server, wants, snapshot)
                 if reserve > 0.0:
                     reason += f"; {reserve:.0f} W kept back for the caps' deadband"
+        limits = self._circuit_limits(snapshot)
+        if self.config.circuits:
+            targets, lowered, short = fit_circuits(servers, targets, limits)
+            if lowered:
+                reason += f"; lowered to fit {', '.join(lowered)}"
+            if short:
+                feasible = False
+                reason += f"; minimum caps exceed {', '.join(short)}: those caps at minimum"
+            known = {circuit.name for circuit, _ in limits}
+            unknown = [c.name for c in self.config.circuits if c.name not in known]
+            if unknown:
+                reason += f"; no rating known for {', '.join(unknown)}: not enforced"
         previous = [
             self._rate_base(server, cap) for server, cap in zip(servers, read_back, strict=True)
         ]
@@ -433,7 +548,7 @@ class PowerCapAllocator:
         if any(p < t - _TOLERANCE_W for p, t in zip(paced, targets, strict=True)):
             rate = self.config.release_rate_w_per_s
             reason += f"; rises held to {rate:g} W/s"
-        commands, caps = self._commands(paced, targets, available, reason, wants)
+        commands, caps = self._commands(paced, targets, available, reason, wants, limits)
         self._note_budget(budget_w, available, now)
         self._note_feasibility(feasible, reason, now)
         self.allocation = Allocation(
@@ -458,6 +573,23 @@ class PowerCapAllocator:
             cap = self._commanded.get(server.name, server.max_cap_w)
         return min(max(cap, server.min_cap_w), server.max_cap_w)
 
+    def _circuit_limits(self, snapshot: Snapshot) -> list[tuple[Circuit, float]]:
+        """Each circuit with its limit this step; circuits with no known limit are left out.
+        A rating read from a PDU is held through gaps in its readings (it does not change
+        while the breaker is in place)."""
+        limits = []
+        for circuit in self.config.circuits:
+            rating = None
+            if circuit.rating is not None:
+                value = snapshot.value(circuit.rating)
+                if value is not None and math.isfinite(value) and value > 0.0:
+                    self._ratings_a[circuit.name] = value
+                rating = self._ratings_a.get(circuit.name)
+            limit = circuit.limit(rating)
+            if limit is not None:
+                limits.append((circuit, limit))
+        return limits
+
     def _rate_base(self, server: ServerCap, read_back: float | None) -> float | None:
         """Where a rise counts from: the last cap commanded, else (after a restart) the one
         read back, so that a restart does not step every cap up at once."""
@@ -469,8 +601,14 @@ class PowerCapAllocator:
         point = self.config.non_server_power
         if point is None:
             return _NonServer(self.config.overhead_w, f"overhead {self.config.overhead_w:.0f} W")
-        rack = _watts(snapshot, point)
+        meters = [_watts(snapshot, meter) for meter in (point, *self.config.more_rack_power)]
+        rack = None if any(m is None for m in meters) else math.fsum(m or 0.0 for m in meters)
         if rack is None:
+            point = next(
+                meter
+                for meter, m in zip((point, *self.config.more_rack_power), meters, strict=True)
+                if m is None
+            )
             if self._non_server_w is not None:
                 held = self._non_server_w
                 return _NonServer(held, f"non-server {held:.0f} W held: {point} not good")
@@ -497,6 +635,7 @@ class PowerCapAllocator:
         available: float | None,
         reason: str,
         wants: Mapping[str, Want],
+        limits: Sequence[tuple[Circuit, float]] = (),
     ) -> tuple[list[Command], dict[str, float]]:
         """Commands for the caps that moved by more than the threshold and whose share
         (`targets`, before pacing) left the deadband; the caps in force.
@@ -522,6 +661,13 @@ class PowerCapAllocator:
             for i, (cap, value) in enumerate(zip(caps, paced, strict=True)):
                 if cap > value:
                     send[i], caps[i] = True, value
+        index = {server.name: i for i, server in enumerate(servers)}
+        for circuit, circuit_limit in limits:  # a held cap must not break a breaker either
+            members = [index[name] for name in circuit.servers]
+            if math.fsum(caps[i] for i in members) > circuit_limit + _TOLERANCE_W:
+                for i in members:
+                    if caps[i] > paced[i]:
+                        send[i], caps[i] = True, paced[i]
         commands = []
         for server, value, go in zip(servers, caps, send, strict=True):
             if go:
@@ -542,6 +688,24 @@ class PowerCapAllocator:
             message = f"power budget {before}{budget_w:.0f} W: {available:.0f} W for server caps"
         self._budget_seen, self._budget_w = True, budget_w
         self.events.append(self._event("power_budget", Severity.INFO, message, now))
+
+    def _note_sources(self, snapshot: Snapshot, now: float) -> None:
+        """An event when a power source's alarm point changes (first reading: only if set)."""
+        for point in self.config.source_alarms:
+            value = snapshot.value(point)
+            known = _SOURCE_ALARMS.get(point.name)
+            if value is None or known is None:
+                continue
+            trouble, kind, severity, cleared = known
+            alarmed = value == trouble
+            before = self._alarmed.get(point)
+            self._alarmed[point] = alarmed
+            if alarmed and before is not True:
+                message = f"{point.device}: {kind.replace('_', ' ')} ({point} = {value:g})"
+                self.events.append(self._event(kind, severity, message, now))
+            elif not alarmed and before is True:
+                message = f"{point.device}: {cleared.replace('_', ' ')} ({point} = {value:g})"
+                self.events.append(self._event(cleared, Severity.INFO, message, now))
 
     def _note_feasibility(self, feasible: bool, reason: str, now: float) -> None:
         if feasible == self._feasible:
@@ -591,6 +755,15 @@ class PowerCapAllocator:
             more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
             reason += f"; power {shown}{more}: held at the cap in force"
         return reason
+
+
+# point name -> (value that means trouble, event kind, severity, event kind when it clears)
+_SOURCE_ALARMS: Mapping[str, tuple[float, str, Severity, str]] = MappingProxyType(
+    {
+        "psu_ok": (0.0, "psu_lost", Severity.WARNING, "psu_restored"),
+        "bbu_discharging": (1.0, "bbu_discharging", Severity.CRITICAL, "bbu_discharge_ended"),
+    }
+)
 
 
 def _watts(snapshot: Snapshot, point: PointId) -> float | None:

@@ -24,6 +24,15 @@ first, then, once the PDU shows the power down (or after a timeout), the pump's 
 Safety sensors that never reported or went silent raise an alarm (an event and a state) — a
 configured leak rope is never silently ignored.
 
+A supply floor keeps the coolant off the pipes' dew point: no command to a
+`supply_temperature_setpoint` goes below `supply_floor_margin_c` over the facility water and over
+the room air's dew point (a `dew_point` reading, or Magnus from `room_temperature` and
+`room_humidity`); while the supply reads under the dew point + margin (in failsafe: under that
+floor) the supply valve is not opened further but closed at `supply_valve_close_per_s`
+(automatic, override and failsafe values alike; an interlock's value still wins); with the
+supply unread, a failsafe does not open the valve while the facility water (as last read) is
+under the dew point + margin.
+
 Pure and deterministic: no clock reads, `now` is monotonic seconds passed in by the caller, and
 the same calls in the same order give the same decisions.
 """
@@ -37,6 +46,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Literal
 
+from coolctl.control.dewpoint import dew_point_c, supply_floor_c
 from coolctl.control.limits import ActuatorClamp, ActuatorLimits
 from coolctl.model import Command, Event, PointId, Quality, Severity, Snapshot, Source
 
@@ -46,6 +56,8 @@ PUMP_FAILURE = "pump_failure"
 LOSS_OF_FLOW = "loss_of_flow"
 LOW_LEVEL = "low_coolant_level"
 INTERLOCKS: tuple[str, ...] = (LEAK, OVER_TEMPERATURE, PUMP_FAILURE, LOSS_OF_FLOW, LOW_LEVEL)
+SUPPLY_SETPOINT = "supply_temperature_setpoint"
+"""A CDU's own supply setpoint: every command to it is floored (see the module docstring)."""
 
 _LABELS: Mapping[str, str] = {
     LEAK: "leak",
@@ -66,6 +78,7 @@ _CONTROLLER = "controller"
 _CAUSES: tuple[str, ...] = (_STARTUP, _BLIND, _CONTROLLER)
 
 _ON = 0.5  # boolean points: at or above this reads as 1
+_NO_FLOW_SHARE = 0.3  # flow under this share of rated: nothing moves the coolant
 
 _Change = Literal["entered", "cleared"]
 
@@ -77,6 +90,8 @@ class ActuatorRole(StrEnum):
     VALVE = "valve"
     POWER_LIMIT = "power_limit"
     STANDBY = "standby"  # a writable 0/1 that selects the standby pump, if a CDU has one
+    ISOLATION = "isolation"  # a writable 0/1 that closes (0) the rack's isolation valves
+    SETPOINT = "setpoint"  # a setpoint or mode of a CDU that runs its own loops
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +142,10 @@ class SupervisorConfig:
     leak_debounce_s: float = 0.0
     leak_votes: int = 1
     leak_latched: bool = False  # a leak interlock releases only by an operator's reset
-    # The leak's pump response waits until `power` reads at most `leak_caps_power_w` (the caps
-    # have taken hold), or `leak_caps_timeout_s` after the trip; 0 s: no wait
-    power: PointId | None = None
+    # The leak's pump response waits until the rack's power (the sum of `power`: its PDUs, one
+    # per feed, or its power shelves) reads at most `leak_caps_power_w` (the caps have taken
+    # hold), or `leak_caps_timeout_s` after the trip; 0 s: no wait
+    power: tuple[PointId, ...] = ()
     leak_caps_power_w: float | None = None
     leak_caps_timeout_s: float = 0.0
     # over-temperature: releases only below limit - band, after this hold (None: hold_s)
@@ -154,6 +170,22 @@ class SupervisorConfig:
     # `healthy_points` reading is good and under its limit less `healthy_margin_c`
     healthy_points: tuple[TemperatureLimit, ...] = ()
     healthy_margin_c: float = 5.0
+    # ...and past that, caps fall in proportion: at `failsafe_cap_band_c` over the healthy
+    # threshold (or with a reading not good) they are at their minimum; 0: minimum at once
+    failsafe_cap_band_c: float = 0.0
+    # the supply floor (see the module docstring): the supply temperature the valve acts on,
+    # what the floor is computed from, and how fast the valve closes while under it
+    supply: PointId | None = None
+    facility_supply: PointId | None = None
+    dew_point: PointId | None = None
+    room_temperature: PointId | None = None
+    room_humidity: PointId | None = None
+    supply_floor_margin_c: float = 2.0
+    supply_valve_close_per_s: float = 0.02
+    # caps that do not hold: `power` over the caps in force (+10 %) and `power_overhead_w` for
+    # this long is an alarm (a BMC that took the write and did not cap, a write that was lost)
+    power_overhead_w: float = 0.0
+    caps_hold_within_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,10 +337,23 @@ def _num(value: float) -> str:
     return repr(float(value))
 
 
+def _num_or(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.1f}"
+
+
 def _finite_value(snapshot: Snapshot, point: PointId) -> float | None:
     """A good, finite reading, or None: a NaN that claims to be good is no better than bad."""
     value = snapshot.value(point)
     return value if value is not None and math.isfinite(value) else None
+
+
+def _sum_of(snapshot: Snapshot, points: tuple[PointId, ...]) -> float | None:
+    """The sum of good, finite readings of every point, or None if any has none (a rack fed
+    by two PDUs is not metered by one of them)."""
+    values = [_finite_value(snapshot, point) for point in points]
+    if not values or any(value is None for value in values):
+        return None
+    return math.fsum(value for value in values if value is not None)
 
 
 def _quality(snapshot: Snapshot, point: PointId) -> str:
@@ -327,6 +372,8 @@ def _describe(safety: ActuatorSafety, value: float) -> str:
         return f"valve at {value:.4g}"
     if role is ActuatorRole.POWER_LIMIT:
         return f"power limit {value:.6g}"
+    if role is ActuatorRole.SETPOINT:
+        return f"{safety.point.name} {value:.6g}"
     return "standby pump selected" if value >= _ON else "standby pump not selected"
 
 
@@ -354,6 +401,9 @@ def _validate(config: SupervisorConfig) -> None:
     """Refuse a configuration under which the supervisor could command something unsafe."""
     if not config.rack:
         raise ValueError("rack must not be empty")
+    close = config.supply_valve_close_per_s
+    if not (math.isfinite(close) and close > 0.0):
+        raise ValueError(f"supply_valve_close_per_s must be finite and > 0, got {close!r}")
     for name in (
         "standby_changeover_s",
         "failsafe_after_s",
@@ -366,6 +416,10 @@ def _validate(config: SupervisorConfig) -> None:
         "min_pump_speed",
         "flow_debounce_s",
         "healthy_margin_c",
+        "failsafe_cap_band_c",
+        "supply_floor_margin_c",
+        "power_overhead_w",
+        "caps_hold_within_s",
     ):
         value = getattr(config, name)
         if not (math.isfinite(value) and value >= 0.0):
@@ -473,6 +527,15 @@ class Supervisor:
         self._leak_caps_confirmed = True
         self._has_caps = any(a.role is ActuatorRole.POWER_LIMIT for a in config.actuators)
         self._holding = False  # blind, but holding the last outputs (see _update_holding)
+        self._cap_share = 0.0  # blind, chips warm: the share of their span caps keep
+        self._normal_caps: dict[PointId, float] = {}  # last values outside failsafe/interlock
+        self._supply_floor_c: float | None = None  # the floors now, from the last snapshot
+        self._dew_floor_c: float | None = None
+        self._last_facility_c: float | None = None  # the last good facility water reading
+        self._caps_over_since: float | None = None  # power over what the caps allow, since
+        self._caps_alarmed = False
+        self._supply_c: float | None = None
+        self._under_floor = False
 
     @property
     def config(self) -> SupervisorConfig:
@@ -511,17 +574,20 @@ class Supervisor:
         failsafe) gets no command and holds its last value.
         """
         _require_time(now)
-        was_failsafe = self.failsafe
         events: list[Event] = []
-        if not self._started:
+        if not self._started:  # before was_failsafe: the start-up failsafe's end is announced
             events.extend(self._start(now))
+        was_failsafe = self.failsafe
         events.extend(self._update_interlocks(snapshot, now))
         events.extend(self._update_failsafe(snapshot, now, controller_failed, was_failsafe))
         events.extend(self._update_silent(snapshot, now))
         events.extend(self._update_holding(snapshot, now))
+        events.extend(self._update_supply_floor(snapshot, now))
         auto = self._collect_requests(requested, now, events)
         manual = self._collect_overrides(overrides, now, events)
-        return self._decision(self._decide_all(now, auto, manual), events)
+        commands = self._decide_all(now, auto, manual)
+        events.extend(self._watch_caps(snapshot, now))
+        return self._decision(commands, events)
 
     def evaluate_interlocks(self, snapshot: Snapshot, now: float) -> Decision:
         """The fast path, between ticks: commands only if an interlock changed state.
@@ -790,7 +856,7 @@ class Supervisor:
     def _waits_for_caps(self) -> bool:
         """Whether a leak's pump response waits for the caps to take hold."""
         config = self._config
-        measured = config.power is not None and config.leak_caps_power_w is not None
+        measured = bool(config.power) and config.leak_caps_power_w is not None
         return self._has_caps and (measured or config.leak_caps_timeout_s > 0.0)
 
     def _leak_sequence(self, snapshot: Snapshot, now: float) -> list[Event]:
@@ -803,8 +869,9 @@ class Supervisor:
         if self._leak_caps_confirmed or leak.since is None:
             return []
         config = self._config
-        point, target = config.power, config.leak_caps_power_w
-        power = None if point is None else _finite_value(snapshot, point)
+        target = config.leak_caps_power_w
+        point = " + ".join(map(str, config.power)) or "rack power"
+        power = _sum_of(snapshot, config.power)
         rack = config.rack
         if power is not None and target is not None and power <= target:
             self._leak_caps_confirmed = True
@@ -895,7 +962,7 @@ class Supervisor:
                         f" at {speed:.3g} should give",
                     )
                 )
-        power = None if config.power is None else _finite_value(snapshot, config.power)
+        power = _sum_of(snapshot, config.power)
         if config.min_flow_lpm_per_kw > 0.0 and power is not None:
             floors.append(
                 (
@@ -975,7 +1042,23 @@ class Supervisor:
             message = f"rack {config.rack}: failsafe outputs ({why or 'no longer only blind'})"
             events.append(self._event("failsafe_outputs", Severity.WARNING, message, now))
         self._holding = holding
+        self._cap_share = self._failsafe_cap_share(snapshot) if only_blind else 0.0
         return events
+
+    def _failsafe_cap_share(self, snapshot: Snapshot) -> float:
+        """How much of its normal cap a server keeps in a blind failsafe: 1 at the healthy
+        threshold, 0 at `failsafe_cap_band_c` over it or with a reading that is not good."""
+        config = self._config
+        band = config.failsafe_cap_band_c
+        if band <= 0.0 or not config.healthy_points:
+            return 0.0
+        excess = -math.inf
+        for limit in config.healthy_points:
+            value = _finite_value(snapshot, limit.point)
+            if value is None:
+                return 0.0
+            excess = max(excess, value - (limit.limit_c - config.healthy_margin_c))
+        return min(1.0, max(0.0, 1.0 - excess / band))
 
     def _thermal_health(self, snapshot: Snapshot) -> tuple[bool, str]:
         margin = self._config.healthy_margin_c
@@ -1036,6 +1119,14 @@ class Supervisor:
             pump.took_over = True
             message = f"rack {rack}: standby pump took over ({self._config.standby_active} = 1)"
             return [self._event("standby_took_over", Severity.INFO, message, now)]
+        if self._no_flow(snapshot):
+            pump.caps = True
+            message = (
+                f"rack {rack}: pump failure and {self._config.flow} under"
+                f" {_NO_FLOW_SHARE:.0%} of rated: nothing moves the coolant, caps applied"
+                " without waiting for a standby"
+            )
+            return [self._event("pump_failure_caps", Severity.CRITICAL, message, now)]
         if now - pump.onset >= self._config.standby_changeover_s:
             pump.caps = True
             message = (
@@ -1044,6 +1135,14 @@ class Supervisor:
             )
             return [self._event("pump_failure_caps", Severity.CRITICAL, message, now)]
         return []
+
+    def _no_flow(self, snapshot: Snapshot) -> bool:
+        """The flow reads under `_NO_FLOW_SHARE` of rated: no pump is moving the coolant."""
+        config = self._config
+        if config.flow is None or config.rated_flow_lpm is None:
+            return False
+        value = _finite_value(snapshot, config.flow)
+        return value is not None and value < _NO_FLOW_SHARE * config.rated_flow_lpm
 
     def _standby_on(self, snapshot: Snapshot) -> bool:
         point = self._config.standby_active
@@ -1059,8 +1158,110 @@ class Supervisor:
         for safety in self._config.actuators:
             command = self._decide(safety, now, auto.get(safety.point), manual.get(safety.point))
             if command is not None:
-                commands.append(self._record(command, now))
+                commands.append(self._record(self._floored(safety, command, now), now))
         return commands
+
+    # -- the supply floor --------------------------------------------------------------------
+
+    def _update_supply_floor(self, snapshot: Snapshot, now: float) -> list[Event]:
+        """The floors from this snapshot, and whether the supply valve is held by one: one
+        event when it starts, one when it ends.
+
+        Two floors: the dew point + margin, which every valve command respects (condensation
+        is a hazard), and the higher of that and facility water + margin, which supply setpoint
+        commands and the valve's failsafe respect (a failsafe valve wide open at low load only
+        drags the supply toward the facility water). The supply loop's own commands may take
+        the supply near the facility water when the heat needs it."""
+        config = self._config
+        facility = (
+            _finite_value(snapshot, config.facility_supply) if config.facility_supply else None
+        )
+        dew = _finite_value(snapshot, config.dew_point) if config.dew_point else None
+        if dew is None and config.room_temperature and config.room_humidity:
+            air = _finite_value(snapshot, config.room_temperature)
+            humidity = _finite_value(snapshot, config.room_humidity)
+            if air is not None and humidity is not None:
+                dew = dew_point_c(air, humidity)
+        margin = config.supply_floor_margin_c
+        if facility is not None:
+            self._last_facility_c = facility
+        self._supply_floor_c = supply_floor_c(facility, dew, margin)
+        self._dew_floor_c = supply_floor_c(None, dew, margin)
+        supply = _finite_value(snapshot, config.supply) if config.supply else None
+        self._supply_c = supply
+        floor = self._valve_floor(Source.FAILSAFE if self.failsafe else Source.AUTO)
+        under = floor is not None and supply is not None and supply < floor
+        if under == self._under_floor:
+            return []
+        self._under_floor = under
+        if under:
+            message = (
+                f"supply {supply or 0.0:.1f} °C under its floor {floor or 0.0:.1f} °C"
+                f" (dew point {_num_or(dew)} °C"
+                + (f", facility water {_num_or(facility)} °C" if self.failsafe else "")
+                + f", +{margin:g} K): the supply valve closes"
+            )
+            return [self._event("supply_under_floor", Severity.WARNING, message, now)]
+        message = "supply back over its floor (dew point, facility water + margin)"
+        return [self._event("supply_floor_cleared", Severity.INFO, message, now)]
+
+    def _valve_floor(self, source: Source) -> float | None:
+        """The floor the supply valve respects for a command from `source`."""
+        if source is Source.FAILSAFE:
+            return self._supply_floor_c
+        return self._dew_floor_c
+
+    def _floored(self, safety: ActuatorSafety, command: Command, now: float) -> Command:
+        """`command` held to the supply floor: a supply setpoint never below it; the supply
+        valve, while the supply is under its floor, no further open than it is, closing."""
+        if command.source is Source.INTERLOCK:
+            return command
+        floor = self._supply_floor_c
+        if safety.point.name == SUPPLY_SETPOINT:
+            if floor is None or command.value >= floor:
+                return command
+            value = min(max(floor, safety.hard_minimum), safety.hard_maximum)
+            reason = f"{command.reason}; held at the supply floor {floor:.1f} °C"
+            return replace(command, value=value, reason=reason)
+        supply_point = self._config.supply
+        if (
+            safety.role is not ActuatorRole.VALVE
+            or supply_point is None
+            or safety.point.device != supply_point.device
+        ):
+            return command
+        floor = self._valve_floor(command.source)
+        supply = self._supply_c
+        issued = self._issued.get(safety.point)
+        last = issued.value if issued is not None else self._observed.get(safety.point)
+        if supply is None and command.source is Source.FAILSAFE and last is not None:
+            return self._blind_valve(command, last)
+        if floor is None or supply is None or supply >= floor or last is None:
+            return command
+        dt_s = max(0.0, now - issued.ts) if issued is not None else 0.0
+        ceiling = max(safety.minimum, last - self._config.supply_valve_close_per_s * dt_s)
+        if command.value <= ceiling:
+            return command
+        reason = (
+            f"{command.reason}; supply {supply:.1f} °C under its floor"
+            f" {floor:.1f} °C: valve held to {ceiling:.3g}"
+        )
+        return replace(command, value=ceiling, reason=reason)
+
+    def _blind_valve(self, command: Command, last: float) -> Command:
+        """The supply unread, the valve's failsafe would open it: held where it is instead
+        when the facility water (as last read) is under the dew point + margin, where a wide
+        open valve would sweat the pipes. An interlock's full cooling still wins."""
+        dew_floor, facility = self._dew_floor_c, self._last_facility_c
+        if dew_floor is None or facility is None or facility >= dew_floor:
+            return command
+        if command.value <= last:
+            return command
+        reason = (
+            f"{command.reason}; supply unread and facility water {facility:.1f} °C under the"
+            f" dew point floor {dew_floor:.1f} °C: valve held at {last:.3g}"
+        )
+        return replace(command, value=last, reason=reason)
 
     def _decide(
         self,
@@ -1077,6 +1278,8 @@ class Supervisor:
         if override is not None:
             reason = f"override by {override.who}: {override.reason}"
             return clamp.clamp(Command(safety.point, override.value, Source.OVERRIDE, reason), now)
+        if safety.role is ActuatorRole.ISOLATION:
+            return self._isolation_reopened(safety)
         # A standby selector is not a control output: writing a failsafe value could switch
         # back to the pump that failed, so failsafe leaves it where it is.
         if self.failsafe and safety.role is not ActuatorRole.STANDBY:
@@ -1090,7 +1293,10 @@ class Supervisor:
     def _interlock_offers(self, safety: ActuatorSafety) -> list[tuple[str, float]]:
         offers: list[tuple[str, float]] = []
         active = self._interlocks
-        pump_waits = safety.role is ActuatorRole.PUMP and not self._leak_caps_confirmed
+        # the pump step of the leak sequence (pump to its leak value, isolation valves shut)
+        # waits for the caps
+        pump_step = safety.role in (ActuatorRole.PUMP, ActuatorRole.ISOLATION)
+        pump_waits = pump_step and not self._leak_caps_confirmed
         if active[LEAK].active and safety.on_leak is not None and not pump_waits:
             offers.append((LEAK, safety.on_leak))
         if active[LOW_LEVEL].active and safety.on_low_level is not None:
@@ -1118,6 +1324,50 @@ class Supervisor:
         reason = f"{causes}; {_describe(safety, value)}{wins}"
         return Command(safety.point, value, Source.INTERLOCK, reason)
 
+    def _watch_caps(self, snapshot: Snapshot, now: float) -> list[Event]:
+        """After the caps went down, the PDU must show it: its power over what the caps in
+        force allow (+10 %, and the rack's non-server load) for `caps_hold_within_s` is one
+        event (`caps_not_holding`), and one when it holds again (`caps_holding`)."""
+        config = self._config
+        caps = [a.point for a in config.actuators if a.role is ActuatorRole.POWER_LIMIT]
+        issued = [self._issued.get(point) for point in caps]
+        power = _sum_of(snapshot, config.power)
+        if not caps or power is None or any(i is None for i in issued):
+            return []
+        allowed = 1.1 * math.fsum(i.value for i in issued if i is not None)
+        allowed += config.power_overhead_w
+        if power <= allowed:
+            self._caps_over_since = None
+            if not self._caps_alarmed:
+                return []
+            self._caps_alarmed = False
+            message = f"rack {config.rack}: power {power:.0f} W is within its caps again"
+            return [self._event("caps_holding", Severity.INFO, message, now)]
+        if self._caps_over_since is None:
+            self._caps_over_since = now
+        waited = now - self._caps_over_since
+        if self._caps_alarmed or waited < config.caps_hold_within_s:
+            return []
+        self._caps_alarmed = True
+        message = (
+            f"rack {config.rack}: power did not fall after the cap writes:"
+            f" {' + '.join(map(str, config.power))}"
+            f" {power:.0f} W for {waited:.0f} s, over the {allowed:.0f} W the caps in force allow"
+            " (a BMC that did not apply its cap? a write that was lost?)"
+        )
+        return [self._event("caps_not_holding", Severity.WARNING, message, now)]
+
+    def _isolation_reopened(self, safety: ActuatorSafety) -> Command | None:
+        """An isolation valve is no loop's: it stays as it is, except that once the interlock
+        that shut it has been released (a leak: by an operator's reset) it opens again, and
+        failsafe never moves it (closing it would stop the coolant; opening it could feed a
+        leak)."""
+        issued = self._issued.get(safety.point)
+        if issued is None or issued.source is not Source.INTERLOCK:
+            return None
+        reason = f"interlock released: {_describe(safety, safety.maximum)} (isolation valves open)"
+        return Command(safety.point, safety.maximum, Source.AUTO, reason)
+
     def _holding_command(self, safety: ActuatorSafety) -> Command | None:
         """The value last commanded, sent again: held while the chips are healthy, and re-sent
         every tick like any failsafe value, so a write the lost link failed is retried."""
@@ -1131,14 +1381,25 @@ class Supervisor:
         return Command(safety.point, issued.value, Source.FAILSAFE, reason)
 
     def _failsafe_command(self, safety: ActuatorSafety) -> Command:
-        reason = f"failsafe ({'; '.join(self._failsafe_reasons())}); " + _describe(
-            safety, safety.failsafe
-        )
-        return Command(safety.point, safety.failsafe, Source.FAILSAFE, reason)
+        value = safety.failsafe
+        share = self._cap_share
+        normal = self._normal_caps.get(safety.point)
+        if safety.role is ActuatorRole.POWER_LIMIT and share > 0.0 and normal is not None:
+            # blind, the chips a little warm: the caps fall with the evidence, not at once
+            value = max(safety.failsafe, min(normal, value + share * (normal - value)))
+            reason = (
+                f"failsafe ({'; '.join(self._failsafe_reasons())}); chips warm: caps keep"
+                f" {share:.0%} of their span, {_describe(safety, value)}"
+            )
+            return Command(safety.point, value, Source.FAILSAFE, reason)
+        reason = f"failsafe ({'; '.join(self._failsafe_reasons())}); " + _describe(safety, value)
+        return Command(safety.point, value, Source.FAILSAFE, reason)
 
     def _record(self, command: Command, now: float) -> Command:
         """Remember what was commanded: the base for slew and for pump-failure detection."""
         self._issued[command.point] = _Issued(command.value, command.source, command.reason, now)
+        if command.source in (Source.AUTO, Source.OVERRIDE):
+            self._normal_caps[command.point] = command.value  # what a failsafe scales from
         self._clamps[command.point].accept(command.value, now)
         self._note_pump(now)
         return command

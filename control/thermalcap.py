@@ -1,6 +1,10 @@
 """Cooling-aware power capping: a rack IT-power limit from how close the temperatures are to
 their limits, engaged only when cooling has nothing left to give.
 
+For a chip or a server outlet margin, cooling is at its top once the pumps are: more
+flow is what such a margin needs (a worn pump pinned at full speed, the valve with room left);
+for a supply or return margin, once the valves are: the exchanger has no more to give.
+
 The over-temperature interlock is an on/off limiter: it drops every cap to its minimum at the
 limit and lifts them after the hold, so a rack whose facility water is too warm to carry its
 load swings between full and minimum power. This loop caps continuously instead: while the pump
@@ -27,6 +31,7 @@ class MarginPoint:
 
     point: PointId
     limit_c: float
+    flow_bound: bool = False  # a chip or a server outlet: more flow is what cools it
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +40,7 @@ class CoolingActuator:
 
     point: PointId
     top: float
+    moves_flow: bool = False  # a pump: at its top, a flow-bound margin has no more to get
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +98,7 @@ class ThermalCapLoop:
         """The rack's IT limit now, or None while the loop does not limit."""
         config = self.config
         worst, where = self._worst_margin(snapshot)
-        at_top = self._cooling_at_top(snapshot)
+        at_top = self._cooling_at_top(snapshot, self._flow_bound(where))
         power = self._power(snapshot)
         dt_s = 0.0 if self._last_time is None else max(0.0, now - self._last_time)
         self._last_time = now
@@ -130,13 +136,24 @@ class ThermalCapLoop:
                 worst, where = room, margin.point
         return worst, where
 
-    def _cooling_at_top(self, snapshot: Snapshot) -> bool:
+    def _flow_bound(self, where: PointId | None) -> bool:
+        return any(m.flow_bound for m in self.config.margins if m.point == where)
+
+    def _cooling_at_top(self, snapshot: Snapshot, flow_bound: bool = False) -> bool:
+        """For a chip or an outlet (`flow_bound`), every pump at its top: a pump at full speed
+        can give such a margin no more, whatever the valve does (a worn pump short of its
+        flow); for a coolant temperature (supply, return), every valve at its top: the
+        exchanger has nothing more to give, whatever flow the chips need. A stack without the
+        one kind of actuator judges by all of them."""
         tolerance = self.config.top_tolerance
-        for actuator in self.config.cooling:
+        cooling = [a for a in self.config.cooling if a.moves_flow == flow_bound]
+        if not cooling:
+            cooling = list(self.config.cooling)
+        for actuator in cooling:
             value = snapshot.value(actuator.point)
             if value is None or value < actuator.top - tolerance * max(abs(actuator.top), 1.0):
                 return False
-        return bool(self.config.cooling)
+        return bool(cooling)
 
     def _power(self, snapshot: Snapshot) -> float | None:
         values = [snapshot.value(point) for point in self.config.power]

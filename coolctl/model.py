@@ -17,6 +17,8 @@ class Unit(enum.StrEnum):
     CELSIUS = "celsius"
     PASCAL = "pascals"
     WATT = "watts"
+    AMPERE = "amperes"
+    VOLT = "volts"
     JOULE = "joules"
     LITRE = "litres"
     LITRE_PER_MINUTE = "litres_per_minute"
@@ -104,7 +106,29 @@ CANONICAL_POINTS: Mapping[str, PointSpec] = _specs(
     PointSpec("power", Unit.WATT, "electrical power drawn by the device"),
     PointSpec("energy", Unit.JOULE, "electrical energy counted by the device"),
     PointSpec("power_limit", Unit.WATT, "power cap in force on a server"),
+    PointSpec("current", Unit.AMPERE, "RMS current drawn at the device's inlet"),
+    PointSpec("voltage", Unit.VOLT, "RMS voltage at the device's inlet"),
+    PointSpec("feed_power", Unit.WATT, "power drawn through one feed (A or B) of the rack"),
+    # PDU tables: one reading per row, named `point.index` (see indexed_point)
+    PointSpec("phase_current", Unit.AMPERE, "RMS current of one inlet phase (per phase)"),
+    PointSpec("phase_voltage", Unit.VOLT, "RMS voltage of one inlet phase (per phase)"),
+    PointSpec("phase_power", Unit.WATT, "active power through one inlet phase (per phase)"),
+    PointSpec("branch_current", Unit.AMPERE, "current through one branch circuit (per branch)"),
+    PointSpec("branch_rating", Unit.AMPERE, "rated current of a branch circuit's breaker"),
+    PointSpec("outlet_power", Unit.WATT, "active power drawn at one outlet (per outlet)"),
+    PointSpec("outlet_current", Unit.AMPERE, "RMS current drawn at one outlet (per outlet)"),
+    PointSpec("outlet_energy", Unit.JOULE, "energy counted at one outlet (per outlet)"),
+    # power shelves (PSUs with battery backup units)
+    PointSpec("output_power", Unit.WATT, "power delivered by a power shelf to the rack's bus"),
+    PointSpec("psu_ok", Unit.BOOLEAN, "1 while a power supply reports OK (per PSU)"),
+    PointSpec("bbu_charge", Unit.RATIO, "state of charge of a battery backup unit (per BBU)"),
+    PointSpec("bbu_discharging", Unit.BOOLEAN, "1 while a battery backup unit discharges"),
     PointSpec("chip_temperature", Unit.CELSIUS, "hottest processor temperature of a server"),
+    PointSpec(
+        "chip_throttle_temperature",
+        Unit.CELSIUS,
+        "where a server's chips throttle, as its BMC reports it (the sensor's critical threshold)",
+    ),
     PointSpec("coolant_outlet_temperature", Unit.CELSIUS, "coolant temperature leaving a server"),
     PointSpec("inlet_temperature", Unit.CELSIUS, "air or coolant temperature at the rack inlet"),
     # upstream
@@ -112,6 +136,22 @@ CANONICAL_POINTS: Mapping[str, PointSpec] = _specs(
         "power_budget", Unit.WATT, "the rack's power budget as an upstream coordinator sets it"
     ),
 )
+
+
+INDEX_SEPARATOR = "."
+
+
+def indexed_point(name: str, index: str) -> str:
+    """The name of one row of a table point: `outlet_power` of outlet 12 is `outlet_power.12`.
+
+    Table points (per outlet, branch, phase, PSU) share one canonical name and unit; the index
+    after the separator tells the rows apart."""
+    return f"{name}{INDEX_SEPARATOR}{index}"
+
+
+def base_point(name: str) -> str:
+    """The canonical name of a point, without the index of a table row."""
+    return name.split(INDEX_SEPARATOR, 1)[0]
 
 
 class Quality(enum.StrEnum):
@@ -168,7 +208,7 @@ class PointId:
 
     @property
     def unit(self) -> Unit | None:
-        spec = CANONICAL_POINTS.get(self.name)
+        spec = CANONICAL_POINTS.get(base_point(self.name))
         return spec.unit if spec else None
 
 

@@ -1,88 +1,75 @@
-"""Modbus TCP client for one device, driven by its profile.
+"""Modbus client for one device (one unit id), driven by its profile, over TCP or RTU.
 
 coolctl polls a device, turns each profile point into a `Reading`, and writes setpoints with a
-read-back check. The device is a real box on a real network, so this module is mostly about
-what happens when it misbehaves: every failure becomes a reading quality and a counter, never
-an exception out of `poll()`, and never a log line per poll.
+read-back check. The device is a real box on a real network or bus, so this module is mostly
+about what happens when it misbehaves: every failure becomes a reading quality and a counter,
+never an exception out of `poll()`, and never a log line per poll.
 
-Choices, and why:
-- One connection and one lock per device: gateways cap connections and answer parallel
-  requests to one unit with exception 11 (STACK.md).
-- coolctl's own timeout and reconnect, not pymodbus's: pymodbus retries, reconnects in a
-  background task and closes the link after a few silent requests on its own schedule; here a
-  poll must finish within a known time and the reconnect pace must be visible in the stats.
-- A timeout closes the connection: a device that has stopped answering on a connection is
-  often a half-open socket, and a fresh connection is the cheap cure.
+The connection is a `ModbusLink` (modbus_link.py): a device given none opens its own TCP
+connection; devices on one RS-485 bus, or behind one TCP gateway, share one link and so one
+connection with one request in flight. A device's own lock keeps its poll and its writes
+(a read-modify-write of one bit included) from interleaving.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import functools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Final, Self
+from typing import Self
 
-from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.pdu import ModbusPDU
 
 from coolctl.model import PointId, Quality, Reading
 
+from .modbus_link import (
+    EXCEPTION_NAMES,
+    LINK_FAILURES,
+    Failure,
+    FailureKind,
+    ModbusClient,
+    ModbusLink,
+    exception_text,
+)
 from .modbus_profile import (
     BIT_TABLES,
     ModbusProfile,
     ReadBlock,
     RegisterPoint,
+    Table,
+    Unlock,
     decode,
     encode,
+    is_missing,
     plan_reads,
+    set_bit,
 )
 from .poll_stats import PollChange, PollStats
 
+__all__ = [
+    "EXCEPTION_NAMES",
+    "DeviceStats",
+    "FailureKind",
+    "ModbusDevice",
+    "ModbusLink",
+    "WriteError",
+    "exception_text",
+]
+
 log = logging.getLogger("coolctl.drivers.modbus")
 
-
-class FailureKind(enum.StrEnum):
-    """Why a request or connect failed: the keys of DeviceStats.errors_by_kind and the `kind`
-    label of coolctl_device_poll_errors."""
-
-    TIMEOUT = "timeout"  # the device did not answer within timeout_s
-    CONNECTION = "connection"  # no TCP connection, or it dropped
-    EXCEPTION = "exception"  # the device answered with a Modbus exception response
-    GARBLED = "garbled"  # the answer makes no sense (length, NaN, undecodable frame)
-    MISMATCH = "mismatch"  # a written value did not read back
-
-
-_LINK_FAILURES: Final = frozenset({FailureKind.TIMEOUT, FailureKind.CONNECTION})
-
-# pymodbus gets a longer timeout than coolctl's own, so that coolctl's always fires first and
-# pymodbus never starts its own count-down to closing the connection.
-_PYMODBUS_TIMEOUT_FACTOR: Final = 2.0
-
-_EXCEPTION_NAMES: Final = {
-    1: "illegal function",
-    2: "illegal data address",
-    3: "illegal data value",
-    4: "device failure",
-    5: "acknowledge",
-    6: "device busy",
-    7: "negative acknowledge",
-    8: "memory parity error",
-    10: "gateway path unavailable",
-    11: "gateway target failed to respond",
-}
-
-RequestFactory = Callable[[AsyncModbusTcpClient], Awaitable[ModbusPDU]]
+SENSOR_MISSING = "sensor_missing"  # errors_by_kind: a register held a "no sensor" sentinel
 
 
 class WriteError(Exception):
     """A write that was refused, failed, or did not read back as written."""
+
+    refused = False  # the device answered and said no (an exception code): retry with backoff
 
 
 @dataclass(slots=True)
@@ -92,19 +79,10 @@ class DeviceStats(PollStats):
     connect_attempts: int = 0
 
 
-class _Failure(Exception):
-    """One failed request or connect, with its kind (a DeviceStats.errors_by_kind key)."""
-
-    def __init__(self, kind: FailureKind, detail: str) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
-        self.detail = detail
-
-
 @dataclass(slots=True)
 class _PollOutcome:
     readings: dict[str, Reading] = field(default_factory=dict)
-    failures: list[_Failure] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     waiting_s: float | None = None  # set when no connect was tried because of the backoff
 
     @property
@@ -113,48 +91,51 @@ class _PollOutcome:
 
 
 class ModbusDevice:
-    """One Modbus TCP device (one unit id behind one host:port), read through its profile."""
+    """One Modbus device (one unit id on a TCP connection or a serial bus), read through its
+    profile."""
 
     def __init__(
         self,
         *,
         rack: str,
         device: str,
-        host: str,
-        port: int,
         unit_id: int,
         profile: ModbusProfile,
+        host: str | None = None,
+        port: int = 502,
+        link: ModbusLink | None = None,
         timeout_s: float = 1.0,
         reconnect_min_s: float = 0.1,
         reconnect_max_s: float = 30.0,
     ) -> None:
-        if not timeout_s > 0:
-            raise ValueError(f"timeout_s must be positive, not {timeout_s}")
-        if not 0 <= reconnect_min_s <= reconnect_max_s:
-            raise ValueError(
-                f"need 0 <= reconnect_min_s <= reconnect_max_s, "
-                f"not {reconnect_min_s} and {reconnect_max_s}"
-            )
         if not 0 <= unit_id <= 255:
             raise ValueError(f"unit_id must be within 0..255, not {unit_id}")
+        if link is None:
+            if host is None:
+                raise ValueError("a Modbus device needs a host (TCP) or a link")
+            link = ModbusLink(
+                host=host,
+                port=port,
+                timeout_s=timeout_s,
+                reconnect_min_s=reconnect_min_s,
+                reconnect_max_s=reconnect_max_s,
+            )
         self.rack = rack
         self.device = device
-        self.host = host
-        self.port = port
+        self.link = link
+        self.host = link.host
+        self.port = link.port
         self.unit_id = unit_id
         self.profile = profile
-        self.timeout_s = timeout_s
-        self.reconnect_min_s = reconnect_min_s
-        self.reconnect_max_s = reconnect_max_s
+        self.timeout_s = link.timeout_s
         self.stats = DeviceStats()
         self.blocks: tuple[ReadBlock, ...] = tuple(plan_reads(profile))
+        self.last_raw: dict[str, list[int]] = {}  # point -> its registers (or bit) as last read
+        self.problems: dict[str, str] = {}  # point -> why the last poll did not read it good
+        self.last_failures: list[Failure] = []  # what went wrong in the last poll
         self._lock = asyncio.Lock()
-        self._client: AsyncModbusTcpClient | None = None
-        self._backoff_s = reconnect_min_s
-        self._next_connect_at = -math.inf
         self._last_good: dict[str, tuple[float, float]] = {}  # point -> (value, ts)
-        self._bytes_received = 0
-        self._label = f"{rack}/{device} ({host}:{port} unit {unit_id})"
+        self._label = f"{rack}/{device} ({link.label} unit {unit_id})"
         self._log_extra = {"rack": rack, "device": device}
 
     async def __aenter__(self) -> Self:
@@ -169,11 +150,11 @@ class ModbusDevice:
         await self.close()
 
     async def close(self) -> None:
-        """Drop the connection; a later poll or write connects again."""
+        """Drop the connection; a later poll or write connects again. On a shared link this
+        drops it for every device on it, which then reconnects on its next request."""
         async with self._lock:
-            self._disconnect()
-            self._next_connect_at = -math.inf
-            self._backoff_s = self.reconnect_min_s
+            self.link.close()
+            self.stats.connected = False
 
     # ----------------------------------------------------------------------------------------
     # Polling
@@ -187,6 +168,7 @@ class ModbusDevice:
         """
         async with self._lock:
             started = time.monotonic()
+            self.problems = {}
             outcome = await self._poll_blocks()
             done = time.monotonic()
             readings = [
@@ -199,51 +181,43 @@ class ModbusDevice:
     async def _poll_blocks(self) -> _PollOutcome:
         outcome = _PollOutcome()
         try:
-            outcome.waiting_s = await self._ensure_connected()
-        except _Failure as failure:
+            outcome.waiting_s = await self._connect()
+        except Failure as failure:
             outcome.failures.append(failure)
             return outcome
         if outcome.waiting_s is not None:
             return outcome
         for block in self.blocks:
             try:
-                response = await self._request(functools.partial(self._read, block))
-            except _Failure as failure:
+                response = await self.link.request(functools.partial(self._read, block))
+            except Failure as failure:
                 outcome.failures.append(failure)
-                if failure.kind in _LINK_FAILURES:
-                    self._lose_connection()
+                if failure.kind in LINK_FAILURES:
                     break  # the device is not answering: do not wait out every block
-                self._device_answered()
+                for point in block.points:
+                    self.problems[point.name] = failure.detail
                 outcome.readings.update(self._bad(block, time.monotonic()))
-                if not self._connected:  # an undecodable frame costs the connection
-                    self._lose_connection()
+                if not self.link.connected:  # an undecodable frame cost the connection
                     break
                 continue
-            self._device_answered()
             self._decode_block(block, response, outcome)
         return outcome
 
-    def _read(self, block: ReadBlock, client: AsyncModbusTcpClient) -> Awaitable[ModbusPDU]:
-        unit = self.unit_id
-        if block.table == "holding":
-            return client.read_holding_registers(block.start, count=block.count, device_id=unit)
-        if block.table == "input":
-            return client.read_input_registers(block.start, count=block.count, device_id=unit)
-        if block.table == "coil":
-            return client.read_coils(block.start, count=block.count, device_id=unit)
-        return client.read_discrete_inputs(block.start, count=block.count, device_id=unit)
+    def _read(self, block: ReadBlock, client: ModbusClient) -> Awaitable[ModbusPDU]:
+        return _read_request(client, block.table, block.start, block.count, self.unit_id)
 
     def _decode_block(self, block: ReadBlock, response: ModbusPDU, outcome: _PollOutcome) -> None:
         """Readings of one answered block; a value that cannot be decoded is bad on its own.
 
         A NaN from one float (a broken sensor, typically) spoils that point only; a reply of
-        the wrong length spoils the whole block, since no offset in it can be trusted.
+        the wrong length spoils the whole block, since no offset in it can be trusted. A
+        register holding the point's "no sensor" sentinel reads missing, never a number.
         """
         now = time.monotonic()
         raw = _raw_values(block, response)
         if raw is None:
             outcome.failures.append(
-                _Failure(
+                Failure(
                     FailureKind.GARBLED,
                     f"{block.table} {block.start}+{block.count}: reply of wrong size",
                 )
@@ -252,10 +226,19 @@ class ModbusDevice:
             return
         for point in block.points:
             offset = point.address - block.start
+            words = raw[offset : offset + point.register_count]
+            self.last_raw[point.name] = list(words)
+            if is_missing(point, words):
+                self.problems[point.name] = "no sensor: " + " ".join(f"0x{w:04X}" for w in words)
+                self.stats.count(SENSOR_MISSING)
+                self._last_good.pop(point.name, None)  # no stale value of an absent sensor
+                outcome.readings[point.name] = self._reading(point, None, now, Quality.MISSING)
+                continue
             try:
-                value = decode(point, raw[offset : offset + point.register_count])
+                value = decode(point, words)
             except ValueError as exc:
-                outcome.failures.append(_Failure(FailureKind.GARBLED, str(exc)))
+                outcome.failures.append(Failure(FailureKind.GARBLED, str(exc)))
+                self.problems[point.name] = str(exc)
                 outcome.readings[point.name] = self._reading(point, None, now, Quality.BAD)
                 continue
             self._last_good[point.name] = (value, now)
@@ -279,7 +262,9 @@ class ModbusDevice:
 
     def _account_poll(self, outcome: _PollOutcome, started: float, done: float) -> None:
         stats = self.stats
-        stats.connected = self._connected
+        self.last_failures = list(outcome.failures)
+        stats.connected = self.link.connected
+        stats.connect_attempts = self.link.connect_attempts
         for failure in outcome.failures:
             stats.count(failure.kind)
         run = stats.consecutive_failures
@@ -319,14 +304,17 @@ class ModbusDevice:
 
         Refuses points that are not writable and values outside the profile's bounds before
         anything goes on the wire; raises WriteError for every failure, including a read-back
-        that differs from the value asked for by more than half a count.
+        that differs from the value asked for by more than half a count. The profile's unlock
+        writes go first (and its relock writes after); one bit of a register is written by
+        read-modify-write or a mask write, as the profile says; a momentary command (an alarm
+        acknowledge) is not read back, since the device clears it itself.
         """
         self.stats.writes += 1
         try:
             spec = self._writable_point(point, value)
-            words = self._encode_for_write(spec, value)
+            encoded = self._encode_for_write(spec, value)
             async with self._lock:
-                read_back = await self._write_and_verify(spec, words)
+                read_back = await self._write_and_verify(spec, value, encoded)
         except WriteError:
             self.stats.write_failures += 1
             raise
@@ -359,10 +347,12 @@ class ModbusDevice:
         except ValueError as exc:
             raise WriteError(f"{self._label}: {exc}") from None
 
-    async def _write_and_verify(self, spec: RegisterPoint, words: list[int]) -> float:
+    async def _write_and_verify(
+        self, spec: RegisterPoint, value: float, encoded: list[int]
+    ) -> float:
         try:
-            waiting_s = await self._ensure_connected()
-        except _Failure as failure:
+            waiting_s = await self._connect()
+        except Failure as failure:
             raise self._write_failed(spec, failure) from None
         if waiting_s is not None:
             raise WriteError(
@@ -370,143 +360,120 @@ class ModbusDevice:
                 f"next attempt in {waiting_s:.3g} s"
             )
         try:
-            read_back = await self._write_requests(spec, words)
-        except _Failure as failure:
-            if failure.kind in _LINK_FAILURES:
-                self._lose_connection()
-            else:
-                self._device_answered()
+            read_back = await self._write_requests(spec, value, encoded)
+        except Failure as failure:
             raise self._write_failed(spec, failure) from None
-        self._device_answered()
         self._last_good[spec.name] = (read_back, time.monotonic())
         return read_back
 
-    async def _write_requests(self, spec: RegisterPoint, words: list[int]) -> float:
-        """Write, then read the same registers back; returns the value the device holds."""
-        await self._request(functools.partial(self._write_request, spec, words))
+    async def _write_requests(self, spec: RegisterPoint, value: float, encoded: list[int]) -> float:
+        """Unlock, write, relock, then read the same registers back; returns the value the
+        device holds (the value asked for, for a momentary command)."""
+        unlocks = self.profile.unlocks_for(spec.name)
+        for unlock in unlocks:
+            await self._write_unlock(unlock, unlock.value)
+        if spec.bit is not None:
+            await self._write_bit(spec, encoded[0])
+        else:
+            await self._write_raw(spec.table, spec.address, encoded, spec.function_for_write)
+        for unlock in unlocks:
+            if unlock.relock is not None:
+                await self._write_unlock(unlock, unlock.relock)
+        if spec.momentary:
+            return value
         block = ReadBlock(spec.table, spec.address, spec.register_count, (spec,))
-        response = await self._request(functools.partial(self._read, block))
+        response = await self.link.request(functools.partial(self._read, block))
         raw = _raw_values(block, response)
         if raw is None:
-            raise _Failure(FailureKind.GARBLED, "read-back reply of wrong size")
+            raise Failure(FailureKind.GARBLED, "read-back reply of wrong size")
+        self.last_raw[spec.name] = list(raw)
         try:
             return decode(spec, raw)
         except ValueError as exc:
-            raise _Failure(FailureKind.GARBLED, f"read-back: {exc}") from None
+            raise Failure(FailureKind.GARBLED, f"read-back: {exc}") from None
 
-    def _write_failed(self, spec: RegisterPoint, failure: _Failure) -> WriteError:
-        self.stats.count(failure.kind)
-        self.stats.connected = self._connected
-        log.debug("%s: write of %s failed: %s", self._label, spec.name, failure)
-        return WriteError(f"{self._label}: write of {spec.name} failed: {failure}")
+    async def _write_unlock(self, unlock: Unlock, value: int) -> None:
+        """A write-enable write: the whole register, or (with `bit`) that bit alone, by a read
+        of the register and a write of it with only that bit changed."""
+        if unlock.bit is None:
+            await self._write_raw(unlock.table, unlock.address, [value], 6)
+            return
+        block = ReadBlock(unlock.table, unlock.address, 1, ())
+        response = await self.link.request(functools.partial(self._read, block))
+        words = _raw_values(block, response)
+        if words is None:
+            raise Failure(FailureKind.GARBLED, "read before a write-enable: reply of wrong size")
+        mask = 1 << unlock.bit
+        word = (words[0] & ~mask & 0xFFFF) | (mask if value else 0)
+        await self._write_raw(unlock.table, unlock.address, [word], 6)
 
-    def _write_request(
-        self, spec: RegisterPoint, words: list[int], client: AsyncModbusTcpClient
-    ) -> Awaitable[ModbusPDU]:
+    async def _write_bit(self, spec: RegisterPoint, bit_value: int) -> None:
+        """One bit of a holding register: a mask write (function 22), or a read of the
+        register and a write of it with only that bit changed. The device lock is held, so
+        coolctl's own writes to other bits of the register cannot interleave."""
+        assert spec.bit is not None
         unit = self.unit_id
-        if spec.table == "coil":
-            return client.write_coil(spec.address, bool(words[0]), device_id=unit)
-        if len(words) == 1:
-            return client.write_register(spec.address, words[0], device_id=unit)
-        return client.write_registers(spec.address, words, device_id=unit)
+        if spec.bit_write == "mask_write":
+            mask = 1 << spec.bit
+            await self.link.request(
+                lambda client: client.mask_write_register(
+                    address=spec.address,
+                    and_mask=~mask & 0xFFFF,
+                    or_mask=mask if bit_value else 0,
+                    device_id=unit,
+                )
+            )
+            return
+        block = ReadBlock(spec.table, spec.address, 1, (spec,))
+        response = await self.link.request(functools.partial(self._read, block))
+        raw = _raw_values(block, response)
+        if raw is None:
+            raise Failure(FailureKind.GARBLED, "read before a bit write: reply of wrong size")
+        word = set_bit(spec, raw[0], bit_value)
+        await self._write_raw(spec.table, spec.address, [word], spec.function_for_write)
+
+    async def _write_raw(self, table: Table, address: int, words: list[int], function: int) -> None:
+        unit = self.unit_id
+
+        def make(client: ModbusClient) -> Awaitable[ModbusPDU]:
+            if table == "coil":
+                return client.write_coil(address, bool(words[0]), device_id=unit)
+            if function == 6:
+                return client.write_register(address, words[0], device_id=unit)
+            return client.write_registers(address, words, device_id=unit)
+
+        await self.link.request(make)
+
+    def _write_failed(self, spec: RegisterPoint, failure: Failure) -> WriteError:
+        self.stats.count(failure.kind)
+        self.stats.connected = self.link.connected
+        self.stats.connect_attempts = self.link.connect_attempts
+        log.debug("%s: write of %s failed: %s", self._label, spec.name, failure)
+        error = WriteError(f"{self._label}: write of {spec.name} failed: {failure}")
+        error.refused = failure.kind not in LINK_FAILURES
+        return error
 
     # ----------------------------------------------------------------------------------------
-    # Connection and requests
+    # Connection
 
-    @property
-    def _connected(self) -> bool:
-        return self._client is not None and self._client.connected
-
-    async def _ensure_connected(self) -> float | None:
-        """Connect if needed and allowed; returns the seconds left to wait when the backoff
-        forbids an attempt, None when connected. Raises _Failure when the attempt fails."""
-        if self._connected:
-            return None
-        self._disconnect()  # a client whose connection dropped is not reused
-        now = time.monotonic()
-        if now < self._next_connect_at:
-            return self._next_connect_at - now
-        self.stats.connect_attempts += 1
-        client = AsyncModbusTcpClient(
-            self.host,
-            port=self.port,
-            name=f"{self.rack}/{self.device}",
-            timeout=self.timeout_s * _PYMODBUS_TIMEOUT_FACTOR,
-            retries=0,
-            reconnect_delay=0,  # 0 turns pymodbus's own reconnect task off
-            reconnect_delay_max=0,
-            trace_packet=self._count_received,
-        )
+    async def _connect(self) -> float | None:
         try:
-            async with asyncio.timeout(self.timeout_s):
-                connected = await client.connect()
-        except TimeoutError:
-            connected = False
-        if not connected:
-            client.close()
-            self._schedule_reconnect()
-            raise _Failure(FailureKind.CONNECTION, f"cannot connect to {self.host}:{self.port}")
-        self._client = client
-        self.stats.connected = True
-        return None
+            return await self.link.ensure_connected()
+        finally:
+            self.stats.connect_attempts = self.link.connect_attempts
+            self.stats.connected = self.link.connected
 
-    async def _request(self, make: RequestFactory) -> ModbusPDU:
-        """One request with coolctl's timeout; any trouble becomes a _Failure of some kind."""
-        client = self._client
-        if client is None or not client.connected:
-            raise _Failure(FailureKind.CONNECTION, "connection lost")
-        received_before = self._bytes_received
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                response = await make(client)
-        except TimeoutError:
-            if not client.connected and self._bytes_received > received_before:
-                raise _Failure(
-                    FailureKind.GARBLED, "undecodable reply (the connection was dropped)"
-                ) from None
-            if not client.connected:
-                raise _Failure(
-                    FailureKind.CONNECTION, "connection lost while waiting for a reply"
-                ) from None
-            raise _Failure(FailureKind.TIMEOUT, f"no reply within {self.timeout_s:g} s") from None
-        except ConnectionException as exc:
-            raise _Failure(FailureKind.CONNECTION, str(exc)) from None
-        except ModbusException as exc:
-            raise _Failure(FailureKind.GARBLED, str(exc)) from None
-        except OSError as exc:
-            raise _Failure(FailureKind.CONNECTION, str(exc)) from None
-        if response.isError():
-            code = response.exception_code
-            name = _EXCEPTION_NAMES.get(code, "unknown")
-            raise _Failure(FailureKind.EXCEPTION, f"exception response {code} ({name})")
-        return response
 
-    def _count_received(self, sending: bool, data: bytes) -> bytes:
-        """pymodbus packet hook, counting bytes received. A frame pymodbus cannot decode never
-        reaches coolctl: the error is raised inside pymodbus's protocol callback and asyncio
-        closes the connection. The count tells such garbage from silence."""
-        if not sending:
-            self._bytes_received += len(data)
-        return data
-
-    def _device_answered(self) -> None:
-        """A reply arrived, so the link works: the next reconnect starts from the short delay."""
-        self._backoff_s = self.reconnect_min_s
-
-    def _lose_connection(self) -> None:
-        self._disconnect()
-        self._schedule_reconnect()
-
-    def _schedule_reconnect(self) -> None:
-        """Space connect attempts out, doubling from reconnect_min_s up to reconnect_max_s."""
-        self._next_connect_at = time.monotonic() + self._backoff_s
-        self._backoff_s = min(self._backoff_s * 2, self.reconnect_max_s)
-
-    def _disconnect(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-        self.stats.connected = False
+def _read_request(
+    client: ModbusClient, table: Table, start: int, count: int, unit: int
+) -> Awaitable[ModbusPDU]:
+    if table == "holding":
+        return client.read_holding_registers(start, count=count, device_id=unit)
+    if table == "input":
+        return client.read_input_registers(start, count=count, device_id=unit)
+    if table == "coil":
+        return client.read_coils(start, count=count, device_id=unit)
+    return client.read_discrete_inputs(start, count=count, device_id=unit)
 
 
 def _raw_values(block: ReadBlock, response: ModbusPDU) -> list[int] | None:

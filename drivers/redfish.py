@@ -36,7 +36,10 @@ from coolctl.model import CANONICAL_POINTS, PointId, Quality, Reading, Unit
 
 from .poll_stats import PollChange, PollStats
 from .redfish_points import (
+    ACTION_POINTS,
+    OPTIONAL_POINTS,
     POINT_SOURCES,
+    ActionPoint,
     Binding,
     Evaluated,
     Kind,
@@ -51,6 +54,7 @@ from .redfish_points import (
     setpoint_targets,
 )
 from .redfish_transport import (
+    LINK_FAILURES,
     Failure,
     FailureKind,
     Fetched,
@@ -86,6 +90,8 @@ _PLAUSIBLE: Final[Mapping[Unit, tuple[float, float]]] = {
     Unit.PASCAL: (-1e7, 1e8),
     Unit.WATT: (-1e8, 1e8),
     Unit.JOULE: (-1e20, 1e20),
+    Unit.AMPERE: (-1e5, 1e5),
+    Unit.VOLT: (-1e5, 1e5),
     Unit.LITRE: (0.0, 1e6),
     Unit.LITRE_PER_MINUTE: (-1e5, 1e6),
     Unit.RATIO: (0.0, 10.0),
@@ -101,16 +107,18 @@ def kind_points(kind: Kind) -> tuple[str, ...]:
 
 
 def kind_writable(kind: Kind) -> frozenset[str]:
-    """The points a device of this kind may accept writes for."""
+    """The points a device of this kind may accept writes for (set points, and actions)."""
     return frozenset(
         point
         for point, sources in POINT_SOURCES[kind].items()
         if any(source.setpoint for source in sources)
-    )
+    ) | frozenset(ACTION_POINTS[kind])
 
 
 class WriteError(Exception):
     """A write that was refused, failed, or did not read back as written."""
+
+    refused = False  # the service answered and said no (4xx, read-back differs): backoff
 
 
 @dataclass(slots=True)
@@ -165,7 +173,7 @@ class RedfishDevice:
         self.settings = settings
         self.resource = resource
         self.stats = RedfishStats()
-        self.points: tuple[str, ...] = tuple(POINT_SOURCES[kind])
+        self._all_points: tuple[str, ...] = tuple(POINT_SOURCES[kind])
         self._label = f"{rack}/{device} ({settings.origin})"
         self._log_extra = {"rack": rack, "device": device}
         self._owns_transport = transport is None
@@ -206,6 +214,13 @@ class RedfishDevice:
             if self._owns_transport:
                 await self._transport.close()
             self.stats.connected = False
+
+    @property
+    def points(self) -> tuple[str, ...]:
+        """The points a poll reports, in table order: every point of the kind, except those
+        only some devices have (a power shelf's) when this one has no source for them."""
+        bound = self._plan.bindings if self._plan is not None else {}
+        return tuple(p for p in self._all_points if p in bound or p not in OPTIONAL_POINTS)
 
     @property
     def found(self) -> ResourceRef | None:
@@ -575,6 +590,9 @@ class RedfishDevice:
             raise
 
     async def _write(self, point: str, value: float) -> float:
+        action = ACTION_POINTS[self.kind].get(point)
+        if action is not None:
+            return await self._write_action(point, action, value)
         if point not in CANONICAL_POINTS or point not in POINT_SOURCES[self.kind]:
             raise WriteError(f"{self._label}: a Redfish {self.kind} has no point {point!r}")
         if not math.isfinite(value):
@@ -599,6 +617,57 @@ class RedfishDevice:
         read_back = max(read_backs)
         self._last_good[point] = (read_back, time.monotonic())
         return read_back
+
+    async def _write_action(self, point: str, action: ActionPoint, value: float) -> float:
+        """Send the action that sets `point` (0 or 1) to each resource it applies to, then
+        read each back: its Status.State must mean `value`."""
+        if value not in (0.0, 1.0):
+            raise WriteError(f"{self._label}: {point} takes 0 or 1, not {value:g}")
+        if self._plan is None:
+            await self._discover_for_write(point)
+        plan = self._plan
+        assert plan is not None
+        uris = (
+            [plan.ref.uri]
+            if action.role is None
+            else [uri for uri, found in plan.resources.items() if found.role is action.role]
+        )
+        if not uris:
+            raise WriteError(f"{self._label}: {point}: no resource offers {action.action}")
+        body = {action.parameter: action.values[int(value)]}
+        for uri in uris:
+            try:
+                fresh = await self._transport.get(uri)
+                target = _action_target(fresh.body, action.action)
+                if target is None:
+                    raise WriteError(
+                        f"{self._label}: {point}: {safe_text(uri)} offers no {action.action}"
+                    )
+                await self._transport.post_action(target, body)
+                after = await self._transport.get(uri)
+            except Failure as failure:
+                self.stats.count(failure.kind)
+                self.stats.connected = self._transport.connected
+                error = WriteError(
+                    f"{self._label}: {action.action} for {point} on {safe_text(uri)} failed:"
+                    f" {failure}"
+                )
+                error.refused = (
+                    failure.kind not in LINK_FAILURES and failure.kind is not FailureKind.BACKOFF
+                )
+                raise error from None
+            self._remember(after)
+            state = after.body.get("Status", {})
+            shown = state.get("State") if isinstance(state, dict) else None
+            read_back = action.states.get(shown) if isinstance(shown, str) else None
+            if read_back != value:
+                self.stats.count(FailureKind.MISMATCH)
+                raise WriteError(
+                    f"{self._label}: {action.action} {body} but {safe_text(uri)} reads"
+                    f" State {shown!r}"
+                )
+        self._last_good[point] = (value, time.monotonic())
+        return value
 
     async def _discover_for_write(self, point: str) -> None:
         waiting = self._transport.waiting_s()
@@ -652,9 +721,13 @@ class RedfishDevice:
         except Failure as failure:
             self.stats.count(failure.kind)
             self.stats.connected = self._transport.connected
-            raise WriteError(
+            error = WriteError(
                 f"{self._label}: write of {point} to {safe_text(target.uri)} failed: {failure}"
-            ) from None
+            )
+            error.refused = (
+                failure.kind not in LINK_FAILURES and failure.kind is not FailureKind.BACKOFF
+            )
+            raise error from None
         if read is not None:
             fresh, read_back = read
             self._remember(fresh)
@@ -671,6 +744,19 @@ class RedfishDevice:
                 f"{self._label}: wrote {point}={value:g} but it reads back {read_back:g}"
             )
         return read_back
+
+
+def _refusal(failure: Failure) -> bool:
+    """The service answered and said no (4xx, a read-back that differs): not a lost link."""
+    return failure.kind not in LINK_FAILURES and failure.kind is not FailureKind.BACKOFF
+
+
+def _action_target(body: Mapping[str, Any], action: str) -> str | None:
+    """The target URI of `action` in a resource's Actions, if it offers it."""
+    actions = body.get("Actions")
+    entry = actions.get(f"#{action}") if isinstance(actions, dict) else None
+    target = entry.get("target") if isinstance(entry, dict) else None
+    return target if isinstance(target, str) and target.startswith("/redfish/") else None
 
 
 def _patched_read_back(

@@ -55,6 +55,10 @@ class Role(enum.StrEnum):
     RESERVOIR = "Reservoir"
     PDU_METRICS = "PowerDistributionMetrics"
     MAINS = "Mains"
+    PSU = "PowerSupply"  # a power shelf's (or a PDU chassis's) power supplies
+    PSU_METRICS = "PowerSupplyMetrics"
+    BATTERY = "Battery"  # a power shelf's battery backup units
+    BATTERY_METRICS = "BatteryMetrics"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,37 @@ _LEAK = Link(
     "LeakDetection",
     Role.LEAK_DETECTION,
     follow=(Link("LeakDetectors", Role.LEAK_DETECTOR, collection=True),),
+)
+
+_PSUS = Link(
+    "PowerSupplies",
+    Role.PSU,
+    collection=True,
+    follow=(Link("Metrics", Role.PSU_METRICS),),
+)
+# A power shelf (PowerDistribution, EquipmentType PowerShelf): its PowerSupplies link (DMTF's
+# mockups keep it, deprecated since v1_3_0 for the chassis's), and its chassis's
+# PowerSubsystem with the power supplies and the battery backup units.
+_SHELF_PARTS: Final = (
+    _PSUS,
+    Link(
+        "Chassis",
+        in_links=True,
+        follow=(
+            Link(
+                "PowerSubsystem",
+                follow=(
+                    _PSUS,
+                    Link(
+                        "Batteries",
+                        Role.BATTERY,
+                        collection=True,
+                        follow=(Link("Metrics", Role.BATTERY_METRICS),),
+                    ),
+                ),
+            ),
+        ),
+    ),
 )
 
 # From the device's resource (a Chassis, a CoolingUnit, a PowerDistribution) to everything the
@@ -105,11 +140,21 @@ LINKS: Final[Mapping[Kind, tuple[Link, ...]]] = {
     "pdu": (
         Link("Metrics", Role.PDU_METRICS),
         Link("Mains", Role.MAINS, collection=True),
+        *_SHELF_PARTS,
+        # the PowerShelves collection itself: the rack's power is the sum of its shelves
+        Link(
+            "Members",
+            follow=(
+                Link("Metrics", Role.PDU_METRICS),
+                Link("Mains", Role.MAINS, collection=True),
+                *_SHELF_PARTS,
+            ),
+        ),
     ),
 }
 
 Match = Mapping[str, frozenset[str | None]]  # property -> accepted values (None: absent)
-Combine = Literal["first", "max", "sum", "any"]
+Combine = Literal["first", "max", "min", "sum", "any"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +177,7 @@ class Source:
     scale: float = 1.0
     factor: tuple[str, ...] | None = None
     combine: Combine = "first"
-    decode: Literal["number", "leak"] = "number"
+    decode: Literal["number", "leak", "health", "discharging"] = "number"
     setpoint: bool = False
     minimum: tuple[str, ...] | None = None
     maximum: tuple[str, ...] | None = None
@@ -179,7 +224,38 @@ _LEAK_SOURCES: Final = (
     ),
 )
 
+
 # The mapping table: canonical point -> where it may be found, preferred source first.
+def _cdu_setpoint(
+    excerpt: str, control_type: str, scale: float, default_range: tuple[float, float]
+) -> tuple[Source, ...]:
+    """A CDU set point: the secondary connector's excerpt, else a Control of that type in the
+    cooling subsystem (AllowableMin/AllowableMax bound the write either way)."""
+    return (
+        Source(
+            Role.SECONDARY_CONNECTOR,
+            (excerpt, "SetPoint"),
+            scale=scale,
+            setpoint=True,
+            default_range=default_range,
+            minimum=(excerpt, "AllowableMin"),
+            maximum=(excerpt, "AllowableMax"),
+        ),
+        Source(
+            Role.CONTROL,
+            ("SetPoint",),
+            match=(
+                {"ControlType": _set(control_type), "PhysicalContext": _set("CoolingSubsystem")},
+            ),
+            scale=scale,
+            setpoint=True,
+            default_range=default_range,
+            minimum=ALLOWABLE_MIN,
+            maximum=ALLOWABLE_MAX,
+        ),
+    )
+
+
 POINT_SOURCES: Final[Mapping[Kind, Mapping[str, tuple[Source, ...]]]] = {
     "server": {
         "power": (
@@ -238,6 +314,14 @@ POINT_SOURCES: Final[Mapping[Kind, Mapping[str, tuple[Source, ...]]]] = {
                 members=("Temperatures", "*"),
                 match=({"PhysicalContext": CHIPS},),
                 combine="max",
+            ),
+        ),
+        # the chip sensor's own critical threshold: where the BMC's chips throttle
+        "chip_throttle_temperature": (
+            Source(
+                Role.SENSOR,
+                ("Thresholds", "UpperCritical", "Reading"),
+                match=_sensor(_set("Temperature"), CHIPS, units=_set("Cel")),
             ),
         ),
         "coolant_outlet_temperature": (
@@ -352,18 +436,86 @@ POINT_SOURCES: Final[Mapping[Kind, Mapping[str, tuple[Source, ...]]]] = {
                 maximum=ALLOWABLE_MAX,
             ),
         ),
+        # A CDU that runs its own loops: its set points, on the secondary connector's control
+        # excerpts (CoolantConnector v1.1, 2024.4) or on the Control resources they link
+        "supply_temperature_setpoint": _cdu_setpoint(
+            "SupplyTemperatureControlCelsius", "Temperature", 1.0, (0.0, 100.0)
+        ),
+        "flow_setpoint": _cdu_setpoint(
+            "FlowControlLitersPerMinute", "LiquidFlowLPM", 1.0, (0.0, math.inf)
+        ),
+        "differential_pressure_setpoint": _cdu_setpoint(
+            "DeltaPressureControlkPa", "PressurekPa", KILO, (0.0, math.inf)
+        ),
     },
     "pdu": {
+        # summed: one PDU has one Metrics; a rack's power shelves have one each
         "power": (
-            Source(Role.PDU_METRICS, ("PowerWatts", "Reading")),
+            Source(Role.PDU_METRICS, ("PowerWatts", "Reading"), combine="sum"),
             Source(Role.MAINS, ("PowerWatts", "Reading"), combine="sum"),
+            Source(Role.PSU_METRICS, ("InputPowerWatts", "Reading"), combine="sum"),
         ),
         "energy": (
-            Source(Role.PDU_METRICS, ("EnergykWh", "Reading"), scale=KWH),
+            Source(Role.PDU_METRICS, ("EnergykWh", "Reading"), scale=KWH, combine="sum"),
             Source(Role.MAINS, ("EnergykWh", "Reading"), scale=KWH, combine="sum"),
+            Source(Role.PSU_METRICS, ("EnergykWh", "Reading"), scale=KWH, combine="sum"),
+        ),
+        "output_power": (Source(Role.PSU_METRICS, ("OutputPowerWatts", "Reading"), combine="sum"),),
+        # 1 while every power supply in use reports Health OK: a lost PSU makes it 0
+        "psu_ok": (Source(Role.PSU, ("Status", "Health"), decode="health", combine="min"),),
+        # the emptiest battery backup unit, and whether any is discharging
+        "bbu_charge": (
+            Source(
+                Role.BATTERY_METRICS, ("ChargePercent", "Reading"), scale=PERCENT, combine="min"
+            ),
+        ),
+        "bbu_discharging": (
+            Source(Role.BATTERY, ("ChargeState",), decode="discharging", combine="any"),
         ),
     },
 }
+
+
+@dataclass(frozen=True, slots=True)
+class ActionPoint:
+    """A point written by a Redfish action, not a PATCH: `action` on the device's own resource
+    (`role` None) or on each bound resource of `role`, with `parameter` = `values[0 or 1]`,
+    read back from the resource's Status.State (`states`)."""
+
+    role: Role | None
+    action: str
+    parameter: str
+    values: tuple[str, str]  # what 0 and 1 are sent as
+    states: Mapping[str, float]  # Status.State after the action -> the value it means
+
+
+ACTION_POINTS: Final[Mapping[Kind, Mapping[str, ActionPoint]]] = {
+    "server": {},
+    "cdu": {
+        # CoolingUnit.SetMode (2024.4): Enabled runs the CDU, Disabled stops it
+        "cdu_run_command": ActionPoint(
+            None,
+            "CoolingUnit.SetMode",
+            "Mode",
+            ("Disabled", "Enabled"),
+            {"Enabled": 1.0, "Disabled": 0.0, "StandbyOffline": 0.0, "StandbySpare": 0.0},
+        ),
+        # CoolantConnector.ValveControl (2025.3): the rack's isolation valves; a closed
+        # connector's Status.State is Disabled
+        "isolation_valve_command": ActionPoint(
+            Role.SECONDARY_CONNECTOR,
+            "CoolantConnector.ValveControl",
+            "ValveState",
+            ("Closed", "Open"),
+            {"Enabled": 1.0, "Disabled": 0.0},
+        ),
+    },
+    "pdu": {},
+}
+
+# Points only some devices of a kind have (a power shelf's, not a rack PDU's): a device that
+# has none of their sources does not report them at all, rather than as missing.
+OPTIONAL_POINTS: Final = frozenset({"output_power", "psu_ok", "bbu_charge", "bbu_discharging"})
 
 # Status.State values of a member that is not there or not working on purpose: skipped.
 NOT_IN_USE: Final = frozenset({"Absent", "Disabled", "StandbyOffline", "StandbySpare"})
@@ -399,7 +551,7 @@ class ResourceRef:
     """A chassis, CDU or PDU of a service, named as `coolctl probe redfish` prints it."""
 
     kind: Kind
-    name: str  # chassis: its Id; CDU:<Id>; PDU:<Id>
+    name: str  # chassis: its Id; CDU:<Id>; PDU:<Id>; Shelf:<Id>; Shelves (all, summed)
     uri: str
     id: str
     body: Mapping[str, Any] = field(compare=False, repr=False)
@@ -623,16 +775,29 @@ async def list_resources(
     families: list[tuple[Kind, str, str, str]] = [
         ("cdu", "ThermalEquipment", "CDUs", "CDU:"),
         ("pdu", "PowerEquipment", "RackPDUs", "PDU:"),
+        ("pdu", "PowerEquipment", "PowerShelves", "Shelf:"),
     ]
+    holders: dict[str, Fetched | None] = {}
     for kind, equipment, collection, prefix in families:
         if kind not in kinds and not want_servers:
             continue
         for equipment_uri in link_targets(root.body, equipment)[:1]:
-            holder = await discovery.get(equipment_uri)
+            if equipment_uri not in holders:
+                holders[equipment_uri] = await discovery.get(equipment_uri)
+            holder = holders[equipment_uri]
             if holder is None:
                 continue
             for collection_uri in link_targets(holder.body, collection)[:1]:
-                for member in await discovery.collection(collection_uri):
+                params = {"$expand": features.expand} if features.expand else None
+                listing = await discovery.get(collection_uri, params)
+                if listing is None:
+                    continue
+                members = await discovery.members(listing)
+                if collection == "PowerShelves" and members and kind in kinds:
+                    # the rack's shelves as one device, its power their sum
+                    name = "Shelves"
+                    refs.append(ResourceRef(kind, name, listing.uri, name, listing.body))
+                for member in members:
                     backing.update(link_targets(member.body, "Chassis", in_links=True))
                     if kind in kinds:
                         ident = _resource_id(member.body, member.uri)
@@ -781,6 +946,8 @@ def evaluate(binding: Binding, bodies: Mapping[str, Mapping[str, Any]]) -> Evalu
         total = math.fsum(values)
     elif source.combine == "first":
         total = values[0]
+    elif source.combine == "min":
+        total = min(values)
     else:  # max, any (leak states are 0 or 1)
         total = max(values)
     if not math.isfinite(total):
@@ -934,6 +1101,10 @@ def _member_value(
         raise _Bad(f"{source.role} {where} is null")
     if source.decode == "leak":
         return _leak(raw)
+    if source.decode == "health":
+        return _health(raw)
+    if source.decode == "discharging":
+        return _discharging(raw)
     value = _number(raw, where) * source.scale
     if source.factor is not None:
         if not _has_path(member, source.factor):
@@ -953,6 +1124,24 @@ def _leak(state: Any) -> float | _Skip:
     if state == "Absent":
         return _SKIP
     raise _Bad(f"DetectorState {safe_text(str(state), 40)!r}")
+
+
+def _health(health: Any) -> float:
+    """Status.Health: OK is 1; Warning and Critical 0 (a lost or failing power supply)."""
+    if health == "OK":
+        return 1.0
+    if health in ("Warning", "Critical"):
+        return 0.0
+    raise _Bad(f"Health {safe_text(str(health), 40)!r}")
+
+
+def _discharging(state: Any) -> float:
+    """Battery ChargeState: Discharging is 1; Idle and Charging 0."""
+    if state == "Discharging":
+        return 1.0
+    if state in ("Idle", "Charging"):
+        return 0.0
+    raise _Bad(f"ChargeState {safe_text(str(state), 40)!r}")
 
 
 def _number(raw: Any, where: str) -> float:

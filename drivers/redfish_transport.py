@@ -311,6 +311,15 @@ class _Client(Protocol):
         timeout: float | None = None,  # noqa: ASYNC109 (the library's signature)
     ) -> _Response: ...
 
+    async def post(
+        self,
+        path: str | URL,
+        args: Mapping[str, str] | None = None,
+        body: object = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (the library's signature)
+    ) -> _Response: ...
+
 
 class count_requests:
     """Attribute the HTTP requests made inside the block to `hook` (one call per request).
@@ -472,6 +481,20 @@ class RedfishTransport:
                 return Fetched(uri, parse_object(response.read, uri), self._etag(response))
             except Failure:
                 return None  # the PATCH worked; the read-back GET is what counts
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def post_action(self, uri: str, body: Mapping[str, Any]) -> None:
+        """POST an action (its target URI); a 401 (expired session) costs one new login and
+        one retry. What the service answers beyond its status is not used: the caller reads
+        the resource back."""
+        target = self._url(uri, None) or uri
+        for attempt in range(2):
+            response = await self._call(lambda client: client.post(target, body=dict(body)), uri)
+            if response.status == 401 and attempt == 0 and self.settings.auth == "session":
+                await self._login(again=True)
+                continue
+            self._check_status(response, uri)
+            return
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _call(

@@ -11,16 +11,26 @@ in-process. This server exposes the same call over HTTP on loopback:
   for the daemon, which must only see what the devices report.
 - `GET /healthz` -> 200 while the plant is being stepped, 503 when it is not.
 
-It binds to 127.0.0.1 by default and has no authentication: it can break the rack at will, so
-it must never listen where anything but the operator's own machine can reach it.
+It is for tests and demos. It can break the rack at will, so it binds to 127.0.0.1 by default
+and every request but `/healthz` needs the server's bearer token (random, made at start). A
+POST must say `Content-Type: application/json`: a web page in a browser on the same machine can
+send a cross-origin `text/plain` POST without asking, but not a JSON one. Whoever starts the
+simulation hands URL and token on through a file only its user can read: `write_access` creates
+it exclusively (no symlink followed, mode 0600) in a private directory (`private_directory`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hmac
 import json
 import logging
 import math
+import os
+import secrets
+import stat
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -31,7 +41,15 @@ from coolctl.simulators.faults import apply_fault
 if TYPE_CHECKING:
     from coolctl.simulators.live import LiveSimulation
 
-__all__ = ["ControlServer", "inject", "rack_state", "simulation_state"]
+__all__ = [
+    "ControlServer",
+    "inject",
+    "private_directory",
+    "rack_state",
+    "read_access",
+    "simulation_state",
+    "write_access",
+]
 
 log = logging.getLogger("coolctl.simulators.control")
 
@@ -127,6 +145,49 @@ def _fault_arguments(body: object) -> tuple[str, dict[str, Any]]:
     return kind, arguments
 
 
+def private_directory(path: Path) -> Path:
+    """`path` as a directory only this user can enter: made with mode 0700 if missing, and
+    refused (ValueError) if it is a symlink, someone else's, or open to others. Files in it
+    cannot be planted or swapped by other users, unlike files straight under /tmp."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise ValueError(f"{path} is not a directory (a symlink?); refusing to use it")
+    if info.st_uid != os.getuid():
+        raise ValueError(f"{path} belongs to uid {info.st_uid}, not to you; refusing to use it")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        raise ValueError(f"{path} is open to others (mode {stat.S_IMODE(info.st_mode):04o})")
+    return path
+
+
+def write_access(path: Path, url: str, token: str) -> None:
+    """Leave URL and token in `path` (two lines), readable by this user only. The file is
+    created exclusively and without following a symlink, then renamed into place, so a link
+    or file planted at `path` is never written through."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    descriptor = os.open(temporary, flags, 0o600)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(f"{url}\n{token}\n")
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+
+
+def read_access(path: Path) -> tuple[str, str | None]:
+    """URL and token from a file `write_access` wrote (OSError if it cannot be read)."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(descriptor, encoding="utf-8") as file:
+        lines = file.read().split()
+    if not lines:
+        raise OSError(f"{path} is empty")
+    return lines[0], lines[1] if len(lines) > 1 else None
+
+
 def endpoint(host: str = "127.0.0.1", port: int = 0) -> Callable[[LiveSimulation], ControlServer]:
     """What `LiveSimulation(control=...)` starts: this server on `host:port` (0: a free port)."""
     return lambda simulation: ControlServer(simulation, host=host, port=port)
@@ -141,6 +202,8 @@ class ControlServer:
         self.simulation = simulation
         self.host = host
         self.port = port
+        self.token = secrets.token_urlsafe(32)
+        """The bearer token every request but /healthz must carry."""
         self._runner: web.AppRunner | None = None
 
     @property
@@ -155,7 +218,7 @@ class ControlServer:
     async def start(self) -> None:
         if self._runner is not None:
             raise RuntimeError("control server already started")
-        app = web.Application()
+        app = web.Application(middlewares=[self._authorise], client_max_size=64 * 1024)
         app.router.add_post("/faults", self._post_fault)
         app.router.add_get("/state", self._get_state)
         app.router.add_get("/healthz", self._get_health)
@@ -175,6 +238,29 @@ class ControlServer:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+
+    @web.middleware
+    async def _authorise(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Any],
+    ) -> web.StreamResponse:
+        """The token on everything but /healthz; JSON, said so, on every POST."""
+        if request.path != "/healthz":
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode(), self.token.encode()
+            ):
+                return web.json_response(
+                    {"error": "missing or wrong bearer token (see the simulation's access file)"},
+                    status=401,
+                )
+        if request.method == "POST" and request.content_type != "application/json":
+            return web.json_response(
+                {"error": "the body must be sent as Content-Type: application/json"}, status=415
+            )
+        response: web.StreamResponse = await handler(request)
+        return response
 
     async def _post_fault(self, request: web.Request) -> web.Response:
         try:
@@ -213,6 +299,7 @@ async def inject(
     duration_s: float | None = None,
     servers: Sequence[int] | None = None,
     timeout_s: float = 5.0,
+    token: str | None = None,
 ) -> str:
     """Inject a fault through a simulation's control server; return what it applied.
 
@@ -233,9 +320,10 @@ async def inject(
         body["servers"] = list(servers)
     url = control_url.rstrip("/") + "/faults"
     timeout = aiohttp.ClientTimeout(total=timeout_s)
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     async with (
         aiohttp.ClientSession(timeout=timeout) as session,
-        session.post(url, json=body) as response,
+        session.post(url, json=body, headers=headers) as response,
     ):
         text = await response.text()
         try:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from coolctl.simulators.modbus_server import ModbusDeviceServer
     from coolctl.simulators.plant import RackPlant
     from coolctl.simulators.redfish_server import RedfishDeviceServer
+    from coolctl.simulators.snmp_agent import SnmpPduAgent
 
 __all__ = ["FAULT_KINDS", "ActiveFault", "FaultBook", "apply_fault"]
 
@@ -48,6 +49,10 @@ FAULT_KINDS: tuple[str, ...] = (
     "read_fail",
     "load",
     "facility_water",
+    "cdu_local",
+    "cdu_alarm",
+    "psu_fail",
+    "mains_loss",
     "clear",
 )
 _SENSOR_KINDS = frozenset({"sensor_stuck", "sensor_noise", "sensor_drift"})
@@ -146,8 +151,13 @@ def apply_fault(
       point's unit), `sensor_drift` (device, point, value: units per second of plant time).
     - `link_loss` (device: a Modbus device stops answering, an MQTT sensor device stops
       publishing), `response_delay` (Modbus device, value: seconds), `read_fail` (Modbus
-      device, point: reads of it get a device-failure exception).
+      device, point: reads of it get a device-failure exception). A simulated SNMP PDU takes
+      the same three: silence, late answers, noSuchInstance for every row of the point.
     - `load` (value: fraction of max, `servers` to pick some), `facility_water` (value: °C).
+    - `cdu_local`: the CDU's panel takes control (remote writes refused); `cdu_alarm` (point:
+      an alarm, e.g. filter_clogged_alarm): raised (latched until acknowledged once undone).
+    - `psu_fail` (device: a PSU of the rack's Modbus power shelf stops delivering) and
+      `mains_loss` (the shelf's BBUs discharge and carry the rack).
     - `clear`: undo everything on the rack: leak stopped and reservoir refilled, pump restored,
       every sensor reset, every link back, and any load or facility-water step taken back.
 
@@ -171,8 +181,76 @@ def apply_fault(
     if kind in ("load", "facility_water"):
         _reject(kind, device=device, point=point)
         return _rack_event(simulation, kind, rack, value, duration_s, servers)
+    if kind in ("cdu_local", "cdu_alarm"):
+        _reject(kind, device=device, value=value)
+        return _cdu_panel(simulation, kind, rack, point, duration_s)
+    if kind in ("psu_fail", "mains_loss"):
+        _reject(kind, point=point, value=value)
+        return _shelf_fault(simulation, kind, rack, device, duration_s)
     _reject(kind, point=point)
     return _cdu_fault(simulation, kind, rack, device, value, duration_s)
+
+
+def _cdu_panel(
+    simulation: LiveSimulation,
+    kind: str,
+    rack: str,
+    point: str | None,
+    duration_s: float | None,
+) -> str:
+    """The CDU controller's own state: its panel's local/remote switch, or one of its alarms."""
+    cdu = simulation.cdus[rack]
+    undo: Callable[[], None]
+    if kind == "cdu_local":
+        _reject(kind, point=point)
+        cdu.set_remote(False)
+        text, undo = (
+            f"{rack}: CDU switched to local at its panel",
+            functools.partial(cdu.set_remote, True),
+        )
+    else:
+        if point is None:
+            raise ValueError("cdu_alarm needs --point, the alarm (e.g. filter_clogged_alarm)")
+        cdu.force_alarm(point)  # ValueError names the known alarms
+        text = f"{rack}: CDU alarm {point} raised"
+        undo = functools.partial(cdu.force_alarm, point, False)
+    fault = ActiveFault(kind, rack, None, point, None, text, simulation.plants[rack].time_s, undo)
+    return _record(simulation, (rack, kind, None, point), fault, duration_s)
+
+
+def _shelf_fault(
+    simulation: LiveSimulation,
+    kind: str,
+    rack: str,
+    device: str | None,
+    duration_s: float | None,
+) -> str:
+    """A lost PSU or a mains loss on the rack's ORv3 power shelf served over Modbus."""
+    shelf = simulation.modbus_shelves.get(rack)
+    if shelf is None:
+        raise ValueError(f"rack {rack} has no simulated Modbus power shelf (orv3-psu/orv3-bbu)")
+    undo: Callable[[], None]
+    if kind == "mains_loss":
+        if device is not None:
+            raise ValueError("mains_loss takes no device: it is the whole shelf's")
+        shelf.lose_mains()
+        text, undo = (
+            f"{rack}: mains lost, the BBUs carry the shelf",
+            functools.partial(shelf.lose_mains, False),
+        )
+    else:
+        specs = simulation.specs[rack].devices
+        psus = [spec.device for spec in specs if spec.shelf_role == "psu"]
+        if device not in psus:
+            raise ValueError(f"psu_fail needs the device of a PSU: one of {', '.join(psus)}")
+        number = psus.index(device) + 1
+        shelf.fail_psu(number)
+        text, undo = (
+            f"{rack}/{device}: PSU failed",
+            functools.partial(shelf.fail_psu, number, False),
+        )
+    fault = ActiveFault(kind, rack, device, None, None, text, shelf.plant.time_s, undo)
+    return _record(simulation, (rack, kind, device, None), fault, duration_s)
 
 
 def _record(
@@ -385,13 +463,13 @@ def _link_fault(
     if name is None:
         raise ValueError(f"{kind} needs a device: rack {rack} has no CDU to default to")
     key = (rack, name)
-    server = simulation.servers.get(key) or simulation.redfish.get(key)
+    server = simulation.servers.get(key) or simulation.redfish.get(key) or simulation.snmp.get(key)
     publisher = simulation.publishers.get(key)
     plant = simulation.plants[rack]
     shown: float | None = None
     undo: Callable[[], None]
     if server is None and publisher is None:
-        every = (*simulation.servers, *simulation.redfish, *simulation.publishers)
+        every = (*simulation.servers, *simulation.redfish, *simulation.snmp, *simulation.publishers)
         known = ", ".join(d for r, d in every if r == rack)
         raise ValueError(f"rack {rack} has no simulated device {name!r}; it has {known}")
     if kind == "link_loss":
@@ -440,9 +518,12 @@ def _clear(simulation: LiveSimulation, rack: str) -> str:
     for device in ("cdu", "pdu", *(f"server{i}" for i in range(plant.n_servers))):
         for point in plant.readings(device):
             plant.reset_sensor(device, point)
-    servers: list[tuple[tuple[str, str], ModbusDeviceServer | RedfishDeviceServer]] = [
+    servers: list[
+        tuple[tuple[str, str], ModbusDeviceServer | RedfishDeviceServer | SnmpPduAgent]
+    ] = [
         *simulation.servers.items(),
         *simulation.redfish.items(),
+        *simulation.snmp.items(),
     ]
     for (server_rack, _), server in servers:
         if server_rack != rack:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import math
 import secrets
@@ -31,13 +32,17 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from coolctl.simulators.cdu_controller import CduController, CduControllerParams
 from coolctl.simulators.fault_book import FaultBook
+from coolctl.simulators.modbus_power_shelf import SHELF_ROLES, ModbusPowerShelf
 from coolctl.simulators.modbus_server import ModbusDeviceServer
 from coolctl.simulators.mqtt_sensors import DEFAULT_PREFIX, MqttSensorPublisher, parse_broker
 from coolctl.simulators.plant import PlantParams, RackPlant
-from coolctl.simulators.redfish_devices import build_device
+from coolctl.simulators.redfish_devices import build_device, build_power_shelf_service
+from coolctl.simulators.redfish_power_shelf import PowerShelves
 from coolctl.simulators.redfish_server import RedfishDeviceServer
 from coolctl.simulators.sensors import DeviceSensors, PointSensor
+from coolctl.simulators.snmp_agent import SimulatedPdu, SnmpPduAgent
 from coolctl.simulators.tls import TlsMaterial, create_tls_material, server_ssl_context
 
 log = logging.getLogger("coolctl.simulators.live")
@@ -53,7 +58,7 @@ PROTOCOLS: Mapping[str, str] = {
 }
 PROTOCOL_CHOICES: Mapping[str, tuple[str, ...]] = {
     "cdu": ("modbus", "redfish"),
-    "pdu": ("modbus", "redfish"),
+    "pdu": ("modbus", "redfish", "snmp"),
     "sensor": ("mqtt",),
     "server": ("redfish",),
 }
@@ -88,11 +93,18 @@ class SimDeviceSpec:
     password: str = ""
     legacy_power: bool = False
     require_if_match: bool = False
+    community: str = "public"  # snmp: the v2c community the simulated PDU answers
+    outlets: int = 48  # snmp: outlets of the simulated PDU (outlet k feeds server k-1)
+    share: float = 1.0  # snmp: the fraction of each server's power on this PDU's feed
+    power_shelves: int = 0  # redfish pdu: serve this many power shelves instead of a rack PDU
+    shelf_role: str = ""  # modbus pdu: "psu" or "bbu", a unit of the rack's ORv3 power shelf
 
     def __post_init__(self) -> None:
         choices = PROTOCOL_CHOICES.get(self.kind)
         if choices is None:
             raise ValueError(f"device {self.device!r}: unknown kind {self.kind!r}")
+        if self.shelf_role not in ("", *SHELF_ROLES) or (self.shelf_role and self.kind != "pdu"):
+            raise ValueError(f"device {self.device!r}: shelf_role {self.shelf_role!r} needs a pdu")
         protocol = self.protocol or PROTOCOLS[self.kind]
         if protocol not in choices:
             raise ValueError(
@@ -104,11 +116,16 @@ class SimDeviceSpec:
 
 @dataclass(frozen=True, slots=True)
 class SimRackSpec:
-    """One simulated rack: its plant parameters, starting load and devices."""
+    """One simulated rack: its plant parameters, starting load and devices.
+
+    `cdu` sets up the rack's CDU controller (`CduControllerParams`: its starting mode, loops,
+    setpoint ranges, room); every CDU device of the rack is a front-end of that one controller.
+    """
 
     rack: str
     devices: Sequence[SimDeviceSpec]
     plant: Mapping[str, Any] = field(default_factory=dict)
+    cdu: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 0
     load: float = 0.6  # starting fraction of max for every server
     mqtt_broker: str | None = None  # "host:port" for its sensor devices; else the simulation's
@@ -147,7 +164,12 @@ class Service:
         if self.protocol == "control":
             return f"control http://{self.address}"
         if self.protocol == "redfish":
-            return f"redfish {self.url} user={self.username} password={self.password} ca={self.ca}"
+            return (
+                f"redfish {self.url} rack={self.rack} device={self.device}"
+                f" user={self.username} password={self.password} ca={self.ca}"
+            )
+        if self.protocol == "snmp":
+            return f"snmp {self.address} community={self.password} profile={self.register_map}"
         return (
             f"{self.protocol} {self.address} rack={self.rack} device={self.device}"
             f" unit={self.unit_id} profile={self.register_map}"
@@ -165,25 +187,38 @@ class DeviceWrite:
 
 
 class CduPoints:
-    """The CDU's view of the plant: its readings, and the two setpoints it accepts."""
+    """The CDU as its front-ends see it: the plant's readings through the CDU's own controller
+    (`coolctl.simulators.cdu_controller`), which takes the writes: pump and valve commands in
+    its manual mode, setpoints, run command, mode and alarm acknowledge in every mode, nothing
+    while its panel has control (ValueError: the front-end answers with an error)."""
 
-    def __init__(self, plant: RackPlant) -> None:
+    def __init__(self, plant: RackPlant, controller: CduController | None = None) -> None:
         self.plant = plant
+        self.controller = controller if controller is not None else CduController(plant)
         self.writes: list[DeviceWrite] = []
-        self._writers: Mapping[str, Callable[[float], None]] = {
-            "pump_speed_command": plant.set_pump_speed_command,
-            "valve_command": plant.set_valve_command,
-        }
 
     def read_points(self) -> Mapping[str, float]:
-        return self.plant.cdu_readings()
+        return self.controller.read_points()
 
     def write_point(self, name: str, value: float) -> None:
-        writer = self._writers.get(name)
-        if writer is None:
-            raise ValueError(f"{name} is not writable on the CDU")
-        writer(value)
+        self.controller.write(name, value)
         self.writes.append(DeviceWrite(time.monotonic(), self.plant.time_s, name, value))
+
+
+class ShelfUnitPoints:
+    """One PSU or BBU of the rack's ORv3 power shelf over Modbus (modbus_power_shelf.py)."""
+
+    def __init__(self, shelf: ModbusPowerShelf, role: str, number: int) -> None:
+        self.shelf = shelf
+        self.store = shelf.store(role, number)
+        self.writes: list[DeviceWrite] = []
+
+    def read_points(self) -> Mapping[str, float]:
+        return self.store.read_points()
+
+    def write_point(self, name: str, value: float) -> None:
+        self.store.write_point(name, value)
+        self.writes.append(DeviceWrite(time.monotonic(), self.shelf.plant.time_s, name, value))
 
 
 class ServerPoints:
@@ -289,7 +324,7 @@ class SensorPoints:
             self._sensors.sensor(point).reset()
 
 
-PointSource = CduPoints | PduPoints | SensorPoints | ServerPoints
+PointSource = CduPoints | PduPoints | SensorPoints | ServerPoints | ShelfUnitPoints
 
 _POINT_SOURCES: Mapping[str, Callable[[RackPlant, int, SimDeviceSpec], PointSource]] = {
     "cdu": lambda plant, _seed, _spec: CduPoints(plant),
@@ -317,6 +352,26 @@ EndpointFactory = Callable[["LiveSimulation"], ControlEndpoint]
 """Builds the endpoint for a simulation: `coolctl.simulators.control_server.endpoint(...)`."""
 
 
+def _refuse_beyond_loopback(racks: Sequence[SimRackSpec]) -> None:
+    """The simulation is for tests and demos: its devices obey anyone who reaches them, so
+    they listen on loopback unless asked otherwise (`allow_remote`)."""
+    for spec in racks:
+        for device in spec.devices:
+            if device.kind == "sensor" and device.protocol != "redfish":
+                continue  # MQTT publishers listen nowhere
+            host = device.host.strip("[]")
+            try:
+                loopback = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                loopback = host == "localhost"
+            if not loopback:
+                raise ValueError(
+                    f"simulated {spec.rack}/{device.device} would listen on {device.host},"
+                    " beyond loopback: the simulation is for tests and demos; allow it with"
+                    " --listen-beyond-loopback"
+                )
+
+
 class LiveSimulation:
     """Plants stepped in (scaled) real time, behind Modbus, Redfish and MQTT front-ends.
 
@@ -336,9 +391,12 @@ class LiveSimulation:
         mqtt_broker: str | None = None,
         control: EndpointFactory | None = None,
         tls_dir: Path | None = None,
+        allow_remote: bool = False,
     ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be greater than 0")
+        if not allow_remote:
+            _refuse_beyond_loopback(racks)
         self.time_scale = time_scale
         self.step_s = step_s
         self.mqtt_broker = mqtt_broker
@@ -347,7 +405,11 @@ class LiveSimulation:
         self.servers: dict[tuple[str, str], ModbusDeviceServer] = {}
         self.publishers: dict[tuple[str, str], MqttSensorPublisher] = {}
         self.redfish: dict[tuple[str, str], RedfishDeviceServer] = {}
+        self.snmp: dict[tuple[str, str], SnmpPduAgent] = {}
+        self.power_shelves: dict[tuple[str, str], PowerShelves] = {}
+        self.modbus_shelves: dict[str, ModbusPowerShelf] = {}  # per rack: its PSUs and BBUs
         self.points: dict[tuple[str, str], PointSource] = {}
+        self.cdus: dict[str, CduController] = {}  # each rack's CDU controller, by rack
         self.tls: TlsMaterial | None = None
         self._ssl: ssl.SSLContext | None = None
         self._tls_dir = tls_dir
@@ -361,12 +423,35 @@ class LiveSimulation:
             params = PlantParams.from_dict({"initial_load": spec.load, **spec.plant})
             plant = RackPlant(params, seed=spec.seed)
             self.plants[spec.rack] = plant
+            cdu = CduController(plant, CduControllerParams.from_dict(spec.cdu))
+            self.cdus[spec.rack] = cdu
+            roles = [device.shelf_role for device in spec.devices]
+            if any(roles):
+                shelf = ModbusPowerShelf(plant, psus=roles.count("psu"), bbus=roles.count("bbu"))
+                self.modbus_shelves[spec.rack] = shelf
             for index, device in enumerate(spec.devices):
                 key = (spec.rack, device.device)
-                source = _POINT_SOURCES[device.kind](plant, spec.seed * 1000 + index, device)
+                source: PointSource
+                if device.shelf_role:
+                    number = roles[: index + 1].count(device.shelf_role)
+                    shelf = self.modbus_shelves[spec.rack]
+                    source = ShelfUnitPoints(shelf, device.shelf_role, number)
+                elif device.kind == "cdu":
+                    source = CduPoints(plant, cdu)  # the rack's one CDU controller
+                else:
+                    source = _POINT_SOURCES[device.kind](plant, spec.seed * 1000 + index, device)
                 self.points[key] = source
                 if device.protocol == "redfish":
                     self.redfish[key] = self._redfish_server(spec.rack, device, source, plant)
+                elif device.protocol == "snmp":
+                    pdu = SimulatedPdu(plant, outlets=device.outlets, share=device.share)
+                    self.snmp[key] = SnmpPduAgent(
+                        device.register_map,
+                        pdu,
+                        host=device.host,
+                        port=device.port,
+                        community=device.community,
+                    )
                 elif device.kind == "sensor":
                     broker = spec.mqtt_broker or mqtt_broker
                     if broker is None:
@@ -374,7 +459,8 @@ class LiveSimulation:
                             f"sensor device {spec.rack}/{device.device} publishes over MQTT:"
                             " give the simulation an mqtt_broker (or its rack one)"
                         )
-                    parse_broker(broker)  # a bad address fails here, not in the background
+                    # a bad address fails here, not in the background ("USER:PASSWORD@" aside)
+                    parse_broker(broker.rpartition("@")[2])
                     self.publishers[key] = MqttSensorPublisher(
                         source,
                         broker=broker,
@@ -409,6 +495,25 @@ class LiveSimulation:
         self, rack: str, device: SimDeviceSpec, source: PointSource, plant: RackPlant
     ) -> RedfishDeviceServer:
         tls, context = self._tls_material()
+        if device.power_shelves > 0:
+            service, shelves = build_power_shelf_service(
+                source,
+                plant,
+                name=f"{rack}/{device.device}",
+                username=device.username,
+                password=device.password or secrets.token_urlsafe(12),
+                shelves=device.power_shelves,
+                sensing_interval_s=self.step_s,
+            )
+            self.power_shelves[(rack, device.device)] = shelves
+            return RedfishDeviceServer(
+                service,
+                ssl_context=context,
+                certificate_file=tls.server_cert,
+                host=device.host,
+                port=device.port,
+                require_if_match=device.require_if_match,
+            )
         service = build_device(
             device.kind,
             source,
@@ -455,6 +560,18 @@ class LiveSimulation:
                         ca=str(self.tls.ca_cert),
                     )
                 )
+            for (rack, device), agent in self.snmp.items():
+                await agent.start()
+                self.services.append(
+                    Service(
+                        "snmp",
+                        agent.address,
+                        rack,
+                        device,
+                        register_map=agent.profile_name,
+                        password=agent.community,
+                    )
+                )
             for (rack, device), publisher in self.publishers.items():
                 await publisher.start()
                 self.services.append(
@@ -485,6 +602,8 @@ class LiveSimulation:
             await server.stop()
         for redfish in self.redfish.values():
             await redfish.stop()
+        for agent in self.snmp.values():
+            await agent.stop()
         if self._tls_temporary is not None:
             shutil.rmtree(self._tls_temporary, ignore_errors=True)
             self._tls_temporary = None
@@ -505,6 +624,11 @@ class LiveSimulation:
     def control_url(self) -> str | None:
         """`http://host:port` of the fault-injection server, once started; else None."""
         return None if self.control is None else self.control.url
+
+    @property
+    def control_token(self) -> str | None:
+        """The bearer token the fault-injection server asks for, once started; else None."""
+        return getattr(self.control, "token", None)
 
     def writes(self, rack: str, device: str) -> list[DeviceWrite]:
         """Every setpoint the simulated device accepted, in order."""
@@ -528,7 +652,7 @@ class LiveSimulation:
             now = time.monotonic()
             plant_dt = (now - last) * self.time_scale
             last = now
-            for rack, plant in self.plants.items():
-                plant.advance(plant_dt)
+            for rack in self.plants:
+                self.cdus[rack].advance(plant_dt)  # the plant, with the CDU's own loops
                 for publisher in self._publishers_by_rack[rack]:
                     publisher.poll()

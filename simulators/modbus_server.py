@@ -1,8 +1,15 @@
-"""Modbus TCP front-end of a simulated device: serves a register map from a point store.
+"""Modbus front-end of a simulated device: serves a register map from a point store, over TCP
+(one device per port) or over a serial line as Modbus RTU (several unit ids on one bus).
 
 The register map is a device profile (TOML, as in `drivers/profiles/`), read here with our own
 small parser and encoder: the simulator must not share code with `coolctl.drivers`, or a bug in
-the driver's decoding would be mirrored here and go unnoticed.
+the driver's decoding would be mirrored here and go unnoticed. Every profile key is implemented
+here again: bits of status words, inverted bools, "no sensor" sentinels (served while the store
+has no value, NaN), enumerated states, byte and word swaps, momentary commands, and write-enable
+registers (a write to a locked point is refused with "illegal function" until the unlock value
+is written; without a `relock` value the lock closes again after one write; an unlock with `bit`
+is one bit of a register that may hold command bits too), and fixed-point integers with
+`fraction_bits` N (counts of 2^-N).
 
 pymodbus supplies the TCP listener and the PDU framing. The register bank is ours (it stands
 where pymodbus puts its `SimCore`), so that writes reach the store, out-of-range values and
@@ -26,18 +33,26 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import NoSuchIdException
 from pymodbus.pdu import ModbusPDU
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
+from coolctl.model import POINT_STATES
+
 __all__ = [
     "MappedPoint",
     "ModbusDeviceServer",
+    "ModbusRtuBus",
+    "ModbusTcpGateway",
     "PointStore",
+    "RegisterMap",
+    "Unlock",
     "decode_words",
     "encode_value",
+    "load_device_map",
     "load_register_map",
     "resolve_register_map",
 ]
@@ -95,11 +110,30 @@ class MappedPoint:
     writable: bool = False
     minimum: float | None = None
     maximum: float | None = None
+    bit: int | None = None  # a bool held in this bit of a 16-bit register
+    invert: bool = False  # the bool reads 0 when true
+    missing: tuple[int, ...] = ()  # raw values meaning "no sensor"; the first is served
+    states: tuple[tuple[int, int], ...] = ()  # (raw code, canonical code)
+    byte_swap: bool = False  # bytes swapped inside each register
+    momentary: bool = False  # a command the device clears itself once carried out
+    fraction_bits: int = 0  # fixed point: raw counts of 2^-fraction_bits
 
     @property
     def addresses(self) -> range:
         """The protocol addresses (registers or bits) the point occupies."""
-        return range(self.address, self.address + _WIDTH[self.type])
+        width = 1 if self.bit is not None else _WIDTH[self.type]
+        return range(self.address, self.address + width)
+
+    def raw_of_code(self, code: int) -> int | None:
+        """The device's raw code of a canonical state code (the code itself without states)."""
+        if not self.states:
+            return code
+        return next((raw for raw, canonical in self.states if canonical == code), None)
+
+    def code_of_raw(self, raw: int) -> int | None:
+        if not self.states:
+            return raw
+        return next((canonical for r, canonical in self.states if r == raw), None)
 
     def accepts(self, value: float) -> bool:
         """Whether a written engineering value lies within the point's min/max."""
@@ -133,27 +167,86 @@ def resolve_register_map(source: str | Path) -> Path:
     raise FileNotFoundError(f"no register map named {source!r} in coolctl.drivers profiles")
 
 
+@dataclass(frozen=True, slots=True)
+class Unlock:
+    """A write-enable register: writes to `points` are refused unless it holds `value`."""
+
+    table: str
+    address: int
+    value: int
+    relock: int | None
+    points: frozenset[str]
+    bit: int | None = None  # the write-enable is this bit of the register (value 0 or 1)
+
+    def is_open(self, word: int) -> bool:
+        """Whether the register's word lets locked points be written."""
+        if self.bit is None:
+            return word == self.value
+        return (word >> self.bit) & 1 == self.value
+
+    def closed(self, word: int) -> int:
+        """The word with the lock closed again (after one write, without a relock value)."""
+        if self.bit is None:
+            return 0 if self.value else 1
+        mask = 1 << self.bit
+        return (word & ~mask) | (0 if self.value else mask)
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterMap:
+    """A register map as the simulated device serves it."""
+
+    name: str
+    points: list[MappedPoint]
+    unlocks: tuple[Unlock, ...] = ()
+
+
 def load_register_map(source: str | Path) -> tuple[str, list[MappedPoint]]:
     """Read a register map (profile TOML): its name and its points, checked for consistency."""
+    register_map = load_device_map(source)
+    return register_map.name, register_map.points
+
+
+def load_device_map(source: str | Path) -> RegisterMap:
+    """Read a register map (profile TOML) with its write-enable registers."""
     path = resolve_register_map(source)
     with path.open("rb") as handle:
         document = tomllib.load(handle)
     profile = document.get("profile", {})
     default_order = str(profile.get("word_order", "big"))
-    points = [_parse_point(entry, default_order) for entry in document.get("point", [])]
+    default_swap = bool(profile.get("byte_swap", False))
+    try:
+        points = [
+            _parse_point(entry, default_order, default_swap) for entry in document.get("point", [])
+        ]
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     if not points:
         raise ValueError(f"{path}: the register map lists no [[point]]")
     _check_layout(points, path)
-    return str(profile.get("name", path.stem)), points
+    writable = frozenset(point.name for point in points if point.writable)
+    unlocks = tuple(
+        Unlock(
+            table=str(entry["table"]),
+            address=int(entry["address"]),
+            value=int(entry["value"]),
+            relock=None if entry.get("relock") is None else int(entry["relock"]),
+            points=frozenset(entry.get("points", writable)),
+            bit=None if entry.get("bit") is None else int(entry["bit"]),
+        )
+        for entry in document.get("unlock", [])
+    )
+    return RegisterMap(str(profile.get("name", path.stem)), points, unlocks)
 
 
-def _parse_point(entry: Mapping[str, Any], default_order: str) -> MappedPoint:
+def _parse_point(entry: Mapping[str, Any], default_order: str, default_swap: bool) -> MappedPoint:
     """One [[point]] table -> MappedPoint, rejecting what the server could not serve."""
     name = str(entry["name"])
     table, kind = str(entry["table"]), str(entry["type"])
     order = str(entry.get("word_order", default_order))
     address = int(entry["address"])
     writable = bool(entry.get("writable", False))
+    bit = None if entry.get("bit") is None else int(entry["bit"])
     problems = [
         f"table {table!r} not one of {TABLES}" if table not in TABLES else "",
         f"type {kind!r} not one of {tuple(_WIDTH)}" if kind not in _WIDTH else "",
@@ -164,8 +257,18 @@ def _parse_point(entry: Mapping[str, Any], default_order: str) -> MappedPoint:
         else "",
         "scale must not be 0" if float(entry.get("scale", 1.0)) == 0.0 else "",
     ]
-    if table in TABLES and kind in _WIDTH and (kind == "bool") != (table in BIT_TABLES):
+    fraction_bits = int(entry.get("fraction_bits", 0))
+    if "fraction_bits" in entry and (
+        kind not in _INT_RANGE or "states" in entry or not 0 <= fraction_bits < 16 * _WIDTH[kind]
+    ):
+        problems.append("fraction_bits needs an integer type without states, 0..bits-1")
+    if bit is not None:
+        if table in BIT_TABLES or kind not in ("bool", "int16", "uint16") or not 0 <= bit <= 15:
+            problems.append("bit needs a 16-bit holding/input register and 0..15")
+        kind = "bool"
+    elif table in TABLES and kind in _WIDTH and (kind == "bool") != (table in BIT_TABLES):
         problems.append("bool belongs in coil/discrete, numbers in holding/input")
+    states = _parse_states(name, entry.get("states"), problems)
     if found := [p for p in problems if p]:
         raise ValueError(f"point {name!r}: " + "; ".join(found))
     return MappedPoint(
@@ -179,7 +282,32 @@ def _parse_point(entry: Mapping[str, Any], default_order: str) -> MappedPoint:
         writable=writable,
         minimum=_optional_float(entry.get("min")),
         maximum=_optional_float(entry.get("max")),
+        bit=bit,
+        invert=bool(entry.get("invert", False)),
+        missing=tuple(int(value) for value in entry.get("missing", [])),
+        states=states,
+        byte_swap=bool(entry.get("byte_swap", default_swap)) and kind != "bool",
+        momentary=bool(entry.get("momentary", False)),
+        fraction_bits=fraction_bits,
     )
+
+
+def _parse_states(name: str, raw: object, problems: list[str]) -> tuple[tuple[int, int], ...]:
+    """`states = { "0x8000" = "stopped", … }` -> (raw code, canonical code) pairs."""
+    if raw is None:
+        return ()
+    enum_type = POINT_STATES.get(name)
+    if enum_type is None or not isinstance(raw, dict):
+        problems.append("states needs an enumerated point and a table of code = name")
+        return ()
+    members = {member.name.lower(): member.value for member in enum_type}
+    pairs = []
+    for key, state in raw.items():
+        if str(state) not in members:
+            problems.append(f"state {state!r} is none of {sorted(members)}")
+            continue
+        pairs.append((int(str(key), 0), members[str(state)]))
+    return tuple(pairs)
 
 
 def _optional_float(value: object) -> float | None:
@@ -187,19 +315,23 @@ def _optional_float(value: object) -> float | None:
 
 
 def _check_layout(points: Sequence[MappedPoint], path: Path) -> None:
-    """Refuse duplicate names and overlapping addresses: either would make reads ambiguous."""
+    """Refuse duplicate names and overlapping addresses (distinct bits of one register
+    excepted): either would make reads ambiguous."""
     names: set[str] = set()
-    owners: dict[tuple[str, int], str] = {}
+    owners: dict[tuple[str, int], MappedPoint] = {}
     for point in points:
         if point.name in names:
             raise ValueError(f"{path}: point {point.name!r} is listed twice")
         names.add(point.name)
         for address in point.addresses:
-            other = owners.setdefault((point.table, address), point.name)
-            if other != point.name:
-                raise ValueError(
-                    f"{path}: {point.name!r} overlaps {other!r} at {point.table} {address}"
-                )
+            other = owners.setdefault((point.table, address), point)
+            if other is point:
+                continue
+            if point.bit is not None and other.bit is not None and point.bit != other.bit:
+                continue
+            raise ValueError(
+                f"{path}: {point.name!r} overlaps {other.name!r} at {point.table} {address}"
+            )
 
 
 # --------------------------------------------------------------------------- encoder
@@ -209,36 +341,75 @@ def encode_value(point: MappedPoint, value: float) -> list[int] | None:
     """Engineering value -> words (or one 0/1 bit) as the device would hold them.
 
     Integers round to the nearest count and clamp to the type's range, so a wild plant value
-    pins at the limit instead of wrapping. NaN has no integer meaning: None (leave as is).
+    pins at the limit instead of wrapping. NaN is a sensor without a value: the point's first
+    `missing` sentinel if it has one, else None (leave as is) — a float32 without sentinels
+    serves the NaN itself, as a broken float sensor does. For a bit of a register the result is
+    the bit alone; the register bank puts it into its word.
     """
+    if math.isnan(value) and point.missing and point.bit is None:
+        raw_sentinel = point.missing[0]
+        if _WIDTH[point.type] == 2:
+            words = [(raw_sentinel >> 16) & 0xFFFF, raw_sentinel & 0xFFFF]
+            return _order_words(_swap(words, point.byte_swap), point.word_order)
+        return _swap([raw_sentinel & 0xFFFF], point.byte_swap)
     if point.type == "bool":
-        return None if math.isnan(value) else [1 if abs(value) >= 0.5 else 0]
-    counts = (value - point.offset) / point.scale
+        if math.isnan(value):
+            return None
+        bit = 1 if abs(value) >= 0.5 else 0
+        return [1 - bit if point.invert else bit]
+    if point.states:
+        if math.isnan(value):
+            return None
+        raw_code = point.raw_of_code(round(value))
+        if raw_code is None:
+            return None  # a state this device cannot show: keep what it shows
+        counts: float = raw_code
+    else:
+        counts = math.ldexp((value - point.offset) / point.scale, point.fraction_bits)
     if point.type == "float32":
         clamped = counts if math.isnan(counts) else max(-_FLOAT32_MAX, min(_FLOAT32_MAX, counts))
-        return _order_words(struct.unpack(">HH", struct.pack(">f", clamped)), point.word_order)
+        words = list(struct.unpack(">HH", struct.pack(">f", clamped)))
+        return _order_words(_swap(words, point.byte_swap), point.word_order)
     if math.isnan(counts):
         return None
     low, high = _INT_RANGE[point.type]
     raw = low if counts <= low else high if counts >= high else math.floor(counts + 0.5)
     if point.type in ("int16", "uint16"):
-        return [raw & 0xFFFF]
+        return _swap([raw & 0xFFFF], point.byte_swap)
     raw &= 0xFFFFFFFF
-    return _order_words((raw >> 16, raw & 0xFFFF), point.word_order)
+    return _order_words(_swap([raw >> 16, raw & 0xFFFF], point.byte_swap), point.word_order)
 
 
 def decode_words(point: MappedPoint, words: Sequence[int]) -> float:
-    """Words (or one bit) as a client wrote them -> engineering value."""
+    """Words (or one bit) as a client wrote them -> engineering value (a state's canonical
+    code; NaN for a raw code that is no state)."""
     if point.type == "bool":
-        return 1.0 if words[0] else 0.0
+        word = words[0]
+        bit = (word >> point.bit) & 1 if point.bit is not None else (1 if word else 0)
+        return float(1 - bit if point.invert else bit)
     if point.type in ("int16", "uint16"):
-        raw = words[0]
-        return _scaled(point, raw - 0x10000 if point.type == "int16" and raw >= 0x8000 else raw)
-    high, low = _order_words(words, point.word_order)
+        raw = _swap([words[0]], point.byte_swap)[0]
+        value = raw - 0x10000 if point.type == "int16" and raw >= 0x8000 else raw
+        return _state_or_scaled(point, value)
+    high, low = _swap(_order_words(words, point.word_order), point.byte_swap)
     packed = struct.pack(">HH", high, low)
     fmt = {"int32": ">i", "uint32": ">I", "float32": ">f"}[point.type]
     raw_value: float = struct.unpack(fmt, packed)[0]
-    return _scaled(point, raw_value)
+    return _state_or_scaled(point, raw_value)
+
+
+def _state_or_scaled(point: MappedPoint, raw: float) -> float:
+    if point.states:
+        code = point.code_of_raw(int(raw))
+        return math.nan if code is None else float(code)
+    return _scaled(point, raw)
+
+
+def _swap(words: Sequence[int], byte_swap: bool) -> list[int]:
+    """Swap the two bytes inside each word (its own inverse)."""
+    if not byte_swap:
+        return list(words)
+    return [((word & 0xFF) << 8) | (word >> 8) for word in words]
 
 
 def _scaled(point: MappedPoint, raw: float) -> float:
@@ -247,6 +418,7 @@ def _scaled(point: MappedPoint, raw: float) -> float:
     IEEE division is correctly rounded, so raw / 1000 is the double nearest the decimal value,
     whereas raw * 0.001 may land one ulp off (0.7000000000000001) and surprise the store.
     """
+    raw = math.ldexp(raw, -point.fraction_bits)  # exact: a power of two
     inverse = 1.0 / point.scale
     divisor = round(inverse)
     if abs(point.scale) < 1.0 and math.isclose(inverse, divisor, rel_tol=1e-12):
@@ -271,7 +443,11 @@ class _RegisterBank(SimCore):
     """
 
     def __init__(
-        self, points: Sequence[MappedPoint], unit_id: int, write: Callable[[str, float], None]
+        self,
+        points: Sequence[MappedPoint],
+        unit_id: int,
+        write: Callable[[str, float], None],
+        unlocks: Sequence[Unlock] = (),
     ) -> None:
         # SimCore.__init__ is deliberately not called: it would build a SimRuntime we never use.
         self.devices = {}
@@ -279,24 +455,33 @@ class _RegisterBank(SimCore):
         self.failing_point: str | None = None
         self.response_delay_s = 0.0
         self._write = write
+        self._unlocks = tuple(unlocks)
+        self._unlock_at = {(u.table, u.address): u for u in self._unlocks}
         self._words: dict[str, dict[int, int]] = {table: {} for table in TABLES}
-        self._owner: dict[str, dict[int, MappedPoint]] = {table: {} for table in TABLES}
+        self._owner: dict[str, dict[int, list[MappedPoint]]] = {table: {} for table in TABLES}
         for point in points:
             for address in point.addresses:
                 self._words[point.table][address] = 0
-                self._owner[point.table][address] = point
+                self._owner[point.table].setdefault(address, []).append(point)
+        for unlock in self._unlocks:
+            self._words[unlock.table].setdefault(unlock.address, 0)
 
     def device_ids(self) -> list[int]:
         return [self.unit_id]
 
     def load(self, point: MappedPoint, words: Sequence[int]) -> None:
-        """Put a point's encoded words into memory (refresh from the plant)."""
+        """Put a point's encoded words into memory (refresh from the plant); a bit point's
+        one value goes into its bit of the register."""
         memory = self._words[point.table]
+        if point.bit is not None:
+            mask = 1 << point.bit
+            memory[point.address] = (memory[point.address] & ~mask) | (mask if words[0] else 0)
+            return
         for address, word in zip(point.addresses, words, strict=True):
             memory[address] = word
 
     def read(self, point: MappedPoint) -> list[int]:
-        """A point's words as held now."""
+        """A point's words as held now (a bit point's whole register)."""
         return [self._words[point.table][a] for a in point.addresses]
 
     async def async_getValues(
@@ -326,42 +511,87 @@ class _RegisterBank(SimCore):
         if table not in WRITABLE_TABLES:
             return ExcCodes.ILLEGAL_FUNCTION
         written = {address + i: int(v) for i, v in enumerate(values)}
+        unlock_words = {a: v for a, v in written.items() if (table, a) in self._unlock_at}
+        if unlock_words:
+            if len(unlock_words) != len(written):
+                return ExcCodes.ILLEGAL_ADDRESS
+            shared = self._write_unlocks(table, unlock_words)
+            if not shared:
+                return None
+            written = shared  # command bits in the write-enable's register: written below
         points = self._points_at(table, written)
-        if points is None or not all(p.writable for p in points):
+        if points is None:
             return ExcCodes.ILLEGAL_ADDRESS
-        return self._apply(points, written)
+        return self._apply(table, points, written)
+
+    def _write_unlocks(self, table: str, words: Mapping[int, int]) -> dict[int, int]:
+        """Store written write-enable words; return those whose register also holds points.
+
+        A whole-register write-enable takes the word as written. A write-enable bit takes only
+        its bit; the register's other bits are points, applied as a normal write afterwards."""
+        shared = {}
+        for address, word in words.items():
+            unlock = self._unlock_at[(table, address)]
+            memory = self._words[table]
+            if unlock.bit is None or address not in self._owner[table]:
+                memory[address] = word
+                continue
+            mask = 1 << unlock.bit
+            memory[address] = (memory[address] & ~mask) | (word & mask)
+            shared[address] = word
+        return shared
 
     def _points_at(self, table: str, addresses: Iterable[int]) -> list[MappedPoint] | None:
         """The points covering these addresses, in address order; None if one is unmapped."""
         owners = self._owner[table]
         found: list[MappedPoint] = []
         for address in addresses:
-            point = owners.get(address)
-            if point is None:
+            points = owners.get(address)
+            if points is None:
                 return None
-            if point not in found:
-                found.append(point)
+            found.extend(point for point in points if point not in found)
         return found
 
     def _touches_failing(self, table: str, span: range) -> bool:
         owners = self._owner[table]
         return self.failing_point is not None and any(
-            owners[a].name == self.failing_point for a in span
+            p.name == self.failing_point for a in span for p in owners[a]
         )
 
-    def _apply(self, points: Sequence[MappedPoint], written: Mapping[int, int]) -> ExcCodes | None:
-        """Decode, range-check, hand to the store, and only then keep the words.
+    def _locked(self, point: MappedPoint) -> bool:
+        return any(
+            point.name in u.points and not u.is_open(self._words[u.table][u.address])
+            for u in self._unlocks
+        )
 
-        A partial write of a 32-bit point is merged with the word it leaves alone. Points of a
-        multi-point write go to the store in address order and stop at the first rejection.
+    def _apply(
+        self, table: str, points: Sequence[MappedPoint], written: Mapping[int, int]
+    ) -> ExcCodes | None:
+        """Decode, check, hand to the store, and only then keep the words.
+
+        A partial write of a 32-bit point is merged with the word it leaves alone. A write of a
+        register of bits changes only the bits whose value changed, and refuses to change a
+        read-only one. A point behind a write-enable register is refused (illegal function)
+        while it is locked. Points of a multi-point write go to the store in address order and
+        stop at the first rejection.
         """
+        memory = self._words[table]
         proposed = []
         for point in points:
-            words = [written.get(a, self._words[point.table][a]) for a in point.addresses]
+            words = [written.get(a, memory[a]) for a in point.addresses]
             value = decode_words(point, words)
+            if point.bit is not None:
+                if value == decode_words(point, [memory[point.address]]):
+                    continue  # another bit of the register: this one is unchanged
+                words = [(words[0] >> point.bit) & 1]
+            if not point.writable:
+                return ExcCodes.ILLEGAL_ADDRESS
             if not point.accepts(value):
                 LOG.debug("rejected write %s=%r: outside its min/max", point.name, value)
                 return ExcCodes.ILLEGAL_VALUE
+            if self._locked(point):
+                LOG.debug("rejected write %s=%r: locked", point.name, value)
+                return ExcCodes.ILLEGAL_FUNCTION
             proposed.append((point, words, value))
         for point, words, value in proposed:
             try:
@@ -369,8 +599,18 @@ class _RegisterBank(SimCore):
             except ValueError as exc:
                 LOG.debug("rejected write %s=%r: %s", point.name, value, exc)
                 return ExcCodes.ILLEGAL_VALUE
+            if point.momentary:  # carried out: the command register clears itself
+                words = [1 if point.invert else 0] if point.bit is not None else [0] * len(words)
             self.load(point, words)
+            self._relock(point)
         return None
+
+    def _relock(self, point: MappedPoint) -> None:
+        """A write-enable register without a relock value closes after one write."""
+        for unlock in self._unlocks:
+            if point.name in unlock.points and unlock.relock is None:
+                memory = self._words[unlock.table]
+                memory[unlock.address] = unlock.closed(memory[unlock.address])
 
 
 # --------------------------------------------------------------------------- pymodbus glue
@@ -441,7 +681,7 @@ class _DeviceTcpServer(ModbusTcpServer):
     back online on the same port synchronously.
     """
 
-    def __init__(self, bank: _RegisterBank, sock: socket.socket) -> None:
+    def __init__(self, bank: _RegisterBank | _BusContext, sock: socket.socket) -> None:
         self.bank = bank
         self._listen_socket = sock
         placeholder = SimDevice(bank.unit_id, simdata=SimData(0))
@@ -511,7 +751,8 @@ class ModbusDeviceServer:
             raise ValueError(f"unit_id {unit_id} outside 0..255")
         if refresh_interval_s <= 0:
             raise ValueError("refresh_interval_s must be positive")
-        self.name, self.points = load_register_map(register_map)
+        device_map = load_device_map(register_map)
+        self.name, self.points = device_map.name, device_map.points
         self.host = host
         self.port = port
         self.unit_id = unit_id
@@ -519,7 +760,7 @@ class ModbusDeviceServer:
         self.writes: list[tuple[str, float]] = []
         self._store = store
         self._by_name = {point.name: point for point in self.points}
-        self._bank = _RegisterBank(self.points, unit_id, self._write)
+        self._bank = _RegisterBank(self.points, unit_id, self._write, device_map.unlocks)
         self._server: _DeviceTcpServer | None = None
         self._listening: asyncio.Task[None] | None = None
         self._refresher: asyncio.Task[None] | None = None
@@ -672,3 +913,174 @@ class ModbusDeviceServer:
         server, self._server = self._server, None
         if server is not None:
             server.close()
+
+
+# --------------------------------------------------------------------------- Modbus RTU
+
+
+class _BusContext(SimCore):
+    """The devices on one RS-485 bus: each request goes to the bank of its unit id; a unit id
+    nobody has raises NoSuchIdException, which the server answers with silence, as a bus
+    does (ignore_missing_devices)."""
+
+    def __init__(
+        self, banks: Sequence[_RegisterBank], offline: Callable[[int], bool] | None = None
+    ) -> None:
+        self.devices = {}
+        self._offline = offline  # a device set offline (a fault) is silent on the bus too
+        self._banks = {bank.unit_id: bank for bank in banks}
+        if len(self._banks) != len(banks):
+            raise ValueError("two devices on one bus share a unit id")
+        self.unit_id = banks[0].unit_id  # what the TCP server's placeholder device needs
+        self.response_delay_s = 0.0
+
+    def device_ids(self) -> list[int]:
+        return list(self._banks)
+
+    def _bank(self, device_id: int) -> _RegisterBank:
+        bank = self._banks.get(device_id)
+        if bank is None or (self._offline is not None and self._offline(device_id)):
+            raise NoSuchIdException(f"no unit {device_id} on this bus")
+        return bank
+
+    async def async_getValues(
+        self, device_id: int, func_code: int, address: int, count: int = 1
+    ) -> list[int] | list[bool] | ExcCodes:
+        return await self._bank(device_id).async_getValues(device_id, func_code, address, count)
+
+    async def async_setValues(
+        self, device_id: int, func_code: int, address: int, values: list[int] | list[bool]
+    ) -> ExcCodes | None:
+        return await self._bank(device_id).async_setValues(device_id, func_code, address, values)
+
+
+class ModbusRtuBus:
+    """Simulated devices on one serial line, served as Modbus RTU: several unit ids, one bus.
+
+    The devices are `ModbusDeviceServer`s that are not started on TCP; the bus refreshes their
+    registers from their stores and answers for them on `port` (a tty path: see
+    simulators/serial_line.py for a paced virtual line in pure Python).
+    """
+
+    def __init__(
+        self,
+        devices: Sequence[ModbusDeviceServer],
+        *,
+        port: str,
+        baudrate: int = 19200,
+        parity: str = "E",
+        stopbits: int = 1,
+        bytesize: int = 8,
+        refresh_interval_s: float = 0.05,
+    ) -> None:
+        if not devices:
+            raise ValueError("a bus needs at least one device")
+        self.devices = list(devices)
+        self.port = port
+        by_unit = {device.unit_id: device for device in self.devices}
+        self._context = _BusContext(
+            [device._bank for device in self.devices], lambda unit: by_unit[unit].offline
+        )
+        self._settings = {
+            "baudrate": baudrate,
+            "parity": parity,
+            "stopbits": stopbits,
+            "bytesize": bytesize,
+        }
+        self.refresh_interval_s = refresh_interval_s
+        self._server: ModbusSerialServer | None = None
+        self._refresher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        for device in self.devices:
+            device.refresh()
+        placeholder = SimDevice(self.devices[0].unit_id, simdata=SimData(0))
+        server = ModbusSerialServer(
+            placeholder,
+            port=self.port,
+            ignore_missing_devices=True,
+            reconnect_delay=0,
+            **self._settings,  # type: ignore[arg-type]
+        )
+        server.context = self._context
+        await server.serve_forever(background=True)
+        self._server = server
+        self._refresher = asyncio.create_task(self._refresh_loop(), name=f"modbus-rtu {self.port}")
+        LOG.info(
+            "modbus RTU bus on %s: units %s",
+            self.port,
+            ", ".join(str(device.unit_id) for device in self.devices),
+        )
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
+        if self._server is not None:
+            await self._server.shutdown()  # type: ignore[no-untyped-call]
+            self._server = None
+            await _loop_turns(2)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_interval_s)
+            for device in self.devices:
+                try:
+                    device.refresh()
+                except Exception:
+                    LOG.exception(
+                        "modbus RTU device %s: reading the point store failed", device.name
+                    )
+
+
+class ModbusTcpGateway:
+    """Simulated devices behind one TCP address, as behind a Modbus gateway: each request goes
+    to the device of its unit id; a unit id nobody has is answered with exception 11 (gateway
+    target failed to respond), as gateways do."""
+
+    def __init__(
+        self,
+        devices: Sequence[ModbusDeviceServer],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        refresh_interval_s: float = 0.05,
+    ) -> None:
+        self.devices = list(devices)
+        self.host = host
+        self.port = port
+        self.refresh_interval_s = refresh_interval_s
+        self._context = _BusContext([device._bank for device in self.devices])
+        self._server: _DeviceTcpServer | None = None
+        self._refresher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        for device in self.devices:
+            device.refresh()
+        sock = _bind(self.host, self.port)
+        self.port = sock.getsockname()[1]
+        self._server = _DeviceTcpServer(self._context, sock)
+        await self._server.serve_forever(background=True)
+        self._refresher = asyncio.create_task(self._refresh_loop(), name="modbus gateway")
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
+        if self._server is not None:
+            self._server.stop_accepting()
+            await _loop_turns(2)
+            self._server.close()
+            self._server = None
+            await _loop_turns(2)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_interval_s)
+            for device in self.devices:
+                with contextlib.suppress(Exception):
+                    device.refresh()

@@ -123,7 +123,12 @@ class MqttSensorPublisher:
             raise ValueError(f"publish period must be > 0 s, got {period_s}")
         if not 0 < backoff_initial_s <= backoff_max_s:
             raise ValueError("backoff must satisfy 0 < initial <= max")
-        self.host, self.port = parse_broker(broker)
+        # "USER:PASSWORD@HOST:PORT" for a broker that wants an account (the demo's does).
+        credentials, _, address = broker.rpartition("@")
+        self.host, self.port = parse_broker(address)
+        username, _, password = credentials.partition(":")
+        self._username = username or None
+        self._password = password or None
         self.rack = rack
         self.device = device
         self.prefix = prefix.strip("/")
@@ -238,6 +243,8 @@ class MqttSensorPublisher:
                 async with aiomqtt.Client(
                     self.host,
                     self.port,
+                    username=self._username,
+                    password=self._password,
                     timeout=self.timeout_s,
                     keepalive=10,
                     socket_options=_NO_DELAY,

@@ -81,6 +81,11 @@ What PLANT.md leaves out, and the plant adds so that it does not flatter the con
   (`leak_pressure_exponent`, the orifice law; 0: a constant rate): a stopped pump stops it (the
   loop has no static head here), a cavitating pump slows it.
 
+- The room: `room_temperature_c` and `room_humidity` (24 °C, 40 % by default: a dew point of
+  9.6 °C) are the air around the rack, read by device `room` (`room_temperature`,
+  `room_humidity`, `dew_point`); the KPIs count the time the supply spends under that dew point,
+  where the pipes would sweat.
+
 Servers are numbered from 0: `set_power_limit(0, ...)` and device `server0` are the same server.
 """
 
@@ -101,6 +106,15 @@ FloatArray = npt.NDArray[np.float64]
 
 _LPM_TO_LPS = 1.0 / 60.0
 _SPREAD_STREAM = 0x5EED  # second word of the seed that draws the servers' spread
+
+
+def dew_point_c(temperature_c: float, relative_humidity: float) -> float:
+    """Dew point of air (Magnus formula, over water, the constants of Alduchov and Eskridge
+    1996; within 0.4 K from -40 to 50 degC). The plant's own: simulators do not import the
+    controller's (control/dewpoint.py)."""
+    a, b = 17.625, 243.04
+    gamma = math.log(max(relative_humidity, 1e-6)) + a * temperature_c / (b + temperature_c)
+    return b * gamma / (a - gamma)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +179,9 @@ class PlantParams:
     leak_pressure_exponent: float = 0.5
     # PDU
     pdu_overhead_w: float = 800.0
+    # the air around the rack: its dew point is where condensation starts on the pipes
+    room_temperature_c: float = 24.0
+    room_humidity: float = 0.4
     # initial state (the plant starts in the steady state of these)
     initial_load: float = 0.0
     initial_pump_speed: float = 1.0
@@ -215,6 +232,11 @@ class PlantParams:
             return (1.0,)
         m = self.flow_maldistribution
         return tuple((1.0 + m * (1.0 - 2.0 * i / (n - 1))) / n for i in range(n))
+
+    @property
+    def room_dew_point_c(self) -> float:
+        """Dew point of the room air: supply under it wets the pipes."""
+        return dew_point_c(self.room_temperature_c, self.room_humidity)
 
     @property
     def cdu_volume_l(self) -> float:
@@ -269,7 +291,12 @@ _NON_NEGATIVE = (
     "server_power_noise_w", "pdu_power_noise_w", "chip_spread_k", "leak_pressure_exponent",
 )  # fmt: skip
 _UNIT_INTERVAL = ("initial_load", "initial_pump_speed", "initial_valve", "valve_stiction")
-_OPEN_FRACTIONS = ("liquid_fraction", "pump_efficiency", "valve_authority")  # in (0, 1]
+_OPEN_FRACTIONS = (
+    "liquid_fraction",
+    "pump_efficiency",
+    "valve_authority",
+    "room_humidity",
+)  # in (0, 1]  fmt: skip
 # Points with a physical sensor behind them, which `sensor_lag_s` may slow down (commands,
 # switches, caps and counters are not measured through a sensing element).
 LAGGABLE_POINTS = frozenset(
@@ -298,7 +325,13 @@ def _coerce(key: str, kind: str, value: object) -> object:
 
 
 def _lags(value: object) -> tuple[tuple[str, float], ...]:
-    """A `[plant] sensor_lag_s` table: point names to time constants in seconds."""
+    """A `[plant] sensor_lag_s` table: point names to time constants in seconds (or the
+    (point, seconds) pairs `PlantParams` holds them as, when a plant is rebuilt from another's
+    fields: the MPC's step test on a scenario's plant)."""
+    if isinstance(value, tuple) and all(
+        isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) for pair in value
+    ):
+        value = dict(value)
     if not isinstance(value, Mapping):
         raise ValueError(
             f"plant parameter 'sensor_lag_s' must be a table of point = seconds, got {value!r}"
@@ -438,6 +471,7 @@ class PlantTruth:
     cap_denied_energy_j: float
     thermal_throttled_energy_j: float
     hardware_throttle_s: float
+    room_dew_point_c: float
 
     @property
     def throttled_energy_j(self) -> float:
@@ -693,6 +727,7 @@ class RackPlant:
         devices: dict[str, dict[str, float]] = {
             "cdu": cdu,
             "pdu": {"power": p.pdu_power_noise_w, "energy": 0.0},
+            "room": {"room_temperature": t, "room_humidity": r, "dew_point": t},
         }
         for i in range(p.n_servers):
             devices[f"server{i}"] = {
@@ -837,11 +872,21 @@ class RackPlant:
             raw.update(lagged)
         return raw
 
+    def room_readings(self) -> dict[str, float]:
+        """The air around the rack, true values: what room sensors and a CDU's own read."""
+        return {
+            "room_temperature": self._p.room_temperature_c,
+            "room_humidity": self._p.room_humidity,
+            "dew_point": self._p.room_dew_point_c,
+        }
+
     def _raw_readings(self, device: str) -> dict[str, float]:
         if device == "cdu":
             return self._cdu_truth()
         if device == "pdu":
             return {"power": self._pdu_power_w(), "energy": self._pdu_j}
+        if device == "room":  # the air around the rack, as a room sensor reads it
+            return self.room_readings()
         index = _server_device(device)
         if index is None or index >= self._p.n_servers:
             raise ValueError(f"unknown device {device!r}")
@@ -916,6 +961,7 @@ class RackPlant:
             cap_denied_energy_j=self._cap_denied_j,
             thermal_throttled_energy_j=self._thermal_j,
             hardware_throttle_s=self._throttle_s,
+            room_dew_point_c=self._p.room_dew_point_c,
         )
 
     # ---- integration ----------------------------------------------------------------------

@@ -7,8 +7,17 @@ as the Modbus CDU's are: the pump speed (`Controls/PumpSpeed`, excerpted by each
 `SpeedControlPercent`) and the primary valve (`Controls/PrimaryValve`, excerpted by the primary
 connector as `ValvePositionControlPercent`), both in percent.
 
-The simulated CDU runs no loops of its own (coolctl does), so its flow and supply temperature
-controls are shown with ControlMode `Disabled` and cannot be written.
+The CDU also runs loops of its own (`coolctl.simulators.cdu_controller`): its flow, supply
+temperature and differential-pressure set points (`Controls/SecondaryFlow`,
+`Controls/SupplyTemperature`, `Controls/SecondaryDeltaPressure`, excerpted by the secondary
+connector as `FlowControlLitersPerMinute`, `SupplyTemperatureControlCelsius` and
+`DeltaPressureControlkPa`) are writable within AllowableMin/AllowableMax, with ControlMode
+`Automatic` while its loops run, `Manual` while pump and valve are written directly (its
+manual mode), `Disabled` while stopped or in local control. `CoolingUnit.SetMode` (2024.4)
+runs (`Enabled`: its own loops, from manual too) or stops it (`Disabled`), and
+`CoolantConnector.ValveControl` (2025.3) on the secondary connector opens or closes the rack's
+isolation valves (closed, the CDU stops its pumps). A CDU whose panel has control refuses
+every write with 400.
 
 Pressures: the plant has the secondary differential pressure only. The return side is held at
 a fixed static pressure (an expansion tank's), so supply = return + ΔP; on the primary side the
@@ -20,13 +29,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from coolctl.model import CduControlMode
+from coolctl.simulators.cdu_controller import CduController
 from coolctl.simulators.plant import PlantParams
 from coolctl.simulators.redfish_chassis import ChassisParts, PointStore
 from coolctl.simulators.redfish_manager import add_management
+from coolctl.simulators.redfish_messages import RedfishError, message
 from coolctl.simulators.redfish_resources import (
     Json,
     PatchPath,
     Readings,
+    Reply,
+    RequestInfo,
     Resource,
     Writable,
     head,
@@ -226,32 +240,112 @@ def _controls(chassis: ChassisParts, store: PointStore, params: PlantParams) -> 
         context="CoolingSubsystem",
         digits=1,
     )
+    controller = _controller(store)
+
+    def ranges(point: str, default: tuple[float, float]) -> tuple[float, float]:
+        return controller.setpoint_range(point) if controller is not None else default
+
+    def loop_mode() -> str:
+        if controller is None:
+            return READ_ONLY_MODE
+        mode = controller.mode
+        if mode is CduControlMode.MANUAL and controller.running:
+            return "Manual"
+        if controller.running and mode is not CduControlMode.LOCAL:
+            return "Automatic"
+        return "Disabled"
+
+    def reading(point: str, fixed: float, scale: float = 1.0) -> Callable[[Readings], float]:
+        """The CDU's set point as it holds it; without a controller, a fixed value."""
+        if controller is None:
+            return lambda _r: fixed * scale
+        return lambda r: r.value(point) * scale
+
+    def setpoint(point: str, scale: float = 1.0) -> Callable[[float], None] | None:
+        if controller is None:
+            return None
+
+        def apply(value: float) -> None:
+            store.write_point(point, value * scale)
+
+        return apply
+
+    flow_low, flow_high = ranges("flow_setpoint", (0.0, params.pump_rated_flow_lpm))
     chassis.control(
         "SecondaryFlow",
-        name="Rack flow control (run by coolctl, not the CDU)",
+        name="Rack flow set point (the CDU's pump loop)",
         control_type="LiquidFlowLPM",
         units="L/min",
-        setpoint=lambda _r: params.pump_rated_flow_lpm,
-        apply=None,
-        minimum=0.0,
-        maximum=params.pump_rated_flow_lpm,
-        mode=lambda: READ_ONLY_MODE,
+        setpoint=reading("flow_setpoint", params.pump_rated_flow_lpm),
+        apply=setpoint("flow_setpoint"),
+        minimum=flow_low,
+        maximum=flow_high,
+        mode=loop_mode,
         sensor=sensors["SecondaryFlow"],
         context="CoolingSubsystem",
+        digits=1,
     )
+    supply_low, supply_high = ranges("supply_temperature_setpoint", (20.0, 45.0))
     chassis.control(
         "SupplyTemperature",
-        name="Rack supply temperature control (run by coolctl, not the CDU)",
+        name="Rack supply temperature set point (the CDU's valve loop)",
         control_type="Temperature",
         units="Cel",
-        setpoint=lambda _r: SUPPLY_SETPOINT_C,
-        apply=None,
-        minimum=20.0,
-        maximum=45.0,
-        mode=lambda: READ_ONLY_MODE,
+        setpoint=reading("supply_temperature_setpoint", SUPPLY_SETPOINT_C),
+        apply=setpoint("supply_temperature_setpoint"),
+        minimum=supply_low,
+        maximum=supply_high,
+        mode=loop_mode,
         sensor=sensors["SecondarySupplyTemp"],
         context="CoolingSubsystem",
+        digits=1,
     )
+    dp_low, dp_high = ranges("differential_pressure_setpoint", (0.0, 200_000.0))
+    chassis.control(
+        "SecondaryDeltaPressure",
+        name="Rack differential pressure set point (the CDU's pump loop, in ΔP mode)",
+        control_type="PressurekPa",
+        units="kPa",
+        setpoint=reading("differential_pressure_setpoint", 100_000.0, 0.001),
+        apply=setpoint("differential_pressure_setpoint", 1000.0),
+        minimum=dp_low / 1000.0,
+        maximum=dp_high / 1000.0,
+        mode=loop_mode,
+        sensor=sensors["SecondaryDeltaPressure"],
+        context="CoolingSubsystem",
+        digits=1,
+    )
+
+
+def _controller(store: PointStore) -> CduController | None:
+    """The CDU's own controller behind `store`, when it has one (the live simulation's)."""
+    controller = getattr(store, "controller", None)
+    return controller if isinstance(controller, CduController) else None
+
+
+def _action_value(body: Any, action: str, name: str, allowed: tuple[str, ...]) -> str:
+    """The one parameter of a CDU action, checked as the Base registry words it."""
+    if not isinstance(body, dict):
+        raise RedfishError(400, [message("MalformedJSON")])
+    unknown = [k for k in body if k != name and not k.startswith("@") and k != "ValveStateReason"]
+    if unknown:
+        raise RedfishError(400, [message("ActionParameterUnknown", action, k) for k in unknown])
+    if name not in body:
+        raise RedfishError(400, [message("ActionParameterMissing", action, name)])
+    value = body[name]
+    if value not in allowed:
+        raise RedfishError(
+            400, [message("ActionParameterValueNotInList", str(value), name, action)]
+        )
+    return str(value)
+
+
+def _written(store: PointStore, point: str, value: float) -> Reply:
+    try:
+        store.write_point(point, value)
+    except ValueError as exc:
+        raise RedfishError(400, [message("GeneralError", resolution=str(exc))]) from exc
+    return Reply(204)
 
 
 def build_cdu(service: RedfishService, store: PointStore, params: PlantParams) -> None:
@@ -261,6 +355,7 @@ def build_cdu(service: RedfishService, store: PointStore, params: PlantParams) -
     chassis = ChassisParts(service, "CDU", "RackMount", "In-rack CDU")
     _sensors(chassis, loop)
     _controls(chassis, store, params)
+    controller = _controller(store)
     chassis.links["CoolingUnits"] = [link(CDU)]
     pump_power = chassis.sensors["PumpPower"]
 
@@ -269,7 +364,7 @@ def build_cdu(service: RedfishService, store: PointStore, params: PlantParams) -
 
     chassis.environment = environment
     chassis.register()
-    parts = _CduParts(service, chassis, loop, params)
+    parts = _CduParts(service, chassis, loop, params, store, controller)
     parts.add_unit()
     parts.add_pumps()
     parts.add_connectors()
@@ -282,8 +377,16 @@ class _CduParts:
     """The CoolingUnit and the resources below it."""
 
     def __init__(
-        self, service: RedfishService, chassis: ChassisParts, loop: _Loop, params: PlantParams
+        self,
+        service: RedfishService,
+        chassis: ChassisParts,
+        loop: _Loop,
+        params: PlantParams,
+        store: PointStore,
+        controller: CduController | None,
     ) -> None:
+        self.store = store
+        self.controller = controller
         self.service = service
         self.chassis = chassis
         self.loop = loop
@@ -322,7 +425,9 @@ class _CduParts:
                     "AssetTag": service.label(CDU, ("AssetTag",), ""),
                     "CoolingCapacityWatts": int(round(p.hx_ua_rated_w_per_k * 5.0, -3)),
                     "Coolant": _coolant(p.coolant_density_kg_m3, p.coolant_cp_j_per_kg_k, True),
-                    "Status": status(health=loop.health(r)),
+                    "Status": status(
+                        state="Enabled" if running() else "Disabled", health=loop.health(r)
+                    ),
                     "Pumps": link(f"{CDU}/Pumps"),
                     "PrimaryCoolantConnectors": link(f"{CDU}/PrimaryCoolantConnectors"),
                     "SecondaryCoolantConnectors": link(f"{CDU}/SecondaryCoolantConnectors"),
@@ -335,7 +440,24 @@ class _CduParts:
                     },
                 }
             )
+            if controller is not None:
+                body["Actions"] = {"#CoolingUnit.SetMode": {"target": set_mode}}
             return body
+
+        controller, store = self.controller, self.store
+        set_mode = f"{CDU}/Actions/CoolingUnit.SetMode"
+
+        def running() -> bool:
+            return controller is None or controller.running
+
+        def post_set_mode(body: Any, _request: RequestInfo) -> Reply:
+            mode = _action_value(body, "CoolingUnit.SetMode", "Mode", ("Enabled", "Disabled"))
+            if mode == "Disabled":
+                return _written(store, "cdu_run_command", 0.0)
+            assert controller is not None
+            if controller.mode in (CduControlMode.MANUAL, CduControlMode.STOPPED):
+                _written(store, "cdu_control_mode", float(CduControlMode.AUTO_FLOW))
+            return _written(store, "cdu_run_command", 1.0)
 
         def render_environment(r: Readings) -> Json:
             body = head(environment, "EnvironmentMetrics", "CDU environment metrics")
@@ -347,6 +469,8 @@ class _CduParts:
             ("AssetTag",): service.label_writable(CDU, ("AssetTag",)),
         }
         service.add(CDU, Resource(render, labels))
+        if controller is not None:
+            service.add(set_mode, Resource(post=post_set_mode))
         service.add(environment, Resource(render_environment))
 
     def add_pumps(self) -> None:
@@ -395,6 +519,8 @@ class _CduParts:
     def add_connectors(self) -> None:
         service, p, loop = self.service, self.p, self.loop
         s, c = self.sensors, self.controls
+        controller = self.controller
+        valve = f"{CDU}/SecondaryCoolantConnectors/1/Actions/CoolantConnector.ValveControl"
         for side in ("Secondary", "Primary"):
             base = f"{CDU}/{side}CoolantConnectors"
             uri = f"{base}/1"
@@ -447,14 +573,35 @@ class _CduParts:
                     body["SupplyTemperatureControlCelsius"] = control_excerpt(
                         c["SupplyTemperature"], r, "SingleLoop"
                     )
+                    body["DeltaPressureControlkPa"] = control_excerpt(
+                        c["SecondaryDeltaPressure"], r, "SingleLoop"
+                    )
+                    if controller is not None:
+                        if r.value("isolation_valve_command") < 0.5:
+                            body["Status"] = status(state="Disabled", health="OK")
+                        body["Actions"] = {"#CoolantConnector.ValveControl": {"target": valve}}
                 return body
 
-            writable = (
-                control_writables(c["PrimaryValve"], ("ValvePositionControlPercent",))
-                if primary
-                else {}
-            )
+            if primary:
+                writable = control_writables(c["PrimaryValve"], ("ValvePositionControlPercent",))
+            else:
+                writable = {
+                    **control_writables(c["SecondaryFlow"], ("FlowControlLitersPerMinute",)),
+                    **control_writables(
+                        c["SupplyTemperature"], ("SupplyTemperatureControlCelsius",)
+                    ),
+                    **control_writables(c["SecondaryDeltaPressure"], ("DeltaPressureControlkPa",)),
+                }
             service.add(uri, Resource(render, writable))
+        if controller is not None:
+            service.add(valve, Resource(post=self._valve_control))
+
+    def _valve_control(self, body: Any, _request: RequestInfo) -> Reply:
+        """CoolantConnector.ValveControl: the rack's isolation valves, open or closed."""
+        state = _action_value(
+            body, "CoolantConnector.ValveControl", "ValveState", ("Open", "Closed")
+        )
+        return _written(self.store, "isolation_valve_command", 1.0 if state == "Open" else 0.0)
 
     def add_reservoir(self) -> None:
         service, p, loop = self.service, self.p, self.loop

@@ -133,14 +133,16 @@ class ChassisParts:
         self.controls[control_id] = control
         return control
 
-    def register(self) -> None:
-        """Add the chassis, its collections and members to the service."""
+    def register(self, *, with_collection: bool = True) -> None:
+        """Add the chassis, its collections and members to the service (`with_collection`
+        False: a service of several chassis lists them in its Chassis collection itself)."""
         service = self.service
         interval = service.sensing_interval_s
         service.roots["Chassis"] = f"{ROOT}/Chassis"
-        service.add_collection(
-            f"{ROOT}/Chassis", "ChassisCollection", "Chassis", lambda: [self.uri]
-        )
+        if with_collection:
+            service.add_collection(
+                f"{ROOT}/Chassis", "ChassisCollection", "Chassis", lambda: [self.uri]
+            )
         sensors = f"{self.uri}/Sensors"
         service.add_collection(
             sensors,

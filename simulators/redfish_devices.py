@@ -13,9 +13,10 @@ from coolctl.simulators.redfish_bmc import build_bmc
 from coolctl.simulators.redfish_cdu import build_cdu
 from coolctl.simulators.redfish_chassis import PointStore
 from coolctl.simulators.redfish_pdu import build_pdu
+from coolctl.simulators.redfish_power_shelf import PowerShelves, build_power_shelves
 from coolctl.simulators.redfish_service import Identity, RedfishService
 
-__all__ = ["REDFISH_KINDS", "build_device"]
+__all__ = ["REDFISH_KINDS", "build_device", "build_power_shelf_service"]
 
 # kind -> (product, model, manager id, manager type)
 _NAMEPLATES: Mapping[str, tuple[str, str, str, str]] = {
@@ -63,3 +64,26 @@ def build_device(
     else:
         build_pdu(service, store, plant)
     return service
+
+
+def build_power_shelf_service(
+    store: PointStore,
+    plant: RackPlant,
+    *,
+    name: str,
+    username: str,
+    password: str,
+    shelves: int,
+    sensing_interval_s: float = 0.1,
+) -> tuple[RedfishService, PowerShelves]:
+    """A rack's power shelves as one Redfish service (what an ORv3 rack's power management
+    controller serves), and the shelves' state for injecting faults."""
+    identity = Identity(
+        name,
+        "coolctl simulated power shelves",
+        "SIM-ORV3 power shelf",
+        "PMC",
+        "ManagementController",
+    )
+    service = RedfishService(identity, username, password, sensing_interval_s=sensing_interval_s)
+    return service, build_power_shelves(service, store, plant, shelves)

@@ -54,6 +54,8 @@ PatchPath = tuple[str | int, ...]
 SCHEMA_VERSIONS: Mapping[str, str] = {
     "AccountService": "v1_18_1",
     "ActionInfo": "v1_5_0",
+    "Battery": "v1_5_0",
+    "BatteryMetrics": "v1_1_0",
     "Certificate": "v1_11_0",
     "CertificateLocations": "v1_0_4",
     "CertificateService": "v1_2_1",
@@ -79,6 +81,8 @@ SCHEMA_VERSIONS: Mapping[str, str] = {
     "PowerDistributionMetrics": "v1_4_0",
     "PowerEquipment": "v1_2_3",
     "PowerSubsystem": "v1_1_3",
+    "PowerSupply": "v1_6_0",
+    "PowerSupplyMetrics": "v1_2_0",
     "Pump": "v1_2_0",
     "Reservoir": "v1_0_2",
     "Role": "v1_3_3",
@@ -94,6 +98,7 @@ SCHEMA_VERSIONS: Mapping[str, str] = {
     "UpdateService": "v1_17_0",
 }
 COLLECTION_SCHEMAS = (
+    "BatteryCollection",
     "CertificateCollection",
     "ChassisCollection",
     "CircuitCollection",
@@ -110,6 +115,7 @@ COLLECTION_SCHEMAS = (
     "ManagerCollection",
     "OutletCollection",
     "PowerDistributionCollection",
+    "PowerSupplyCollection",
     "PumpCollection",
     "ReservoirCollection",
     "RoleCollection",

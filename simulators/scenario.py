@@ -34,6 +34,10 @@ Format (every key but `duration_s` optional)::
     id = "r01"                       # default: the config's only rack
     bmcs = true                      # built-in rack: a BMC per server even without a budget
                                      # (default: BMCs exactly when there is a [budget])
+    cap_write_latency_s = [0.5, 2.0] # a cap write lands this long after it is sent: each BMC
+                                     # its own latency, drawn once from the seed within the
+                                     # range (one number: every BMC the same; default 0.5..2)
+    room_sensor = true               # built-in rack: a room-air sensor (dew point) too
 
     [[event]]
     at_s = 600.0                     # when, in simulated seconds from the start
@@ -141,6 +145,8 @@ _EVENT_KEYS = frozenset(
 )
 _LIMIT_KEYS = frozenset({"max_supply_c", "max_outlet_c", "supply_setpoint_c"})
 _EPS_S = 1e-9
+DEFAULT_CAP_WRITE_LATENCY_S = (0.5, 2.0)
+"""Seconds from a cap write to the BMC enforcing it, low..high over the rack's BMCs."""
 
 
 class ScenarioError(ValueError):
@@ -216,11 +222,20 @@ class RackChoice:
     `bmcs` gives the demo rack its servers' BMCs even without a budget (the allocator then
     holds every cap at its maximum): a controller sees the servers' power, chip and outlet
     temperatures. None: BMCs exactly when the scenario has a `[budget]`.
+
+    `cap_write_latency_s` (low, high): a BMC applies a power-cap write this long after it was
+    sent (a Redfish PATCH and the BMC's own firmware take 0.5-2 s on real servers); each BMC
+    has its own latency, drawn once from the seed, so a rack's caps land spread over time.
+
+    `room_sensor` gives the built-in rack an MQTT room-air sensor (`room1`, profile
+    `sim-room-sensor`: temperature, humidity, dew point), which the supply floor reads.
     """
 
     config: Path | None = None
     id: str | None = None
     bmcs: bool | None = None
+    cap_write_latency_s: tuple[float, float] = DEFAULT_CAP_WRITE_LATENCY_S
+    room_sensor: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -563,7 +578,8 @@ class _Reader:
         section = ("rack", 0)
         try:
             table = self.table(raw, "rack")
-            self.unknown(table, section, {"config", "id", "bmcs"})
+            known = {"config", "id", "bmcs", "cap_write_latency_s", "room_sensor"}
+            self.unknown(table, section, known)
             config = self.string(table, section, "config")
             rack_id = self.string(table, section, "id")
             bmcs = table.get("bmcs")
@@ -573,6 +589,14 @@ class _Reader:
             if bmcs is not None and config is not None:
                 self.problem(section, "bmcs", "rack: bmcs is for the built-in rack, not a config")
                 raise _Invalid
+            latency = self.latency(table, section)
+            room = table.get("room_sensor", False)
+            if not isinstance(room, bool):
+                self.problem(section, "room_sensor", "rack: room_sensor must be true or false")
+                raise _Invalid
+            if room and config is not None:
+                self.problem(section, "room_sensor", "rack: room_sensor is for the built-in rack")
+                raise _Invalid
         except _Invalid:
             return RackChoice()
         config_path = None
@@ -580,7 +604,21 @@ class _Reader:
             config_path = Path(config)
             if not config_path.is_absolute() and path is not None:
                 config_path = path.parent / config_path
-        return RackChoice(config_path, rack_id, bmcs)
+        return RackChoice(config_path, rack_id, bmcs, latency, room)
+
+    def latency(self, table: Mapping[str, Any], section: tuple[str, int]) -> tuple[float, float]:
+        key = "cap_write_latency_s"
+        value = table.get(key, DEFAULT_CAP_WRITE_LATENCY_S)
+        values = list(value) if isinstance(value, list | tuple) else [value]
+        if len(values) not in (1, 2):
+            self.problem(section, key, f"rack: {key} must be a number or [low, high]")
+            raise _Invalid
+        pair = [self.number({key: v}, section, key, low=0.0, high=60.0, what=" s") for v in values]
+        low, high = pair[0], pair[-1]
+        if high < low:
+            self.problem(section, key, f"rack: {key} must be [low, high] with low <= high")
+            raise _Invalid
+        return (low, high)
 
     def events(
         self, raw: Mapping[str, Any], plant: PlantParams | None, duration: float | None

@@ -11,8 +11,11 @@ and every TLS client coolctl meets accepts it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
+import os
+import secrets
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,8 +104,11 @@ def issue_certificate(
     ca_cert: x509.Certificate,
     public_key: ec.EllipticCurvePublicKey,
     common_name: str = "localhost",
+    *,
+    client: bool = False,
 ) -> x509.Certificate:
-    """A TLS server certificate for loopback, signed by the CA.
+    """A TLS server certificate for loopback, signed by the CA (with `client`, a client
+    certificate instead, for listeners that ask for one).
 
     It carries what strict verifiers (OpenSSL's X509_STRICT, Python 3.13's default context)
     insist on: subject alternative names, key identifiers and the serverAuth usage.
@@ -134,7 +140,12 @@ def issue_certificate(
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]
+            ),
+            critical=False,
+        )
         .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
@@ -153,9 +164,22 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
-    path.write_bytes(data)
-    if private:
-        path.chmod(0o600)
+    """Write `path` whole, born with its final mode: a private key is never readable by
+    others, not even between its creation and a chmod. The bytes go to a fresh file created
+    exclusively (no symlink followed, none replaced) and then take the name by rename."""
+    mode = 0o600 if private else 0o644
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    descriptor = os.open(temporary, flags, mode)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+        os.chmod(temporary, mode)  # the umask may have taken bits from a public file
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
 
 
 def _load_ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate] | None:

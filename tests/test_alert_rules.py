@@ -29,6 +29,9 @@ REQUIRED_ALERTS = {
     "CoolctlRackOverBudget",
     "CoolctlFailsafeActive",
     "CoolctlOverrideExpiringSoon",
+    "CoolctlChipNearThrottle",
+    "CoolctlRackThrottling",
+    "CoolctlServerOutletOverLimit",
 }
 # Alerts not about one rack (so their annotations cannot name it).
 NOT_PER_RACK = {"CoolctlDaemonAbsent"}

@@ -106,6 +106,14 @@ class MemoryPlane:
                 "interlocks": ["leak"] if rack == "r02" else [],
                 "power_w": 42100.0 if rack == "r01" else 30500.0,
                 "budget_w": 48000.0,
+                "caps_w": 46000.0 if rack == "r01" else 27000.0,
+                "chips": {
+                    "servers": 18,
+                    "hottest_c": 81.6 if rack == "r01" else 87.0,
+                    "throttle_margin_c": 5.4 if rack == "r01" else 0.0,
+                    "throttling": [] if rack == "r01" else ["bmc03", "bmc07"],
+                    "near_throttle": [] if rack == "r01" else ["bmc01"],
+                },
                 "overrides": sum(1 for key in self.records if key[0] == rack),
             }
             for rack, mode in self.modes.items()
@@ -254,8 +262,8 @@ class MemoryPlane:
 # --- fixtures ----------------------------------------------------------------------------
 
 
-ME = f"{pwd.getpwuid(os.getuid()).pw_name} (uid {os.getuid()})"
-TOKEN = "s3cret-token-for-tests"
+ME = f"{pwd.getpwuid(os.getuid()).pw_name} (uid {os.getuid()}) as operator"
+TOKEN = "s3cret-token-for-tests-0123456789abcdef"
 
 
 @pytest.fixture
@@ -682,9 +690,9 @@ async def test_peer_credentials_name_other_users_and_the_group_gates_access(
     try:
         nobody = pwd.getpwnam("nobody").pw_uid
         answer = json.loads(await as_user(nobody, nogroup))
-        assert answer["who"] == f"nobody (uid {nobody})"
+        assert answer["who"] == f"nobody (uid {nobody}) as operator"
         answer = json.loads(await as_user(42424, nogroup))  # a uid without a passwd entry
-        assert answer["who"] == "uid 42424"
+        assert answer["who"] == "uid 42424 as operator"
         assert await as_user(42424, 42424) == "EACCES"  # not in the socket's group
     finally:
         await api.stop()
@@ -720,7 +728,7 @@ async def test_tcp_needs_the_bearer_token(
         good = {"Authorization": f"Bearer {TOKEN}"}
         async with session.put(url, json=pump_body(), headers=good) as response:
             assert response.status == 200
-            assert (await response.json())["who"] == "token@127.0.0.1"
+            assert (await response.json())["who"] == "token@127.0.0.1 as operator"
 
 
 @pytest.mark.asyncio
@@ -731,6 +739,7 @@ async def test_tcp_is_refused_without_a_usable_token_file(tmp_path: Path) -> Non
         ).start()
     empty = tmp_path / "empty"
     empty.write_text("\n")
+    empty.chmod(0o600)
     with pytest.raises(ControlApiError, match="is empty"):
         await ControlApi(
             MemoryPlane(),

@@ -2378,11 +2378,14 @@ async def test_api_refuses_a_meaningless_loop_setpoint(tmp_path: Path) -> None:
         await plane.attach(daemon)
         body = b'{"value": -1e300, "ttl_s": 60, "reason": "fuzz"}'
         status = await _put_override(plane, tmp_path, body, "pump.setpoint")
-        with pytest.raises(ControlError, match=r"outside its bounds 0\.\.6553\.5"):
+        with pytest.raises(ControlError, match=r"outside its safe bounds 0\.\.200 L/min"):
             await plane.set_override("r01", "pump.setpoint", 1e300, 60.0, "fuzz", "fuzz")
+        with pytest.raises(ControlError, match=r"rated_flow_lpm 200"):
+            await plane.set_override("r01", "pump.setpoint", 6553.5, 60.0, "fuzz", "fuzz")
         assert not daemon.racks["r01"].override_records
-        # within them (cdu1/flow: uint16 × 0.1 L/min), and the loop's own setpoint_max
-        await plane.set_override("r01", "pump.setpoint", 6553.5, 60.0, "fuzz", "fuzz")
+        # within the safe bounds (nothing read yet: no minimum per kW), and the loop's own
+        # setpoint_max narrows what the sensor reads (cdu1/flow: uint16 × 0.1 L/min)
+        await plane.set_override("r01", "pump.setpoint", 200.0, 60.0, "fuzz", "fuzz")
         loop = daemon.config.racks["r01"].loops["pump"]
         devices = {device: handle for (_, device), handle in daemon.devices.items()}
         narrowed = dataclasses.replace(loop, setpoint_min=100.0, setpoint_max=200.0)

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 
-from coolctl.control.loops import FeedForward, LoopMode, LoopSpec, PidLoop, RackController
+from coolctl.control.loops import (
+    ChipBoost,
+    FeedForward,
+    LoopMode,
+    LoopSpec,
+    PidLoop,
+    RackController,
+)
 from coolctl.control.pid import PidConfig, PidGains
 from coolctl.model import PointId, Quality, Reading, Snapshot, Source
 
@@ -224,3 +234,76 @@ def test_a_pump_pinned_at_full_speed_short_of_its_flow_is_an_alarm() -> None:
     assert tick(60.0, 150.0) == ["loop_saturated"]
     assert tick(61.0, 150.0) == []  # once
     assert tick(62.0, 159.0) == ["loop_saturation_cleared"]  # within 2 % of the setpoint
+
+
+CHIPS = (PointId("r01", "bmc01", "chip_temperature"), PointId("r01", "bmc02", "chip_temperature"))
+
+
+def chips_at(now: float, flow: float, *chips: float | None) -> Snapshot:
+    readings = [Reading(FLOW, flow, now, Quality.GOOD)]
+    readings += [
+        Reading(p, c, now, Quality.GOOD if c is not None else Quality.STALE)
+        for p, c in zip(CHIPS, chips, strict=True)
+    ]
+    return Snapshot(readings, now)
+
+
+def test_chip_boost_raises_the_flow_setpoint_while_the_hottest_chip_is_hot() -> None:
+    loop = PidLoop(pump_loop(boost=ChipBoost(CHIPS, above_c=78.0, boosted=190.0)))
+    loop.step(chips_at(0.0, 150.0, 70.0, 75.0), 0.0)
+    assert loop.setpoint == 150.0  # cool chips: no boost
+    loop.step(chips_at(1.0, 150.0, 70.0, 80.0), 1.0)  # the hottest 2 K over
+    first = loop.setpoint
+    assert 150.0 < first < 190.0
+    for k in range(2, 200):
+        loop.step(chips_at(float(k), 150.0, 70.0, 80.0), float(k))
+    assert loop.setpoint == pytest.approx(190.0)  # the integral took it all the way
+    assert "setpoint 190" in loop.state.reason
+    loop.step(chips_at(200.0, 150.0, None, None), 200.0)  # no chip reads good: hold
+    assert loop.setpoint == pytest.approx(190.0)
+    loop.step(chips_at(201.0, 150.0, 70.0, 77.0), 201.0)  # cooler: it comes back, slowly
+    assert 150.0 < loop.setpoint < 190.0
+
+
+def test_chip_boost_lowers_a_supply_setpoint_toward_its_boosted_value() -> None:
+    spec = LoopSpec(
+        name="supply",
+        measurement=SUPPLY,
+        actuator=PointId("r01", "cdu1", "valve_command"),
+        setpoint=35.0,
+        pid=PidConfig(PidGains(kp=0.1, ki=0.01), output_min=0.0, output_max=1.0, action="direct"),
+        boost=ChipBoost(CHIPS, above_c=80.0, boosted=34.0, kp_per_k=1.0),
+    )
+    loop = PidLoop(spec)
+    hot = Snapshot(
+        [Reading(SUPPLY, 35.0, 0.0, Quality.GOOD)]
+        + [Reading(p, 85.0, 0.0, Quality.GOOD) for p in CHIPS],
+        0.0,
+    )
+    loop.step(hot, 0.0)
+    assert loop.setpoint == pytest.approx(34.0)
+
+
+POWER = PointId("r01", "pdu1", "power")
+
+
+def test_boost_feedforward_from_power_raises_the_flow_setpoint_through_its_lag() -> None:
+    boost = ChipBoost((), above_c=math.inf, boosted=200.0, power_points=(POWER,))
+    boost = dataclasses.replace(boost, from_w=80_000.0, full_w=110_000.0, power_lag_s=10.0)
+    loop = PidLoop(pump_loop(setpoint=160.0, boost=boost))
+
+    def at(now: float, watts: float | None) -> Snapshot:
+        readings = [Reading(FLOW, 160.0, now, Quality.GOOD)]
+        if watts is not None:
+            readings.append(Reading(POWER, watts, now, Quality.GOOD))
+        return Snapshot(readings, now)
+
+    loop.step(at(0.0, 70_000.0), 0.0)
+    assert loop.setpoint == 160.0  # under 80 kW: no boost
+    loop.step(at(1.0, 125_000.0), 1.0)  # a load step: through the lag, not at once
+    assert 160.0 < loop.setpoint < 170.0
+    for k in range(2, 120):
+        loop.step(at(float(k), 125_000.0), float(k))
+    assert loop.setpoint == pytest.approx(200.0, abs=0.5)
+    loop.step(at(120.0, None), 120.0)  # the PDU unread: the boost holds
+    assert loop.setpoint == pytest.approx(200.0, abs=0.5)

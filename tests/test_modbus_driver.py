@@ -50,9 +50,18 @@ CDU_INPUT = {
     **dict(zip((10, 11), float_words(18.25), strict=True)),
     **dict(zip((12, 13), float_words(24.5, "little"), strict=True)),
     **dict(zip((14, 15), float_words(410.5), strict=True)),
+    16: 0xFFDD,  # dew_point -3.5 °C
+    17: 241,  # room_temperature 24.1 °C
+    18: 455,  # room_humidity 0.455
 }
-CDU_HOLDING = {0: 600, 1: 400}
-CDU_DISCRETE = {0: False, 1: True, 2: False}
+# pump 0.6, valve 0.4; supply setpoint 33.5 °C, flow setpoint 150.2 L/min, ΔP 95 kPa, mode 2
+CDU_HOLDING = {0: 600, 1: 400, 2: 335, 3: 1502, 4: 950, 5: 2}
+CDU_COILS = {0: True, 1: False}  # cdu_run_command, alarm_acknowledge
+# leak, pump running, standby; remote; nine alarms: low level and pump 1 fault active
+CDU_DISCRETE = {
+    **{0: False, 1: True, 2: False, 3: True},
+    **{4 + i: i in (1, 6) for i in range(9)},
+}
 CDU_VALUES = {
     "supply_temperature": 21.5,
     "return_temperature": -3.2,
@@ -71,6 +80,25 @@ CDU_VALUES = {
     "leak_detected": 0.0,
     "pump_running": 1.0,
     "standby_pump_active": 0.0,
+    "dew_point": -3.5,
+    "room_temperature": 24.1,
+    "room_humidity": 0.455,
+    "supply_temperature_setpoint": 33.5,
+    "flow_setpoint": 150.2,
+    "differential_pressure_setpoint": 95_000.0,
+    "cdu_control_mode": 2.0,
+    "cdu_run_command": 1.0,
+    "alarm_acknowledge": 0.0,
+    "cdu_remote": 1.0,
+    "filter_clogged_alarm": 0.0,
+    "low_level_alarm": 1.0,
+    "conductivity_alarm": 0.0,
+    "ph_alarm": 0.0,
+    "high_pressure_alarm": 0.0,
+    "low_pressure_alarm": 0.0,
+    "pump_1_fault": 1.0,
+    "dew_point_alarm": 0.0,
+    "sensor_fault_alarm": 0.0,
 }
 
 
@@ -86,7 +114,7 @@ class Registers:
 
 
 def cdu_registers() -> Registers:
-    return Registers(dict(CDU_HOLDING), dict(CDU_INPUT), {}, dict(CDU_DISCRETE))
+    return Registers(dict(CDU_HOLDING), dict(CDU_INPUT), dict(CDU_COILS), dict(CDU_DISCRETE))
 
 
 def sim_blocks(
@@ -311,7 +339,7 @@ async def test_poll_reads_every_sim_cdu_point() -> None:
         assert reading.quality is Quality.GOOD, reading
         assert reading.value == pytest.approx(CDU_VALUES[reading.point.name]), reading
         assert before <= reading.ts <= after
-    assert len(dev.blocks) == 3
+    assert len(dev.blocks) == 4  # input, holding, coil, discrete
     stats = dev.stats
     assert (stats.polls, stats.poll_failures, stats.consecutive_failures) == (1, 0, 0)
     assert stats.errors_by_kind == {}
@@ -464,7 +492,7 @@ async def test_write_exception_response_is_a_write_error() -> None:
     registers = cdu_registers()
     registers.readonly_holding = True
     async with sim_server(registers) as server, device("sim-cdu", server.port) as dev:
-        with pytest.raises(WriteError, match=r"exception response 2 \(illegal data address\)"):
+        with pytest.raises(WriteError, match=r"illegal data address \(Modbus exception 2\)"):
             await dev.write("pump_speed_command", 0.5)
         readings = by_name(await dev.poll())  # the link is fine: polling goes on
     assert readings["pump_speed_command"].quality is Quality.GOOD

@@ -90,7 +90,7 @@ def test_sim_cdu_loads_with_every_point_checked() -> None:
     assert profile.path.name == "sim-cdu.toml"
     assert profile.max_registers_per_read == 125
     assert profile.max_bits_per_read == 2000
-    assert len(profile.points) == 17
+    assert len(profile.points) == 36
     for point in profile.points:
         assert point.unit is CANONICAL_POINTS[point.name].unit
     speed = profile.point("pump_speed_command")
@@ -639,12 +639,13 @@ def reg(address: int, data_type: str = "uint16", table: str = "input") -> Regist
     return make_point(data_type, address=address, table=table)
 
 
-def test_sim_cdu_needs_three_reads() -> None:
+def test_sim_cdu_needs_four_reads() -> None:
     blocks = plan_reads(load_profile("sim-cdu"))
     assert [(b.table, b.start, b.count) for b in blocks] == [
-        ("holding", 0, 2),
-        ("input", 0, 16),
-        ("discrete", 0, 3),
+        ("holding", 0, 6),
+        ("input", 0, 19),
+        ("coil", 0, 2),
+        ("discrete", 0, 13),
     ]
     assert [p.name for p in blocks[1].points][:3] == [
         "supply_temperature",

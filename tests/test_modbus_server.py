@@ -53,6 +53,26 @@ CDU_VALUES: dict[str, float] = {
     "leak_detected": 1.0,
     "pump_running": 1.0,
     "standby_pump_active": 0.0,
+    # the CDU's own loops (setpoint mode), its alarms and the room
+    "dew_point": -3.5,
+    "room_temperature": 24.1,
+    "room_humidity": 0.455,
+    "supply_temperature_setpoint": 33.5,
+    "flow_setpoint": 150.2,
+    "differential_pressure_setpoint": 95_000.0,
+    "cdu_control_mode": 2.0,
+    "cdu_run_command": 1.0,
+    "alarm_acknowledge": 0.0,
+    "cdu_remote": 1.0,
+    "filter_clogged_alarm": 0.0,
+    "low_level_alarm": 1.0,
+    "conductivity_alarm": 0.0,
+    "ph_alarm": 0.0,
+    "high_pressure_alarm": 0.0,
+    "low_pressure_alarm": 1.0,
+    "pump_1_fault": 0.0,
+    "dew_point_alarm": 0.0,
+    "sensor_fault_alarm": 1.0,
 }
 PDU_VALUES: dict[str, float] = {"power": 70_000.0, "energy": 3600.0 * 100_000}
 
@@ -342,12 +362,12 @@ async def test_custom_map_from_path(tmp_path: Path) -> None:
 @pytest.mark.asyncio
 async def test_unmapped_addresses_are_illegal() -> None:
     async with serving("sim-cdu", DictStore(CDU_VALUES)) as (_, client):
-        expect_exception(await client.read_input_registers(16, count=1, device_id=UNIT), 2)
-        expect_exception(await client.read_input_registers(14, count=3, device_id=UNIT), 2)
-        expect_exception(await client.read_holding_registers(0, count=3, device_id=UNIT), 2)
-        expect_exception(await client.read_coils(0, count=1, device_id=UNIT), 2)
-        expect_exception(await client.read_discrete_inputs(3, count=1, device_id=UNIT), 2)
-        expect_exception(await client.write_register(5, 1, device_id=UNIT), ILLEGAL_ADDRESS)
+        expect_exception(await client.read_input_registers(19, count=1, device_id=UNIT), 2)
+        expect_exception(await client.read_input_registers(17, count=3, device_id=UNIT), 2)
+        expect_exception(await client.read_holding_registers(0, count=7, device_id=UNIT), 2)
+        expect_exception(await client.read_coils(2, count=1, device_id=UNIT), 2)
+        expect_exception(await client.read_discrete_inputs(13, count=1, device_id=UNIT), 2)
+        expect_exception(await client.write_register(6, 1, device_id=UNIT), ILLEGAL_ADDRESS)
 
 
 # --------------------------------------------------------------------------- faults
@@ -511,7 +531,7 @@ def test_register_map_by_name_or_path(tmp_path: Path) -> None:
     by_name = resolve_register_map("sim-cdu")
     assert by_name.name == "sim-cdu.toml" and by_name.is_file()
     name, points = load_register_map(by_name)
-    assert name == "sim-cdu" and len(points) == 17
+    assert name == "sim-cdu" and len(points) == 36
     with pytest.raises(FileNotFoundError):
         resolve_register_map("no-such-profile")
 

@@ -32,9 +32,11 @@ from test_api import PUMP, TOKEN, MemoryPlane
 
 from coolctl.cli import main as cli
 from coolctl.cli.operator import (
+    _Screen,
     add_operator_commands,
     format_duration,
     parse_duration,
+    render_frame,
     run_operator_command,
 )
 from coolctl.ops.api import ControlApi
@@ -122,11 +124,17 @@ def test_status_table_and_json(daemon: Daemon, capsys: pytest.CaptureFixture[str
     lines = out.splitlines()
     assert lines[0] == "coolctl 0.1.0, up 1h2m5s, config /etc/coolctl/site.toml, 2 racks"
     assert lines[1].split() == [
-        "RACK", "MODE", "FAILSAFE", "INTERLOCKS", "POWER", "BUDGET", "OVERRIDES"
+        "RACK", "MODE", "FAILSAFE", "INTERLOCKS", "POWER", "BUDGET", "CAPS", "CHIPS", "OVERRIDES"
     ]  # fmt: skip
-    assert lines[2].split() == ["r01", "auto", "no", "-", "42.1", "kW", "48.0", "kW", "1"]
-    assert lines[3].split() == ["r02", "auto", "yes", "leak", "30.5", "kW", "48.0", "kW", "0"]
+    assert lines[2].split() == [
+        "r01", "auto", "no", "-", "42.1", "kW", "48.0", "kW", "46.0", "kW", "82°C", "1"
+    ]  # fmt: skip
+    assert lines[3].split() == [
+        "r02", "auto", "yes", "leak", "30.5", "kW", "48.0", "kW", "27.0", "kW",
+        "87°C", "THROTTLING", "2/18", "0",
+    ]  # fmt: skip
     assert lines[1].index("MODE") == lines[2].index("auto")  # aligned columns
+    assert lines[4:] == ["r02: throttling: bmc03, bmc07", "r02: near throttle: bmc01"]
     code, out, _ = output(capsys, "status", "--json")
     assert code == 0 and json.loads(out) == daemon.plane.status()
 
@@ -184,7 +192,7 @@ def test_override_set_list_clear(daemon: Daemon, capsys: pytest.CaptureFixture[s
     assert (code, err) == (0, "")
     assert re.fullmatch(
         rf"override set: r01 {PUMP} = 0\.8, expires in 1[45]m\d*s? \({ISO.pattern}\), "
-        r"by \S+ \(uid \d+\) \(id 1\)\n",
+        r"by \S+ \(uid \d+\) as operator \(id 1\)\n",
         out,
     ), out
     record = daemon.plane.records[("r01", PUMP)]
@@ -253,13 +261,11 @@ def test_refusals_exit_1_with_the_daemons_message(
     [
         (["override", "set", "r01", PUMP, "0.5", "--ttl", "15", "--reason", "x"], "use e.g. 90s"),
         (["override", "set", "r01", PUMP, "0.5", "--ttl", "0s", "--reason", "x"], "than zero"),
-        (["override", "set", "r01", PUMP, "0.5", "--ttl", "15m"], "--reason"),
         (["override", "set", "r01", PUMP, "0.5", "--ttl", "1m", "--reason", " "], "not be empty"),
         (["override", "set", "r01", PUMP, "0.5", "--reason", "x"], "--ttl --permanent"),
         (["override", "set", "r01", PUMP, "0.5", "--ttl", "1m", "--permanent", "--reason", "x"],
          "not allowed with"),
         (["override", "set", "r01", PUMP, "nan", "--ttl", "1m", "--reason", "x"], "not a finite"),
-        (["override", "clear", "r01", PUMP], "--reason"),
         (["mode", "r01", "off", "--reason", "x"], "invalid choice"),
         (["events", "--limit", "0"], "1 or more"),
         (["events", "--since", "-1"], "0 or more"),
@@ -274,6 +280,38 @@ def test_usage_errors_exit_2_before_anything_is_sent(
     assert exited.value.code == 2
     assert complaint in capsys.readouterr().err
     assert daemon.plane.calls == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["override", "set", "r01", PUMP, "0.5", "--ttl", "15m"],
+        ["override", "clear", "r01", PUMP],
+        ["mode", "r01", "manual"],
+        ["interlock", "reset", "r01"],
+    ],
+)
+def test_a_missing_reason_is_explained_in_words(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    code, out, err = output(capsys, *argv)
+    assert code == 2 and out == ""
+    assert "needs --reason TEXT: say why in a few words; it goes in the audit log" in err
+    assert "usage:" not in err
+    assert daemon.plane.calls == []
+
+
+def test_audit_table_and_json(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = output(capsys, "audit")
+    assert (code, out) == (0, "no audit records\n")
+    set_pump(daemon)
+    code, out, _ = output(capsys, "audit")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["ID", "TIME", "WHO", "ACTION", "RACK", "DETAILS"]
+    assert "override_set" in lines[1] and "alice (uid 1000)" in lines[1]
+    code, out, _ = output(capsys, "audit", "--json", "--limit", "1")
+    document = json.loads(out)
+    assert code == 0 and len(document["audit"]) == 1 and document["next_since"] >= 1
 
 
 # --- mode, reload ------------------------------------------------------------------------
@@ -368,8 +406,9 @@ def test_top_once_prints_one_plain_frame(
     assert code == 0 and "\x1b" not in out
     lines = out.splitlines()
     assert lines[0].startswith("coolctl top  ") and ISO.search(lines[0])
-    header = lines[2].split()
+    header = lines[2].split()  # not a terminal: every column
     assert header[:8] == ["RACK", "MODE", "SUPPLY", "RETURN", "FLOW", "ΔP", "PUMP", "VALVE"]
+    assert header[8:] == ["POWER/BUDGET", "CHIPS", "INTERLOCKS", "FAILSAFE"]
     r01, r02 = lines[3], lines[4]
     for shown in (
         "30.1°C",
@@ -382,14 +421,34 @@ def test_top_once_prints_one_plain_frame(
     ):
         assert shown in r01, shown
     assert "30.1°C (stale)" in r02 and r02.split()[-2:] == ["leak", "yes"]
-    assert lines[6] == "OVERRIDES"
-    assert PUMP in lines[8] and re.search(r"in 14m(\d+s)?  seal$", lines[8])
+    assert "87°C THROTTLING 2/18" in r02
+    assert lines[5] == "r02 throttling: bmc03, bmc07"
+    assert lines[7] == "OVERRIDES"
+    assert PUMP in lines[9] and re.search(r"in 14m(\d+s)?  seal$", lines[9])
 
     code, out, _ = output(capsys, "top", "--once", "--rack", "r02")
     assert "r01" not in out and "no overrides" in out
     code, out, _ = output(capsys, "top", "--json")
     document = json.loads(out)
     assert set(document) == {"racks", "points", "overrides"} and len(document["racks"]) == 2
+
+
+@pytest.mark.parametrize("width", [80, 60, 160])
+def test_top_fits_its_width_and_always_shows_the_safety_states(daemon: Daemon, width: int) -> None:
+    racks = daemon.plane.racks()
+    screen = _Screen(racks, daemon.plane.points(), [])
+    lines = render_frame(screen, interval=2.0, rack=None, width=width)
+    table_lines = lines[2:5]
+    header = table_lines[0].split()
+    for column in ("RACK", "CHIPS", "INTERLOCKS", "FAILSAFE"):
+        assert column in header
+    if width >= 60:
+        assert all(len(line) <= width for line in table_lines), table_lines
+    assert table_lines[2].split()[-2:] == ["leak", "yes"]
+    if width == 160:
+        assert "ΔP" in header  # room for everything
+    if width == 80:
+        assert "ΔP" not in header and "SUPPLY" in header
 
 
 def test_top_live_redraws_and_q_quits_restoring_the_screen(
@@ -510,10 +569,10 @@ def test_bash_completion_follows_the_parser_tree(
         "run", "check-config", "demo", "probe", "sim",
         "status", "top", "override", "mode", "events", "reload", "completion",
     }  # fmt: skip
-    assert lines[3] == "set clear list"
+    assert lines[3] == "set clear targets list"
     assert set(lines[4].split()) == {
         "--help", "--socket", "--url", "--token-file", "--json", "--ttl", "--permanent",
-        "--reason",
+        "--reason", "--ca-file", "--client-cert",
     }  # fmt: skip
     assert lines[5] == ""  # a DURATION is free text: nothing to offer
     assert lines[6] == "auto manual"
@@ -552,9 +611,10 @@ def test_zsh_completion_answers_from_the_same_tables(
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert result.stdout.splitlines() == [
         "compdef _coolctl coolctl",
-        "set clear list",
+        "set clear targets list",
         "auto manual",
-        "-h --help --socket --url --token-file --json --ttl --permanent --reason",
+        "-h --help --socket --url --token-file --ca-file --client-cert --json --ttl --permanent"
+        " --reason",
         "<files>",
     ]
 

@@ -558,3 +558,10 @@ def test_hardware_throttling_time_is_counted() -> None:
     plant.advance(60.0)
     assert not any(plant.truth().hardware_throttling)
     assert plant.truth().hardware_throttle_s == pytest.approx(truth.hardware_throttle_s, abs=3.0)
+
+
+def test_sensor_lags_come_back_from_a_plants_own_fields() -> None:
+    """The MPC's step test rebuilds a scenario's plant from its fields: the lags' pairs too."""
+    params = PlantParams.from_dict({"sensor_lag_s": {"supply_temperature": 20.0}})
+    again = PlantParams.from_dict({"sensor_lag_s": params.sensor_lag_s})
+    assert again.sensor_lag_s == (("supply_temperature", 20.0),)

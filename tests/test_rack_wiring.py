@@ -23,7 +23,7 @@ from coolctl.control.supervisor import ActuatorRole, ActuatorSafety, SupervisorC
 from coolctl.model import PointId
 from coolctl.rack.facts import device_facts
 from coolctl.rack.safety import (
-    rack_power_point,
+    rack_power_points,
     server_caps,
     supervisor_config,
     temperature_limits,
@@ -166,7 +166,7 @@ def test_the_points_the_supervisor_watches() -> None:
     assert config.standby_active == p("cdu1", "standby_pump_active")
     assert config.flow == p("cdu1", "flow")
     assert config.reservoir_level == p("cdu1", "reservoir_level")
-    assert config.power == p("pdu1", "power")
+    assert config.power == (p("pdu1", "power"),)
     assert config.required == (p("sensors1", "flow"), p("cdu1", "supply_temperature"))
     # a Redfish service's leak detectors are what discovery finds: not silent when missing
     assert config.safety_sensors == (
@@ -222,13 +222,13 @@ def test_the_caps_took_hold_when_the_rack_draws_no_more_than_their_floor() -> No
         del rack["devices"]["pdu1"]
 
     without_pdu = built(no_pdu)
-    assert without_pdu.power is None and without_pdu.leak_caps_power_w is None
+    assert without_pdu.power == () and without_pdu.leak_caps_power_w is None
 
     def no_servers(rack: dict[str, Any]) -> None:
         del rack["devices"]["bmc01"], rack["devices"]["bmc02"]
 
     without_caps = built(no_servers)
-    assert without_caps.leak_caps_power_w is None and without_caps.power == p("pdu1", "power")
+    assert without_caps.leak_caps_power_w is None and without_caps.power == (p("pdu1", "power"),)
     assert without_caps.healthy_points == ()
 
 
@@ -291,7 +291,7 @@ def test_servers_and_the_rack_power_point() -> None:
     rack = rack_of()
     assert [device.id for device in server_caps(rack)] == ["bmc01", "bmc02"]
     facts = {device.id: device_facts(device) for device in rack.devices.values()}
-    assert rack_power_point(rack, facts) == p("pdu1", "power")
+    assert rack_power_points(facts, "r01") == (p("pdu1", "power"),)
 
     def cdu_kind(rack: dict[str, Any]) -> None:
         rack["devices"]["bmc02"]["kind"] = "pdu"

@@ -43,6 +43,7 @@ GOOD_RACKMOUNT = {
     "power_limit": 500.0,
     "energy": 325675 * 3.6e6,
     "chip_temperature": 44.0,
+    "chip_throttle_temperature": 45.0,  # the CPU sensor's UpperCritical threshold
 }
 
 

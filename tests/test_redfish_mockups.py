@@ -91,6 +91,7 @@ async def test_rackmount1_reads_the_new_style_resources() -> None:
         "power_limit": 500.0,  # Controls/PowerLimit SetPoint
         "energy": 325675 * KWH,  # Sensors/TotalEnergy, kW.h
         "chip_temperature": 44.0,  # Sensors/CPU1Temp (PhysicalContext CPU, no ReadingType)
+        "chip_throttle_temperature": 45.0,  # CPU1Temp's Thresholds/UpperCritical
     }
     assert readings["coolant_outlet_temperature"].quality is Quality.MISSING
     assert readings["leak_detected"].quality is Quality.MISSING
@@ -136,6 +137,7 @@ async def test_liquid_cooled_server() -> None:
         "power_limit": 500.0,
         "energy": 325675 * KWH,
         "chip_temperature": 37.0,
+        "chip_throttle_temperature": 45.0,
         "coolant_outlet_temperature": 46.9,  # the hotter of the two cold plates' return
     }
     assert device.writable() == {"power_limit": (150.0, 1000.0)}
@@ -156,11 +158,20 @@ async def test_cooling_unit() -> None:
         "facility_supply_temperature": 30.0,
         "facility_return_temperature": 40.0,
         "primary_flow": 42.0,
+        # the CDU's own loops' set points, on the secondary connector's control excerpts
+        "supply_temperature_setpoint": 30.0,
+        "flow_setpoint": 43.0,
+        "differential_pressure_setpoint": 35_000.0,  # 35 kPa
     }
     # Reservoirs are not linked from this CoolingUnit and it has no valve: never read.
     for point in ("reservoir_level", "valve_position", "valve_command"):
         assert readings[point].quality is Quality.MISSING
-    assert device.writable() == {"pump_speed_command": (0.0, 1.0)}
+    assert device.writable() == {
+        "pump_speed_command": (0.0, 1.0),
+        "supply_temperature_setpoint": (10.0, 35.0),  # AllowableMin/AllowableMax
+        "flow_setpoint": (20.0, 50.0),
+        "differential_pressure_setpoint": (20_000.0, 50_000.0),
+    }
 
 
 async def test_pdu() -> None:
@@ -525,6 +536,9 @@ async def test_probe_exit_statuses(tmp_path: Path, capsys: pytest.CaptureFixture
     _, err = capsys.readouterr()
     assert "wrong-secret" not in err
     assert "TLS certificate verification failed" in err
+    # and what to do about it, in the same line
+    tls_line = next(line for line in err.splitlines() if "TLS certificate" in line)
+    assert "pass --ca FILE" in tls_line and "--insecure" in tls_line
     # Nobody listens there any more.
     assert await probe_redfish(url, None, None, tls.ca_file, False, False) == 3
 

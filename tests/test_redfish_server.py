@@ -159,18 +159,20 @@ async def test_service_line_names_url_account_and_ca(sim: LiveSimulation) -> Non
     service = sim.service("r01", "bmc0")
     ca = sim.tls.ca_cert if sim.tls else None
     assert service.line() == (
-        f"redfish https://127.0.0.1:{server(sim, 'bmc0').port} user=admin"
+        f"redfish https://127.0.0.1:{server(sim, 'bmc0').port} rack=r01 device=bmc0 user=admin"
         f" password={PASSWORD} ca={ca}"
     )
     generated = sim.service("r01", "bmc2")
     assert re.fullmatch(
-        r"redfish https://127\.0\.0\.1:\d+ user=admin password=\S{12,} ca=\S+", generated.line()
+        r"redfish https://127\.0\.0\.1:\d+ rack=r01 device=bmc2 user=admin password=\S{12,}"
+        r" ca=\S+",
+        generated.line(),
     )
     assert await asyncio.to_thread(Path(generated.ca).is_file)
     assert generated.password != PASSWORD
     assert Service(
         "redfish", "", "r", "d", url="https://h:1", username="u", password="p", ca="/c"
-    ).line() == ("redfish https://h:1 user=u password=p ca=/c")
+    ).line() == ("redfish https://h:1 rack=r device=d user=u password=p ca=/c")
     # the Modbus and MQTT lines are untouched; a sensor cannot speak Redfish
     assert SimDeviceSpec("c", "cdu").protocol == "modbus"
     assert SimDeviceSpec("b", "server").protocol == "redfish"
@@ -408,12 +410,14 @@ async def test_cdu_pump_and_valve_set_points_reach_the_plant(sim: LiveSimulation
         too_fast = await cdu.patch(control, {"SetPoint": 120})
         assert too_fast.status == 400 and too_fast.message_ids == ["PropertyValueOutOfRange"]
         secondary = (await cdu.get(f"{CDU}/SecondaryCoolantConnectors/1")).body
-        assert secondary["FlowControlLitersPerMinute"]["ControlMode"] == "Disabled"
+        # the CDU runs its own loops only when asked: in its manual mode, pump and valve
+        assert secondary["FlowControlLitersPerMinute"]["ControlMode"] == "Manual"
         assert secondary["FlowLitersPerMinute"]["Reading"] > 0
-        run_by_coolctl = await cdu.patch(
+        flow = await cdu.patch(
             f"{CDU}/SecondaryCoolantConnectors/1", {"FlowControlLitersPerMinute": {"SetPoint": 90}}
         )
-        assert run_by_coolctl.status == 405
+        assert flow.status == 200
+        assert sim.cdus["r01"].setpoint("flow_setpoint") == 90.0
         plant.start_leak(2.0)
         await eventually(lambda: _leak_shown(cdu))
     finally:

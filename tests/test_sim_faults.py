@@ -79,6 +79,8 @@ def rack_spec(name: str = "r01") -> SimRackSpec:
             SimDeviceSpec("cdu1", "cdu", "sim-cdu"),
             SimDeviceSpec("pdu1", "pdu", "sim-pdu"),
             SimDeviceSpec("sensors1", "sensor", publish_period_s=0.2),
+            SimDeviceSpec("psu1", "pdu", "orv3-psu", unit_id=192, shelf_role="psu"),
+            SimDeviceSpec("bbu1", "pdu", "orv3-bbu", unit_id=64, shelf_role="bbu"),
         ],
         load=START_LOAD,
     )
@@ -398,10 +400,15 @@ async def test_control_server_applies_every_kind_and_reports_state(sim: LiveSimu
         "read_fail": {"device": "pdu1", "point": "energy"},
         "load": {"value": 0.9, "servers": [2, 3]},
         "facility_water": {"value": 32.5, "rack": "r01"},
+        "cdu_local": {},
+        "cdu_alarm": {"point": "filter_clogged_alarm"},
+        "psu_fail": {"device": "psu1"},
+        "mains_loss": {},
         "clear": {},
     }
     assert set(bodies) == set(FAULT_KINDS)
-    async with aiohttp.ClientSession() as session:
+    token = {"Authorization": f"Bearer {sim.control_token}"}
+    async with aiohttp.ClientSession(headers=token) as session:
         async with session.get(f"{url}/healthz") as response:
             assert response.status == 200
             assert (await response.json())["status"] == "ok"
@@ -459,11 +466,10 @@ async def test_control_server_applies_every_kind_and_reports_state(sim: LiveSimu
 async def test_control_server_refuses_bad_requests_with_400(
     sim: LiveSimulation, body: bytes, message: str
 ) -> None:
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {sim.control_token}"}
     async with (
         aiohttp.ClientSession() as session,
-        session.post(
-            f"{sim.control_url}/faults", data=body, headers={"Content-Type": "application/json"}
-        ) as response,
+        session.post(f"{sim.control_url}/faults", data=body, headers=headers) as response,
     ):
         assert response.status == 400
         assert message in json.loads(await response.text())["error"]
@@ -474,11 +480,12 @@ async def test_control_server_refuses_bad_requests_with_400(
 async def test_inject_helper_reports_what_was_applied_and_why_not(sim: LiveSimulation) -> None:
     url = sim.control_url
     assert url is not None
-    applied = await inject(url, "leak", value=4.0, duration_s=10.0)
+    token = sim.control_token
+    applied = await inject(url, "leak", value=4.0, duration_s=10.0, token=token)
     assert applied == "r01: leak of 4 L/min started for 10 s"
-    applied = await inject(url + "/", "load", value=0.25, servers=[0])
+    applied = await inject(url + "/", "load", value=0.25, servers=[0], token=token)
     assert applied == "r01: load 25 % on servers 0"
     with pytest.raises(ValueError, match="no rack 'r07'"):
-        await inject(url, "pump_fail", rack="r07")
+        await inject(url, "pump_fail", rack="r07", token=token)
     with pytest.raises(aiohttp.ClientError):
         await inject(f"http://127.0.0.1:{free_port()}", "clear", timeout_s=1.0)

@@ -459,7 +459,7 @@ def test_newer_store_is_refused_and_left_alone(path: Path) -> None:
     Store(path).close()
     with raw(path) as conn:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    with pytest.raises(StoreError, match=r"newer coolctl \(schema version 3"):
+    with pytest.raises(StoreError, match=rf"newer coolctl \(schema version {SCHEMA_VERSION + 1}"):
         Store(path)
     with raw(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1

@@ -35,6 +35,7 @@ from coolctl.control.supervisor import (
     LOSS_OF_FLOW,
     LOW_LEVEL,
     OVER_TEMPERATURE,
+    ActuatorRole,
     ActuatorSafety,
     Supervisor,
     SupervisorConfig,
@@ -110,7 +111,7 @@ def test_a_stopped_pump_expects_no_flow() -> None:
 
 def test_flow_per_kilowatt_of_it_power() -> None:
     config = plant_config(
-        rated_flow_lpm=None, power=POWER, min_flow_lpm_per_kw=1.0, flow_debounce_s=0.0
+        rated_flow_lpm=None, power=(POWER,), min_flow_lpm_per_kw=1.0, flow_debounce_s=0.0
     )
     supervisor = started(config)
     fine = supervisor.step(snap(1.0, {FLOW: 130.0, POWER: 120_000.0, LEVEL: 20.0}), 1.0, [])
@@ -158,7 +159,7 @@ def test_two_of_n_leak_detectors() -> None:
 
 
 def test_leak_caps_first_then_the_pump_once_the_pdu_shows_it() -> None:
-    config = make_config(power=POWER, leak_caps_power_w=30_000.0, leak_caps_timeout_s=5.0)
+    config = make_config(power=(POWER,), leak_caps_power_w=30_000.0, leak_caps_timeout_s=5.0)
     supervisor = started(config)
     tripped = supervisor.evaluate_interlocks(snap(1.0, {LEAK1: 1.0, POWER: 100_000.0}), 1.0)
     commands = by_point(tripped)
@@ -172,8 +173,34 @@ def test_leak_caps_first_then_the_pump_once_the_pdu_shows_it() -> None:
     assert by_point(done)[PUMP].value == 0.0 and by_point(done)[PUMP].source is Source.INTERLOCK
 
 
+def test_leak_caps_are_confirmed_by_the_sum_of_the_rack_pdus() -> None:
+    """A rack fed by two PDUs (feeds A and B) is metered by their sum: one of them falling
+    under the target is no confirmation, and one unreadable leaves the sum unknown."""
+    power_b = PointId(RACK, "pdu2", "power")
+    config = make_config(
+        power=(POWER, power_b), leak_caps_power_w=30_000.0, leak_caps_timeout_s=10.0
+    )
+    supervisor = started(config)
+    supervisor.evaluate_interlocks(snap(1.0, {LEAK1: 1.0, POWER: 50_000.0, power_b: 50_000.0}), 1.0)
+    half = supervisor.step(
+        snap(2.0, {LEAK1: 1.0, POWER: 20_000.0, power_b: 20_000.0}), 2.0, [auto(PUMP, 0.9)]
+    )
+    assert not supervisor.state.leak_caps_confirmed  # 40 kW in all, over 30 kW
+    assert by_point(half)[PUMP].source is Source.AUTO
+    blind = supervisor.step(
+        snap(3.0, {LEAK1: 1.0, POWER: 10_000.0, power_b: Quality.STALE}), 3.0, [auto(PUMP, 0.9)]
+    )
+    assert not supervisor.state.leak_caps_confirmed  # feed B unknown: no sum
+    assert by_point(blind)[PUMP].source is Source.AUTO
+    done = supervisor.step(
+        snap(4.0, {LEAK1: 1.0, POWER: 14_000.0, power_b: 14_000.0}), 4.0, [auto(PUMP, 0.9)]
+    )
+    assert kinds(done) == ["leak_caps_confirmed"]
+    assert "r01/pdu1/power + r01/pdu2/power" in done.events[0].message
+
+
 def test_leak_pump_response_goes_out_after_the_timeout_without_a_pdu() -> None:
-    config = make_config(power=POWER, leak_caps_power_w=30_000.0, leak_caps_timeout_s=2.0)
+    config = make_config(power=(POWER,), leak_caps_power_w=30_000.0, leak_caps_timeout_s=2.0)
     supervisor = started(config)
     supervisor.evaluate_interlocks(snap(1.0, {LEAK1: 1.0, POWER: Quality.STALE}), 1.0)
     late = supervisor.step(snap(3.0, {LEAK1: 1.0, POWER: Quality.STALE}), 3.0, [])
@@ -277,3 +304,88 @@ def test_new_actuator_values_are_checked_against_hard_bounds() -> None:
         Supervisor(make_config(actuators=(PUMP_SAFETY, bad)))
     with pytest.raises(ValueError, match="leak_votes"):
         Supervisor(make_config(leak_votes=0))
+
+
+# -- isolation valves --------------------------------------------------------------------------
+
+ISOLATION = PointId(RACK, "cdu1", "isolation_valve_command")
+ISOLATION_SAFETY = ActuatorSafety(
+    ISOLATION,
+    ActuatorRole.ISOLATION,
+    minimum=0.0,
+    maximum=1.0,
+    slew_per_s=None,
+    failsafe=1.0,
+    hard_minimum=0.0,
+    hard_maximum=1.0,
+    on_leak=0.0,
+)
+
+
+def test_isolation_valves_shut_in_the_pump_step_of_a_leak_and_open_after_the_reset() -> None:
+    base = make_config(power=(POWER,), leak_caps_power_w=30_000.0, leak_caps_timeout_s=5.0)
+    config = replace(base, actuators=(*base.actuators, ISOLATION_SAFETY), leak_latched=True)
+    supervisor = started(config)
+    tripped = supervisor.evaluate_interlocks(snap(1.0, {LEAK1: 1.0, POWER: 100_000.0}), 1.0)
+    assert ISOLATION not in by_point(tripped)  # caps first
+    done = supervisor.step(snap(2.0, {LEAK1: 1.0, POWER: 25_000.0}), 2.0, [])
+    shut = by_point(done)[ISOLATION]
+    assert shut.value == 0.0 and shut.source is Source.INTERLOCK
+    dry = supervisor.step(snap(3.0, {LEAK1: 0.0, POWER: 25_000.0}), 3.0, [])
+    assert by_point(dry)[ISOLATION].value == 0.0  # latched: still shut
+    supervisor.reset_interlock(LEAK, 4.0, "op", "leak fixed")
+    reopened = by_point(supervisor.step(snap(5.0, {LEAK1: 0.0}), 5.0, []))[ISOLATION]
+    assert reopened.value == 1.0 and "isolation valves open" in reopened.reason
+    assert ISOLATION not in by_point(supervisor.step(snap(6.0, {LEAK1: 0.0}), 6.0, []))
+
+
+def test_failsafe_leaves_an_isolation_valve_alone() -> None:
+    base = make_config()
+    supervisor = Supervisor(replace(base, actuators=(*base.actuators, ISOLATION_SAFETY)))
+    assert ISOLATION not in by_point(supervisor.startup(0.0))  # start-up is failsafe
+
+
+def test_blind_rack_lowers_caps_in_proportion_to_how_warm_the_chips_are() -> None:
+    config = make_config(
+        healthy_points=(TemperatureLimit(CHIP, 85.0),),
+        healthy_margin_c=5.0,
+        failsafe_cap_band_c=4.0,
+    )
+    supervisor = started(config)
+    normal = by_point(supervisor.step(snap(1.0), 1.0, [auto(CAP1, 900.0)]))[CAP1].value
+    warm = supervisor.step(snap(6.0, {FLOW: Quality.STALE, CHIP: 81.0}), 6.0, [])
+    caps = by_point(warm)
+    low = cap(CAP1).failsafe
+    # 1 K over the 80 °C threshold of a 4 K band: the caps keep 3/4 of their span
+    assert caps[CAP1].value == pytest.approx(low + 0.75 * (normal - low))
+    assert caps[CAP1].source is Source.FAILSAFE and "chips warm" in caps[CAP1].reason
+    hotter = by_point(supervisor.step(snap(7.0, {FLOW: Quality.STALE, CHIP: 83.0}), 7.0, []))
+    assert hotter[CAP1].value == pytest.approx(low + 0.25 * (normal - low))
+    gone = by_point(supervisor.step(snap(8.0, {FLOW: Quality.STALE, CHIP: None}), 8.0, []))
+    assert gone[CAP1].value == low  # no thermal evidence: the minimum
+
+
+def test_power_that_does_not_fall_under_the_caps_is_an_alarm() -> None:
+    supervisor = started(make_config(power=(POWER,), caps_hold_within_s=10.0))
+    caps = [auto(CAP1, 400.0), auto(CAP2, 400.0)]
+    supervisor.step(snap(1.0, {POWER: 2000.0}), 1.0, caps)
+    waiting = supervisor.step(snap(10.0, {POWER: 2000.0}), 10.0, caps)
+    assert "caps_not_holding" not in kinds(waiting)  # BMCs and servers get their time
+    late = supervisor.step(snap(11.0, {POWER: 2000.0}), 11.0, caps)
+    assert kinds(late) == ["caps_not_holding"]
+    assert "did not fall after the cap writes" in late.events[0].message
+    assert "caps_not_holding" not in kinds(supervisor.step(snap(12.0, {POWER: 2000.0}), 12.0, caps))
+    held = supervisor.step(snap(13.0, {POWER: 850.0}), 13.0, caps)  # under 1.1 × 2 × 400
+    assert kinds(held) == ["caps_holding"]
+
+
+def test_a_pump_failure_with_no_flow_caps_without_waiting_for_a_standby() -> None:
+    config = make_config(flow=FLOW, rated_flow_lpm=200.0, standby_changeover_s=2.0)
+    config = replace(config, standby_active=PointId(RACK, "cdu1", "standby_pump_active"))
+    supervisor = started(config)
+    supervisor.step(snap(1.0, {FLOW: 160.0}), 1.0, [auto(PUMP, 0.9)])
+    tripped = supervisor.step(snap(2.0, {FLOW: 150.0, RUNNING: 0.0}), 2.0, [auto(PUMP, 0.9)])
+    assert "pump_failure_caps" not in kinds(tripped)  # flow still moving: wait for a standby
+    dry = supervisor.step(snap(2.5, {FLOW: 20.0, RUNNING: 0.0}), 2.5, [auto(PUMP, 0.9)])
+    assert "pump_failure_caps" in kinds(dry)
+    assert by_point(dry)[CAP1].source is Source.INTERLOCK

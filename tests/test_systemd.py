@@ -485,7 +485,7 @@ def test_unit_has_what_the_daemon_relies_on() -> None:
         "Restart=on-failure",
         "StateDirectory=coolctl",
         "RuntimeDirectory=coolctl",
-        "RuntimeDirectoryMode=0750",
+        "RuntimeDirectoryMode=0755",
         "LoadCredential=redfish-password:/etc/coolctl/credentials/redfish-password",
         "LoadCredential=mqtt-password:/etc/coolctl/credentials/mqtt-password",
         "CapabilityBoundingSet=",

@@ -74,3 +74,20 @@ def test_never_below_the_floor_and_holds_without_readings() -> None:
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="release_rate"):
         loop(release_rate_w_per_s=0.0)
+
+
+def test_a_chip_margin_needs_only_the_pumps_at_their_top() -> None:
+    """A worn pump pinned at full speed: the valve has room (the supply is fine), but only more
+    flow would cool the chips, so the loop caps."""
+    config = ThermalCapConfig(
+        margins=(MarginPoint(CHIP, 85.0, flow_bound=True),),
+        cooling=(CoolingActuator(PUMP, 1.0, moves_flow=True), CoolingActuator(VALVE, 1.0)),
+        power=(POWER,),
+        floor_w=20_000.0,
+    )
+    thermal = ThermalCapLoop(config)
+    values = {CHIP: 84.0, PUMP: 1.0, VALVE: 0.6, POWER: 100_000.0}
+    snapshot = Snapshot([Reading(p, v, 0.0, Quality.GOOD) for p, v in values.items()], 0.0)
+    assert thermal.step(snapshot, 0.0) == pytest.approx(100_000.0)
+    plain = loop()  # the same chip without flow_bound: the valve's room keeps it out
+    assert plain.step(snapshot, 0.0) is None

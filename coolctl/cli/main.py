@@ -61,19 +61,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--status-every", type=float, default=3.0, metavar="SECONDS", help="status line period"
     )
     demo.add_argument(
+        "--modbus-rtu",
+        action="store_true",
+        help="read the Modbus devices over a simulated RS-485 bus (Modbus RTU) instead of TCP",
+    )
+    demo.add_argument(
         "--mqtt-broker",
         metavar="HOST:PORT",
         help="broker for the MQTT sensors (default: start a private mosquitto if installed)",
     )
+    demo.add_argument(
+        "--cdu-control",
+        choices=("direct", "setpoints"),
+        help="drive the CDU's pump and valve (direct), or its own loops' setpoints (setpoints);"
+        " default: as the config says",
+    )
 
     probe = commands.add_parser("probe", help="read a device once through a profile")
     probe_kinds = probe.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
-    modbus = probe_kinds.add_parser("modbus", help="a Modbus TCP device")
-    modbus.add_argument("target", metavar="HOST:PORT")
+    modbus = probe_kinds.add_parser("modbus", help="a Modbus device (TCP, or RTU on a serial port)")
+    modbus.add_argument("target", metavar="HOST:PORT|/dev/ttyX")
     modbus.add_argument("--profile", required=True, metavar="NAME_OR_FILE")
     modbus.add_argument("--unit", type=int, default=1, metavar="N", help="unit/device id")
     modbus.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS")
     modbus.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    modbus.add_argument("--raw", action="store_true", help="show each point's raw registers")
+    modbus.add_argument("--baudrate", type=int, default=19200, help="RTU (default 19200)")
+    modbus.add_argument("--parity", choices=("N", "E", "O"), default="E", help="RTU (default E)")
+    modbus.add_argument("--stopbits", type=int, choices=(1, 2), default=1, help="RTU")
     redfish = probe_kinds.add_parser(
         "redfish", help="a Redfish service: every point coolctl finds there"
     )
@@ -87,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure", action="store_true", help="do not verify TLS (logged as a warning)"
     )
     redfish.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    from coolctl.cli import probe_snmp
+
+    probe_snmp.add_parser(probe_kinds)
 
     sim = commands.add_parser("sim", help="the simulated rack")
     sim_commands = sim.add_subparsers(dest="sim_command", metavar="SIM_COMMAND", required=True)
@@ -106,20 +124,42 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="publish the MQTT sensors there (default: the config's [mqtt] broker)",
     )
+    serve.add_argument(
+        "--modbus-rtu", action="store_true", help="serve the Modbus devices on a virtual RTU bus"
+    )
+    serve.add_argument(
+        "--listen-beyond-loopback",
+        action="store_true",
+        help="let simulated devices listen on the config's non-loopback addresses (anyone who"
+        " reaches them can command them)",
+    )
+    serve.add_argument(
+        "--power-shelves",
+        type=int,
+        default=0,
+        metavar="N",
+        help="serve each Redfish PDU of the config as N power shelves (OCP ORv3) instead",
+    )
     inject = sim_commands.add_parser(
         "inject", help="inject a fault into a running simulation (demo or sim serve)"
     )
     inject.add_argument(
         "kind",
         help="leak, pump_fail, pump_restore, pump_degrade, sensor_stuck, sensor_noise,"
-        " sensor_drift, link_loss, response_delay, read_fail, load, facility_water, clear",
+        " sensor_drift, link_loss, response_delay, read_fail, load, facility_water, psu_fail,"
+        " mains_loss, clear",
     )
     inject.add_argument("--rack", metavar="R")
     inject.add_argument("--device", metavar="D")
     inject.add_argument("--point", metavar="P", help="for sensor faults")
     inject.add_argument("--value", type=float, metavar="V", help="the number the kind takes")
     inject.add_argument("--duration", type=float, metavar="S", help="undo after S seconds")
-    inject.add_argument("--sim", metavar="URL", help="the simulation's `control http://...`")
+    inject.add_argument(
+        "--sim",
+        metavar="URL",
+        help="the simulation's `control http://...` (default: the one behind the daemon of"
+        " $COOLCTL_SOCKET, else the only one running)",
+    )
     add_identify_command(commands)
     add_operator_commands(commands)
     return parser
@@ -159,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
                     time_scale=args.time_scale,
                     status_every_s=args.status_every,
                     mqtt_broker=args.mqtt_broker,
+                    cdu_control=args.cdu_control,
+                    modbus_rtu=args.modbus_rtu,
                 )
             )
         if args.command == "probe" and args.protocol == "redfish":
@@ -169,11 +211,18 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
                     args.url, args.user, args.password_file, args.ca, args.insecure, args.json
                 )
             )
-        if args.command == "probe":
-            from coolctl.cli.probe_modbus import probe_modbus
+        if args.command == "probe" and args.protocol == "snmp":
+            from coolctl.cli import probe_snmp
 
+            return asyncio.run(probe_snmp.probe_snmp(args))
+        if args.command == "probe":
+            from coolctl.cli.probe_modbus import BusOptions, probe_modbus
+
+            bus = BusOptions(args.baudrate, args.parity, args.stopbits)
             return asyncio.run(
-                probe_modbus(args.target, args.profile, args.unit, args.timeout, args.json)
+                probe_modbus(
+                    args.target, args.profile, args.unit, args.timeout, args.json, args.raw, bus
+                )
             )
         if args.command == "sim":
             status = run_sim_command(args)
@@ -204,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
                     args.load,
                     args.duration,
                     args.mqtt_broker,
+                    args.modbus_rtu,
+                    power_shelves=args.power_shelves,
+                    allow_remote=args.listen_beyond_loopback,
                 )
             )
     except KeyboardInterrupt:

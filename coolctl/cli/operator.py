@@ -36,7 +36,7 @@ from typing import Any, TextIO
 from coolctl.exitcodes import ExitCode
 from coolctl.model import RackMode
 from coolctl.ops.client import ClientError, ControlClient, Unreachable, default_socket_path
-from coolctl.ops.protocol import JsonObject
+from coolctl.ops.protocol import JsonObject, escape_json_text, escape_text
 
 FOLLOW_WAIT_S = 30.0
 """How long one `events --follow` long-poll waits; well under the daemon's 60 s cap."""
@@ -145,6 +145,12 @@ def _connection_options() -> argparse.ArgumentParser:
         "--url", metavar="URL", help="use the TCP listener instead: http://HOST:PORT"
     )
     group.add_argument("--token-file", type=Path, metavar="FILE", help="bearer token for --url")
+    group.add_argument(
+        "--ca-file", type=Path, metavar="FILE", help="CA to verify an https:// --url with"
+    )
+    group.add_argument(
+        "--client-cert", type=Path, metavar="FILE", help="client certificate (PEM, with its key)"
+    )
     common.add_argument("--json", action="store_true", help="print the API's JSON document")
     return common
 
@@ -191,18 +197,22 @@ def add_operator_commands(commands: SubParsers[argparse.ArgumentParser]) -> None
     lifetime.add_argument(
         "--permanent", action="store_true", help="never expire (clear it by hand)"
     )
-    set_.add_argument(
-        "--reason", type=_reason_arg, required=True, metavar="TEXT", help=_REASON_HELP
-    )
+    set_.add_argument("--reason", type=_reason_arg, metavar="TEXT", help=_REASON_HELP)
     set_.set_defaults(operator_command="override set")
 
     clear = actions.add_parser("clear", parents=[common], help="end an override now")
     clear.add_argument("rack", metavar="RACK")
     clear.add_argument("target", metavar="TARGET")
-    clear.add_argument(
-        "--reason", type=_reason_arg, required=True, metavar="TEXT", help=_REASON_HELP
-    )
+    clear.add_argument("--reason", type=_reason_arg, metavar="TEXT", help=_REASON_HELP)
     clear.set_defaults(operator_command="override clear")
+
+    targets = actions.add_parser(
+        "targets",
+        parents=[common],
+        help="what an override may name on a rack, with its bounds now, unit and why",
+    )
+    targets.add_argument("rack", metavar="RACK")
+    targets.set_defaults(operator_command="override targets")
 
     list_ = actions.add_parser("list", parents=[common], help="the overrides in force")
     list_.add_argument("--rack", metavar="RACK", help="only this rack")
@@ -213,9 +223,7 @@ def add_operator_commands(commands: SubParsers[argparse.ArgumentParser]) -> None
     )
     mode.add_argument("rack", metavar="RACK")
     mode.add_argument("mode", choices=[each.value for each in RackMode])
-    mode.add_argument(
-        "--reason", type=_reason_arg, required=True, metavar="TEXT", help=_REASON_HELP
-    )
+    mode.add_argument("--reason", type=_reason_arg, metavar="TEXT", help=_REASON_HELP)
     mode.set_defaults(operator_command="mode")
 
     interlock = commands.add_parser("interlock", help="latched interlocks")
@@ -237,10 +245,22 @@ def add_operator_commands(commands: SubParsers[argparse.ArgumentParser]) -> None
         metavar="INTERLOCK",
         help="leak (default), over_temperature, pump_failure, loss_of_flow, low_coolant_level",
     )
-    reset.add_argument(
-        "--reason", type=_reason_arg, required=True, metavar="TEXT", help=_REASON_HELP
-    )
+    reset.add_argument("--reason", type=_reason_arg, metavar="TEXT", help=_REASON_HELP)
     reset.set_defaults(operator_command="interlock reset")
+
+    alarms = commands.add_parser(
+        "alarms",
+        parents=[common],
+        help="the CDUs' alarms; `alarms ack RACK --reason` acknowledges latched ones",
+        description="List the CDU alarms of every rack or of RACK; `alarms ack RACK --reason"
+        " TEXT` writes the acknowledge that clears a CDU's latched alarms whose cause is gone."
+        " Audited.",
+    )
+    alarms.add_argument("words", nargs="*", metavar="[ack] RACK")
+    alarms.add_argument(  # its own dest: listing needs no reason, `alarms ack` does
+        "--reason", dest="ack_reason", type=_reason_arg, metavar="TEXT", help=_REASON_HELP
+    )
+    alarms.set_defaults(operator_command="alarms")
 
     events = commands.add_parser(
         "events", parents=[common], help="the event log (--follow to watch it)"
@@ -253,6 +273,18 @@ def add_operator_commands(commands: SubParsers[argparse.ArgumentParser]) -> None
     )
     events.add_argument("--limit", type=_whole_arg(1), metavar="N", help="at most N events")
     events.set_defaults(operator_command="events")
+
+    audit = commands.add_parser(
+        "audit", parents=[common], help="the audit log: who changed what, when and why"
+    )
+    audit.add_argument(
+        "--follow", "-f", action="store_true", help="keep printing records as they are made"
+    )
+    audit.add_argument(
+        "--since", type=_whole_arg(0), metavar="ID", help="records after this id (default: newest)"
+    )
+    audit.add_argument("--limit", type=_whole_arg(1), metavar="N", help="at most N records")
+    audit.set_defaults(operator_command="audit")
 
     reload = commands.add_parser(
         "reload", parents=[common], help="re-read the config file (a bad one is refused)"
@@ -280,6 +312,12 @@ def run_operator_command(args: argparse.Namespace, parser: argparse.ArgumentPars
     if command == "completion":
         print(completion_script(args.shell, parser), end="")
         return ExitCode.OK
+    if hasattr(args, "reason") and args.reason is None:
+        _complain(
+            f"{command} needs --reason TEXT: say why in a few words; it goes in the audit log"
+            ' with your name (e.g. --reason "pump seal check, ticket 4711")'
+        )
+        return ExitCode.USAGE
     try:
         client = _client(args)
     except ValueError as exc:
@@ -309,7 +347,7 @@ def run_operator_command(args: argparse.Namespace, parser: argparse.ArgumentPars
 
 
 def _complain(message: str) -> None:
-    print(f"coolctl: {message}", file=sys.stderr)
+    print(f"coolctl: {escape_text(message)}", file=sys.stderr)
 
 
 def _client(args: argparse.Namespace) -> ControlClient:
@@ -318,7 +356,12 @@ def _client(args: argparse.Namespace) -> ControlClient:
             raise ValueError("give --socket or --url, not both")
         if args.token_file is None:
             raise ValueError("--url needs --token-file: the TCP listener requires a token")
-        return ControlClient(url=args.url, token_file=args.token_file)
+        return ControlClient(
+            url=args.url,
+            token_file=args.token_file,
+            ca_file=args.ca_file,
+            cert_file=args.client_cert,
+        )
     if args.token_file is not None:
         raise ValueError("--token-file is for --url; on the socket, who you are is known")
     return ControlClient(socket_path=args.socket)
@@ -331,7 +374,7 @@ async def _run(command: str, client: ControlClient, args: argparse.Namespace) ->
 
 
 def _emit(document: Any) -> None:
-    print(json.dumps(document, indent=2, ensure_ascii=False))
+    print(escape_json_text(json.dumps(document, indent=2, ensure_ascii=False)))
 
 
 async def _status(client: ControlClient, args: argparse.Namespace) -> ExitCode:
@@ -356,14 +399,48 @@ async def _status(client: ControlClient, args: argparse.Namespace) -> ExitCode:
                 _text(rack.get("interlocks")),
                 _kw(rack.get("power_w")),
                 _kw(rack.get("budget_w")),
+                _kw(rack.get("caps_w")),
+                chips_cell(rack.get("chips")),
                 _count(rack.get("overrides")),
             ]
             for rack in racks
         ]
-        print(
-            table(["RACK", "MODE", "FAILSAFE", "INTERLOCKS", "POWER", "BUDGET", "OVERRIDES"], rows)
-        )
+        headers = ["RACK", "MODE", "FAILSAFE", "INTERLOCKS", "POWER", "BUDGET", "CAPS", "CHIPS"]
+        print(table([*headers, "OVERRIDES"], rows))
+        for line in _rack_notes(racks):
+            print(line)
+        for rack in racks:  # a lost PSU, a rack on battery: said whenever it is true
+            alarms = rack.get("power_alarms")
+            if isinstance(alarms, list) and alarms:
+                notes = "; ".join(escape_text(str(alarm)) for alarm in alarms)
+                print(f"{escape_text(str(rack.get('rack')))} power alarms: {notes}")
+        for rack in racks:  # a CDU its panel has taken: coolctl leaves it alone
+            for device in rack.get("cdu_local") or []:
+                print(
+                    f"{escape_text(str(rack.get('rack')))}: {escape_text(str(device))} is in"
+                    " local control (its panel); coolctl writes nothing to it"
+                )
     return ExitCode.OK
+
+
+def _rack_notes(racks: Sequence[JsonObject]) -> list[str]:
+    """Below the table: servers that throttle or are near it, and overrides not in force."""
+    notes = []
+    for rack in racks:
+        name = _text(rack.get("rack"))
+        chips = rack.get("chips")
+        if isinstance(chips, dict):
+            if chips.get("throttling"):
+                notes.append(f"{name}: throttling: {_text(chips['throttling'])}")
+            if chips.get("near_throttle"):
+                notes.append(f"{name}: near throttle: {_text(chips['near_throttle'])}")
+        overrides = rack.get("overrides")
+        for record in _dicts(overrides):
+            if record.get("in_force") is False:
+                notes.append(
+                    f"{name}: override {_text(record.get('target'))} {_text(record.get('note'))}"
+                )
+    return notes
 
 
 async def _override_set(client: ControlClient, args: argparse.Namespace) -> ExitCode:
@@ -383,9 +460,30 @@ async def _override_set(client: ControlClient, args: argparse.Namespace) -> Exit
         "permanent" if expires is None else f"expires {_relative(expires)} ({local_time(expires)})"
     )
     print(
-        f"override set: {record.get('rack')} {record.get('target')} = "
-        f"{_text(record.get('value'))}, {lifetime}, by {record.get('who')} (id {record.get('id')})"
+        f"override set: {_text(record.get('rack'))} {_text(record.get('target'))} = "
+        f"{_text(record.get('value'))}, {lifetime}, by {_text(record.get('who'))}"
+        f" (id {_text(record.get('id'))})"
     )
+    if record.get("in_force") is False:
+        print(f"  {_text(record.get('note')) or 'not in force now'}")
+    return ExitCode.OK
+
+
+async def _override_targets(client: ControlClient, args: argparse.Namespace) -> ExitCode:
+    document = await client.targets(args.rack)
+    if args.json:
+        _emit(document)
+        return ExitCode.OK
+    rows = [
+        [
+            _text(entry.get("target")),
+            f"{_short(entry.get('low'))}..{_short(entry.get('high'))}",
+            _text(entry.get("unit")),
+            _text(entry.get("why")),
+        ]
+        for entry in _dicts(document.get("targets"))
+    ]
+    print(table(["TARGET", "BOUNDS", "UNIT", "WHY"], rows) if rows else "no targets")
     return ExitCode.OK
 
 
@@ -451,6 +549,42 @@ async def _interlock_reset(client: ControlClient, args: argparse.Namespace) -> E
     return ExitCode.OK
 
 
+async def _alarms(client: ControlClient, args: argparse.Namespace) -> ExitCode:
+    words = list(args.words)
+    if words[:1] == ["ack"]:
+        if len(words) != 2 or not args.ack_reason:
+            print("usage: coolctl alarms ack RACK --reason TEXT", file=sys.stderr)
+            return ExitCode.USAGE
+        result = await client.acknowledge_alarms(words[1], reason=args.ack_reason)
+        if args.json:
+            _emit(result)
+            return ExitCode.OK
+        devices = ", ".join(str(d) for d in result.get("devices", []))
+        print(f"{words[1]}: alarms acknowledged on {devices}")
+        return ExitCode.OK
+    if len(words) > 1:
+        print(
+            "usage: coolctl alarms [RACK] | coolctl alarms ack RACK --reason TEXT", file=sys.stderr
+        )
+        return ExitCode.USAGE
+    document = await client.alarms(words[0] if words else None)
+    if args.json:
+        _emit(document)
+        return ExitCode.OK
+    rows = [
+        [
+            _text(alarm.get("rack")),
+            _text(alarm.get("device")),
+            _text(alarm.get("alarm")),
+            "ACTIVE" if alarm.get("active") else "clear",
+            format_duration(alarm["for_s"]) if isinstance(alarm.get("for_s"), int | float) else "",
+        ]
+        for alarm in _dicts(document.get("alarms"))
+    ]
+    print(table(["RACK", "DEVICE", "ALARM", "STATE", "FOR"], rows) if rows else "no CDU alarms")
+    return ExitCode.OK
+
+
 async def _reload(client: ControlClient, args: argparse.Namespace) -> ExitCode:
     result = await client.reload()
     if args.json:
@@ -495,11 +629,66 @@ async def _events(client: ControlClient, args: argparse.Namespace) -> ExitCode:
     while True:
         for event in events:
             if args.json:
-                print(json.dumps(event, ensure_ascii=False), flush=True)
+                print(escape_json_text(json.dumps(event, ensure_ascii=False)), flush=True)
             else:
                 print(table(None, [_event_row(event)], min_widths=_EVENT_WIDTHS), flush=True)
         document = await client.events(since=since, limit=args.limit, wait_s=FOLLOW_WAIT_S)
         events = _dicts(document.get("events"))
+        since = int(document.get("next_since") or since)
+
+
+AUDIT_POLL_S = 2.0
+"""How often `audit --follow` asks for new records (the audit endpoint does not long-poll)."""
+
+_AUDIT_HEADERS = ["ID", "TIME", "WHO", "ACTION", "RACK", "DETAILS"]
+_AUDIT_WIDTHS = [5, 25, 16, 16, 5, 0]
+
+
+def _audit_row(record: JsonObject) -> list[str]:
+    return [
+        _text(record.get("id")),
+        local_time(record.get("at")),
+        _text(record.get("who")),
+        _text(record.get("action")),
+        _text(record.get("rack")),
+        _details(record.get("details")),
+    ]
+
+
+def _details(details: Any) -> str:
+    """An audit record's details: absent ones left out, times (`*_at`) as local time."""
+    if not isinstance(details, dict):
+        return _text(details)
+    return " ".join(
+        f"{key}={local_time(value) if key.endswith('_at') else _text(value)}"
+        for key, value in details.items()
+        if value is not None
+    )
+
+
+async def _audit(client: ControlClient, args: argparse.Namespace) -> ExitCode:
+    document = await client.audit(since=args.since, limit=args.limit)
+    records = _dicts(document.get("audit"))
+    if not args.follow:
+        if args.json:
+            _emit(document)
+        elif records:
+            print(table(_AUDIT_HEADERS, [_audit_row(r) for r in records]))
+        else:
+            print("no audit records")
+        return ExitCode.OK
+    if not args.json:
+        print(table(_AUDIT_HEADERS, [], min_widths=_AUDIT_WIDTHS), flush=True)
+    since = int(document.get("next_since") or 0)
+    while True:
+        for record in records:
+            if args.json:
+                print(escape_json_text(json.dumps(record, ensure_ascii=False)), flush=True)
+            else:
+                print(table(None, [_audit_row(record)], min_widths=_AUDIT_WIDTHS), flush=True)
+        await asyncio.sleep(AUDIT_POLL_S)
+        document = await client.audit(since=since, limit=args.limit)
+        records = _dicts(document.get("audit"))
         since = int(document.get("next_since") or since)
 
 
@@ -557,10 +746,60 @@ def _reading(point: JsonObject | None, render: Callable[[float], str]) -> str:
     return shown if quality == "good" else f"{shown} ({quality})"
 
 
+_TOP_COLUMNS = (
+    "RACK", "MODE", "SUPPLY", "RETURN", "FLOW", "ΔP", "PUMP", "VALVE", "POWER/BUDGET",
+    "CHIPS", "INTERLOCKS", "FAILSAFE",
+)  # fmt: skip
+_TOP_DROP_ORDER = ("ΔP", "RETURN", "VALVE", "PUMP", "MODE", "POWER/BUDGET", "FLOW", "SUPPLY")
+"""Which columns `top` gives up first when the terminal is narrow; RACK and the safety states
+(CHIPS, INTERLOCKS, FAILSAFE) are never dropped."""
+
+
+def fit_columns(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], width: int | None
+) -> tuple[list[str], list[list[str]]]:
+    """The columns that fit in `width`, dropping them in _TOP_DROP_ORDER (None: all)."""
+    keep = list(headers)
+    while width is not None:
+        index = [headers.index(name) for name in keep]
+        shown = table(keep, [[row[i] for i in index] for row in rows])
+        if max((len(line) for line in shown.splitlines()), default=0) <= width:
+            break
+        droppable = [name for name in _TOP_DROP_ORDER if name in keep]
+        if not droppable:
+            break
+        keep.remove(droppable[0])
+    index = [headers.index(name) for name in keep]
+    return keep, [[row[i] for i in index] for row in rows]
+
+
+def chips_cell(chips: Any) -> str:
+    """`82°C`, `85°C near 3/18`, `87°C THROTTLING 2/18`: the hottest chip and who is close."""
+    if not isinstance(chips, dict):
+        return "-"
+    hottest = chips.get("hottest_c")
+    text = f"{hottest:.0f}°C" if isinstance(hottest, int | float) else "-"
+    servers = chips.get("servers")
+    of = f"/{servers}" if isinstance(servers, int) else ""
+    throttling = chips.get("throttling") or []
+    near = chips.get("near_throttle") or []
+    if throttling:
+        text += f" THROTTLING {len(throttling)}{of}"
+    elif near:
+        text += f" near {len(near)}{of}"
+    return text
+
+
 def render_frame(
-    screen: _Screen, *, interval: float | None, rack: str | None, problem: str | None = None
+    screen: _Screen,
+    *,
+    interval: float | None,
+    rack: str | None,
+    problem: str | None = None,
+    width: int | None = None,
 ) -> list[str]:
-    """The lines of one `top` frame; the same for `--once` and the live view."""
+    """The lines of one `top` frame; the same for `--once` and the live view. Columns that do
+    not fit in `width` are dropped by priority: the safety states always show."""
     stamp = local_time(screen.fetched_at)
     title = f"coolctl top  {stamp}"
     if rack:
@@ -569,7 +808,7 @@ def render_frame(
         title += f"  every {interval:g}s  (q quits)"
     lines = [title]
     if problem:
-        lines.append(f"!! {problem}; showing data from {stamp}")
+        lines.append(f"!! {escape_text(problem)}; showing data from {stamp}")
     lines.append("")
     if not screen.racks:
         lines.append("no racks" + (f" called {rack}" if rack else ""))
@@ -599,13 +838,17 @@ def render_frame(
                         lambda v: f"{v * 100:.0f}%",
                     ),
                     _power(power, budget),
+                    chips_cell(entry.get("chips")),
                     _text(entry.get("interlocks")),
                     _text(entry.get("failsafe")),
                 ]
             )
-        headers = ["RACK", "MODE", "SUPPLY", "RETURN", "FLOW", "ΔP", "PUMP", "VALVE"]
-        headers += ["POWER/BUDGET", "INTERLOCKS", "FAILSAFE"]
+        headers, rows = fit_columns(_TOP_COLUMNS, rows, width)
         lines.extend(table(headers, rows).splitlines())
+        for entry in screen.racks:
+            chips = entry.get("chips")
+            if isinstance(chips, dict) and chips.get("throttling"):
+                lines.append(f"{entry.get('rack')} throttling: {_text(chips['throttling'])}")
     lines.append("")
     if screen.overrides:
         lines.append("OVERRIDES")
@@ -629,7 +872,9 @@ async def _top(client: ControlClient, args: argparse.Namespace) -> ExitCode:
         if args.json:
             _emit(document)
         else:
-            print("\n".join(render_frame(screen, interval=None, rack=args.rack)))
+            fixed = sys.stdout.isatty() or "COLUMNS" in os.environ
+            width = shutil.get_terminal_size().columns if fixed else None
+            print("\n".join(render_frame(screen, interval=None, rack=args.rack, width=width)))
         return ExitCode.OK
     return await _top_live(client, args.rack, args.interval, screen, sys.stdout)
 
@@ -654,7 +899,9 @@ async def _top_live(
             problem: str | None = None
             while True:
                 width = shutil.get_terminal_size().columns
-                lines = render_frame(screen, interval=interval, rack=rack, problem=problem)
+                lines = render_frame(
+                    screen, interval=interval, rack=rack, problem=problem, width=width
+                )
                 out.write(_HOME + "".join(f"{line[:width]}{_CLEAR_LINE}\n" for line in lines))
                 out.write(_CLEAR_BELOW)
                 out.flush()
@@ -721,8 +968,11 @@ _HANDLERS: dict[str, Callable[[ControlClient, argparse.Namespace], Awaitable[Exi
     "override set": _override_set,
     "override clear": _override_clear,
     "override list": _override_list,
+    "override targets": _override_targets,
+    "audit": _audit,
     "mode": _mode,
     "interlock reset": _interlock_reset,
+    "alarms": _alarms,
     "events": _events,
     "reload": _reload,
 }
@@ -738,6 +988,7 @@ def table(
     min_widths: Sequence[int] | None = None,
 ) -> str:
     """Aligned columns, two spaces apart; the last column is not padded."""
+    rows = [[escape_text(cell) for cell in row] for row in rows]  # nothing raw to the terminal
     columns = len(headers) if headers is not None else len(rows[0]) if rows else 0
     widths = list(min_widths) if min_widths is not None else [0] * columns
     for row in [headers, *rows] if headers is not None else rows:
@@ -782,7 +1033,14 @@ def _text(value: Any) -> str:
         return ", ".join(_text(item) for item in value) or "-"
     if isinstance(value, dict):
         return " ".join(f"{key}={_text(item)}" for key, item in value.items()) or "-"
-    return str(value)
+    return escape_text(str(value))  # text from the daemon may carry anyone's input
+
+
+def _short(value: Any) -> str:
+    """A bound as an operator reads it: four significant digits."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return _text(value)
 
 
 def _kw(watts: Any) -> str:

@@ -71,7 +71,10 @@ async def probe_redfish(
         try:
             _, refs, notes = await list_resources(transport.get)
         except Failure as failure:
-            print(f"{_PROG}: {settings.origin}: {failure}", file=sys.stderr)
+            print(
+                f"{_PROG}: {settings.origin}: {failure}{tls_hint(failure, ca_file)}",
+                file=sys.stderr,
+            )
             return ExitCode.BAD if failure.kind in _REFUSED else ExitCode.UNREACHABLE
         for note in notes:
             print(f"{_PROG}: skipped {note}", file=sys.stderr)
@@ -105,6 +108,17 @@ async def probe_redfish(
         return ExitCode.BAD
     print(f"{_PROG}: no good reading from {settings.origin}", file=sys.stderr)
     return ExitCode.UNREACHABLE
+
+
+def tls_hint(failure: Failure, ca_file: Path | None) -> str:
+    """What to do about a TLS failure: the service's CA (`--ca`), or `--insecure`."""
+    if "TLS" not in str(failure):
+        return ""
+    given = f"--ca {ca_file} did not verify it; " if ca_file is not None else ""
+    return (
+        f" ({given}pass --ca FILE with the CA certificate that signed the service's"
+        " certificate, or --insecure to skip verification, logged as a warning)"
+    )
 
 
 async def _probe_device(device: RedfishDevice, problems: list[Failure]) -> list[ProbedPoint]:

@@ -9,6 +9,7 @@ or the drivers (checks against device profiles are coolctl.rack.check's).
 from coolctl.config.enums import (
     Action,
     Auth,
+    CduControl,
     Controller,
     DeviceKind,
     Driver,
@@ -19,6 +20,7 @@ from coolctl.config.enums import (
 from coolctl.config.fields import DEFAULT_METRICS_PORT, DeviceRef, Measurement, parse_host_port
 from coolctl.config.load import ConfigError, load_config, parse_config
 from coolctl.config.schema import (
+    CduConfig,
     Config,
     DaemonConfig,
     DeviceConfig,
@@ -31,6 +33,7 @@ from coolctl.config.schema import (
     RedfishDeviceConfig,
     SafetyConfig,
     SiteConfig,
+    SnmpDeviceConfig,
     json_schema,
 )
 
@@ -38,6 +41,8 @@ __all__ = [
     "DEFAULT_METRICS_PORT",
     "Action",
     "Auth",
+    "CduConfig",
+    "CduControl",
     "Config",
     "ConfigError",
     "Controller",
@@ -59,6 +64,7 @@ __all__ = [
     "RedfishDeviceConfig",
     "SafetyConfig",
     "SiteConfig",
+    "SnmpDeviceConfig",
     "json_schema",
     "load_config",
     "parse_config",

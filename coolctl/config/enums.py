@@ -12,6 +12,7 @@ class Driver(StrEnum):
     MODBUS = "modbus"
     MQTT = "mqtt"
     REDFISH = "redfish"
+    SNMP = "snmp"
 
 
 class DeviceKind(StrEnum):
@@ -25,6 +26,34 @@ class DeviceKind(StrEnum):
     def literal(self) -> Literal["server", "cdu", "pdu"]:
         """The kind as the Redfish driver and simulators spell it."""
         return self.value
+
+
+class SnmpVersion(StrEnum):
+    """`2c`: a community; `3`: a user with authentication and privacy (authPriv)."""
+
+    V2C = "2c"
+    V3 = "3"
+
+
+class SnmpAuthProtocol(StrEnum):
+    SHA = "sha"
+    SHA224 = "sha224"
+    SHA256 = "sha256"
+    SHA384 = "sha384"
+    SHA512 = "sha512"
+
+
+class SnmpPrivProtocol(StrEnum):
+    AES = "aes"
+    AES192 = "aes192"
+    AES256 = "aes256"
+
+
+class Feed(StrEnum):
+    """Which of a rack's two power feeds a PDU (and the branches on it) belongs to."""
+
+    A = "a"
+    B = "b"
 
 
 class Auth(StrEnum):
@@ -46,6 +75,14 @@ class Controller(StrEnum):
 
     PID = "pid"
     MPC = "mpc"
+
+
+class CduControl(StrEnum):
+    """`direct`: coolctl's loops drive the CDU's pump and valve; `setpoints`: the CDU runs its
+    own loops and coolctl writes their setpoints, run command and mode."""
+
+    DIRECT = "direct"
+    SETPOINTS = "setpoints"
 
 
 class Action(StrEnum):

@@ -136,9 +136,11 @@ def _from(low: int, high: int) -> tuple[AfterValidator, Any]:
 
 Port = Annotated[int, Strict(), *_from(1, 65535)]
 ModbusUnit = Annotated[int, Strict(), *_from(0, 255)]
+Baud = Annotated[int, Strict(), *_from(300, 1_000_000)]
 InFlight = Annotated[int, Strict(), *_from(1, 16)]
 Priority = Annotated[int, Strict(), *_from(-1000, 1000)]
 Votes = Annotated[int, Strict(), *_from(1, 16)]
+EventCount = Annotated[int, Strict(), *_from(100, 100_000_000)]
 Fraction = Annotated[Number, Field(ge=0, le=1)]
 
 
@@ -180,7 +182,7 @@ ServiceAddress = Annotated[
 
 
 def configured_devices(info: ValidationInfo) -> frozenset[str] | None:
-    """The devices of the rack being read that passed validation (None outside a load)."""
+    """The devices the rack being read names (None outside a load), a bad entry included."""
     context = info.context
     return context.get("devices") if isinstance(context, Mapping) else None
 

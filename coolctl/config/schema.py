@@ -7,6 +7,7 @@ Checks across keys raise KeyProblem naming the keys they are about.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,15 +28,22 @@ from pydantic.json_schema import SkipJsonSchema
 from coolctl.config.enums import (
     Action,
     Auth,
+    CduControl,
     Controller,
     DeviceKind,
     Driver,
+    Feed,
     LeakResponse,
     LogFormat,
     LogLevel,
+    SnmpAuthProtocol,
+    SnmpPrivProtocol,
+    SnmpVersion,
 )
 from coolctl.config.fields import (
     DEFAULT_METRICS_PORT,
+    Baud,
+    EventCount,
     FilePath,
     Flag,
     Fraction,
@@ -56,6 +64,7 @@ from coolctl.config.fields import (
     TopicPart,
     Votes,
 )
+from coolctl.model import CANONICAL_POINTS
 
 _STRUCTURE = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
@@ -92,13 +101,23 @@ def _thrice(poll: float) -> float:
 
 @dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
 class ModbusDeviceConfig:
-    """A Modbus TCP device (a CDU, a PDU), read and written through its profile."""
+    """A Modbus device (a CDU, a PDU), read and written through its profile: over TCP, or over
+    RTU on a serial bus. Devices at one address:port (a gateway) or on one serial port share
+    one connection, one request at a time."""
 
     id: EntryId = ""
     driver: Literal[Driver.MODBUS] = Driver.MODBUS
-    address: Text
-    """Host name or IP address."""
+    transport: Literal["tcp", "rtu"] = "tcp"
+    address: Text = ""
+    """TCP: host name or IP address (required)."""
     port: Port = 502
+    serial_port: Text | None = None
+    """RTU: the serial device of the bus, e.g. /dev/ttyUSB0 (required)."""
+    baudrate: Baud = 19200
+    """RTU: every device on one serial port must give the same settings."""
+    parity: Literal["N", "E", "O"] = "E"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
     unit: ModbusUnit = 1
     """Modbus unit/device id."""
     profile: Text
@@ -116,6 +135,14 @@ class ModbusDeviceConfig:
 
     @model_validator(mode="after")
     def _check(self) -> ModbusDeviceConfig:
+        if self.transport == "tcp" and not self.address:
+            raise KeyProblem(
+                ("address", 'a Modbus TCP device needs an address (or transport = "rtu")')
+            )
+        if self.transport == "rtu" and not self.serial_port:
+            raise KeyProblem(
+                ("serial_port", "a Modbus RTU device needs the serial port of its bus")
+            )
         if self.stale_after_s < self.poll_interval_s:
             message = (
                 f"must be at least poll_interval_s ({self.poll_interval_s}),"
@@ -174,6 +201,9 @@ class RedfishDeviceConfig:
     """Servers: higher gets headroom first."""
     weight: Positive = 1.0
     """Servers: share of headroom among equal priorities."""
+    branches: list[Text] = Field(default_factory=list)
+    """Servers: the PDU branch circuits it is plugged into, one per feed, as "pdu/N" (N the
+    branch's index on that SNMP PDU): its cap counts against each breaker's rating."""
 
     @model_validator(mode="before")
     @classmethod
@@ -203,8 +233,78 @@ class RedfishDeviceConfig:
         return self
 
 
+@dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
+class SnmpDeviceConfig:
+    """A rack PDU read over SNMP (v2c or v3 authPriv) through its profile (apc-rpdu2,
+    raritan-pdu2 or a file). Secrets come from files or systemd credentials, never the config."""
+
+    id: EntryId = ""
+    driver: Literal[Driver.SNMP] = Driver.SNMP
+    address: Text
+    """Host name or IP address."""
+    port: Port = 161
+    profile: Text
+    """A shipped SNMP profile name, or a path to a profile file."""
+    version: SnmpVersion = SnmpVersion.V3
+    community_file: FilePath | None = None
+    """v2c: a file holding the community."""
+    community_credential: Text | None = None
+    """v2c: a systemd credential (LoadCredential=) holding the community."""
+    user: Text | None = None
+    """v3: the USM user."""
+    auth_protocol: SnmpAuthProtocol = SnmpAuthProtocol.SHA256
+    auth_key_file: FilePath | None = None
+    """v3: a file holding the authentication passphrase."""
+    auth_key_credential: Text | None = None
+    priv_protocol: SnmpPrivProtocol = SnmpPrivProtocol.AES
+    priv_key_file: FilePath | None = None
+    """v3: a file holding the privacy passphrase."""
+    priv_key_credential: Text | None = None
+    feed: Feed | None = None
+    """The rack feed (a or b) this PDU is on; its branch circuits count for that feed."""
+    branch_rating_a: Positive | None = None
+    """The rated current of every branch breaker on this PDU; default: what the PDU reports
+    (a profile's branch_rating), else unenforced."""
+    branch_ratings_a: dict[Text, Positive] = Field(default_factory=dict)
+    """Per branch index ("1", "2", …): a rating that differs from branch_rating_a."""
+    poll_interval_s: Positive = 1.0
+    timeout_s: Positive = 1.0
+    """Per request; default: poll_interval_s, at most 1.0."""
+    stale_after_s: Positive = 3.0
+    """Default: 3 × poll_interval_s."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: object) -> object:
+        return _per_poll(data, timeout_s=lambda poll: min(1.0, poll), stale_after_s=_thrice)
+
+    @model_validator(mode="after")
+    def _check(self) -> SnmpDeviceConfig:
+        problems: list[tuple[str, str]] = []
+        if self.version == SnmpVersion.V2C:
+            if (self.community_file is None) == (self.community_credential is None):
+                problems.append(
+                    ("community_file", "v2c needs one of community_file, community_credential")
+                )
+        else:
+            if self.user is None:
+                problems.append(("user", "v3 needs a user"))
+            for key in ("auth_key", "priv_key"):
+                given = [getattr(self, f"{key}_file"), getattr(self, f"{key}_credential")]
+                if sum(value is not None for value in given) != 1:
+                    problems.append(
+                        (f"{key}_file", f"v3 authPriv needs one of {key}_file, {key}_credential")
+                    )
+        if self.stale_after_s < self.poll_interval_s:
+            problems.append(("stale_after_s", "must be at least poll_interval_s"))
+        if problems:
+            raise KeyProblem(*problems)
+        return self
+
+
 DeviceConfig = Annotated[
-    ModbusDeviceConfig | MqttDeviceConfig | RedfishDeviceConfig, Field(discriminator="driver")
+    ModbusDeviceConfig | MqttDeviceConfig | RedfishDeviceConfig | SnmpDeviceConfig,
+    Field(discriminator="driver"),
 ]
 """One device of a rack, of the type its `driver` names."""
 DEVICE = TypeAdapter(DeviceConfig)
@@ -252,6 +352,16 @@ class LoopConfig:
     load step moves the actuator before the temperature does; default: none."""
     feedforward_lag_s: NonNegative = 0.0
     """The lag the measured power is seen through (about the loop's thermal lag)."""
+    boost_above_c: Number | None = None
+    """A cascade on the chips: while the hottest server chip is above this, the setpoint
+    moves toward `boost_setpoint` (more flow, cooler supply); default: no boost."""
+    boost_setpoint: Number | None = None
+    """The setpoint at full chip boost (needed with `boost_above_c` or `boost_from_kw`)."""
+    boost_from_kw: NonNegative | None = None
+    """Feedforward: the boost also grows with the rack's measured power (its PDU's, else its
+    servers'), none at this many kW..."""
+    boost_full_kw: NonNegative | None = None
+    """...and full at this many; the larger of this and the chips' boost is in force."""
 
     @model_validator(mode="before")
     @classmethod
@@ -271,6 +381,18 @@ class LoopConfig:
                 f" not {self.failsafe_output}"
             )
             raise KeyProblem(("failsafe_output", message))
+        boosted = self.boost_above_c is not None or self.boost_from_kw is not None
+        if boosted != (self.boost_setpoint is not None):
+            message = "boost_setpoint goes with boost_above_c or boost_from_kw"
+            raise KeyProblem(("boost_setpoint", message))
+        if (self.boost_from_kw is None) != (self.boost_full_kw is None):
+            raise KeyProblem(("boost_full_kw", "boost_from_kw and boost_full_kw go together"))
+        if (
+            self.boost_from_kw is not None
+            and self.boost_full_kw is not None
+            and self.boost_full_kw <= self.boost_from_kw
+        ):
+            raise KeyProblem(("boost_full_kw", "must be above boost_from_kw"))
         below = self.setpoint_min is not None and self.setpoint < self.setpoint_min
         above = self.setpoint_max is not None and self.setpoint > self.setpoint_max
         if below or above:
@@ -336,11 +458,64 @@ class SafetyConfig:
     failsafe_hold_under_c: Positive | None = 80.0
     """A rack blind for want of a reading holds its last outputs and caps while every server's
     chip_temperature is good and under this; none: failsafe values at once."""
+    failsafe_cap_band_c: NonNegative = 5.0
+    """Blind, with a chip over failsafe_hold_under_c: the caps keep a share of their span
+    that falls to nothing at this many K over it (or with a chip reading not good); 0: caps to
+    their minimum at once."""
     thermal_cap: Flag = True
     """Cap the rack's IT power continuously when pump and valve are at their top and a
     temperature nears its limit (PID racks), instead of tripping on and off."""
     thermal_cap_margin_c: NonNegative = 2.0
     """The margin under each limit the thermal cap holds."""
+    supply_limit_margin_c: NonNegative = 7.0
+    """An operator's supply-temperature setpoint stays this far under the lowest supply
+    limit in temperature_limits (7 K: at 5 K, 40 °C under a 45 °C limit, the simulated rack's
+    chips throttle at full power even at 1.5 L/min per kW)."""
+    chip_near_throttle_margin_c: NonNegative = 5.0
+    """A server whose hottest chip is within this of its throttle point (as its BMC reports
+    it, else chip_limit_c) is near throttle: an event, a metric, a line in status and top."""
+    min_flow_setpoint_lpm_per_kw: NonNegative = 1.5
+    """An operator's flow setpoint stays at least this per kW of the rack's power (OCP's
+    design figure for cold-plate racks: 1.5 L/min per kW); 0: off."""
+    thermal_cap_chip_c: Positive | None = None
+    """A chip temperature the thermal cap keeps its margin under, on every server whose chip
+    has no limit above (chip_limit_c), without an interlock at it; default: none."""
+    supply_floor_margin_c: NonNegative = 2.0
+    """The supply is never driven below the facility water or the room's dew point (a
+    dew_point reading, or room_temperature and room_humidity) plus this: supply setpoint
+    commands are floored, the supply valve closes while the supply is under it, and an
+    operator's supply setpoint under it is refused."""
+
+
+CDU_ALARMS: tuple[str, ...] = tuple(
+    name for name in CANONICAL_POINTS if name.endswith("_alarm") or name.endswith("_fault")
+)
+
+
+@dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
+class CduConfig:
+    """A CDU that runs its own loops (cdu_control = "setpoints"), and its alarms (both modes).
+
+    In setpoint mode the rack's CDU loops give the setpoints: a loop on supply_temperature
+    writes supply_temperature_setpoint, one on flow flow_setpoint, one on
+    differential_pressure differential_pressure_setpoint (its setpoint, within its
+    setpoint_min..setpoint_max); the CDU's own loops act on them."""
+
+    failsafe_supply_temperature_c: Number | None = None
+    """Supply setpoint written while the rack is blind; default: the supply loop's setpoint."""
+    failsafe_flow_lpm: Positive | None = None
+    """Flow setpoint written while the rack is blind; default: the flow loop's setpoint."""
+    failsafe_differential_pressure_pa: Positive | None = None
+    """ΔP setpoint written while the rack is blind; default: the ΔP loop's setpoint."""
+    stop_on_alarms: tuple[Text, ...] = ()
+    """CDU alarms that stop the CDU as a leak does (caps first, then the pumps), e.g.
+    ["low_level_alarm"]; every alarm is an event either way."""
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.stop_on_alarms if name not in CDU_ALARMS]
+        if unknown:
+            message = f"{', '.join(unknown)} not among the CDU alarms ({', '.join(CDU_ALARMS)})"
+            raise KeyProblem(("stop_on_alarms", message))
 
 
 @dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
@@ -357,6 +532,13 @@ class PowerConfig:
     cap_deadband_w: NonNegative = 50.0
     """Per server: a cap whose share moves less than this is not rewritten, and this much of
     the budget is kept back so that held caps still fit; 0 rewrites caps for every watt."""
+    derating: Annotated[Fraction, Field(gt=0)] = 0.8
+    """Breakers and feeds are loaded to at most this fraction of their rating."""
+    voltage_v: Positive = 230.0
+    """Volts per branch circuit: turns a breaker's amperes into watts."""
+    feed_rating_w: Positive | None = None
+    """What one feed may carry (before derating): with two feeds, either must carry the caps
+    of every server on it when the other fails. Default: only branches and budget bind."""
     # 50 W rides out the tens of watts of noise in a PDU's and the BMCs' readings (a released
     # server's share follows its own power reading: with 10 W of reading noise, 25 W still let
     # about one cap in seven through each step in the scale benchmark).
@@ -385,10 +567,22 @@ class RackConfig:
     """Budgets from upstream below this are rejected."""
     budget_max_w: Positive = 10e6
     """Budgets from upstream above this are rejected."""
+    budget_band_fraction: NonNegative = 0.5
+    """Budgets from upstream further than this fraction from power_budget_w are rejected
+    (0.5: 50..150 % of it), so a client that can publish the budget cannot zero the rack."""
+    budget_min_interval_s: NonNegative = 1.0
+    """A budget from upstream changes at most once per this many seconds; a newer one waits."""
+    budget_max_age_s: Positive = 60.0
+    """A new budget from upstream older than this is rejected, and so is a retained one replayed
+    by the broker on subscribing (its age is unknown): the coordinator must publish it live."""
     power: PowerConfig = Field(default_factory=PowerConfig)
     controller: Controller = Controller.PID
     mpc_model: FilePath | None = None
     """The MPC's model file (`coolctl identify --out`), for controller = "mpc"."""
+    cdu_control: CduControl = CduControl.DIRECT
+    """`direct`: the loops drive the CDU's pump and valve; `setpoints`: the loops' setpoints go
+    to a CDU that runs its own loops, with its run command and mode (see [racks.X.cdu])."""
+    cdu: CduConfig = Field(default_factory=CduConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -398,10 +592,11 @@ class RackConfig:
             entries = _with_ids(data.get("devices"))
             usable = set()
             if isinstance(entries, Mapping):
-                for key, entry in entries.items():
+                for key in entries:
+                    # A device with a bad entry is still configured: its own error says what
+                    # is wrong, and references to it must not add "not configured" lines.
                     try:
                         TypeAdapter(Id).validate_python(key)
-                        DEVICE.validate_python(entry)
                     except ValidationError:
                         continue
                     usable.add(key)
@@ -432,6 +627,12 @@ class RackConfig:
             )
         if not mpc and self.mpc_model is not None:
             problems.append(("mpc_model", 'only used with controller = "mpc"'))
+        for device in self.devices.values():  # a server's branches name SNMP PDUs of the rack
+            for ref in getattr(device, "branches", ()):
+                pdu, _, index = ref.partition("/")
+                if not isinstance(self.devices.get(pdu), SnmpDeviceConfig) or not index:
+                    message = f"{ref!r} is not PDU/N with PDU an snmp device of this rack"
+                    problems.append((f"devices.{device.id}.branches", message))
         if mpc and not any(
             loop.actuator.point == "pump_speed_command" for loop in self.loops.values()
         ):
@@ -440,6 +641,9 @@ class RackConfig:
                 " the PID loop the MPC falls back to"
             )
             problems.append(("controller", message))
+        if mpc and self.cdu_control == CduControl.SETPOINTS:
+            message = 'a CDU that runs its own loops (cdu_control = "setpoints") takes no MPC'
+            problems.append(("cdu_control", message))
         if problems:
             raise KeyProblem(*problems)
         return self
@@ -468,6 +672,25 @@ class DaemonConfig:
     control_listen: HostPort | None = None
     """HOST:PORT of an optional TCP control listener (bearer token: needs control_token_file)."""
     control_token_file: FilePath | None = None
+    """The operator's bearer token for control_listen: at least 32 bytes, mode 0600."""
+    control_viewer_token_file: FilePath | None = None
+    """A second token for control_listen that may only read (role viewer)."""
+    control_operator_group: Text | None = None
+    """Members may change things over the socket; its other users only read (role viewer).
+    Default: everyone who can reach the socket is an operator."""
+    tls_cert_file: FilePath | None = None
+    """PEM certificate (chain) for control_listen and metrics_listen: both then serve HTTPS."""
+    tls_key_file: FilePath | None = None
+    tls_client_ca_file: FilePath | None = None
+    """With TLS: clients of both listeners must show a certificate this CA signed."""
+    allow_plaintext: Flag = False
+    """Let control_listen serve plain HTTP beyond loopback (the token crosses in clear)."""
+    max_override_ttl_s: Positive = 604800.0
+    """The longest override lifetime an operator may give (7 days); longer is --permanent."""
+    events_keep: EventCount = 100000
+    """The store keeps at most this many events (the newest; the audit log is kept whole)."""
+    events_max_age_s: Positive = 7776000.0
+    """The store drops events older than this (90 days)."""
 
     @property
     def metrics_host(self) -> str:
@@ -477,11 +700,46 @@ class DaemonConfig:
     def metrics_port(self) -> int:
         return self.metrics_listen[1]
 
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
+
     @model_validator(mode="after")
     def _check(self) -> DaemonConfig:
+        problems: list[tuple[str, str]] = []
         if self.control_listen is not None and self.control_token_file is None:
-            raise KeyProblem(("control_listen", "a TCP control listener needs control_token_file"))
+            problems.append(("control_listen", "a TCP control listener needs control_token_file"))
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            problems.append(("tls_key_file", "give tls_cert_file and tls_key_file together"))
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            problems.append(("tls_client_ca_file", "client certificates need tls_cert_file"))
+        if self.control_viewer_token_file is not None and self.control_listen is None:
+            problems.append(("control_viewer_token_file", "only used with control_listen"))
+        if (
+            self.control_listen is not None
+            and not is_loopback(self.control_listen[0])
+            and not self.tls
+            and not self.allow_plaintext
+        ):
+            message = (
+                f"{self.control_listen[0]} is not loopback: serve the control API over TLS"
+                " (tls_cert_file, tls_key_file), or accept its token in clear with"
+                " allow_plaintext = true"
+            )
+            problems.append(("control_listen", message))
+        if problems:
+            raise KeyProblem(*problems)
         return self
+
+
+def is_loopback(host: str) -> bool:
+    """Whether traffic to `host` stays on this machine (localhost, 127.0.0.0/8, ::1)."""
+    if host.lower() in ("localhost", "localhost.", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, kw_only=True, config=_STRUCTURE)
@@ -499,6 +757,16 @@ class MqttConfig:
     ca_file: FilePath | None = None
     topic_root: TopicPart = "coolctl/{site}"
     """State: ROOT/RACK/state, events: ROOT/RACK/events, ROOT/status (online/offline)."""
+    allow_plaintext: Flag = False
+    """Let credentials go to a broker beyond loopback without TLS (they cross in clear)."""
+
+    @property
+    def has_credentials(self) -> bool:
+        return (
+            self.username is not None
+            or self.password_file is not None
+            or (self.password_credential is not None)
+        )
 
     @property
     def host(self) -> str:
@@ -512,6 +780,18 @@ class MqttConfig:
     def _check(self) -> MqttConfig:
         if self.password_file is not None and self.password_credential is not None:
             raise KeyProblem(("", "give password_file or password_credential, not both"))
+        if (
+            self.has_credentials
+            and not self.tls
+            and self.ca_file is None
+            and not is_loopback(self.host)
+            and not self.allow_plaintext
+        ):
+            message = (
+                f"credentials for {self.host}, which is not loopback, would cross in clear:"
+                " set tls = true (and ca_file), or allow_plaintext = true"
+            )
+            raise KeyProblem(("tls", message))
         return self
 
 
@@ -537,6 +817,25 @@ class Config:
     """Needed by MQTT devices; also where state and events are published."""
     racks: Racks
     """The racks this daemon controls, by name."""
+
+    @model_validator(mode="after")
+    def _one_setting_per_serial_bus(self) -> Config:
+        buses: dict[str, tuple[str, tuple[object, ...]]] = {}
+        for rack in self.racks.values():
+            for device in rack.devices.values():
+                if not isinstance(device, ModbusDeviceConfig) or device.transport != "rtu":
+                    continue
+                where = f"racks.{rack.id}.devices.{device.id}"
+                settings = (device.baudrate, device.parity, device.stopbits, device.bytesize)
+                first = buses.setdefault(str(device.serial_port), (where, settings))
+                if first[1] != settings:
+                    raise KeyProblem(
+                        (
+                            where,
+                            f"serial port {device.serial_port} is set up differently by {first[0]}",
+                        )
+                    )
+        return self
 
     @model_validator(mode="after")
     def _check(self) -> Config:

@@ -4,10 +4,13 @@ One channel per writable point. The control tick only submits; a writer task per
 the I/O, so a slow device delays its own writes and nobody's control tick. When a newer command
 arrives while a write is in flight, the older one is dropped: only the latest matters.
 
-A write that fails (the link, the device, or a read-back that differs from what was written) is
-retried with a bounded exponential backoff, not at every tick: `retry_after_s`, doubled at each
-failure in a row up to `RETRY_MAX_S`. So is a device that takes writes but keeps losing them (a
-later poll shows another value): the first drift is rewritten at once, the next ones back off.
+A write the device refuses (an exception code, out of range, locked in local control: the
+driver marks such an error `refused`) or answers with a read-back other than what was written
+is retried with a bounded exponential backoff, not at every tick: `retry_after_s`, doubled at
+each failure in a row up to `RETRY_MAX_S`. A lost link is the driver's to back off from: its
+writes are tried again at every tick and resume as soon as it is back. A device that takes
+writes but keeps losing them (a later poll shows another value) backs off too: the first drift
+is rewritten at once, the next ones wait.
 Commands that arrive before the retry is due are counted (`deferred`) and not written; a device
 whose readings come back after a spell without them is written at once (its link is back). A
 safety
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
@@ -29,8 +33,12 @@ from coolctl.model import Command, PointId, Source
 
 log = logging.getLogger("coolctl.daemon.actuation")
 
-RETRY_MAX_S = 30.0
-"""The longest wait between retries of a write that keeps failing."""
+FailureHook = Callable[[PointId, str | None], None]
+"""Told when a point's writes start failing (with the error) and when they succeed again
+(None): once per change, for the event log."""
+
+RETRY_MAX_S = 8.0
+"""The longest wait between retries of a write that keeps being refused."""
 
 _SAFETY_SOURCES = frozenset({Source.INTERLOCK, Source.FAILSAFE})
 
@@ -68,7 +76,8 @@ class ActuatorChannel:
         *,
         resolution: float = 0.0,
         clock: Callable[[], float] | None = None,
-        retry_after_s: float = 1.0,
+        retry_after_s: float = 0.5,
+        on_failure: FailureHook | None = None,
     ) -> None:
         """`retry_after_s` is the first wait after a failed write (the daemon passes its
         control period: a failed write is tried again at the next tick, then less often)."""
@@ -90,6 +99,8 @@ class ActuatorChannel:
         self._clock = clock
         self._written_at: float | None = None
         self.retry_after_s = retry_after_s
+        self._on_failure = on_failure
+        self._failure_state: str | None = None  # the kind of failure last logged
         self._retry_at: float | None = None  # when a failed write may be tried again
         self._failed_value: float | None = None  # the value of the last failed write
         self._drifts = 0  # confirmed writes in a row the device did not keep
@@ -247,24 +258,29 @@ class ActuatorChannel:
             read_back = await self._writer(self.point.name, command.value)
         except Exception as exc:  # any failure of the device or link: counted, retried later
             message = f"{type(exc).__name__}: {exc}"
-            self._failed(command, decided_at, message, message)
+            refused = getattr(exc, "refused", False) is True
+            self._failed(command, decided_at, message, _failure_kind(message), refused)
             return
         if math.isfinite(read_back) and not self._matches(read_back, command.value):
             # the device took the write but holds something else: not what was asked
             stats.readback_mismatches += 1
             self._device_value = read_back
             shown = f"it reads back {read_back:g}"
-            self._failed(command, decided_at, shown, "the device reads back another value")
+            self._failed(command, decided_at, shown, "the device reads back another value", True)
             return
         if stats.last_error is not None:
+            if self._on_failure is not None:
+                self._on_failure(self.point, None)
             log.info(
-                "%s/%s: writes of %s succeed again",
+                "%s/%s: writes of %s succeed again after %d failures",
                 self.point.rack,
                 self.point.device,
                 self.point.name,
+                stats.consecutive_failures,
                 extra={"rack": self.point.rack, "device": self.point.device},
             )
         stats.last_error = None
+        self._failure_state = None
         stats.consecutive_failures = 0
         self._retry_at = self._failed_value = None
         stats.writes += 1
@@ -285,23 +301,39 @@ class ActuatorChannel:
         """The wait after `failures` failures in a row: doubling, bounded."""
         return float(min(self.retry_after_s * 2.0 ** min(failures - 1, 30), RETRY_MAX_S))
 
-    def _failed(self, command: Command, decided_at: float, message: str, state: str) -> None:
-        """Count a failed write, log it once per change of `state`, and put the retry off."""
+    def _failed(
+        self, command: Command, decided_at: float, message: str, state: str | None, back_off: bool
+    ) -> None:
+        """Count a failed write, log it once per change of `state` (the failure's kind: its
+        text without the numbers that change from one try to the next), and, for a refusal,
+        put the retry off."""
         stats = self.stats
         stats.write_failures += 1
         stats.consecutive_failures += 1
-        backoff_s = self._backoff_s(stats.consecutive_failures)
-        self._retry_at = decided_at + backoff_s
+        if stats.last_error is None and self._on_failure is not None:
+            self._on_failure(self.point, message)
+        backoff_s = self._backoff_s(stats.consecutive_failures) if back_off else 0.0
+        self._retry_at = decided_at + backoff_s if back_off else None
         self._failed_value = command.value
-        if state != stats.last_error:
+        if state != self._failure_state:
+            self._failure_state = state
             log.warning(
-                "%s/%s: write of %s=%.4g failed: %s (retrying in %.3g s)",
+                "%s/%s: write of %s=%.4g failed: %s (retried%s; logged again when it changes"
+                " or ends)",
                 self.point.rack,
                 self.point.device,
                 self.point.name,
                 command.value,
                 message,
-                backoff_s,
+                f" in {backoff_s:.3g} s" if back_off else " at the next tick",
                 extra={"rack": self.point.rack, "device": self.point.device},
             )
-        stats.last_error = state
+        stats.last_error = message
+
+
+_NUMBERS = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def _failure_kind(message: str | None) -> str | None:
+    """A failure's text without its numbers: what tells one failure from another."""
+    return None if message is None else _NUMBERS.sub("#", message)

@@ -8,13 +8,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from coolctl.config import DeviceConfig, MqttDeviceConfig, RedfishDeviceConfig
+from coolctl.config import DeviceConfig, MqttDeviceConfig, RedfishDeviceConfig, SnmpDeviceConfig
+from coolctl.config.enums import SnmpVersion
 from coolctl.daemon.systemd import read_credential
 from coolctl.drivers.modbus import ModbusDevice
+from coolctl.drivers.modbus_link import LinkPool, SerialSettings
 from coolctl.drivers.modbus_profile import load_profile
 from coolctl.drivers.mqtt import MqttConnection, MqttDevice
 from coolctl.drivers.mqtt_profile import load_mqtt_profile
 from coolctl.drivers.redfish import RedfishDevice, RedfishSettings
+from coolctl.drivers.snmp import Credentials, SnmpDevice, V2cCredentials, V3Credentials
+from coolctl.drivers.snmp_profile import load_snmp_profile
 from coolctl.model import Quality, Reading
 from coolctl.rack.facts import WritableSpec, device_facts
 
@@ -117,13 +121,27 @@ class MqttDeviceClient:
 
 
 def open_device(
-    rack: str, config: DeviceConfig, mqtt: MqttConnection | None = None
+    rack: str,
+    config: DeviceConfig,
+    mqtt: MqttConnection | None = None,
+    links: LinkPool | None = None,
 ) -> DeviceHandle:
-    """Build the client for one device (no I/O yet: the first poll connects)."""
+    """Build the client for one device (no I/O yet: the first poll connects). Modbus devices
+    at one address:port or on one serial bus share a link of `links` (one connection)."""
     facts = device_facts(config)
     client: DeviceClient
     if isinstance(config, RedfishDeviceConfig):
         client = _redfish_client(rack, config)
+    elif isinstance(config, SnmpDeviceConfig):
+        client = SnmpDevice(
+            rack=rack,
+            device=config.id,
+            host=config.address,
+            port=config.port,
+            profile=load_snmp_profile(config.profile),
+            credentials=snmp_credentials(config),
+            timeout_s=config.timeout_s,
+        )
     elif isinstance(config, MqttDeviceConfig):
         if mqtt is None:
             raise ValueError(f"{rack}/{config.id}: an mqtt device needs the [mqtt] broker")
@@ -132,17 +150,51 @@ def open_device(
         )
         client = MqttDeviceClient(device, mqtt)
     else:
+        links = links if links is not None else LinkPool()
+        if config.transport == "rtu":
+            assert config.serial_port is not None  # the config's check
+            bus = SerialSettings(
+                config.serial_port,
+                baudrate=config.baudrate,
+                parity=config.parity,
+                stopbits=config.stopbits,
+                bytesize=config.bytesize,
+            )
+            link = links.serial(bus, timeout_s=config.timeout_s)
+        else:
+            link = links.tcp(config.address, config.port, timeout_s=config.timeout_s)
         client = ModbusDevice(
             rack=rack,
             device=config.id,
-            host=config.address,
-            port=config.port,
             unit_id=config.unit,
             profile=load_profile(config.profile),
-            timeout_s=config.timeout_s,
+            link=link,
         )
     return DeviceHandle(
         rack, config, client, facts.writable, facts.point_names, facts.kind, facts.ranges
+    )
+
+
+def snmp_credentials(config: SnmpDeviceConfig) -> Credentials:
+    """The community or the v3 keys, from their files or systemd credentials."""
+
+    def secret(file: Path | None, credential: str | None, what: str) -> str:
+        value = read_secret(file, credential)
+        if not value:
+            raise ValueError(f"{config.id}: the SNMP {what} is empty or not given")
+        return value
+
+    if config.version == SnmpVersion.V2C:
+        return V2cCredentials(
+            secret(config.community_file, config.community_credential, "community")
+        )
+    assert config.user is not None  # the config's check requires it for v3
+    return V3Credentials(
+        user=config.user,
+        auth_key=secret(config.auth_key_file, config.auth_key_credential, "auth key"),
+        priv_key=secret(config.priv_key_file, config.priv_key_credential, "priv key"),
+        auth_protocol=config.auth_protocol.value,
+        priv_protocol=config.priv_protocol.value,
     )
 
 

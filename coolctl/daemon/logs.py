@@ -2,6 +2,11 @@
 
 Every record about a device carries `rack` and `device`. Under systemd the journal reads the
 `<N>` priority prefix that `--log-format journal` adds.
+
+Messages carry text from outside (operators' reasons, device and broker errors), so the text
+formats escape control and bidi characters: a newline in a reason cannot start a line of its
+own, and so cannot forge a `<2>` critical journal entry under another name. An exception's
+traceback keeps its lines, each with the record's own priority in the journal.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ import json
 import logging
 import sys
 import time
+
+from coolctl.ops.protocol import escape_text
 
 _CONTEXT_KEYS = ("rack", "device", "loop", "point")
 _JOURNAL_PRIORITY = {
@@ -27,11 +34,15 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         context = "".join(
-            f" {key}={getattr(record, key)}" for key in _CONTEXT_KEYS if hasattr(record, key)
+            f" {key}={escape_text(str(getattr(record, key)))}"
+            for key in _CONTEXT_KEYS
+            if hasattr(record, key)
         )
-        line = f"{stamp}Z {record.levelname} {record.name}{context} {record.getMessage()}"
+        message = escape_text(record.getMessage())
+        line = f"{stamp}Z {record.levelname} {record.name}{context} {message}"
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            trace = self.formatException(record.exc_info)
+            line += "\n" + "\n".join(escape_text(part) for part in trace.splitlines())
         return line
 
 
@@ -40,7 +51,9 @@ class JournalFormatter(TextFormatter):
 
     def format(self, record: logging.LogRecord) -> str:
         priority = _JOURNAL_PRIORITY.get(record.levelno, 6)
-        return f"<{priority}>" + super().format(record).split(" ", 1)[1]
+        text = super().format(record).split(" ", 1)[1]
+        # journald reads a priority at the start of every line: give each line the record's.
+        return "\n".join(f"<{priority}>{line}" for line in text.split("\n"))
 
 
 class JsonFormatter(logging.Formatter):

@@ -31,7 +31,16 @@ from prometheus_client.samples import Sample
 import coolctl
 from coolctl.control.loops import LoopMode
 from coolctl.control.supervisor import INTERLOCKS
-from coolctl.model import CANONICAL_POINTS, PointId, Quality, RackMode, Reading, Source, Unit
+from coolctl.model import (
+    CANONICAL_POINTS,
+    PointId,
+    Quality,
+    RackMode,
+    Reading,
+    Source,
+    Unit,
+    base_point,
+)
 
 if TYPE_CHECKING:
     from coolctl.daemon.runtime import Daemon
@@ -41,6 +50,8 @@ _UNIT_SUFFIX = {
     Unit.CELSIUS: "_celsius",
     Unit.PASCAL: "_pascals",
     Unit.WATT: "_watts",
+    Unit.AMPERE: "_amperes",
+    Unit.VOLT: "_volts",
     Unit.JOULE: "_joules",
     Unit.LITRE: "_litres",
     Unit.LITRE_PER_MINUTE: "_litres_per_minute",
@@ -162,18 +173,24 @@ class DeviceCollector(_DaemonState):
         families: dict[str, GaugeMetricFamily] = {}
         for reading in readings:
             point = reading.point
-            if not reading.usable or point.name not in CANONICAL_POINTS:
+            base = base_point(point.name)
+            if not reading.usable or base not in CANONICAL_POINTS:
                 continue  # only good values are exported as values: never pass old ones off
-            name = point_metric_name(point.name)
+            # a table row (outlet_power.12) is its point's family with an `index` label
+            index = point.name[len(base) + 1 :] if base != point.name else None
+            name = point_metric_name(base)
             family = families.get(name)
             if family is None:
                 family = families[name] = GaugeMetricFamily(
                     name,
-                    CANONICAL_POINTS[point.name].description,
-                    labels=["rack", "device"],
+                    CANONICAL_POINTS[base].description,
+                    labels=["rack", "device"] if index is None else ["rack", "device", "index"],
                 )
             assert reading.value is not None
-            family.add_metric([point.rack, point.device], reading.value)
+            values = (
+                [point.rack, point.device] if index is None else [point.rack, point.device, index]
+            )
+            family.add_metric(values, reading.value)
         yield from families.values()
 
     def _devices(self, now: float, wall_offset: float) -> Iterator[Metric]:
@@ -362,7 +379,9 @@ class RackCollector(_DaemonState):
             "coolctl_rack_mode", "Rack mode, one series per state", labels=["rack", "mode"]
         )
         power = GaugeMetricFamily(
-            "coolctl_rack_power_watts", "Rack power as measured by its PDU", labels=rack_label
+            "coolctl_rack_power_watts",
+            "Rack power as its PDUs (or power shelves) measure it, summed",
+            labels=rack_label,
         )
         budget = GaugeMetricFamily(
             "coolctl_rack_power_budget_watts", "The rack's power budget", labels=rack_label
@@ -374,7 +393,8 @@ class RackCollector(_DaemonState):
         )
         caps = GaugeMetricFamily(
             "coolctl_rack_power_caps_watts",
-            "Sum of the server caps the allocator set from the budget",
+            "Sum of the server caps last commanded, after the safety supervisor (an"
+            " interlock's minimum caps included)",
             labels=rack_label,
         )
         feasible = GaugeMetricFamily(
@@ -411,8 +431,9 @@ class RackCollector(_DaemonState):
             if rack.power_budget_w is not None:
                 budget.add_metric([rack_id], rack.power_budget_w)
             allocation = rack.allocator.allocation if rack.allocator is not None else None
+            if rack.caps_w is not None:
+                caps.add_metric([rack_id], rack.caps_w)
             if allocation is not None:
-                caps.add_metric([rack_id], allocation.allocated_w)
                 feasible.add_metric([rack_id], float(allocation.feasible))
             for ref, limit in rack.config.safety.temperature_limits.items():
                 if ref.point == "supply_temperature":
@@ -424,6 +445,55 @@ class RackCollector(_DaemonState):
         yield from (interlock, awaiting, silent, failsafe, mode, power, budget, supply_limit)
         yield from (caps, feasible)
         yield from (override, expiry)
+        yield from self._chips()
+
+    def _chips(self) -> Iterator[Metric]:
+        """Servers that throttle or are near it (coolctl.rack.chips), and the outlet limit."""
+        labels = ["rack", "device"]
+        throttling = GaugeMetricFamily(
+            "coolctl_server_throttling",
+            "1 while the server's hottest chip sits at its throttle point (its BMC's threshold)",
+            labels=labels,
+        )
+        near = GaugeMetricFamily(
+            "coolctl_server_chip_near_throttle",
+            "1 while the server's hottest chip is within chip_near_throttle_margin_c of throttling",
+            labels=labels,
+        )
+        margin = GaugeMetricFamily(
+            "coolctl_server_chip_throttle_margin_celsius",
+            "Degrees left before the server's hottest chip throttles",
+            labels=labels,
+        )
+        rack_throttling = GaugeMetricFamily(
+            "coolctl_rack_servers_throttling", "Servers of the rack throttling", labels=["rack"]
+        )
+        rack_near = GaugeMetricFamily(
+            "coolctl_rack_servers_near_throttle",
+            "Servers of the rack within the margin of throttling (throttling ones not counted)",
+            labels=["rack"],
+        )
+        outlet_limit = GaugeMetricFamily(
+            "coolctl_rack_outlet_temperature_limit_celsius",
+            "Server coolant outlet temperature above which over-temperature trips (outlet_limit_c)",
+            labels=["rack"],
+        )
+        for rack_id, rack in sorted(self.daemon.racks.items()):
+            watch = rack.step.chips
+            for device, chips in sorted(watch.states.items()):
+                if chips.state == "unknown":
+                    continue
+                key = [rack_id, device]
+                throttling.add_metric(key, float(chips.state == "throttling"))
+                near.add_metric(key, float(chips.state == "near"))
+                if chips.margin_c is not None:
+                    margin.add_metric(key, chips.margin_c)
+            if watch.servers:
+                rack_throttling.add_metric([rack_id], float(len(watch.throttling)))
+                rack_near.add_metric([rack_id], float(len(watch.near)))
+            if rack.config.safety.outlet_limit_c is not None:
+                outlet_limit.add_metric([rack_id], rack.config.safety.outlet_limit_c)
+        yield from (throttling, near, margin, rack_throttling, rack_near, outlet_limit)
 
 
 class MpcCollector(_DaemonState):

@@ -17,9 +17,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 import coolctl
-from coolctl.control.supervisor import Override
+from coolctl.control.supervisor import ActuatorRole, ActuatorSafety, Override
+from coolctl.daemon.devices import DeviceHandle
 from coolctl.daemon.runtime import Daemon, RackRuntime
-from coolctl.model import CANONICAL_POINTS, Event, PointId, RackMode, Severity
+from coolctl.model import CANONICAL_POINTS, Event, PointId, RackMode, Severity, Source
 from coolctl.ops.api import MIN_TTL_S
 from coolctl.ops.protocol import (
     AuditRecord,
@@ -27,10 +28,13 @@ from coolctl.ops.protocol import (
     EventRecord,
     JsonObject,
     OverrideRecord,
+    check_reason,
     target_kind,
 )
 from coolctl.ops.store import AsyncStore
+from coolctl.rack.bounds import live_bounds, loop_bounds, quantity_of, rack_inputs, static_bounds
 from coolctl.rack.facts import setpoint_bounds
+from coolctl.rack.power_alarms import power_alarms
 
 log = logging.getLogger("coolctl.daemon.plane")
 
@@ -55,6 +59,7 @@ class DaemonControlPlane:
         self._events_changed = asyncio.Condition()
         self._pending_events: set[asyncio.Task[None]] = set()
         self._expiry_task: asyncio.Task[None] | None = None
+        self._prune_task: asyncio.Task[None] | None = None
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -83,6 +88,8 @@ class DaemonControlPlane:
     def start(self) -> None:
         if self._expiry_task is None:
             self._expiry_task = asyncio.create_task(self._expire_forever(), name="overrides")
+        if self._prune_task is None:
+            self._prune_task = asyncio.create_task(self._prune_forever(), name="events pruning")
 
     async def stop(self) -> None:
         if self._expiry_task is not None:
@@ -90,6 +97,11 @@ class DaemonControlPlane:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._expiry_task
             self._expiry_task = None
+        if self._prune_task is not None:
+            self._prune_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prune_task
+            self._prune_task = None
         if self._pending_events:
             await asyncio.gather(*self._pending_events, return_exceptions=True)
 
@@ -122,11 +134,18 @@ class DaemonControlPlane:
             "mode": rack.mode,
             "failsafe": bool(decision and decision.failsafe),
             "interlocks": sorted(decision.interlocks) if decision else [],
+            "cdu_local": sorted(rack.step.cdu.local_devices),  # its panel has control
             "power_w": self.daemon.rack_power_w(rack.config.id, now),
             "budget_w": rack.power_budget_w,
+            "caps_w": rack.caps_w,
+            "chips": dict(rack.step.chips.summary()),
             "values": values,
+            "power_alarms": power_alarms(values),
             "loops": self.loops(rack.config.id),
-            "overrides": [record.as_json() for record in rack.override_records.values()],
+            "overrides": [
+                record.as_json() | self.override_effect(rack.config.id, record.target)
+                for record in rack.override_records.values()
+            ],
             "actuators": [
                 {
                     "point": f"{point.device}/{point.name}",
@@ -154,6 +173,43 @@ class DaemonControlPlane:
             }
             for reading in sorted(self.daemon.store.readings(now, rack), key=lambda r: r.point)
         ]
+
+    def alarms(self, rack: str | None = None) -> list[JsonObject]:
+        """Every CDU alarm point seen, active or not, and the CDUs in local control."""
+        self._known(rack)
+        now = self.daemon.clock()
+        result: list[JsonObject] = []
+        for rack_id, runtime in self.daemon.racks.items():
+            if rack is not None and rack_id != rack:
+                continue
+            for alarm in runtime.step.cdu.alarms():
+                result.append(
+                    {
+                        "rack": rack_id,
+                        "device": alarm.point.device,
+                        "alarm": alarm.point.name,
+                        "active": alarm.active,
+                        "for_s": round(now - alarm.since, 1),
+                    }
+                )
+        return result
+
+    async def acknowledge_alarms(self, rack: str, who: str, why: str) -> JsonObject:
+        """Acknowledge a rack's latched CDU alarms (written to its CDUs), audited."""
+        runtime = self._rack(rack)
+        if not why.strip():
+            raise ControlError(400, "a reason is required")
+        active = [a.point.name for a in runtime.step.cdu.alarms() if a.active]
+        try:
+            devices = await runtime.acknowledge_alarms()
+        except Exception as exc:  # the CDU refused or did not answer
+            raise ControlError(502, f"acknowledge not written: {exc}") from None
+        if not devices:
+            raise ControlError(409, f"rack {rack} has no CDU that takes an alarm acknowledge now")
+        details = {"devices": devices, "active": active, "reason": why}
+        await self.store.audit(who, "alarms_acknowledged", rack, details, self.wall_clock())
+        self._emit(rack, "alarms_acknowledged", f"{who} acknowledged the CDU alarms: {why}")
+        return {"rack": rack, "devices": devices, "active": active}
 
     def loops(self, rack: str | None = None) -> list[JsonObject]:
         self._known(rack)
@@ -204,6 +260,12 @@ class DaemonControlPlane:
     async def audit(self, since_id: int = 0, limit: int = 100) -> list[AuditRecord]:
         return await self.store.audit_log(since_id, limit)
 
+    async def newest_events(self, limit: int = 100) -> list[EventRecord]:
+        return await self.store.newest_events(limit)
+
+    async def newest_audit(self, limit: int = 100) -> list[AuditRecord]:
+        return await self.store.newest_audit(limit)
+
     # -- changes ----------------------------------------------------------------------------
 
     async def set_override(
@@ -218,8 +280,14 @@ class DaemonControlPlane:
             raise ControlError(
                 400, f"ttl must be at least {MIN_TTL_S:g} s (the expiry period), not {ttl_s:g}"
             )
-        if not why.strip():
-            raise ControlError(400, "a reason is required")
+        why = check_reason(why)
+        cap_s = self.daemon.config.daemon.max_override_ttl_s
+        if ttl_s is not None and ttl_s > cap_s:
+            raise ControlError(
+                400,
+                f"ttl {ttl_s:g} s is longer than the {cap_s:g} s cap"
+                " (daemon.max_override_ttl_s); an override meant to stay is set --permanent",
+            )
         self._check_override(runtime, target, value)  # refuse before anything is stored
         now = self.wall_clock()
         expires_at = now + ttl_s if ttl_s is not None else None
@@ -231,6 +299,7 @@ class DaemonControlPlane:
 
     async def clear_override(self, rack: str, target: str, who: str, why: str) -> OverrideRecord:
         runtime = self._rack(rack)
+        why = check_reason(why)
         if target not in runtime.override_records:
             raise ControlError(404, f"no override of {target} on rack {rack}")
         record = await self.store.clear_override(rack, target, who, why, self.wall_clock())
@@ -246,8 +315,7 @@ class DaemonControlPlane:
             mode = RackMode(mode)
         except ValueError:
             raise ControlError(400, f"mode must be auto or manual, not {mode!r}") from None
-        if not why.strip():
-            raise ControlError(400, "a reason is required")
+        why = check_reason(why)
         await self.store.set_mode(rack, mode, who, why, self.wall_clock())
         previous, runtime.mode = runtime.mode, mode
         if previous != mode:
@@ -256,8 +324,7 @@ class DaemonControlPlane:
 
     async def reset_interlock(self, rack: str, interlock: str, who: str, why: str) -> JsonObject:
         runtime = self._rack(rack)
-        if not why.strip():
-            raise ControlError(400, "a reason is required")
+        why = check_reason(why)
         before = runtime.supervisor.state.interlocks.get(interlock)
         try:
             runtime.reset_interlock(interlock, who, why)
@@ -275,7 +342,109 @@ class DaemonControlPlane:
         await self.store.audit(who, "reload", None, result, self.wall_clock())
         return result
 
+    def targets(self, rack: str) -> list[JsonObject]:
+        """Every target an override may name on `rack`, with its bounds now, unit and why."""
+        runtime = self._rack(rack)
+        result: list[JsonObject] = []
+        now = self.daemon.clock()
+        readings = self.daemon.store.readings(now, rack)
+        for loop_id in sorted(runtime.controller.loops):
+            loop = runtime.config.loops.get(loop_id)
+            if loop is None:
+                continue
+            low, high = setpoint_bounds(loop, self._devices(runtime))
+            spec = CANONICAL_POINTS.get(loop.measurement.minuend.point)
+            unit = spec.unit.value if spec is not None else None
+            why = "what the measurement reads, or setpoint_min/setpoint_max"
+            bounds = loop_bounds(runtime.config, loop, (low, high), readings)
+            if bounds is not None:
+                low, high, unit, why = bounds.low, bounds.high, bounds.unit, bounds.why()
+            result.append(
+                {
+                    "target": f"{loop_id}.setpoint",
+                    "kind": "setpoint",
+                    "low": low,
+                    "high": high,
+                    "unit": unit,
+                    "why": why,
+                }
+            )
+        for safety in runtime.supervisor.config.actuators:
+            spec = CANONICAL_POINTS.get(safety.point.name)
+            result.append(
+                {
+                    "target": f"{safety.point.device}/{safety.point.name}",
+                    "kind": "actuator",
+                    "low": safety.minimum,
+                    "high": safety.maximum,
+                    "unit": spec.unit.value if spec is not None else None,
+                    "why": (
+                        "the server's cap_min_w..cap_max_w"
+                        if safety.role is ActuatorRole.POWER_LIMIT
+                        else "the loop's output_min..output_max, within the device's range"
+                    ),
+                }
+            )
+        return result
+
+    def override_effect(self, rack: str, target: str) -> JsonObject:
+        """Whether an override of `target` is in force now, and if not what overrules it: an
+        interlock holds its actuator; for a setpoint, failsafe or manual mode stops the loop."""
+        runtime = self._rack(rack)
+        decision = runtime.decision
+        point: PointId | None = None
+        setpoint = target_kind(target) == "setpoint"
+        if setpoint:
+            loop = runtime.controller.loops.get(target.removesuffix(".setpoint"))
+            if loop is not None:
+                actuator = loop.spec.actuator
+                point = PointId(rack, actuator.device, actuator.name)
+        else:
+            device, _, name = target.partition("/")
+            point = PointId(rack, device, name)
+        supervisor = runtime.supervisor
+        status = supervisor.state.actuators.get(point) if point is not None else None
+        safety = next((a for a in supervisor.config.actuators if a.point == point), None)
+        overruled: list[str] = []
+        note = ""
+        holding = [  # the active interlocks that give this actuator a value of their own
+            name
+            for name in sorted(supervisor.interlocks)
+            if safety is not None and _interlock_value(safety, name) is not None
+        ]
+        by_interlock = status is not None and status.source is Source.INTERLOCK
+        if by_interlock and not holding:
+            holding = sorted(supervisor.interlocks)
+        if holding:
+            overruled = holding
+            value = status.value if status is not None and by_interlock else None
+            if value is None and safety is not None:
+                value = _interlock_value(safety, holding[0])
+            at = f" at {value:g}" if value is not None else ""
+            note = (
+                f"not in force: the {', '.join(holding)} interlock holds {point}{at};"
+                " the override applies once it releases"
+            )
+        elif setpoint and decision is not None and decision.failsafe:
+            overruled = ["failsafe"]
+            reasons = "; ".join(runtime.supervisor.state.failsafe_reasons)
+            note = (
+                f"not in force: the rack is in failsafe ({reasons}); the loop and its setpoint"
+                " act again once it ends"
+            )
+        elif setpoint and runtime.mode == RackMode.MANUAL:
+            overruled = ["manual"]
+            note = "not in force: the rack is in manual mode, its loops do not run"
+        return {"in_force": not overruled, "overruled_by": overruled, "note": note}
+
     # -- internals ----------------------------------------------------------------------------
+
+    def _target_names(self, runtime: RackRuntime) -> list[str]:
+        loops = [f"{loop_id}.setpoint" for loop_id in sorted(runtime.controller.loops)]
+        actuators = [
+            f"{a.point.device}/{a.point.name}" for a in runtime.supervisor.config.actuators
+        ]
+        return loops + actuators
 
     def _known(self, rack: str | None) -> None:
         if rack is not None:
@@ -294,30 +463,66 @@ class DaemonControlPlane:
             if loop_id not in runtime.controller.loops:
                 loops = ", ".join(sorted(runtime.controller.loops)) or "none"
                 raise ControlError(
-                    404, f"no loop {loop_id!r} on rack {runtime.config.id} ({loops})"
+                    404,
+                    f"no loop {loop_id!r} on rack {runtime.config.id} ({loops}); valid targets:"
+                    f" {', '.join(self._target_names(runtime))}",
                 )
             self._check_setpoint(runtime, loop_id, value)
             return
         device, _, name = target.partition("/")
         point = PointId(runtime.config.id, device, name)
+        if point not in {a.point for a in runtime.supervisor.config.actuators}:
+            raise ControlError(
+                404,
+                f"{target} is not an actuator of rack {runtime.config.id}; valid targets:"
+                f" {', '.join(self._target_names(runtime))}"
+                f" (coolctl override targets {runtime.config.id})",
+            )
         try:
             runtime.supervisor.check_override(point, value)
         except ValueError as exc:
             raise ControlError(400, str(exc)) from exc
+        self._check_cdu_setpoint(runtime, point, value)
+
+    def _check_cdu_setpoint(self, runtime: RackRuntime, point: PointId, value: float) -> None:
+        """A CDU that runs its own loops takes setpoints as actuators (supply_temperature_
+        setpoint, flow_setpoint): an override of one is refused outside the safe bounds a
+        loop's setpoint of that quantity has (once set, the supervisor holds it to the
+        actuator's range; it is not re-bounded tick by tick as a loop's setpoint is)."""
+        quantity = quantity_of(point.name)
+        safety = next((a for a in runtime.supervisor.config.actuators if a.point == point), None)
+        if quantity is None or safety is None:
+            return
+        bounds = live_bounds(
+            runtime.config,
+            static_bounds(runtime.config, quantity, (safety.minimum, safety.maximum)),
+            quantity,
+            *rack_inputs(
+                runtime.config, self.daemon.store.readings(self.daemon.clock(), point.rack)
+            ),
+        )
+        if not bounds.contains(value):
+            raise ControlError(
+                400, f"{point.name} {value:g} is outside its safe bounds {bounds.text()}"
+            )
 
     def _check_setpoint(self, runtime: RackRuntime, loop_id: str, value: float) -> None:
-        """A setpoint override must lie within the loop's setpoint bounds (see
-        coolctl.devices.setpoint_bounds), as an actuator override within its safe bounds."""
+        """A setpoint override must lie within the loop's safe bounds (coolctl.rack.bounds,
+        from what the rack reads now), else within what its measurement can read."""
         loop = runtime.config.loops.get(loop_id)
         if loop is None:  # a loop the config does not know (none today): finite is all we know
             return
-        rack = runtime.config.id
-        devices = {
-            device: handle
-            for (rack_id, device), handle in self.daemon.devices.items()
-            if rack_id == rack
-        }
-        low, high = setpoint_bounds(loop, devices)
+        low, high = setpoint_bounds(loop, self._devices(runtime))
+        now = self.daemon.clock()
+        readings = self.daemon.store.readings(now, runtime.config.id)
+        bounds = loop_bounds(runtime.config, loop, (low, high), readings)
+        if bounds is not None:
+            if not bounds.contains(value):
+                raise ControlError(
+                    400,
+                    f"{loop_id}.setpoint {value:g} is outside its safe bounds {bounds.text()}",
+                )
+            return
         if not (math.isfinite(value) and low <= value <= high):
             spec = CANONICAL_POINTS.get(loop.measurement.minuend.point)
             unit = f" {spec.unit.value}" if spec is not None else ""
@@ -326,6 +531,14 @@ class DaemonControlPlane:
                 f"{loop_id}.setpoint {value:g} is outside its bounds {low:g}..{high:g}{unit}"
                 f" (what {loop.measurement} can read, or the loop's setpoint_min/setpoint_max)",
             )
+
+    def _devices(self, runtime: RackRuntime) -> dict[str, DeviceHandle]:
+        rack = runtime.config.id
+        return {
+            device: handle
+            for (rack_id, device), handle in self.daemon.devices.items()
+            if rack_id == rack
+        }
 
     def _apply_override(self, runtime: RackRuntime, record: OverrideRecord) -> None:
         self._check_override(runtime, record.target, record.value)
@@ -347,6 +560,23 @@ class DaemonControlPlane:
             return
         device, _, name = target.partition("/")
         runtime.overrides.pop(PointId(runtime.config.id, device, name), None)
+
+    async def prune_events(self) -> int:
+        """Drop the events beyond daemon.events_keep and older than daemon.events_max_age_s."""
+        config = self.daemon.config.daemon
+        cutoff = self.wall_clock() - config.events_max_age_s
+        removed = await self.store.prune_events(config.events_keep, older_than=cutoff)
+        if removed:
+            log.info("pruned %d old events from the store", removed)
+        return removed
+
+    async def _prune_forever(self, every_s: float = 600.0) -> None:
+        while True:
+            try:
+                await self.prune_events()
+            except Exception:
+                log.exception("pruning the events failed; trying again later")
+            await asyncio.sleep(every_s)
 
     async def _expire_forever(self, every_s: float = 1.0) -> None:
         while True:
@@ -385,3 +615,14 @@ class DaemonControlPlane:
             return
         async with self._events_changed:
             self._events_changed.notify_all()
+
+
+def _interlock_value(safety: ActuatorSafety, interlock: str) -> float | None:
+    """The value an interlock gives an actuator (None: it leaves the actuator alone)."""
+    return {
+        "leak": safety.on_leak,
+        "over_temperature": safety.on_over_temperature,
+        "pump_failure": safety.on_pump_failure,
+        "loss_of_flow": safety.on_loss_of_flow,
+        "low_coolant_level": safety.on_low_level,
+    }.get(interlock)

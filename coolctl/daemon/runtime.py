@@ -26,15 +26,18 @@ from dataclasses import dataclass, field
 from coolctl.config import Config, RackConfig
 from coolctl.control.limits import ActuatorLimits
 from coolctl.control.powercap import PowerCapAllocator
-from coolctl.control.supervisor import Decision, Override, Supervisor
+from coolctl.control.supervisor import ActuatorRole, Decision, Override, Supervisor
 from coolctl.daemon.actuation import ActuatorChannel
 from coolctl.daemon.devices import DeviceHandle, open_device
-from coolctl.daemon.mqtt_bridge import event_payload, open_connection, topic_root
+from coolctl.daemon.mqtt_bridge import budget_topic, event_payload, open_connection, topic_root
 from coolctl.daemon.tasks import cancel_and_wait
 from coolctl.daemon.telemetry import TelemetryStore
-from coolctl.model import Event, PointId, RackMode, Reading, Severity
+from coolctl.drivers.modbus_link import LinkPool
+from coolctl.model import Event, PointId, RackMode, Reading, Severity, Snapshot
 from coolctl.ops.protocol import OverrideRecord
+from coolctl.rack.bounds import hold_inside
 from coolctl.rack.controllers import build_rack_control
+from coolctl.rack.facts import setpoint_bounds
 from coolctl.rack.stack import LoopController
 from coolctl.rack.step import ControllerFactory, RackStep, StepResult
 
@@ -140,6 +143,8 @@ class RackRuntime:
         self.overrides: dict[PointId, Override] = {}  # what the supervisor applies
         self.override_records: dict[str, OverrideRecord] = {}  # by target, for status/metrics
         self.step = RackStep(config, devices, controller_factory)
+        self._devices = devices
+        self._held_setpoints: set[str] = set()  # setpoint overrides held inside safe bounds
         self.decision: Decision | None = None
         self.on_tick: Callable[[str, float], None] | None = None  # the watchdog's progress
         self.on_state: Callable[[RackRuntime, float], None] | None = None  # MQTT state
@@ -156,6 +161,7 @@ class RackRuntime:
                 resolution=spec.resolution,
                 clock=self.clock,
                 retry_after_s=config.control_period_s,
+                on_failure=self._write_failure,
             )
 
     @property
@@ -179,6 +185,20 @@ class RackRuntime:
     def power_budget_w(self, watts: float | None) -> None:
         """Set the rack's own budget (an upstream coordinator's, once accepted, still wins)."""
         self._own_budget_w = watts
+
+    @property
+    def caps_w(self) -> float | None:
+        """The sum of the server caps last commanded, after the supervisor: what the BMCs were
+        told (an interlock's minimum caps included), not what the allocator asked. None before
+        any cap was commanded, or without servers."""
+        supervisor = self.supervisor
+        caps = [
+            supervisor.commanded(a.point)
+            for a in supervisor.config.actuators
+            if a.role is ActuatorRole.POWER_LIMIT
+        ]
+        known = [cap for cap in caps if cap is not None]
+        return sum(known) if known else None
 
     def start(self) -> None:
         for channel in self.actuators.values():
@@ -208,6 +228,7 @@ class RackRuntime:
         for point, value, sampled_at in self.step.readbacks(snapshot):
             # a device that drifted from our value is rewritten
             self.actuators[point].observe(value, now, sampled_at)
+        self._bound_setpoint_overrides(snapshot, now)
         result = self.step.step(
             snapshot, now, mode=self.mode, budget_w=self._own_budget_w, overrides=self.overrides
         )
@@ -217,6 +238,37 @@ class RackRuntime:
         if self.on_tick is not None:
             self.on_tick(self.config.id, now)
 
+    def _bound_setpoint_overrides(self, snapshot: Snapshot, now: float) -> None:
+        """Hold each setpoint override inside its loop's safe bounds as they move (the rack's
+        power raises the minimum flow); one event when an override is held, one when freed."""
+        self._held_setpoints &= set(self.override_records)
+        for target, record in self.override_records.items():
+            loop_id = target.removesuffix(".setpoint")
+            loop, config = self.controller.loops.get(loop_id), self.config.loops.get(loop_id)
+            if target == loop_id or loop is None or config is None:
+                continue
+            sensor = setpoint_bounds(config, self._devices)
+            value, bounds = hold_inside(
+                self.config, config, sensor, snapshot.values(), record.value
+            )
+            loop.setpoint_override = value
+            held = value != record.value
+            if held == (target in self._held_setpoints):
+                continue
+            if held and bounds is not None:
+                self._held_setpoints.add(target)
+                message = (
+                    f"{target} override {record.value:g} held at {value:g} {bounds.unit}:"
+                    f" outside its safe bounds {bounds.text()}"
+                )
+                severity = Severity.WARNING
+            else:
+                self._held_setpoints.discard(target)
+                message = f"{target} override {record.value:g} is within its safe bounds again"
+                severity = Severity.INFO
+            kind = "setpoint_held" if held else "setpoint_released"
+            self.on_event(Event(self.config.id, kind, severity, message, now, source="daemon"))
+
     def interlock_reading(self, now: float) -> None:
         """The fast path: a reading that may trip an interlock has just arrived."""
         self._apply(self.step.interlocks(self.store.snapshot(now, self.config.id), now), now)
@@ -225,6 +277,29 @@ class RackRuntime:
         """An operator resets a latched (or clearing) interlock; ValueError says why not."""
         now = self.clock()
         self._apply(self.step.reset_interlock(name, now, who, why), now)
+
+    def _write_failure(self, point: PointId, error: str | None) -> None:
+        """A device started refusing (or failing) writes to `point`, or accepts them again."""
+        now = self.clock()
+        if error is not None:
+            message = f"writes to {point} refused or failed: {error}; retrying with backoff"
+            kind, severity = "write_refused", Severity.WARNING
+        else:
+            message = f"writes to {point} succeed again"
+            kind, severity = "write_accepted", Severity.INFO
+        self.on_event(Event(self.config.id, kind, severity, message, now, source="daemon"))
+
+    async def acknowledge_alarms(self) -> list[str]:
+        """Write 1 to `alarm_acknowledge` on every device of the rack that takes it (the CDU
+        clears its latched alarms whose cause is gone); the devices written. A CDU in local
+        control is skipped: it would refuse the write."""
+        written = []
+        for name, handle in self._devices.items():
+            if "alarm_acknowledge" not in handle.writable or name in self.step.cdu.local_devices:
+                continue
+            await handle.client.write("alarm_acknowledge", 1.0)
+            written.append(name)
+        return written
 
     def _apply(self, result: StepResult, now: float) -> None:
         """Emit, log, count and submit what the step decided, in the order of its making."""
@@ -296,25 +371,27 @@ class Daemon:
         self.event_listeners: list[Callable[[Event], None]] = []
         self._poll_tasks: list[asyncio.Task[None]] = []
         self._control_tasks: list[asyncio.Task[None]] = []
-        self._pdus: dict[str, str | None] = {}  # each rack's PDU, the first configured
+        self._pdus: dict[str, tuple[str, ...]] = {}  # each rack's PDUs (feeds, power shelves)
         self.mqtt = open_connection(config)
+        self.modbus_links = LinkPool()  # Modbus devices on one connection or bus share it
         if self.mqtt is not None:
             self.mqtt.on_interlock_message(self._interlock_message)
             self.event_listeners.append(self._publish_event)
         for rack in config.racks.values():
             handles = {}
             for device in rack.devices.values():
-                handle = open_device(rack.id, device, self.mqtt)
+                handle = open_device(rack.id, device, self.mqtt, self.modbus_links)
                 handles[device.id] = handle
                 self.devices[(rack.id, device.id)] = handle
                 self.poll_stats[(rack.id, device.id)] = ScheduleStats()
                 self.store.register_device(rack.id, device.id, device.stale_after_s)
-            self._pdus[rack.id] = next(
-                (device for device, handle in handles.items() if handle.kind == "pdu"), None
+            self._pdus[rack.id] = tuple(
+                device for device, handle in handles.items() if handle.kind == "pdu"
             )
             self.racks[rack.id] = RackRuntime(
                 rack, self.store, handles, clock, self.emit, controller_factory
             )
+            self.racks[rack.id].step.budget_source = budget_topic(rack, handles)
             self.racks[rack.id].on_state = self.publish_state
 
     def emit(self, event: Event) -> None:
@@ -413,12 +490,13 @@ class Daemon:
         self.mqtt.publish_nowait(topic, json.dumps(state).encode(), qos=1, retain=True)
 
     def rack_power_w(self, rack: str, now: float) -> float | None:
-        """The rack's power as its PDU measures it (None without a PDU or a good reading)."""
-        device = self._pdus.get(rack)
-        if device is None:
+        """The rack's power as its PDUs measure it, summed (None without a PDU, or while one
+        of them has no good reading: half a rack's feeds is not its power)."""
+        devices = self._pdus.get(rack, ())
+        readings = [self.store.current(PointId(rack, device, "power"), now) for device in devices]
+        if not readings or not all(reading.usable for reading in readings):
             return None
-        reading = self.store.current(PointId(rack, device, "power"), now)
-        return reading.value if reading.usable else None
+        return math.fsum(reading.value for reading in readings if reading.value is not None)
 
     async def _poll_once(self, handle: DeviceHandle) -> None:
         try:

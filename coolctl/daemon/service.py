@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coolctl.config import Config, ConfigError
-from coolctl.daemon.http import MetricsServer
+from coolctl.daemon.http import MetricsServer, server_ssl_context
 from coolctl.daemon.plane import DaemonControlPlane
 from coolctl.daemon.runtime import Daemon
 from coolctl.daemon.systemd import Notifier, WatchdogGate
@@ -92,7 +92,10 @@ class Service:
             if self.options.metrics:
                 daemon_config = self.config.daemon
                 self.metrics = MetricsServer(
-                    self.daemon, daemon_config.metrics_host, daemon_config.metrics_port
+                    self.daemon,
+                    daemon_config.metrics_host,
+                    daemon_config.metrics_port,
+                    server_ssl_context(daemon_config),
                 )
                 await self.metrics.start()
                 stack.push_async_callback(self.metrics.stop)
@@ -109,6 +112,9 @@ class Service:
                     socket_group=daemon_config.control_socket_group,
                     tcp_listen=daemon_config.control_listen,
                     token_file=daemon_config.control_token_file,
+                    viewer_token_file=daemon_config.control_viewer_token_file,
+                    operator_group=daemon_config.control_operator_group,
+                    ssl_context=server_ssl_context(daemon_config),
                 )
                 await self.api.start()
                 stack.push_async_callback(self.api.stop)
@@ -137,6 +143,11 @@ class Service:
                 # Built before the running daemon is touched: a config the daemon cannot run
                 # is refused here, and the rack stays under control.
                 daemon = Daemon(config)
+                if self.api is not None and self.api.tcp_listen is not None:
+                    # Tokens are read again: a reload is how a changed token takes effect.
+                    self.api.reload_tokens(
+                        config.daemon.control_token_file, config.daemon.control_viewer_token_file
+                    )
             except ConfigError as exc:
                 raise self._rejected("; ".join(exc.problems)) from exc
             except Exception as exc:  # what Daemon() refuses (a secret it cannot read, say)

@@ -15,10 +15,16 @@ Endpoints (lists are wrapped in an object so that fields can be added later):
     GET    /v1/points?rack=R                       {"points": [...]}
     GET    /v1/loops?rack=R                        {"loops": [...]}
     GET    /v1/overrides?rack=R                    {"overrides": [...]}
-    PUT    /v1/racks/{rack}/overrides/{target}     {"value", "ttl_s" | "permanent", "reason"}
+    PUT    /v1/racks/{rack}/overrides/{target}     {"value", "ttl_s" | "permanent", "reason"}:
+                                                   the record, with `in_force`, `overruled_by`
+                                                   (interlocks, failsafe, manual) and `note`
+    GET    /v1/racks/{rack}/targets                {"targets": [{target, kind, low, high,
+                                                   unit, why}]}: what an override may name
     DELETE /v1/racks/{rack}/overrides/{target}     reason in the body or ?reason=
     PUT    /v1/racks/{rack}/mode                   {"mode": "auto" | "manual", "reason"}
     POST   /v1/racks/{rack}/interlocks/{name}/reset {"reason"}: release a latched interlock
+    GET    /v1/alarms?rack=R                       {"alarms": [...]}: the CDUs' alarm points
+    POST   /v1/racks/{rack}/alarms/ack             {"reason"}: acknowledge latched CDU alarms
     GET    /v1/events?since=ID&limit=N&wait=S      {"events": [...], "next_since": ID}
     GET    /v1/audit?since=ID&limit=N              {"audit": [...], "next_since": ID}
     POST   /v1/reload                              plane.reload()
@@ -40,6 +46,7 @@ import math
 import os
 import pwd
 import socket
+import ssl
 import stat
 import struct
 from collections.abc import Awaitable, Callable, Sequence
@@ -48,6 +55,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from coolctl.config.schema import is_loopback
 from coolctl.model import RackMode
 from coolctl.ops.protocol import (
     AuditRecord,
@@ -55,6 +63,8 @@ from coolctl.ops.protocol import (
     ControlPlane,
     EventRecord,
     JsonObject,
+    check_reason,
+    escape_text,
     target_kind,
 )
 
@@ -66,10 +76,15 @@ MIN_TTL_S = 1.0
 """The shortest override lifetime: overrides are expired once a second, so a shorter one could
 not be honoured (and one below the wall clock's resolution would end as it starts)."""
 MAX_LIMIT = 1000
+MIN_TOKEN_BYTES = 32
+"""A bearer token is a password that never needs typing: 32 bytes at least (openssl rand)."""
+OPERATOR, VIEWER = "operator", "viewer"
 DEFAULT_LIMIT = 100
 SOCKET_MODE = 0o660
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 _WHO_KEY = web.RequestKey("who", str)
+_ROLE_KEY = web.RequestKey("role", str)
+_READ_METHODS = frozenset({"GET", "HEAD"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 T = TypeVar("T")
@@ -95,20 +110,74 @@ def load_token(path: Path) -> str:
     return token
 
 
+def load_private_token(path: Path) -> str:
+    """`load_token` for the daemon, which also refuses a token file that anyone but its owner
+    can read or write: a token others can read is a password shared with them."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ValueError(f"cannot read token file {path}: {exc.strerror or exc}") from None
+    if mode & 0o077:
+        raise ValueError(
+            f"token file {path} is open to group or others (mode {stat.S_IMODE(mode):04o});"
+            f" chmod 600 {path}"
+        )
+    token = load_token(path)
+    if len(token.encode("utf-8")) < MIN_TOKEN_BYTES:
+        raise ValueError(
+            f"the token in {path} is {len(token.encode('utf-8'))} bytes; a token needs at least"
+            f" {MIN_TOKEN_BYTES} (make one: openssl rand -hex 32 > {path})"
+        )
+    return token
+
+
 def peer_identity(sock: Any) -> str:
     """`alice (uid 1000)` for the process at the other end of a UNIX socket.
 
     The kernel fills SO_PEERCRED at connect time, so the caller cannot lie about it.
     """
+    return peer(sock)[0]
+
+
+def peer(sock: Any) -> tuple[str, int, int]:
+    """The name, uid and gid of the process at the other end of a UNIX socket (SO_PEERCRED)."""
     size = struct.calcsize("3i")
-    _pid, uid, _gid = struct.unpack(
+    _pid, uid, gid = struct.unpack(
         "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, size)
     )
     try:
         name = pwd.getpwuid(uid).pw_name
     except KeyError:
-        return f"uid {uid}"
-    return f"{name} (uid {uid})"
+        return f"uid {uid}", uid, gid
+    return f"{name} (uid {uid})", uid, gid
+
+
+_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13 and later
+_MAX_PEER_GROUPS = 256  # getsockopt answers at most 1024 bytes
+
+
+def peer_groups(sock: Any) -> frozenset[int] | None:
+    """The supplementary groups the peer process had when it connected (SO_PEERGROUPS), or
+    None where the kernel cannot say."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, 4 * _MAX_PEER_GROUPS)
+    except OSError:
+        return None
+    return frozenset(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
+
+
+def in_group(uid: int, gid: int, groups: frozenset[int] | None, group: int) -> bool:
+    """Whether the peer (uid, primary gid, its supplementary groups if known) is a member of
+    `group`: the kernel's word for the process, else the group database's for the user."""
+    if gid == group:
+        return True
+    if groups is not None:
+        return group in groups
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return group in os.getgrouplist(entry.pw_name, entry.pw_gid)
 
 
 # --- request validation ------------------------------------------------------------------
@@ -184,13 +253,7 @@ def _number(body: JsonObject, key: str, *, required: bool) -> float | None:
 
 
 def _reason(value: Any) -> str:
-    if value is None:
-        raise ControlError(400, "'reason' is required: say why, it goes in the audit log")
-    if not isinstance(value, str):
-        raise ControlError(400, f"'reason' must be a string, not {type(value).__name__}")
-    if not value.strip():
-        raise ControlError(400, "'reason' must not be empty: say why, it goes in the audit log")
-    return value.strip()
+    return check_reason(value)
 
 
 def _query(request: web.Request, allowed: Sequence[str]) -> dict[str, str]:
@@ -245,14 +308,22 @@ class ControlApi:
         socket_group: str | None = None,
         tcp_listen: tuple[str, int] | None = None,
         token_file: Path | None = None,
+        viewer_token_file: Path | None = None,
+        operator_group: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.plane = plane
         self.socket_path = Path(socket_path)
         self.socket_group = socket_group
         self.tcp_listen = tcp_listen
         self.token_file = token_file
+        self.viewer_token_file = viewer_token_file
+        self.operator_group = operator_group
+        self.ssl_context = ssl_context
         self.tcp_port: int | None = None
         self._token: str | None = None
+        self._viewer_token: str | None = None
+        self._operator_gid: int | None = None
         self._runner: web.AppRunner | None = None
         self._socket_inode: int | None = None
         self._closing = asyncio.Event()
@@ -271,11 +342,17 @@ class ControlApi:
                     "port could otherwise change setpoints"
                 )
             try:
-                self._token = load_token(self.token_file)
+                self.reload_tokens(self.token_file, self.viewer_token_file)
             except ValueError as exc:
                 raise ControlApiError(str(exc)) from None
-            self._warn_if_token_readable(self.token_file)
+            if self.ssl_context is None and not is_loopback(self.tcp_listen[0]):
+                log.warning(
+                    "the control API on %s:%d is plain HTTP (allow_plaintext): its bearer"
+                    " token crosses the network in clear",
+                    *self.tcp_listen,
+                )
         gid = self._socket_gid()
+        self._operator_gid = self._group_id(self.operator_group)
         if len(os.fsencode(self.socket_path)) > _UNIX_PATH_MAX:
             raise ControlApiError(
                 f"control socket path {self.socket_path} is longer than {_UNIX_PATH_MAX} bytes"
@@ -299,7 +376,7 @@ class ControlApi:
             if self.tcp_listen is not None:
                 host, port = self.tcp_listen
                 try:
-                    await web.TCPSite(runner, host, port).start()
+                    await web.TCPSite(runner, host, port, ssl_context=self.ssl_context).start()
                 except OSError as exc:
                     raise ControlApiError(
                         f"cannot listen for the control API on {host}:{port}: {exc.strerror or exc}"
@@ -327,16 +404,39 @@ class ControlApi:
         self._remove_socket()
         self.tcp_port = None
 
+    def reload_tokens(self, token_file: Path | None, viewer_token_file: Path | None) -> None:
+        """Read the operator's and the viewer's tokens again (at start and on reload); a
+        ValueError says what is wrong and leaves the tokens in force as they were."""
+        token = load_private_token(token_file) if token_file is not None else None
+        viewer = load_private_token(viewer_token_file) if viewer_token_file is not None else None
+        if token is not None and viewer is not None and hmac.compare_digest(token, viewer):
+            raise ValueError("the viewer token must differ from the operator token")
+        self.token_file, self.viewer_token_file = token_file, viewer_token_file
+        self._token, self._viewer_token = token, viewer
+
     def _socket_gid(self) -> int:
-        if self.socket_group is None:
-            return -1
+        gid = self._group_id(self.socket_group)
+        return -1 if gid is None else gid
+
+    @staticmethod
+    def _group_id(group: str | None) -> int | None:
+        if group is None:
+            return None
         try:
-            return grp.getgrnam(self.socket_group).gr_gid
+            return grp.getgrnam(group).gr_gid
         except KeyError:
             raise ControlApiError(
-                f"control socket group {self.socket_group!r} does not exist "
-                f"(create it with `groupadd {self.socket_group}` or change the setting)"
+                f"group {group!r} does not exist "
+                f"(create it with `groupadd {group}` or change the setting)"
             ) from None
+
+    def _socket_role(self, sock: Any, uid: int, gid: int) -> str:
+        """Operator: the daemon's own user, root, and members of the operator group (everyone
+        on the socket when no operator group is set); viewer: everyone else on the socket."""
+        group = self._operator_gid
+        if group is None or uid in (0, os.getuid()):
+            return OPERATOR
+        return OPERATOR if in_group(uid, gid, peer_groups(sock), group) else VIEWER
 
     async def _clear_stale_socket(self) -> None:
         """Remove a socket file a crashed daemon left; refuse if another daemon answers on it."""
@@ -396,12 +496,6 @@ class ControlApi:
                 self.socket_path.unlink()
         self._socket_inode = None
 
-    @staticmethod
-    def _warn_if_token_readable(path: Path) -> None:
-        with contextlib.suppress(OSError):
-            if path.stat().st_mode & stat.S_IROTH:
-                log.warning("token file %s is readable by everyone; chmod o-r it", path)
-
     # -- middlewares --
 
     @web.middleware
@@ -439,23 +533,46 @@ class ControlApi:
         """Who is calling: SO_PEERCRED on the UNIX socket, a bearer token on TCP."""
         transport = request.transport
         sock = transport.get_extra_info("socket") if transport is not None else None
+        role: str | None
         if sock is not None and sock.family == socket.AF_UNIX:
-            request[_WHO_KEY] = peer_identity(sock)
-            return await handler(request)
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        token = self._token
-        if (
-            token is None
-            or scheme.lower() != "bearer"
-            # compare_digest: the time taken must not tell how much of the token was right
-            or not hmac.compare_digest(given.strip().encode(), token.encode())
-        ):
-            response = _error(401, "missing or wrong bearer token")
-            response.headers["WWW-Authenticate"] = 'Bearer realm="coolctl"'
-            return response
-        request[_WHO_KEY] = f"token@{request.remote}"
+            name, uid, gid = peer(sock)
+            role = self._socket_role(sock, uid, gid)
+            who = name
+        else:
+            header = request.headers.get("Authorization", "")
+            scheme, _, given = header.partition(" ")
+            role = self._token_role(scheme, given.strip())
+            if role is None:
+                response = _error(401, "missing or wrong bearer token")
+                response.headers["WWW-Authenticate"] = 'Bearer realm="coolctl"'
+                return response
+            who = f"token@{request.remote}"
+        request[_ROLE_KEY] = role
+        # The audit log and the daemon's log name the role with the person (without roles
+        # configured, everyone who can reach the API is an operator, as the docs say).
+        request[_WHO_KEY] = f"{who} as {role}"
+        if role != OPERATOR and request.method not in _READ_METHODS:
+            raise ControlError(
+                403,
+                f"{who} is a viewer: viewers read, they do not change anything"
+                f" ({request.method} {request.path} needs the operator role)",
+            )
         return await handler(request)
+
+    def _roles_in_use(self) -> bool:
+        return self._operator_gid is not None or self._viewer_token is not None
+
+    def _token_role(self, scheme: str, given: str) -> str | None:
+        """The role whose token was given, or None. Both tokens are always compared, in
+        constant time: the time taken must not tell which, or how much of one, was right."""
+        if scheme.lower() != "bearer":
+            return None
+        offered = given.encode()
+        operator = self._token is not None and hmac.compare_digest(offered, self._token.encode())
+        viewer = self._viewer_token is not None and hmac.compare_digest(
+            offered, self._viewer_token.encode()
+        )
+        return OPERATOR if operator else VIEWER if viewer else None
 
     # -- routes --
 
@@ -466,9 +583,12 @@ class ControlApi:
         router.add_get("/v1/loops", self._loops)
         router.add_get("/v1/overrides", self._overrides)
         router.add_put("/v1/racks/{rack}/overrides/{target}", self._set_override)
+        router.add_get("/v1/racks/{rack}/targets", self._targets)
         router.add_delete("/v1/racks/{rack}/overrides/{target}", self._clear_override)
         router.add_put("/v1/racks/{rack}/mode", self._set_mode)
         router.add_post("/v1/racks/{rack}/interlocks/{interlock}/reset", self._reset_interlock)
+        router.add_get("/v1/alarms", self._alarms)
+        router.add_post("/v1/racks/{rack}/alarms/ack", self._ack_alarms)
         router.add_get("/v1/events", self._events)
         router.add_get("/v1/audit", self._audit)
         router.add_post("/v1/reload", self._reload)
@@ -524,7 +644,18 @@ class ControlApi:
         record = await self._logged(
             who, rack, what, self.plane.set_override(rack, target, value, ttl_s, who, why)
         )
-        return _json(record.as_json())
+        document = record.as_json()
+        effect = getattr(self.plane, "override_effect", None)
+        if callable(effect):  # in force now, or overruled by an interlock, failsafe, manual
+            document.update(effect(rack, target))
+        return _json(document)
+
+    async def _targets(self, request: web.Request) -> web.Response:
+        _query(request, ())
+        targets = getattr(self.plane, "targets", None)
+        if not callable(targets):
+            raise ControlError(404, "this daemon cannot list override targets")
+        return _json({"targets": targets(request.match_info["rack"])})
 
     async def _clear_override(self, request: web.Request) -> web.Response:
         query = _query(request, ("reason",))
@@ -566,6 +697,18 @@ class ControlApi:
         result = await self._logged(who, rack, f"reset interlock {rack} {interlock}: {why}", call)
         return _json(result)
 
+    async def _alarms(self, request: web.Request) -> web.Response:
+        rack = _rack_param(_query(request, ("rack",)))
+        return _json({"alarms": self.plane.alarms(rack)})
+
+    async def _ack_alarms(self, request: web.Request) -> web.Response:
+        _query(request, ())
+        rack = request.match_info["rack"]
+        why = _reason((await _body(request, ("reason",))).get("reason"))
+        who = request[_WHO_KEY]
+        call = self.plane.acknowledge_alarms(rack, who, why)
+        return _json(await self._logged(who, rack, f"acknowledge alarms {rack}: {why}", call))
+
     async def _reload(self, request: web.Request) -> web.Response:
         _query(request, ())
         await _body(request, (), optional=True)
@@ -588,7 +731,8 @@ class ControlApi:
             raise ControlError(400, f"'wait' must be 0 or more seconds, not {wait_text!r}")
         wait_s = min(wait_s, MAX_WAIT_S)
         if since is None:
-            events = await _newest(self.plane.events, limit)
+            newest = getattr(self.plane, "newest_events", None)  # a plane may lack it
+            events = await (newest(limit) if newest else _newest(self.plane.events, limit))
         elif wait_s > 0:
             events = await self._wait_events(since, wait_s, limit)
         else:
@@ -615,8 +759,9 @@ class ControlApi:
         since = _int_param(query, "since", None, 0, 2**63 - 1)
         limit = _int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         assert limit is not None
+        newest = getattr(self.plane, "newest_audit", None)  # a plane may lack it
         records = (
-            await _newest(self.plane.audit, limit)
+            await (newest(limit) if newest else _newest(self.plane.audit, limit))
             if since is None
             else await self.plane.audit(since, limit)
         )
@@ -625,7 +770,8 @@ class ControlApi:
 
     async def _logged(self, who: str, rack: str | None, what: str, call: Awaitable[T]) -> T:
         """Run a state-changing call and log one line saying who did what and how it ended."""
-        extra = {"rack": rack} if rack is not None else {}
+        extra = {"rack": escape_text(rack)} if rack is not None else {}
+        what = escape_text(what)
         try:
             result = await call
         except ControlError as exc:
@@ -639,7 +785,8 @@ class ControlApi:
 
 
 async def _newest(fetch: Callable[[int, int], Awaitable[list[R]]], limit: int) -> list[R]:
-    """The newest `limit` records, oldest first, by paging through the store from the start.
+    """The newest `limit` records, oldest first, by paging through the store from the start:
+    for a plane without newest_events/newest_audit (the daemon's reads them by index).
 
     Pages until an empty one, so a plane that returns fewer than asked per call still works.
     """

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -53,7 +54,12 @@ class ControlClient:
         token: str | None = None,
         token_file: Path | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        ca_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
     ) -> None:
+        """`ca_file` is the CA to verify an https:// listener with (default: the system's);
+        `cert_file`/`key_file` a client certificate for a listener that asks for one."""
         if url is not None and socket_path is not None:
             raise ValueError("give a socket path or a URL, not both")
         if token is None and token_file is not None:
@@ -76,6 +82,11 @@ class ControlClient:
             self._prefix = ""
             self.where = str(self._socket_path)
         self._session: aiohttp.ClientSession | None = None
+        self._ssl: ssl.SSLContext | None = None
+        if url is not None and (ca_file or cert_file):
+            self._ssl = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+            if cert_file is not None:
+                self._ssl.load_cert_chain(cert_file, key_file)
 
     async def __aenter__(self) -> ControlClient:
         return self
@@ -98,6 +109,8 @@ class ControlClient:
             connector: aiohttp.BaseConnector | None = None
             if self._socket_path is not None:
                 connector = aiohttp.UnixConnector(path=str(self._socket_path))
+            elif self._ssl is not None:
+                connector = aiohttp.TCPConnector(ssl=self._ssl)
             self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
         return self._session
 
@@ -183,6 +196,9 @@ class ControlClient:
             "PUT", f"/v1/racks/{_segment(rack)}/overrides/{_segment(target)}", body=body
         )
 
+    async def targets(self, rack: str) -> JsonObject:
+        return await self.request("GET", f"/v1/racks/{_segment(rack)}/targets")
+
     async def clear_override(self, rack: str, target: str, *, reason: str) -> JsonObject:
         return await self.request(
             "DELETE",
@@ -197,6 +213,13 @@ class ControlClient:
 
     async def reset_interlock(self, rack: str, interlock: str, *, reason: str) -> JsonObject:
         path = f"/v1/racks/{_segment(rack)}/interlocks/{_segment(interlock)}/reset"
+        return await self.request("POST", path, body={"reason": reason})
+
+    async def alarms(self, rack: str | None = None) -> JsonObject:
+        return await self.request("GET", "/v1/alarms", query={"rack": rack} if rack else None)
+
+    async def acknowledge_alarms(self, rack: str, *, reason: str) -> JsonObject:
+        path = f"/v1/racks/{_segment(rack)}/alarms/ack"
         return await self.request("POST", path, body={"reason": reason})
 
     async def events(

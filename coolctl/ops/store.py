@@ -33,7 +33,7 @@ from coolctl.model import Event, RackMode, Severity
 from coolctl.ops.protocol import AuditRecord, EventRecord, OverrideRecord
 
 APPLICATION_ID: Final = 0x636F6F6C  # "cool": marks an SQLite file as a coolctl store
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 SYSTEM_WHO: Final = "coolctl"  # who ends overrides that expire or that a migration supersedes
 BUSY_TIMEOUT_MS: Final = 5000  # an sqlite3 shell reading the file may briefly hold a lock
 
@@ -139,6 +139,8 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         CREATE UNIQUE INDEX overrides_open ON overrides (rack, target) WHERE ended_at IS NULL
         """,
     ),
+    # 2 -> 3: events are pruned by age, which must not scan the table.
+    ("CREATE INDEX events_at ON events (at)",),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -586,8 +588,25 @@ class Store:
         )
         return [EventRecord(*row) for row in rows]
 
-    def prune_events(self, keep: int) -> int:
-        """Delete all but the newest `keep` events and return how many went.
+    def newest_events(self, limit: int = 100) -> list[EventRecord]:
+        """The newest `limit` events, oldest first: read backwards along the primary key, so
+        the cost is `limit` rows however many the table holds."""
+        _require_limit(limit)
+        rows = self._read(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY id DESC LIMIT ?", (limit,))
+        return [EventRecord(*row) for row in reversed(rows)]
+
+    def newest_audit(self, limit: int = 100) -> list[AuditRecord]:
+        """The newest `limit` audit rows, oldest first, by the primary key as newest_events."""
+        _require_limit(limit)
+        rows = self._read(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+        return [
+            AuditRecord(id_, at, who, action, rack, json.loads(details))
+            for id_, at, who, action, rack, details in reversed(rows)
+        ]
+
+    def prune_events(self, keep: int, older_than: float | None = None) -> int:
+        """Delete all but the newest `keep` events, and those stored before the wall-clock time
+        `older_than`; return how many went.
 
         Events are the only bounded table: a flapping sensor may raise thousands of them,
         whereas overrides and audit rows are operator actions and are kept for good.
@@ -600,7 +619,11 @@ class Store:
                 "(SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?)",
                 (keep,),
             )
-            return cursor.rowcount
+            removed = cursor.rowcount
+            if older_than is not None:
+                cutoff = _require_finite(older_than=older_than)
+                removed += conn.execute("DELETE FROM events WHERE at < ?", (cutoff,)).rowcount
+            return removed
 
     # -- health -----------------------------------------------------------------------------
 
@@ -722,8 +745,14 @@ class AsyncStore:
     async def events(self, since_id: int = 0, limit: int = 100) -> list[EventRecord]:
         return await self._call(self._opened().events, since_id, limit)
 
-    async def prune_events(self, keep: int) -> int:
-        return await self._call(self._opened().prune_events, keep)
+    async def newest_events(self, limit: int = 100) -> list[EventRecord]:
+        return await self._call(self._opened().newest_events, limit)
+
+    async def newest_audit(self, limit: int = 100) -> list[AuditRecord]:
+        return await self._call(self._opened().newest_audit, limit)
+
+    async def prune_events(self, keep: int, older_than: float | None = None) -> int:
+        return await self._call(self._opened().prune_events, keep, older_than)
 
     async def integrity_check(self) -> bool:
         return await self._call(self._opened().integrity_check)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from coolctl.config import (
@@ -24,6 +24,7 @@ from coolctl.config import (
 from coolctl.drivers.mqtt import MqttDevice, MqttSettings
 from coolctl.drivers.mqtt_profile import load_mqtt_profile
 from coolctl.drivers.redfish import RedfishSettings
+from coolctl.rack.bounds import config_problems, loop_problems, quantity_of
 from coolctl.rack.facts import DeviceFactsRecord, device_facts, setpoint_bounds
 
 
@@ -128,6 +129,7 @@ def check_rack_builds(where: str, rack: RackConfig) -> list[str]:
     problems: list[str] = []
     for loop in rack.loops.values():
         problems.extend(_check_loop(f"{key}.loops.{loop.id}", loop, facts))
+    problems.extend(_check_safe_bounds(key, rack, facts))
     writable = all(  # if not, check_profiles says so
         loop.actuator.point in facts[loop.actuator.device].writable for loop in rack.loops.values()
     )
@@ -185,6 +187,34 @@ def _check_loop(key: str, loop: LoopConfig, facts: Mapping[str, DeviceFactsRecor
         problems.append(
             f"{key}.setpoint: {loop.setpoint:g} is outside what {loop.measurement} can read"
             f" ({low:g}..{high:g}); check the setpoint, or set setpoint_min/setpoint_max"
+        )
+    return problems
+
+
+def _check_safe_bounds(
+    key: str, rack: RackConfig, facts: Mapping[str, DeviceFactsRecord]
+) -> list[str]:
+    """Implausible limits, and loop setpoints (or explicit setpoint bounds) outside the safe
+    bounds that operators' overrides are held to (coolctl.rack.bounds)."""
+    problems = config_problems(key, rack)
+    for loop in rack.loops.values():
+        point = loop.measurement.minuend.point
+        quantity = quantity_of(point)
+        if quantity is None or loop.measurement.subtrahend is not None:
+            continue
+        low, high = setpoint_bounds(replace(loop, setpoint_min=None, setpoint_max=None), facts)
+        problems.extend(
+            loop_problems(
+                f"{key}.loops.{loop.id}",
+                rack,
+                quantity,
+                loop.setpoint,
+                (loop.setpoint_min, loop.setpoint_max),
+                (
+                    loop.setpoint_min if loop.setpoint_min is not None else low,
+                    loop.setpoint_max if loop.setpoint_max is not None else high,
+                ),
+            )
         )
     return problems
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from coolctl.config import Controller, RackConfig
+from coolctl.config import CduControl, Controller, RackConfig
 from coolctl.rack.safety import DeviceFacts
 from coolctl.rack.stack import RackControl, build_pid_control
 
@@ -16,6 +16,10 @@ from coolctl.rack.stack import RackControl, build_pid_control
 def build_rack_control(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> RackControl:
     """The rack's stack as its config asks: `controller = "pid"` (the default) the PID loops,
     `"mpc"` the MPC over them with the model in `mpc_model` (`coolctl.rack.mpc`)."""
+    if config.cdu_control == CduControl.SETPOINTS:  # a CDU that runs its own loops
+        from coolctl.rack.setpoints import build_setpoint_control
+
+        return build_setpoint_control(config, devices)
     if config.controller == Controller.MPC:
         from coolctl.rack.mpc import build_mpc_control  # numpy, scipy, osqp: only when asked
 

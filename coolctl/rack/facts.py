@@ -17,10 +17,12 @@ from coolctl.config import (
     LoopConfig,
     MqttDeviceConfig,
     RedfishDeviceConfig,
+    SnmpDeviceConfig,
 )
 from coolctl.drivers.modbus_profile import ModbusProfile, RegisterPoint, load_profile
 from coolctl.drivers.mqtt_profile import load_mqtt_profile
 from coolctl.drivers.redfish import kind_points
+from coolctl.drivers.snmp_profile import load_snmp_profile
 from coolctl.model import CANONICAL_POINTS, Unit
 
 
@@ -45,6 +47,21 @@ class DeviceFactsRecord:
     ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
 
+REDFISH_CDU_WRITABLE: Mapping[str, WritableSpec] = {
+    "pump_speed_command": WritableSpec(0.0, 1.0, 0.001),
+    "valve_command": WritableSpec(0.0, 1.0, 0.001),
+    # A CDU that runs its own loops (setpoint mode). What the service really accepts is its
+    # Controls' AllowableMin/AllowableMax, checked by the driver at each write; these are the
+    # physical bounds coolctl holds commands to before that.
+    "supply_temperature_setpoint": WritableSpec(0.0, 100.0, 0.1),
+    "flow_setpoint": WritableSpec(0.0, 10_000.0, 0.1),
+    "differential_pressure_setpoint": WritableSpec(0.0, 1.0e6, 100.0),
+    "cdu_run_command": WritableSpec(0.0, 1.0, 1.0),  # CoolingUnit.SetMode
+    "isolation_valve_command": WritableSpec(0.0, 1.0, 1.0),  # CoolantConnector.ValveControl
+}
+"""What coolctl may write to a Redfish CDU, and within what."""
+
+
 def device_facts(config: DeviceConfig) -> DeviceFactsRecord:
     """A device's points, writable points with their ranges, and kind, without opening it."""
     if isinstance(config, RedfishDeviceConfig):
@@ -52,8 +69,7 @@ def device_facts(config: DeviceConfig) -> DeviceFactsRecord:
         if config.kind == DeviceKind.SERVER:
             writable["power_limit"] = WritableSpec(config.cap_min_w, config.cap_max_w, 1.0)
         elif config.kind == DeviceKind.CDU:
-            writable["pump_speed_command"] = WritableSpec(0.0, 1.0, 0.001)
-            writable["valve_command"] = WritableSpec(0.0, 1.0, 0.001)
+            writable.update(REDFISH_CDU_WRITABLE)
         return DeviceFactsRecord(writable, kind_points(config.kind.literal), config.kind)
     if isinstance(config, MqttDeviceConfig):
         mqtt_profile = load_mqtt_profile(config.profile)
@@ -67,6 +83,9 @@ def device_facts(config: DeviceConfig) -> DeviceFactsRecord:
             if p.min is not None or p.max is not None
         }
         return DeviceFactsRecord({}, names, mqtt_profile.kind, ranges)
+    if isinstance(config, SnmpDeviceConfig):  # read-only; table points are found by walking
+        snmp = load_snmp_profile(config.profile)
+        return DeviceFactsRecord({}, snmp.point_names, snmp.kind)
     profile = load_profile(config.profile)
     names = tuple(p.name for p in profile.points)
     ranges = {p.name: register_range(p) for p in profile.points}
@@ -114,6 +133,8 @@ PHYSICAL_RANGES: Mapping[Unit, tuple[float, float]] = {
     Unit.PASCAL: (-math.inf, math.inf),  # a differential pressure may be negative
     Unit.WATT: (0.0, math.inf),
     Unit.JOULE: (0.0, math.inf),
+    Unit.AMPERE: (0.0, math.inf),
+    Unit.VOLT: (0.0, math.inf),
     Unit.LITRE: (0.0, math.inf),
     Unit.LITRE_PER_MINUTE: (0.0, math.inf),
     Unit.RATIO: (0.0, 1.0),

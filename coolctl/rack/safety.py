@@ -18,6 +18,7 @@ from coolctl.control.supervisor import (
     TemperatureLimit,
 )
 from coolctl.model import PointId
+from coolctl.rack.cdu_watch import with_alarm_stops
 from coolctl.rack.facts import WritableSpec
 
 
@@ -49,6 +50,7 @@ def supervisor_config(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> S
         loop_actuator(rack, loop, devices[loop.actuator.device].writable[loop.actuator.point])
         for loop in rack.loops.values()
     ) + tuple(cap_actuator(rack.id, device) for device in server_caps(rack))
+    actuators += isolation_actuators(rack, devices)
     required = tuple(
         PointId(rack.id, ref.device, ref.point)
         for loop in rack.loops.values()
@@ -62,10 +64,10 @@ def supervisor_config(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> S
     def pump_point(name: str) -> PointId | None:
         return PointId(rack.id, pump_device, name) if pump_device and name in pump_points else None
 
-    power = rack_power_point(rack, devices)
+    power = rack_power_points(devices, rack.id)
     servers = server_caps(rack)
     caps_floor_w = sum(device.cap_min_w for device in servers)
-    return SupervisorConfig(
+    config = SupervisorConfig(
         rack=rack.id,
         actuators=actuators,
         leak_points=tuple(
@@ -95,7 +97,7 @@ def supervisor_config(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> S
         # the caps took hold: the rack draws no more than its caps' minimums, its non-server
         # load and a tenth of the minimums again for what the BMCs' capping lets through
         leak_caps_power_w=(
-            1.1 * caps_floor_w + rack.power.overhead_w if servers and power is not None else None
+            1.1 * caps_floor_w + rack.power.overhead_w if servers and power else None
         ),
         leak_caps_timeout_s=safety.leak_caps_timeout_s,
         temperature_release_band_c=safety.temperature_release_band_c,
@@ -120,7 +122,22 @@ def supervisor_config(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> S
             )
         ),
         healthy_margin_c=0.0,
+        failsafe_cap_band_c=safety.failsafe_cap_band_c,
+        power_overhead_w=rack.power.overhead_w,
+        supply=pump_point("supply_temperature"),
+        facility_supply=pump_point("facility_supply_temperature"),
+        dew_point=rack_point(rack, devices, "dew_point"),
+        room_temperature=rack_point(rack, devices, "room_temperature"),
+        room_humidity=rack_point(rack, devices, "room_humidity"),
+        supply_floor_margin_c=safety.supply_floor_margin_c,
     )
+    return with_alarm_stops(config, rack, devices)  # alarms that stop the CDU as a leak does
+
+
+def rack_point(rack: RackConfig, devices: Mapping[str, DeviceFacts], name: str) -> PointId | None:
+    """`name` on the first of the rack's devices that reports it (a room sensor, the CDU)."""
+    device = next((d for d, facts in devices.items() if name in facts.point_names), None)
+    return PointId(rack.id, device, name) if device is not None else None
 
 
 def temperature_limits(
@@ -180,10 +197,12 @@ def server_points(
     )
 
 
-def rack_power_point(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> PointId | None:
-    """The rack's power as its (first) PDU measures it."""
-    pdu = next((name for name, facts in devices.items() if facts.kind == "pdu"), None)
-    return PointId(rack.id, pdu, "power") if pdu is not None else None
+def rack_power_points(devices: Mapping[str, DeviceFacts], rack: str) -> tuple[PointId, ...]:
+    """What meters the rack's power: its PDUs, summed (one per feed, or several power
+    shelves)."""
+    return tuple(
+        PointId(rack, name, "power") for name, facts in devices.items() if facts.kind == "pdu"
+    )
 
 
 def loop_actuator(rack: RackConfig, loop: LoopConfig, device: WritableSpec) -> ActuatorSafety:
@@ -220,6 +239,36 @@ def loop_actuator(rack: RackConfig, loop: LoopConfig, device: WritableSpec) -> A
         on_low_level=on_low_level,
         shutdown=loop.shutdown_output,
     )
+
+
+ISOLATION = "isolation_valve_command"
+
+
+def isolation_actuators(
+    rack: RackConfig, devices: Mapping[str, DeviceFacts]
+) -> tuple[ActuatorSafety, ...]:
+    """Every writable `isolation_valve_command` of the rack's devices: shut (its minimum) in
+    the pump step of a leak's sequence, opened again after the reset, left alone otherwise."""
+    found = []
+    for device_id, facts in devices.items():
+        spec = facts.writable.get(ISOLATION)
+        if spec is None:
+            continue
+        low, high = spec.minimum, spec.maximum
+        found.append(
+            ActuatorSafety(
+                point=PointId(rack.id, device_id, ISOLATION),
+                role=ActuatorRole.ISOLATION,
+                minimum=low,
+                maximum=high,
+                slew_per_s=None,
+                failsafe=high,  # never written: failsafe leaves an isolation valve alone
+                hard_minimum=low,
+                hard_maximum=high,
+                on_leak=low,
+            )
+        )
+    return tuple(found)
 
 
 def server_caps(rack: RackConfig) -> list[RedfishDeviceConfig]:

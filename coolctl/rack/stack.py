@@ -6,12 +6,13 @@ simulated time runs the very code that runs a rack.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from coolctl.config import LoopConfig, RackConfig
-from coolctl.control.loops import FeedForward, LoopSpec, PidLoop, RackController
+from coolctl.control.loops import ChipBoost, FeedForward, LoopSpec, PidLoop, RackController
 from coolctl.control.pid import PidConfig, PidGains
 from coolctl.control.powercap import AllocatorConfig, PowerCapAllocator, ServerCap
 from coolctl.control.supervisor import ActuatorRole, Supervisor, SupervisorConfig
@@ -22,7 +23,8 @@ from coolctl.control.thermalcap import (
     ThermalCapLoop,
 )
 from coolctl.model import Command, Event, PointId, Severity, Snapshot
-from coolctl.rack.safety import DeviceFacts, rack_power_point, server_caps, supervisor_config
+from coolctl.rack.circuits import rack_circuits
+from coolctl.rack.safety import DeviceFacts, server_caps, server_points, supervisor_config
 
 
 class AutoController(Protocol):
@@ -114,12 +116,15 @@ def build_pid_control(config: RackConfig, devices: Mapping[str, DeviceFacts]) ->
     power = it_power_points(config, devices)
     shared = allocator(config, devices)
     if shared is not None and config.safety.thermal_cap and power:
-        thermal = thermal_cap_loop(config, safety, power)
+        chips = server_points(config, devices, "chip_temperature")
+        thermal = thermal_cap_loop(config, safety, power, chips)
         if thermal is not None:
             shared = ThermalCappedAllocator(shared.config, thermal)
+    chips = server_points(config, devices, "chip_temperature")
     return PidControl(
         controller=RackController(
-            config.id, [loop_spec(config.id, loop, power) for loop in config.loops.values()]
+            config.id,
+            [loop_spec(config.id, loop, power, chips) for loop in config.loops.values()],
         ),
         allocator=shared,
         supervisor=Supervisor(safety),
@@ -127,31 +132,51 @@ def build_pid_control(config: RackConfig, devices: Mapping[str, DeviceFacts]) ->
 
 
 def it_power_points(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> tuple[PointId, ...]:
-    """What measures the rack's power: its PDU, else the sum of its servers' own readings."""
-    pdu = rack_power_point(config, devices)
-    if pdu is not None:
-        return (pdu,)
+    """What measures the rack's power: its PDUs (summed: one per feed, or several power
+    shelves), else the sum of its servers' own readings."""
+    pdus = tuple(
+        PointId(config.id, name, "power") for name, f in devices.items() if f.kind == "pdu"
+    )
+    if pdus:
+        return pdus
     return tuple(PointId(config.id, device.id, "power") for device in server_caps(config))
 
 
+FLOW_BOUND = frozenset({"chip_temperature", "coolant_outlet_temperature"})
+"""Temperatures that more flow cools: their margin is out of cooling once the pumps are."""
+
+
 def thermal_cap_loop(
-    config: RackConfig, safety: SupervisorConfig, power: tuple[PointId, ...]
+    config: RackConfig,
+    safety: SupervisorConfig,
+    power: tuple[PointId, ...],
+    chips: Sequence[PointId] = (),
 ) -> ThermalCapLoop | None:
-    """The rack's thermal cap loop: margins from the supervisor's temperature limits, cooling
-    at its top when every pump and valve actuator is at its normal maximum."""
+    """The rack's thermal cap loop: margins from the supervisor's temperature limits, and from
+    `safety.thermal_cap_chip_c` for every server chip (`chips`) that has no limit of its own
+    there; cooling at its top when the pumps (chips, outlets) or the valves (supply, return)
+    are at their normal maximum."""
     cooling = tuple(
-        CoolingActuator(a.point, a.maximum)
+        CoolingActuator(a.point, a.maximum, moves_flow=a.role is ActuatorRole.PUMP)
         for a in safety.actuators
         if a.role in (ActuatorRole.PUMP, ActuatorRole.VALVE)
     )
-    if not cooling or not safety.temperature_limits:
+    limits = [(t.point, t.limit_c) for t in safety.temperature_limits]
+    chip_c = config.safety.thermal_cap_chip_c
+    if chip_c is not None:
+        limited = {point for point, _ in limits}
+        limits += [(point, chip_c) for point in chips if point not in limited]
+    if not cooling or not limits:
         return None
     servers = server_caps(config)
     rate = config.power.release_rate_w_per_s  # caps rising at once: the loop's own pace
     paced = {} if rate is None else {"release_rate_w_per_s": rate}
     return ThermalCapLoop(
         ThermalCapConfig(
-            margins=tuple(MarginPoint(t.point, t.limit_c) for t in safety.temperature_limits),
+            margins=tuple(
+                MarginPoint(point, limit_c, flow_bound=point.name in FLOW_BOUND)
+                for point, limit_c in limits
+            ),
             cooling=cooling,
             power=power,
             floor_w=sum(device.cap_min_w for device in servers) + config.power.overhead_w,
@@ -192,7 +217,8 @@ def allocator(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> PowerCa
     servers = server_caps(config)
     if not servers:
         return None
-    pdu = next((device for device, h in devices.items() if h.kind == "pdu"), None)
+    pdus = [device for device, h in devices.items() if h.kind == "pdu"]
+    pdu = pdus[0] if pdus else None
     rack = config.id
     return PowerCapAllocator(
         AllocatorConfig(
@@ -211,15 +237,28 @@ def allocator(config: RackConfig, devices: Mapping[str, DeviceFacts]) -> PowerCa
             ),
             margin_w=config.power.margin_w,
             non_server_power=PointId(rack, pdu, "power") if pdu is not None else None,
+            more_rack_power=tuple(PointId(rack, other, "power") for other in pdus[1:]),
             overhead_w=config.power.overhead_w,
             release_rate_w_per_s=config.power.release_rate_w_per_s,
             cap_deadband_w=config.power.cap_deadband_w,
+            circuits=rack_circuits(config),
+            source_alarms=tuple(
+                PointId(rack, device, name)
+                for device, facts in devices.items()
+                for name in ("psu_ok", "bbu_discharging")
+                # a PDU's (Redfish lists them for every PDU), or any device's that has one:
+                # an ORv3 BBU on Modbus is no power meter, but its discharge is an event
+                if facts.kind == "pdu" or name in facts.point_names
+            ),
         )
     )
 
 
-def loop_spec(rack: str, loop: LoopConfig, power: Sequence[PointId] = ()) -> LoopSpec:
-    """A loop as its config asks; its feedforward reads the rack's power from `power`."""
+def loop_spec(
+    rack: str, loop: LoopConfig, power: Sequence[PointId] = (), chips: Sequence[PointId] = ()
+) -> LoopSpec:
+    """A loop as its config asks; its feedforward reads the rack's power from `power`, its chip
+    boost the servers' chip temperatures `chips` (no chips: no boost)."""
     measurement = loop.measurement
     gain = loop.feedforward_gain_per_kw
     feedforward = (
@@ -246,4 +285,24 @@ def loop_spec(rack: str, loop: LoopConfig, power: Sequence[PointId] = ()) -> Loo
         ),
         enabled=loop.enabled,
         feedforward=feedforward,
+        boost=boost(loop, power, chips),
+    )
+
+
+def boost(loop: LoopConfig, power: Sequence[PointId], chips: Sequence[PointId]) -> ChipBoost | None:
+    """A loop's chip boost (and its feedforward from power), from what the rack can read."""
+    if loop.boost_setpoint is None:
+        return None
+    from_kw, full_kw = loop.boost_from_kw, loop.boost_full_kw
+    by_power = from_kw is not None and full_kw is not None and bool(power)
+    by_chips = loop.boost_above_c is not None and bool(chips)
+    if not (by_power or by_chips):
+        return None
+    return ChipBoost(
+        points=tuple(chips) if by_chips else (),
+        above_c=loop.boost_above_c if loop.boost_above_c is not None else math.inf,
+        boosted=loop.boost_setpoint,
+        power_points=tuple(power) if by_power else (),
+        from_w=from_kw * 1000.0 if from_kw is not None else math.inf,
+        full_w=full_kw * 1000.0 if full_kw is not None else math.inf,
     )

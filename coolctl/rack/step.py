@@ -36,6 +36,8 @@ from coolctl.config import RackConfig
 from coolctl.control.loops import SaturationWatch
 from coolctl.control.supervisor import Decision, Override, Supervisor
 from coolctl.model import Command, Event, PointId, Quality, RackMode, Severity, Snapshot
+from coolctl.rack.cdu_watch import CduWatch
+from coolctl.rack.chips import ChipWatch
 from coolctl.rack.controllers import build_rack_control
 from coolctl.rack.safety import DeviceFacts
 from coolctl.rack.stack import ControlStack, RackControl, note_applied
@@ -76,6 +78,7 @@ class StepResult:
     budget_w: float | None = None
     error: Exception | None = None
     refused: tuple[Refused, ...] = ()
+    held: tuple[Command, ...] = ()  # for a CDU in local control: not written while it stays
 
     @property
     def controller_failed(self) -> bool:
@@ -119,8 +122,14 @@ class RackStep(Generic[StackT]):
             a.point: (a.hard_minimum, a.hard_maximum) for a in self.supervisor.config.actuators
         }
         self._saturation = SaturationWatch(config.id)  # loops that cannot reach their setpoint
+        self.chips = ChipWatch(config)  # servers that throttle, or are near it
         self._upstream_w: float | None = None  # the last budget accepted from budget_point
         self._budget_rejected = False
+        self.cdu = CduWatch(config.id, facts)  # CDUs in local control, and their alarms
+        self._budget_changed_at: float | None = None  # when upstream last changed the budget
+        self._budget_held = False
+        self.budget_source: str | None = None
+        """Where upstream budgets come from (an MQTT topic), named in their events."""
 
     @property
     def supervisor(self) -> Supervisor:
@@ -163,7 +172,8 @@ class RackStep(Generic[StackT]):
         for point, value, _ in self.readbacks(snapshot):
             if value is not None:
                 supervisor.observe(point, value, now)
-        events: list[Event] = []
+        events: list[Event] = self.cdu.observe(snapshot, now)
+        events += self.chips.step(snapshot, now)
         budget = self._follow_budget(snapshot, now, budget_w, events)
         requested: list[Command] = []
         error: Exception | None = None
@@ -183,7 +193,8 @@ class RackStep(Generic[StackT]):
 
     def interlocks(self, snapshot: Snapshot, now: float) -> StepResult:
         """The fast path, between ticks: a reading that may trip an interlock has arrived."""
-        return self._result(self.supervisor.evaluate_interlocks(snapshot, now), (), now, [])
+        events = self.cdu.observe(snapshot, now)
+        return self._result(self.supervisor.evaluate_interlocks(snapshot, now), (), now, events)
 
     def reset_interlock(self, name: str, now: float, who: str, why: str) -> StepResult:
         """An operator's reset of an interlock whose cause is clear (ValueError if it is not):
@@ -209,23 +220,55 @@ class RackStep(Generic[StackT]):
         if reading is None or reading.quality is Quality.MISSING:
             return current
         value = reading.value
-        low, high = config.budget_min_w, config.budget_max_w
+        low, high = self._budget_range()
+        source = f"{ref}" if self.budget_source is None else f"{ref} ({self.budget_source})"
+        problem = None
         if reading.quality is Quality.BAD or value is None or not low <= value <= high:
+            shown = "unreadable" if value is None else f"{value:g} W"
+            problem = f"{shown}; accepted {low:g}..{high:g} W"
+        elif value != self._upstream_w and (
+            reading.quality is Quality.STALE or now - reading.ts > config.budget_max_age_s
+        ):
+            # A retained budget replayed on subscribing, or one long gone: nobody knows when
+            # the coordinator meant it, so it must say it again, live.
+            problem = f"{value:g} W, retained or older than {config.budget_max_age_s:g} s"
+        if problem is not None:
             if not self._budget_rejected:
                 self._budget_rejected = True
-                shown = "unreadable" if value is None else f"{value:g} W"
-                message = (
-                    f"budget from {ref} rejected ({shown}; accepted {low:g}..{high:g} W);"
-                    f" keeping {current} W"
-                )
+                message = f"budget from {source} rejected ({problem}); keeping {current} W"
                 events.append(self._event("budget_rejected", Severity.WARNING, message, now))
             return current
         self._budget_rejected = False
+        if value == self._upstream_w:
+            return value
+        changed_at = self._budget_changed_at
+        if changed_at is not None and now - changed_at < config.budget_min_interval_s:
+            if not self._budget_held:  # rate-limited: taken once the interval has passed
+                self._budget_held = True
+                message = (
+                    f"budget {value:g} W from {source} held: the budget changes at most once"
+                    f" per {config.budget_min_interval_s:g} s; keeping {current} W"
+                )
+                events.append(self._event("budget_held", Severity.WARNING, message, now))
+            return current
+        self._budget_held = False
         self._upstream_w = value
+        self._budget_changed_at = now
         if value != current:
-            message = f"budget {current} W -> {value:g} W from {ref}"
-            events.append(self._event("budget_set", Severity.INFO, message, now))
+            message = f"budget {current} W -> {value:g} W from {source}"
+            events.append(self._event("budget_set", Severity.WARNING, message, now))
         return value
+
+    def _budget_range(self) -> tuple[float, float]:
+        """The budgets upstream may set: budget_min_w..budget_max_w, narrowed to the band
+        around the rack's configured budget when it has one."""
+        config = self.config
+        low, high = config.budget_min_w, config.budget_max_w
+        own_w = config.power_budget_w
+        if own_w is not None:
+            band = config.budget_band_fraction
+            low, high = max(low, own_w * (1.0 - band)), min(high, own_w * (1.0 + band))
+        return low, high
 
     def _event(self, kind: str, severity: Severity, message: str, now: float) -> Event:
         return Event(self.config.id, kind, severity, message, now, source="daemon")
@@ -243,10 +286,14 @@ class RackStep(Generic[StackT]):
         asked = {command.point: command.value for command in requested}
         commands: list[Command] = []
         refused: list[Refused] = []
+        held_back: list[Command] = []
         for command in decision.commands:
             hard = self._hard.get(command.point)
             if hard is None:
                 continue  # not an actuator of this rack: nothing to write it to
+            if self.cdu.holds(command.point):
+                held_back.append(command)  # its panel has control: written once it is back
+                continue
             problem = _refusal(command, *hard)
             if problem is not None:
                 refused.append(Refused(command, problem))
@@ -263,7 +310,15 @@ class RackStep(Generic[StackT]):
             if point not in decided and held is not None and held != value:
                 note_applied(stack.controller, stack.allocator, point, held, now)
         events.extend(decision.events)
-        return StepResult(decision, tuple(commands), tuple(events), budget_w, error, tuple(refused))
+        return StepResult(
+            decision,
+            tuple(commands),
+            tuple(events),
+            budget_w,
+            error,
+            tuple(refused),
+            tuple(held_back),
+        )
 
 
 def _refusal(command: Command, low: float, high: float) -> str | None:

@@ -23,6 +23,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Final, Self
@@ -37,8 +39,24 @@ _STOP_TIMEOUT_S: Final = 5.0
 _PORT_ATTEMPTS: Final = 3  # a free port picked for us may be taken before mosquitto binds it
 
 
+# Keys of a deployed broker config that name files or listeners of that machine: a private
+# broker started from such a config (`from_deploy_config`) fills them in itself.
+_MACHINE_KEYS: Final = frozenset(
+    {"listener", "password_file", "acl_file", "cafile", "capath", "certfile", "keyfile", "user"}
+)
+
+
 class MosquittoError(RuntimeError):
     """The broker is not installed, would not start, or could not be configured."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerTls:
+    """The broker's TLS files: clients verify `certfile` against `cafile`."""
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
 
 
 def find_mosquitto() -> str | None:
@@ -70,15 +88,27 @@ class Mosquitto:
         username: str | None = None,
         password: str | None = None,
         executable: str | None = None,
+        users: Mapping[str, str] | None = None,
+        acl: str | None = None,
+        tls: BrokerTls | None = None,
+        settings: Sequence[str] = (),
     ) -> None:
+        """`username`/`password` is one account; `users` (name -> password) several; `acl` is
+        the text of an ACL file (everything not granted is denied); `tls` makes the listener
+        TLS-only; `settings` are further config lines (e.g. `use_username_as_clientid true`)."""
         if (username is None) != (password is None):
             raise ValueError("give both username and password, or neither")
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be within 0..65535, not {port}")
         self.host = HOST
         self.port = port
-        self.username = username
-        self._password = password
+        self.users: dict[str, str] = dict(users or {})
+        if username is not None and password is not None:
+            self.users[username] = password
+        self.username = username if username is not None else next(iter(self.users), None)
+        self.acl = acl
+        self.tls = tls
+        self.settings = tuple(settings)
         self._executable = executable
         self._fixed_port = port != 0
         self._dir: Path | None = None
@@ -122,8 +152,10 @@ class Mosquitto:
         self._executable = executable
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="coolctl-mosquitto-"))
-            if self.username is not None:
+            if self.users:
                 await self._write_password_file()
+            if self.acl is not None:
+                _write_private(self._dir / "acl", self.acl)
         for attempt in range(1, _PORT_ATTEMPTS + 1):
             if not self._fixed_port and (attempt > 1 or self.port == 0):
                 self.port = _free_port()
@@ -184,14 +216,23 @@ class Mosquitto:
             # Run as whoever started us: as root, mosquitto would otherwise switch to the
             # "mosquitto" user, which cannot read our temporary folder.
             lines.append(f"user {user}")
-        if self.username is None:
+        if not self.users:
             lines.append("allow_anonymous true")
         else:
             lines += ["allow_anonymous false", f"password_file {self._dir / 'passwd'}"]
+        if self.acl is not None:
+            lines.append(f"acl_file {self._dir / 'acl'}")
+        if self.tls is not None:
+            lines += [
+                f"cafile {self.tls.cafile}",
+                f"certfile {self.tls.certfile}",
+                f"keyfile {self.tls.keyfile}",
+            ]
+        lines += self.settings
         return "\n".join(lines) + "\n"
 
     async def _write_password_file(self) -> None:
-        assert self._dir is not None and self.username is not None and self._password is not None
+        assert self._dir is not None
         tool = find_mosquitto_passwd()
         if tool is None:
             raise MosquittoError(
@@ -199,15 +240,17 @@ class Mosquitto:
                 "apt-get install mosquitto"
             )
         path = self._dir / "passwd"
-        result = await asyncio.to_thread(
-            subprocess.run,
-            [tool, "-b", "-c", str(path), self.username, self._password],
-            capture_output=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            detail = result.stderr.decode("utf-8", errors="replace").strip()
-            raise MosquittoError(f"mosquitto_passwd failed for user {self.username!r}: {detail}")
+        for index, (username, password) in enumerate(self.users.items()):
+            create = ["-c"] if index == 0 else []
+            result = await asyncio.to_thread(
+                subprocess.run,
+                [tool, "-b", *create, str(path), username, password],
+                capture_output=True,
+                check=False,
+            )
+            if result.returncode != 0:
+                detail = result.stderr.decode("utf-8", errors="replace").strip()
+                raise MosquittoError(f"mosquitto_passwd failed for user {username!r}: {detail}")
 
     async def _spawn(self) -> None:
         assert self._dir is not None and self._executable is not None
@@ -262,6 +305,34 @@ class Mosquitto:
     def _log_tail(self, lines: int = 5) -> str:
         text = self.log_text().strip().splitlines()
         return " | ".join(text[-lines:]) or "(nothing logged)"
+
+
+def from_deploy_config(
+    config_file: Path,
+    *,
+    users: Mapping[str, str],
+    tls: BrokerTls | None,
+    acl_file: Path | None = None,
+    port: int = 0,
+) -> Mosquitto:
+    """A private broker on loopback that runs a deployed config (deploy/mosquitto/): its
+    settings and its ACL file as shipped, with this machine's listener, passwords and TLS
+    files in place of the deployed paths. Tests prove the shipped ACLs with it."""
+    settings = []
+    for raw in config_file.read_text("utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or line.split()[0] in _MACHINE_KEYS:
+            continue
+        settings.append(line)
+    acl_path = acl_file if acl_file is not None else config_file.with_suffix(".acl")
+    return Mosquitto(port, users=users, acl=acl_path.read_text("utf-8"), tls=tls, settings=settings)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """A file only its owner can read, created with that mode (never widened, then narrowed)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.write(text)
 
 
 def _current_user() -> str | None:

@@ -31,10 +31,31 @@ and what wears the hardware or puts it at risk:
 | key | unit | what |
 |---|---|---|
 | `interlock_trips` | — | times any interlock engaged (rising edges, one sample per period) |
-| `pump_dry_run_s` | s | pump commanded above 0.2 while the flow was under 10 % of rated |
+| `pump_dry_run_s` | s | pump turning, commanded above 0.2, while the flow was under 10 % of rated |
 | `valve_strokes_per_h` | 1/h | sum of abs(Δ valve position) per hour (a full stroke is 1.0) |
 | `valve_reversals_per_h` | 1/h | valve direction changes per hour, moves under 0.5 % ignored |
 | `hardware_throttle_s` | s | time any server was cutting its own power (exact, plant time) |
+| `pump_dry_run_max_s` | s | the longest unbroken dry run of the pump (same test as above) |
+
+and what the safety acceptance is judged by (sampled once per period, so to within one period;
+a fault that never happens is null in `--json`, one never answered counts to the run's end):
+
+- `leak_detection_s` (s): from a leak starting (coolant leaving the loop) to an interlock;
+- `no_flow_detection_s` (s): from flow under 30 % of rated, the pump asked for > 0.2, to an
+  interlock;
+- `pump_trip_detection_s` (s): from the pump stopping while asked to run to an interlock;
+- `min_caps_confirmed_s` (s): from flow under 30 % of rated to IT power at the caps' minimum
+  (+10 %), as the PDU measures it (its power less pump and overhead); null without caps;
+- `load_step_settling_s` (s): after a `load` event, until the supply stays within ±0.2 K of
+  the setpoint in force (a chip boost may lower it; the worst step; null without one);
+- `load_step_overshoot_pct` (%): after a `load` event, the swing past the setpoint the other
+  way, in % of the step's peak deviation (the worst step);
+- `chip_swing_k` (K): max − min of the hottest chip after warm-up;
+- `below_dew_point_s` (s): time the supply was under the room air's dew point (the plant's
+  `room_temperature_c` and `room_humidity`): condensation on the pipes.
+
+Every fault counts each time it starts (a rising edge), scored or not as its start is; the
+worst one is reported.
 """
 
 from __future__ import annotations
@@ -50,6 +71,12 @@ from coolctl.simulators.plant import PlantTruth
 from coolctl.simulators.scenario import Limits
 
 FloatArray = npt.NDArray[np.float64]
+_FAULTS = (
+    "leak_detection_s",
+    "no_flow_detection_s",
+    "pump_trip_detection_s",
+    "min_caps_confirmed_s",
+)
 
 KPI_KEYS: tuple[str, ...] = (
     "supply_temp_iae_ks",
@@ -79,6 +106,15 @@ EXTRA_KPI_KEYS: tuple[str, ...] = (
     "valve_strokes_per_h",
     "valve_reversals_per_h",
     "hardware_throttle_s",
+    "pump_dry_run_max_s",
+    "leak_detection_s",
+    "no_flow_detection_s",
+    "pump_trip_detection_s",
+    "min_caps_confirmed_s",
+    "load_step_settling_s",
+    "load_step_overshoot_pct",
+    "chip_swing_k",
+    "below_dew_point_s",
 )
 TIMING_KEYS = frozenset({"controller_step_p99_ms", "sim_speedup", "wall_s"})
 """KPIs that measure this machine, not the control: they differ between identical runs."""
@@ -111,6 +147,15 @@ KPI_UNITS: Mapping[str, str] = {
     "valve_strokes_per_h": "1/h",
     "valve_reversals_per_h": "1/h",
     "hardware_throttle_s": "s",
+    "pump_dry_run_max_s": "s",
+    "leak_detection_s": "s",
+    "no_flow_detection_s": "s",
+    "pump_trip_detection_s": "s",
+    "min_caps_confirmed_s": "s",
+    "load_step_settling_s": "s",
+    "load_step_overshoot_pct": "%",
+    "chip_swing_k": "K",
+    "below_dew_point_s": "s",
 }
 
 _J_PER_KWH = 3.6e6
@@ -120,6 +165,12 @@ DRY_RUN_FLOW_SHARE = 0.1
 """...and runs dry when the flow is under this share of its rated flow."""
 VALVE_REVERSAL_EPSILON = 0.005
 """Valve moves smaller than this (a share of full stroke) do not count as a reversal."""
+NO_FLOW_SHARE = 0.3
+"""Flow under this share of rated is no flow: the acceptance's "flow falls below 30 %"."""
+MIN_CAPS_MARGIN = 1.1
+"""IT power within 10 % of the caps' minimum is at minimum caps (the supervisor's own test)."""
+SETTLING_BAND_K = 0.2
+"""A load step has settled once the supply stays within this of its setpoint."""
 
 SERIES: tuple[str, ...] = (
     "t_s",
@@ -139,6 +190,7 @@ SERIES: tuple[str, ...] = (
     "budget_w",
     "failsafe",
     "interlock",
+    "setpoint_c",
 )
 
 
@@ -172,7 +224,11 @@ class Recorder:
         setpoint_c: float,
         limits: Limits,
         rated_flow_lpm: float = 200.0,
+        min_caps_w: float | None = None,
+        load_steps_s: Sequence[float] = (),
     ) -> None:
+        """`min_caps_w`: the sum of the server caps' minimums (None: the rack sets no caps);
+        `load_steps_s`: when the scenario's `load` events start, for the settling KPIs."""
         self.trace = Trace.empty(ticks, warmup_s, setpoint_c, limits)
         self._period_s = period_s
         self._warmup_s = warmup_s
@@ -200,6 +256,17 @@ class Recorder:
         self._reversals = 0
         self._scored = 0
         self._columns = [self.trace.columns[name] for name in SERIES]
+        self._no_flow_lpm = NO_FLOW_SHARE * rated_flow_lpm
+        self._min_caps_w = None if min_caps_w is None else MIN_CAPS_MARGIN * min_caps_w
+        self._load_steps_s = tuple(sorted(load_steps_s))
+        self._dry_run_s = 0.0  # the dry run going on now
+        self._dry_max_s = 0.0
+        self._min_chip = math.inf
+        self._below_dew_s = 0.0
+        # faults: whether the condition held at the last sample, and when an open one began
+        self._fault_was: dict[str, bool] = dict.fromkeys(_FAULTS, False)
+        self._fault_open: dict[str, float] = {}  # fault -> its onset, until answered
+        self._fault_worst: dict[str, float] = {}
 
     def sample(
         self,
@@ -209,7 +276,10 @@ class Recorder:
         budget_w: float | None,
         failsafe: bool,
         interlocked: bool,
+        setpoint_c: float | None = None,
     ) -> None:
+        """`setpoint_c`: the supply setpoint in force (a chip boost may have moved it), which
+        the load steps' settling is judged against; None: the scenario's."""
         supply = truth.supply_temperature_c
         outlet = max(truth.outlet_temperature_c)
         chip = max(truth.chip_temperature_c)
@@ -232,11 +302,13 @@ class Recorder:
             math.nan if budget_w is None else budget_w,
             float(failsafe),
             float(interlocked),
+            self._setpoint_c if setpoint_c is None else setpoint_c,
         )
         for column, value in zip(self._columns, row, strict=True):
             column[k] = value
         tripped = interlocked and not self._interlocked
         self._interlocked = interlocked
+        self._faults(now, truth, interlocked)
         if now < self._warmup_s - 1e-9:
             return
         if self._start is None:
@@ -257,10 +329,80 @@ class Recorder:
         self._failsafe_s += dt if failsafe else 0.0
         self._interlock_s += dt if interlocked else 0.0
         self._trips += tripped
-        if truth.pump_speed_command > DRY_RUN_COMMAND and truth.flow_lpm < self._dry_flow_lpm:
+        dry = truth.pump_speed_command > DRY_RUN_COMMAND and truth.flow_lpm < self._dry_flow_lpm
+        if dry and truth.pump_running:  # a tripped pump is stopped, not running dry
             self._dry_s += dt
+            self._dry_run_s += dt
+            self._dry_max_s = max(self._dry_max_s, self._dry_run_s)
+        else:
+            self._dry_run_s = 0.0
+        self._min_chip = min(self._min_chip, chip)
+        if supply < truth.room_dew_point_c:
+            self._below_dew_s += dt
         self._valve_wear(truth.valve_position)
         self._scored += 1
+
+    def _faults(self, now: float, truth: PlantTruth, interlocked: bool) -> None:
+        """Open a fault on its rising edge (if its start is scored); close it when answered."""
+        commanded = truth.pump_speed_command > DRY_RUN_COMMAND
+        no_flow = truth.flow_lpm < self._no_flow_lpm
+        at_min_caps = self._min_caps_w is not None and (
+            math.fsum(truth.server_power_w) <= self._min_caps_w
+        )
+        conditions = {
+            "leak_detection_s": truth.leak_rate_lpm > 0.0,
+            "no_flow_detection_s": no_flow and commanded,
+            "pump_trip_detection_s": commanded and not truth.pump_running,
+            "min_caps_confirmed_s": no_flow and self._min_caps_w is not None,
+        }
+        answered = {
+            "leak_detection_s": interlocked,
+            "no_flow_detection_s": interlocked,
+            "pump_trip_detection_s": interlocked,
+            "min_caps_confirmed_s": at_min_caps,
+        }
+        scored = now >= self._warmup_s - 1e-9
+        for name, now_true in conditions.items():
+            if now_true and not self._fault_was[name] and scored and name not in self._fault_open:
+                self._fault_open[name] = now
+            self._fault_was[name] = now_true
+            onset = self._fault_open.get(name)
+            if onset is not None and answered[name]:
+                self._close(name, now - onset)
+
+    def _close(self, name: str, seconds: float) -> None:
+        del self._fault_open[name]
+        self._fault_worst[name] = max(self._fault_worst.get(name, 0.0), seconds)
+
+    def _settling(self) -> tuple[float, float]:
+        """Worst settling time (s) and overshoot (%) over the scored load steps: the supply's
+        last exit from the band before the next step, and its swing past the setpoint against
+        the direction of its peak deviation; both from the setpoint in force (a chip boost
+        lowers it on purpose: that is not an error of the loop)."""
+        t = self.trace["t_s"]
+        supply = self.trace["supply_c"]
+        steps = [s for s in self._load_steps_s if s >= self._warmup_s - 1e-9]
+        if not steps:
+            return math.nan, math.nan
+        worst_settle, worst_over = 0.0, 0.0
+        for i, start in enumerate(steps):
+            stop = steps[i + 1] if i + 1 < len(steps) else math.inf
+            window = (t >= start - 1e-9) & (t < stop - 1e-9) & np.isfinite(supply)
+            if not window.any():
+                continue
+            times, error = t[window], supply[window] - self.trace["setpoint_c"][window]
+            outside = np.flatnonzero(np.abs(error) > SETTLING_BAND_K)
+            settle = 0.0
+            if outside.size:
+                last = int(outside[-1])
+                settle = float(times[last + 1] - start) if last + 1 < times.size else math.inf
+            peak_at = int(np.argmax(np.abs(error)))
+            peak = float(error[peak_at])
+            past = -error[peak_at:] * math.copysign(1.0, peak)
+            over = 100.0 * max(0.0, float(past.max())) / abs(peak) if peak != 0.0 else 0.0
+            worst_settle = max(worst_settle, settle)
+            worst_over = max(worst_over, over)
+        return worst_settle, worst_over
 
     def _valve_wear(self, position: float) -> None:
         """Stem travel, and reversals: a move of more than the epsilon back from the last
@@ -296,6 +438,13 @@ class Recorder:
         balance = 100.0 * end.energy_balance_error_j / it_heat if it_heat > 0 else 0.0
         scored = max(self._scored, 1)
         hours = self._scored * self._period_s / 3600.0
+        for name, onset in list(self._fault_open.items()):  # never answered: to the end
+            self._close(name, end.time_s - onset)
+        faults = {
+            name: self._fault_worst.get(name, math.nan)
+            for name in ("leak_detection_s", "no_flow_detection_s", "pump_trip_detection_s")
+        }
+        settling_s, overshoot_pct = self._settling()
         kpis = {
             "supply_temp_iae_ks": self._iae / 1000.0,
             "supply_temp_max_dev_k": self._max_dev,
@@ -323,6 +472,13 @@ class Recorder:
             "valve_strokes_per_h": self._stroke / hours if hours > 0 else 0.0,
             "valve_reversals_per_h": self._reversals / hours if hours > 0 else 0.0,
             "hardware_throttle_s": end.hardware_throttle_s - start.hardware_throttle_s,
+            "pump_dry_run_max_s": self._dry_max_s,
+            **faults,
+            "min_caps_confirmed_s": self._fault_worst.get("min_caps_confirmed_s", math.nan),
+            "load_step_settling_s": settling_s,
+            "load_step_overshoot_pct": overshoot_pct,
+            "chip_swing_k": self._max_chip - self._min_chip if self._scored else 0.0,
+            "below_dew_point_s": self._below_dew_s,
         }
         return kpis
 

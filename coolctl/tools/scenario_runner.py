@@ -23,8 +23,11 @@ Every control period the runner does what the daemon does, in the same order:
    the MPC's `build_mpc_control`), the daemon's own constructors;
 4. **actuate**, as `ActuatorChannel.submit` does: clamp to the hard range, quantise to the
    device's resolution, skip a value the device already holds (a poll sampled before the last
-   write is not taken for a drift), write; the write lands in the plant at once (the daemon's
-   writes take milliseconds, far under a period);
+   write is not taken for a drift), write; a Modbus write lands in the plant at once (the
+   daemon's writes take milliseconds, far under a period), a power cap lands its BMC's own
+   latency later (`[rack] cap_write_latency_s`, by default each BMC 0.5..2 s, drawn once from
+   the seed: `CapWrites`), so that a leak's caps-then-pump sequence and the PDU's confirmation
+   are judged against BMCs as slow as real ones;
 5. **record** plant truth for the KPIs and the plot (`coolctl.tools.kpi`), never for control;
 6. **advance** the plant to the next tick, stopping at each scenario event's own time.
 
@@ -81,6 +84,7 @@ any `ControllerFactory` to `run_scenario`.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import importlib
 import math
 import struct
@@ -90,9 +94,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import numpy as np
 
 from coolctl.config import (
+    CduControl,
     ConfigError,
     DeviceConfig,
     DeviceKind,
@@ -110,8 +117,10 @@ from coolctl.model import Command, Event, PointId, Quality, RackMode, Reading, S
 from coolctl.rack.check import load_checked_config
 from coolctl.rack.facts import device_facts
 from coolctl.rack.safety import DeviceFacts
+from coolctl.rack.setpoints import build_setpoint_control
 from coolctl.rack.stack import AutoController, CapAllocator, ControlStack, build_pid_control
 from coolctl.rack.step import RackStep, Refused, StackFactory, StepResult
+from coolctl.simulators.cdu_controller import CDU_WRITABLE, CduController
 from coolctl.simulators.plant import RackPlant
 from coolctl.simulators.scenario import Scenario, ScenarioError, ScenarioEvent, ScenarioPlayer
 from coolctl.tools.kpi import Recorder, Trace
@@ -121,6 +130,12 @@ MPC_MODULE = "coolctl.rack.mpc"
 MPC_FACTORY = "build_mpc_control"
 MPC_UNAVAILABLE = "the MPC controller is not available here"
 SIMULATED_MQTT_PROFILE = "sim-mqtt-sensors"
+SIMULATED_ROOM_PROFILE = "sim-room-sensor"
+_ROOM_POINTS: Mapping[str, tuple[str, int]] = {  # point -> (room reading, decimals published)
+    "room_temperature": ("room_temperature", 2),
+    "room_humidity": ("room_humidity", 3),
+    "dew_point": ("dew_point", 2),
+}
 
 
 class ControllerUnavailable(RuntimeError):
@@ -133,6 +148,8 @@ ControllerFactory = Callable[[RackConfig, Mapping[str, DeviceFacts], Path | None
 def _pid_factory(
     rack: RackConfig, devices: Mapping[str, DeviceFacts], model_path: Path | None
 ) -> ControlStack:
+    if rack.cdu_control == CduControl.SETPOINTS:  # a CDU that runs its own loops
+        return build_setpoint_control(rack, devices)
     return build_pid_control(rack, devices)  # whatever the rack config's `controller`
 
 
@@ -202,6 +219,9 @@ def _demo_rack(scenario: Scenario) -> RackConfig:
                 "cap_max_w": p.server_max_w,
             }
 
+    if scenario.rack.room_sensor:
+        devices["room1"] = {"driver": "mqtt", "profile": SIMULATED_ROOM_PROFILE}
+
     def kept(ref: str) -> bool:
         return all(part.strip().split("/")[0] in devices for part in ref.split(" - "))
 
@@ -219,7 +239,10 @@ def _demo_rack(scenario: Scenario) -> RackConfig:
         if key not in ("devices", "loops", "safety", "budget_point", "power_budget_w")
     }
     table.update(devices=devices, loops=loops, safety=safety)
-    config = parse_config({"site": {"name": "scenario"}, "racks": {rack_id: table}})
+    document: dict[str, Any] = {"site": {"name": "scenario"}, "racks": {rack_id: table}}
+    if scenario.rack.room_sensor:  # never connected: the runner serves the sensor itself
+        document["mqtt"] = {"broker": "127.0.0.1:1883"}
+    config = parse_config(document)
     return config.racks[rack_id]
 
 
@@ -318,6 +341,26 @@ class _WirePoint:
     quantise: Quantise
 
 
+class PlantReader(Protocol):
+    """What a simulated device reads: the plant's devices (`SimPlant` serves the CDU's
+    through its own controller)."""
+
+    def readings(self, device: str) -> Mapping[str, float]: ...
+
+
+class SimPlant:
+    """The plant with the CDU's own controller in front of it (`CduController`): the CDU's
+    points are the controller's, writes to the CDU go through it, time through it too. In
+    its manual mode (direct control) pump and valve commands reach the plant as they are."""
+
+    def __init__(self, plant: RackPlant) -> None:
+        self.plant = plant
+        self.cdu = CduController(plant)
+
+    def readings(self, device: str) -> Mapping[str, float]:
+        return self.cdu.read_points() if device == "cdu" else self.plant.readings(device)
+
+
 @dataclass(slots=True)
 class SimDevice:
     """One configured device as the simulated rack serves it."""
@@ -330,7 +373,7 @@ class SimDevice:
     last: list[Reading] | None = None  # the last good poll, in `points` order
     phantom: bool = False  # read for its noise draws only: not a device of this rack
 
-    def poll(self, plant: RackPlant, now: float, link_down: bool) -> list[Reading]:
+    def poll(self, plant: PlantReader, now: float, link_down: bool) -> list[Reading]:
         """One poll: fresh readings, or, with the link down, the last ones gone stale.
 
         The plant is read either way, so that a lost link leaves the noise of every other
@@ -394,6 +437,11 @@ def _sim_device(
             if name in offered
         )
         return SimDevice(device.id, plant_device, points, device.poll_interval_s)
+    if isinstance(device, MqttDeviceConfig) and device.profile == SIMULATED_ROOM_PROFILE:
+        points = tuple(
+            wire(name, source, _rounder(digits)) for name, (source, digits) in _ROOM_POINTS.items()
+        )
+        return SimDevice(device.id, "room", points, device.poll_interval_s)
     if isinstance(device, MqttDeviceConfig):
         if device.profile != SIMULATED_MQTT_PROFILE:
             raise ScenarioError(
@@ -486,15 +534,68 @@ class SimActuator:
         return round(quantised, 9)
 
 
+_LATENCY_STREAM = 0xCA95  # second word of the seed that draws the BMCs' write latencies
+
+
+class CapWrites:
+    """Power-cap writes in flight: each BMC applies a write its own latency after it was sent.
+
+    The runner sets `now` before each tick (a write is sent at the tick's time) and lands the
+    writes that are due as it advances the plant (`next_time`, `land`). A BMC's writes land in
+    the order they were sent. Latency 0 lands at once.
+    """
+
+    def __init__(self, plant: RackPlant, latencies_s: Sequence[float]) -> None:
+        self._plant = plant
+        self.latencies_s = tuple(latencies_s)
+        self._pending: list[tuple[float, int, int, float]] = []  # (due, order, server, watts)
+        self._order = 0
+        self.now = 0.0
+
+    @classmethod
+    def drawn(cls, plant: RackPlant, seed: int, latency_s: tuple[float, float]) -> CapWrites:
+        """Each of the plant's servers a fixed latency, uniform in `latency_s`, from the seed."""
+        low, high = latency_s
+        rng = np.random.default_rng([seed, _LATENCY_STREAM])
+        return cls(plant, rng.uniform(low, high, plant.n_servers).tolist())
+
+    def send(self, server: int, watts: float) -> None:
+        latency = self.latencies_s[server] if server < len(self.latencies_s) else 0.0
+        if latency <= 0.0:
+            self._plant.set_power_limit(server, watts)
+            return
+        self._order += 1
+        heapq.heappush(self._pending, (self.now + latency, self._order, server, watts))
+
+    def next_time(self) -> float:
+        return self._pending[0][0] if self._pending else math.inf
+
+    def land(self, now: float) -> None:
+        """Apply every write due by `now`."""
+        pending = self._pending
+        while pending and pending[0][0] <= now + 1e-9:
+            _, _, server, watts = heapq.heappop(pending)
+            self._plant.set_power_limit(server, watts)
+
+
 def _plant_writer(
-    plant: RackPlant, point: PointId, servers: Mapping[str, int]
+    plant: RackPlant,
+    point: PointId,
+    servers: Mapping[str, int],
+    caps: CapWrites | None,
+    cdu: CduController | None = None,
 ) -> Callable[[float], None]:
+    if cdu is not None and point.name in CDU_WRITABLE:
+        name = point.name
+        return lambda value: cdu.write(name, value)  # its own loops, or straight through
     if point.name == "pump_speed_command":
         return plant.set_pump_speed_command
     if point.name == "valve_command":
         return plant.set_valve_command
     if point.name == "power_limit" and point.device in servers:
         index = servers[point.device]
+        if caps is not None:
+            return lambda watts: caps.send(index, watts)
         return lambda watts: plant.set_power_limit(index, watts)
     raise ScenarioError([f"{point}: the simulated rack cannot write this point"])
 
@@ -544,11 +645,14 @@ class SimRack:
         plant: RackPlant,
         facts: Mapping[str, DeviceFacts],
         budget_w: float | None,
+        caps: CapWrites | None = None,
     ) -> None:
         self.rack = rack
+        self.caps = caps  # None: cap writes land at once
         self.step = RackStep(rack, facts, factory)
         self.devices = list(devices)
         self.plant = plant
+        self.sim_plant = SimPlant(plant)  # the CDU's own controller in front of the plant
         self.store = TelemetryStore()
         for device in rack.devices.values():
             self.store.register_device(rack.id, device.id, device.stale_after_s)
@@ -571,7 +675,7 @@ class SimRack:
             self.actuators[point] = SimActuator(
                 ActuatorLimits(safety.hard_minimum, safety.hard_maximum),
                 spec.resolution,
-                _plant_writer(plant, point, servers),
+                _plant_writer(plant, point, servers, caps, self.sim_plant.cdu),
             )
 
     @property
@@ -598,18 +702,22 @@ class SimRack:
                 if device.phantom:
                     self.plant.readings(device.plant_device)
                 else:
-                    self.store.update(device.poll(self.plant, now, device.name in links_down))
+                    self.store.update(device.poll(self.sim_plant, now, device.name in links_down))
                 periods = math.floor((now - device.next_due_s) / device.interval_s + 1e-9) + 1
                 device.next_due_s += periods * device.interval_s
 
     def start_up(self, now: float) -> None:
         """`RackRuntime.start_up`: failsafe outputs unless every required reading is there."""
+        if self.caps is not None:
+            self.caps.now = now
         result = self.step.start_up(self.store.snapshot(now, self.rack.id), now)
         if result is not None:
             self._apply(result, now)
 
     def tick(self, now: float) -> tuple[Snapshot, Decision]:
         """One control step: snapshot → the rack step → actuators."""
+        if self.caps is not None:
+            self.caps.now = now
         snapshot = self.store.snapshot(now, self.rack.id)
         for point, value, sampled_at in self.step.readbacks(snapshot):
             self.actuators[point].observe(value, now, sampled_at)
@@ -638,10 +746,38 @@ class SimRack:
         self.events.extend(result.events)
 
 
+def _supply_setpoint_in_force(controller: AutoController) -> float | None:
+    """The supply loop's setpoint now (an override or a chip boost moves it), if it has one."""
+    loops = getattr(controller, "loops", None)
+    if not isinstance(loops, Mapping):
+        return None
+    for loop in loops.values():
+        spec = getattr(loop, "spec", None)
+        if (
+            spec is not None
+            and spec.measurement_subtrahend is None
+            and spec.measurement.name == "supply_temperature"
+        ):
+            return float(loop.setpoint)
+    return None
+
+
+def _min_caps_w(rack: RackConfig, scenario: Scenario) -> float | None:
+    """The sum of the server caps' minimums, each no lower than the plant's servers can be
+    capped (None: the rack has no server caps)."""
+    floor = scenario.plant.power_limit_min_w
+    minimums = [
+        max(device.cap_min_w, floor)
+        for device in rack.devices.values()
+        if isinstance(device, RedfishDeviceConfig) and device.kind == DeviceKind.SERVER
+    ]
+    return math.fsum(minimums) if minimums else None
+
+
 def _plant_points(scenario: Scenario) -> dict[str, tuple[str, ...]]:
     """What each plant device reports, from a throwaway plant (the run's own keeps its noise)."""
-    probe = RackPlant(scenario.plant, seed=scenario.seed)
-    names = ["cdu", "pdu", *(f"server{i}" for i in range(probe.n_servers))]
+    probe = SimPlant(RackPlant(scenario.plant, seed=scenario.seed))
+    names = ["cdu", "pdu", "room", *(f"server{i}" for i in range(probe.plant.n_servers))]
     return {name: tuple(probe.readings(name)) for name in names}
 
 
@@ -709,7 +845,8 @@ def run_scenario(
         if controller != "mpc" or factory is not None:
             raise
         raise ControllerUnavailable(f"the MPC cannot run: {exc}") from exc
-    sim = SimRack(rack, lambda _rack, _facts: stack, devices, plant, facts, scenario.budget_w)
+    caps = CapWrites.drawn(plant, scenario.seed, scenario.rack.cap_write_latency_s)
+    sim = SimRack(rack, lambda _rack, _facts: stack, devices, plant, facts, scenario.budget_w, caps)
     ticks, period = scenario.ticks, scenario.period_s
     recorder = Recorder(
         ticks,
@@ -718,6 +855,8 @@ def run_scenario(
         supply_setpoint(scenario, rack),
         scenario.limits,
         scenario.plant.pump_rated_flow_lpm,
+        min_caps_w=_min_caps_w(rack, scenario) if stack.allocator is not None else None,
+        load_steps_s=[e.at_s for e in scenario.events if e.kind == "load"],
     )
     recorder.trace.throttle_c = scenario.plant.throttle_temperature_c
     recorder.trace.caps = stack.allocator is not None
@@ -746,16 +885,19 @@ def run_scenario(
             budget_w,
             decision.failsafe,
             bool(decision.interlocks),
+            _supply_setpoint_in_force(sim.controller),
         )
         t3 = clock()
         end = (k + 1) * period
-        while (due := player.next_time()) < end - 1e-9:
-            plant.advance(max(0.0, due - sim_s))
+        while (due := min(player.next_time(), caps.next_time())) < end - 1e-9:
+            sim.sim_plant.cdu.advance(max(0.0, due - sim_s))  # the plant, with the CDU's loops
             sim_s = max(sim_s, due)
             player.apply(due)
-        plant.advance(end - sim_s)
+            caps.land(due)
+        sim.sim_plant.cdu.advance(end - sim_s)
         sim_s = end
         player.apply(end)
+        caps.land(end)
         t4 = clock()
         timers.devices += t1 - t0
         timers.control += t2 - t1

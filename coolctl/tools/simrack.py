@@ -20,8 +20,10 @@ from coolctl.config import (
     MqttDeviceConfig,
     RackConfig,
     RedfishDeviceConfig,
+    SnmpDeviceConfig,
     parse_host_port,
 )
+from coolctl.config.enums import SnmpVersion
 from coolctl.drivers.modbus_profile import load_profile
 from coolctl.simulators.live import Service, SimDeviceSpec, SimRackSpec
 
@@ -35,21 +37,25 @@ def sim_specs(
     port: int | None = None,
     load: float = 0.6,
     plant: Mapping[str, Any] | None = None,
+    power_shelves: int = 0,
 ) -> list[SimRackSpec]:
     """A simulated rack per configured rack, with a device for every simulatable profile.
 
     `port=0` lets each simulated device pick a free port; None keeps the configured ports.
-    `plant` overrides plant parameters (PlantParams names) for every rack.
+    `plant` overrides plant parameters (PlantParams names) for every rack. `power_shelves` > 0
+    serves each Redfish PDU as that many power shelves.
     """
     specs = []
     for rack in config.racks.values():
-        devices = list(_sim_devices(rack, port))
+        devices = list(_sim_devices(rack, port, power_shelves))
         if devices:
             specs.append(SimRackSpec(rack.id, devices, plant=dict(plant or {}), load=load))
     return specs
 
 
-def _sim_devices(rack: RackConfig, port: int | None) -> Iterable[SimDeviceSpec]:
+def _sim_devices(
+    rack: RackConfig, port: int | None, power_shelves: int = 0
+) -> Iterable[SimDeviceSpec]:
     servers = 0  # a rack's BMCs stand for plant servers 0, 1, 2, … in config order
     for device in rack.devices.values():
         if isinstance(device, RedfishDeviceConfig):
@@ -61,8 +67,20 @@ def _sim_devices(rack: RackConfig, port: int | None) -> Iterable[SimDeviceSpec]:
                 server=servers if kind == DeviceKind.SERVER else 0,
                 username=device.username or "admin",
                 port=0 if port is not None else _url_port(device.url),
+                power_shelves=power_shelves if kind == DeviceKind.PDU else 0,
             )
             servers += kind == DeviceKind.SERVER
+            continue
+        if isinstance(device, SnmpDeviceConfig):
+            yield SimDeviceSpec(
+                device=device.id,
+                kind="pdu",
+                protocol="snmp",
+                register_map=device.profile,
+                share=0.5 if device.feed is not None else 1.0,  # two feeds share each server
+                host=device.address,
+                port=device.port if port is None else port,
+            )
             continue
         if isinstance(device, MqttDeviceConfig):
             if device.profile in SIMULATED_MQTT_PROFILES:
@@ -70,16 +88,25 @@ def _sim_devices(rack: RackConfig, port: int | None) -> Iterable[SimDeviceSpec]:
                 yield SimDeviceSpec(device=device.id, kind="sensor", topic_prefix=prefix)
             continue
         profile = load_profile(device.profile)
-        if profile.kind not in ("cdu", "pdu"):
+        role = _shelf_role(point.name for point in profile.points)
+        if profile.kind not in ("cdu", "pdu") and not role:
             continue
         yield SimDeviceSpec(
             device=device.id,
-            kind=profile.kind,
+            kind="pdu" if role else profile.kind,
+            shelf_role=role,
             register_map=device.profile,
             unit_id=device.unit,
-            host=device.address,
+            host=device.address or "127.0.0.1",  # an RTU device has none: served on loopback
             port=device.port if port is None else port,
         )
+
+
+def _shelf_role(points: Iterable[str]) -> str:
+    """A Modbus profile with a PSU's or a BBU's points is served as a unit of the rack's
+    simulated power shelf (its PSUs share the rack's power; its BBUs carry it on mains loss)."""
+    names = set(points)
+    return "psu" if "psu_ok" in names else "bbu" if "bbu_discharging" in names else ""
 
 
 def with_services(
@@ -89,7 +116,7 @@ def with_services(
     Redfish device's URL, CA and account (its password written to a file in `secrets`)."""
     racks = dict(config.racks)
     for service in services:
-        if service.protocol not in ("modbus", "redfish"):
+        if service.protocol not in ("modbus", "redfish", "snmp"):
             continue
         rack = racks[service.rack]
         device = rack.devices[service.device]
@@ -98,6 +125,8 @@ def with_services(
             device = replace(device, address=host, port=int(port))
         elif isinstance(device, RedfishDeviceConfig):
             device = _redfish_pointed(device, service, secrets)
+        elif isinstance(device, SnmpDeviceConfig):
+            device = _snmp_pointed(device, service, secrets)
         racks[service.rack] = replace(rack, devices={**rack.devices, service.device: device})
     return replace(config, racks=racks)
 
@@ -118,6 +147,26 @@ def _redfish_pointed(
         password_file=password_file,
         password_credential=None,
         verify_tls=True,
+    )
+
+
+def _snmp_pointed(
+    device: SnmpDeviceConfig, service: Service, secrets: Path | None
+) -> SnmpDeviceConfig:
+    """The simulated PDU answers v2c with its community, written to a file in `secrets`."""
+    if secrets is None:
+        raise ValueError("simulated SNMP devices need a directory for their community files")
+    community_file = secrets / f"{service.rack}-{service.device}.community"
+    community_file.touch(mode=0o600)
+    community_file.write_text(service.password, "utf-8")
+    host, _, port = service.address.rpartition(":")
+    return replace(
+        device,
+        address=host,
+        port=int(port),
+        version=SnmpVersion.V2C,
+        community_file=community_file,
+        community_credential=None,
     )
 
 
@@ -160,4 +209,6 @@ def control_url_file() -> Path:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
         return Path(runtime) / "coolctl-sim.url"
-    return Path(f"/tmp/coolctl-sim-{os.getuid()}.url")
+    # Not a file straight under /tmp, where another user could plant a symlink: a directory
+    # of this user's own (checked and made private by control_server.private_directory).
+    return Path(f"/tmp/coolctl-sim-{os.getuid()}") / "coolctl-sim.url"
