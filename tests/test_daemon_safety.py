@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from coolctl.model import PointId, RackMode, Source
 from coolctl.simulators.faults import apply_fault
+from coolctl.simulators.live import DeviceWrite
 from coolctl.tools.testing import HilRack, hil_rack
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -303,13 +304,14 @@ async def test_an_infeasible_budget_shows_in_its_metric_and_event() -> None:
     async with hil_rack(FULL, time_scale=SCALE, plant={"initial_valve": 0.5}) as rack:
         await running(rack)
         assert await metric(rack, "coolctl_rack_power_budget_feasible", rack="r01") == 1.0
-        await publish_budget(rack, 20_000.0)  # far below what the uncapped servers draw
+        runtime = rack.daemon.racks["r01"]
+        runtime.power_budget_w = 20_000.0  # far below what the uncapped servers draw
         await rack.wait_until(lambda: "power_budget_infeasible" in kinds(rack), 10.0)
         event = next(e for e in rack.daemon.recent_events if e.kind == "power_budget_infeasible")
         assert event.severity.value == "critical" and "cannot be met" in event.message
         assert await metric(rack, "coolctl_rack_power_budget_feasible", rack="r01") == 0.0
         await rack.wait_until(lambda: caps_read_back(rack) == [CAP_MIN_W] * 2, 10.0)
-        await publish_budget(rack, 200_000.0)
+        runtime.power_budget_w = 200_000.0  # what a config reload would do
         await rack.wait_until(lambda: "power_budget_met" in kinds(rack), 10.0)
         assert await metric(rack, "coolctl_rack_power_budget_feasible", rack="r01") == 1.0
 
@@ -409,7 +411,15 @@ async def test_a_valve_that_never_reads_back_is_retried_with_backoff_not_every_t
         cdu = rack.simulation.points[("r01", "cdu1")]
         # the CDU acknowledges valve writes but its valve stays where it is: the register
         # reads back the write, then the plant's value again at the next refresh
-        cdu._writers = {**cdu._writers, "valve_command": lambda value: None}  # type: ignore[attr-defined]
+        accept = cdu.write_point
+
+        def valve_stays(name: str, value: float) -> None:
+            if name != "valve_command":
+                accept(name, value)
+                return
+            cdu.writes.append(DeviceWrite(time.monotonic(), cdu.plant.time_s, name, value))
+
+        cdu.write_point = valve_stays  # type: ignore[method-assign]
         runtime = rack.daemon.racks["r01"]
         valve = next(p for p in runtime.actuators if p.name == "valve_command")
         channel = runtime.actuators[valve]
