@@ -486,6 +486,10 @@ def test_the_budget_follows_upstream_and_keeps_the_last_good_one() -> None:
     assert accepted.early_events[0].source == "daemon"
     # the rack's own budget no longer counts once upstream has set one
     assert step.budget_w(1.0) == 70000.0
+    # a bad reading is rejected whatever its value
+    bad = Reading(BUDGET, 71000.0, 3 * PERIOD, Quality.BAD)
+    refused = step.step(snapshot(3, 3 * PERIOD, bad), 3 * PERIOD, budget_w=130000.0)
+    assert refused.budget_w == 70000.0 and budget_events(refused) == ["budget_rejected"]
 
 
 def test_a_raising_controller_is_reported_not_raised() -> None:
