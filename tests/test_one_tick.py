@@ -642,3 +642,13 @@ def test_a_request_the_supervisor_sent_nothing_for_is_told_the_value_held(held: 
     # the valve was asked for something else but keeps what it holds
     asked = [v for p, v in built[0].applied_values if p == VALVE]
     assert asked == [held]
+
+
+@pytest.mark.parametrize("edge", ["low", "high"])
+def test_an_upstream_budget_at_either_end_of_its_range_is_taken(edge: str) -> None:
+    step = _step()
+    low, high = step._budget_range()
+    watts = low if edge == "low" else high
+    at_edge = Reading(BUDGET, watts, 0.0, Quality.GOOD)
+    result = step.step(snapshot(0, 0.0, at_edge), 0.0, budget_w=130000.0)
+    assert result.budget_w == watts
