@@ -10,8 +10,12 @@ ratio to the bare loop doing the same requests:
 - coolctl poll + control: driver poll, telemetry store, snapshot, both PID loops, clamp, and
   whatever writes the loops decide on (a setpoint is written only when it moves by at least
   one register count; the share of cycles that wrote is printed)
-- coolctl poll + control + write: the same with both setpoints changed every cycle, written
-  through the actuator channels with read-back
+- coolctl poll + control + write: the same path, the whole tick (both PID loops, the
+  supervisor, the rack step, the actuator channels with read-back), with each loop's setpoint
+  stepped every cycle (an operator's setpoint override, alternating) so that both loops move
+  their outputs and both setpoints are written every cycle. The loops' slew limits are lifted
+  for this row only (a cycle here lasts well under a millisecond, and a slew-limited output
+  would move less than a register count); the printed writes/cycle shows they were written
 
     python benchmarks/cycle_cost.py [--cycles N] [--rounds R]
 """
@@ -31,7 +35,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from coolctl.config import load_config
 from coolctl.daemon.runtime import Daemon
 from coolctl.drivers.modbus_profile import load_profile, plan_reads
-from coolctl.model import Command, PointId, Source
+from coolctl.model import PointId
 from coolctl.simulators.live import LiveSimulation
 from coolctl.tools.simrack import sim_specs, with_services
 
@@ -78,18 +82,25 @@ def coolctl_cycles(daemon: Daemon) -> tuple[Cycle, Cycle]:
         for channel in rack.actuators.values():
             await channel.idle()
 
+    loops = rack.controller.loops
+    steps = {"pump": (140.0, 180.0), "supply": (30.0, 40.0)}  # flow L/min, supply °C
+
     async def poll_control_write(step: int) -> None:
+        # step both setpoints every cycle so that both loops move their outputs: the tick
+        # decides both setpoints anew and each cycle writes and reads back both
+        for name, (low, high) in steps.items():
+            loops[name].setpoint_override = high if step % 2 else low
         daemon.store.update(await handle.client.poll())
-        now = daemon.clock()
-        # move both setpoints every cycle so that each cycle writes and reads back both
-        for channel in rack.actuators.values():
-            value = 0.5 + step % 2 * 0.1
-            channel.clamp.accept(1.0 - value, now - 10.0)
-            channel.submit(Command(channel.point, value, Source.AUTO, "benchmark"), now)
+        await rack.tick()
         for channel in rack.actuators.values():
             await channel.idle()
 
-    return poll_and_control, poll_control_write
+    async def poll_and_control_held(step: int) -> None:
+        for loop in loops.values():
+            loop.setpoint_override = None
+        await poll_and_control(step)
+
+    return poll_and_control_held, poll_control_write
 
 
 async def cpu_per_cycle(cycle: Cycle, cycles: int) -> float:
@@ -106,12 +117,23 @@ async def main(cycles: int, rounds: int) -> None:
     # The plant is stepped by its own task in both halves alike; slow it so it costs little.
     async with LiveSimulation(sim_specs(config, port=0), step_s=1.0) as simulation:
         config = with_services(config, simulation.services)
-        daemon = Daemon(replace(config))
-        for rack in daemon.racks.values():
-            rack.start()  # actuator channels only: the benchmark drives polls and ticks itself
+        # no slew limits: see the module docstring (the loops' own, and so the supervisor's)
+        racks = {
+            rack_id: replace(
+                rack,
+                loops={name: replace(loop, slew_per_s=None) for name, loop in rack.loops.items()},
+            )
+            for rack_id, rack in config.racks.items()
+        }
+        daemon = Daemon(replace(config))  # as configured
+        unslewed = Daemon(replace(config, racks=racks))  # for the row that writes every cycle
+        for each in (daemon, unslewed):
+            for rack in each.racks.values():
+                rack.start()  # actuator channels only: the benchmark drives polls and ticks
         host, port = simulation.service("r01", "cdu1").address.rsplit(":", 1)
         client, bare_read, bare_write = await bare_reads(host, int(port))
-        poll_control, poll_control_write = coolctl_cycles(daemon)
+        poll_control, _ = coolctl_cycles(daemon)
+        _, poll_control_write = coolctl_cycles(unslewed)
         cases = {
             "bare read": bare_read,
             "bare read + 2 writes": bare_write,
@@ -121,7 +143,10 @@ async def main(cycles: int, rounds: int) -> None:
         for cycle in cases.values():  # warm up connections and caches
             await cpu_per_cycle(cycle, 20)
         results: dict[str, list[float]] = {name: [] for name in cases}
-        channels = daemon.racks["r01"].actuators.values()
+        channels = [
+            *daemon.racks["r01"].actuators.values(),
+            *unslewed.racks["r01"].actuators.values(),
+        ]
         writes = dict.fromkeys(cases, 0)
         for _ in range(rounds):
             for name, cycle in cases.items():
@@ -129,11 +154,12 @@ async def main(cycles: int, rounds: int) -> None:
                 results[name].append(await cpu_per_cycle(cycle, cycles))
                 writes[name] += sum(c.stats.writes for c in channels) - before
         client.close()
-        for rack in daemon.racks.values():
-            await rack.stop()
-        await daemon.stop()
-        valve = daemon.racks["r01"].actuators[PointId("r01", "cdu1", "valve_command")].stats
-        assert valve.write_failures == 0, valve.last_error
+        for each in (daemon, unslewed):
+            for rack in each.racks.values():
+                await rack.stop()
+            await each.stop()
+            valve = each.racks["r01"].actuators[PointId("r01", "cdu1", "valve_command")].stats
+            assert valve.write_failures == 0, valve.last_error
 
     median = {name: statistics.median(values) for name, values in results.items()}
     print(f"cycle cost per device, median of {rounds} rounds x {cycles} cycles (CPU, µs/cycle)")

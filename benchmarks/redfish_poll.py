@@ -7,16 +7,20 @@ and session token) that GETs the same resources the driver reads, concurrently t
 alternate so that machine noise hits both alike. CPU time covers client and servers together.
 
 Then, for each N, the whole daemon runs against the simulated rack at full load, the budget
-drops from 100 % to 70 %, and the time until the last BMC has received its new cap is taken.
+drops from 100 % to 70 %, and the time until the last BMC has received its new cap (a value at
+or below the allocator's cap for it from the new budget) is taken, over several trials (the
+budget goes back to 100 % between them): median and range.
 
-    python benchmarks/redfish_poll.py [--sizes 16 64 256] [--rounds R]
+    python benchmarks/redfish_poll.py [--sizes 16 64 256] [--rounds R] [--trials T]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
+import random
 import ssl
 import statistics
 import tempfile
@@ -27,7 +31,7 @@ import aiohttp
 
 from coolctl.drivers.redfish import RedfishDevice, RedfishSettings
 from coolctl.simulators.live import LiveSimulation, SimDeviceSpec, SimRackSpec
-from coolctl.tools.testing import hil_rack
+from coolctl.tools.testing import HilRack, hil_rack
 
 
 def plant_for(count: int) -> dict[str, float]:
@@ -140,36 +144,86 @@ power_budget_w = {count * 7200.0}
     return path
 
 
-async def budget_drop_time(count: int) -> float:
-    """Seconds from the budget change to the last BMC's new cap, with the daemon running."""
+def capped(
+    rack: HilRack, targets: dict[str, float], dropped: float, arrived: dict[str, float]
+) -> bool:
+    """Whether every BMC has received a cap at or below its target since `dropped`; notes in
+    `arrived` when each did."""
+    for name, target in targets.items():
+        if name in arrived:
+            continue
+        for write in rack.simulation.writes("r01", name):
+            if write.wall_time_s >= dropped and write.value <= target + 1.0:
+                arrived[name] = write.wall_time_s
+                break
+    return len(arrived) == len(targets)
+
+
+async def budget_drop_times(count: int, trials: int) -> list[float]:
+    """Seconds from a budget drop (100 % -> 70 %) to the last BMC holding its new cap, with the
+    daemon running; one figure per trial.
+
+    A trial ends when every BMC has received, after the drop, a cap at or below the one the
+    allocator decided for it from the new budget (and those caps fit the budget). Before each
+    trial the budget goes back to 100 % and the caps are let settle; the drop then lands at a
+    random point of the control period, as a real one would.
+    """
+    names = [f"bmc{i:03d}" for i in range(count)]
+    rng = random.Random(count)
+    times: list[float] = []
     with tempfile.TemporaryDirectory() as folder:
         config = rack_config(count, Path(folder))
         async with hil_rack(config, load=1.0, plant=plant_for(count)) as rack:
             runtime = rack.daemon.racks["r01"]
+            allocator = runtime.allocator
+            assert allocator is not None
+            full = runtime.power_budget_w or 0.0
+            period = runtime.config.control_period_s
             await rack.wait_until(
-                lambda: all(rack.value(f"r01/bmc{i:03d}/power") is not None for i in range(count)),
-                60.0,
+                lambda: all(rack.value(f"r01/{name}/power") is not None for name in names), 60.0
             )
-            await asyncio.sleep(1.5)
-            dropped = time.monotonic()
-            runtime.power_budget_w = 0.7 * (runtime.power_budget_w or 0.0)
-            done: float | None = None
-            while done is None and time.monotonic() - dropped < 30.0:
-                await asyncio.sleep(0.005)
-                firsts = []
-                for i in range(count):
-                    writes = rack.simulation.writes("r01", f"bmc{i:03d}")
-                    later = [w.wall_time_s for w in writes if w.wall_time_s >= dropped]
-                    if not later:
-                        break
-                    firsts.append(later[0])
-                else:
-                    done = max(firsts)
-            assert done is not None, "not every cap was written within 30 s"
-            return done - dropped
+
+            def settled(budget_w: float) -> bool:
+                allocation = allocator.allocation
+                return (
+                    allocation is not None
+                    and allocation.budget_w == budget_w
+                    and all(
+                        abs((rack.value(f"r01/{name}/power_limit") or 0.0) - allocation.caps[name])
+                        <= 1.0
+                        for name in names
+                    )
+                )
+
+            for _ in range(trials):
+                runtime.power_budget_w = full
+                await rack.wait_until(lambda: settled(full), 60.0)
+                await asyncio.sleep(rng.uniform(0.0, period))  # anywhere in the period
+                dropped = time.monotonic()
+                runtime.power_budget_w = 0.7 * full
+                await rack.wait_until(
+                    lambda: (
+                        allocator.allocation is not None
+                        and allocator.allocation.budget_w == 0.7 * full
+                    ),
+                    30.0,
+                    poll_s=0.002,
+                )
+                allocation = allocator.allocation
+                assert allocation is not None and allocation.available_w is not None
+                targets = dict(allocation.caps)
+                assert sum(targets.values()) <= allocation.available_w + 1.0, targets
+                assert all(targets[name] < 7000.0 for name in names), "the caps did not fall"
+                arrived: dict[str, float] = {}
+
+                await rack.wait_until(
+                    functools.partial(capped, rack, targets, dropped, arrived), 30.0, poll_s=0.002
+                )
+                times.append(max(arrived.values()) - dropped)
+    return times
 
 
-async def main(sizes: list[int], rounds: int) -> None:
+async def main(sizes: list[int], rounds: int, trials: int) -> None:
     logging.disable(logging.WARNING)
     print(f"Redfish poll cost per BMC, median of {rounds} rounds (CPU µs, client + servers)")
     print(f"{'BMCs':>5} {'coolctl':>9} {'bare GET':>9} {'ratio':>6} {'requests/poll':>14}")
@@ -177,14 +231,21 @@ async def main(sizes: list[int], rounds: int) -> None:
         ours, bare, requests = await poll_costs(count, rounds)
         print(f"{count:5d} {ours * 1e6:9.0f} {bare * 1e6:9.0f} {ours / bare:6.2f} {requests:14.1f}")
     print()
-    print("budget 100 % -> 70 %: time until every BMC has its new cap (control period 1 s)")
+    print(
+        f"budget 100 % -> 70 %: time until every BMC has received its new cap (control period"
+        f" 1 s), {trials} trials: median, min..max (ms)"
+    )
     for count in sizes:
-        print(f"{count:5d} BMCs: {await budget_drop_time(count) * 1e3:7.0f} ms")
+        times = [t * 1e3 for t in await budget_drop_times(count, trials)]
+        print(
+            f"{count:5d} BMCs: {statistics.median(times):7.0f}   {min(times):.0f}..{max(times):.0f}"
+        )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--trials", type=int, default=7, help="budget drops per size")
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.sizes, arguments.rounds))
+    asyncio.run(main(arguments.sizes, arguments.rounds, arguments.trials))

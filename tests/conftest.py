@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from coolctl.tools.broker import Mosquitto
 
@@ -18,6 +20,57 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "deploy" / "config" / "example.toml"
 COOLCTL = [sys.executable, "-m", "coolctl.cli.main"]
 _EXAMPLE_PORTS = {"cdu1": "15020", "pdu1": "15021"}
+
+
+# -- no silent skips ----------------------------------------------------------------------------
+#
+# A test that skips tests nothing, and a run with skips looks as green as one without. A skip is
+# allowed only for a reason listed here, and only while its condition holds; any other skip
+# fails the run (after every test has run, with the list of skips and where they came from).
+# CI runs as root and installs what the tests need (scripts/test), so there nothing may skip.
+
+ALLOWED_SKIPS: dict[str, Callable[[], bool]] = {
+    # acting as other users needs root; a developer's machine may not be, CI always is
+    "needs root": lambda: os.geteuid() != 0 and not os.environ.get("CI"),
+}
+
+_skips: list[tuple[str, str]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        _skips.append((report.nodeid, reason.removeprefix("Skipped: ")))
+
+
+def unexpected_skips() -> list[tuple[str, str]]:
+    return [
+        (test, reason)
+        for test, reason in _skips
+        if not any(key in reason and allowed() for key, allowed in ALLOWED_SKIPS.items())
+    ]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if unexpected_skips() and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    unexpected = unexpected_skips()
+    if unexpected:
+        terminalreporter.section("skipped without an allowed reason (the run fails)", red=True)
+        for test, reason in unexpected:
+            terminalreporter.line(f"{test}: {reason}")
+
+
+# -- Hypothesis ---------------------------------------------------------------------------------
+# scripts/mutation sets HYPOTHESIS_PROFILE=mutation: the same examples for every mutant, so
+# that a mutant killed once is killed every time.
+settings.register_profile("mutation", derandomize=True, deadline=None)
+if os.environ.get("HYPOTHESIS_PROFILE") == "mutation":
+    settings.load_profile("mutation")
 
 
 def free_port() -> int:

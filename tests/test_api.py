@@ -16,6 +16,7 @@ import os
 import pwd
 import socket
 import stat
+import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -658,11 +659,26 @@ def request_as(path: Path, uid: int, gid: int) -> str:
     return text
 
 
+def ensure_account(group: str, user: str) -> None:
+    """The group and user the test acts as: Debian has them; elsewhere (as root) make them."""
+    try:
+        grp.getgrnam(group)
+    except KeyError:
+        subprocess.run(["groupadd", "--system", group], check=True)
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--gid", group, "--no-create-home", user], check=True
+        )
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as other users")
 @pytest.mark.asyncio
 async def test_peer_credentials_name_other_users_and_the_group_gates_access(
     shared_dir: Path,
 ) -> None:
+    ensure_account("nogroup", "nobody")
     nogroup = grp.getgrnam("nogroup").gr_gid
     plane = MemoryPlane()
     api = ControlApi(plane, socket_path=shared_dir / "control.sock", socket_group="nogroup")

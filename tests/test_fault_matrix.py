@@ -57,7 +57,7 @@ from coolctl.rack.check import load_checked_config
 from coolctl.rack.facts import device_facts
 from coolctl.simulators.fault_proxy import FaultProxy
 from coolctl.simulators.faults import apply_fault
-from coolctl.tools.broker import Mosquitto, find_mosquitto
+from coolctl.tools.broker import Mosquitto
 from coolctl.tools.testing import HilRack, hil_rack, simulated_rack
 
 CONFIG = Path(__file__).parent / "configs" / "hil-full-rack.toml"
@@ -69,10 +69,7 @@ AFTER_FAILSAFE_S = 0.5  # and this long past the failsafe it causes
 SCHEDULING_S = 0.35  # slack for the event loop: a 2-core machine, three racks in one loop
 SAMPLE_S = 0.02  # how often the watch looks at the rack
 
-pytestmark = [
-    pytest.mark.hil,
-    pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed"),
-]
+pytestmark = [pytest.mark.hil]
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,6 +192,7 @@ class Row:
     after_failure: int = 0  # values written again after a failed write of them (all devices)
     after_old_poll: int = 0  # written again: the tick read a value other than the one written
     host_lapses: int = 0  # samples of a healthy device not good while the host starved us
+    host_tick_misses: int = 0  # control deadlines missed while the host starved us
 
 
 TABLE: list[Row] = []
@@ -215,8 +213,8 @@ def print_table(request: pytest.FixtureRequest) -> object:
         "coolctl under faults (hil-full-rack, time scale 5; seconds of wall time):",
         "| link | fault | points | to stale | to failsafe | fault held | link back"
         " | failsafe left | failed writes | rewrites: after a failure / after a disagreeing reading"
-        " | healthy lapses, host busy |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | healthy lapses, host busy | tick misses, host busy |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     order = {fault.name: i for i, fault in enumerate(FAULTS)}
     for row in sorted(TABLE, key=lambda r: (r.protocol, order[r.fault])):
@@ -225,7 +223,7 @@ def print_table(request: pytest.FixtureRequest) -> object:
             f"| {row.protocol} | {row.fault} | {row.quality} | {num(row.to_stale)}"
             f" | {num(row.to_failsafe)} | {row.fault_s:.2f} | {num(row.back)} | {left}"
             f" | {row.failed_writes} | {row.after_failure} / {row.after_old_poll}"
-            f" | {row.host_lapses} |"
+            f" | {row.host_lapses} | {row.host_tick_misses} |"
         )
     text = "\n".join(lines)
     # Past the capture, so that it shows without -s too.
@@ -358,9 +356,22 @@ class Seen:
     failures: int
 
 
-# A process whose event loop ran late while it had less than this share of a core was held off
-# the CPU by the host (another job on a shared machine), not by its own work.
-STARVED_SHARE = 0.8
+# The event loop ran late, and its thread spent at least this share of the lateness runnable
+# but waiting for a CPU (/proc/self/schedstat's run-queue wait): the host held it off the CPU
+# (another job on a shared machine). A loop blocked by coolctl itself, on a CPU-bound bug or a
+# blocking call (which uses no CPU at all), waits on no run queue and is not excused.
+STARVED_SHARE = 0.5
+# What the host may cost a case at most, excused or not: a case past these is no test at all
+# (the machine, not coolctl, was being measured), and fails.
+MAX_HOST_LAPSES = 50  # samples (of SAMPLE_S) of a healthy device not good
+MAX_HOST_TICK_MISSES = 2
+MAX_REWRITES_AFTER_READING = 3  # per case: a tick that read a poll older than the write
+
+
+def run_queue_wait_s() -> float:
+    """Seconds this process's main thread (the event loop's) has spent runnable but waiting
+    for a CPU (as benchmarks/scale.py reads it)."""
+    return int(Path("/proc/self/schedstat").read_text().split()[1]) / 1e9
 
 
 class Watch:
@@ -373,9 +384,9 @@ class Watch:
         self.lapses: list[tuple[float, str, str, Quality]] = []  # (time, device, point, q)
         self.failsafe_seen: list[float] = []
         self.actuators: dict[PointId, list[Seen]] = {point: [] for point in channels(rack)}
-        # (when, by how much, the share of a core this process had meanwhile): the event loop
-        # late by more than 0.1 s. A low share means the host ran something else (other work
-        # on a shared machine), not that coolctl blocked its loop.
+        # (when, by how much, the run-queue wait meanwhile): the event loop late by more than
+        # 0.1 s. A run-queue wait that makes up most of the lateness means the host ran
+        # something else (other work on a shared machine), not that coolctl blocked its loop.
         self.late: list[tuple[float, float, float]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -389,27 +400,31 @@ class Watch:
         self._task.cancel()
 
     async def _run(self) -> None:
-        last, last_cpu = time.monotonic(), time.process_time()
+        last, last_wait = time.monotonic(), run_queue_wait_s()
         while True:
             await asyncio.sleep(SAMPLE_S)
-            now, cpu = time.monotonic(), time.process_time()
+            now, wait = time.monotonic(), run_queue_wait_s()
             if now - last > SAMPLE_S + 0.1:
-                self.late.append((last, now - last - SAMPLE_S, (cpu - last_cpu) / (now - last)))
-            last, last_cpu = now, cpu
+                self.late.append((last, now - last - SAMPLE_S, wait - last_wait))
+            last, last_wait = now, wait
             self._look()
 
     def starved_before(self, at: float, within_s: float) -> bool:
-        """Whether the host kept this process off the CPU (loop late while this process had
-        under 80 % of a core: coolctl blocking its own loop would show a whole core) in the
-        `within_s` before `at`."""
+        """Whether the host kept this process off the CPU (loop late, and most of the lateness
+        spent waiting on the run queue) in the `within_s` before `at`."""
         return any(
-            share < STARVED_SHARE and start <= at <= start + lag + SAMPLE_S + within_s
-            for start, lag, share in self.late
+            waited >= STARVED_SHARE * lag and start <= at <= start + lag + SAMPLE_S + within_s
+            for start, lag, waited in self.late
         )
 
     def starved_between(self, start: float, end: float) -> bool:
         """Whether the host kept this process off the CPU at any time in [start, end]."""
-        return any(share < STARVED_SHARE and start <= at <= end for at, _, share in self.late)
+        return any(
+            waited >= STARVED_SHARE * lag and start <= at <= end for at, lag, waited in self.late
+        )
+
+    def max_lag_s(self, start: float, end: float) -> float:
+        return max((lag for at, lag, _ in self.late if start <= at <= end), default=0.0)
 
     def _look(self) -> None:
         now = time.monotonic()
@@ -506,7 +521,12 @@ async def run_case(rig: Rig, protocol: str, fault: Fault) -> Row:
         20.0,
         f"{label}: steady rack",
     )
-    await asyncio.sleep(0.5)  # a few polls of every device
+    polled = counters(rack).polls  # a few polls of every device
+    await until(
+        lambda: all(counters(rack).polls[d] >= n + 3 for d, n in polled.items()),
+        10.0,
+        f"{label}: polls",
+    )
     tracked = good_points(rack)
     healthy = [d for d in tracked if d != device]
     on_faulty = [p for p in channels(rack) if p.device == device]
@@ -532,7 +552,8 @@ async def run_case(rig: Rig, protocol: str, fault: Fault) -> Row:
             drop_budget(rack)  # a new cap must now reach a BMC that cannot be reached
         status, scrape_s, body = await scrape(rack.metrics_url)
         assert status == 200, f"{label}: /metrics answered {status}"
-        assert scrape_s < 1.0, f"{label}: /metrics took {scrape_s:.2f} s during the fault"
+        lag_s = watch.max_lag_s(onset, time.monotonic())
+        assert scrape_s < 1.0 + lag_s, f"{label}: /metrics took {scrape_s:.2f} s during the fault"
         shown = exported_qualities(body, device)
         assert shown and "good" not in shown.values(), f"{label}: /metrics shows {shown}"
         hold_until = onset + max(MIN_FAULT_S, (row.to_failsafe or 0.0) + AFTER_FAILSAFE_S)
@@ -570,20 +591,28 @@ async def run_case(rig: Rig, protocol: str, fault: Fault) -> Row:
     window = during.at - before.at
     ticks = during.ticks - before.ticks
     assert ticks >= 0.8 * window / period, f"{label}: {ticks} ticks in {window:.2f} s"
-    assert during.tick_misses - before.tick_misses <= 1, f"{label}: control deadlines missed"
+    tick_misses = during.tick_misses - before.tick_misses
+    if tick_misses and watch.starved_between(onset, end):
+        row.host_tick_misses = tick_misses  # the host's; counted, printed, and bounded below
+    else:
+        assert tick_misses == 0, f"{label}: {tick_misses} control deadlines missed"
+    assert row.host_tick_misses <= MAX_HOST_TICK_MISSES, f"{label}: host too busy to measure"
 
     # The faulty device went dark within its configured time; nobody else noticed --------
     poll = faulty.poll_interval_s if protocol != "mqtt" else 0.0  # MQTT: messages, not polls
     stale_bound = faulty.stale_after_s + poll + SCHEDULING_S
     assert row.to_stale <= stale_bound, f"{label}: stale after {row.to_stale:.2f} s"
-    late = [(round(t - onset, 2), round(lag, 2), round(share, 2)) for t, lag, share in watch.late]
+    late = [(round(t - onset, 2), round(lag, 2), round(w, 2)) for t, lag, w in watch.late]
     for other in healthy:
         settings = config.devices[other]
         expected = window / settings.poll_interval_s
         polls = during.polls[other] - before.polls[other]
         assert polls >= 0.8 * expected, f"{label}: {other} polled {polls}x, not ~{expected:.0f}"
         missed = during.missed[other] - before.missed[other]
-        assert missed <= 1 or watch.starved_between(onset, end), f"{label}: {other} missed polls"
+        assert missed <= 1 or watch.starved_between(onset, end), (
+            f"{label}: {other} missed {missed} polls; event loop late (at, by, run-queue wait):"
+            f" {late}"
+        )
         lapses = [t for t, d, _, _ in watch.lapses if d == other and onset <= t <= end]
         # A loop held off the CPU longer than a request timeout fails a healthy poll too: that
         # is the host, and is counted; a lapse without it is coolctl's, and fails the case.
@@ -595,8 +624,9 @@ async def run_case(rig: Rig, protocol: str, fault: Fault) -> Row:
         assert not unexcused, (
             f"{label}: {other} lapsed ({', '.join(watch.lapsed(other, onset, end))}) from"
             f" {min(unexcused):.2f} to {max(unexcused):.2f} s after the onset (cleared at"
-            f" {row.fault_s:.2f} s); event loop late (at, by, CPU share): {late}"
+            f" {row.fault_s:.2f} s); event loop late (at, by, run-queue wait): {late}"
         )
+    assert row.host_lapses <= MAX_HOST_LAPSES, f"{label}: host too busy to measure"
 
     # Failsafe where it should be, and only there; left only after hold_s ---------------------
     if BLINDS[protocol]:
@@ -622,10 +652,14 @@ async def run_case(rig: Rig, protocol: str, fault: Fault) -> Row:
         assert not unexplained, f"{label}: {point} written again for no reason: {unexplained}"
         row.after_failure += after_failure
         row.after_old_poll += after_reading
+        # a value is written again after a failure only as often as the backoff allows
+        failed = channel.stats.write_failures - before.failures[point]
+        assert after_failure <= failed, f"{label}: {point} rewritten more than it failed"
         if point.device == device:
             row.failed_writes += channel.stats.write_failures - before.failures[point]
         else:
             assert after_failure == 0, f"{label}: {point} failed on a healthy link"
+    assert row.after_old_poll <= MAX_REWRITES_AFTER_READING, f"{label}: rewrites {row}"
     return row
 
 
@@ -645,6 +679,7 @@ async def run_fault(fault: Fault) -> list[Row]:
             f" failsafe {row.to_failsafe or 0:.2f} held {row.fault_s:.2f} back {row.back:.2f}"
             f" left {row.recovered:.2f} failed writes {row.failed_writes}"
             f" rewrites {row.after_failure}/{row.after_old_poll} host lapses {row.host_lapses}"
+            f" host tick misses {row.host_tick_misses}"
         )
     for outcome in outcomes:  # every rack has finished: now the first failure, if any
         if isinstance(outcome, BaseException):
@@ -681,16 +716,23 @@ async def test_server_caps_return_to_the_allocation_after_a_failsafe() -> None:
         await until(lambda: failsafe(rack), 6.0, "failsafe on a silent flow meter")
         apply_fault(rack.simulation, "clear", rack=RACK)
         await until(lambda: not failsafe(rack), 10.0, "failsafe left")
-        await asyncio.sleep(1.0)  # five control periods
         allocation = runtime.allocator.allocation if runtime.allocator else None
         assert allocation is not None and allocation.available_w is not None
         assert allocation.available_w > 2 * 7000.0  # room for both servers at their maximum
-        held = {
-            device: device_value(rack, PointId(RACK, device, "power_limit"))
-            for device in allocation.caps
-        }
-        assert held == pytest.approx(dict(allocation.caps), abs=1.0), (
-            f"the BMCs hold {held}; the allocator thinks it gave them {dict(allocation.caps)}"
+
+        def held() -> dict[str, float | None]:
+            return {
+                device: device_value(rack, PointId(RACK, device, "power_limit"))
+                for device in allocation.caps
+            }
+
+        # the caps rise at the release rate to their maximum, and the BMCs follow (stuck at
+        # the failsafe minimum, they never would)
+        await until(lambda: held() == {"bmc01": 7000.0, "bmc02": 7000.0}, 20.0, "caps back")
+        allocation = runtime.allocator.allocation if runtime.allocator else None
+        assert allocation is not None
+        assert held() == pytest.approx(dict(allocation.caps), abs=1.0), (
+            f"the BMCs hold {held()}; the allocator thinks it gave them {dict(allocation.caps)}"
         )
 
 

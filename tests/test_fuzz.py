@@ -2468,8 +2468,12 @@ async def test_reload_of_a_config_the_daemon_cannot_build_keeps_the_old_one(
     )
     await service.start()
     try:
-        await asyncio.sleep(0.3)  # a few ticks
         running = service.daemon
+        async with asyncio.timeout(10.0):  # a few ticks
+            for _ in iter(int, 1):  # until they have run
+                if min(r.tick_stats.runs for r in running.racks.values()) >= 3:
+                    break
+                await asyncio.sleep(0.01)
         path.write_text(
             path.read_text().replace(
                 "failsafe_output = 1.0\n", "failsafe_output = 1.0\nshutdown_output = 5.0\n", 1
@@ -2598,16 +2602,24 @@ async def test_reload_whose_daemon_fails_to_start_brings_the_old_one_back(
         await asyncio.sleep(0)  # the daemon's tasks take their first step
         running = service.daemon
 
+        starts: list[Daemon] = []
+
         class Broken(Daemon):
             async def start(self) -> None:
-                raise OSError("no such device")
+                starts.append(self)
+                if len(starts) == 1:  # the reloaded daemon; the old config's then starts
+                    raise OSError("no such device")
+                await super().start()
 
         monkeypatch.setattr("coolctl.daemon.service.Daemon", Broken)
         with pytest.raises(ControlError, match="old config kept: no such device"):
             await service.reload()
-        assert service.daemon is running and service.plane.daemon is running
-        assert running._control_tasks and not any(t.done() for t in running._control_tasks)
-        assert running._poll_tasks and not any(t.done() for t in running._poll_tasks)
-        assert running.event_listeners.count(service.plane._persist_event) == 1
+        back = service.daemon  # the old config, in a daemon built anew
+        assert back is starts[1] and back.config is running.config
+        assert service.plane.daemon is back
+        assert back._control_tasks and not any(t.done() for t in back._control_tasks)
+        assert back._poll_tasks and not any(t.done() for t in back._poll_tasks)
+        assert back.event_listeners.count(service.plane._persist_event) == 1
+        assert [e.kind for e in back.recent_events].count("reload_failed") == 1
     finally:
         await service.stop()

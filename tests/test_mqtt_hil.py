@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import aiomqtt
@@ -31,6 +32,24 @@ def kinds(rack: HilRack) -> list[str]:
     return [event.kind for event in rack.daemon.recent_events]
 
 
+async def ticks(rack: HilRack, count: int) -> None:
+    """Wait for `count` more control ticks of r01 (not for a guess at how long they take)."""
+    stats = rack.daemon.racks["r01"].tick_stats
+    target = stats.runs + count
+    await rack.wait_until(lambda: stats.runs >= target, 10.0 + count)
+
+
+async def delivered(rack: HilRack, publishing: Awaitable[None]) -> None:
+    """Publish, wait until the daemon has received the message, then for two ticks more: the
+    one that may be running as it arrived, and one that surely saw it."""
+    mqtt = rack.daemon.mqtt
+    assert mqtt is not None
+    received = mqtt.stats.messages_received
+    await publishing
+    await rack.wait_until(lambda: mqtt.stats.messages_received > received, 5.0)
+    await ticks(rack, 2)
+
+
 @pytest.mark.hil
 @pytest.mark.asyncio
 async def test_leak_from_the_mqtt_rope_stops_the_pump_at_the_cdu() -> None:
@@ -46,7 +65,7 @@ async def test_leak_from_the_mqtt_rope_stops_the_pump_at_the_cdu() -> None:
         decision = rack.daemon.racks["r01"].decision
         assert decision is not None and "leak" in decision.interlocks
         # the pump stays stopped whatever the flow loop would like while the rope is wet
-        await asyncio.sleep(1.0)
+        await ticks(rack, 5)
         assert pump_writes(rack)[-1] == 0.0
 
 
@@ -123,9 +142,7 @@ async def test_broker_restart_mid_run_reconnects_resubscribes_and_republishes_st
         assert seen["coolctl/hil/status"] == b"online"
         state = json.loads(seen["coolctl/hil/r01/state"])
         assert state["rack"] == "r01" and state["mode"] == "auto"
-        ticks = rack.daemon.racks["r01"].tick_stats.runs
-        await asyncio.sleep(0.5)
-        assert rack.daemon.racks["r01"].tick_stats.runs > ticks  # nothing crashed
+        await ticks(rack, 3)  # nothing crashed
 
 
 @pytest.mark.hil
@@ -143,11 +160,10 @@ async def test_budget_from_upstream_is_validated_and_the_last_good_one_kept() ->
             await send(b'{"watts": 95000}')
             await rack.wait_until(lambda: runtime.power_budget_w == 95_000.0, 5.0)
             for bad in (b'{"watts": "lots"}', b"not json", b'{"watts": 5000000}', b'{"kw": 9}'):
-                await send(bad)
-                await asyncio.sleep(0.5)
+                await delivered(rack, send(bad))
                 assert runtime.power_budget_w == 95_000.0, bad  # the last good one is kept
-            await send(b'{"watts": 10000}')  # a number, but below the rack's budget_min_w
-            await asyncio.sleep(0.5)
+            # a number, but below the rack's budget_min_w
+            await delivered(rack, send(b'{"watts": 10000}'))
             assert runtime.power_budget_w == 95_000.0
             await send(b'{"watts": 110000}')
             await rack.wait_until(lambda: runtime.power_budget_w == 110_000.0, 5.0)

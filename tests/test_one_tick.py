@@ -11,6 +11,7 @@ must submit the same commands and emit the same events at every tick. Then the s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,7 +23,7 @@ import pytest
 
 from coolctl.config import RackConfig, load_config
 from coolctl.control.loops import PidLoop
-from coolctl.control.supervisor import Decision, Override, Supervisor
+from coolctl.control.supervisor import Decision, Override, Supervisor, SupervisorConfig
 from coolctl.daemon.devices import DeviceHandle
 from coolctl.daemon.runtime import RackRuntime
 from coolctl.daemon.telemetry import TelemetryStore
@@ -31,7 +32,7 @@ from coolctl.rack.controllers import build_rack_control
 from coolctl.rack.facts import device_facts
 from coolctl.rack.safety import DeviceFacts
 from coolctl.rack.stack import LoopController, RackControl
-from coolctl.rack.step import RackStep, StepResult
+from coolctl.rack.step import RackStep, Refused, StepResult
 from coolctl.simulators.plant import RackPlant
 from coolctl.tools.scenario_runner import SimDevice, SimRack
 
@@ -485,6 +486,10 @@ def test_the_budget_follows_upstream_and_keeps_the_last_good_one() -> None:
     assert accepted.early_events[0].source == "daemon"
     # the rack's own budget no longer counts once upstream has set one
     assert step.budget_w(1.0) == 70000.0
+    # a bad reading is rejected whatever its value
+    bad = Reading(BUDGET, 71000.0, 3 * PERIOD, Quality.BAD)
+    refused = step.step(snapshot(3, 3 * PERIOD, bad), 3 * PERIOD, budget_w=130000.0)
+    assert refused.budget_w == 70000.0 and budget_events(refused) == ["budget_rejected"]
 
 
 def test_a_raising_controller_is_reported_not_raised() -> None:
@@ -534,3 +539,116 @@ def test_interlock_fast_path_and_shutdown() -> None:
     assert [e.kind for e in last.events] == ["shutdown"]
     assert all(c.source is Source.INTERLOCK for c in last.commands)  # the leak outlives us
     assert (PUMP, 0.0, Source.INTERLOCK) in {(c.point, c.value, c.source) for c in last.commands}
+
+
+# ---- the step's own contract -----------------------------------------------------------------
+
+
+def test_results_are_immutable_and_say_whether_the_controller_failed() -> None:
+    result = _step().step(snapshot(0, 0.0), 0.0, budget_w=130000.0)
+    assert result.controller_failed is False and result.error is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.commands = ()  # type: ignore[misc]
+    refused = Refused(Command(PUMP, -1.0, Source.AUTO, "x"), "why")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        refused.reason = "other"  # type: ignore[misc]
+
+
+def test_the_supervisor_observes_what_the_devices_hold() -> None:
+    step = _step()
+    step.step(snapshot(0, 0.0), 0.0, budget_w=130000.0)  # the CDU reads pump 0.8, valve 0.5
+    actuators = step.supervisor.state.actuators
+    assert actuators[PUMP].observed == 0.8 and actuators[VALVE].observed == 0.5
+
+
+def test_early_events_are_the_ones_before_the_supervisor_decided() -> None:
+    step = _step()
+    started = step.start_up(Snapshot([], 0.0), 0.0)
+    assert started is not None and started.early_events == ()
+    rejected = Reading(BUDGET, 1.0, 0.0, Quality.GOOD)
+    result = step.step(snapshot(0, 0.0, rejected), 0.0, budget_w=130000.0)
+    assert result.decision.events, "the supervisor said something (failsafe cleared)"
+    assert result.early_events[0].kind == "budget_rejected"
+    assert not set(result.early_events) & set(result.decision.events)
+
+
+def test_readbacks_give_each_actuator_its_value_and_sample_time() -> None:
+    step = _step()
+    snap = Snapshot([Reading(PUMP, 0.7, 3.5, Quality.GOOD)], 4.0)
+    seen = {p: (v, ts) for p, v, ts in step.readbacks(snap)}
+    assert seen[PUMP] == (0.7, 3.5)
+    assert seen[VALVE] == (None, None)  # missing: no value, no time
+    assert set(seen) == {a.point for a in step.supervisor.config.actuators}
+
+
+def test_a_loop_pinned_at_its_top_and_short_of_its_setpoint_is_reported() -> None:
+    step = _step()
+    kinds: list[str] = []
+    for k in range(0, 135):
+        now = float(k)
+        weak = Reading(point("sensors1", "flow"), 60.0, now, Quality.GOOD)  # setpoint 160
+        result = step.step(snapshot(k, now, weak), now, budget_w=130000.0)
+        kinds += [e.kind for e in result.events]
+    assert kinds.count("loop_saturated") == 1
+
+
+class ReshapingSupervisor(Supervisor):
+    """A supervisor that drops its valve command (as one holding a blind rack's outputs might,
+    sending nothing) and decides a command for a point that is no actuator of the rack."""
+
+    def __init__(self, config: SupervisorConfig, held: float) -> None:
+        super().__init__(config)
+        self.held = held
+
+    def step(
+        self,
+        snapshot: Snapshot,
+        now: float,
+        requested: Sequence[Command],
+        overrides: Mapping[PointId, Override] = {},
+        controller_failed: bool = False,
+    ) -> Decision:
+        decision = super().step(snapshot, now, requested, overrides, controller_failed)
+        if now == 0.0:
+            return decision
+        foreign = Command(PointId("r99", "cdu9", "pump_speed_command"), 0.5, Source.AUTO, "?")
+        kept = tuple(c for c in decision.commands if c.point != VALVE)
+        return replace(decision, commands=(foreign, *kept))
+
+    def commanded(self, point: PointId) -> float | None:
+        """The valve holds `held`, whatever it is asked; nothing else changes."""
+        return self.held if point == VALVE else super().commanded(point)
+
+
+@pytest.mark.parametrize("held", [0.06, 0.99])  # below and above what the loop asks
+def test_a_request_the_supervisor_sent_nothing_for_is_told_the_value_held(held: float) -> None:
+    built: list[ScriptedController] = []
+
+    def factory(rack: RackConfig, facts: Mapping[str, DeviceFacts]) -> RackControl:
+        stack = build_rack_control(rack, facts)
+        controller = ScriptedController(stack.controller, Script())
+        built.append(controller)
+        return RackControl(
+            controller, stack.allocator, ReshapingSupervisor(stack.supervisor.config, held)
+        )
+
+    step = _step(factory)
+    step.step(snapshot(0, 0.0), 0.0, budget_w=130000.0)
+    built[0].applied_values.clear()
+    second = step.step(snapshot(1, PERIOD), PERIOD, budget_w=130000.0)
+    # the foreign command is not this rack's to write; the rest still are
+    assert {c.point for c in second.commands} >= {PUMP}
+    assert all(c.point.rack == RACK for c in second.commands)
+    # the valve was asked for something else but keeps what it holds
+    asked = [v for p, v in built[0].applied_values if p == VALVE]
+    assert asked == [held]
+
+
+@pytest.mark.parametrize("edge", ["low", "high"])
+def test_an_upstream_budget_at_either_end_of_its_range_is_taken(edge: str) -> None:
+    step = _step()
+    low, high = step._budget_range()
+    watts = low if edge == "low" else high
+    at_edge = Reading(BUDGET, watts, 0.0, Quality.GOOD)
+    result = step.step(snapshot(0, 0.0, at_edge), 0.0, budget_w=130000.0)
+    assert result.budget_w == watts

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -553,7 +552,6 @@ try coolctl check-config a.toml "$2/sub"
 """
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
 def test_bash_completion_follows_the_parser_tree(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -600,7 +598,6 @@ try coolctl run --config ''
 """
 
 
-@pytest.mark.skipif(shutil.which("zsh") is None, reason="no zsh")
 def test_zsh_completion_answers_from_the_same_tables(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

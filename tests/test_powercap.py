@@ -840,3 +840,75 @@ def test_a_negative_or_non_finite_deadband_is_refused() -> None:
     for bad in (-1.0, math.nan, math.inf):
         with pytest.raises(ValueError, match="cap_deadband_w"):
             rack([server("x")], cap_deadband_w=bad)
+
+
+def test_the_allocator_reads_each_server_power_and_cap_and_the_rack_pdu() -> None:
+    servers = [server("bmc01"), server("bmc02")]
+    assert PowerCapAllocator(rack(servers)).inputs == [
+        PointId(RACK, "bmc01", "power"),
+        PointId(RACK, "bmc01", "power_limit"),
+        PointId(RACK, "bmc02", "power"),
+        PointId(RACK, "bmc02", "power_limit"),
+    ]
+    with_pdu = PowerCapAllocator(rack(servers, non_server_power=PDU)).inputs
+    assert with_pdu[-1] == PDU and len(with_pdu) == 5
+
+
+def test_the_reason_counts_what_the_servers_want() -> None:
+    servers = [server("idle"), server("busy")]
+    allocator = PowerCapAllocator(rack(servers))
+    limits = {"idle": 7000.0, "busy": 6000.0}
+    allocator.step(snapshot(0.0, servers, {"idle": 1500.0, "busy": 6000.0}, limits), 0.0, 8000.0)
+    assert "; 1 want more, 1 released" in the(allocator.allocation).reason
+
+
+@pytest.mark.parametrize(("count", "more"), [(8, ""), (9, " and 1 more")])
+def test_the_reason_names_eight_servers_without_power_and_counts_the_rest(
+    count: int, more: str
+) -> None:
+    servers = [server(f"s{i}") for i in range(count)]
+    allocator = PowerCapAllocator(rack(servers))
+    allocator.step(snapshot(0.0, servers, {}), 0.0, 1e6)
+    reason = the(allocator.allocation).reason
+    assert reason.endswith(f"s7 missing{more}: held at the cap in force"), reason
+    assert "0 want more, 0 released" in reason
+
+
+def test_a_cap_that_moves_by_the_threshold_exactly_is_not_sent_again() -> None:
+    servers = [server("a"), server("b")]
+    allocator = PowerCapAllocator(rack(servers))
+    limits = {"a": 4000.0, "b": 4000.0}
+    busy = snapshot(0.0, servers, {"a": 4000.0, "b": 4000.0}, limits)
+    assert caps_of(allocator.step(busy, 0.0, 8000.0)) == {"a": 4000.0, "b": 4000.0}
+    assert caps_of(allocator.step(busy, 1.0, 8002.0)) == {}  # 1 W each: not worth a write
+    assert caps_of(allocator.step(busy, 2.0, 8004.2)) == {"a": 4002.1, "b": 4002.1}
+
+
+def test_a_server_without_a_priority_waits_for_one_with_a_higher_one() -> None:
+    plain = ServerCap(
+        "plain",
+        PointId(RACK, "plain", "power"),
+        PointId(RACK, "plain", "power_limit"),
+        1500.0,
+        7000.0,
+    )
+    first = server("first", priority=1)
+    allocator = PowerCapAllocator(rack([plain, first]))
+    limits = {"plain": 6000.0, "first": 6000.0}
+    snap = snapshot(0.0, [plain, first], {"plain": 6000.0, "first": 6000.0}, limits)
+    caps = caps_of(allocator.step(snap, 0.0, 9000.0))
+    assert caps == {"plain": 2000.0, "first": 7000.0}
+
+
+def test_a_negative_margin_is_refused() -> None:
+    with pytest.raises(ValueError, match="margin_w must be >= 0"):
+        rack([server("a")], margin_w=-0.5)
+    assert rack([server("a")], margin_w=0.0).margin_w == 0.0
+
+
+def test_the_trim_takes_the_excess_off_as_many_caps_as_it_needs() -> None:
+    from coolctl.control.powercap import _trim
+
+    # the first cap gives up all it can above its floor (100 W), the second the rest
+    assert _trim([1600.0, 1600.0], [1500.0, 1500.0], 3000.0) == [1500.0, 1500.0]
+    assert _trim([1600.0, 1600.0], [1500.0, 1500.0], 3300.0) == [1600.0, 1600.0]

@@ -49,7 +49,7 @@ def free_port() -> int:
 def broker(tmp_path: Path) -> Iterator[str]:
     """A Mosquitto of our own on a free loopback port; yields its `host:port`."""
     if not Path(MOSQUITTO).exists():
-        pytest.skip("mosquitto is not installed")
+        pytest.fail("mosquitto is not installed: apt-get install mosquitto")
     port = free_port()
     config = tmp_path / "mosquitto.conf"
     config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")

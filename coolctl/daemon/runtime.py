@@ -161,6 +161,7 @@ class RackRuntime:
                 handle.client.write,
                 resolution=spec.resolution,
                 clock=self.clock,
+                retry_after_s=config.control_period_s,
                 on_failure=self._write_failure,
             )
 

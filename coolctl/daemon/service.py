@@ -159,7 +159,13 @@ class Service:
             except Exception as exc:
                 log.exception("the reloaded daemon did not start; the old config runs again")
                 await daemon.stop(hand_back=False)
+                # The stopped daemon's connections are closed for good (an MQTT connection
+                # cannot start again): the old config runs again in a daemon built anew.
+                old = Daemon(self.config)
                 await self._start_daemon(old)
+                self.daemon = old
+                if self.metrics is not None:
+                    self.metrics.collectors.daemon = old
                 self._emit_all(
                     "reload_failed",
                     Severity.WARNING,

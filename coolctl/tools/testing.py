@@ -14,6 +14,7 @@ sockets, and `/metrics` is served on a free port.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -36,7 +37,7 @@ from coolctl.simulators.plant import RackPlant
 from coolctl.tools.broker import Mosquitto
 from coolctl.tools.simrack import sim_specs, with_broker, with_services
 
-__all__ = ["HilRack", "coolctl_hil", "hil_rack", "simulated_rack"]
+__all__ = ["HilRack", "LoopLag", "coolctl_hil", "hil_rack", "simulated_rack"]
 
 
 def _config(config: Config | str | Path) -> Config:
@@ -127,6 +128,42 @@ class HilRack:
         return time.monotonic() - started
 
 
+class LoopLag:
+    """How late the running event loop wakes a sleeper, sampled while the context is open.
+
+    A latency a test must bound (a message within a step of its cause) is bounded by the
+    expected figure plus the worst lag measured meanwhile: on a loaded machine everything on
+    the loop runs late by about as much, and a bound that ignored it would fail for the
+    machine's sake, not the code's.
+
+        async with LoopLag() as lag:
+            ...
+        assert took_s <= 0.07 + lag.max_s
+    """
+
+    def __init__(self, every_s: float = 0.005) -> None:
+        self.every_s = every_s
+        self.max_s = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _sample(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + self.every_s
+            await asyncio.sleep(self.every_s)
+            self.max_s = max(self.max_s, loop.time() - due)
+
+    async def __aenter__(self) -> LoopLag:
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 @asynccontextmanager
 async def hil_rack(
     config: Config | str | Path,
@@ -148,7 +185,20 @@ async def hil_rack(
         pointed = _metrics_on_free_port(pointed)
         state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="coolctl-hil-")))
         socket_path = state / "control.sock"
-        service = Service(pointed, ServiceOptions(state / "coolctl.db", socket_path))
+        secrets = state / "secrets"
+        secrets.mkdir()
+
+        def reload_pointed(path: Path) -> Config:
+            """A reload reads the config file again and points it at the same simulation, so
+            that a test can change the file and reload as an operator would."""
+            loaded = load_checked_config(path)
+            if loaded.mqtt is not None and pointed.mqtt is not None:
+                loaded = replace(loaded, mqtt=replace(loaded.mqtt, broker=pointed.mqtt.broker))
+            return _metrics_on_free_port(with_services(loaded, simulation.services, secrets))
+
+        service = Service(
+            pointed, ServiceOptions(state / "coolctl.db", socket_path), load=reload_pointed
+        )
         await service.start()
         stack.push_async_callback(service.stop)
         yield HilRack(simulation, service, pointed, time_scale, socket_path)
