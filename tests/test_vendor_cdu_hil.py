@@ -21,7 +21,9 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from coolctl.cli.main import build_parser
 from coolctl.cli.operator import run_operator_command
@@ -104,6 +106,22 @@ async def cli(rack: HilRack, *args: str) -> int:
     return await asyncio.to_thread(run_operator_command, parsed, parser)
 
 
+async def metrics(rack: HilRack) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """One scrape of the daemon's /metrics: (name, labels) -> value."""
+    async with aiohttp.ClientSession() as session, session.get(rack.metrics_url) as reply:
+        assert reply.status == 200
+        text = await reply.text()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def labels(**values: str) -> frozenset[tuple[str, str]]:
+    return frozenset(values.items())
+
+
 def settled(rack: HilRack, vendor: Vendor) -> bool:
     flow = rack.value(point(vendor, "flow"))
     supply = rack.value(point(vendor, "supply_temperature"))
@@ -142,6 +160,15 @@ async def test_the_daemon_drives_the_cdu_through_its_vendor_profile(name: str) -
         assert {"supply_temperature_setpoint", "flow_setpoint", "cdu_control_mode"} <= written
         assert not written & {"pump_speed_command", "valve_command"}
         assert controller.writes_refused == 0
+        # the CDU's own state as metrics: its mode one series per state, remote, not held
+        scraped = await metrics(rack)
+        device_labels = {"rack": "r01", "device": vendor.device}
+        for mode in CduControlMode:
+            expected = 1.0 if mode is CduControlMode.AUTO_FLOW else 0.0
+            key = ("coolctl_cdu_control_mode", labels(**device_labels, mode=mode.name.lower()))
+            assert scraped[key] == expected, mode
+        assert scraped[("coolctl_cdu_remote", labels(**device_labels))] == 1.0
+        assert scraped[("coolctl_cdu_local", labels(**device_labels))] == 0.0
 
 
 @pytest.mark.hil
@@ -187,14 +214,47 @@ async def test_a_latched_alarm_is_acknowledged_through_its_vendor_profile(
         assert await cli(rack, "alarms", "r01") == 0
         listed = capsys.readouterr().out
         assert vendor.alarm in listed and "ACTIVE" in listed
+        key = (
+            "coolctl_cdu_alarm_active",
+            labels(rack="r01", device=vendor.device, alarm=vendor.alarm),
+        )
+        assert (await metrics(rack))[key] == 1.0
         apply_fault(rack.simulation, "clear", rack="r01")  # the cause goes; the alarm latches
         assert cdu(rack).read_points()[vendor.alarm] == 1.0
         assert await cli(rack, "alarms", "ack", "r01", "--reason", "checked at the unit") == 0
         await rack.wait_until(lambda: "cdu_alarm_cleared" in kinds(rack), 10.0)
         assert rack.value(alarm) == 0.0
+        assert (await metrics(rack))[key] == 0.0
         acks = [
             w
             for w in rack.simulation.writes("r01", vendor.device)
             if w.point == "alarm_acknowledge"
         ]
         assert [w.value for w in acks] == [1.0]  # the profile's acknowledge write, once
+
+
+@pytest.mark.hil
+@pytest.mark.asyncio
+@pytest.mark.parametrize("name", list(BY_NAME))
+async def test_a_cdu_its_panel_took_is_left_alone_through_its_vendor_profile(name: str) -> None:
+    """Neither map has a "local" mode code: the remote bit says it, and the mode register
+    keeps showing the mode the panel runs the CDU in."""
+    vendor = BY_NAME[name]
+    async with vendor_rack(vendor) as rack:
+        controller = cdu(rack)
+        runtime = rack.daemon.racks["r01"]
+        await rack.wait_until(lambda: controller.mode is CduControlMode.AUTO_FLOW, 15.0)
+        apply_fault(rack.simulation, "cdu_local", rack="r01")
+        await rack.wait_until(lambda: "cdu_local" in kinds(rack), 10.0)
+        assert rack.value(point(vendor, "cdu_remote")) == 0.0
+        local_key = ("coolctl_cdu_local", labels(rack="r01", device=vendor.device))
+        assert (await metrics(rack))[local_key] == 1.0
+        writes_before = len(rack.simulation.writes("r01", vendor.device))
+        refused_before = controller.writes_refused
+        runs = runtime.tick_stats.runs
+        await rack.wait_until(lambda: runtime.tick_stats.runs >= runs + 10, 10.0)
+        assert len(rack.simulation.writes("r01", vendor.device)) == writes_before
+        assert controller.writes_refused == refused_before
+        apply_fault(rack.simulation, "clear", rack="r01")
+        await rack.wait_until(lambda: "cdu_remote" in kinds(rack), 10.0)
+        assert (await metrics(rack))[local_key] == 0.0
