@@ -17,6 +17,7 @@ a profile of one's own (README, "Bringing up a real CDU"): a config naming the p
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from coolctl.cli.main import build_parser
 from coolctl.cli.operator import run_operator_command
-from coolctl.config import ModbusDeviceConfig
-from coolctl.model import CduControlMode
+from coolctl.config import ModbusDeviceConfig, RackConfig, load_config
+from coolctl.control.supervisor import ActuatorRole
+from coolctl.model import CduControlMode, PointId
+from coolctl.rack.check import check_profiles
+from coolctl.rack.facts import DeviceFactsRecord, device_facts
+from coolctl.rack.setpoints import setpoint_actuators, setpoint_plan
 from coolctl.simulators.cdu_controller import CduController
 from coolctl.simulators.faults import apply_fault
 from coolctl.tools.testing import HilRack, hil_rack
@@ -258,3 +263,53 @@ async def test_a_cdu_its_panel_took_is_left_alone_through_its_vendor_profile(nam
         apply_fault(rack.simulation, "clear", rack="r01")
         await rack.wait_until(lambda: "cdu_remote" in kinds(rack), 10.0)
         assert (await metrics(rack))[local_key] == 0.0
+
+
+# --- what setpoint mode makes of each vendor profile, offline ---------------------------------
+
+
+def rack_facts(config: Path) -> tuple[RackConfig, dict[str, DeviceFactsRecord]]:
+    rack = load_config(config).racks["r01"]
+    return rack, {device.id: device_facts(device) for device in rack.devices.values()}
+
+
+def test_the_orv3_rpu_is_stopped_through_its_control_word() -> None:
+    rack, facts = rack_facts(BY_NAME["orv3-rpu"].config)
+    plan = setpoint_plan(rack, facts)
+    assert plan.run is None and plan.mode == PointId("r01", "rpu", "cdu_control_mode")
+    mode = next(a for a in setpoint_actuators(plan) if a.point == plan.mode)
+    assert mode.role is ActuatorRole.PUMP  # the supervisor's pump responses stop it
+    assert mode.on_leak == mode.on_low_level == float(CduControlMode.STOPPED)
+    assert mode.minimum == mode.maximum == mode.failsafe == float(CduControlMode.AUTO_FLOW)
+    assert facts["rpu"].writable["cdu_control_mode"].codes == frozenset({0, 1, 2, 4})
+
+
+def test_the_kenmec_style_cdu_is_stopped_by_its_run_coil() -> None:
+    rack, facts = rack_facts(BY_NAME["kenmec-style-cdu"].config)
+    plan = setpoint_plan(rack, facts)
+    assert plan.run == PointId("r01", "cdu1", "cdu_run_command")
+    mode = next(a for a in setpoint_actuators(plan) if a.point == plan.mode)
+    assert mode.role is ActuatorRole.SETPOINT and mode.on_leak is None
+
+
+def test_a_cdu_that_cannot_be_stopped_or_lacks_the_mode_is_refused() -> None:
+    rack, facts = rack_facts(BY_NAME["orv3-rpu"].config)
+    rpu = facts["rpu"]
+    mode = rpu.writable["cdu_control_mode"]
+    no_stop = dataclasses.replace(mode, codes=frozenset({1, 2, 4}))
+    writable = {**rpu.writable, "cdu_control_mode": no_stop}
+    with pytest.raises(ValueError, match=r'cdu_run_command writable .* "stopped" state'):
+        setpoint_plan(rack, {**facts, "rpu": dataclasses.replace(rpu, writable=writable)})
+    no_flow = dataclasses.replace(mode, codes=frozenset({0, 1, 3}))
+    writable = {**rpu.writable, "cdu_control_mode": no_flow}
+    with pytest.raises(ValueError, match="no state auto_flow"):
+        setpoint_plan(rack, {**facts, "rpu": dataclasses.replace(rpu, writable=writable)})
+
+
+def test_check_config_wants_the_valve_only_in_direct_mode(tmp_path: Path) -> None:
+    config = BY_NAME["orv3-rpu"].config
+    assert check_profiles(load_config(config)) == []
+    direct = tmp_path / "direct.toml"
+    direct.write_text(config.read_text().replace('cdu_control = "setpoints"', ""))
+    problems = check_profiles(load_config(direct))
+    assert any("'valve_command' is not writable in profile 'orv3-rpu'" in p for p in problems)
