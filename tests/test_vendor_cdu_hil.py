@@ -174,6 +174,12 @@ async def test_the_daemon_drives_the_cdu_through_its_vendor_profile(name: str) -
             assert scraped[key] == expected, mode
         assert scraped[("coolctl_cdu_remote", labels(**device_labels))] == 1.0
         assert scraped[("coolctl_cdu_local", labels(**device_labels))] == 0.0
+        poll_s = scraped[("coolctl_device_poll_duration_seconds", labels(**device_labels))]
+        polls = scraped[("coolctl_device_polls_total", labels(**device_labels))]
+        transport = "RTU 19,200 baud" if vendor.rtu else "TCP"
+        print(
+            f"\n{vendor.name} over {transport}: last poll {poll_s * 1e3:.1f} ms, {polls:.0f} polls"
+        )
 
 
 @pytest.mark.hil
