@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from coolctl.simulators.faults import apply_fault
 from coolctl.tools.testing import HilRack, hil_rack
 
 CONFIGS = Path(__file__).parent / "configs"
+PROFILES = Path(__file__).parent.parent / "drivers" / "profiles"
 TIME_SCALE = 5.0
 SERVER_IDLE_W, SERVER_MAX_W, SERVERS = 1500.0, 7000.0, 18
 FLOW_LPM, SUPPLY_C = 160.0, 35.0
@@ -319,3 +321,34 @@ def test_check_config_wants_the_valve_only_in_direct_mode(tmp_path: Path) -> Non
     direct.write_text(config.read_text().replace('cdu_control = "setpoints"', ""))
     problems = check_profiles(load_config(direct))
     assert any("'valve_command' is not writable in profile 'orv3-rpu'" in p for p in problems)
+
+
+@pytest.mark.hil
+@pytest.mark.asyncio
+async def test_a_write_enable_the_profile_declares_is_written_before_each_setpoint(
+    tmp_path: Path,
+) -> None:
+    """Neither shipped CDU map names a write-enable, so this one is the test's own: the
+    Kenmec-style map with an [[unlock]] register. The simulated CDU refuses the setpoints and
+    the mode until it is written, and locks again after each write."""
+    profile = tmp_path / "locked-cdu.toml"
+    text = (PROFILES / "kenmec-style-cdu.toml").read_text()
+    profile.write_text(
+        text.replace('name = "kenmec-style-cdu"', 'name = "locked-cdu"')
+        + '\n[[unlock]]\ntable = "holding"\naddress = 5010\nvalue = 0xA5A5\nrelock = 0\n'
+        + 'points = ["supply_temperature_setpoint", "flow_setpoint", "cdu_control_mode"]\n'
+    )
+    config = tmp_path / "locked.toml"
+    vendor = BY_NAME["kenmec-style-cdu"]
+    config.write_text(
+        vendor.config.read_text().replace('"kenmec-style-cdu"', json.dumps(str(profile)))
+    )
+    async with hil_rack(config, time_scale=TIME_SCALE, load=load_for(60_000.0)) as rack:
+        controller = cdu(rack)
+        await rack.wait_until(lambda: controller.mode is CduControlMode.AUTO_FLOW, 15.0)
+        await rack.wait_until(lambda: settled(rack, vendor), 60.0)
+        assert controller.setpoint("flow_setpoint") == pytest.approx(FLOW_LPM)
+        assert controller.setpoint("supply_temperature_setpoint") == pytest.approx(SUPPLY_C)
+        assert "write_refused" not in kinds(rack)
+        server = rack.simulation.servers[("r01", vendor.device)]
+        assert server.registers("supply_temperature_setpoint") == [round(SUPPLY_C * 10)]
