@@ -33,6 +33,7 @@ from coolctl.control.loops import LoopMode
 from coolctl.control.supervisor import INTERLOCKS
 from coolctl.model import (
     CANONICAL_POINTS,
+    CduControlMode,
     PointId,
     Quality,
     RackMode,
@@ -446,6 +447,45 @@ class RackCollector(_DaemonState):
         yield from (caps, feasible)
         yield from (override, expiry)
         yield from self._chips()
+        yield from self._cdus(now)
+
+    def _cdus(self, now: float) -> Iterator[Metric]:
+        """CDUs that run their own loops: their mode as one series per state, whether coolctl
+        holds its commands because the panel has control, and each alarm's last known state
+        (coolctl.rack.cdu_watch: a reading that is not good keeps the last state, so an alarm
+        does not vanish from the metrics while its CDU does not answer)."""
+        mode = GaugeMetricFamily(
+            "coolctl_cdu_control_mode",
+            "The CDU's control mode as it reports it, one series per state (1 = current)",
+            labels=["rack", "device", "mode"],
+        )
+        local = GaugeMetricFamily(
+            "coolctl_cdu_local",
+            "1 while the CDU is in local control at its panel and coolctl writes nothing to it",
+            labels=["rack", "device"],
+        )
+        alarm = GaugeMetricFamily(
+            "coolctl_cdu_alarm_active",
+            "1 while the CDU's alarm is active (latched ones until acknowledged), last known state",
+            labels=["rack", "device", "alarm"],
+        )
+        for rack_id, rack in sorted(self.daemon.racks.items()):
+            watch = rack.step.cdu
+            for device in watch.watched_devices:
+                held = device in watch.local_devices
+                local.add_metric([rack_id, device], float(held))
+                reading = self.daemon.store.current(
+                    PointId(rack_id, device, "cdu_control_mode"), now
+                )
+                if not reading.usable or reading.value is None:
+                    continue
+                code = round(reading.value)
+                for each in CduControlMode:
+                    mode.add_metric([rack_id, device, each.name.lower()], float(code == each))
+            for state in watch.alarms():
+                labels = [rack_id, state.point.device, state.point.name]
+                alarm.add_metric(labels, float(state.active))
+        yield from (mode, local, alarm)
 
     def _chips(self) -> Iterator[Metric]:
         """Servers that throttle or are near it (coolctl.rack.chips), and the outlet limit."""

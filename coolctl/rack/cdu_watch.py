@@ -71,6 +71,11 @@ class CduWatch:
         self._alarms: dict[PointId, AlarmState] = {}
 
     @property
+    def watched_devices(self) -> tuple[str, ...]:
+        """The devices that can say they are in local control (cdu_remote or the mode)."""
+        return self._local_capable
+
+    @property
     def local_devices(self) -> Mapping[str, float]:
         """The CDUs in local control now, with since when."""
         return dict(self._local)

@@ -26,6 +26,7 @@ from coolctl.drivers.mqtt_profile import load_mqtt_profile
 from coolctl.drivers.redfish import RedfishSettings
 from coolctl.rack.bounds import config_problems, loop_problems, quantity_of
 from coolctl.rack.facts import DeviceFactsRecord, device_facts, setpoint_bounds
+from coolctl.rack.setpoints import needs_writable_actuator
 
 
 def load_checked_config(path: str | Path) -> Config:
@@ -86,7 +87,8 @@ def check_profiles(config: Config) -> list[str]:
                         f" has no point {ref.point!r}"
                     )
             known = facts.get(loop.actuator.device)
-            if known is not None and loop.actuator.point not in known.writable:
+            needed = needs_writable_actuator(rack, loop)
+            if needed and known is not None and loop.actuator.point not in known.writable:
                 problems.append(
                     f"{key}.actuator: {loop.actuator.point!r} is not writable"
                     f" in profile {known.name!r}"
@@ -131,7 +133,9 @@ def check_rack_builds(where: str, rack: RackConfig) -> list[str]:
         problems.extend(_check_loop(f"{key}.loops.{loop.id}", loop, facts))
     problems.extend(_check_safe_bounds(key, rack, facts))
     writable = all(  # if not, check_profiles says so
-        loop.actuator.point in facts[loop.actuator.device].writable for loop in rack.loops.values()
+        loop.actuator.point in facts[loop.actuator.device].writable
+        for loop in rack.loops.values()
+        if needs_writable_actuator(rack, loop)
     )
     if not problems and writable:
         try:

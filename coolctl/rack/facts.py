@@ -23,7 +23,7 @@ from coolctl.drivers.modbus_profile import ModbusProfile, RegisterPoint, load_pr
 from coolctl.drivers.mqtt_profile import load_mqtt_profile
 from coolctl.drivers.redfish import kind_points
 from coolctl.drivers.snmp_profile import load_snmp_profile
-from coolctl.model import CANONICAL_POINTS, Unit
+from coolctl.model import CANONICAL_POINTS, POINT_STATES, Unit
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +33,15 @@ class WritableSpec:
     minimum: float
     maximum: float
     resolution: float  # one count of the register, in engineering units
+    # an enumerated point (cdu_control_mode): the canonical codes the device has a raw code
+    # for; None for a number
+    codes: frozenset[int] | None = None
+
+    def takes(self, value: float) -> bool:
+        """Whether the device can be written `value`: within the range, and for an enumerated
+        point one of its states."""
+        within = self.minimum <= value <= self.maximum
+        return within and (self.codes is None or value in self.codes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,11 +130,24 @@ def writable_points(profile: ModbusProfile) -> dict[str, WritableSpec]:
     specs = {}
     for point in profile.points:
         if point.writable:
+            codes = _state_codes(point)
             low = point.min if point.min is not None else float("-inf")
             high = point.max if point.max is not None else float("inf")
+            if codes:  # an enumerated point is bounded by its states where min/max are not given
+                low = low if point.min is not None else float(min(codes))
+                high = high if point.max is not None else float(max(codes))
             resolution = abs(point.scale) if point.data_type != "bool" else 1.0
-            specs[point.name] = WritableSpec(low, high, resolution)
+            specs[point.name] = WritableSpec(low, high, resolution, codes)
     return specs
+
+
+def _state_codes(point: RegisterPoint) -> frozenset[int] | None:
+    """The canonical codes an enumerated point can take: its profile's `states`, else every
+    state of its enum (the device uses the canonical codes); None for a number."""
+    if point.states:
+        return frozenset(code for _, code in point.states)
+    enum_type = POINT_STATES.get(point.name)
+    return None if enum_type is None else frozenset(member.value for member in enum_type)
 
 
 PHYSICAL_RANGES: Mapping[Unit, tuple[float, float]] = {

@@ -9,6 +9,7 @@ say, in setpoints, what the supervisor's responses mean:
 | supervisor decision | direct mode               | setpoint mode                                  |
 |---------------------|---------------------------|------------------------------------------------|
 | leak, low level     | pump stopped (or slowed)  | `cdu_run_command` = 0: the CDU stops its pumps |
+|                     |                           | (no run command: `cdu_control_mode` = stopped) |
 | stop_on_alarms      | —                         | as a leak: caps first, then the CDU stopped    |
 | over-temperature    | pump and valve at maximum | lowest supply, highest flow/ΔP setpoint        |
 | pump failure        | caps down                 | caps down (the CDU's `pump_running` reads 0)   |
@@ -93,7 +94,7 @@ class SetpointPlan:
 
     device: str
     targets: tuple[SetpointTarget, ...]
-    run: PointId
+    run: PointId | None  # None: the CDU has no run command; its mode's "stopped" stops it
     mode: PointId | None  # None: the CDU has no mode point (it stays in its own)
     mode_code: CduControlMode
 
@@ -133,25 +134,38 @@ def setpoint_plan(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> Setpo
                 " profile for setpoint mode"
             )
         targets.append(_target(rack, device, loop, name, spec))
-    for needed in (RUN,):
-        if needed not in facts.writable:
-            raise ValueError(
-                f"rack {rack.id}: setpoint mode needs {device}/{needed} writable in its profile"
-            )
     pump_targets = [t for t in targets if t.point.name in MODE_OF]
     if len(pump_targets) > 1:
         raise ValueError(f"rack {rack.id}: the CDU's pump follows one target, flow or ΔP")
     mode_code = MODE_OF[pump_targets[0].point.name] if pump_targets else CduControlMode.AUTO_FLOW
     mode_spec = facts.writable.get(MODE)
-    if mode_spec is not None and not mode_spec.minimum <= mode_code <= mode_spec.maximum:
-        raise ValueError(f"rack {rack.id}: {device}/{MODE} cannot take {mode_code.name}")
+    if mode_spec is not None and not mode_spec.takes(mode_code):
+        raise ValueError(
+            f"rack {rack.id}: {device}/{MODE} has no state {mode_code.name.lower()} in its"
+            " profile, the mode its pump target needs"
+        )
+    has_run = RUN in facts.writable
+    if not has_run and (mode_spec is None or not mode_spec.takes(CduControlMode.STOPPED)):
+        # A CDU whose control word carries the stop (the ORv3 RPU's System_Stop) is stopped
+        # by writing that mode; one with neither could not be stopped on a leak.
+        raise ValueError(
+            f"rack {rack.id}: setpoint mode needs {device}/{RUN} writable in its profile, or a"
+            f' writable {MODE} with a "stopped" state: how a leak stops the CDU'
+        )
     return SetpointPlan(
         device=device,
         targets=tuple(targets),
-        run=PointId(rack.id, device, RUN),
+        run=PointId(rack.id, device, RUN) if has_run else None,
         mode=PointId(rack.id, device, MODE) if mode_spec is not None else None,
         mode_code=mode_code,
     )
+
+
+def needs_writable_actuator(rack: RackConfig, loop: LoopConfig) -> bool:
+    """Whether a loop's actuator must be writable on its device. In setpoint mode a CDU loop's
+    pump or valve only names the loop: coolctl writes the CDU's setpoint for it instead, and a
+    CDU that takes only setpoints (most commercial ones) has no pump or valve command at all."""
+    return not (setpoint_mode(rack) and loop.actuator.point in CDU_ACTUATORS)
 
 
 def _target(
@@ -191,34 +205,42 @@ def _target(
 def setpoint_actuators(plan: SetpointPlan) -> tuple[ActuatorSafety, ...]:
     """The supervised actuators of setpoint mode; see the table in the module docstring."""
     actuators = [_setpoint_actuator(target) for target in plan.targets]
-    actuators.append(
-        ActuatorSafety(
-            point=plan.run,
-            role=ActuatorRole.PUMP,  # 0 stops the CDU's pumps: the supervisor's pump response
-            minimum=0.0,
-            maximum=1.0,
-            slew_per_s=None,
-            failsafe=1.0,
-            hard_minimum=0.0,
-            hard_maximum=1.0,
-            on_leak=0.0,
-            on_over_temperature=1.0,
-            on_low_level=0.0,
-            shutdown=None,
+    if plan.run is not None:
+        actuators.append(
+            ActuatorSafety(
+                point=plan.run,
+                role=ActuatorRole.PUMP,  # 0 stops the CDU's pumps: the supervisor's pump response
+                minimum=0.0,
+                maximum=1.0,
+                slew_per_s=None,
+                failsafe=1.0,
+                hard_minimum=0.0,
+                hard_maximum=1.0,
+                on_leak=0.0,
+                on_over_temperature=1.0,
+                on_low_level=0.0,
+                shutdown=None,
+            )
         )
-    )
     if plan.mode is not None:
         code = float(plan.mode_code)
+        stopped = float(CduControlMode.STOPPED)
+        # Without a run command the mode is the pump actuator: "stopped" (code 0) is its stop,
+        # as 0 is a run command's, so the supervisor's leak and low-level responses stop it.
+        carries_stop = plan.run is None
         actuators.append(
             ActuatorSafety(
                 point=plan.mode,
-                role=ActuatorRole.SETPOINT,
+                role=ActuatorRole.PUMP if carries_stop else ActuatorRole.SETPOINT,
                 minimum=code,
                 maximum=code,
                 slew_per_s=None,
                 failsafe=code,  # a blind rack keeps the CDU in remote auto (see above)
-                hard_minimum=code,
+                hard_minimum=stopped if carries_stop else code,
                 hard_maximum=code,
+                on_leak=stopped if carries_stop else None,
+                on_over_temperature=code if carries_stop else None,
+                on_low_level=stopped if carries_stop else None,
                 shutdown=None,
             )
         )
@@ -311,7 +333,8 @@ class SetpointController:
             Command(t.point, t.value, Source.AUTO, f"setpoint of loop {t.loop}")
             for t in plan.targets
         ]
-        commands.append(Command(plan.run, 1.0, Source.AUTO, "CDU running on its own loops"))
+        if plan.run is not None:
+            commands.append(Command(plan.run, 1.0, Source.AUTO, "CDU running on its own loops"))
         if plan.mode is not None:
             reason = f"CDU in {plan.mode_code.name.lower()}"
             commands.append(Command(plan.mode, float(plan.mode_code), Source.AUTO, reason))

@@ -35,6 +35,7 @@ from coolctl.simulators.control_server import endpoint
 from coolctl.simulators.live import LiveSimulation
 from coolctl.simulators.plant import RackPlant
 from coolctl.tools.broker import Mosquitto
+from coolctl.tools.rtu_sim import serve_over_rtu, with_rtu_services
 from coolctl.tools.simrack import sim_specs, with_broker, with_services
 
 __all__ = ["HilRack", "LoopLag", "coolctl_hil", "hil_rack", "simulated_rack"]
@@ -52,12 +53,15 @@ async def simulated_rack(
     load: float = 0.6,
     plant: Mapping[str, Any] | None = None,
     mqtt_broker: str | None = None,
+    modbus_rtu: bool = False,
 ) -> AsyncIterator[tuple[LiveSimulation, Config]]:
     """Serve a config's simulated devices on free loopback ports.
 
     Yields the running simulation and the config re-pointed at it. `plant` overrides plant
     parameters (e.g. `{"initial_valve": 0.5}`) for every rack. A config with MQTT devices
     gets its sensors published to `mqtt_broker`, or to a private Mosquitto started here.
+    With `modbus_rtu` the Modbus devices are (also) served on one virtual RS-485 bus, a paced
+    pty pair at 19,200 baud 8N1, and the config's Modbus devices read them over RTU there.
     """
     loaded = _config(config)
     async with AsyncExitStack() as stack:
@@ -76,7 +80,10 @@ async def simulated_rack(
             tls_dir=secrets / "tls",
         )
         await stack.enter_async_context(simulation)
-        yield simulation, with_services(loaded, simulation.services, secrets)
+        pointed = with_services(loaded, simulation.services, secrets)
+        if modbus_rtu:
+            pointed = with_rtu_services(pointed, await serve_over_rtu(simulation, stack))
+        yield simulation, pointed
 
 
 @dataclass
@@ -172,14 +179,21 @@ async def hil_rack(
     load: float = 0.6,
     plant: Mapping[str, Any] | None = None,
     mqtt_broker: str | None = None,
+    modbus_rtu: bool = False,
 ) -> AsyncIterator[HilRack]:
     """Simulated devices, the daemon against them, `/metrics` on a free port, the control API
     on a UNIX socket and the store in a temporary directory (and, for a config with MQTT
-    devices, a private Mosquitto unless `mqtt_broker` names one)."""
+    devices, a private Mosquitto unless `mqtt_broker` names one; `modbus_rtu`: the Modbus
+    devices over a virtual RTU bus, as `simulated_rack` says)."""
     async with AsyncExitStack() as stack:
         simulation, pointed = await stack.enter_async_context(
             simulated_rack(
-                config, time_scale=time_scale, load=load, plant=plant, mqtt_broker=mqtt_broker
+                config,
+                time_scale=time_scale,
+                load=load,
+                plant=plant,
+                mqtt_broker=mqtt_broker,
+                modbus_rtu=modbus_rtu,
             )
         )
         pointed = _metrics_on_free_port(pointed)
