@@ -320,10 +320,14 @@ _INT_RANGES = {
 
 def oracle(point: RegisterPoint, words: Sequence[int]) -> float | None:
     """The engineering value of a point's registers, worked out independently of the codec;
-    None for a float that is NaN or infinite (which must be refused)."""
+    None for what must be refused (a float that is NaN or infinite, a code that is no state)."""
     if point.is_bit:
-        return 1.0 if words[0] else 0.0
+        word = words[0] if point.bit is None else (words[0] >> point.bit) & 1
+        value = 1.0 if word else 0.0
+        return 1.0 - value if point.invert else value
     ordered = list(words) if point.word_order == "big" else list(reversed(words))
+    if point.byte_swap:
+        ordered = [((word & 0xFF) << 8) | (word >> 8) for word in ordered]
     data = b"".join(word.to_bytes(2, "big") for word in ordered)
     if point.data_type == "float32":
         raw: float = struct.unpack(">f", data)[0]
@@ -331,7 +335,10 @@ def oracle(point: RegisterPoint, words: Sequence[int]) -> float | None:
             return None
     else:
         raw = int.from_bytes(data, "big", signed=point.data_type.startswith("int"))
-    return raw * point.scale + point.offset
+    if point.states:
+        codes = dict(point.states)  # raw code -> canonical code, as the profile declares them
+        return float(codes[int(raw)]) if raw == int(raw) and int(raw) in codes else None
+    return raw / 2**point.fraction_bits * point.scale + point.offset
 
 
 def in_type_range(point: RegisterPoint, value: float) -> bool:
@@ -350,7 +357,7 @@ def in_type_range(point: RegisterPoint, value: float) -> bool:
 
 def all_profile_points() -> list[RegisterPoint]:
     points = list(FUZZ_MODBUS.points)
-    for name in ("sim-cdu", "sim-pdu"):
+    for name in ("sim-cdu", "sim-pdu", "orv3-rpu", "kenmec-style-cdu", "orv3-psu", "orv3-bbu"):
         points += load_profile(name).points
     return points
 
@@ -360,11 +367,11 @@ ALL_POINTS = all_profile_points()
 
 @st.composite
 def register_points(draw: st.DrawFn) -> RegisterPoint:
-    """A shipped or fuzz-profile point, or one of every type and word order with a random
+    """A shipped or fuzz-profile point, or one of every type, word and byte order with a random
     scale and offset (within what a profile could sensibly say)."""
     point = draw(st.sampled_from(ALL_POINTS))
-    if draw(st.booleans()):
-        return point
+    if draw(st.booleans()) or point.is_state or point.bit is not None:
+        return point  # an enumerated point or a bit of a register: only as its profile has it
     data_type = draw(st.sampled_from([t for t in DATA_TYPES if t != "bool"]))
     magnitude = draw(st.floats(1e-6, 1e6))
     return dataclasses.replace(
@@ -372,8 +379,10 @@ def register_points(draw: st.DrawFn) -> RegisterPoint:
         table="holding",
         data_type=data_type,
         word_order=draw(st.sampled_from(WORD_ORDERS)),
+        byte_swap=draw(st.booleans()),
         scale=magnitude if draw(st.booleans()) else -magnitude,
         offset=draw(st.floats(-1e6, 1e6)),
+        fraction_bits=0,
     )
 
 
@@ -407,7 +416,8 @@ def test_fuzz_modbus_decode(case: tuple[RegisterPoint, list[int], bool]) -> None
     """decode() never raises anything but ValueError, refuses exactly what cannot be right
     (NaN/infinite floats, wrong shapes) and otherwise returns the independent oracle's value."""
     point, words, valid_shape = case
-    bit_ok = point.is_bit and len(words) == 1
+    # a coil or discrete input takes any value as its bool; a bit of a register needs a word
+    bit_ok = point.is_bit and len(words) == 1 and (point.bit is None or 0 <= words[0] <= 0xFFFF)
     try:
         value = decode(point, words)
     except ValueError as exc:
