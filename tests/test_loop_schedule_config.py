@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from coolctl.config import ConfigError, load_config
+from coolctl.config import Config, ConfigError, load_config
 from coolctl.control.loops import GainSchedule
 from coolctl.model import PointId
 from coolctl.rack.stack import loop_spec
@@ -34,7 +34,7 @@ output_max = 1.0
 """
 
 
-def load(tmp_path: Path, extra: str = "") -> object:
+def load(tmp_path: Path, extra: str = "") -> Config:
     path = tmp_path / "site.toml"
     path.write_text(RACK + extra)
     return load_config(path)
@@ -48,7 +48,7 @@ def problems(tmp_path: Path, extra: str) -> list[str]:
 
 def test_defaults_leave_the_loop_as_it_was(tmp_path: Path) -> None:
     config = load(tmp_path)
-    loop = config.racks["r01"].loops["supply"]  # type: ignore[attr-defined]
+    loop = config.racks["r01"].loops["supply"]
     spec = loop_spec("r01", loop)
     assert spec.schedule is None and spec.pid.setpoint_weight == 1.0
     assert loop.boost_power_lag_s == 20.0
@@ -62,7 +62,7 @@ def test_a_gain_schedule_over_flow_reaches_the_loop(tmp_path: Path) -> None:
         "setpoint_weight = 0.5\n"
     )
     config = load(tmp_path, extra)
-    spec = loop_spec("r01", config.racks["r01"].loops["supply"])  # type: ignore[attr-defined]
+    spec = loop_spec("r01", config.racks["r01"].loops["supply"])
     flow = PointId("r01", "cdu1", "flow")
     assert spec.schedule == GainSchedule(flow, (160.0, 200.0), (1.0, 1.25))
     assert spec.pid.setpoint_weight == 0.5
