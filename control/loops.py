@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import pairwise
 
 from coolctl.control.pid import Pid, PidConfig
 from coolctl.model import Command, Event, PointId, Severity, Snapshot, Source
@@ -61,6 +62,42 @@ class ChipBoost:
 
 
 @dataclass(frozen=True, slots=True)
+class GainSchedule:
+    """The loop's gains scaled by where the plant stands: `multipliers[i]` at `at[i]` of
+    `point` (e.g. the secondary flow), linear in between, the end values beyond the ends.
+
+    Why: the supply loop's plant changes with the flow it has to cool. The chip boost moves the
+    demo rack's flow from 160 to 200 L/min on a load step, and the gains tuned at one flow are
+    wrong at the other. While `point` does not read good the last multiplier holds (a lost
+    flow meter must not retune the loop)."""
+
+    point: PointId
+    at: tuple[float, ...]  # increasing
+    multipliers: tuple[float, ...]  # >= 0, one per `at`
+
+    def __post_init__(self) -> None:
+        if len(self.at) != len(self.multipliers) or not self.at:
+            raise ValueError("a gain schedule needs as many multipliers as points, at least one")
+        if any(b <= a for a, b in pairwise(self.at)):
+            raise ValueError(f"gain schedule points must increase, got {self.at!r}")
+        if any(not (math.isfinite(m) and m >= 0.0) for m in self.multipliers):
+            raise ValueError(f"gain multipliers must be finite and >= 0, got {self.multipliers!r}")
+        if any(not math.isfinite(a) for a in self.at):
+            raise ValueError(f"gain schedule points must be finite, got {self.at!r}")
+
+    def multiplier(self, value: float) -> float:
+        """The multiplier at `value`: piecewise linear, flat beyond the ends."""
+        at, m = self.at, self.multipliers
+        if value <= at[0]:
+            return m[0]
+        for i in range(1, len(at)):
+            if value <= at[i]:
+                share = (value - at[i - 1]) / (at[i] - at[i - 1])
+                return m[i - 1] + share * (m[i] - m[i - 1])
+        return m[-1]
+
+
+@dataclass(frozen=True, slots=True)
 class LoopSpec:
     """What one loop holds, and with what."""
 
@@ -73,6 +110,7 @@ class LoopSpec:
     enabled: bool = True
     feedforward: FeedForward | None = None
     boost: ChipBoost | None = None
+    schedule: GainSchedule | None = None
 
     @property
     def inputs(self) -> tuple[PointId, ...]:
@@ -113,6 +151,7 @@ class PidLoop:
         self._power_at: float | None = None
         self._boost_integral = 0.0
         self._boost_at: float | None = None
+        self.gain_scale = 1.0  # the gain schedule's multiplier in force (see GainSchedule)
 
     @property
     def setpoint(self) -> float:
@@ -167,8 +206,9 @@ class PidLoop:
         if self.pid.output is None:
             self._start_from_actuator(snapshot, measured, now)
         feedforward = self._feedforward(snapshot, now)
+        self._step_schedule(snapshot)
         try:
-            output = self.pid.update(setpoint, measured, now, feedforward)
+            output = self.pid.update(setpoint, measured, now, feedforward, self.gain_scale)
         except ValueError as exc:
             return self._blind(f"{spec.name}: PID refused its inputs: {exc}")
         reason = (
@@ -223,6 +263,15 @@ class PidLoop:
             self._ff_at = now
         power = self._ff_power_w
         return 0.0 if power is None else ff.gain_per_w * power
+
+    def _step_schedule(self, snapshot: Snapshot) -> None:
+        """The gain schedule's multiplier from its point; not good: the last one holds."""
+        schedule = self.spec.schedule
+        if schedule is None:
+            return
+        value = snapshot.value(schedule.point)
+        if value is not None:
+            self.gain_scale = schedule.multiplier(value)
 
     def _measure(self, snapshot: Snapshot) -> float | str:
         """The measured variable, or a reason why it cannot be had."""

@@ -65,6 +65,11 @@ class PidConfig:
         "direct" (error = measurement - setpoint: supply too warm -> open the valve more).
     deadband: errors smaller than this in magnitude count as zero; larger ones are reduced by
         it, so the P term has no step at the edge of the band. Same unit as the measurement.
+    setpoint_weight: the share of a setpoint change the P term acts on (the "b" of a
+        two-degree-of-freedom PID), 0..1; the integral always acts on all of it. Under 1, a
+        moving setpoint (a chip boost, an operator's override) is approached through the
+        integral rather than kicked through the P term: on a loop whose sensor lags, a kick
+        opens the actuator far past what the new setpoint needs before the sensor sees it.
     """
 
     gains: PidGains
@@ -73,6 +78,7 @@ class PidConfig:
     slew_per_s: float | None = None
     action: Action = "reverse"
     deadband: float = 0.0
+    setpoint_weight: float = 1.0
 
     def __post_init__(self) -> None:
         _require_finite(output_min=self.output_min, output_max=self.output_max)
@@ -88,6 +94,8 @@ class PidConfig:
             raise ValueError(f"action must be 'reverse' or 'direct', got {self.action!r}")
         if not (math.isfinite(self.deadband) and self.deadband >= 0.0):
             raise ValueError(f"deadband must be finite and >= 0, got {self.deadband!r}")
+        if not (math.isfinite(self.setpoint_weight) and 0.0 <= self.setpoint_weight <= 1.0):
+            raise ValueError(f"setpoint_weight must be within 0..1, got {self.setpoint_weight!r}")
 
     def bound(self, output: float) -> float:
         """The output held inside [output_min, output_max]."""
@@ -125,6 +133,7 @@ class Pid:
         "_measurement_rate_per_s",
         "_output",
         "_rebase_integral",
+        "_setpoint_ref",
         "_terms",
     )
 
@@ -156,6 +165,7 @@ class Pid:
         self._last_time: float | None = None
         self._output = None if output is None else self._config.bound(output)
         self._rebase_integral = output is not None
+        self._setpoint_ref: float | None = None  # the setpoint_weight's anchor
         self._terms: PidTerms | None = None
 
     def _measurement_step(self, now: float, measurement: float) -> tuple[float, float]:
@@ -191,12 +201,27 @@ class Pid:
         return low, high
 
     def update(
-        self, setpoint: float, measurement: float, now: float, feedforward: float = 0.0
+        self,
+        setpoint: float,
+        measurement: float,
+        now: float,
+        feedforward: float = 0.0,
+        gain_scale: float = 1.0,
     ) -> float:
-        """One automatic step at monotonic time `now` (seconds); returns the new output."""
+        """One automatic step at monotonic time `now` (seconds); returns the new output.
+
+        `gain_scale` multiplies kp, ki and kd for this step (a gain schedule: the plant's gain
+        moves with its operating point). The integrator is in output units, so a new scale
+        changes the integral's rate, never its value."""
         _require_finite(
-            setpoint=setpoint, measurement=measurement, now=now, feedforward=feedforward
+            setpoint=setpoint,
+            measurement=measurement,
+            now=now,
+            feedforward=feedforward,
+            gain_scale=gain_scale,
         )
+        if gain_scale < 0.0:
+            raise ValueError(f"gain_scale must be >= 0, got {gain_scale!r}")
         config = self._config
         gains = config.gains
         sign = _ACTION_SIGN[config.action]
@@ -206,9 +231,14 @@ class Pid:
         dt_s = None if self._last_time is None else now - self._last_time
 
         rate, baseline = self._measurement_step(now, measurement)
-        proportional = gains.kp * effective_error
+        if self._setpoint_ref is None or self._rebase_integral:
+            self._setpoint_ref = setpoint  # anchored where the loop (re)starts: no offset there
+        # P on b*setpoint - measurement, from the anchor: the P term sees only the share
+        # `setpoint_weight` of a setpoint change; the integral absorbs the constant rest.
+        unweighted = sign * (1.0 - config.setpoint_weight) * (setpoint - self._setpoint_ref)
+        proportional = gain_scale * gains.kp * (effective_error - unweighted)
         # Derivative of the error with the setpoint held still: setpoint steps give no kick.
-        derivative = -sign * gains.kd * rate
+        derivative = -sign * gain_scale * gains.kd * rate
 
         integral = self._integral
         if self._rebase_integral and self._output is not None:
@@ -217,7 +247,7 @@ class Pid:
             integral = self._output - proportional - derivative - feedforward
         candidate = integral
         if dt_s is not None and dt_s > 0.0:
-            candidate = integral + gains.ki * effective_error * dt_s
+            candidate = integral + gain_scale * gains.ki * effective_error * dt_s
 
         demand = proportional + candidate + derivative + feedforward
         low, high = self._window(dt_s)

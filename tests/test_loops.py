@@ -10,6 +10,7 @@ import pytest
 from coolctl.control.loops import (
     ChipBoost,
     FeedForward,
+    GainSchedule,
     LoopMode,
     LoopSpec,
     PidLoop,
@@ -307,3 +308,60 @@ def test_boost_feedforward_from_power_raises_the_flow_setpoint_through_its_lag()
     assert loop.setpoint == pytest.approx(200.0, abs=0.5)
     loop.step(at(120.0, None), 120.0)  # the PDU unread: the boost holds
     assert loop.setpoint == pytest.approx(200.0, abs=0.5)
+
+
+# -- gain scheduling over flow -----------------------------------------------------------------
+
+
+def test_gain_schedule_interpolates_and_is_flat_beyond_its_ends() -> None:
+    schedule = GainSchedule(FLOW, (160.0, 200.0), (1.0, 1.5))
+    assert schedule.multiplier(100.0) == 1.0
+    assert schedule.multiplier(180.0) == pytest.approx(1.25)
+    assert schedule.multiplier(250.0) == 1.5
+    for at, multipliers in (((200.0, 160.0), (1.0, 1.0)), ((160.0,), (1.0, 2.0)), ((), ())):
+        with pytest.raises(ValueError):
+            GainSchedule(FLOW, at, multipliers)
+    with pytest.raises(ValueError):
+        GainSchedule(FLOW, (160.0,), (-1.0,))
+
+
+def _scheduled_supply_loop(schedule: GainSchedule | None) -> PidLoop:
+    valve = PointId("r01", "cdu1", "valve_command")
+    pid = PidConfig(PidGains(kp=0.1, ki=0.0), output_min=0.0, output_max=1.0, action="direct")
+    return PidLoop(
+        LoopSpec("supply", SUPPLY, valve, 35.0, pid, schedule=schedule),
+    )
+
+
+def _supply_snapshot(now: float, supply: float, flow: float | None) -> Snapshot:
+    readings = [Reading(SUPPLY, supply, now, Quality.GOOD)]
+    if flow is not None:
+        readings.append(Reading(FLOW, flow, now, Quality.GOOD))
+    return Snapshot(readings, now)
+
+
+def test_gain_schedule_scales_the_supply_loop_with_the_flow() -> None:
+    schedule = GainSchedule(FLOW, (160.0, 200.0), (1.0, 2.0))
+    moves = {}
+    for flow in (160.0, 200.0):
+        loop = _scheduled_supply_loop(schedule)
+        start = loop.step(_supply_snapshot(0.0, 35.0, flow), 0.0)[0].value
+        moved = loop.step(_supply_snapshot(1.0, 36.0, flow), 1.0)[0].value
+        moves[flow] = moved - start
+        assert loop.gain_scale == (1.0 if flow == 160.0 else 2.0)
+    assert moves[160.0] == pytest.approx(0.1)  # kp * 1 K
+    assert moves[200.0] == pytest.approx(0.2)  # twice the gain at 200 L/min
+
+
+def test_gain_schedule_holds_its_multiplier_while_the_flow_is_unread() -> None:
+    loop = _scheduled_supply_loop(GainSchedule(FLOW, (160.0, 200.0), (1.0, 2.0)))
+    loop.step(_supply_snapshot(0.0, 35.0, 200.0), 0.0)
+    loop.step(_supply_snapshot(1.0, 35.0, None), 1.0)
+    assert loop.gain_scale == 2.0  # a lost flow meter does not retune the loop
+
+
+def test_no_schedule_keeps_the_configured_gains() -> None:
+    loop = _scheduled_supply_loop(None)
+    loop.step(_supply_snapshot(0.0, 35.0, 200.0), 0.0)
+    moved = loop.step(_supply_snapshot(1.0, 36.0, 200.0), 1.0)[0].value
+    assert loop.gain_scale == 1.0 and moved == pytest.approx(loop.pid.output)

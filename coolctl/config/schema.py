@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections.abc import Callable, Mapping
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -374,6 +375,20 @@ class LoopConfig:
     servers'), none at this many kW..."""
     boost_full_kw: NonNegative | None = None
     """...and full at this many; the larger of this and the chips' boost is in force."""
+    boost_power_lag_s: NonNegative = 20.0
+    """The lag the power boost sees the rack's power through: a pump's at once would bring a
+    load step's hot return to the exchanger before the valve has opened for it; a supply
+    loop's short, so its setpoint has moved before the loop settles."""
+    setpoint_weight: Annotated[Number, Field(ge=0, le=1)] = 1.0
+    """The share of a setpoint change the P term acts on (0..1; the integral acts on all of
+    it): under 1, a moving setpoint (chip boost, override) is approached without a kick."""
+    gain_schedule_point: PointRef | None = None
+    """Gain scheduling: the point whose value scales kp, ki and kd (e.g. `cdu1/flow`, for a
+    supply loop whose flow moves); default: fixed gains."""
+    gain_schedule_at: tuple[Number, ...] = ()
+    """The values of `gain_schedule_point`, increasing, where..."""
+    gain_schedule_multiplier: tuple[NonNegative, ...] = ()
+    """...the gains are multiplied by these (one each; linear in between, flat beyond)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -405,6 +420,15 @@ class LoopConfig:
             and self.boost_full_kw <= self.boost_from_kw
         ):
             raise KeyProblem(("boost_full_kw", "must be above boost_from_kw"))
+        at, multiplier = self.gain_schedule_at, self.gain_schedule_multiplier
+        if (self.gain_schedule_point is None) != (not at):
+            message = "gain_schedule_point and gain_schedule_at go together"
+            raise KeyProblem(("gain_schedule_at", message))
+        if len(at) != len(multiplier):
+            message = f"needs one value per gain_schedule_at ({len(at)}), has {len(multiplier)}"
+            raise KeyProblem(("gain_schedule_multiplier", message))
+        if any(b <= a for a, b in pairwise(at)):
+            raise KeyProblem(("gain_schedule_at", "must increase"))
         below = self.setpoint_min is not None and self.setpoint < self.setpoint_min
         above = self.setpoint_max is not None and self.setpoint > self.setpoint_max
         if below or above:

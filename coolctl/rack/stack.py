@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from coolctl.config import LoopConfig, RackConfig
-from coolctl.control.loops import ChipBoost, FeedForward, LoopSpec, PidLoop, RackController
+from coolctl.control.loops import (
+    ChipBoost,
+    FeedForward,
+    GainSchedule,
+    LoopSpec,
+    PidLoop,
+    RackController,
+)
 from coolctl.control.pid import PidConfig, PidGains
 from coolctl.control.powercap import AllocatorConfig, PowerCapAllocator, ServerCap
 from coolctl.control.supervisor import ActuatorRole, Supervisor, SupervisorConfig
@@ -272,6 +279,16 @@ def loop_spec(
         else None
     )
     subtrahend = measurement.subtrahend
+    scheduled = loop.gain_schedule_point
+    schedule = (
+        GainSchedule(
+            PointId(rack, scheduled.device, scheduled.point),
+            tuple(loop.gain_schedule_at),
+            tuple(loop.gain_schedule_multiplier),
+        )
+        if scheduled is not None
+        else None
+    )
     return LoopSpec(
         name=loop.id,
         measurement=PointId(rack, measurement.minuend.device, measurement.minuend.point),
@@ -287,10 +304,12 @@ def loop_spec(
             slew_per_s=loop.slew_per_s,
             action=loop.action.value,
             deadband=loop.deadband,
+            setpoint_weight=loop.setpoint_weight,
         ),
         enabled=loop.enabled,
         feedforward=feedforward,
         boost=boost(loop, power, chips),
+        schedule=schedule,
     )
 
 
@@ -310,4 +329,5 @@ def boost(loop: LoopConfig, power: Sequence[PointId], chips: Sequence[PointId]) 
         power_points=tuple(power) if by_power else (),
         from_w=from_kw * 1000.0 if from_kw is not None else math.inf,
         full_w=full_kw * 1000.0 if full_kw is not None else math.inf,
+        power_lag_s=loop.boost_power_lag_s,
     )
