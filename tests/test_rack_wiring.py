@@ -291,7 +291,7 @@ def test_servers_and_the_rack_power_point() -> None:
     rack = rack_of()
     assert [device.id for device in server_caps(rack)] == ["bmc01", "bmc02"]
     facts = {device.id: device_facts(device) for device in rack.devices.values()}
-    assert rack_power_points(facts, "r01") == (p("pdu1", "power"),)
+    assert rack_power_points(rack, facts) == (p("pdu1", "power"),)
 
     def cdu_kind(rack: dict[str, Any]) -> None:
         rack["devices"]["bmc02"]["kind"] = "pdu"
