@@ -69,6 +69,23 @@ def test_flow_setpoint_stays_within_the_pump_and_over_a_minimum_per_kw() -> None
     assert "L/min (low: " in bounds.text()
 
 
+def test_pressure_setpoint_stays_on_the_loops_curve_between_the_minimum_flow_and_rated() -> None:
+    """With the loop's ΔP at rated flow, a ΔP setpoint stays under it and over the ΔP that
+    gives the minimum flow per kW (ΔP ∝ flow²); without it, the sensor's range only."""
+    unrated = static_bounds(RACK, "pressure", (0.0, 655_350.0))
+    assert (unrated.low, unrated.high) == (0.0, 655_350.0)
+    assert live_bounds(RACK, unrated, "pressure", {}, 116_000.0) == unrated
+    safety = dataclasses.replace(RACK.safety, rated_differential_pressure_pa=150_000.0)
+    rack = dataclasses.replace(RACK, safety=safety)
+    static = static_bounds(rack, "pressure", (0.0, 655_350.0))
+    assert static.high == 150_000.0 and "rated_differential_pressure_pa" in static.why_high
+    live = live_bounds(rack, static, "pressure", {}, 116_000.0)
+    # 174 L/min needed of the pump's 200 at 150 kPa: (174 / 200)² × 150 kPa
+    assert live.low == pytest.approx(150_000.0 * (174.0 / 200.0) ** 2)
+    assert "174 L/min" in live.why_low
+    assert not live.contains(0.0) and not live.contains(200_000.0) and live.contains(140_000.0)
+
+
 def test_bounds_without_readings_and_the_hold() -> None:
     static = static_bounds(RACK, "flow", (0.0, 6553.5))
     assert (static.low, static.high) == (0.0, 200.0)

@@ -481,6 +481,10 @@ class SafetyConfig:
     rated_flow_lpm: Positive | None = None
     """The pump CDU's flow at full speed: with it, flow under min_flow_fraction of what the
     speed should give is a loss of flow."""
+    rated_differential_pressure_pa: Positive | None = None
+    """The loop's ΔP at rated_flow_lpm: an operator's ΔP setpoint stays under it, and (with
+    rated_flow_lpm) over the ΔP that gives min_flow_setpoint_lpm_per_kw, along the loop's
+    square-law curve (ΔP ∝ flow²); default: a ΔP setpoint is bounded by its sensor only."""
     min_flow_fraction: Fraction = 0.5
     min_flow_lpm_per_kw: NonNegative = 0.5
     """Flow under this per kW of the rack's power (its PDU's) is a loss of flow; 0: off."""

@@ -15,7 +15,10 @@ the chips out of throttling and the rack dry:
   warmest supply the bounds allow (38 °C: the 45 °C limit less the default 7 K margin) keeps the
   hottest chip at 85.3 °C, under its 87 °C throttle point; with a 5 K margin (40 °C) it
   throttles (`tests/test_setpoint_bounds.py` checks the corners and random setpoints);
-- a ΔP setpoint stays within what its sensor reads (the pump's curve is not known here).
+- a ΔP setpoint stays under the loop's ΔP at rated flow (`rated_differential_pressure_pa`),
+  and over the ΔP that gives the minimum flow per kW along the loop's square-law curve
+  (ΔP = rated ΔP × (flow / rated flow)², the affinity of a fixed hydraulic circuit); without
+  those ratings, within what its sensor reads.
 
 Pure: the config, the sensor range and the latest values are arguments; `coolctl` wires them
 into the control plane (overrides refused with these bounds) and into every tick (an override
@@ -117,6 +120,13 @@ def static_bounds(
         if rated is not None and rated < high:
             high = rated
             why_high = f"what the pump delivers at full speed (rated_flow_lpm {_num(rated)})"
+    elif quantity == "pressure":
+        rated_dp = safety.rated_differential_pressure_pa
+        if rated_dp is not None and rated_dp < high:
+            high = rated_dp
+            why_high = (
+                f"the loop's ΔP at rated flow (rated_differential_pressure_pa {_num(rated_dp)})"
+            )
     return SetpointBounds(low, high, _UNIT[quantity], why_low, why_high)
 
 
@@ -148,6 +158,18 @@ def live_bounds(
         if needed > low:
             low = needed
             why_low = f"{_num(per_kw)} L/min per kW of the rack's {power_w / 1000:.1f} kW"
+    elif quantity == "pressure" and power_w is not None and math.isfinite(power_w):
+        rated_flow, rated_dp = safety.rated_flow_lpm, safety.rated_differential_pressure_pa
+        if rated_flow is not None and rated_dp is not None:
+            per_kw = safety.min_flow_setpoint_lpm_per_kw
+            flow = per_kw * max(power_w, 0.0) / 1000.0
+            needed = rated_dp * (flow / rated_flow) ** 2
+            if needed > low:
+                low = needed
+                why_low = (
+                    f"the ΔP that gives {_num(flow)} L/min ({_num(per_kw)} per kW of the"
+                    f" rack's {power_w / 1000:.1f} kW) on the loop's curve"
+                )
     return SetpointBounds(low, static.high, static.unit, why_low, static.why_high)
 
 
