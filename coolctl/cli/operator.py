@@ -612,28 +612,55 @@ def _event_row(event: JsonObject) -> list[str]:
 
 
 async def _events(client: ControlClient, args: argparse.Namespace) -> ExitCode:
-    document = await client.events(since=args.since, limit=args.limit)
-    events = _dicts(document.get("events"))
+    async def newer(since: int) -> JsonObject:  # long-polls: the event endpoint waits
+        return await client.events(since=since, limit=args.limit, wait_s=FOLLOW_WAIT_S)
+
+    first = await client.events(since=args.since, limit=args.limit)
+    return await _list_log(_EVENT_LOG, first, newer, args)
+
+
+@dataclass(frozen=True, slots=True)
+class _Log:
+    """A log the CLI lists, and follows as it grows: the events or the audit trail."""
+
+    key: str  # where the records are in a page
+    headers: list[str]
+    widths: list[int]  # column widths while following, so that the lines line up
+    row: Callable[[JsonObject], list[str]]
+    empty: str
+
+
+_EVENT_LOG = _Log("events", _EVENT_HEADERS, _EVENT_WIDTHS, _event_row, "no events")
+
+
+async def _list_log(
+    log: _Log,
+    document: JsonObject,
+    newer: Callable[[int], Awaitable[JsonObject]],
+    args: argparse.Namespace,
+) -> ExitCode:
+    """One page of a log as a table (or its JSON); with --follow, then one line per record as
+    it arrives (JSON Lines with --json), until Ctrl-C."""
+    records = _dicts(document.get(log.key))
     if not args.follow:
         if args.json:
             _emit(document)
-        elif events:
-            print(table(_EVENT_HEADERS, [_event_row(e) for e in events]))
+        elif records:
+            print(table(log.headers, [log.row(r) for r in records]))
         else:
-            print("no events")
+            print(log.empty)
         return ExitCode.OK
-    # Following: one line per event as it arrives (JSON Lines with --json), until Ctrl-C.
     if not args.json:
-        print(table(_EVENT_HEADERS, [], min_widths=_EVENT_WIDTHS), flush=True)
+        print(table(log.headers, [], min_widths=log.widths), flush=True)
     since = int(document.get("next_since") or 0)
     while True:
-        for event in events:
+        for record in records:
             if args.json:
-                print(escape_json_text(json.dumps(event, ensure_ascii=False)), flush=True)
+                print(escape_json_text(json.dumps(record, ensure_ascii=False)), flush=True)
             else:
-                print(table(None, [_event_row(event)], min_widths=_EVENT_WIDTHS), flush=True)
-        document = await client.events(since=since, limit=args.limit, wait_s=FOLLOW_WAIT_S)
-        events = _dicts(document.get("events"))
+                print(table(None, [log.row(record)], min_widths=log.widths), flush=True)
+        document = await newer(since)
+        records = _dicts(document.get(log.key))
         since = int(document.get("next_since") or since)
 
 
@@ -655,6 +682,9 @@ def _audit_row(record: JsonObject) -> list[str]:
     ]
 
 
+_AUDIT_LOG = _Log("audit", _AUDIT_HEADERS, _AUDIT_WIDTHS, _audit_row, "no audit records")
+
+
 def _details(details: Any) -> str:
     """An audit record's details: absent ones left out, times (`*_at`) as local time."""
     if not isinstance(details, dict):
@@ -667,29 +697,12 @@ def _details(details: Any) -> str:
 
 
 async def _audit(client: ControlClient, args: argparse.Namespace) -> ExitCode:
-    document = await client.audit(since=args.since, limit=args.limit)
-    records = _dicts(document.get("audit"))
-    if not args.follow:
-        if args.json:
-            _emit(document)
-        elif records:
-            print(table(_AUDIT_HEADERS, [_audit_row(r) for r in records]))
-        else:
-            print("no audit records")
-        return ExitCode.OK
-    if not args.json:
-        print(table(_AUDIT_HEADERS, [], min_widths=_AUDIT_WIDTHS), flush=True)
-    since = int(document.get("next_since") or 0)
-    while True:
-        for record in records:
-            if args.json:
-                print(escape_json_text(json.dumps(record, ensure_ascii=False)), flush=True)
-            else:
-                print(table(None, [_audit_row(record)], min_widths=_AUDIT_WIDTHS), flush=True)
+    async def newer(since: int) -> JsonObject:  # the audit endpoint does not long-poll
         await asyncio.sleep(AUDIT_POLL_S)
-        document = await client.audit(since=since, limit=args.limit)
-        records = _dicts(document.get("audit"))
-        since = int(document.get("next_since") or since)
+        return await client.audit(since=since, limit=args.limit)
+
+    first = await client.audit(since=args.since, limit=args.limit)
+    return await _list_log(_AUDIT_LOG, first, newer, args)
 
 
 # --- top ---------------------------------------------------------------------------------
