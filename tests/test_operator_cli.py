@@ -30,6 +30,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_api import PUMP, TOKEN, MemoryPlane
 
+import coolctl.cli.operator as operator_commands
 from coolctl.cli import main as cli
 from coolctl.cli.operator import (
     _Screen,
@@ -312,6 +313,33 @@ def test_audit_table_and_json(daemon: Daemon, capsys: pytest.CaptureFixture[str]
     code, out, _ = output(capsys, "audit", "--json", "--limit", "1")
     document = json.loads(out)
     assert code == 0 and len(document["audit"]) == 1 and document["next_since"] >= 1
+
+
+def test_audit_follow_prints_new_records_as_json_lines(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`audit --follow` asks again for records after the last one (the audit endpoint does not
+    long-poll) and prints each once; Ctrl-C ends it with 130."""
+    monkeypatch.setattr(operator_commands, "AUDIT_POLL_S", 0.0)
+    set_pump(daemon)
+    plane = daemon.plane
+    asked: list[int] = []
+    original = plane.audit
+
+    async def audit(since_id: int = 0, limit: int = 100) -> Any:
+        asked.append(since_id)
+        if len(asked) == 2:  # the follower asks for newer records: an operator acts meanwhile
+            await plane.set_override("r01", PUMP, 0.7, 900.0, "bob (uid 1001)", "seal")
+        elif len(asked) == 3:  # it has printed that one and asks again: Ctrl-C
+            os.kill(os.getpid(), signal.SIGINT)
+        return await original(since_id, limit)
+
+    plane.audit = audit  # type: ignore[method-assign]
+    code, out, _ = output(capsys, "audit", "--follow", "--json", "--since", "0")
+    assert code == 130
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["action"] for r in records] == ["override_set", "override_set"]
+    assert records[0]["id"] < records[1]["id"] and asked[1] == records[0]["id"]
 
 
 # --- mode, reload ------------------------------------------------------------------------
