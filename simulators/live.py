@@ -495,36 +495,31 @@ class LiveSimulation:
         self, rack: str, device: SimDeviceSpec, source: PointSource, plant: RackPlant
     ) -> RedfishDeviceServer:
         tls, context = self._tls_material()
+        name = f"{rack}/{device.device}"
+        password = device.password or secrets.token_urlsafe(12)
         if device.power_shelves > 0:
             service, shelves = build_power_shelf_service(
                 source,
                 plant,
-                name=f"{rack}/{device.device}",
+                name=name,
                 username=device.username,
-                password=device.password or secrets.token_urlsafe(12),
+                password=password,
                 shelves=device.power_shelves,
                 sensing_interval_s=self.step_s,
             )
             self.power_shelves[(rack, device.device)] = shelves
-            return RedfishDeviceServer(
-                service,
-                ssl_context=context,
-                certificate_file=tls.server_cert,
-                host=device.host,
-                port=device.port,
-                require_if_match=device.require_if_match,
+        else:
+            service = build_device(
+                device.kind,
+                source,
+                plant,
+                name=name,
+                username=device.username,
+                password=password,
+                server_index=device.server,
+                legacy_power=device.legacy_power,
+                sensing_interval_s=self.step_s,
             )
-        service = build_device(
-            device.kind,
-            source,
-            plant,
-            name=f"{rack}/{device.device}",
-            username=device.username,
-            password=device.password or secrets.token_urlsafe(12),
-            server_index=device.server,
-            legacy_power=device.legacy_power,
-            sensing_interval_s=self.step_s,
-        )
         return RedfishDeviceServer(
             service,
             ssl_context=context,
