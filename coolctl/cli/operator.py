@@ -89,6 +89,21 @@ def _duration_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _add_log_command(
+    commands: Any, common: argparse.ArgumentParser, name: str, summary: str, what: str, when: str
+) -> None:
+    """A log command (events, audit): one page, or --follow; --since ID and --limit N."""
+    log = commands.add_parser(name, parents=[common], help=summary)
+    log.add_argument(
+        "--follow", "-f", action="store_true", help=f"keep printing {what} as they {when}"
+    )
+    log.add_argument(
+        "--since", type=_whole_arg(0), metavar="ID", help=f"{what} after this id (default: newest)"
+    )
+    log.add_argument("--limit", type=_whole_arg(1), metavar="N", help=f"at most N {what}")
+    log.set_defaults(operator_command=name)
+
+
 def _reason_arg(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty: say why, it goes in the audit log")
@@ -262,29 +277,17 @@ def add_operator_commands(commands: SubParsers[argparse.ArgumentParser]) -> None
     )
     alarms.set_defaults(operator_command="alarms")
 
-    events = commands.add_parser(
-        "events", parents=[common], help="the event log (--follow to watch it)"
+    _add_log_command(
+        commands, common, "events", "the event log (--follow to watch it)", "events", "happen"
     )
-    events.add_argument(
-        "--follow", "-f", action="store_true", help="keep printing events as they happen"
+    _add_log_command(
+        commands,
+        common,
+        "audit",
+        "the audit log: who changed what, when and why",
+        "records",
+        "are made",
     )
-    events.add_argument(
-        "--since", type=_whole_arg(0), metavar="ID", help="events after this id (default: newest)"
-    )
-    events.add_argument("--limit", type=_whole_arg(1), metavar="N", help="at most N events")
-    events.set_defaults(operator_command="events")
-
-    audit = commands.add_parser(
-        "audit", parents=[common], help="the audit log: who changed what, when and why"
-    )
-    audit.add_argument(
-        "--follow", "-f", action="store_true", help="keep printing records as they are made"
-    )
-    audit.add_argument(
-        "--since", type=_whole_arg(0), metavar="ID", help="records after this id (default: newest)"
-    )
-    audit.add_argument("--limit", type=_whole_arg(1), metavar="N", help="at most N records")
-    audit.set_defaults(operator_command="audit")
 
     reload = commands.add_parser(
         "reload", parents=[common], help="re-read the config file (a bad one is refused)"
