@@ -438,3 +438,9 @@ async def test_a_valve_that_never_reads_back_is_retried_with_backoff_not_every_t
         # 40 ticks of 0.2 s: rewrites after 0, 0.2, 0.4, 0.8, 1.6, 3.2 s... about 7, never 40
         assert 2 <= tried <= 12
         assert stats.deferred >= 20
+        # and the operator sees it: the counters are exported as they are held
+        where = {"rack": "r01", "device": "cdu1", "point": "valve_command"}
+        drifted = await metric(rack, "coolctl_actuator_drifts_total", **where)
+        held_back = await metric(rack, "coolctl_actuator_deferred_total", **where)
+        assert drifted is not None and drifted >= 2
+        assert held_back is not None and held_back >= 20

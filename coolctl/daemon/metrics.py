@@ -309,6 +309,21 @@ class RackCollector(_DaemonState):
         commands = CounterMetricFamily(
             "coolctl_actuator_commands", "Commands by source", labels=[*labels, "source"]
         )
+        mismatches = CounterMetricFamily(
+            "coolctl_actuator_readback_mismatches",
+            "Writes the device answered but read back as another value",
+            labels=labels,
+        )
+        deferred = CounterMetricFamily(
+            "coolctl_actuator_deferred",
+            "Commands held back because a failed write's retry was not yet due",
+            labels=labels,
+        )
+        drifts = CounterMetricFamily(
+            "coolctl_actuator_drifts",
+            "Confirmed writes that a later poll showed the device had not kept",
+            labels=labels,
+        )
         for rack in sorted(self.daemon.racks.values(), key=lambda r: r.config.id):
             for point, channel in sorted(rack.actuators.items()):
                 stats = channel.stats
@@ -321,11 +336,15 @@ class RackCollector(_DaemonState):
                 failures.add_metric(key, stats.write_failures)
                 clamped.add_metric(key, stats.clamped)
                 skipped.add_metric(key, stats.skipped_unchanged)
+                mismatches.add_metric(key, stats.readback_mismatches)
+                deferred.add_metric(key, stats.deferred)
+                drifts.add_metric(key, stats.drifts)
                 for source in Source:
                     commands.add_metric(
                         [*key, source.value], stats.commands_by_source.get(source, 0)
                     )
         yield from (command, writes, failures, clamped, skipped, commands)
+        yield from (mismatches, deferred, drifts)
 
     def _ticks(self) -> Iterator[Metric]:
         ticks = CounterMetricFamily("coolctl_control_ticks", "Control ticks run", labels=["rack"])
