@@ -73,6 +73,13 @@ if os.environ.get("HYPOTHESIS_PROFILE") == "mutation":
     settings.load_profile("mutation")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under scripts/mutation, the property tests run after the example tests: with `-x` most
+    mutants die in the first quick examples instead of after seconds of generated cases."""
+    if os.environ.get("HYPOTHESIS_PROFILE") == "mutation":
+        items.sort(key=lambda item: item.name.startswith("test_property"))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
