@@ -488,6 +488,30 @@ def test_wear_and_dry_running_kpis_count_what_the_plant_did() -> None:
     assert kpis["hardware_throttle_s"] == 1.0
 
 
+def chip_kpis(chips: list[float]) -> dict[str, float]:
+    """The KPIs of a run whose hottest chip follows `chips`, one sample a second (none warm-up)."""
+    base = RackPlant().truth()
+    recorder = Recorder(len(chips), 1.0, 0.0, 35.0, Limits(), rated_flow_lpm=200.0)
+    for k, chip in enumerate(chips):
+        truth = dataclasses.replace(base, chip_temperature_c=(chip, chip - 3.0))
+        recorder.sample(k, float(k), truth, None, False, False)
+    return recorder.kpis(truth, [], 1.0, float(len(chips)), 0)
+
+
+def test_chip_cycle_counts_swings_that_come_back_and_not_a_drift() -> None:
+    # an on/off limiter: 55 <-> 87 with a wiggle at the top; its range is its cycle
+    cycling = chip_kpis([55.0, 70.0, 87.0, 86.7, 86.9, 70.0, 55.0, 70.0, 87.0, 60.0])
+    assert cycling["chip_cycle_k"] == pytest.approx(32.0)
+    # chips that rise 2 K, then cool 26 K as the caps follow warming water: a drift
+    drift = chip_kpis([80.0, 81.0, 82.0, 81.8, 81.9, 75.0, 65.0, 56.0, 56.0])
+    assert drift["chip_swing_k"] == pytest.approx(26.0)
+    assert drift["chip_cycle_k"] == pytest.approx(2.0)
+    # one excursion and back: a trough between two highs
+    dip = chip_kpis([80.0, 70.0, 60.0, 79.0, 80.0])
+    assert dip["chip_cycle_k"] == pytest.approx(20.0)
+    assert chip_kpis([70.0, 71.0, 72.0])["chip_cycle_k"] == 0.0
+
+
 SHORT = "duration_s = 240\nseed = 1\n[plant]\ninitial_load = 0.5\n"
 
 

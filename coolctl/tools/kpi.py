@@ -50,7 +50,11 @@ a fault that never happens is null in `--json`, one never answered counts to the
   the setpoint in force (a chip boost may lower it; the worst step; null without one);
 - `load_step_overshoot_pct` (%): after a `load` event, the swing past the setpoint the other
   way, in % of the step's peak deviation (the worst step);
-- `chip_swing_k` (K): max − min of the hottest chip after warm-up;
+- `chip_swing_k` (K): max − min of the hottest chip after warm-up (a drift counts: chips that
+  cool as the caps follow warming facility water swing by what they cooled);
+- `chip_cycle_k` (K): the largest swing of the hottest chip that comes back: over every peak,
+  the smaller of its rise from the lowest point before and its fall to the lowest after (and
+  troughs alike); an on/off limiter's cycling shows its range here, a one-way drift does not;
 - `below_dew_point_s` (s): time the supply was under the room air's dew point (the plant's
   `room_temperature_c` and `room_humidity`): condensation on the pipes.
 
@@ -114,6 +118,7 @@ EXTRA_KPI_KEYS: tuple[str, ...] = (
     "load_step_settling_s",
     "load_step_overshoot_pct",
     "chip_swing_k",
+    "chip_cycle_k",
     "below_dew_point_s",
 )
 TIMING_KEYS = frozenset({"controller_step_p99_ms", "sim_speedup", "wall_s"})
@@ -155,6 +160,7 @@ KPI_UNITS: Mapping[str, str] = {
     "load_step_settling_s": "s",
     "load_step_overshoot_pct": "%",
     "chip_swing_k": "K",
+    "chip_cycle_k": "K",
     "below_dew_point_s": "s",
 }
 
@@ -404,6 +410,22 @@ class Recorder:
             worst_over = max(worst_over, over)
         return worst_settle, worst_over
 
+    def _chip_cycle_k(self) -> float:
+        """The largest swing of the hottest chip after warm-up that comes back: a peak over
+        both the lowest point before it and the lowest after it counts the smaller rise (a
+        trough likewise); a one-way drift has no such peak, an on/off cycle has its range."""
+        t, chip = self.trace["t_s"], self.trace["max_chip_c"]
+        values = chip[(t >= self._warmup_s - 1e-9) & np.isfinite(chip)]
+        if values.size < 3:
+            return 0.0
+        low_before = np.minimum.accumulate(values)
+        low_after = np.minimum.accumulate(values[::-1])[::-1]
+        high_before = np.maximum.accumulate(values)
+        high_after = np.maximum.accumulate(values[::-1])[::-1]
+        peaks = np.minimum(values - low_before, values - low_after)
+        troughs = np.minimum(high_before - values, high_after - values)
+        return float(max(peaks.max(), troughs.max()))
+
     def _valve_wear(self, position: float) -> None:
         """Stem travel, and reversals: a move of more than the epsilon back from the last
         extreme in the direction of travel."""
@@ -478,6 +500,7 @@ class Recorder:
             "load_step_settling_s": settling_s,
             "load_step_overshoot_pct": overshoot_pct,
             "chip_swing_k": self._max_chip - self._min_chip if self._scored else 0.0,
+            "chip_cycle_k": self._chip_cycle_k(),
             "below_dew_point_s": self._below_dew_s,
         }
         return kpis
