@@ -597,6 +597,9 @@ def _plant_writer(
         if caps is not None:
             return lambda watts: caps.send(index, watts)
         return lambda watts: plant.set_power_limit(index, watts)
+    if point.name == "server_power_command" and point.device in servers:
+        index = servers[point.device]  # ComputerSystem.Reset: 0 graceful shutdown, 1 on
+        return lambda value: plant.set_server_power(index, value >= 0.5)
     raise ScenarioError([f"{point}: the simulated rack cannot write this point"])
 
 
