@@ -152,7 +152,9 @@ class RedfishDevice:
     `resource` picks it when the service has several: the name `coolctl probe redfish` prints
     ("1U", "CDU:1", "PDU:1"), its Id, or its @odata.id. Without it, the first resource of the
     kind that yields any point. `transport` lets devices of one service share a session and
-    its concurrency limit (the caller then closes the transport).
+    its concurrency limit (the caller then closes the transport). `host_power`: a server's
+    host (its ComputerSystem) is read too, `power_state` and `server_power_command`, and the
+    latter can be written (ComputerSystem.Reset).
     """
 
     def __init__(
@@ -164,6 +166,7 @@ class RedfishDevice:
         settings: RedfishSettings,
         resource: str | None = None,
         transport: RedfishTransport | None = None,
+        host_power: bool = False,
     ) -> None:
         if kind not in get_args(Kind):
             raise ValueError(f"kind must be one of {', '.join(get_args(Kind))}, not {kind!r}")
@@ -172,6 +175,7 @@ class RedfishDevice:
         self.kind: Kind = kind
         self.settings = settings
         self.resource = resource
+        self.host_power = host_power
         self.stats = RedfishStats()
         self._all_points: tuple[str, ...] = tuple(POINT_SOURCES[kind])
         self._label = f"{rack}/{device} ({settings.origin})"
@@ -369,7 +373,7 @@ class RedfishDevice:
         self._discovery_failed = False
         try:
             async with asyncio.timeout(deadline):
-                plan = await discover(self._fetch, self.kind, self.resource)
+                plan = await discover(self._fetch, self.kind, self.resource, self.host_power)
         except TimeoutError:
             raise Failure(
                 FailureKind.TIMEOUT, f"discovery took longer than {deadline:g} s"

@@ -125,8 +125,6 @@ LINKS: Final[Mapping[Kind, tuple[Link, ...]]] = {
         ),
         Link("Power", Role.POWER),
         Link("Thermal", Role.THERMAL),
-        # the chassis's host: its PowerState, and the ComputerSystem.Reset that shuts it down
-        Link("ComputerSystems", Role.SYSTEM, in_links=True),
     ),
     "cdu": (
         Link("SecondaryCoolantConnectors", Role.SECONDARY_CONNECTOR, collection=True),
@@ -155,6 +153,11 @@ LINKS: Final[Mapping[Kind, tuple[Link, ...]]] = {
         ),
     ),
 }
+
+# A server's host (the chassis's ComputerSystem): its PowerState and the ComputerSystem.Reset
+# that shuts it down. Followed only for devices asked to (`host_power`): one more GET per poll
+# of every BMC, for a rack that shuts its servers down on a leak.
+HOST_LINK: Final = Link("ComputerSystems", Role.SYSTEM, in_links=True)
 
 Match = Mapping[str, frozenset[str | None]]  # property -> accepted values (None: absent)
 Combine = Literal["first", "max", "min", "sum", "any"]
@@ -880,9 +883,12 @@ def _backs_equipment(chassis: Mapping[str, Any]) -> bool:
     )
 
 
-async def discover(fetch: Fetch, kind: Kind, selector: str | None) -> Plan:
+async def discover(
+    fetch: Fetch, kind: Kind, selector: str | None, host_power: bool = False
+) -> Plan:
     """Find the device's resource (by `selector`, or the first of its kind that yields any
-    point) and bind each of its points to the first source the service has."""
+    point) and bind each of its points to the first source the service has (a server's host
+    power too, with `host_power`)."""
     features, refs, notes = await list_resources(fetch, (kind,))
     candidates = [r for r in refs if r.kind == kind and (selector is None or r.matches(selector))]
     if not candidates:
@@ -890,7 +896,7 @@ async def discover(fetch: Fetch, kind: Kind, selector: str | None) -> Plan:
         raise Failure(FailureKind.HTTP_4XX, f"the service has no {what}", status=404)
     plan: Plan | None = None
     for ref in candidates:
-        plan = await plan_for(fetch, features, ref)
+        plan = await plan_for(fetch, features, ref, host_power)
         plan.notes[:0] = notes
         if plan.bindings:
             return plan
@@ -898,12 +904,16 @@ async def discover(fetch: Fetch, kind: Kind, selector: str | None) -> Plan:
     return plan
 
 
-async def plan_for(fetch: Fetch, features: Features, ref: ResourceRef) -> Plan:
-    """Discovery below one resource: follow LINKS, then bind the mapping table."""
+async def plan_for(
+    fetch: Fetch, features: Features, ref: ResourceRef, host_power: bool = False
+) -> Plan:
+    """Discovery below one resource: follow LINKS (and a server's HOST_LINK, with
+    `host_power`), then bind the mapping table."""
     discovery = _Discovery(fetch, features)
     discovery.visited.add(ref.uri)
     found: list[Resource] = []
-    for link in LINKS[ref.kind]:
+    host = (HOST_LINK,) if host_power and ref.kind == "server" else ()
+    for link in (*LINKS[ref.kind], *host):
         await discovery.follow(ref.body, link, found)
     bindings = bind(ref.kind, found)
     bound = {uri for binding in bindings.values() for uri in binding.uris}
