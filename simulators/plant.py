@@ -555,6 +555,9 @@ class _PumpState:
         return not self.duty_failed
 
 
+_HOST_POWER_POINTS = frozenset({"power_state", "server_power_command"})
+
+
 def _server_device(name: str) -> int | None:
     if name.startswith("server") and name[6:].isdigit():
         return int(name[6:])
@@ -746,8 +749,6 @@ class RackPlant:
                 "power_limit": 0.0,
                 "chip_temperature": t,
                 "coolant_outlet_temperature": t,
-                "power_state": 0.0,
-                "server_power_command": 0.0,
             }
         return devices
 
@@ -894,14 +895,25 @@ class RackPlant:
         self._sensors.set_drift(device, point, _finite(rate_per_s, "drift"), self.time_s)
 
     def reset_sensor(self, device: str, point: str) -> None:
-        """Clear every fault on one sensor and restore its default noise."""
+        """Clear every fault on one sensor and restore its default noise (a server's host
+        power is a state its BMC knows, not a sensor: nothing to clear)."""
+        if _server_device(device) is not None and point in _HOST_POWER_POINTS:
+            return
         self._sensors.reset(device, point)
 
     # ---- readings -------------------------------------------------------------------------
 
     def readings(self, device: str) -> dict[str, float]:
-        """What device `cdu`, `pdu` or `server<i>` reports, through its sensors."""
-        return self._sensors.read(device, self._true_readings(device), self.time_s)
+        """What device `cdu`, `pdu` or `server<i>` reports, through its sensors (a server's
+        host power too: a state its BMC knows, no sensor, so it takes no draw from the noise
+        stream, and the other readings are what they were before servers could shut down)."""
+        values = self._sensors.read(device, self._true_readings(device), self.time_s)
+        index = _server_device(device)
+        if index is not None and index < self._p.n_servers:
+            state = self.server_power_state(index)
+            values["power_state"] = float(state)
+            values["server_power_command"] = float(state is ServerPowerState.ON)
+        return values
 
     def cdu_readings(self) -> dict[str, float]:
         return self.readings("cdu")
@@ -938,14 +950,11 @@ class RackPlant:
         index = _server_device(device)
         if index is None or index >= self._p.n_servers:
             raise ValueError(f"unknown device {device!r}")
-        state = self.server_power_state(index)
         return {
             "power": float(self._power_w[index]),
             "power_limit": float(self._cap_w[index]),
             "chip_temperature": float(self._chip_c[index]),
             "coolant_outlet_temperature": float(self._outlet_c[index]),
-            "power_state": float(state),
-            "server_power_command": float(state is ServerPowerState.ON),
         }
 
     def _cdu_truth(self) -> dict[str, float]:
