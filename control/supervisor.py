@@ -21,6 +21,9 @@ Interlocks beyond leak, over-temperature and pump failure see the plant itself: 
 (flow under what the pump's speed should give, or under a floor per kW of IT power) and a low
 coolant level (the pump is stopped before it runs dry). A leak's response is sequenced: caps
 first, then, once the PDU shows the power down (or after a timeout), the pump's leak value.
+A server's power (`SERVER_POWER`, where configured) is shut down with the caps; nothing but an
+interlock or an operator's override ever writes it: failsafe, hand-back and the release of the
+interlock leave it as it is, so a server shut down stays off until an operator powers it on.
 Safety sensors that never reported or went silent raise an alarm (an event and a state) — a
 configured leak rope is never silently ignored.
 
@@ -92,6 +95,7 @@ class ActuatorRole(StrEnum):
     STANDBY = "standby"  # a writable 0/1 that selects the standby pump, if a CDU has one
     ISOLATION = "isolation"  # a writable 0/1 that closes (0) the rack's isolation valves
     SETPOINT = "setpoint"  # a setpoint or mode of a CDU that runs its own loops
+    SERVER_POWER = "server_power"  # a writable 0/1: 0 shuts a server down gracefully
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,6 +378,8 @@ def _describe(safety: ActuatorSafety, value: float) -> str:
         return f"power limit {value:.6g}"
     if role is ActuatorRole.SETPOINT:
         return f"{safety.point.name} {value:.6g}"
+    if role is ActuatorRole.SERVER_POWER:
+        return "server shut down" if value < _ON else "server powered on"
     return "standby pump selected" if value >= _ON else "standby pump not selected"
 
 
@@ -479,6 +485,10 @@ def _validate_actuator(rack: str, safety: ActuatorSafety) -> None:
                 f"{point}: {name} {value!r} is outside its hard bounds"
                 f" {_num(hard_low)}..{_num(hard_high)}"
             )
+    if safety.role is ActuatorRole.SERVER_POWER and safety.shutdown is not None:
+        raise ValueError(
+            f"{point}: a server's power takes no hand-back value; leave shutdown unset"
+        )
     if safety.role is ActuatorRole.STANDBY:
         if not hard_low <= 1.0 <= hard_high:
             raise ValueError(f"{point}: a standby selector must be able to take 1.0")
@@ -1280,6 +1290,8 @@ class Supervisor:
             return clamp.clamp(Command(safety.point, override.value, Source.OVERRIDE, reason), now)
         if safety.role is ActuatorRole.ISOLATION:
             return self._isolation_reopened(safety)
+        if safety.role is ActuatorRole.SERVER_POWER:
+            return None  # never powered on again but by an operator; failsafe leaves it be
         # A standby selector is not a control output: writing a failsafe value could switch
         # back to the pump that failed, so failsafe leaves it where it is.
         if self.failsafe and safety.role is not ActuatorRole.STANDBY:

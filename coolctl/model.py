@@ -40,8 +40,22 @@ class CduControlMode(enum.IntEnum):
     LOCAL = 5  # the CDU's own panel has control; remote commands are refused
 
 
+class ServerPowerState(enum.IntEnum):
+    """A server's power as its BMC reports it (Redfish ComputerSystem `PowerState`): the
+    canonical codes of the `power_state` point."""
+
+    OFF = 0
+    ON = 1
+    POWERING_ON = 2
+    POWERING_OFF = 3  # a graceful shutdown under way: the OS is still stopping
+    PAUSED = 4
+
+
 # Enumerated points and the enum their codes belong to.
-POINT_STATES: Mapping[str, type[enum.IntEnum]] = {"cdu_control_mode": CduControlMode}
+POINT_STATES: Mapping[str, type[enum.IntEnum]] = {
+    "cdu_control_mode": CduControlMode,
+    "power_state": ServerPowerState,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +120,12 @@ CANONICAL_POINTS: Mapping[str, PointSpec] = _specs(
     PointSpec("power", Unit.WATT, "electrical power drawn by the device"),
     PointSpec("energy", Unit.JOULE, "electrical energy counted by the device"),
     PointSpec("power_limit", Unit.WATT, "power cap in force on a server"),
+    PointSpec("power_state", Unit.STATE, "a server's power state (ServerPowerState)"),
+    PointSpec(
+        "server_power_command",
+        Unit.BOOLEAN,
+        "0 shuts a server down gracefully, 1 powers it on; reads 0 once it is off or on its way",
+    ),
     PointSpec("current", Unit.AMPERE, "RMS current drawn at the device's inlet"),
     PointSpec("voltage", Unit.VOLT, "RMS voltage at the device's inlet"),
     PointSpec("feed_power", Unit.WATT, "power drawn through one feed (A or B) of the rack"),

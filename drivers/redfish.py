@@ -152,7 +152,9 @@ class RedfishDevice:
     `resource` picks it when the service has several: the name `coolctl probe redfish` prints
     ("1U", "CDU:1", "PDU:1"), its Id, or its @odata.id. Without it, the first resource of the
     kind that yields any point. `transport` lets devices of one service share a session and
-    its concurrency limit (the caller then closes the transport).
+    its concurrency limit (the caller then closes the transport). `host_power`: a server's
+    host (its ComputerSystem) is read too, `power_state` and `server_power_command`, and the
+    latter can be written (ComputerSystem.Reset).
     """
 
     def __init__(
@@ -164,6 +166,7 @@ class RedfishDevice:
         settings: RedfishSettings,
         resource: str | None = None,
         transport: RedfishTransport | None = None,
+        host_power: bool = False,
     ) -> None:
         if kind not in get_args(Kind):
             raise ValueError(f"kind must be one of {', '.join(get_args(Kind))}, not {kind!r}")
@@ -172,6 +175,7 @@ class RedfishDevice:
         self.kind: Kind = kind
         self.settings = settings
         self.resource = resource
+        self.host_power = host_power
         self.stats = RedfishStats()
         self._all_points: tuple[str, ...] = tuple(POINT_SOURCES[kind])
         self._label = f"{rack}/{device} ({settings.origin})"
@@ -369,7 +373,7 @@ class RedfishDevice:
         self._discovery_failed = False
         try:
             async with asyncio.timeout(deadline):
-                plan = await discover(self._fetch, self.kind, self.resource)
+                plan = await discover(self._fetch, self.kind, self.resource, self.host_power)
         except TimeoutError:
             raise Failure(
                 FailureKind.TIMEOUT, f"discovery took longer than {deadline:g} s"
@@ -620,7 +624,12 @@ class RedfishDevice:
 
     async def _write_action(self, point: str, action: ActionPoint, value: float) -> float:
         """Send the action that sets `point` (0 or 1) to each resource it applies to, then
-        read each back: its Status.State must mean `value`."""
+        read each back: its `read_back` property (Status.State) must mean `value`.
+
+        The target is the one the resource's `Actions` names, read afresh each time (never a
+        path coolctl makes up). A resource already there or on its way (`already`) is not sent
+        the action again; a value the action does not allow (`check_allowed`) is refused
+        before anything is sent."""
         if value not in (0.0, 1.0):
             raise WriteError(f"{self._label}: {point} takes 0 or 1, not {value:g}")
         if self._plan is None:
@@ -634,15 +643,30 @@ class RedfishDevice:
         )
         if not uris:
             raise WriteError(f"{self._label}: {point}: no resource offers {action.action}")
-        body = {action.parameter: action.values[int(value)]}
+        wanted = action.values[int(value)]
+        body = {action.parameter: wanted}
         for uri in uris:
             try:
                 fresh = await self._transport.get(uri)
+                if _shown(fresh.body, action.read_back) in action.already.get(value, ()):
+                    self._remember(fresh)
+                    continue  # there already, or on its way: the action is not sent twice
                 target = _action_target(fresh.body, action.action)
                 if target is None:
                     raise WriteError(
                         f"{self._label}: {point}: {safe_text(uri)} offers no {action.action}"
                     )
+                if action.check_allowed:
+                    allowed = await self._allowed_values(fresh.body, action)
+                    if allowed is not None and wanted not in allowed:
+                        error = WriteError(
+                            f"{self._label}: {point}: {safe_text(uri)} does not allow"
+                            f" {action.parameter} {wanted} (it allows:"
+                            f" {', '.join(safe_text(a, 32) for a in allowed[:16]) or 'nothing'});"
+                            f" coolctl sends {wanted} only, nothing harsher"
+                        )
+                        error.refused = True
+                        raise error
                 await self._transport.post_action(target, body)
                 after = await self._transport.get(uri)
             except Failure as failure:
@@ -657,17 +681,38 @@ class RedfishDevice:
                 )
                 raise error from None
             self._remember(after)
-            state = after.body.get("Status", {})
-            shown = state.get("State") if isinstance(state, dict) else None
-            read_back = action.states.get(shown) if isinstance(shown, str) else None
+            shown = _shown(after.body, action.read_back)
+            read_back = action.states.get(shown) if shown is not None else None
             if read_back != value:
                 self.stats.count(FailureKind.MISMATCH)
-                raise WriteError(
+                where = ".".join(action.read_back)
+                error = WriteError(
                     f"{self._label}: {action.action} {body} but {safe_text(uri)} reads"
-                    f" State {shown!r}"
+                    f" {where} {safe_text(str(shown), 40)!r}"
                 )
+                error.refused = True
+                raise error
         self._last_good[point] = (value, time.monotonic())
         return value
+
+    async def _allowed_values(
+        self, body: Mapping[str, Any], action: ActionPoint
+    ) -> tuple[str, ...] | None:
+        """What the action's parameter may be: its `@Redfish.AllowableValues`, else the
+        ActionInfo's (read now); None when the service says neither (then it may refuse)."""
+        entry = _action_entry(body, action.action)
+        listed = _strings(entry.get(f"{action.parameter}@Redfish.AllowableValues"))
+        if listed is not None:
+            return listed
+        info_uri = entry.get("@Redfish.ActionInfo")
+        if not isinstance(info_uri, str) or not info_uri.startswith("/redfish/"):
+            return None
+        info = await self._transport.get(info_uri)
+        parameters = info.body.get("Parameters")
+        for parameter in parameters if isinstance(parameters, list) else []:
+            if isinstance(parameter, dict) and parameter.get("Name") == action.parameter:
+                return _strings(parameter.get("AllowableValues"))
+        return None
 
     async def _discover_for_write(self, point: str) -> None:
         waiting = self._transport.waiting_s()
@@ -751,12 +796,32 @@ def _refusal(failure: Failure) -> bool:
     return failure.kind not in LINK_FAILURES and failure.kind is not FailureKind.BACKOFF
 
 
-def _action_target(body: Mapping[str, Any], action: str) -> str | None:
-    """The target URI of `action` in a resource's Actions, if it offers it."""
+def _action_entry(body: Mapping[str, Any], action: str) -> Mapping[str, Any]:
+    """The `#action` object of a resource's Actions (empty if it offers no such action)."""
     actions = body.get("Actions")
     entry = actions.get(f"#{action}") if isinstance(actions, dict) else None
-    target = entry.get("target") if isinstance(entry, dict) else None
+    return entry if isinstance(entry, dict) else {}
+
+
+def _action_target(body: Mapping[str, Any], action: str) -> str | None:
+    """The target URI of `action` in a resource's Actions, if it offers it."""
+    target = _action_entry(body, action).get("target")
     return target if isinstance(target, str) and target.startswith("/redfish/") else None
+
+
+def _shown(body: Mapping[str, Any], path: tuple[str, ...]) -> str | None:
+    """The string at `path` of a resource (Status.State, PowerState), if it is one."""
+    holder: Any = body
+    for step in path:
+        holder = holder.get(step) if isinstance(holder, dict) else None
+    return holder if isinstance(holder, str) else None
+
+
+def _strings(value: Any) -> tuple[str, ...] | None:
+    """A list of strings (AllowableValues), or None when it is not one."""
+    if not isinstance(value, list):
+        return None
+    return tuple(item for item in value[:256] if isinstance(item, str))
 
 
 def _patched_read_back(

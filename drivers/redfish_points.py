@@ -59,6 +59,7 @@ class Role(enum.StrEnum):
     PSU_METRICS = "PowerSupplyMetrics"
     BATTERY = "Battery"  # a power shelf's battery backup units
     BATTERY_METRICS = "BatteryMetrics"
+    SYSTEM = "ComputerSystem"  # the server's host, linked from its chassis
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,11 @@ LINKS: Final[Mapping[Kind, tuple[Link, ...]]] = {
     ),
 }
 
+# A server's host (the chassis's ComputerSystem): its PowerState and the ComputerSystem.Reset
+# that shuts it down. Followed only for devices asked to (`host_power`): one more GET per poll
+# of every BMC, for a rack that shuts its servers down on a leak.
+HOST_LINK: Final = Link("ComputerSystems", Role.SYSTEM, in_links=True)
+
 Match = Mapping[str, frozenset[str | None]]  # property -> accepted values (None: absent)
 Combine = Literal["first", "max", "min", "sum", "any"]
 
@@ -177,7 +183,7 @@ class Source:
     scale: float = 1.0
     factor: tuple[str, ...] | None = None
     combine: Combine = "first"
-    decode: Literal["number", "leak", "health", "discharging"] = "number"
+    decode: Literal["number", "leak", "health", "discharging", "power_state", "powered"] = "number"
     setpoint: bool = False
     minimum: tuple[str, ...] | None = None
     maximum: tuple[str, ...] | None = None
@@ -334,6 +340,10 @@ POINT_SOURCES: Final[Mapping[Kind, Mapping[str, tuple[Source, ...]]]] = {
             ),
         ),
         "leak_detected": _LEAK_SOURCES,
+        # the host's PowerState (ServerPowerState codes), and the same read as what a
+        # ComputerSystem.Reset asked for: 0 once off or powering off, 1 once on or powering on
+        "power_state": (Source(Role.SYSTEM, ("PowerState",), decode="power_state"),),
+        "server_power_command": (Source(Role.SYSTEM, ("PowerState",), decode="powered"),),
     },
     "cdu": {
         "supply_temperature": (
@@ -480,17 +490,58 @@ POINT_SOURCES: Final[Mapping[Kind, Mapping[str, tuple[Source, ...]]]] = {
 class ActionPoint:
     """A point written by a Redfish action, not a PATCH: `action` on the device's own resource
     (`role` None) or on each bound resource of `role`, with `parameter` = `values[0 or 1]`,
-    read back from the resource's Status.State (`states`)."""
+    read back from the resource's `read_back` property (Status.State unless said otherwise)
+    through `states`.
+
+    `check_allowed`: the value is refused before anything is sent when the action's
+    `<parameter>@Redfish.AllowableValues` (or its `@Redfish.ActionInfo`) does not list it.
+    `already`: for each value, the states in which the resource is there or on its way, so
+    that the action is not sent again (a second GracefulShutdown while the OS is stopping).
+    """
 
     role: Role | None
     action: str
     parameter: str
     values: tuple[str, str]  # what 0 and 1 are sent as
-    states: Mapping[str, float]  # Status.State after the action -> the value it means
+    states: Mapping[str, float]  # the read-back property after the action -> its value
+    read_back: tuple[str, ...] = ("Status", "State")
+    check_allowed: bool = False
+    already: Mapping[float, frozenset[str]] = field(default_factory=dict)
+
+
+# ComputerSystem PowerState (Resource.PowerState) -> canonical code (model.ServerPowerState)
+POWER_STATES: Final[Mapping[str, float]] = {
+    "Off": 0.0,
+    "On": 1.0,
+    "PoweringOn": 2.0,
+    "PoweringOff": 3.0,
+    "Paused": 4.0,
+}
+# ... and what a Reset to Off (0) or On (1) reads as: there, or on its way there
+POWERED: Final[Mapping[str, float]] = {
+    "Off": 0.0,
+    "PoweringOff": 0.0,
+    "On": 1.0,
+    "PoweringOn": 1.0,
+    "Paused": 1.0,  # powered, its work paused
+}
 
 
 ACTION_POINTS: Final[Mapping[Kind, Mapping[str, ActionPoint]]] = {
-    "server": {},
+    "server": {
+        # ComputerSystem.Reset on the chassis's host: GracefulShutdown (the OS stops its work
+        # and powers off) or On; never ForceOff (see the README's Safety section)
+        "server_power_command": ActionPoint(
+            Role.SYSTEM,
+            "ComputerSystem.Reset",
+            "ResetType",
+            ("GracefulShutdown", "On"),
+            POWERED,
+            read_back=("PowerState",),
+            check_allowed=True,
+            already={0.0: frozenset({"Off", "PoweringOff"}), 1.0: frozenset({"On", "PoweringOn"})},
+        ),
+    },
     "cdu": {
         # CoolingUnit.SetMode (2024.4): Enabled runs the CDU, Disabled stops it
         "cdu_run_command": ActionPoint(
@@ -515,7 +566,17 @@ ACTION_POINTS: Final[Mapping[Kind, Mapping[str, ActionPoint]]] = {
 
 # Points only some devices of a kind have (a power shelf's, not a rack PDU's): a device that
 # has none of their sources does not report them at all, rather than as missing.
-OPTIONAL_POINTS: Final = frozenset({"output_power", "psu_ok", "bbu_charge", "bbu_discharging"})
+OPTIONAL_POINTS: Final = frozenset(
+    {
+        "output_power",
+        "psu_ok",
+        "bbu_charge",
+        "bbu_discharging",
+        # a chassis whose BMC links no ComputerSystem (a chassis-only service) has no host power
+        "power_state",
+        "server_power_command",
+    }
+)
 
 # Status.State values of a member that is not there or not working on purpose: skipped.
 NOT_IN_USE: Final = frozenset({"Absent", "Disabled", "StandbyOffline", "StandbySpare"})
@@ -822,9 +883,12 @@ def _backs_equipment(chassis: Mapping[str, Any]) -> bool:
     )
 
 
-async def discover(fetch: Fetch, kind: Kind, selector: str | None) -> Plan:
+async def discover(
+    fetch: Fetch, kind: Kind, selector: str | None, host_power: bool = False
+) -> Plan:
     """Find the device's resource (by `selector`, or the first of its kind that yields any
-    point) and bind each of its points to the first source the service has."""
+    point) and bind each of its points to the first source the service has (a server's host
+    power too, with `host_power`)."""
     features, refs, notes = await list_resources(fetch, (kind,))
     candidates = [r for r in refs if r.kind == kind and (selector is None or r.matches(selector))]
     if not candidates:
@@ -832,7 +896,7 @@ async def discover(fetch: Fetch, kind: Kind, selector: str | None) -> Plan:
         raise Failure(FailureKind.HTTP_4XX, f"the service has no {what}", status=404)
     plan: Plan | None = None
     for ref in candidates:
-        plan = await plan_for(fetch, features, ref)
+        plan = await plan_for(fetch, features, ref, host_power)
         plan.notes[:0] = notes
         if plan.bindings:
             return plan
@@ -840,12 +904,16 @@ async def discover(fetch: Fetch, kind: Kind, selector: str | None) -> Plan:
     return plan
 
 
-async def plan_for(fetch: Fetch, features: Features, ref: ResourceRef) -> Plan:
-    """Discovery below one resource: follow LINKS, then bind the mapping table."""
+async def plan_for(
+    fetch: Fetch, features: Features, ref: ResourceRef, host_power: bool = False
+) -> Plan:
+    """Discovery below one resource: follow LINKS (and a server's HOST_LINK, with
+    `host_power`), then bind the mapping table."""
     discovery = _Discovery(fetch, features)
     discovery.visited.add(ref.uri)
     found: list[Resource] = []
-    for link in LINKS[ref.kind]:
+    host = (HOST_LINK,) if host_power and ref.kind == "server" else ()
+    for link in (*LINKS[ref.kind], *host):
         await discovery.follow(ref.body, link, found)
     bindings = bind(ref.kind, found)
     bound = {uri for binding in bindings.values() for uri in binding.uris}
@@ -1089,8 +1157,8 @@ def _member_value(
             raise _Bad(f"a {source.role} resource is no longer what it was")
         return _SKIP
     state = _state(member) or (None if resource_level else _state(resource))
-    if state in NOT_IN_USE:
-        return _SKIP
+    if state in NOT_IN_USE and source.decode not in _HOST_POWER:
+        return _SKIP  # (a host powered off may say Disabled or StandbyOffline: still read)
     where = "/".join(source.leaf)
     if not _has_path(member, source.leaf):
         raise _Bad(f"{source.role} has no {where}")
@@ -1105,12 +1173,20 @@ def _member_value(
         return _health(raw)
     if source.decode == "discharging":
         return _discharging(raw)
+    if source.decode in _HOST_POWER:
+        table = POWER_STATES if source.decode == "power_state" else POWERED
+        if not isinstance(raw, str) or raw not in table:
+            raise _Bad(f"PowerState {safe_text(str(raw), 40)!r}")
+        return table[raw]
     value = _number(raw, where) * source.scale
     if source.factor is not None:
         if not _has_path(member, source.factor):
             raise _Bad(f"{source.role} has no {'/'.join(source.factor)}")
         value *= _number(_walk(member, source.factor), "/".join(source.factor))
     return value
+
+
+_HOST_POWER: Final = frozenset({"power_state", "powered"})
 
 
 def _leak(state: Any) -> float | _Skip:

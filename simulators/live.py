@@ -222,7 +222,9 @@ class ShelfUnitPoints:
 
 
 class ServerPoints:
-    """One plant server as its BMC sees it: power, temperatures, and the power cap it accepts."""
+    """One plant server as its BMC sees it: power, temperatures, its power state, and the
+    power cap and power actions (`server_power_command`: 0 a graceful shutdown, 1 on) it
+    accepts."""
 
     def __init__(self, plant: RackPlant, server: int) -> None:
         if isinstance(server, bool) or not 0 <= server < plant.n_servers:
@@ -235,9 +237,12 @@ class ServerPoints:
         return self.plant.server_readings(self.server)
 
     def write_point(self, name: str, value: float) -> None:
-        if name != "power_limit":
+        if name == "power_limit":
+            self.plant.set_power_limit(self.server, value)
+        elif name == "server_power_command":
+            self.plant.set_server_power(self.server, value >= 0.5)
+        else:
             raise ValueError(f"{name} is not writable on a server")
-        self.plant.set_power_limit(self.server, value)
         self.writes.append(DeviceWrite(time.monotonic(), self.plant.time_s, name, value))
 
 

@@ -46,6 +46,10 @@ Where this deviates from PLANT.md, and why:
   duty pump only.
 - Power limits are clamped to [`power_limit_min_w`, `server_max_w`] (idle by default: a cap
   cannot push a server below idle).
+- A server shut down gracefully (`set_server_power(i, False)`, its BMC's ComputerSystem.Reset)
+  keeps drawing what it drew for `server_shutdown_s` while its OS stops (PoweringOff), then
+  only `server_standby_w` (its BMC and fans' standby power) until it is powered on again, at
+  once (coolctl never does that by itself).
 - Numbers PLANT.md leaves open: PDU overhead 800 W; reservoir 20 L, pump starts to cavitate at
   5 L and has no head left 1 L lower; the leak detector is wet once 50 mL have leaked and dries
   when the leak is stopped; cold-plate resistance is 60 % flow-dependent film at rated flow.
@@ -100,6 +104,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from coolctl.model import ServerPowerState
+
 from .sensors import SensorBank
 
 FloatArray = npt.NDArray[np.float64]
@@ -136,6 +142,8 @@ class PlantParams:
     throttle_temperature_c: float = 87.0
     throttle_floor_w: float = 0.0
     chip_spread_k: float = 3.0
+    server_standby_w: float = 20.0  # a server powered off: its BMC's standby power
+    server_shutdown_s: float = 30.0  # a graceful shutdown: the OS stops for this long
     # cold plates: R_cp(q) = R0 + R1/q^exponent, calibrated at rated flow and max power
     chip_rated_temperature_c: float = 75.0
     chip_rated_supply_c: float = 32.0
@@ -289,6 +297,7 @@ _NON_NEGATIVE = (
     "reservoir_min_level_l", "pdu_overhead_w", "temperature_noise_c", "flow_noise_lpm",
     "pressure_noise_pa", "ratio_noise", "pump_power_noise_w", "heat_noise_w", "level_noise_l",
     "server_power_noise_w", "pdu_power_noise_w", "chip_spread_k", "leak_pressure_exponent",
+    "server_standby_w", "server_shutdown_s",
 )  # fmt: skip
 _UNIT_INTERVAL = ("initial_load", "initial_pump_speed", "initial_valve", "valve_stiction")
 _OPEN_FRACTIONS = (
@@ -546,6 +555,9 @@ class _PumpState:
         return not self.duty_failed
 
 
+_HOST_POWER_POINTS = frozenset({"power_state", "server_power_command"})
+
+
 def _server_device(name: str) -> int | None:
     if name.startswith("server") and name[6:].isdigit():
         return int(name[6:])
@@ -593,6 +605,8 @@ class RackPlant:
         demand = p.server_idle_w + p.initial_load * (p.server_max_w - p.server_idle_w)
         self._demand_w: FloatArray = np.full(n, demand)
         self._cap_w: FloatArray = np.full(n, p.server_max_w)
+        self._powered: npt.NDArray[np.bool_] = np.ones(n, dtype=bool)  # False: off (standby)
+        self._shutdown_left_s: FloatArray = np.full(n, math.inf)  # inf: no shutdown under way
         self._target_w: FloatArray = np.minimum(self._demand_w, self._cap_w)
         self._cap_denied_w = 0.0
         self._lagged_w: FloatArray = self._target_w.copy()
@@ -774,6 +788,41 @@ class RackPlant:
         self._cap_w[i] = _clamp(_finite(watts, "power limit"), p.power_limit_min_w, p.server_max_w)
         self._update_targets()
 
+    def set_server_power(self, server: int, on: bool) -> None:
+        """Power one server on (at once) or shut it down gracefully: it goes on drawing its
+        power for `server_shutdown_s` (PoweringOff), then only `server_standby_w`. Asking
+        again for what is already under way changes nothing."""
+        i = self._server_index(server)
+        if on:
+            self._shutdown_left_s[i] = math.inf
+            if not self._powered[i]:
+                self._powered[i] = True
+                self._update_targets()
+        elif self._powered[i] and math.isinf(self._shutdown_left_s[i]):
+            self._shutdown_left_s[i] = self._p.server_shutdown_s
+            self._step_shutdowns(0.0)
+
+    def server_power_state(self, server: int) -> ServerPowerState:
+        """Where a server's power stands, as its BMC's PowerState says it."""
+        i = self._server_index(server)
+        if not self._powered[i]:
+            return ServerPowerState.OFF
+        if math.isfinite(self._shutdown_left_s[i]):
+            return ServerPowerState.POWERING_OFF
+        return ServerPowerState.ON
+
+    def _step_shutdowns(self, dt: float) -> None:
+        """Servers whose OS has finished stopping power off."""
+        left = self._shutdown_left_s
+        if not np.isfinite(left).any():
+            return
+        left -= dt
+        done = left <= 1e-9
+        if done.any():
+            self._powered[done] = False
+            left[done] = math.inf
+            self._update_targets()
+
     def set_load(self, fraction: float, servers: Sequence[int] | None = None) -> None:
         """Load 0..1 of each server's span between idle and max, on all servers or some."""
         p = self._p
@@ -846,14 +895,25 @@ class RackPlant:
         self._sensors.set_drift(device, point, _finite(rate_per_s, "drift"), self.time_s)
 
     def reset_sensor(self, device: str, point: str) -> None:
-        """Clear every fault on one sensor and restore its default noise."""
+        """Clear every fault on one sensor and restore its default noise (a server's host
+        power is a state its BMC knows, not a sensor: nothing to clear)."""
+        if _server_device(device) is not None and point in _HOST_POWER_POINTS:
+            return
         self._sensors.reset(device, point)
 
     # ---- readings -------------------------------------------------------------------------
 
     def readings(self, device: str) -> dict[str, float]:
-        """What device `cdu`, `pdu` or `server<i>` reports, through its sensors."""
-        return self._sensors.read(device, self._true_readings(device), self.time_s)
+        """What device `cdu`, `pdu` or `server<i>` reports, through its sensors (a server's
+        host power too: a state its BMC knows, no sensor, so it takes no draw from the noise
+        stream, and the other readings are what they were before servers could shut down)."""
+        values = self._sensors.read(device, self._true_readings(device), self.time_s)
+        index = _server_device(device)
+        if index is not None and index < self._p.n_servers:
+            state = self.server_power_state(index)
+            values["power_state"] = float(state)
+            values["server_power_command"] = float(state is ServerPowerState.ON)
+        return values
 
     def cdu_readings(self) -> dict[str, float]:
         return self.readings("cdu")
@@ -985,6 +1045,7 @@ class RackPlant:
     def _step(self) -> None:
         """One internal step around the loop: actuators, servers, pipe, exchanger."""
         dt = self._dt
+        self._step_shutdowns(dt)
         self._step_actuators(dt)
         self._step_reservoir(dt)
         self._update_hydraulics()
@@ -1201,7 +1262,12 @@ class RackPlant:
     def _update_targets(self) -> None:
         """Power each server heads for, and the work the caps deny, after a demand or cap change."""
         np.minimum(self._demand_w, self._cap_w, out=self._target_w)
-        self._cap_denied_w = float(np.maximum(self._demand_w - self._cap_w, 0.0).sum())
+        denied = np.maximum(self._demand_w - self._cap_w, 0.0)
+        if not self._powered.all():  # servers shut down draw standby power; no cap denies it
+            off = ~self._powered
+            self._target_w[off] = self._p.server_standby_w
+            denied[off] = 0.0
+        self._cap_denied_w = float(denied.sum())
 
     def _server_index(self, server: int) -> int:
         if isinstance(server, bool) or not 0 <= server < self._p.n_servers:

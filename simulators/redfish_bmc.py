@@ -8,21 +8,32 @@ only have. Writing any of the three caps the plant's server: the plant's servers
 
 ControlMode `Disabled` lifts the cap (the plant server may draw its maximum) and keeps the set
 point; `Automatic` enforces the set point again.
+
+The server's host (`Systems/1`) shows the plant server's `PowerState` and takes
+`ComputerSystem.Reset` with ResetType `GracefulShutdown` (PoweringOff while its OS stops, the
+plant's `server_shutdown_s`, then Off, drawing standby power) or `On` (On at once); the
+allowed values are in `ResetType@Redfish.AllowableValues`, anything else gets 400.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from coolctl.model import ServerPowerState
 from coolctl.simulators.plant import PlantParams
 from coolctl.simulators.redfish_chassis import ChassisParts, PointStore, placement
 from coolctl.simulators.redfish_manager import add_management
+from coolctl.simulators.redfish_messages import RedfishError, message
 from coolctl.simulators.redfish_resources import (
     Json,
     PatchPath,
     Readings,
+    Reply,
+    RequestInfo,
     Resource,
     Writable,
+    action,
     head,
     link,
     status,
@@ -35,12 +46,21 @@ from coolctl.simulators.redfish_sensors import (
 )
 from coolctl.simulators.redfish_service import ROOT, RedfishService
 
-__all__ = ["CHASSIS", "POWER_LIMIT", "SYSTEM", "build_bmc"]
+__all__ = ["CHASSIS", "POWER_LIMIT", "RESET", "RESET_TYPES", "SYSTEM", "build_bmc"]
 
 CHASSIS = f"{ROOT}/Chassis/1"
 SYSTEM = f"{ROOT}/Systems/1"
 POWER_LIMIT = f"{CHASSIS}/Controls/PowerLimit"
 _MODES = ("Automatic", "Disabled")
+RESET = "ComputerSystem.Reset"
+RESET_TYPES = ("On", "GracefulShutdown")  # what the simulated host does; the rest get 400
+_POWER_STATES: Mapping[int, str] = {
+    ServerPowerState.OFF: "Off",
+    ServerPowerState.ON: "On",
+    ServerPowerState.POWERING_ON: "PoweringOn",
+    ServerPowerState.POWERING_OFF: "PoweringOff",
+    ServerPowerState.PAUSED: "Paused",
+}
 
 
 class _PowerLimit:
@@ -156,7 +176,7 @@ def build_bmc(
         _add_legacy_power(service, cap, power, limit)
     chassis.register()
     _add_subsystems(service, chassis, params)
-    _add_system(service, server_index)
+    _add_system(service, store, server_index)
     add_management(service, [CHASSIS], [SYSTEM])
 
 
@@ -232,14 +252,16 @@ def _add_legacy_power(
     )
 
 
-def _add_system(service: RedfishService, server_index: int) -> None:
+def _add_system(service: RedfishService, store: PointStore, server_index: int) -> None:
     identity = service.identity
+    reset_target, reset = action(SYSTEM, RESET)
+    reset["ResetType@Redfish.AllowableValues"] = list(RESET_TYPES)
     service.roots["Systems"] = f"{ROOT}/Systems"
     service.add_collection(
         f"{ROOT}/Systems", "ComputerSystemCollection", "Systems", lambda: [SYSTEM]
     )
 
-    def render(_: Readings) -> Json:
+    def render(r: Readings) -> Json:
         body = head(SYSTEM, "ComputerSystem", f"Compute node {server_index}")
         labels = placement(service, SYSTEM, server_index + 1)
         body.update(
@@ -253,7 +275,7 @@ def _add_system(service: RedfishService, server_index: int) -> None:
                 "HostName": f"node{server_index}",
                 "AssetTag": labels["AssetTag"],
                 "LocationIndicatorActive": labels["LocationIndicatorActive"],
-                "PowerState": "On",
+                "PowerState": _POWER_STATES.get(int(r.value("power_state")), "On"),
                 "BiosVersion": "1.0.0",
                 "Status": status(),
                 "ProcessorSummary": {"Count": 2, "Model": "Simulated accelerator"},
@@ -266,12 +288,41 @@ def _add_system(service: RedfishService, server_index: int) -> None:
                     "Chassis": [link(CHASSIS)],
                     "ManagedBy": [link(f"{ROOT}/Managers/{identity.manager_id}")],
                 },
+                "Actions": {f"#{RESET}": dict(reset)},
             }
         )
         return body
 
+    def post_reset(body: Any, _request: RequestInfo) -> Reply:
+        reset_type = _reset_type(body)
+        try:
+            store.write_point("server_power_command", 1.0 if reset_type == "On" else 0.0)
+        except ValueError as exc:
+            raise RedfishError(400, [message("GeneralError", resolution=str(exc))]) from exc
+        service.log_write(SYSTEM)
+        return Reply(204)
+
+    service.add(reset_target, Resource(post=post_reset))
     writable: dict[PatchPath, Writable] = {
         path: service.label_writable(SYSTEM, path, kind)
         for path, kind in ((("AssetTag",), "string"), (("LocationIndicatorActive",), "boolean"))
     }
     service.add(SYSTEM, Resource(render, writable))
+
+
+def _reset_type(body: Any) -> str:
+    """The ResetType of a ComputerSystem.Reset, checked as the Base registry words it (the
+    parameter is required here: the schema lets a service pick a default, this one does not)."""
+    if not isinstance(body, dict):
+        raise RedfishError(400, [message("MalformedJSON")])
+    unknown = [k for k in body if k != "ResetType" and not k.startswith("@")]
+    if unknown:
+        raise RedfishError(400, [message("ActionParameterUnknown", RESET, k) for k in unknown])
+    if "ResetType" not in body:
+        raise RedfishError(400, [message("ActionParameterMissing", RESET, "ResetType")])
+    value = body["ResetType"]
+    if value not in RESET_TYPES:
+        raise RedfishError(
+            400, [message("ActionParameterValueNotInList", str(value), "ResetType", RESET)]
+        )
+    return str(value)

@@ -72,7 +72,6 @@ console_scripts.main()
 # What the OCP server profile asks that the simulated BMC does not do, and why.
 SERVER_PROFILE_UNMET = {
     "Thermal": "legacy Thermal needs intake and system-board temperatures the plant lacks",
-    "Actions/#ComputerSystem.Reset": "plant servers cannot be powered off or reset",
 }
 
 

@@ -464,6 +464,10 @@ class SafetyConfig:
     leak_caps_timeout_s: NonNegative = 5.0
     """On a leak, caps fall first; the pump's leak value waits until the PDU shows the power
     down, or this long."""
+    leak_shutdown_servers: Flag = False
+    """On a leak, also shut the rack's servers down gracefully (Redfish ComputerSystem.Reset,
+    GracefulShutdown) with the minimum caps. coolctl never powers them on again: after
+    `coolctl interlock reset` they stay off until an operator powers them on."""
     standby_changeover_s: Positive = 2.0
     temperature_limits: Mapping[PointRef, Number] = Field(default_factory=dict)
     """`"device/point" = limit` in °C: over it, the supervisor cools at full."""
@@ -684,6 +688,16 @@ class RackConfig:
         if mpc and self.cdu_control == CduControl.SETPOINTS:
             message = 'a CDU that runs its own loops (cdu_control = "setpoints") takes no MPC'
             problems.append(("cdu_control", message))
+        if self.safety.leak_shutdown_servers and not any(
+            isinstance(device, RedfishDeviceConfig) and device.kind == DeviceKind.SERVER
+            for device in self.devices.values()
+        ):
+            message = (
+                "shuts servers down through their Redfish BMCs, and this rack has none"
+                ' (a device with driver = "redfish", kind = "server"); remove the key or add'
+                " the BMCs"
+            )
+            problems.append(("safety.leak_shutdown_servers", message))
         if problems:
             raise KeyProblem(*problems)
         return self

@@ -125,13 +125,16 @@ def open_device(
     config: DeviceConfig,
     mqtt: MqttConnection | None = None,
     links: LinkPool | None = None,
+    host_power: bool = False,
 ) -> DeviceHandle:
     """Build the client for one device (no I/O yet: the first poll connects). Modbus devices
-    at one address:port or on one serial bus share a link of `links` (one connection)."""
+    at one address:port or on one serial bus share a link of `links` (one connection).
+    `host_power`: a Redfish server's host power is read and can be written (a rack that shuts
+    its servers down on a leak)."""
     facts = device_facts(config)
     client: DeviceClient
     if isinstance(config, RedfishDeviceConfig):
-        client = _redfish_client(rack, config)
+        client = _redfish_client(rack, config, host_power)
     elif isinstance(config, SnmpDeviceConfig):
         client = SnmpDevice(
             rack=rack,
@@ -198,7 +201,9 @@ def snmp_credentials(config: SnmpDeviceConfig) -> Credentials:
     )
 
 
-def _redfish_client(rack: str, redfish: RedfishDeviceConfig) -> RedfishDevice:
+def _redfish_client(
+    rack: str, redfish: RedfishDeviceConfig, host_power: bool = False
+) -> RedfishDevice:
     settings = RedfishSettings(
         url=redfish.url,
         username=redfish.username,
@@ -209,4 +214,10 @@ def _redfish_client(rack: str, redfish: RedfishDeviceConfig) -> RedfishDevice:
         timeout_s=redfish.timeout_s,
         max_in_flight=redfish.max_in_flight,
     )
-    return RedfishDevice(rack=rack, device=redfish.id, kind=redfish.kind.literal, settings=settings)
+    return RedfishDevice(
+        rack=rack,
+        device=redfish.id,
+        kind=redfish.kind.literal,
+        settings=settings,
+        host_power=host_power,
+    )

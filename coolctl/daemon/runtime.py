@@ -381,7 +381,13 @@ class Daemon:
         for rack in config.racks.values():
             handles = {}
             for device in rack.devices.values():
-                handle = open_device(rack.id, device, self.mqtt, self.modbus_links)
+                handle = open_device(
+                    rack.id,
+                    device,
+                    self.mqtt,
+                    self.modbus_links,
+                    host_power=rack.safety.leak_shutdown_servers,
+                )
                 handles[device.id] = handle
                 self.devices[(rack.id, device.id)] = handle
                 self.poll_stats[(rack.id, device.id)] = ScheduleStats()

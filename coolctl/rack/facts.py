@@ -77,6 +77,8 @@ def device_facts(config: DeviceConfig) -> DeviceFactsRecord:
         writable: dict[str, WritableSpec] = {}
         if config.kind == DeviceKind.SERVER:
             writable["power_limit"] = WritableSpec(config.cap_min_w, config.cap_max_w, 1.0)
+            # ComputerSystem.Reset: 0 GracefulShutdown, 1 On (written on a leak, if configured)
+            writable["server_power_command"] = WritableSpec(0.0, 1.0, 1.0)
         elif config.kind == DeviceKind.CDU:
             writable.update(REDFISH_CDU_WRITABLE)
         return DeviceFactsRecord(writable, kind_points(config.kind.literal), config.kind)

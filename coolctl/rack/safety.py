@@ -58,6 +58,7 @@ def supervisor_config(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> S
         for loop in rack.loops.values()
     ) + tuple(cap_actuator(rack.id, device) for device in server_caps(rack))
     actuators += isolation_actuators(rack, devices)
+    actuators += server_power_actuators(rack, devices)
     required = tuple(
         PointId(rack.id, ref.device, ref.point)
         for loop in rack.loops.values()
@@ -288,6 +289,38 @@ def isolation_actuators(
             )
         )
     return tuple(found)
+
+
+SERVER_POWER = "server_power_command"
+
+
+def server_power_actuators(
+    rack: RackConfig, devices: Mapping[str, DeviceFacts]
+) -> tuple[ActuatorSafety, ...]:
+    """With `leak_shutdown_servers`, every server's power (Redfish ComputerSystem.Reset): a
+    leak shuts it down gracefully along with the minimum caps (not waiting for them, as the
+    pump does). Nothing else ever writes it: failsafe and hand-back leave it be, and after
+    the interlock is reset it stays off until an operator powers the server on (the leak's
+    cause has been found and fixed by then, and whether to power each server on is theirs
+    to decide, not a daemon's: its OS was shut down, its jobs are gone)."""
+    if not rack.safety.leak_shutdown_servers:
+        return ()
+    return tuple(
+        ActuatorSafety(
+            point=PointId(rack.id, device.id, SERVER_POWER),
+            role=ActuatorRole.SERVER_POWER,
+            minimum=0.0,
+            maximum=1.0,
+            slew_per_s=None,
+            failsafe=1.0,  # never written: failsafe leaves a server's power alone
+            hard_minimum=0.0,
+            hard_maximum=1.0,
+            on_leak=0.0,  # GracefulShutdown
+            shutdown=None,  # the hand-back never touches it
+        )
+        for device in server_caps(rack)
+        if SERVER_POWER in devices[device.id].writable
+    )
 
 
 def server_caps(rack: RackConfig) -> list[RedfishDeviceConfig]:

@@ -390,6 +390,8 @@ class SimDevice:
 
 
 _REDFISH_DIGITS = 2  # the simulated Redfish sensors' Reading
+# a BMC's host power, read as the daemon reads it: only on a rack that shuts servers down
+_HOST_POWER_POINTS = frozenset({"power_state", "server_power_command"})
 _REDFISH_CONTROL_DIGITS = 3  # a Control's SetPoint
 _MQTT_POINTS: Mapping[str, tuple[str, int]] = {  # point -> (CDU reading, decimals published)
     "inlet_temperature": ("supply_temperature", 2),
@@ -407,13 +409,19 @@ def sim_devices(rack: RackConfig, plant_points: Mapping[str, Sequence[str]]) -> 
     devices = []
     servers = 0
     for device in rack.devices.values():
-        devices.append(_sim_device(rack.id, device, servers, plant_points))
+        devices.append(
+            _sim_device(rack.id, device, servers, plant_points, rack.safety.leak_shutdown_servers)
+        )
         servers += isinstance(device, RedfishDeviceConfig) and device.kind == DeviceKind.SERVER
     return devices
 
 
 def _sim_device(
-    rack: str, device: DeviceConfig, server: int, plant_points: Mapping[str, Sequence[str]]
+    rack: str,
+    device: DeviceConfig,
+    server: int,
+    plant_points: Mapping[str, Sequence[str]],
+    host_power: bool = False,
 ) -> SimDevice:
     def wire(name: str, source: str, quantise: Quantise) -> _WirePoint:
         return _WirePoint(PointId(rack, device.id, name), source, quantise)
@@ -434,7 +442,7 @@ def _sim_device(
                 _rounder(_REDFISH_CONTROL_DIGITS if name == "power_limit" else _REDFISH_DIGITS),
             )
             for name in kind_points(device.kind.literal)
-            if name in offered
+            if name in offered and (host_power or name not in _HOST_POWER_POINTS)
         )
         return SimDevice(device.id, plant_device, points, device.poll_interval_s)
     if isinstance(device, MqttDeviceConfig) and device.profile == SIMULATED_ROOM_PROFILE:
@@ -597,6 +605,9 @@ def _plant_writer(
         if caps is not None:
             return lambda watts: caps.send(index, watts)
         return lambda watts: plant.set_power_limit(index, watts)
+    if point.name == "server_power_command" and point.device in servers:
+        index = servers[point.device]  # ComputerSystem.Reset: 0 graceful shutdown, 1 on
+        return lambda value: plant.set_server_power(index, value >= 0.5)
     raise ScenarioError([f"{point}: the simulated rack cannot write this point"])
 
 
