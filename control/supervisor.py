@@ -485,6 +485,8 @@ def _validate_actuator(rack: str, safety: ActuatorSafety) -> None:
                 f"{point}: {name} {value!r} is outside its hard bounds"
                 f" {_num(hard_low)}..{_num(hard_high)}"
             )
+    if safety.role is ActuatorRole.PUMP and hard_low < 0.0:
+        raise ValueError(f"{point}: a pump's speed cannot go below 0, got {_num(hard_low)}")
     if safety.role is ActuatorRole.SERVER_POWER and safety.shutdown is not None:
         raise ValueError(
             f"{point}: a server's power takes no hand-back value; leave shutdown unset"
