@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from coolctl.simulators.modbus_server import (
     load_register_map,
     resolve_register_map,
 )
+from coolctl.tools.testing import eventually
 
 UNIT = 1
 ILLEGAL_ADDRESS, ILLEGAL_VALUE, DEVICE_FAILURE, GATEWAY_NO_RESPONSE = 2, 3, 4, 11
@@ -193,14 +194,6 @@ async def read_point(client: AsyncModbusTcpClient, spec: Mapping[str, Any]) -> f
 def expect_exception(result: Any, code: int) -> None:
     assert result.isError(), result
     assert result.exception_code == code, result
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 1.0) -> None:
-    """Poll an async predicate until it holds, for things that happen a moment later."""
-    deadline = time.monotonic() + within_s
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 # --------------------------------------------------------------------------- encoding

@@ -15,7 +15,7 @@ import socket
 import statistics
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from coolctl.simulators.control_server import endpoint, inject
 from coolctl.simulators.faults import FAULT_KINDS, apply_fault
 from coolctl.simulators.live import LiveSimulation, SensorPoints, SimDeviceSpec, SimRackSpec
 from coolctl.simulators.modbus_server import load_register_map
+from coolctl.tools.testing import eventually
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 TIME_SCALE = 5.0
@@ -94,14 +95,6 @@ async def sim(broker: str) -> AsyncIterator[LiveSimulation]:
     async with simulation:
         await simulation.publishers[("r01", "sensors1")].wait_connected(5.0)
         yield simulation
-
-
-async def eventually(condition: Callable[[], bool], timeout_s: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(0.02)
 
 
 def modbus_client(simulation: LiveSimulation, device: str = "cdu1") -> AsyncModbusTcpClient:
