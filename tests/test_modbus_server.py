@@ -132,9 +132,16 @@ class DictStore:
     def __init__(self, values: Mapping[str, float], refuse: tuple[str, ...] = ()) -> None:
         self.values = dict(values)
         self.refuse = set(refuse)
+        self.reads = 0  # how often the server has refreshed from the store
 
     def read_points(self) -> Mapping[str, float]:
+        self.reads += 1
         return dict(self.values)
+
+    async def refreshed(self, times: int = 3) -> None:
+        """Until the server has refreshed its registers from the store `times` more times."""
+        reads = self.reads
+        await eventually(lambda: self.reads >= reads + times, what=f"{times} refreshes")
 
     def write_point(self, name: str, value: float) -> None:
         if name in self.refuse:
@@ -293,7 +300,7 @@ async def test_writes_reach_store_and_read_back() -> None:
             ("pump_speed_command", pytest.approx(0.6)),
             ("valve_command", pytest.approx(0.25)),
         ]
-        await asyncio.sleep(0.1)  # refreshes from the store keep the commanded values
+        await store.refreshed()  # refreshes from the store keep the commanded values
         regs = await client.read_holding_registers(0, count=2, device_id=UNIT)
         assert regs.registers == [600, 250]
 
@@ -451,7 +458,8 @@ async def test_offline_drops_and_refuses_then_serves_on_same_port() -> None:
 
 @pytest.mark.asyncio
 async def test_offline_toggles_within_one_loop_turn_settle_on_the_last() -> None:
-    server = ModbusDeviceServer("sim-pdu", DictStore(PDU_VALUES))
+    store = DictStore(PDU_VALUES)
+    server = ModbusDeviceServer("sim-pdu", store)
     with pytest.raises(RuntimeError):
         server.set_offline(True)  # not running yet
     await server.start()
@@ -460,7 +468,17 @@ async def test_offline_toggles_within_one_loop_turn_settle_on_the_last() -> None
         server.set_offline(True)
         server.set_offline(False)  # the listener is still opening: it simply stays
         server.set_offline(True)
-        await asyncio.sleep(0.05)
+
+        async def refused() -> bool:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except ConnectionRefusedError:
+                return True
+            writer.close()
+            return False
+
+        await eventually(refused, what="the listener closed")
+        await store.refreshed()  # and it stays closed: the last toggle was offline
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection("127.0.0.1", port)
         server.set_offline(False)
