@@ -156,15 +156,20 @@ async def eventually(
     has passed in the system (further polls, ticks, plant seconds), then checks.
     """
     started = time.monotonic()
-    while True:
-        held = condition()
-        if inspect.isawaitable(held):
-            held = await held
-        if held:
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout_s:
-            pytest.fail(f"{what}: not within {timeout_s:g} s")
-        await asyncio.sleep(poll_s)
+    deadline = asyncio.timeout(timeout_s)  # also cuts short a condition that hangs
+    try:
+        async with deadline:
+            while True:
+                held = condition()
+                if inspect.isawaitable(held):
+                    held = await held
+                if held:
+                    return time.monotonic() - started
+                await asyncio.sleep(poll_s)
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # the condition's own
+    pytest.fail(f"{what}: not within {timeout_s:g} s")
 
 
 def eventually_blocking(
