@@ -67,8 +67,9 @@ def test_run_controls_the_served_rack_and_stops_cleanly_on_sigterm(
     )
     try:
         text = ""
+        supply = 'coolctl_supply_temperature_celsius{device="cdu1",rack="r01"}'
 
-        def writes_exported() -> bool:
+        def exported() -> bool:  # the CDU read and an actuator written
             nonlocal text
             try:
                 url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -76,10 +77,9 @@ def test_run_controls_the_served_rack_and_stops_cleanly_on_sigterm(
                     text = response.read().decode()
             except OSError:
                 return False
-            return "coolctl_actuator_writes_total" in text
+            return "coolctl_actuator_writes_total" in text and supply in text
 
-        eventually_blocking(writes_exported, 30.0, what="actuator writes on /metrics", poll_s=0.1)
-        assert 'coolctl_supply_temperature_celsius{device="cdu1",rack="r01"}' in text
+        eventually_blocking(exported, 30.0, what=f"actuator writes and {supply}", poll_s=0.1)
     finally:
         daemon.send_signal(signal.SIGTERM)
         _, stderr = daemon.communicate(timeout=10)
