@@ -525,7 +525,9 @@ async def test_events_paging_tail_and_long_poll(
 
     started = time.monotonic()
     poll = asyncio.create_task(call(unix, "GET", "/v1/events", params={"since": "5", "wait": "20"}))
-    await asyncio.sleep(0.2)
+    await asyncio.wait_for(plane.waiting.wait(), 10)  # the long-poll has reached the plane
+    # and a whole request served after it has not ended it
+    assert (await call(unix, "GET", "/v1/events", params={"since": "5"}))[1]["events"] == []
     assert not poll.done()
     plane.add_event("r01", "interlock_leak", "leak under r01", "critical")
     status, body = await poll

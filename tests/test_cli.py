@@ -6,11 +6,12 @@ import json
 import os
 import signal
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 from conftest import COOLCTL, free_port, site_config
+
+from coolctl.tools.testing import eventually_blocking
 
 
 def run(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
@@ -65,17 +66,20 @@ def test_run_controls_the_served_rack_and_stops_cleanly_on_sigterm(
         env=env,
     )
     try:
-        deadline = time.monotonic() + 20
         text = ""
-        while time.monotonic() < deadline and "coolctl_actuator_writes_total" not in text:
-            time.sleep(0.3)
+        supply = 'coolctl_supply_temperature_celsius{device="cdu1",rack="r01"}'
+
+        def exported() -> bool:  # the CDU read and an actuator written
+            nonlocal text
             try:
                 url = f"http://127.0.0.1:{metrics_port}/metrics"
                 with urllib.request.urlopen(url, timeout=2) as response:
                     text = response.read().decode()
             except OSError:
-                continue
-        assert 'coolctl_supply_temperature_celsius{device="cdu1",rack="r01"}' in text
+                return False
+            return "coolctl_actuator_writes_total" in text and supply in text
+
+        eventually_blocking(exported, 30.0, what=f"actuator writes and {supply}", poll_s=0.1)
     finally:
         daemon.send_signal(signal.SIGTERM)
         _, stderr = daemon.communicate(timeout=10)

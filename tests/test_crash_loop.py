@@ -32,11 +32,13 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from coolctl.ops.client import ClientError, ControlClient, Unreachable
 from coolctl.ops.store import Store
+from coolctl.tools.testing import eventually
 
 KILLS = 50
 RACK = "r01"
 PUMP = "cdu1/pump_speed_command"
 PUMP_REGISTER = 0  # sim-cdu: holding 0, uint16, scale 0.001
+FLOW_REGISTER = 2  # sim-cdu: input 2, uint16, scale 0.1 (its noise moves it every step)
 CDU_UNIT = 1
 # What the load writes: values that keep the simulated plant far from any interlock (an
 # interlock outranks an override, and would make the pump's value unpredictable).
@@ -101,15 +103,16 @@ def start_daemon(config: Path, state: Path, log: Path) -> subprocess.Popen[bytes
 
 async def wait_for_api(socket_path: Path, daemon: subprocess.Popen[bytes]) -> float:
     """Seconds until the control API answers; fails at once if the daemon exits."""
-    started = time.monotonic()
-    while time.monotonic() - started < 20.0:
+
+    async def answers() -> bool:
         assert daemon.poll() is None, f"coolctl run exited with {daemon.returncode}"
         with contextlib.suppress(Unreachable, ClientError):
             async with ControlClient(socket_path=socket_path, timeout_s=2.0) as client:
                 await client.status()
-                return time.monotonic() - started
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"the control API at {socket_path} did not come up")
+                return True
+        return False
+
+    return await eventually(answers, 20.0, what=f"the control API at {socket_path}", poll_s=0.02)
 
 
 def operations(rng: random.Random, known: dict[str, float]) -> Iterator[Op]:
@@ -155,6 +158,22 @@ async def read_register(port: int) -> int:
         return int(reply.registers[0])
 
 
+async def simulation_steps(port: int, steps: int) -> None:
+    """Until the simulated CDU's flow register (noisy) has changed `steps` times: proof that
+    the simulation has stepped and refreshed its registers since, whatever the wall clock."""
+    seen: list[int] = []
+
+    async def changed() -> bool:
+        async with AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2.0) as modbus:
+            reply = await modbus.read_input_registers(FLOW_REGISTER, count=1, device_id=CDU_UNIT)
+        assert not reply.isError(), reply
+        if not seen or seen[-1] != reply.registers[0]:
+            seen.append(reply.registers[0])
+        return len(seen) > steps
+
+    await eventually(changed, 30.0, what=f"{steps} steps of the simulated CDU")
+
+
 async def drift_pump(port: int, avoid: set[int], rng: random.Random) -> int:
     """Move the CDU's pump setpoint behind coolctl's back (it is dead): a value it never asked
     for in this cycle."""
@@ -168,14 +187,11 @@ async def drift_pump(port: int, avoid: set[int], rng: random.Random) -> int:
 
 async def wait_for_register(port: int, counts: int, within_s: float) -> float:
     """Seconds until the pump register holds `counts`."""
-    started = time.monotonic()
-    seen = None
-    while time.monotonic() - started < within_s:
-        seen = await read_register(port)
-        if seen == counts:
-            return time.monotonic() - started
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"the CDU holds {seen}, not the override's {counts}, after {within_s} s")
+
+    async def holds() -> bool:
+        return await read_register(port) == counts
+
+    return await eventually(holds, within_s, what=f"the CDU holding the override's {counts}")
 
 
 async def audit_since(client: ControlClient, since: int) -> tuple[list[dict[str, Any]], int]:
@@ -264,7 +280,7 @@ async def test_sigkill_under_load_fifty_times(served: dict[str, str], tmp_path: 
                 avoid.add(counts_of(in_flight.value))
             drifted_to = await drift_pump(cdu_port, avoid, rng)
             if cycle == 0:  # the simulated CDU keeps a drifted value by itself
-                await asyncio.sleep(0.5)
+                await simulation_steps(cdu_port, 10)
                 assert await read_register(cdu_port) == drifted_to
     finally:
         if daemon is not None and daemon.poll() is None:

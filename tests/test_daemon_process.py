@@ -19,6 +19,7 @@ from conftest import COOLCTL, free_port, site_config
 
 from coolctl.ops.client import ClientError, ControlClient, Unreachable
 from coolctl.ops.store import Store
+from coolctl.tools.testing import eventually
 
 
 class NotifySocket:
@@ -117,15 +118,15 @@ def test_notify_ready_watchdog_reload_and_stop(
 
 
 async def wait_for_api(socket_path: Path, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    async def answers() -> bool:
         try:
             async with ControlClient(socket_path=socket_path, timeout_s=2.0) as client:
                 await client.status()
-                return
+                return True
         except (Unreachable, ClientError):
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"the control API at {socket_path} did not come up")
+            return False
+
+    await eventually(answers, timeout_s, what=f"the control API at {socket_path}", poll_s=0.1)
 
 
 async def write_overrides_until_killed(

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from coolctl.tools.testing import hil_rack
+from coolctl.tools.testing import eventually, hil_rack
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD_DIR = ROOT / "deploy" / "grafana" / "dashboards"
@@ -319,17 +319,16 @@ async def running_prometheus(
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
             base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 20
-            while True:
+
+            async def ready() -> bool:
                 if process.returncode is not None:
                     pytest.fail(f"prometheus exited:\n{log_path.read_text()[-3000:]}")
                 with contextlib.suppress(aiohttp.ClientError):
                     async with session.get(base + "/-/ready") as response:
-                        if response.status == 200:
-                            break
-                if time.monotonic() > deadline:
-                    pytest.fail(f"prometheus not ready:\n{log_path.read_text()[-3000:]}")
-                await asyncio.sleep(0.2)
+                        return response.status == 200
+                return False
+
+            await eventually(ready, 30.0, what="prometheus ready", poll_s=0.1)
             yield PrometheusApi(session, base)
     finally:
         if process.returncode is None:
@@ -344,14 +343,12 @@ async def running_prometheus(
 
 async def wait_for_scrapes(api: PrometheusApi, scrapes: int, timeout_s: float) -> None:
     """Until Prometheus holds `scrapes` successful scrapes of coolctl."""
-    deadline = time.monotonic() + timeout_s
     expr = 'sum_over_time(up{job="coolctl"}[1m])'
-    while time.monotonic() < deadline:
-        if (await api.values(expr) or [0.0])[0] >= scrapes:
-            return
-        await asyncio.sleep(0.25)
-    up = await api.get("/api/v1/targets")
-    pytest.fail(f"fewer than {scrapes} good scrapes of coolctl in {timeout_s} s: {up}")
+
+    async def scraped() -> bool:
+        return (await api.values(expr) or [0.0])[0] >= scrapes
+
+    await eventually(scraped, timeout_s, what=f"{scrapes} good scrapes of coolctl", poll_s=0.1)
 
 
 async def resolve_variables(api: PrometheusApi, board: dict[str, Any]) -> dict[str, str]:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import itertools
+import math
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -58,7 +59,7 @@ from coolctl.rack.facts import device_facts
 from coolctl.simulators.fault_proxy import FaultProxy
 from coolctl.simulators.faults import apply_fault
 from coolctl.tools.broker import Mosquitto
-from coolctl.tools.testing import HilRack, hil_rack, simulated_rack
+from coolctl.tools.testing import HilRack, eventually, hil_rack, simulated_rack
 
 CONFIG = Path(__file__).parent / "configs" / "hil-full-rack.toml"
 TIME_SCALE = 5.0
@@ -482,12 +483,7 @@ async def until(
     condition: Callable[[], bool], timeout_s: float, what: str, poll_s: float = SAMPLE_S
 ) -> float:
     """Wait for `condition`; the seconds it took. Fails the test, saying what, on timeout."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout_s:
-            pytest.fail(f"{what}: not within {timeout_s:g} s")
-        await asyncio.sleep(poll_s)
-    return time.monotonic() - started
+    return await eventually(condition, timeout_s, what=what, poll_s=poll_s)
 
 
 async def scrape(url: str) -> tuple[int, float, str]:
@@ -582,7 +578,12 @@ async def run_case(rig: Rig, protocol: str, fault: Fault) -> Row:
                 lambda: not failsafe(rack), safety.hold_s + 5.0, f"{label}: failsafe not left"
             )
         left_failsafe = cleared + row.recovered
-        await asyncio.sleep(1.0)  # a healthy second after recovery
+        recovered_at = counters(rack).ticks  # a healthy second's ticks after recovery
+        await until(
+            lambda: counters(rack).ticks >= recovered_at + math.ceil(1.0 / period),
+            10.0,
+            f"{label}: ticks after recovery",
+        )
         for point in channels(rack):  # commands move every tick as the loops ramp back
             await until(holding(rack, point), 1.0, f"{label}: {point} not at its last command")
         end = time.monotonic()
@@ -846,7 +847,8 @@ async def test_the_mqtt_link_is_back_soon_after_a_broker_drop() -> None:
             assert await connection.wait_connected(5.0)
             proxy.drop()
             await until(lambda: not connection.connected, 2.0, "connection lost")
-            await asyncio.sleep(0.5)  # a reconnect attempt (after 0.2 s) meets the drop
+            failed = connection.stats.connect_failures  # a reconnect attempt meets the drop
+            await until(lambda: connection.stats.connect_failures > failed, 10.0, "a reconnect")
             proxy.clear()
             cleared = time.monotonic()
             back = await connection.wait_connected(3.0)

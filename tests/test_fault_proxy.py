@@ -21,7 +21,7 @@ import pytest
 from coolctl.simulators.fault_proxy import FaultProxy
 from coolctl.simulators.tls import client_ssl_context, create_tls_material, server_ssl_context
 from coolctl.tools.broker import Mosquitto, find_mosquitto
-from coolctl.tools.testing import LoopLag
+from coolctl.tools.testing import LoopLag, eventually
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -90,11 +90,8 @@ async def exchange(stream: Stream, data: bytes, timeout_s: float = 2.0) -> bytes
         return await reader.readexactly(len(data))
 
 
-async def until(condition: Callable[[], bool], timeout_s: float = 2.0) -> None:
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout_s, "condition not met in time"
-        await asyncio.sleep(0.01)
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    await eventually(condition, timeout_s)
 
 
 async def nothing_within(reader: asyncio.StreamReader, seconds: float) -> None:
@@ -178,10 +175,10 @@ async def test_stall_accepts_and_reads_but_never_answers_until_cleared() -> None
 async def test_a_client_that_gives_up_during_a_stall_takes_its_connection_with_it() -> None:
     async with Target() as target, proxied(target) as proxy:
         proxy.stall()
-        for _ in range(5):  # a client that times out and reconnects, again and again
+        for n in range(5):  # a client that times out and reconnects, again and again
             _, writer = await connect(proxy)
             writer.write(b"request")
-            await asyncio.sleep(0.02)
+            await until(lambda n=n: proxy.stats.connections == n + 1)  # the proxy has it
             writer.close()
         await until(lambda: proxy.stats.active == 0 and target.open == 0)
         assert target.received == b""
@@ -386,9 +383,7 @@ async def test_stop_closes_every_socket_and_ends_every_task_whatever_the_fault()
             close(stream)
         await proxy.stop()  # idempotent
         await until(lambda: target.open == 0)
-        await asyncio.sleep(0.05)
-        assert asyncio.all_tasks() - tasks == set()
-        assert open_fds() == fds
+        await until(lambda: asyncio.all_tasks() - tasks == set() and open_fds() == fds)
 
 
 def test_arguments_are_checked() -> None:

@@ -103,6 +103,7 @@ from coolctl.ops.store import AsyncStore
 from coolctl.rack.check import check_profiles, load_checked_config
 from coolctl.rack.facts import setpoint_bounds
 from coolctl.tools.broker import Mosquitto
+from coolctl.tools.testing import eventually
 
 # --------------------------------------------------------------------------------------------
 # Settings and case counting
@@ -1413,10 +1414,13 @@ def test_fuzz_mqtt_payloads_through_a_broker() -> None:
             rejected_before = Counter(device.stats.rejected_by_reason)
             interlocks.clear()
             await publisher.publish(device.topics[point.name], payload, qos=1)
-            async with within(5.0, "delivery of a message"):
-                # the driver has no notification for ordinary points: poll its counter
-                while device.stats.messages == before:  # noqa: ASYNC110
-                    await asyncio.sleep(0.001)
+            # the driver has no notification for ordinary points: poll its counter
+            await eventually(
+                lambda: device.stats.messages != before,
+                10.0,
+                what="delivery of a message",
+                poll_s=0.001,
+            )
             assert device.stats.messages == before + 1
             value, reason = check_payload(point, payload)
             now = time.monotonic()
@@ -2479,11 +2483,9 @@ async def test_reload_of_a_config_the_daemon_cannot_build_keeps_the_old_one(
     await service.start()
     try:
         running = service.daemon
-        async with asyncio.timeout(10.0):  # a few ticks
-            for _ in iter(int, 1):  # until they have run
-                if min(r.tick_stats.runs for r in running.racks.values()) >= 3:
-                    break
-                await asyncio.sleep(0.01)
+        await eventually(  # a few ticks
+            lambda: min(r.tick_stats.runs for r in running.racks.values()) >= 3, 10.0, what="ticks"
+        )
         path.write_text(
             path.read_text().replace(
                 "failsafe_output = 1.0\n", "failsafe_output = 1.0\nshutdown_output = 5.0\n", 1
@@ -2609,8 +2611,10 @@ async def test_reload_whose_daemon_fails_to_start_brings_the_old_one_back(
     )
     await service.start()
     try:
-        await asyncio.sleep(0)  # the daemon's tasks take their first step
         running = service.daemon
+        await eventually(  # the daemon's tasks have taken their first steps
+            lambda: min(r.tick_stats.runs for r in running.racks.values()) >= 1, 10.0, what="a tick"
+        )
 
         starts: list[Daemon] = []
 

@@ -15,7 +15,6 @@ import asyncio
 import itertools
 import math
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -54,7 +53,7 @@ from coolctl.tools.live_step_test import (
     excited,
     live_plan,
 )
-from coolctl.tools.testing import hil_rack, simulated_rack
+from coolctl.tools.testing import eventually, hil_rack, simulated_rack
 
 CONFIG = Path(__file__).parent / "configs" / "hil-rack.toml"
 COOLCTL = [sys.executable, "-m", "coolctl.cli.main"]
@@ -247,11 +246,7 @@ async def _coolctl(*args: str) -> asyncio.subprocess.Process:
 
 
 async def _wait(condition: Callable[[], bool], limit_s: float) -> None:
-    deadline = time.monotonic() + limit_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {limit_s} s")
-        await asyncio.sleep(0.05)
+    await eventually(condition, limit_s, poll_s=0.05)
 
 
 def _within_bounds_and_slew(

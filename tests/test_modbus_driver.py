@@ -22,6 +22,7 @@ from pymodbus.simulator import DataType, SimAction, SimData, SimDevice
 from coolctl.drivers.modbus import ModbusDevice, WriteError
 from coolctl.drivers.modbus_profile import ModbusProfile, load_profile
 from coolctl.model import PointId, Quality, Reading
+from coolctl.tools.testing import LoopLag, eventually
 
 UNIT_ID = 3
 LOGGER = "coolctl.drivers.modbus"
@@ -185,7 +186,6 @@ class SimServer:
         if self._server is not None:
             await self._server.shutdown()  # type: ignore[no-untyped-call]
             self._server = None
-        await asyncio.sleep(0.02)  # let the client side see the connection go
 
     def mute(self) -> None:
         self._answering.clear()
@@ -314,12 +314,15 @@ def write_profile(tmp_path: Path, points: str, name: str = "test") -> ModbusProf
 
 
 async def poll_until_good(dev: ModbusDevice, within_s: float) -> list[Reading]:
-    deadline = time.monotonic() + within_s
-    while True:
+    readings: list[Reading] = []
+
+    async def good() -> bool:
+        nonlocal readings
         readings = await dev.poll()
-        if all(r.quality is Quality.GOOD for r in readings) or time.monotonic() > deadline:
-            return readings
-        await asyncio.sleep(0.01)
+        return all(r.quality is Quality.GOOD for r in readings)
+
+    await eventually(good, within_s, what=f"{dev.device} good")
+    return readings
 
 
 # --------------------------------------------------------------------------------------------
@@ -606,23 +609,34 @@ async def test_silent_device_times_out_and_backs_off() -> None:
     async with (
         raw_server(silent) as port,
         device("sim-cdu", port, timeout_s=0.2, reconnect_min_s=0.3) as dev,
+        LoopLag() as lag,
     ):
         started = time.monotonic()
         readings = await dev.poll()
-        took = time.monotonic() - started
-        assert 0.19 <= took < 0.2 * len(dev.blocks)  # gives up after the first silent block
+        failed_at = time.monotonic()
+        took = failed_at - started
+        # gives up after the first silent block (not a timeout per block; a late loop aside)
+        assert 0.19 <= took < 0.2 * len(dev.blocks) + lag.max_s, (took, lag.max_s)
         assert all(r.quality is Quality.MISSING and r.value is None for r in readings)
         assert dev.stats.errors_by_kind == {"timeout": 1}
         assert not dev.stats.connected
         started = time.monotonic()
         await dev.poll()  # within the backoff: no attempt, no wait
-        assert time.monotonic() - started < 0.05
+        assert time.monotonic() - started < 0.05 + lag.max_s
         assert dev.stats.connect_attempts == 1
-        await asyncio.sleep(0.3)
-        await dev.poll()
+        polls = 2
+
+        async def attempted_again() -> bool:  # polled as often as a control loop likes
+            nonlocal polls
+            await dev.poll()
+            polls += 1
+            return dev.stats.connect_attempts > 1
+
+        await eventually(attempted_again, 10.0, what="an attempt once the backoff is over")
+        assert time.monotonic() - failed_at >= 0.3  # not before
         assert dev.stats.connect_attempts == 2
         assert dev.stats.errors_by_kind == {"timeout": 2}
-        assert dev.stats.consecutive_failures == 3
+        assert dev.stats.consecutive_failures == polls
 
 
 @pytest.mark.asyncio
@@ -642,7 +656,7 @@ async def test_hung_device_goes_stale_then_recovers(caplog: pytest.LogCaptureFix
             assert reading.value == good[name].value
             assert reading.ts == good[name].ts  # the age of the value, not of the poll
         server.unmute()
-        fresh = await poll_until_good(dev, within_s=2.0)
+        fresh = await poll_until_good(dev, within_s=10.0)
     assert all(r.quality is Quality.GOOD for r in fresh)
     assert all(r.ts > good[r.point.name].ts for r in fresh)
     assert dev.stats.consecutive_failures == 0
@@ -660,6 +674,7 @@ async def test_server_goes_away_and_comes_back() -> None:
         good = by_name(await dev.poll())
         assert all(r.quality is Quality.GOOD for r in good.values())
         await server.stop()
+        await eventually(lambda: not dev.link.connected)  # the client side has seen it go
 
         stale = await dev.poll()
         assert all(r.quality is Quality.STALE for r in stale)
@@ -679,7 +694,7 @@ async def test_server_goes_away_and_comes_back() -> None:
         assert dev.stats.errors_by_kind["connection"] == attempts + 1
 
         await server.start()  # same port
-        fresh = await poll_until_good(dev, within_s=1.0)
+        fresh = await poll_until_good(dev, within_s=10.0)
         assert all(r.quality is Quality.GOOD for r in fresh)
         assert dev.stats.consecutive_failures == 0
         assert dev.stats.connected

@@ -7,7 +7,6 @@ discharging BBU as events of the power-cap allocator, once per change.
 
 from __future__ import annotations
 
-import asyncio
 import tomllib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -44,6 +43,7 @@ from coolctl.simulators.modbus_server import (
 )
 from coolctl.simulators.plant import PlantParams, RackPlant
 from coolctl.simulators.serial_line import VirtualSerialLine
+from coolctl.tools.testing import eventually
 
 RACK = "r01"
 PSUS = 6
@@ -151,12 +151,12 @@ async def test_a_shelf_reads_end_to_end_and_its_faults_show(transport: str) -> N
 
 async def _refreshed(device: ModbusDevice, point: str, value: float) -> None:
     """Wait until the simulator's refresh has carried a store change into the registers."""
-    for _ in range(200):
+
+    async def reads() -> bool:
         readings = {r.point.name: r for r in await device.poll()}
-        if readings[point].value == value:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{device.device} {point} never read {value}")
+        return readings[point].value == value
+
+    await eventually(reads, what=f"{device.device} {point} reading {value}", poll_s=0.02)
 
 
 @pytest.mark.asyncio

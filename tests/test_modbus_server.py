@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from coolctl.simulators.modbus_server import (
     load_register_map,
     resolve_register_map,
 )
+from coolctl.tools.testing import eventually
 
 UNIT = 1
 ILLEGAL_ADDRESS, ILLEGAL_VALUE, DEVICE_FAILURE, GATEWAY_NO_RESPONSE = 2, 3, 4, 11
@@ -131,9 +132,16 @@ class DictStore:
     def __init__(self, values: Mapping[str, float], refuse: tuple[str, ...] = ()) -> None:
         self.values = dict(values)
         self.refuse = set(refuse)
+        self.reads = 0  # how often the server has refreshed from the store
 
     def read_points(self) -> Mapping[str, float]:
+        self.reads += 1
         return dict(self.values)
+
+    async def refreshed(self, times: int = 3) -> None:
+        """Until the server has refreshed its registers from the store `times` more times."""
+        reads = self.reads
+        await eventually(lambda: self.reads >= reads + times, what=f"{times} refreshes")
 
     def write_point(self, name: str, value: float) -> None:
         if name in self.refuse:
@@ -193,14 +201,6 @@ async def read_point(client: AsyncModbusTcpClient, spec: Mapping[str, Any]) -> f
 def expect_exception(result: Any, code: int) -> None:
     assert result.isError(), result
     assert result.exception_code == code, result
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 1.0) -> None:
-    """Poll an async predicate until it holds, for things that happen a moment later."""
-    deadline = time.monotonic() + within_s
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 # --------------------------------------------------------------------------- encoding
@@ -300,7 +300,7 @@ async def test_writes_reach_store_and_read_back() -> None:
             ("pump_speed_command", pytest.approx(0.6)),
             ("valve_command", pytest.approx(0.25)),
         ]
-        await asyncio.sleep(0.1)  # refreshes from the store keep the commanded values
+        await store.refreshed()  # refreshes from the store keep the commanded values
         regs = await client.read_holding_registers(0, count=2, device_id=UNIT)
         assert regs.registers == [600, 250]
 
@@ -458,7 +458,8 @@ async def test_offline_drops_and_refuses_then_serves_on_same_port() -> None:
 
 @pytest.mark.asyncio
 async def test_offline_toggles_within_one_loop_turn_settle_on_the_last() -> None:
-    server = ModbusDeviceServer("sim-pdu", DictStore(PDU_VALUES))
+    store = DictStore(PDU_VALUES)
+    server = ModbusDeviceServer("sim-pdu", store)
     with pytest.raises(RuntimeError):
         server.set_offline(True)  # not running yet
     await server.start()
@@ -467,7 +468,17 @@ async def test_offline_toggles_within_one_loop_turn_settle_on_the_last() -> None
         server.set_offline(True)
         server.set_offline(False)  # the listener is still opening: it simply stays
         server.set_offline(True)
-        await asyncio.sleep(0.05)
+
+        async def refused() -> bool:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except ConnectionRefusedError:
+                return True
+            writer.close()
+            return False
+
+        await eventually(refused, what="the listener closed")
+        await store.refreshed()  # and it stays closed: the last toggle was offline
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection("127.0.0.1", port)
         server.set_offline(False)

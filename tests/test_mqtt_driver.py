@@ -39,6 +39,7 @@ from coolctl.drivers.mqtt_profile import (
 )
 from coolctl.model import PointId, Quality, Reading, Unit
 from coolctl.tools.broker import Mosquitto, MosquittoError
+from coolctl.tools.testing import eventually
 
 PROFILE = "sim-mqtt-sensors"
 PREFIX = "coolctl-test"
@@ -111,24 +112,21 @@ class Peer:
     def payloads(self, topic: str) -> list[bytes]:
         return [bytes(m.payload) for m in self.messages if m.topic.value == topic]
 
-    async def wait_for(self, topic: str, payload: bytes, within: float = 3.0) -> aiomqtt.Message:
-        async def seen() -> aiomqtt.Message:
-            while True:
-                for message in self.messages:
-                    if message.topic.value == topic and message.payload == payload:
-                        return message
-                await asyncio.sleep(0.005)
+    async def wait_for(self, topic: str, payload: bytes, within: float = 10.0) -> aiomqtt.Message:
+        def seen() -> aiomqtt.Message | None:
+            for message in self.messages:
+                if message.topic.value == topic and message.payload == payload:
+                    return message
+            return None
 
-        async with asyncio.timeout(within):
-            return await seen()
+        await eventually(lambda: seen() is not None, within, what=f"{payload!r} on {topic}")
+        found = seen()
+        assert found is not None
+        return found
 
 
-async def wait_until(condition: Callable[[], bool], within: float = 3.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
+async def wait_until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    await eventually(condition, within, poll_s=0.005)
 
 
 def by_name(readings: Iterable[Reading]) -> dict[str, Reading]:
@@ -498,11 +496,13 @@ async def test_device_added_while_connected_is_subscribed(broker: Mosquitto) -> 
     async with connection(broker) as conn, peer(broker) as sensor:
         late = conn.add_device("r02", "sensors9", load_mqtt_profile(PROFILE), PREFIX)
         topic = f"{PREFIX}/r02/sensors9/inlet_temperature"
+
         # The subscribe goes out in the background: send until the first message is heard.
-        async with asyncio.timeout(3):
-            while late.stats.messages == 0:
-                await sensor.send(topic, b"25.0", qos=0)
-                await asyncio.sleep(0.02)
+        async def heard() -> bool:
+            await sensor.send(topic, b"25.0", qos=0)
+            return late.stats.messages > 0
+
+        await eventually(heard, what="a message to the late device", poll_s=0.02)
         assert by_name(late.readings(time.monotonic()))["inlet_temperature"].value == 25.0
 
 

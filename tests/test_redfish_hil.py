@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from coolctl.tools.testing import HilRack, hil_rack
+from coolctl.tools.testing import HilRack, LoopLag, hil_rack
 
 SERVERS = 16
 PERIOD_S = 0.5
@@ -111,7 +111,10 @@ async def test_budget_drop_to_70_percent_brings_the_rack_under_it_and_keeps_it_t
             lambda: all(rack.value(f"r01/bmc{i:02d}/power") is not None for i in range(SERVERS)),
             15.0,
         )
-        await asyncio.sleep(2.0)
+        ticks = runtime.tick_stats.runs  # then four ticks (two seconds) to settle in
+        await rack.wait_until(
+            lambda: runtime.tick_stats.runs >= ticks + 4 and pdu_power(rack) > 100_000, 20.0
+        )
         before = pdu_power(rack)
         assert 100_000 < before < FULL_BUDGET_W
 
@@ -121,12 +124,13 @@ async def test_budget_drop_to_70_percent_brings_the_rack_under_it_and_keeps_it_t
 
         under_at: float | None = None
         samples: list[tuple[float, float]] = []
-        while time.monotonic() - dropped < 4.0:
-            power = pdu_power(rack)
-            samples.append((time.monotonic() - dropped, power))
-            if under_at is None and power < new_budget:
-                under_at = time.monotonic() - dropped
-            await asyncio.sleep(0.01)
+        async with LoopLag() as lag:
+            while time.monotonic() - dropped < 4.0:  # the PDU's power, sampled every 10 ms
+                power = pdu_power(rack)
+                samples.append((time.monotonic() - dropped, power))
+                if under_at is None and power < new_budget:
+                    under_at = time.monotonic() - dropped
+                await asyncio.sleep(0.01)
 
         writes = cap_writes_after(rack, dropped)
         assert len(writes) == SERVERS, f"caps written to {sorted(writes)}"
@@ -142,9 +146,10 @@ async def test_budget_drop_to_70_percent_brings_the_rack_under_it_and_keeps_it_t
             f" rack {before / 1e3:.1f} -> {samples[-1][1] / 1e3:.1f} kW"
         )
         # coolctl's part: at the next tick at the latest, then the writes themselves
-        assert all_written_s <= 2 * PERIOD_S + max(0.5, 4 * write_latency_s)
+        # (and what the loop ran late meanwhile, on a loaded machine)
+        assert all_written_s <= 2 * PERIOD_S + max(0.5, 4 * write_latency_s) + lag.max_s
         # the servers' part: a 0.1 s lag, i.e. under the budget well within 1 s of the writes
-        assert under_at <= all_written_s + 1.0
+        assert under_at <= all_written_s + 1.0 + lag.max_s
         # and it stays under
         after = [power for at, power in samples if at >= under_at + 0.3]
         assert after and max(after) < new_budget, max(after)

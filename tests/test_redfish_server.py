@@ -13,7 +13,7 @@ import json
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -30,6 +30,7 @@ from coolctl.simulators.live import LiveSimulation, Service, SimDeviceSpec, SimR
 from coolctl.simulators.redfish_resources import metadata_document
 from coolctl.simulators.redfish_server import HUGE_ARRAY_LENGTH, RedfishDeviceServer
 from coolctl.simulators.tls import client_ssl_context, issue_certificate
+from coolctl.tools.testing import eventually
 
 TIME_SCALE = 20.0
 PASSWORD = "rack-secret-1"
@@ -141,14 +142,6 @@ async def bmc(sim: LiveSimulation) -> AsyncIterator[Client]:
 
 def server(sim: LiveSimulation, device: str) -> RedfishDeviceServer:
     return sim.redfish[("r01", device)]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(0.05)
 
 
 # --------------------------------------------------------------------------- wiring, TLS

@@ -12,9 +12,8 @@ checked on the rack step, which every path (daemon, scenario runner) shares.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +30,7 @@ from coolctl.rack.facts import device_facts
 from coolctl.rack.step import RackStep
 from coolctl.simulators.tls import create_tls_material
 from coolctl.tools.broker import BrokerTls, Mosquitto, find_mosquitto, from_deploy_config
+from coolctl.tools.testing import eventually
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy" / "mosquitto" / "coolctl.conf"
@@ -100,14 +100,6 @@ def daemon_settings(broker: Mosquitto, ca: Path | None) -> MqttSettings:
         reconnect_min_s=0.05,
         reconnect_max_s=0.4,
     )
-
-
-async def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Wait for `condition` (what the daemon has received), failing after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def device(connection: MqttConnection, name: str) -> object:

@@ -15,7 +15,7 @@ import socket
 import statistics
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from coolctl.simulators.control_server import endpoint, inject
 from coolctl.simulators.faults import FAULT_KINDS, apply_fault
 from coolctl.simulators.live import LiveSimulation, SensorPoints, SimDeviceSpec, SimRackSpec
 from coolctl.simulators.modbus_server import load_register_map
+from coolctl.tools.testing import eventually, eventually_blocking
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 TIME_SCALE = 5.0
@@ -57,15 +58,17 @@ def broker(tmp_path: Path) -> Iterator[str]:
     with log.open("wb") as out:
         process = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=out, stderr=out)
     try:
-        deadline = time.monotonic() + 5.0
-        while True:
+
+        def listening() -> bool:
+            if process.poll() is not None:
+                pytest.fail(f"mosquitto did not start: {log.read_text()}")
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
+                    return True
             except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"mosquitto did not start: {log.read_text()}")
-                time.sleep(0.02)
+                return False
+
+        eventually_blocking(listening, 10.0, what="mosquitto listening")
         yield f"127.0.0.1:{port}"
     finally:
         process.terminate()
@@ -94,14 +97,6 @@ async def sim(broker: str) -> AsyncIterator[LiveSimulation]:
     async with simulation:
         await simulation.publishers[("r01", "sensors1")].wait_connected(5.0)
         yield simulation
-
-
-async def eventually(condition: Callable[[], bool], timeout_s: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(0.02)
 
 
 def modbus_client(simulation: LiveSimulation, device: str = "cdu1") -> AsyncModbusTcpClient:
@@ -190,7 +185,8 @@ async def test_sensor_faults_on_plant_devices_and_on_the_mqtt_sensor_device(
     assert statistics.stdev(plant.cdu_readings()["flow"] for _ in range(200)) > 3.0
 
     apply_fault(sim, "sensor_drift", device="pdu1", point="power", value=2000.0)
-    await asyncio.sleep(0.5)  # 2.5 s of plant time: 5 kW of drift
+    drifting_since = plant.time_s
+    await eventually(lambda: plant.time_s >= drifting_since + 2.5)  # 5 kW of drift
     assert plant.pdu_readings()["power"] - plant.truth().pdu_power_w > 2500.0
 
     apply_fault(sim, "sensor_stuck", device="server3", point="chip_temperature")
@@ -264,9 +260,15 @@ async def test_link_loss_of_the_sensor_device_stops_its_publishing(
         text = apply_fault(sim, "link_loss", device="sensors1", duration_s=1.0)
         assert text == "r01/sensors1: link lost (MQTT publishing stopped) for 1 s"
         lost = time.monotonic()
-        await asyncio.sleep(0.9)
+        publisher = sim.publishers[("r01", "sensors1")]
+        plant = sim.plants["r01"]
+        # two plant seconds (0.4 s: two publish periods, under half the fault): it steps, and
+        # publishes nothing
+        since = plant.time_s
+        await eventually(lambda: plant.time_s >= since + 2.0)
+        assert publisher.paused, "two plant seconds took longer than the whole link loss"
         assert not [t for t in arrivals if t > lost]
-        await eventually(lambda: any(t > lost + 0.9 for t in arrivals), timeout_s=1.0)
+        await eventually(lambda: any(t > lost + 0.9 for t in arrivals))  # and back by itself
         collector.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await collector
@@ -318,8 +320,7 @@ async def test_duration_undoes_each_fault_and_a_replaced_fault_undoes_to_the_fir
     await eventually(lambda: plant.truth().leak_detected)
     assert not plant.truth().pump_running
 
-    await asyncio.sleep(0.7)
-    assert sim.faults.active() == []
+    await eventually(lambda: sim.faults.active() == [])  # each undone after its 0.5 s
     truth = plant.truth()
     assert not truth.leak_detected and truth.pump_running
     assert truth.facility_supply_temperature_c == facility

@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,7 +26,7 @@ import pytest
 
 from coolctl.simulators.live import LiveSimulation, Service, SimDeviceSpec, SimRackSpec
 from coolctl.simulators.mqtt_sensors import parse_broker
-from coolctl.tools.testing import LoopLag
+from coolctl.tools.testing import LoopLag, eventually, eventually_blocking
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 STEP_S = 0.05
@@ -60,16 +61,19 @@ class Broker:
             self.process = subprocess.Popen(
                 [MOSQUITTO, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + 5.0
-        while True:
+        process = self.process
+
+        def listening() -> bool:
+            if process.poll() is not None:
+                self.stop()
+                pytest.fail(f"mosquitto did not start: {self.log.read_text()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
+                    return True
             except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    pytest.fail(f"mosquitto did not start: {self.log.read_text()}")
-                time.sleep(0.02)
+                return False
+
+        eventually_blocking(listening, 10.0, what="mosquitto listening")
 
     def stop(self) -> None:
         process, self.process = self.process, None
@@ -111,16 +115,17 @@ class Collector:
         return [m for m in self.messages if m.topic.endswith("/" + suffix)]
 
     async def wait_for(self, match: Callable[[Received], bool], timeout_s: float) -> Received:
-        deadline = time.monotonic() + timeout_s
         seen = 0
-        while True:
-            for message in self.messages[seen:]:
-                if match(message):
-                    return message
+        found: list[Received] = []
+
+        def matched() -> bool:
+            nonlocal seen
+            found.extend(m for m in self.messages[seen:] if match(m))
             seen = len(self.messages)
-            if time.monotonic() > deadline:
-                pytest.fail(f"no matching message within {timeout_s} s; got {self.messages}")
-            await asyncio.sleep(0.005)
+            return bool(found)
+
+        await eventually(matched, timeout_s, what="a matching message", poll_s=0.005)
+        return found[0]
 
 
 @asynccontextmanager
@@ -210,9 +215,12 @@ async def test_prefix_and_period_are_configurable_and_the_service_line_names_the
         assert sim.service("r02", "env1").line() == f"mqtt {broker.address} lab/sim/r02/env1"
         cdu = sim.service("r02", "cdu1")
         assert cdu.line() == f"modbus {cdu.address} rack=r02 device=cdu1 unit=1 profile=sim-cdu"
-        async with subscriber(broker, "lab/sim/#") as sub:
-            await asyncio.sleep(1.1)
-    assert len(sub.on("inlet_temperature")) >= 4
+        async with LoopLag() as lag, subscriber(broker, "lab/sim/#") as sub:
+            await eventually(lambda: len(sub.on("inlet_temperature")) >= 5)
+    # every 0.2 s, not the default 1 s: the typical gap, late at most by what the loop was
+    beats = [m.wall_s for m in sub.on("inlet_temperature")]
+    gap_s = statistics.median(b - a for a, b in itertools.pairwise(beats))
+    assert 0.15 <= gap_s <= 0.4 + lag.max_s, (gap_s, lag.max_s)
     assert all(m.topic.startswith("lab/sim/r02/env1/") for m in sub.messages)
 
 
@@ -222,7 +230,7 @@ async def test_leak_goes_out_within_one_step_and_is_retained(broker: Broker) -> 
         plant = sim.plants["r01"]
         await sim.publishers[("r01", "sensors1")].wait_connected(5.0)
         async with LoopLag() as lag, subscriber(broker, "coolctl-sim/r01/sensors1/leak") as sub:
-            await sub.wait_for(is_leak(False), 3.0)
+            await sub.wait_for(is_leak(False), 10.0)
             tripped: list[float] = []
 
             async def watch() -> None:
@@ -234,7 +242,7 @@ async def test_leak_goes_out_within_one_step_and_is_retained(broker: Broker) -> 
 
             watcher = asyncio.create_task(watch())
             plant.start_leak(6.0)  # the detector trips after 50 mL: ~0.5 s of plant time
-            wet = await sub.wait_for(is_leak(True), 3.0)
+            wet = await sub.wait_for(is_leak(True), 10.0)
             await watcher
             # one simulation step, plus the watcher's own polling and loopback delivery, plus
             # what the loop ran late meanwhile (not the 1 s heartbeat: a change goes out at once)
@@ -243,14 +251,14 @@ async def test_leak_goes_out_within_one_step_and_is_retained(broker: Broker) -> 
 
             plant.stop_leak()
             stopped = time.monotonic()
-            dry = await sub.wait_for(is_leak(False), 3.0)
+            dry = await sub.wait_for(is_leak(False), 10.0)
             assert dry.wall_s - stopped <= STEP_S + 0.05 + lag.max_s, lag.max_s
 
             plant.start_leak(6.0)
-            await sub.wait_for(is_leak(True), 3.0)
+            await sub.wait_for(is_leak(True), 10.0)
         # a daemon that subscribes late learns at once that the rack is wet
         async with subscriber(broker, "coolctl-sim/r01/+/leak") as late:
-            first = await late.wait_for(lambda m: True, 2.0)
+            first = await late.wait_for(lambda m: True, 10.0)
         assert first.retain
         assert json.loads(first.payload)["wet"] is True
 
@@ -262,17 +270,17 @@ async def test_publishing_resumes_after_the_broker_restarts(broker: Broker) -> N
         await publisher.wait_connected(5.0)
         await asyncio.to_thread(broker.stop)
         before = sim.plants["r01"].time_s
-        await asyncio.sleep(1.5)
-        assert not publisher.connected
-        assert sim.running and sim.plants["r01"].time_s > before + 1.0
+        await eventually(lambda: not publisher.connected)
+        await eventually(lambda: sim.plants["r01"].time_s > before + 1.0)  # it runs on
+        assert sim.running and not publisher.connected
 
         await asyncio.to_thread(broker.start)
         await publisher.wait_connected(5.0)
         assert publisher.connections == 2
         # the restarted broker kept nothing; the publisher re-asserts the retained leak state
         async with subscriber(broker, "coolctl-sim/r01/sensors1/#") as sub:
-            leak = await sub.wait_for(lambda m: m.topic.endswith("/leak"), 2.0)
-            await sub.wait_for(lambda m: m.topic.endswith("/flow"), 2.0)
+            leak = await sub.wait_for(lambda m: m.topic.endswith("/leak"), 10.0)
+            await sub.wait_for(lambda m: m.topic.endswith("/flow"), 10.0)
         assert leak.retain
 
 
@@ -282,7 +290,8 @@ async def test_simulation_starts_and_runs_before_the_broker_is_up(tmp_path: Path
     try:
         async with LiveSimulation([rack()], mqtt_broker=late.address, step_s=STEP_S) as sim:
             publisher = sim.publishers[("r01", "sensors1")]
-            await asyncio.sleep(0.5)
+            since = sim.plants["r01"].time_s
+            await eventually(lambda: sim.plants["r01"].time_s > since + 0.5)  # it runs
             assert sim.running and not publisher.connected
             await asyncio.to_thread(late.start)
             await publisher.wait_connected(5.0)

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,7 +39,15 @@ from coolctl.tools.broker import Mosquitto
 from coolctl.tools.rtu_sim import serve_over_rtu, with_rtu_services
 from coolctl.tools.simrack import sim_specs, with_broker, with_services
 
-__all__ = ["HilRack", "LoopLag", "coolctl_hil", "hil_rack", "simulated_rack"]
+__all__ = [
+    "HilRack",
+    "LoopLag",
+    "coolctl_hil",
+    "eventually",
+    "eventually_blocking",
+    "hil_rack",
+    "simulated_rack",
+]
 
 
 def _config(config: Config | str | Path) -> Config:
@@ -127,12 +136,56 @@ class HilRack:
         self, condition: Callable[[], bool], timeout_s: float, poll_s: float = 0.05
     ) -> float:
         """Wait for `condition`; return the wall seconds it took. Fails the test on timeout."""
-        started = time.monotonic()
-        while not condition():
-            if time.monotonic() - started > timeout_s:
-                pytest.fail(f"condition not met within {timeout_s} s")
-            await asyncio.sleep(poll_s)
-        return time.monotonic() - started
+        return await eventually(condition, timeout_s, poll_s=poll_s)
+
+
+async def eventually(
+    condition: Callable[[], bool | Awaitable[bool]],
+    timeout_s: float = 10.0,
+    *,
+    what: str = "condition",
+    poll_s: float = 0.01,
+) -> float:
+    """Wait until `condition` holds; return the wall seconds it took. Fails the test on timeout.
+
+    The way a test waits for something to happen, instead of sleeping and hoping it has: it
+    returns as soon as the condition holds, so the timeout can be generous (a loaded machine
+    only makes it slower, never red). `condition` may be a coroutine function (it may poll a
+    device itself, then say whether the result is what the test waits for). A test that must
+    show something did *not* happen waits the same way for a positive event that proves time
+    has passed in the system (further polls, ticks, plant seconds), then checks.
+    """
+    started = time.monotonic()
+    deadline = asyncio.timeout(timeout_s)  # also cuts short a condition that hangs
+    try:
+        async with deadline:
+            while True:
+                held = condition()
+                if inspect.isawaitable(held):
+                    held = await held
+                if held:
+                    return time.monotonic() - started
+                await asyncio.sleep(poll_s)
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # the condition's own
+    pytest.fail(f"{what}: not within {timeout_s:g} s")
+
+
+def eventually_blocking(
+    condition: Callable[[], bool],
+    timeout_s: float = 10.0,
+    *,
+    what: str = "condition",
+    poll_s: float = 0.02,
+) -> float:
+    """`eventually` for code outside an event loop (a fixture starting a process, say)."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout_s:
+            pytest.fail(f"{what}: not within {timeout_s:g} s")
+        time.sleep(poll_s)
+    return time.monotonic() - started
 
 
 class LoopLag:
