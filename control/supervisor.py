@@ -1208,7 +1208,7 @@ class Supervisor:
         self._under_floor = under
         if under:
             message = (
-                f"supply {supply or 0.0:.1f} °C under its floor {floor or 0.0:.1f} °C"
+                f"supply {_num_or(supply)} °C under its floor {_num_or(floor)} °C"
                 f" (dew point {_num_or(dew)} °C"
                 + (f", facility water {_num_or(facility)} °C" if self.failsafe else "")
                 + f", +{margin:g} K): the supply valve closes"

@@ -4,6 +4,7 @@ interlock's value wins, validation, the documented defaults, and the supply floo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import replace
 
@@ -31,6 +32,7 @@ from test_supervisor import (
     started,
     with_standby,
 )
+from test_supervisor_plant import POWER
 from test_supply_floor import SETPOINT
 from test_supply_floor import SUPPLY as FLOOR_SUPPLY
 from test_supply_floor import VALVE as VALVE_POINT
@@ -38,7 +40,7 @@ from test_supply_floor import auto as floor_auto
 from test_supply_floor import snapshot as floor_snapshot
 from test_supply_floor import supervisor as floor_supervisor
 
-from coolctl.control.supervisor import Supervisor, SupervisorConfig
+from coolctl.control.supervisor import Override, Supervisor, SupervisorConfig, TemperatureLimit
 from coolctl.model import Command, PointId, Quality, Reading, Snapshot
 
 
@@ -195,3 +197,201 @@ def test_the_facility_water_floor_binds_the_valve_only_in_failsafe() -> None:
     back = sup.step(floor_snapshot(9.5, 28.0, facility=30.0), 9.5, [])
     assert back.failsafe and kinds(back) == ["supply_under_floor"]
     assert "facility water 30.0 °C" in back.events[0].message
+
+
+# -- second round: what a further sample of mutants showed ------------------------------------
+
+
+def test_every_public_record_of_the_supervisor_is_frozen() -> None:
+    """Configs, decisions and state are shared with the daemon, the API and the metrics: none
+    may be changed behind the supervisor's back."""
+    supervisor = started()
+    supervisor.step(snap(1.0, {CHIP: 99.0}), 1.0, [])
+    decision = supervisor.step(snap(2.0), 2.0, [auto(PUMP, 0.5)])
+    state = supervisor.state
+    records = [
+        make_config(),
+        PUMP_SAFETY,
+        TemperatureLimit(CHIP, 95.0),
+        Override(PUMP, 0.5, "operator", "test"),
+        decision,
+        state,
+        next(iter(state.interlocks.values())),
+        next(iter(state.actuators.values())),
+    ]
+    for record in records:
+        field = dataclasses.fields(record)[0].name
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(record, field, None)
+
+
+def test_a_new_supervisor_is_not_shut_down_and_knows_when_failsafe_began() -> None:
+    supervisor = Supervisor(make_config())
+    assert not supervisor.state.shut_down
+    supervisor.startup(5.0)
+    assert supervisor.state.failsafe_since == 5.0
+
+
+def test_a_standby_selector_that_cannot_take_1_is_refused() -> None:
+    selector = replace(with_standby().actuators[-1], maximum=0.5, hard_maximum=0.5)
+    config = replace(with_standby(), actuators=(PUMP_SAFETY, selector))
+    with pytest.raises(ValueError, match=r"must be able to take 1\.0"):
+        Supervisor(config)
+
+
+def test_a_blind_rack_without_thermal_evidence_takes_the_failsafe_caps() -> None:
+    supervisor = started(make_config(failsafe_cap_band_c=5.0))
+    supervisor.step(snap(1.0, {FLOW: None}), 1.0, [auto(CAP1, 900.0)])
+    blind = supervisor.step(snap(4.5, {FLOW: None}), 4.5, [auto(CAP1, 900.0)])
+    assert blind.failsafe and by_point(blind)[CAP1].value == 500.0
+
+
+def test_leak_pump_response_times_out_from_the_leak_not_from_time_zero() -> None:
+    config = make_config(power=(POWER,), leak_caps_power_w=30_000.0, leak_caps_timeout_s=5.0)
+    supervisor = started(config)
+    for now in range(1, 100, 10):
+        supervisor.step(snap(float(now), {POWER: 90_000.0}), float(now), [])
+    supervisor.evaluate_interlocks(snap(100.0, {LEAK1: 1.0, POWER: 90_000.0}), 100.0)
+    early = supervisor.step(snap(104.0, {LEAK1: 1.0, POWER: 90_000.0}), 104.0, [])
+    assert not supervisor.state.leak_caps_confirmed and PUMP not in by_point(early)
+    late = supervisor.step(snap(105.5, {LEAK1: 1.0, POWER: 90_000.0}), 105.5, [])
+    assert kinds(late) == ["leak_caps_unconfirmed"] and by_point(late)[PUMP].value == 0.0
+
+
+def test_leak_caps_are_confirmed_at_exactly_the_target_power() -> None:
+    config = make_config(power=(POWER,), leak_caps_power_w=30_000.0, leak_caps_timeout_s=5.0)
+    supervisor = started(config)
+    supervisor.evaluate_interlocks(snap(1.0, {LEAK1: 1.0, POWER: 90_000.0}), 1.0)
+    done = supervisor.step(snap(2.0, {LEAK1: 1.0, POWER: 30_000.0}), 2.0, [])
+    assert kinds(done) == ["leak_caps_confirmed"]
+
+
+def test_flow_per_kilowatt_at_and_just_under_its_floor() -> None:
+    """1.5 L/min per kW of 100 kW: 150 L/min is enough, 149.9 is not."""
+    config = make_config(flow=FLOW, power=(POWER,), min_flow_lpm_per_kw=1.5, flow_debounce_s=0.0)
+    supervisor = started(config)
+    at = supervisor.step(snap(1.0, {FLOW: 150.0, POWER: 100_000.0}), 1.0, [])
+    assert "loss_of_flow" not in at.interlocks
+    under = supervisor.step(snap(2.0, {FLOW: 149.9, POWER: 100_000.0}), 2.0, [])
+    assert "loss_of_flow" in under.interlocks
+
+
+def test_power_exactly_at_what_the_caps_allow_is_holding() -> None:
+    supervisor = started(make_config(power=(POWER,), caps_hold_within_s=1.0))
+    caps = [auto(CAP1, 400.0), auto(CAP2, 400.0)]
+    allowed = 1.1 * 800.0
+    for now in (1.0, 3.0, 5.0):
+        decision = supervisor.step(snap(now, {POWER: allowed}), now, caps)
+        assert "caps_not_holding" not in kinds(decision)
+
+
+def test_a_dew_point_sensor_wins_over_the_room_air_and_binds_at_its_floor_exactly() -> None:
+    """A dew point of 23.0 °C measured: the floor is 25.0 °C, whatever the room air (28 °C at
+    75 %, 23.2 °C by Magnus) says; a supply at exactly 25.0 °C is not under it."""
+    dew = PointId("r01", "room1", "dew_point")
+    sup = Supervisor(replace(floor_supervisor().config, dew_point=dew))
+    sup.startup(0.0)
+
+    def reading(now: float, supply: float) -> Snapshot:
+        values = [*floor_snapshot(now, supply).values(), Reading(dew, 23.0, now, Quality.GOOD)]
+        return Snapshot(values, now)
+
+    sent = floor_commands(sup, 1.0, reading(1.0, 35.0), floor_auto(SETPOINT, 21.0))
+    assert sent[SETPOINT].value == pytest.approx(25.0)
+    at_floor = sup.step(reading(2.0, 25.0), 2.0, [])
+    assert "supply_under_floor" not in kinds(at_floor)
+    under = sup.step(reading(3.0, 24.0), 3.0, [])
+    assert kinds(under) == ["supply_under_floor"]
+    assert under.events[0].message.startswith("supply 24.0 °C under its floor 25.0 °C")
+
+
+# -- third round ------------------------------------------------------------------------------
+
+
+def test_loss_of_flow_does_not_win_the_pump_over_more_cooling() -> None:
+    """Only a leak and a low level take precedence for the pump; between a loss of flow and an
+    over-temperature, the most cooling."""
+    pump = replace(PUMP_SAFETY, on_loss_of_flow=0.5, on_over_temperature=1.0)
+    config = make_config(
+        actuators=(pump, VALVE_SAFETY, cap(CAP1), cap(CAP2)),
+        flow=FLOW,
+        power=(POWER,),
+        min_flow_lpm_per_kw=1.5,
+        flow_debounce_s=0.0,
+    )
+    supervisor = started(config)
+    decision = supervisor.step(snap(1.0, {FLOW: 100.0, POWER: 100_000.0, CHIP: 99.0}), 1.0, [])
+    assert {"loss_of_flow", "over_temperature"} <= decision.interlocks
+    assert by_point(decision)[PUMP].value == 1.0
+
+
+def test_non_negative_settings_take_fractions_and_refuse_negatives() -> None:
+    for name in ("leak_debounce_s", "leak_caps_timeout_s", "silent_after_s"):
+        Supervisor(make_config(**{name: 0.5}))
+        for bad in (-1.0, math.inf):
+            with pytest.raises(ValueError, match=name):
+                Supervisor(make_config(**{name: bad}))
+
+
+def test_actuator_bounds_must_be_finite_and_may_be_a_single_value() -> None:
+    with pytest.raises(ValueError, match="must be finite"):
+        Supervisor(make_config(actuators=(replace(PUMP_SAFETY, hard_maximum=math.inf),)))
+    fixed = replace(PUMP_SAFETY, minimum=0.6, maximum=0.6)
+    Supervisor(make_config(actuators=(fixed, VALVE_SAFETY)))
+    selector = replace(with_standby().actuators[-1], hard_maximum=2.0)
+    Supervisor(replace(with_standby(), actuators=(PUMP_SAFETY, selector)))
+
+
+def test_a_flow_meter_reading_below_zero_is_no_loss_of_flow_without_a_floor() -> None:
+    config = make_config(flow=FLOW, power=(POWER,), rated_flow_lpm=None, flow_debounce_s=0.0)
+    supervisor = started(config)
+    decision = supervisor.step(snap(1.0, {FLOW: -0.5, POWER: 100_000.0}), 1.0, [])
+    assert "loss_of_flow" not in decision.interlocks
+
+
+def test_loss_of_flow_holds_while_the_flow_meter_is_unread() -> None:
+    config = make_config(flow=FLOW, power=(POWER,), min_flow_lpm_per_kw=1.5, flow_debounce_s=0.0)
+    supervisor = started(config)
+    supervisor.step(snap(1.0, {FLOW: 20.0, POWER: 100_000.0}), 1.0, [])
+    for now in (2.0, 20.0, 40.0):
+        decision = supervisor.step(snap(now, {FLOW: Quality.BAD, POWER: 100_000.0}), now, [])
+        assert "loss_of_flow" in decision.interlocks
+
+
+def test_a_flow_meter_that_never_reported_is_a_silent_sensor() -> None:
+    supervisor = started(make_config(flow=FLOW, silent_after_s=10.0))
+    decision = supervisor.step(snap(11.0, {FLOW: None}), 11.0, [])
+    assert "safety_sensor_silent" in kinds(decision)
+    assert FLOW in supervisor.state.silent_sensors
+
+
+def test_a_chip_exactly_at_the_healthy_threshold_is_healthy() -> None:
+    config = make_config(healthy_points=(TemperatureLimit(CHIP, 85.0),), healthy_margin_c=5.0)
+    supervisor = started(config)
+    supervisor.step(snap(1.0, {CHIP: 80.0}), 1.0, [auto(PUMP, 0.9)])
+    blind = supervisor.step(snap(6.0, {FLOW: Quality.STALE, CHIP: 80.0}), 6.0, [])
+    assert "failsafe_holding" in kinds(blind)
+
+
+def test_a_pump_the_low_level_stopped_is_not_a_pump_failure() -> None:
+    level = PointId("r01", "cdu1", "reservoir_level")
+    pump = replace(PUMP_SAFETY, on_low_level=0.0)
+    config = make_config(
+        actuators=(pump, VALVE_SAFETY, cap(CAP1), cap(CAP2)),
+        reservoir_level=level,
+        min_reservoir_level_l=10.0,
+    )
+    supervisor = started(config)
+    low = supervisor.step(snap(1.0, extra=[Reading(level, 5.0, 1.0, Quality.GOOD)]), 1.0, [])
+    assert "low_coolant_level" in low.interlocks and by_point(low)[PUMP].value == 0.0
+    stopped = supervisor.step(
+        snap(2.0, {RUNNING: 0.0}, extra=[Reading(level, 5.0, 2.0, Quality.GOOD)]), 2.0, []
+    )
+    assert "pump_failure" not in stopped.interlocks
+
+
+def test_a_standby_that_does_not_take_over_is_capped_after_the_changeover() -> None:
+    supervisor = started(with_standby())
+    supervisor.step(snap(1.0, {RUNNING: 0.0}), 1.0, [])
+    capped = supervisor.evaluate_interlocks(snap(3.7, {RUNNING: 0.0}), 3.7)
+    assert kinds(capped) == ["pump_failure_caps"]
