@@ -50,6 +50,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from coolctl.control.dewpoint import dew_point_c, supply_floor_c
+from coolctl.control.level_trend import LevelTrend
 from coolctl.control.limits import ActuatorClamp, ActuatorLimits
 from coolctl.model import Command, Event, PointId, Quality, Severity, Snapshot, Source
 
@@ -81,6 +82,9 @@ _CONTROLLER = "controller"
 _CAUSES: tuple[str, ...] = (_STARTUP, _BLIND, _CONTROLLER)
 
 _ON = 0.5  # boolean points: at or above this reads as 1
+# A low coolant level clears only once the level is this share over its minimum: a reservoir
+# drained to the minimum reads around it, and must not restart the pump at each noisy sample.
+_LEVEL_RELEASE_SHARE = 0.1
 _NO_FLOW_SHARE = 0.3  # flow under this share of rated: nothing moves the coolant
 
 _Change = Literal["entered", "cleared"]
@@ -167,6 +171,10 @@ class SupervisorConfig:
     # low coolant level: the reservoir under this many litres
     reservoir_level: PointId | None = None
     min_reservoir_level_l: float | None = None
+    # the reservoir level falling at least this fast (least squares over the window) is a leak
+    # detector of its own: a leak that no rope reports still drains the reservoir; None: off
+    leak_level_drop_l_per_min: float | None = None
+    leak_level_window_s: float = 20.0
     # safety sensors (leak detectors, flow, level) not heard this long after start-up: alarm
     silent_after_s: float | None = None
     safety_sensors: tuple[PointId, ...] = ()  # those watched; empty: leak points, flow, level
@@ -387,14 +395,14 @@ def _safest(role: ActuatorRole, offers: Sequence[tuple[str, float]]) -> tuple[st
     """The value, among those the active interlocks ask for, that is safest for this role."""
     if role is ActuatorRole.POWER_LIMIT:
         return min(offers, key=lambda offer: offer[1])  # the lowest cap wins
-    for name in _PUMP_PROTECTING:
-        # A leak (then a low coolant level) wins over everything for pumps, valves and the
-        # standby selector: pumping coolant through a leak, or with none left, does more harm
-        # than any over-temperature, so its stop (or slow speed) stands even when
-        # over-temperature asks for full speed.
-        for offer in offers:
-            if offer[0] == name:
-                return offer
+    # A leak and a low coolant level win over everything for pumps, valves and the standby
+    # selector: pumping coolant through a leak, or with none left, does more harm than any
+    # over-temperature, so their stop (or slow speed) stands even when over-temperature asks
+    # for full speed. Between the two, the lower: a leak's safe speed must not keep a pump
+    # running once the leak has drained the reservoir to its low level.
+    protecting = [offer for offer in offers if offer[0] in _PUMP_PROTECTING]
+    if protecting:
+        return min(protecting, key=lambda offer: offer[1])
     return max(offers, key=lambda offer: offer[1])  # otherwise more flow, more cooling
 
 
@@ -440,6 +448,11 @@ def _validate(config: SupervisorConfig) -> None:
         value = getattr(config, name)
         if value is not None and not (math.isfinite(value) and value >= 0.0):
             raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    drop, window = config.leak_level_drop_l_per_min, config.leak_level_window_s
+    if drop is not None and not (math.isfinite(drop) and drop > 0.0):
+        raise ValueError(f"leak_level_drop_l_per_min must be finite and > 0, got {drop!r}")
+    if not (math.isfinite(window) and window > 0.0):
+        raise ValueError(f"leak_level_window_s must be finite and > 0, got {window!r}")
     if config.leak_votes < 1:
         raise ValueError(f"leak_votes must be at least 1, got {config.leak_votes!r}")
     for limit in config.temperature_limits:
@@ -535,6 +548,7 @@ class Supervisor:
         self._refused: set[tuple[PointId, float, str]] = set()  # overrides refused, still asked
         self._started_at: float | None = None
         self._silent: dict[PointId, str] = {}
+        self._level_trend = LevelTrend(config.leak_level_window_s)
         # the leak's pump response waits for the caps (see SupervisorConfig.power)
         self._leak_caps_confirmed = True
         self._has_caps = any(a.role is ActuatorRole.POWER_LIMIT for a in config.actuators)
@@ -906,7 +920,8 @@ class Supervisor:
         return []
 
     def _sense_leak(self, snapshot: Snapshot) -> _Sense:
-        """Wet when `leak_votes` detectors read wet (fewer where the rack has fewer)."""
+        """Wet when `leak_votes` detectors read wet (fewer where the rack has fewer); a falling
+        reservoir level, where configured, is one more detector."""
         config = self._config
         wet: list[str] = []
         unknown = False
@@ -918,9 +933,41 @@ class Supervisor:
                 unknown = True
             elif value >= _ON:
                 wet.append(str(point))
-        votes = min(config.leak_votes, len(config.leak_points)) or 1
-        clear = not wet and not (unknown and config.interlock_holds_through_blindness)
+        detectors = len(config.leak_points)
+        draining = False  # the level still falls over half the leak rate: not clear yet
+        trend = self._level_trend_sense(snapshot)
+        if trend is not None:
+            detectors += 1
+            falling, draining = trend
+            if falling:
+                wet.append(falling)
+        votes = min(config.leak_votes, detectors) or 1
+        clear = (
+            not wet and not draining and not (unknown and config.interlock_holds_through_blindness)
+        )
         return _Sense(len(wet) >= votes, clear, ", ".join(wet) + " wet")
+
+    def _level_trend_sense(self, snapshot: Snapshot) -> tuple[str, bool] | None:
+        """The reservoir level as a leak detector: None where not configured; else what it
+        reads wet ("" while the level does not fall at the leak rate) and whether it still
+        falls at over half that rate (the release waits for a level that has steadied, so a
+        drain near the rate does not trip and clear by turns). Good readings feed the trend,
+        each once; too few of them are no evidence either way."""
+        config = self._config
+        point, drop = config.reservoir_level, config.leak_level_drop_l_per_min
+        if point is None or drop is None:
+            return None
+        reading = snapshot.get(point)
+        if reading is not None and reading.usable and reading.value is not None:
+            self._level_trend.add(reading.ts, reading.value)
+        slope = self._level_trend.slope_l_per_s(snapshot.now)
+        if slope is None:
+            return "", False
+        falling_l_per_min = -slope * 60.0
+        if falling_l_per_min < drop:
+            return "", falling_l_per_min >= 0.5 * drop
+        window = config.leak_level_window_s
+        return f"{point} falling {falling_l_per_min:.2g} L/min over {window:g} s", True
 
     def _sense_temperature(self, snapshot: Snapshot) -> _Sense:
         config = self._config
@@ -951,6 +998,8 @@ class Supervisor:
             return _Sense(False, not config.interlock_holds_through_blindness)
         if value < minimum:
             return _Sense(True, False, f"{point} {value:.4g} L, under {minimum:.4g} L")
+        if value < minimum * (1.0 + _LEVEL_RELEASE_SHARE):
+            return _Sense(False, False)  # over the minimum, not yet clear: noise, not coolant
         return _QUIET
 
     def _sense_flow(self, snapshot: Snapshot) -> _Sense:

@@ -496,6 +496,13 @@ class SafetyConfig:
     """A loss of flow must last this long to trip."""
     min_reservoir_level_l: NonNegative | None = None
     """The pump CDU's reservoir_level under this: the pump stops before it runs dry."""
+    leak_level_drop_l_per_min: Positive | None = None
+    """The pump CDU's reservoir_level falling at least this fast (a least-squares slope over
+    leak_level_window_s) counts as one more leak detector: a leak no rope reports (a detector
+    stuck dry, coolant lost where no rope lies) still drains the reservoir. Set it over what
+    the level does in normal work (thermal expansion on a load step, a makeup fill); none: off."""
+    leak_level_window_s: Positive = 20.0
+    """The window of that slope: longer rides out a noisy sensor, shorter trips sooner."""
     silent_after_s: Positive | None = 30.0
     """A leak detector, flow meter or level sensor not heard this long after start-up (or
     stale or bad since) is an alarm; none: off."""

@@ -117,6 +117,8 @@ def supervisor_config(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> S
         flow_debounce_s=safety.flow_debounce_s,
         reservoir_level=pump_point("reservoir_level"),
         min_reservoir_level_l=safety.min_reservoir_level_l,
+        leak_level_drop_l_per_min=safety.leak_level_drop_l_per_min,
+        leak_level_window_s=safety.leak_level_window_s,
         silent_after_s=safety.silent_after_s,
         safety_sensors=safety_sensors(
             rack, devices, pump_point("flow"), pump_point("reservoir_level")
