@@ -41,7 +41,7 @@ from test_supply_floor import snapshot as floor_snapshot
 from test_supply_floor import supervisor as floor_supervisor
 
 from coolctl.control.supervisor import Override, Supervisor, SupervisorConfig, TemperatureLimit
-from coolctl.model import Command, PointId, Quality, Reading, Snapshot
+from coolctl.model import Command, PointId, Quality, Reading, Snapshot, Source
 
 
 def test_commanded_is_the_last_value_sent_and_none_before_any() -> None:
@@ -395,3 +395,106 @@ def test_a_standby_that_does_not_take_over_is_capped_after_the_changeover() -> N
     supervisor.step(snap(1.0, {RUNNING: 0.0}), 1.0, [])
     capped = supervisor.evaluate_interlocks(snap(3.7, {RUNNING: 0.0}), 3.7)
     assert kinds(capped) == ["pump_failure_caps"]
+
+
+# -- fourth round -----------------------------------------------------------------------------
+
+
+def test_caps_that_do_not_hold_alarm_after_10_s_by_default() -> None:
+    supervisor = started(make_config(power=(POWER,)))
+    caps = [auto(CAP1, 400.0), auto(CAP2, 400.0)]
+    for now in (1.0, 2.0, 3.0):  # the caps slew down to 400 W each
+        supervisor.step(snap(now, {POWER: 800.0}), now, caps)
+    over = 1.1 * 800.0 + 0.5  # half a watt over what the caps allow, no overhead configured
+    supervisor.step(snap(4.0, {POWER: over}), 4.0, caps)
+    assert "caps_not_holding" not in kinds(supervisor.step(snap(13.5, {POWER: over}), 13.5, caps))
+    assert kinds(supervisor.step(snap(14.5, {POWER: over}), 14.5, caps)) == ["caps_not_holding"]
+
+
+def test_zero_is_a_valid_non_negative_setting_and_a_zero_slew_is_not() -> None:
+    for name in ("leak_debounce_s", "leak_caps_timeout_s", "silent_after_s"):
+        Supervisor(make_config(**{name: 0.0}))
+    with pytest.raises(ValueError, match="slew_per_s"):
+        Supervisor(make_config(actuators=(replace(PUMP_SAFETY, slew_per_s=0.0),)))
+    pinned = replace(with_standby().actuators[-1], minimum=1.0, failsafe=1.0, hard_minimum=1.0)
+    Supervisor(replace(with_standby(), actuators=(PUMP_SAFETY, pinned)))
+
+
+def test_resetting_another_interlock_does_not_release_the_leaks_pump_step() -> None:
+    config = make_config(power=(POWER,), leak_caps_power_w=30_000.0, leak_caps_timeout_s=60.0)
+    supervisor = started(config)
+    supervisor.step(snap(1.0, {LEAK1: 1.0, CHIP: 99.0, POWER: 90_000.0}), 1.0, [])
+    supervisor.step(snap(2.0, {LEAK1: 1.0, CHIP: 70.0, POWER: 90_000.0}), 2.0, [])
+    supervisor.reset_interlock("over_temperature", 3.0, "operator", "chip back")
+    assert not supervisor.state.leak_caps_confirmed
+    decision = supervisor.step(snap(4.0, {LEAK1: 1.0, POWER: 90_000.0}), 4.0, [auto(PUMP, 0.9)])
+    assert by_point(decision)[PUMP].source is not Source.INTERLOCK
+
+
+def test_the_start_up_reason_names_only_the_readings_still_awaited() -> None:
+    supervisor = Supervisor(make_config())
+    supervisor.startup(0.0)
+    decision = supervisor.step(snap(1.0, {SUPPLY: None}), 1.0, [])
+    reason = by_point(decision)[PUMP].reason
+    assert "r01/cdu1/supply_temperature" in reason and "r01/cdu1/flow" not in reason
+
+
+def test_low_level_holds_while_the_level_is_unread() -> None:
+    level = PointId("r01", "cdu1", "reservoir_level")
+    supervisor = started(make_config(reservoir_level=level, min_reservoir_level_l=8.0))
+    supervisor.step(snap(1.0, extra=[Reading(level, 5.0, 1.0, Quality.GOOD)]), 1.0, [])
+    for now in (2.0, 20.0, 40.0):
+        unread = [Reading(level, None, now, Quality.BAD)]
+        assert "low_coolant_level" in supervisor.step(snap(now, extra=unread), now, []).interlocks
+
+
+def test_loss_of_flow_neither_trips_nor_clears_with_the_pump_nearly_stopped() -> None:
+    config = make_config(flow=FLOW, rated_flow_lpm=200.0, flow_debounce_s=0.0)
+    supervisor = started(config)
+    supervisor.step(snap(1.0, {FLOW: 20.0}), 1.0, [auto(PUMP, 0.8)])
+    assert "loss_of_flow" in supervisor.state.interlocks
+    for now in range(2, 40, 4):  # the pump slewed down under the minimum speed judged
+        decision = supervisor.step(snap(now, {FLOW: 20.0}), float(now), [auto(PUMP, 0.15)])
+    assert supervisor.commanded(PUMP) == pytest.approx(0.15)
+    assert "loss_of_flow" in decision.interlocks
+
+
+def test_silent_sensors_get_their_grace_from_start_up_not_from_time_zero() -> None:
+    supervisor = Supervisor(make_config(silent_after_s=10.0))
+    supervisor.startup(100.0)
+    supervisor.step(snap(100.0), 100.0, [])
+    assert kinds(supervisor.step(snap(105.0, {LEAK1: None}), 105.0, [])) == []
+    assert kinds(supervisor.step(snap(110.0, {LEAK1: None}), 110.0, [])) == ["safety_sensor_silent"]
+
+
+def test_a_pump_stopped_by_a_low_level_in_the_same_sample_is_not_a_pump_failure() -> None:
+    level = PointId("r01", "cdu1", "reservoir_level")
+    protected = replace(PUMP_SAFETY, on_low_level=0.0)
+    config = make_config(
+        actuators=(protected, VALVE_SAFETY, cap(CAP1), cap(CAP2)),
+        reservoir_level=level,
+        min_reservoir_level_l=8.0,
+    )
+    supervisor = started(config)
+    dry = [Reading(level, 5.0, 1.0, Quality.GOOD)]
+    decision = supervisor.evaluate_interlocks(snap(1.0, {RUNNING: 0.0}, dry), 1.0)
+    assert decision.interlocks == {"low_coolant_level"}
+    # a pump the low level does not stop (no value for it) has failed when it stops
+    free = make_config(reservoir_level=level, min_reservoir_level_l=8.0)
+    unprotected = started(free)
+    failed = unprotected.evaluate_interlocks(snap(1.0, {RUNNING: 0.0}, dry), 1.0)
+    assert {"low_coolant_level", "pump_failure"} <= failed.interlocks
+
+
+def test_the_valve_is_free_with_the_supply_exactly_at_its_floor() -> None:
+    dew = PointId("r01", "room1", "dew_point")
+    sup = Supervisor(replace(floor_supervisor().config, dew_point=dew))
+    sup.startup(0.0)
+
+    def reading(now: float, supply: float) -> Snapshot:
+        values = [*floor_snapshot(now, supply).values(), Reading(dew, 23.0, now, Quality.GOOD)]
+        return Snapshot(values, now)
+
+    floor_commands(sup, 1.0, reading(1.0, 35.0), floor_auto(VALVE_POINT, 0.2))
+    sent = floor_commands(sup, 2.0, reading(2.0, 25.0), floor_auto(VALVE_POINT, 0.9))
+    assert sent[VALVE_POINT].value == 0.9
