@@ -306,3 +306,32 @@ def test_every_step_keeps_every_breaker_and_the_budget(
             assert sum(caps.values()) <= budget + 1e-3
         for s in SERVERS:
             assert s.min_cap_w - 1e-6 <= caps[s.name] <= s.max_cap_w + 1e-6
+
+
+def test_a_fractional_rating_is_a_rating_and_zero_is_none() -> None:
+    """A branch rated 0.5 A (a reading in the wrong unit, say) binds as it reads; 0 A is no
+    rating at all (the breaker is left out)."""
+    rating = PointId(RACK, "pdua", "branch_rating.1")
+    circuit = Circuit("pdua branch 1", ("s0", "s1"), None, rating=rating)
+    allocator = PowerCapAllocator(AllocatorConfig(RACK, SERVERS, circuits=(circuit,)))
+    zero = Reading(rating, 0.0, 0.0, Quality.GOOD)
+    allocator.step(snap(0.0, {s.name: 2900.0 for s in SERVERS}, [zero]), 0.0, 100_000.0)
+    assert "not enforced" in allocator.allocation.reason  # type: ignore[union-attr]
+    half = Reading(rating, 0.5, 1.0, Quality.GOOD)
+    allocator.step(snap(1.0, {s.name: 2900.0 for s in SERVERS}, [half]), 1.0, 100_000.0)
+    assert "not enforced" not in allocator.allocation.reason  # type: ignore[union-attr]
+
+
+def test_a_source_alarm_point_of_another_kind_does_not_hide_the_ones_after_it() -> None:
+    other = PointId(RACK, "shelves", "fan_ok")  # no source alarm coolctl knows
+    psu = PointId(RACK, "shelves", "psu_ok")
+    allocator = PowerCapAllocator(AllocatorConfig(RACK, SERVERS, source_alarms=(other, psu)))
+    readings = [Reading(other, 0.0, 0.0, Quality.GOOD), Reading(psu, 0.0, 0.0, Quality.GOOD)]
+    allocator.step(snap(0.0, {s.name: 2000.0 for s in SERVERS}, readings), 0.0, 50_000.0)
+    assert "psu_lost" in [e.kind for e in allocator.drain_events()]
+
+
+def test_the_first_allocation_without_a_budget_says_so() -> None:
+    allocator = PowerCapAllocator(AllocatorConfig(RACK, SERVERS))
+    allocator.step(busy(0.0), 0.0, budget_w=None)
+    assert [e.kind for e in allocator.drain_events()] == ["power_budget"]
