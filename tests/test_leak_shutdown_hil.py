@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_daemon_safety import fault
 
 from coolctl.model import PointId, ServerPowerState, Source
-from coolctl.simulators.faults import apply_fault
 from coolctl.tools.testing import HilRack, hil_rack
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -59,12 +59,6 @@ def power_writes(rack: HilRack) -> list[float]:
         for write in rack.simulation.writes("r01", bmc)
         if write.point == "server_power_command"
     ]
-
-
-def fault(rack: HilRack, kind: str, **kwargs: object) -> None:
-    arguments: dict[str, object] = {"device": None, "point": None, "value": None}
-    arguments.update(kwargs)
-    apply_fault(rack.simulation, kind, rack="r01", duration_s=None, **arguments)  # type: ignore[arg-type]
 
 
 async def running(rack: HilRack) -> None:

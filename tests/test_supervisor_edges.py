@@ -43,6 +43,8 @@ from test_supply_floor import supervisor as floor_supervisor
 from coolctl.control.supervisor import Override, Supervisor, SupervisorConfig, TemperatureLimit
 from coolctl.model import Command, PointId, Quality, Reading, Snapshot, Source
 
+LEVEL_POINT = PointId("r01", "cdu1", "reservoir_level")
+
 
 def test_commanded_is_the_last_value_sent_and_none_before_any() -> None:
     supervisor = Supervisor(make_config())
@@ -373,19 +375,24 @@ def test_a_chip_exactly_at_the_healthy_threshold_is_healthy() -> None:
     assert "failsafe_holding" in kinds(blind)
 
 
-def test_a_pump_the_low_level_stopped_is_not_a_pump_failure() -> None:
-    level = PointId("r01", "cdu1", "reservoir_level")
-    pump = replace(PUMP_SAFETY, on_low_level=0.0)
+def low_level_supervisor(on_low_level: float | None) -> Supervisor:
+    """A started supervisor whose pump CDU's reservoir must hold 8 L, the pump stopped under
+    it where `on_low_level` says so."""
+    pump = replace(PUMP_SAFETY, on_low_level=on_low_level)
     config = make_config(
         actuators=(pump, VALVE_SAFETY, cap(CAP1), cap(CAP2)),
-        reservoir_level=level,
-        min_reservoir_level_l=10.0,
+        reservoir_level=LEVEL_POINT,
+        min_reservoir_level_l=8.0,
     )
-    supervisor = started(config)
-    low = supervisor.step(snap(1.0, extra=[Reading(level, 5.0, 1.0, Quality.GOOD)]), 1.0, [])
+    return started(config)
+
+
+def test_a_pump_the_low_level_stopped_is_not_a_pump_failure() -> None:
+    supervisor = low_level_supervisor(0.0)
+    low = supervisor.step(snap(1.0, extra=[Reading(LEVEL_POINT, 5.0, 1.0, Quality.GOOD)]), 1.0, [])
     assert "low_coolant_level" in low.interlocks and by_point(low)[PUMP].value == 0.0
     stopped = supervisor.step(
-        snap(2.0, {RUNNING: 0.0}, extra=[Reading(level, 5.0, 2.0, Quality.GOOD)]), 2.0, []
+        snap(2.0, {RUNNING: 0.0}, extra=[Reading(LEVEL_POINT, 5.0, 2.0, Quality.GOOD)]), 2.0, []
     )
     assert "pump_failure" not in stopped.interlocks
 
@@ -440,11 +447,10 @@ def test_the_start_up_reason_names_only_the_readings_still_awaited() -> None:
 
 
 def test_low_level_holds_while_the_level_is_unread() -> None:
-    level = PointId("r01", "cdu1", "reservoir_level")
-    supervisor = started(make_config(reservoir_level=level, min_reservoir_level_l=8.0))
-    supervisor.step(snap(1.0, extra=[Reading(level, 5.0, 1.0, Quality.GOOD)]), 1.0, [])
+    supervisor = low_level_supervisor(None)
+    supervisor.step(snap(1.0, extra=[Reading(LEVEL_POINT, 5.0, 1.0, Quality.GOOD)]), 1.0, [])
     for now in (2.0, 20.0, 40.0):
-        unread = [Reading(level, None, now, Quality.BAD)]
+        unread = [Reading(LEVEL_POINT, None, now, Quality.BAD)]
         assert "low_coolant_level" in supervisor.step(snap(now, extra=unread), now, []).interlocks
 
 
@@ -468,20 +474,12 @@ def test_silent_sensors_get_their_grace_from_start_up_not_from_time_zero() -> No
 
 
 def test_a_pump_stopped_by_a_low_level_in_the_same_sample_is_not_a_pump_failure() -> None:
-    level = PointId("r01", "cdu1", "reservoir_level")
-    protected = replace(PUMP_SAFETY, on_low_level=0.0)
-    config = make_config(
-        actuators=(protected, VALVE_SAFETY, cap(CAP1), cap(CAP2)),
-        reservoir_level=level,
-        min_reservoir_level_l=8.0,
-    )
-    supervisor = started(config)
-    dry = [Reading(level, 5.0, 1.0, Quality.GOOD)]
-    decision = supervisor.evaluate_interlocks(snap(1.0, {RUNNING: 0.0}, dry), 1.0)
+    dry = [Reading(LEVEL_POINT, 5.0, 1.0, Quality.GOOD)]
+    protected = low_level_supervisor(0.0)
+    decision = protected.evaluate_interlocks(snap(1.0, {RUNNING: 0.0}, dry), 1.0)
     assert decision.interlocks == {"low_coolant_level"}
     # a pump the low level does not stop (no value for it) has failed when it stops
-    free = make_config(reservoir_level=level, min_reservoir_level_l=8.0)
-    unprotected = started(free)
+    unprotected = low_level_supervisor(None)
     failed = unprotected.evaluate_interlocks(snap(1.0, {RUNNING: 0.0}, dry), 1.0)
     assert {"low_coolant_level", "pump_failure"} <= failed.interlocks
 
