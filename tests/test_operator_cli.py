@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import threading
@@ -41,6 +40,7 @@ from coolctl.cli.operator import (
     run_operator_command,
 )
 from coolctl.ops.api import ControlApi
+from coolctl.ops.client import ControlClient
 
 T = TypeVar("T")
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d")
@@ -98,6 +98,25 @@ def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+def ctrl_c_on(
+    monkeypatch: pytest.MonkeyPatch, method: str, when: Callable[[int, dict[str, Any]], bool]
+) -> None:
+    """The operator presses Ctrl-C during the client's `method` call that `when(n, kwargs)`
+    picks (n counts calls from 1): KeyboardInterrupt, as Python raises it in the main thread.
+    Deterministic, where a SIGINT sent from the API's thread raced the follower under load."""
+    original = getattr(ControlClient, method)
+    calls = 0
+
+    async def pressed(self: ControlClient, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if when(calls, kwargs):
+            raise KeyboardInterrupt
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ControlClient, method, pressed)
 
 
 def coolctl(*argv: str) -> int:
@@ -330,11 +349,10 @@ def test_audit_follow_prints_new_records_as_json_lines(
         asked.append(since_id)
         if len(asked) == 2:  # the follower asks for newer records: an operator acts meanwhile
             await plane.set_override("r01", PUMP, 0.7, 900.0, "bob (uid 1001)", "seal")
-        elif len(asked) == 3:  # it has printed that one and asks again: Ctrl-C
-            os.kill(os.getpid(), signal.SIGINT)
         return await original(since_id, limit)
 
     plane.audit = audit  # type: ignore[method-assign]
+    ctrl_c_on(monkeypatch, "audit", lambda n, _: n == 3)  # printed that one, asks again: Ctrl-C
     code, out, _ = output(capsys, "audit", "--follow", "--json", "--since", "0")
     assert code == 130
     records = [json.loads(line) for line in out.splitlines()]
@@ -381,7 +399,7 @@ def test_events_table_and_json(daemon: Daemon, capsys: pytest.CaptureFixture[str
 
 
 def test_events_follow_prints_as_they_come_and_ctrl_c_exits_130(
-    daemon: Daemon, capsys: pytest.CaptureFixture[str]
+    daemon: Daemon, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     plane = daemon.plane
     daemon.soon(lambda: plane.add_event("r01", "failsafe", "first"))
@@ -395,29 +413,32 @@ def test_events_follow_prints_as_they_come_and_ctrl_c_exits_130(
             asyncio.get_running_loop().call_later(
                 0.1, plane.add_event, "r01", "interlock_leak", "leak!", "critical"
             )
-        elif polls == 2:  # it has printed that and waits again: the operator presses Ctrl-C
-            os.kill(os.getpid(), signal.SIGINT)
         return await original(since_id, timeout_s, limit)
 
     plane.wait_events = wait_events  # type: ignore[method-assign]
+    waits: list[int] = []  # the event id each long poll asks after
+
+    def second_wait(_: int, kwargs: dict[str, Any]) -> bool:
+        """It has printed that and waits again: the operator presses Ctrl-C."""
+        if kwargs.get("wait_s", 0.0) > 0:
+            waits.append(kwargs["since"])
+        return len(waits) == 2
+
+    ctrl_c_on(monkeypatch, "events", second_wait)
     started = time.monotonic()
     code, out, _ = output(capsys, "events", "--follow", "--since", "0")
     assert code == 130 and time.monotonic() - started < 10
     header, first, second = out.splitlines()
     assert header.split()[0] == "ID" and first.endswith("first") and second.endswith("leak!")
-    assert "critical" in second and plane.waits[0][0] == 1 and plane.waits[1][0] == 2
+    assert "critical" in second and plane.waits[0][0] == 1 and waits == [1, 2]
 
 
-def test_events_follow_json_lines(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+def test_events_follow_json_lines(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     plane = daemon.plane
     daemon.soon(lambda: plane.add_event("r02", "failsafe", "one"))
-    original = plane.wait_events
-
-    async def wait_events(since_id: int, timeout_s: float, limit: int = 100) -> Any:
-        os.kill(os.getpid(), signal.SIGINT)
-        return await original(since_id, timeout_s, limit)
-
-    plane.wait_events = wait_events  # type: ignore[method-assign]
+    ctrl_c_on(monkeypatch, "events", lambda _, kwargs: kwargs.get("wait_s", 0.0) > 0)
     code, out, _ = output(capsys, "events", "--follow", "--json")
     assert code == 130
     assert [json.loads(line)["message"] for line in out.splitlines()] == ["one"]
