@@ -111,6 +111,7 @@ def test_an_operator_may_power_a_server_on_with_an_override_but_not_through_a_le
     supervisor = supervisor_of(with_key(tmp_path, FULL, KEY))
     point = PointId("r01", "bmc01", "server_power_command")
     supervisor.check_override(point, 1.0)  # accepted
+    supervisor.check_override(point, 0.0)  # and a shutdown by hand too
     with pytest.raises(ValueError, match="outside its safe bounds"):
         supervisor.check_override(point, 2.0)
     override = {point: Override(point, 1.0, "alice", "back to work")}
