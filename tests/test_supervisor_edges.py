@@ -287,16 +287,27 @@ def test_power_exactly_at_what_the_caps_allow_is_holding() -> None:
         assert "caps_not_holding" not in kinds(decision)
 
 
+DEW_POINT = PointId("r01", "room1", "dew_point")
+
+
+def dew_sensor_supervisor() -> Supervisor:
+    """The supply-floor supervisor with a dew-point sensor as well as the room air."""
+    sup = Supervisor(replace(floor_supervisor().config, dew_point=DEW_POINT))
+    sup.startup(0.0)
+    return sup
+
+
+def dew_reading(now: float, supply: float) -> Snapshot:
+    """The floor tests' readings, with the dew-point sensor at 23.0 °C."""
+    values = [*floor_snapshot(now, supply).values(), Reading(DEW_POINT, 23.0, now, Quality.GOOD)]
+    return Snapshot(values, now)
+
+
 def test_a_dew_point_sensor_wins_over_the_room_air_and_binds_at_its_floor_exactly() -> None:
     """A dew point of 23.0 °C measured: the floor is 25.0 °C, whatever the room air (28 °C at
     75 %, 23.2 °C by Magnus) says; a supply at exactly 25.0 °C is not under it."""
-    dew = PointId("r01", "room1", "dew_point")
-    sup = Supervisor(replace(floor_supervisor().config, dew_point=dew))
-    sup.startup(0.0)
-
-    def reading(now: float, supply: float) -> Snapshot:
-        values = [*floor_snapshot(now, supply).values(), Reading(dew, 23.0, now, Quality.GOOD)]
-        return Snapshot(values, now)
+    sup = dew_sensor_supervisor()
+    reading = dew_reading
 
     sent = floor_commands(sup, 1.0, reading(1.0, 35.0), floor_auto(SETPOINT, 21.0))
     assert sent[SETPOINT].value == pytest.approx(25.0)
@@ -485,13 +496,8 @@ def test_a_pump_stopped_by_a_low_level_in_the_same_sample_is_not_a_pump_failure(
 
 
 def test_the_valve_is_free_with_the_supply_exactly_at_its_floor() -> None:
-    dew = PointId("r01", "room1", "dew_point")
-    sup = Supervisor(replace(floor_supervisor().config, dew_point=dew))
-    sup.startup(0.0)
-
-    def reading(now: float, supply: float) -> Snapshot:
-        values = [*floor_snapshot(now, supply).values(), Reading(dew, 23.0, now, Quality.GOOD)]
-        return Snapshot(values, now)
+    sup = dew_sensor_supervisor()
+    reading = dew_reading
 
     floor_commands(sup, 1.0, reading(1.0, 35.0), floor_auto(VALVE_POINT, 0.2))
     sent = floor_commands(sup, 2.0, reading(2.0, 25.0), floor_auto(VALVE_POINT, 0.9))
