@@ -537,7 +537,7 @@ class Supervisor:
         self._causes: dict[str, _Latch] = {name: _Latch() for name in _CAUSES}
         self._pump = _PumpFailure()
         # When the pump last went from stopped to asked to run: a pump_running reading taken
-        # before then tells nothing about a failure.
+        # then or before tells nothing about a failure.
         self._run_since = -math.inf
         self._pump_asked_to_run = True
         self._last_good: dict[PointId, float] = {}
@@ -1135,7 +1135,8 @@ class Supervisor:
         """pump_running reads 0 while the pump was last commanded above zero.
 
         Not a failure: a stop the leak interlock asked for, a pump commanded to zero, or a
-        reading taken before the pump was last asked to run (old news, neither failed nor clear).
+        reading taken before the pump was last asked to run (old news, neither failed nor clear)
+        or on the tick that asked it (that tick decided on it, before its command went out).
         """
         point = self._config.pump_running
         if point is None or self._interlock_stopped_pump() or not self._pump_asked_to_run:
@@ -1145,7 +1146,7 @@ class Supervisor:
             return _Sense(False, not self._config.interlock_holds_through_blindness)
         if value >= _ON:
             return _QUIET
-        if snapshot[point].ts < self._run_since:
+        if snapshot[point].ts <= self._run_since:  # read on or before the tick that asked
             return _Sense(False, False)
         return _Sense(True, False, f"{point} reads 0 while the pump is commanded to run")
 
