@@ -186,21 +186,24 @@ def test_mpc_commands_stay_within_pump_and_valve_bounds_and_rates(
     s = seen.controller.settings
     assert (s.pump_min, s.pump_max, s.pump_rate_per_s) == (0.2, 1.0, 0.1)  # the pump loop's
     assert (s.valve_min, s.valve_max, s.valve_rate_per_s) == (0.05, 1.0, 0.05)
+    # The rate holds against the value last asked for, whichever controller asked: a step the
+    # PID loops took over (a solve past its time limit on a busy host) is where the MPC resumes.
     last: dict[str, float] = {}
     solved = 0
     for _, commands in seen.requested:
         for command in commands:
             name = command.point.name
-            if command.source is not Source.AUTO or not command.reason.startswith("MPC"):
+            if command.source is not Source.AUTO:
                 continue
-            solved += 1
-            low, high, rate = {
-                "pump_speed_command": (s.pump_min, s.pump_max, s.pump_rate_per_s),
-                "valve_command": (s.valve_min, s.valve_max, s.valve_rate_per_s),
-            }[name]
-            assert low <= command.value <= high, command
-            if name in last:
-                assert abs(command.value - last[name]) <= rate * 1.0 + 1e-9, command
+            if command.reason.startswith("MPC"):
+                solved += 1
+                low, high, rate = {
+                    "pump_speed_command": (s.pump_min, s.pump_max, s.pump_rate_per_s),
+                    "valve_command": (s.valve_min, s.valve_max, s.valve_rate_per_s),
+                }[name]
+                assert low <= command.value <= high, command
+                if name in last:
+                    assert abs(command.value - last[name]) <= rate * 1.0 + 1e-9, command
             last[name] = command.value
     assert solved >= 2 * 2000  # pump and valve, every step but the odd fallback
     # and what reached the plant, after the supervisor, within every actuator's hard range
