@@ -81,6 +81,11 @@ def test_each_server_power_goes_down_with_the_caps_before_the_pump(tmp_path: Pat
     power = {a.point: a for a in supervisor.config.actuators if a.role is ActuatorRole.SERVER_POWER}
     assert sorted(p.device for p in power) == ["bmc01", "bmc02"]
     assert all(a.on_leak == 0.0 and a.shutdown is None for a in power.values())
+    # off is 0 and on is 1, nothing beyond; were failsafe ever to write it, it would be "on"
+    assert all(
+        (a.minimum, a.maximum, a.hard_minimum, a.hard_maximum, a.failsafe) == (0, 1, 0, 1, 1)
+        for a in power.values()
+    )
     assert all(p.name == "server_power_command" for p in power)
 
     readings = dict(WET)

@@ -23,6 +23,7 @@ from coolctl.control.supervisor import ActuatorRole, ActuatorSafety, SupervisorC
 from coolctl.model import PointId
 from coolctl.rack.facts import device_facts
 from coolctl.rack.safety import (
+    rack_point,
     rack_power_points,
     server_caps,
     supervisor_config,
@@ -333,3 +334,63 @@ def test_a_pump_cdu_without_a_level_sensor_has_no_level_to_watch(tmp_path: Path)
     config = built(no_level)
     assert config.reservoir_level is None and config.flow == p("cdu1", "flow")
     assert config.safety_sensors[-1] == p("cdu1", "flow")
+
+
+def test_room_points_come_from_the_first_device_that_reports_them() -> None:
+    """The supply floor's dew point and room air, and the facility water, are read where a
+    device reports them; a name no device reports is no point (not a point of no device)."""
+    config = built()
+    assert config.dew_point == p("cdu1", "dew_point")
+    assert config.room_temperature == p("cdu1", "room_temperature")
+    assert config.room_humidity == p("cdu1", "room_humidity")
+    assert config.facility_supply == p("cdu1", "facility_supply_temperature")
+    rack = rack_of()
+    facts = {device.id: device_facts(device) for device in rack.devices.values()}
+    assert rack_point(rack, facts, "inlet_temperature") == p("sensors1", "inlet_temperature")
+    assert rack_point(rack, facts, "no_such_point") is None
+
+
+def test_an_isolation_valve_shuts_on_a_leak_and_nothing_else_moves_it() -> None:
+    """A device that can close its isolation valve (a Redfish CDU's ValveControl), listed after
+    devices that cannot: it shuts to its minimum in a leak's pump step, and no other cause,
+    failsafe included, closes it (failsafe is its open end, never written)."""
+
+    def redfish_cdu(rack: dict[str, Any]) -> None:
+        rack["devices"]["rfcdu"] = {
+            "driver": "redfish",
+            "kind": "cdu",
+            "url": "https://127.0.0.1:1",
+            "username": "admin",
+        }
+
+    config = built(redfish_cdu)
+    valves = [a for a in config.actuators if a.role is ActuatorRole.ISOLATION]
+    assert [a.point for a in valves] == [p("rfcdu", "isolation_valve_command")]
+    (valve,) = valves
+    assert (valve.minimum, valve.maximum, valve.hard_minimum, valve.hard_maximum) == (0, 1, 0, 1)
+    assert valve.on_leak == 0.0 and valve.failsafe == 1.0 and valve.shutdown is None
+    assert valve.on_over_temperature is valve.on_pump_failure is valve.on_loss_of_flow is None
+    assert valve.on_low_level is None and valve.slew_per_s is None
+    assert not [a for a in built().actuators if a.role is ActuatorRole.ISOLATION]
+
+
+def test_a_power_meter_that_only_publishes_over_mqtt_is_not_summed_as_the_racks(
+    tmp_path: Path,
+) -> None:
+    """An MQTT device of kind pdu (a site's topic map) is not one of the rack's meters: the
+    rack's power is summed from the polled PDUs, which say whether they meter the rack."""
+    text = Path(__file__).resolve().parent.parent / "drivers/profiles/sim-mqtt-sensors.toml"
+    profile = tmp_path / "mqtt-pdu.toml"
+    profile.write_text(
+        text.read_text()
+        .replace('name = "sim-mqtt-sensors"', 'name = "mqtt-pdu"')
+        .replace('kind = "sensor"', 'kind = "pdu"', 1)
+    )
+
+    def mqtt_pdu(rack: dict[str, Any]) -> None:
+        rack["devices"]["sensors1"]["profile"] = str(profile)
+
+    rack = rack_of(mqtt_pdu)
+    facts = {device.id: device_facts(device) for device in rack.devices.values()}
+    assert facts["sensors1"].kind == "pdu"
+    assert rack_power_points(rack, facts) == (p("pdu1", "power"),)
