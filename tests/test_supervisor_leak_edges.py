@@ -1,0 +1,150 @@
+"""Edges of coolctl.control.supervisor that its other tests passed by, each found by a mutant that
+survived them (scripts/mutation): how the reservoir level's trend counts among the leak votes,
+where a low level releases, what a server's shutdown command says, what the shutdown event
+names, a standby pump reading exactly 0.5, which valve the supply floor holds, and the setting
+a refused level window names.
+
+Built on the fixtures of tests/test_supervisor.py, tests/test_level_trend.py and
+tests/test_supply_floor.py."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from test_level_trend import config_with_trend, level
+from test_supervisor import (
+    LEAK1,
+    RACK,
+    RUNNING,
+    STANDBY_ACTIVE,
+    by_point,
+    kinds,
+    make_config,
+    snap,
+    started,
+    with_standby,
+)
+from test_supervisor_edges import floor_commands
+from test_supervisor_plant import LEVEL
+from test_supply_floor import VALVE as VALVE_POINT
+from test_supply_floor import auto as floor_auto
+from test_supply_floor import snapshot as floor_snapshot
+from test_supply_floor import supervisor as floor_supervisor
+
+from coolctl.control.supervisor import (
+    LEAK,
+    LOW_LEVEL,
+    ActuatorRole,
+    ActuatorSafety,
+    Supervisor,
+)
+from coolctl.model import PointId, Quality, Reading, Snapshot, Source
+
+SERVER_POWER = PointId(RACK, "srv1", "server_power")
+
+
+def rope_and_level(now: float, litres: float) -> Snapshot:
+    """Normal readings with the rope LEAK1 wet and the reservoir at `litres`."""
+    return snap(now, {LEAK1: 1.0}, [Reading(LEVEL, litres, now, Quality.GOOD)])
+
+
+# -- the leak's votes and the low level's release -----------------------------------------------
+
+
+def test_with_one_rope_and_the_level_trend_two_votes_need_both() -> None:
+    """One rope and the reservoir's trend are two detectors: with `leak_votes=2` a rope that
+    reads wet while the level holds steady is one vote, not a leak (one faulty rope must not
+    stop the pump), and the rope with the level falling at the leak rate is."""
+    supervisor = config_with_trend(leak_points=(LEAK1,), leak_votes=2)
+    for t in range(1, 30):  # steady, long enough for the trend to have a slope
+        supervisor.step(level(t, 20.0), float(t), [])
+    one_vote = supervisor.step(rope_and_level(30.0, 20.0), 30.0, [])
+    assert LEAK not in one_vote.interlocks
+    for t in range(31, 60):  # the rope still wet, the level now draining at 3 L/min
+        decision = supervisor.step(rope_and_level(t, 20.0 - 0.05 * (t - 30)), float(t), [])
+        if LEAK in decision.interlocks:
+            break
+    assert LEAK in decision.interlocks
+    assert "reservoir_level falling" in supervisor.state.interlocks[LEAK].reason
+
+
+def test_a_low_level_releases_at_ten_percent_over_its_minimum_not_a_litre_over() -> None:
+    """The release margin is a share of the minimum (10 %): a 20 L minimum holds the pump
+    stopped at 21.9 L however long it reads so (a drained reservoir's noise), and releases
+    after hold_s at 22.1 L."""
+    supervisor = config_with_trend(
+        leak_level_drop_l_per_min=None, min_reservoir_level_l=20.0, hold_s=5.0
+    )
+    assert LOW_LEVEL in supervisor.step(level(1.0, 19.0), 1.0, []).interlocks
+    for t in range(2, 20):  # over the minimum and over it + 1.1 L, under 110 % of it
+        decision = supervisor.step(level(t, 21.9), float(t), [])
+        assert LOW_LEVEL in decision.interlocks
+    for t in range(20, 30):
+        decision = supervisor.step(level(t, 22.1), float(t), [])
+    assert LOW_LEVEL not in decision.interlocks
+
+
+# -- what commands and events say ---------------------------------------------------------------
+
+
+def test_a_leak_says_it_shuts_the_server_down() -> None:
+    """A server's power set to 0 by the leak interlock: its command's reason (the audit trail an
+    operator reads) says the server is shut down, not powered on."""
+    server = ActuatorSafety(
+        SERVER_POWER, ActuatorRole.SERVER_POWER, 0.0, 1.0, None, 1.0, 0.0, 1.0, on_leak=0.0
+    )
+    config = make_config()
+    supervisor = started(replace(config, actuators=(*config.actuators, server)))
+    command = by_point(supervisor.step(snap(1.0, {LEAK1: 1.0}), 1.0, []))[SERVER_POWER]
+    assert (command.value, command.source) == (0.0, Source.INTERLOCK)
+    assert command.reason.endswith("server shut down")
+
+
+def test_the_shutdown_event_names_what_was_handed_back() -> None:
+    """The shutdown event says which points were commanded on the way out (the pump's hand-back
+    value here), and "nothing" only when nothing was."""
+    handed = started().shutdown(5.0).events[0].message
+    assert handed.endswith("commanded pump_speed_command")
+    bare = make_config()
+    nothing = started(replace(bare, actuators=bare.actuators[1:])).shutdown(5.0)
+    assert nothing.commands == () and nothing.events[0].message.endswith("commanded nothing")
+
+
+def test_a_negative_level_window_is_refused_naming_the_setting() -> None:
+    """A level trend over a negative window is refused by the supervisor's own validation, with
+    the setting's name (what the operator wrote in the config), not deeper down."""
+    with pytest.raises(ValueError, match="leak_level_window_s must be finite and > 0"):
+        Supervisor(make_config(leak_level_window_s=-20.0))
+
+
+# -- the standby pump and the supply floor ------------------------------------------------------
+
+
+def test_a_standby_reading_exactly_one_half_has_taken_over() -> None:
+    """Boolean points read as 1 at or above 0.5: a standby_pump_active of exactly 0.5 after a
+    pump failure is the standby taking over, which spares the rack its caps."""
+    supervisor = started(with_standby())
+    supervisor.step(snap(1.0, {RUNNING: 0.0}), 1.0, [])
+    took = supervisor.step(snap(2.0, {RUNNING: 0.0, STANDBY_ACTIVE: 0.5}), 2.0, [])
+    assert kinds(took) == ["standby_took_over"] and supervisor.state.standby_took_over
+    later = supervisor.step(snap(5.0, {RUNNING: 0.0, STANDBY_ACTIVE: 0.5}), 5.0, [])
+    assert "pump_failure_caps" not in kinds(later) and not supervisor.state.pump_failure_caps
+
+
+def test_a_valve_on_a_cdu_that_sorts_first_is_not_the_supply_valve() -> None:
+    """The supply floor holds only the valve of the CDU whose supply it reads: a valve on
+    another CDU goes out as its loop asked, whether that CDU's name sorts before or after."""
+    other_valve = PointId(RACK, "cdu0", "valve_command")
+    base = floor_supervisor().config
+    (valve, setpoint) = base.actuators
+    moved = replace(valve, point=other_valve)
+    sup = Supervisor(replace(base, actuators=(valve, setpoint, moved)))
+    sup.startup(0.0)
+    at = floor_auto
+    floor_commands(sup, 1.0, floor_snapshot(1.0, 35.0), at(VALVE_POINT, 0.6), at(other_valve, 0.6))
+    under = floor_commands(
+        sup, 2.0, floor_snapshot(2.0, 24.0), at(VALVE_POINT, 1.0), at(other_valve, 1.0)
+    )
+    assert under[VALVE_POINT].value == pytest.approx(0.58)  # the supply valve closes
+    assert under[other_valve].value == 1.0 and under[other_valve].reason == "loop"
