@@ -35,6 +35,8 @@ from test_supply_floor import auto as floor_auto
 from test_supply_floor import supervisor as floor_supervisor
 
 from coolctl.control.supervisor import (
+    LEAK,
+    OVER_TEMPERATURE,
     InterlockStatus,
     Supervisor,
     SupervisorConfig,
@@ -206,3 +208,28 @@ def test_status_records_built_without_the_optional_flags_say_nothing_is_pending(
         shut_down=False,
     )
     assert state.leak_caps_confirmed is True and dict(state.silent_sensors) == {}
+
+
+def test_over_temperature_has_no_release_band_by_default() -> None:
+    """`temperature_release_band_c` is 0 by default (the daemon passes the rack's own): a chip
+    half a kelvin under its limit is clear, and the interlock's hold starts counting."""
+    supervisor = started(make_config())
+    assert OVER_TEMPERATURE in supervisor.step(snap(1.0, {CHIP: 96.0}), 1.0, []).interlocks
+    supervisor.step(snap(2.0, {CHIP: 94.5}), 2.0, [])
+    assert supervisor.state.interlocks[OVER_TEMPERATURE].clear_since == 2.0
+
+
+def test_the_level_trend_judges_once_its_readings_span_15_s_of_the_20_s_default_window() -> None:
+    """`leak_level_window_s` is 20 s by default, and a slope needs readings over three quarters
+    of it: a level falling at 6 L/min, read every quarter second, trips the leak interlock
+    15 s after the first reading, not a quarter second sooner or later."""
+    level = PointId(RACK, "cdu1", "reservoir_level")
+    supervisor = started(make_config(reservoir_level=level, leak_level_drop_l_per_min=1.0))
+    tripped_after_s = None
+    for quarter in range(0, 81):
+        now = 1.0 + 0.25 * quarter
+        decision = supervisor.step(snap(now, {level: 30.0 - 0.1 * (now - 1.0)}), now, [])
+        if LEAK in decision.interlocks:
+            tripped_after_s = now - 1.0
+            break
+    assert tripped_after_s == 15.0
