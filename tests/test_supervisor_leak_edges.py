@@ -14,10 +14,12 @@ from dataclasses import replace
 import pytest
 from test_level_trend import config_with_trend, level
 from test_supervisor import (
+    CHIP,
     LEAK1,
     RACK,
     RUNNING,
     STANDBY_ACTIVE,
+    STANDBY_SAFETY,
     by_point,
     kinds,
     make_config,
@@ -148,3 +150,40 @@ def test_a_valve_on_a_cdu_that_sorts_first_is_not_the_supply_valve() -> None:
     )
     assert under[VALVE_POINT].value == pytest.approx(0.58)  # the supply valve closes
     assert under[other_valve].value == 1.0 and under[other_valve].reason == "loop"
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [(0.0, "server shut down"), (0.5, "server powered on"), (1.0, "server powered on")],
+)
+def test_a_server_power_value_is_described_as_the_driver_takes_it(value: float, said: str) -> None:
+    """A server's power under 0.5 is a shutdown, from 0.5 up a power-on (what the Redfish driver
+    sends for it): the reason of the value an interlock sets names the one that goes out."""
+    server = ActuatorSafety(
+        SERVER_POWER,
+        ActuatorRole.SERVER_POWER,
+        0.0,
+        1.0,
+        None,
+        1.0,
+        0.0,
+        1.0,
+        on_over_temperature=value,
+    )
+    config = make_config()
+    supervisor = started(replace(config, actuators=(*config.actuators, server)))
+    command = by_point(supervisor.step(snap(1.0, {CHIP: 99.0}), 1.0, []))[SERVER_POWER]
+    assert command.value == value and command.reason.endswith(f"; {said}")
+
+
+@pytest.mark.parametrize(
+    ("value", "said"), [(0.0, "standby pump not selected"), (1.0, "standby pump selected")]
+)
+def test_a_standby_selector_value_is_described_as_the_cdu_takes_it(value: float, said: str) -> None:
+    """A standby selector at 1 selects the standby pump and at 0 does not: a hand-back value's
+    reason says which."""
+    standby = replace(STANDBY_SAFETY, shutdown=value)
+    config = make_config()
+    supervisor = started(replace(config, actuators=(*config.actuators, standby)))
+    command = by_point(supervisor.shutdown(5.0))[STANDBY_SAFETY.point]
+    assert command.value == value and command.reason == f"shutdown: {said} (hand-back value)"
