@@ -233,3 +233,23 @@ def test_the_level_trend_judges_once_its_readings_span_15_s_of_the_20_s_default_
             tripped_after_s = now - 1.0
             break
     assert tripped_after_s == 15.0
+
+
+def test_short_level_windows_and_raised_pump_minimums_are_accepted() -> None:
+    """Validation refuses what cannot work, nothing more: a level trend over half a second and
+    a pump whose hard minimum is above 0 (a CDU that never stops its pump) are valid."""
+    assert Supervisor(make_config(leak_level_window_s=0.5)).config.leak_level_window_s == 0.5
+    pump = replace(PUMP_SAFETY, hard_minimum=0.1, on_leak=0.1)
+    config = make_config(actuators=(pump, VALVE_SAFETY))
+    assert Supervisor(config).config.actuators[0].hard_minimum == 0.1
+
+
+def test_between_over_temperature_and_a_pump_failure_the_pump_gets_the_more_cooling() -> None:
+    """Neither protects the pump from running dry, so the higher speed wins: over-temperature's
+    full speed over the 0.5 a pump failure asks for (whichever interlock's name sorts last)."""
+    pump = replace(PUMP_SAFETY, on_pump_failure=0.5)
+    supervisor = started(make_config(actuators=(pump, VALVE_SAFETY)))
+    decision = supervisor.step(snap(1.0, {CHIP: 99.0, RUNNING: 0.0}), 1.0, [])
+    assert {OVER_TEMPERATURE, "pump_failure"} <= decision.interlocks
+    command = by_point(decision)[PUMP]
+    assert command.value == 1.0 and command.reason.endswith("(over-temperature wins)")
