@@ -6,6 +6,7 @@ changed without the main tests noticing (scripts/mutation)."""
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import replace
 
@@ -253,3 +254,25 @@ def test_between_over_temperature_and_a_pump_failure_the_pump_gets_the_more_cool
     assert {OVER_TEMPERATURE, "pump_failure"} <= decision.interlocks
     command = by_point(decision)[PUMP]
     assert command.value == 1.0 and command.reason.endswith("(over-temperature wins)")
+
+
+def test_a_supervisor_started_again_after_its_shutdown_is_no_longer_shut_down() -> None:
+    """`state.shut_down` (what status shows) is false once started, true after the hand-back,
+    and false again when the supervisor starts once more (a daemon reloaded in place)."""
+    supervisor = started()
+    assert not supervisor.state.shut_down
+    supervisor.shutdown(5.0)
+    assert supervisor.state.shut_down
+    supervisor.startup(6.0)
+    assert not supervisor.state.shut_down
+
+
+def test_an_observation_with_a_non_finite_value_or_time_is_no_base_for_slew() -> None:
+    """What a device reads back is a base for slew only when both its value and its time are
+    finite: neither a NaN value at a good time nor a good value at a NaN time moves it."""
+    supervisor = Supervisor(make_config())
+    supervisor.observe(PUMP, 0.4, 0.0)
+    supervisor.observe(PUMP, math.nan, 0.5)
+    supervisor.observe(PUMP, 0.9, math.nan)
+    first = supervisor.step(snap(1.0), 1.0, [auto(PUMP, 1.0)])
+    assert by_point(first)[PUMP].value == pytest.approx(0.45)

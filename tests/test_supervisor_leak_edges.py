@@ -28,7 +28,7 @@ from test_supervisor import (
     with_standby,
 )
 from test_supervisor_edges import floor_commands
-from test_supervisor_plant import LEVEL
+from test_supervisor_plant import LEVEL, POWER
 from test_supply_floor import VALVE as VALVE_POINT
 from test_supply_floor import auto as floor_auto
 from test_supply_floor import snapshot as floor_snapshot
@@ -187,3 +187,60 @@ def test_a_standby_selector_value_is_described_as_the_cdu_takes_it(value: float,
     supervisor = started(replace(config, actuators=(*config.actuators, standby)))
     command = by_point(supervisor.shutdown(5.0))[STANDBY_SAFETY.point]
     assert command.value == value and command.reason == f"shutdown: {said} (hand-back value)"
+
+
+def trend_trips(falling_l_per_s: float, drop_l_per_min: float) -> bool:
+    """Whether a level falling at `falling_l_per_s`, read every second for half a minute, trips
+    the level-trend leak detector set to `drop_l_per_min`."""
+    supervisor = config_with_trend(leak_level_drop_l_per_min=drop_l_per_min)
+    tripped = False
+    for t in range(1, 31):
+        decision = supervisor.step(level(t, 20.0 - falling_l_per_s * t), float(t), [])
+        tripped = tripped or LEAK in decision.interlocks
+    return tripped
+
+
+def test_the_level_trend_trips_at_its_drop_rate_in_litres_a_minute() -> None:
+    """`leak_level_drop_l_per_min` is a rate per minute, and a level falling at exactly that
+    rate is a leak: 1/16 L/s (exact in floating point, so is the fitted slope) is 3.75 L/min;
+    1 % over the rate trips, 1 % under does not."""
+    assert trend_trips(0.0625, 3.75)
+    assert trend_trips(1.01 / 60.0, 1.0)
+    assert not trend_trips(0.99 / 60.0, 1.0)
+
+
+def test_a_level_trend_without_readings_does_not_hold_a_leak_that_has_cleared() -> None:
+    """A level that is not read gives the trend no evidence either way: a rope's leak that has
+    dried releases after its hold as it would without the trend."""
+    supervisor = config_with_trend(hold_s=2.0)  # the level is never read
+    assert LEAK in supervisor.step(snap(1.0, {LEAK1: 1.0}), 1.0, []).interlocks
+    supervisor.step(snap(2.0), 2.0, [])
+    assert kinds(supervisor.step(snap(4.5), 4.5, [])) == ["interlock_leak_cleared"]
+
+
+def test_the_votes_asked_for_are_capped_at_the_detectors_a_rack_has() -> None:
+    """`leak_votes = 3` on a rack with one rope and the level trend: both wet is a leak (the
+    rack cannot vote with a detector it lacks), one alone is not."""
+    supervisor = config_with_trend(leak_votes=3, leak_points=(LEAK1,))
+    tripped_at = None
+    for t in range(1, 31):
+        readings = [Reading(LEVEL, 20.0 - 0.1 * t, float(t), Quality.GOOD)]
+        decision = supervisor.step(snap(t, {LEAK1: 1.0}, extra=readings), float(t), [])
+        if LEAK in decision.interlocks:
+            tripped_at = t
+            break
+    assert tripped_at is not None and tripped_at > 10  # the rope alone did not trip it
+
+
+def test_the_caps_of_a_leak_are_confirmed_once_and_stay_confirmed() -> None:
+    """Once the PDU shows the leak's caps took hold, the pump takes its leak value and stays
+    there tick after tick: the confirmation is said once, and not undone while the leak lasts."""
+    config = make_config(power=(POWER,), leak_caps_power_w=30_000.0, leak_caps_timeout_s=60.0)
+    supervisor = started(config)
+    supervisor.step(snap(1.0, {LEAK1: 1.0, POWER: 90_000.0}), 1.0, [])
+    assert not supervisor.state.leak_caps_confirmed
+    confirmed = supervisor.step(snap(2.0, {LEAK1: 1.0, POWER: 20_000.0}), 2.0, [])
+    assert kinds(confirmed) == ["leak_caps_confirmed"]
+    for now in (3.0, 4.0, 5.0):
+        decision = supervisor.step(snap(now, {LEAK1: 1.0, POWER: 20_000.0}), now, [])
+        assert kinds(decision) == [] and supervisor.state.leak_caps_confirmed
