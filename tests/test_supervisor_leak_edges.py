@@ -244,3 +244,47 @@ def test_the_caps_of_a_leak_are_confirmed_once_and_stay_confirmed() -> None:
     for now in (3.0, 4.0, 5.0):
         decision = supervisor.step(snap(now, {LEAK1: 1.0, POWER: 20_000.0}), now, [])
         assert kinds(decision) == [] and supervisor.state.leak_caps_confirmed
+
+
+def low_level_after(litres: float, then: float | Quality) -> tuple[bool, bool]:
+    """(tripped, clear) of the low-level interlock: level readings of `litres`, then `then`,
+    against an 8 L minimum (hold 5 s)."""
+    supervisor = config_with_trend(leak_level_drop_l_per_min=None, hold_s=5.0)
+    supervisor.step(level(1.0, litres), 1.0, [])
+    second = snap(2.0, {LEVEL: then}) if isinstance(then, Quality) else level(2.0, then)
+    decision = supervisor.step(second, 2.0, [])
+    status = supervisor.state.interlocks.get(LOW_LEVEL)
+    return LOW_LEVEL in decision.interlocks, status is not None and status.clear_since == 2.0
+
+
+def test_the_low_level_boundaries() -> None:
+    """Under the minimum is low; exactly at it is not. A level that has been low clears at
+    exactly 10 % over the minimum, not under. Between the two a level never low is no
+    interlock (only a margin for the release), and a level that went bad is blindness, not
+    a low level."""
+    assert low_level_after(7.9, 7.9)[0]
+    assert low_level_after(12.0, 8.0) == (False, False)
+    assert low_level_after(7.9, 8.0 * 1.1) == (True, True)  # clear, held for its 5 s
+    assert low_level_after(12.0, 8.4) == (False, False)
+    assert not low_level_after(12.0, Quality.BAD)[0]
+
+
+def releases_after_a_rope_leak(falling_l_per_s: float, drop_l_per_min: float) -> bool:
+    """Whether a rope's leak, wet for one tick while the reservoir level falls steadily at
+    `falling_l_per_s` (under the trend's `drop_l_per_min`), releases after its 2 s hold."""
+    supervisor = config_with_trend(leak_level_drop_l_per_min=drop_l_per_min, hold_s=2.0)
+    for t in range(1, 31):
+        readings = [Reading(LEVEL, 30.0 - falling_l_per_s * t, float(t), Quality.GOOD)]
+        wet = {LEAK1: 1.0} if t == 20 else {}
+        decision = supervisor.step(snap(t, wet, extra=readings), float(t), [])
+        if t == 20:
+            assert LEAK in decision.interlocks
+    return LEAK not in decision.interlocks
+
+
+def test_a_leak_releases_only_once_the_level_falls_at_under_half_the_drop_rate() -> None:
+    """The release waits while the level still falls at half the trend's drop rate or more
+    (so a drain near the rate does not trip and clear by turns): at exactly half of 7.5 L/min
+    (1/16 L/s, exact) the leak holds; at 1 L/min it releases."""
+    assert not releases_after_a_rope_leak(0.0625, 7.5)
+    assert releases_after_a_rope_leak(1.0 / 60.0, 7.5)
