@@ -35,7 +35,7 @@ from coolctl.control.supervisor import (
     SupervisorConfig,
     TemperatureLimit,
 )
-from coolctl.model import PointId, Severity, Source
+from coolctl.model import PointId, Quality, Severity, Source
 
 OUTLET = PointId("r01", "srv2", "outlet_temperature")
 
@@ -198,3 +198,33 @@ def test_a_pump_asked_for_exactly_min_pump_speed_expects_flow() -> None:
     assert LOSS_OF_FLOW not in first.interlocks
     later = supervisor.step(snap(4.0, {FLOW: 10.0}), 4.0, [auto(PUMP, 0.2)])
     assert kinds(later) == ["interlock_loss_of_flow"]
+
+
+def flow_watched(**changes: object) -> SupervisorConfig:
+    """Loss of flow watched against a 200 L/min pump (half of what its speed should give)."""
+    pump = replace(PUMP_SAFETY, slew_per_s=None)
+    actuators = (pump, VALVE_SAFETY, cap(CAP1), cap(CAP2))
+    return make_config(actuators=actuators, flow=FLOW, rated_flow_lpm=200.0, **changes)
+
+
+def test_a_flow_meter_that_reads_bad_is_blindness_not_a_loss_of_flow() -> None:
+    """A flow meter that goes bad says nothing of the flow: failsafe answers blindness, and
+    no loss-of-flow interlock trips on it, however long it stays bad."""
+    supervisor = started(flow_watched())
+    supervisor.step(snap(1.0), 1.0, [auto(PUMP, 0.8)])
+    for now in (2.0, 3.0, 5.0, 8.0):
+        decision = supervisor.step(snap(now, {FLOW: Quality.BAD}), now, [auto(PUMP, 0.8)])
+        assert LOSS_OF_FLOW not in decision.interlocks
+
+
+def test_a_flow_meter_no_longer_reported_neither_trips_nor_holds_a_loss_of_flow() -> None:
+    """A point with no reading at all can neither trip an interlock nor hold one: a loss of
+    flow releases after its hold once its meter is not reported."""
+    supervisor = started(flow_watched(hold_s=2.0))
+    supervisor.step(snap(1.0), 1.0, [auto(PUMP, 0.8)])
+    supervisor.step(snap(2.0, {FLOW: 10.0}), 2.0, [auto(PUMP, 0.8)])
+    tripped = supervisor.step(snap(4.0, {FLOW: 10.0}), 4.0, [auto(PUMP, 0.8)])
+    assert LOSS_OF_FLOW in tripped.interlocks
+    supervisor.step(snap(5.0, {FLOW: None}), 5.0, [auto(PUMP, 0.8)])
+    released = supervisor.step(snap(7.5, {FLOW: None}), 7.5, [auto(PUMP, 0.8)])
+    assert LOSS_OF_FLOW not in released.interlocks
