@@ -18,6 +18,7 @@ from test_supervisor import (
     PUMP,
     PUMP_SAFETY,
     RUNNING,
+    STANDBY,
     STANDBY_ACTIVE,
     auto,
     by_point,
@@ -310,3 +311,57 @@ def test_caps_holding_is_said_once_and_a_second_overshoot_alarms_again() -> None
     assert kinds(supervisor.step(snap(13.0, {POWER: 850.0}), 13.0, caps)) == []
     supervisor.step(snap(14.0, {POWER: 2000.0}), 14.0, caps)
     assert kinds(supervisor.step(snap(24.0, {POWER: 2000.0}), 24.0, caps)) == ["caps_not_holding"]
+
+
+# -- edges found by a later run ---------------------------------------------------------------
+
+
+def test_a_pump_running_reading_of_exactly_one_half_is_running() -> None:
+    """`pump_running` reads running from 0.5 up (as every on/off point here): a pump asked to
+    run that reads 0.5 has not failed."""
+    supervisor = started()
+    supervisor.step(snap(1.0), 1.0, [auto(PUMP, 0.5)])
+    decision = supervisor.step(snap(2.0, {RUNNING: 0.5}), 2.0, [auto(PUMP, 0.5)])
+    assert "pump_failure" not in decision.interlocks
+
+
+def test_a_pump_failure_with_a_flow_meter_but_no_rated_flow_waits_for_the_standby() -> None:
+    """Without a rated flow there is no "no flow" to judge by: a pump failure waits for the
+    standby pump, as on a rack without a flow meter."""
+    supervisor = started(with_standby(flow=FLOW))
+    failed = supervisor.step(snap(1.0, {RUNNING: 0.0}), 1.0, [])
+    assert by_point(failed)[STANDBY].value == 1.0
+    assert not supervisor.state.pump_failure_caps
+
+
+def test_room_air_without_its_humidity_gives_no_dew_point_floor() -> None:
+    """The dew point is worked out from room air only with both its temperature and its
+    humidity: without the humidity the supply floor is the facility water's alone."""
+    sup = floor_supervisor()
+    sup.startup(0.0)
+    values = {FLOOR_SUPPLY: 35.0, FACILITY: 18.0, AIR: 28.0}
+    readings = Snapshot([Reading(p, v, 1.0, Quality.GOOD) for p, v in values.items()], 1.0)
+    sent = by_point(sup.step(readings, 1.0, [floor_auto(SETPOINT, 21.0)]))
+    assert sent[SETPOINT].value == 21.0  # over facility water + 2 K; no dew point to floor it
+
+
+def test_a_failsafe_valve_with_the_supply_read_is_not_held_for_the_dew_point() -> None:
+    """Holding the valve for a cold facility water is for a failsafe blind to the supply: with
+    the supply read (the rack blind to its flow only) and over its floor, the valve takes its
+    failsafe value."""
+    flow = PointId(FLOOR_SUPPLY.rack, "cdu1", "flow")
+    config = replace(floor_supervisor().config, required=(FLOOR_SUPPLY, flow))
+    sup = Supervisor(config)
+    sup.startup(0.0)
+
+    def readings(now: float, flow_lpm: float | None) -> Snapshot:
+        values = {FLOOR_SUPPLY: 35.0, FACILITY: 18.0, AIR: 28.0, HUMIDITY: 0.75}
+        if flow_lpm is not None:
+            values[flow] = flow_lpm
+        return Snapshot([Reading(p, v, now, Quality.GOOD) for p, v in values.items()], now)
+
+    floor_commands(sup, 1.0, readings(1.0, 150.0), floor_auto(VALVE_POINT, 0.2))
+    blind = sup.step(readings(6.0, None), 6.0, [])
+    assert blind.failsafe
+    valve = by_point(blind)[VALVE_POINT]
+    assert valve.source is Source.FAILSAFE and valve.value == 1.0
