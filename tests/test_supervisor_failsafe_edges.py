@@ -365,3 +365,13 @@ def test_a_failsafe_valve_with_the_supply_read_is_not_held_for_the_dew_point() -
     assert blind.failsafe
     valve = by_point(blind)[VALVE_POINT]
     assert valve.source is Source.FAILSAFE and valve.value == 1.0
+
+
+def test_the_supply_valve_closes_at_its_rate_per_second_over_shorter_ticks() -> None:
+    """0.02 per second over a half-second tick is 0.01: a tick shorter than a second closes the
+    valve by its share of the rate, not by a whole second's."""
+    sup = floor_supervisor()
+    sup.startup(0.0)
+    floor_commands(sup, 1.0, floor_snapshot(1.0, 35.0), floor_auto(VALVE_POINT, 0.6))
+    held = floor_commands(sup, 1.5, floor_snapshot(1.5, 24.0), floor_auto(VALVE_POINT, 1.0))
+    assert held[VALVE_POINT].value == pytest.approx(0.59)
