@@ -375,3 +375,26 @@ def test_the_supply_valve_closes_at_its_rate_per_second_over_shorter_ticks() -> 
     floor_commands(sup, 1.0, floor_snapshot(1.0, 35.0), floor_auto(VALVE_POINT, 0.6))
     held = floor_commands(sup, 1.5, floor_snapshot(1.5, 24.0), floor_auto(VALVE_POINT, 1.0))
     assert held[VALVE_POINT].value == pytest.approx(0.59)
+
+
+def test_a_blind_failsafe_with_no_dew_point_to_judge_by_opens_the_valve() -> None:
+    """Blind to the supply on a rack with facility water read but no dew point (no dew-point
+    sensor, no room air): nothing to hold the valve for, the failsafe opens it fully."""
+    config: SupervisorConfig = replace(
+        floor_supervisor().config,
+        room_temperature=None,
+        room_humidity=None,
+        required=(FLOOR_SUPPLY,),
+    )
+    sup = Supervisor(config)
+    sup.startup(0.0)
+
+    def readings(now: float, supply: float | None) -> Snapshot:
+        values = {FACILITY: 18.0} if supply is None else {FACILITY: 18.0, FLOOR_SUPPLY: supply}
+        return Snapshot([Reading(p, v, now, Quality.GOOD) for p, v in values.items()], now)
+
+    floor_commands(sup, 1.0, readings(1.0, 35.0), floor_auto(VALVE_POINT, 0.2))
+    blind = sup.step(readings(6.0, None), 6.0, [])
+    assert blind.failsafe
+    valve = by_point(blind)[VALVE_POINT]
+    assert valve.source is Source.FAILSAFE and valve.value == 1.0
