@@ -398,3 +398,24 @@ def test_a_blind_failsafe_with_no_dew_point_to_judge_by_opens_the_valve() -> Non
     assert blind.failsafe
     valve = by_point(blind)[VALVE_POINT]
     assert valve.source is Source.FAILSAFE and valve.value == 1.0
+
+
+def test_a_blind_failsafe_that_closes_the_valve_is_not_held_open_for_the_dew_point() -> None:
+    """Holding the valve for a cold facility water only stops it opening: a failsafe value
+    under where the valve stands (less cooling, no sweating) goes out as configured."""
+    config: SupervisorConfig = replace(floor_supervisor().config, required=(FLOOR_SUPPLY,))
+    valve = replace(config.actuators[0], failsafe=0.5)
+    sup = Supervisor(replace(config, actuators=(valve, *config.actuators[1:])))
+    sup.startup(0.0)
+
+    def readings(now: float, supply: float | None) -> Snapshot:
+        values = {FACILITY: 18.0, AIR: 28.0, HUMIDITY: 0.75}
+        if supply is not None:
+            values[FLOOR_SUPPLY] = supply
+        return Snapshot([Reading(p, v, now, Quality.GOOD) for p, v in values.items()], now)
+
+    floor_commands(sup, 1.0, readings(1.0, 35.0), floor_auto(VALVE_POINT, 0.8))
+    blind = sup.step(readings(6.0, None), 6.0, [])
+    assert blind.failsafe
+    command = by_point(blind)[VALVE_POINT]
+    assert command.source is Source.FAILSAFE and command.value == 0.5

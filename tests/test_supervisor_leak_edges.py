@@ -177,11 +177,16 @@ def test_a_server_power_value_is_described_as_the_driver_takes_it(value: float, 
 
 
 @pytest.mark.parametrize(
-    ("value", "said"), [(0.0, "standby pump not selected"), (1.0, "standby pump selected")]
+    ("value", "said"),
+    [
+        (0.0, "standby pump not selected"),
+        (0.5, "standby pump selected"),
+        (1.0, "standby pump selected"),
+    ],
 )
 def test_a_standby_selector_value_is_described_as_the_cdu_takes_it(value: float, said: str) -> None:
-    """A standby selector at 1 selects the standby pump and at 0 does not: a hand-back value's
-    reason says which."""
+    """A standby selector from 0.5 up selects the standby pump (as a standby_pump_active reading
+    from 0.5 up says it took over) and under it does not: a hand-back value's reason says which."""
     standby = replace(STANDBY_SAFETY, shutdown=value)
     config = make_config()
     supervisor = started(replace(config, actuators=(*config.actuators, standby)))
