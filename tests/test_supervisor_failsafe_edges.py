@@ -6,6 +6,7 @@ it closes the valve, and the caps alarm after it has cleared once."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
 import pytest
@@ -275,26 +276,34 @@ def test_under_the_floor_the_loop_may_close_the_valve_at_or_beyond_the_close_rat
     assert faster[VALVE_POINT].value == 0.3 and faster[VALVE_POINT].reason == "loop"
 
 
+def blind_valve(
+    config: SupervisorConfig, values: Mapping[PointId, float], lost: PointId, valve_at: float
+) -> float:
+    """The valve's failsafe value once the rack has gone blind to `lost`: `values` read at 1 s
+    with the loop's valve at `valve_at`, then at 6 s without `lost`."""
+    sup = Supervisor(config)
+    sup.startup(0.0)
+
+    def readings(now: float, without: PointId | None = None) -> Snapshot:
+        good = [Reading(p, v, now, Quality.GOOD) for p, v in values.items() if p != without]
+        return Snapshot(good, now)
+
+    floor_commands(sup, 1.0, readings(1.0), floor_auto(VALVE_POINT, valve_at))
+    blind = sup.step(readings(6.0, lost), 6.0, [])
+    assert blind.failsafe
+    command = by_point(blind)[VALVE_POINT]
+    assert command.source is Source.FAILSAFE
+    return command.value
+
+
 def test_a_blind_failsafe_opens_the_valve_onto_facility_water_at_the_dew_floor() -> None:
     """Facility water at exactly the dew point + margin (25.0 °C) is not under it: with the
     supply unread, the failsafe opens the valve fully."""
     config: SupervisorConfig = replace(
         floor_supervisor().config, dew_point=DEW_POINT, required=(FLOOR_SUPPLY,)
     )
-    sup = Supervisor(config)
-    sup.startup(0.0)
-
-    def readings(now: float, supply: float | None) -> Snapshot:
-        values = {FACILITY: 25.0, AIR: 28.0, HUMIDITY: 0.75, DEW_POINT: 23.0}
-        if supply is not None:
-            values[FLOOR_SUPPLY] = supply
-        return Snapshot([Reading(p, v, now, Quality.GOOD) for p, v in values.items()], now)
-
-    floor_commands(sup, 1.0, readings(1.0, 35.0), floor_auto(VALVE_POINT, 0.2))
-    blind = sup.step(readings(6.0, None), 6.0, [])
-    assert blind.failsafe
-    valve = by_point(blind)[VALVE_POINT]
-    assert valve.source is Source.FAILSAFE and valve.value == 1.0
+    values = {FACILITY: 25.0, AIR: 28.0, HUMIDITY: 0.75, DEW_POINT: 23.0, FLOOR_SUPPLY: 35.0}
+    assert blind_valve(config, values, FLOOR_SUPPLY, 0.2) == 1.0
 
 
 # -- caps that do not hold --------------------------------------------------------------------
@@ -351,20 +360,8 @@ def test_a_failsafe_valve_with_the_supply_read_is_not_held_for_the_dew_point() -
     failsafe value."""
     flow = PointId(FLOOR_SUPPLY.rack, "cdu1", "flow")
     config = replace(floor_supervisor().config, required=(FLOOR_SUPPLY, flow))
-    sup = Supervisor(config)
-    sup.startup(0.0)
-
-    def readings(now: float, flow_lpm: float | None) -> Snapshot:
-        values = {FLOOR_SUPPLY: 35.0, FACILITY: 18.0, AIR: 28.0, HUMIDITY: 0.75}
-        if flow_lpm is not None:
-            values[flow] = flow_lpm
-        return Snapshot([Reading(p, v, now, Quality.GOOD) for p, v in values.items()], now)
-
-    floor_commands(sup, 1.0, readings(1.0, 150.0), floor_auto(VALVE_POINT, 0.2))
-    blind = sup.step(readings(6.0, None), 6.0, [])
-    assert blind.failsafe
-    valve = by_point(blind)[VALVE_POINT]
-    assert valve.source is Source.FAILSAFE and valve.value == 1.0
+    values = {FLOOR_SUPPLY: 35.0, FACILITY: 18.0, AIR: 28.0, HUMIDITY: 0.75, flow: 150.0}
+    assert blind_valve(config, values, flow, 0.2) == 1.0
 
 
 def test_the_supply_valve_closes_at_its_rate_per_second_over_shorter_ticks() -> None:
@@ -386,18 +383,8 @@ def test_a_blind_failsafe_with_no_dew_point_to_judge_by_opens_the_valve() -> Non
         room_humidity=None,
         required=(FLOOR_SUPPLY,),
     )
-    sup = Supervisor(config)
-    sup.startup(0.0)
-
-    def readings(now: float, supply: float | None) -> Snapshot:
-        values = {FACILITY: 18.0} if supply is None else {FACILITY: 18.0, FLOOR_SUPPLY: supply}
-        return Snapshot([Reading(p, v, now, Quality.GOOD) for p, v in values.items()], now)
-
-    floor_commands(sup, 1.0, readings(1.0, 35.0), floor_auto(VALVE_POINT, 0.2))
-    blind = sup.step(readings(6.0, None), 6.0, [])
-    assert blind.failsafe
-    valve = by_point(blind)[VALVE_POINT]
-    assert valve.source is Source.FAILSAFE and valve.value == 1.0
+    values = {FACILITY: 18.0, FLOOR_SUPPLY: 35.0}
+    assert blind_valve(config, values, FLOOR_SUPPLY, 0.2) == 1.0
 
 
 def test_a_blind_failsafe_that_closes_the_valve_is_not_held_open_for_the_dew_point() -> None:
@@ -405,17 +392,6 @@ def test_a_blind_failsafe_that_closes_the_valve_is_not_held_open_for_the_dew_poi
     under where the valve stands (less cooling, no sweating) goes out as configured."""
     config: SupervisorConfig = replace(floor_supervisor().config, required=(FLOOR_SUPPLY,))
     valve = replace(config.actuators[0], failsafe=0.5)
-    sup = Supervisor(replace(config, actuators=(valve, *config.actuators[1:])))
-    sup.startup(0.0)
-
-    def readings(now: float, supply: float | None) -> Snapshot:
-        values = {FACILITY: 18.0, AIR: 28.0, HUMIDITY: 0.75}
-        if supply is not None:
-            values[FLOOR_SUPPLY] = supply
-        return Snapshot([Reading(p, v, now, Quality.GOOD) for p, v in values.items()], now)
-
-    floor_commands(sup, 1.0, readings(1.0, 35.0), floor_auto(VALVE_POINT, 0.8))
-    blind = sup.step(readings(6.0, None), 6.0, [])
-    assert blind.failsafe
-    command = by_point(blind)[VALVE_POINT]
-    assert command.source is Source.FAILSAFE and command.value == 0.5
+    config = replace(config, actuators=(valve, *config.actuators[1:]))
+    values = {FACILITY: 18.0, AIR: 28.0, HUMIDITY: 0.75, FLOOR_SUPPLY: 35.0}
+    assert blind_valve(config, values, FLOOR_SUPPLY, 0.8) == 0.5
