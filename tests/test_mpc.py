@@ -20,7 +20,7 @@ from coolctl.control.supervisor import Decision
 from coolctl.model import Command, Snapshot, Source
 from coolctl.rack import mpc as mpc_stack
 from coolctl.rack.safety import DeviceFacts
-from coolctl.rack.stack import RackControl, build_pid_control
+from coolctl.rack.stack import RackControl, ThermalCappedAllocator, build_pid_control
 from coolctl.simulators.scenario import Scenario, parse_scenario
 from coolctl.tools import mpc_model
 from coolctl.tools.scenario_runner import RunResult, run_scenario
@@ -274,6 +274,41 @@ def test_mpc_limits_it_power_only_when_the_pump_is_at_its_top(model_path: Path) 
     first = next(i for i, (_, handed) in enumerate(seen.budgets) if handed is not None)
     assert first > 300 and pumps[float(first - 1)] >= 0.9 - 1e-9
     assert result.kpis["temp_limit_violation_ks"] == 0.0
+
+
+def test_the_thermal_cap_still_bounds_the_caps_under_the_mpc(model_path: Path) -> None:
+    """The MPC's IT limit is on the supply alone; the PID stack's thermal cap loop (chips,
+    outlets) stays under it: the MPC stack's allocator carries that loop, and no tick's caps
+    add up to more than the limit it had in force."""
+    limits: list[tuple[float, float]] = []
+    caps_sum: dict[float, float] = {}
+
+    def factory(
+        rack: RackConfig, devices: Mapping[str, DeviceFacts], _: Path | None
+    ) -> RackControl:
+        stack = mpc_stack.build_mpc_control(rack, devices, model_path)
+        allocator = stack.allocator
+        assert isinstance(allocator, mpc_stack.MpcAllocator)
+        assert isinstance(allocator, ThermalCappedAllocator)
+        thermal = allocator.thermal
+        assert thermal is not None
+        step = allocator.step
+
+        def recording(snapshot: Snapshot, now: float, budget_w: float | None) -> list[Command]:
+            commands = step(snapshot, now, budget_w)
+            if thermal.limit_w is not None:
+                limits.append((now, thermal.limit_w))
+                caps_sum[now] = allocator.allocation.allocated_w
+            return commands
+
+        allocator.step = recording  # type: ignore[method-assign]
+        return stack
+
+    result = run_scenario(scenario(HOT_WATER), "mpc", factory=factory)
+    kinds = [event.kind for event in result.rack_events]
+    assert "thermal_cap_engaged" in kinds
+    assert limits
+    assert all(caps_sum[now] <= limit + 1.0 for now, limit in limits)
 
 
 # ---- fallback ------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ itself (`coolctl.control.mpc`) stays pure. The stack is the PID stack with two c
 - the power-cap allocator is handed the MPC's IT-power limit in place of the rack budget when
   the MPC decides that pump and valve alone cannot hold the temperatures
   (`MpcController.allocator_budget_w`), so caps keep their per-server minimums, priorities
-  and weights. The safety supervisor is the daemon's own, unchanged: it has the last word.
+  and weights; the PID stack's thermal cap loop (chips, outlets) still bounds it. The safety
+  supervisor is the daemon's own, unchanged: it has the last word.
 
 The model: the file given (`--mpc-model`, `mpc_model` in the rack config), written by
 `coolctl identify`. A live rack needs a model identified on that rack, and its config must name
@@ -30,7 +31,7 @@ from coolctl.control.mpc import MpcController, MpcRack, MpcSettings, build_mpc
 from coolctl.control.powercap import PowerCapAllocator
 from coolctl.model import Command, Snapshot
 from coolctl.rack.safety import DeviceFacts, server_caps
-from coolctl.rack.stack import RackControl, build_pid_control
+from coolctl.rack.stack import RackControl, ThermalCappedAllocator, build_pid_control
 
 PUMP_POINT = "pump_speed_command"
 VALVE_POINT = "valve_command"
@@ -44,15 +45,18 @@ class MpcModelError(ValueError):
     """The model file is missing, unreadable, or not a model this MPC can run on this rack."""
 
 
-class MpcAllocator(PowerCapAllocator):
-    """The rack's allocator, handed the MPC's IT-power limit in place of the budget.
+class MpcAllocator(ThermalCappedAllocator):
+    """The rack's allocator, handed the MPC's IT-power limit in place of the budget, and still
+    under the PID stack's thermal cap loop where `base` has one: the MPC's limit is on the
+    supply temperature only, the thermal cap's on the chips and the server outlets as well.
 
     A subclass rather than a wrapper so that everything that reads an allocator (metrics, the
     control API's status, the demo) sees the same `allocation` and `config`.
     """
 
     def __init__(self, base: PowerCapAllocator, mpc: MpcController, margin_w: float) -> None:
-        super().__init__(base.config)
+        thermal = base.thermal if isinstance(base, ThermalCappedAllocator) else None
+        super().__init__(base.config, thermal)
         self.mpc = mpc
         self.margin_w = margin_w
 

@@ -200,13 +200,16 @@ def thermal_cap_loop(
 
 class ThermalCappedAllocator(PowerCapAllocator):
     """The rack's allocator, sharing out the lower of the budget and the thermal cap loop's
-    limit. A subclass, as the MPC's is, so metrics and status read the same `allocation`."""
+    limit (`thermal` None: the budget alone). A subclass, as the MPC's is (which extends this
+    one), so metrics and status read the same `allocation`."""
 
-    def __init__(self, config: AllocatorConfig, thermal: ThermalCapLoop) -> None:
+    def __init__(self, config: AllocatorConfig, thermal: ThermalCapLoop | None) -> None:
         super().__init__(config)
         self.thermal = thermal
 
     def step(self, snapshot: Snapshot, now: float, budget_w: float | None) -> list[Command]:
+        if self.thermal is None:
+            return super().step(snapshot, now, budget_w)
         was = self.thermal.limit_w
         limit = self.thermal.step(snapshot, now)
         state = self.thermal.state
