@@ -512,6 +512,30 @@ def test_chip_cycle_counts_swings_that_come_back_and_not_a_drift() -> None:
     assert chip_kpis([70.0, 71.0, 72.0])["chip_cycle_k"] == 0.0
 
 
+def step_kpis(supply: list[float]) -> dict[str, float]:
+    """The KPIs of a run whose supply follows `supply` (setpoint 35 °C), a load step at 0."""
+    base = RackPlant().truth()
+    recorder = Recorder(len(supply), 1.0, 0.0, 35.0, Limits(), load_steps_s=(0.0,))
+    for k, value in enumerate(supply):
+        truth = dataclasses.replace(base, supply_temperature_c=value)
+        recorder.sample(k, float(k), truth, None, False, False)
+    return recorder.kpis(truth, [], 1.0, float(len(supply)), 0)
+
+
+def test_overshoot_is_the_swing_back_after_the_first_excursion() -> None:
+    # the step warms the supply 0.4 K; the loop then pulls it 0.6 K under: 150 %, not 0
+    # (the largest deviation is the loop's own swing back)
+    swung = step_kpis([35.0, 35.1, 35.4, 35.2, 35.0, 34.7, 34.4, 34.6, 34.9, 35.0, 35.0])
+    assert swung["load_step_overshoot_pct"] == pytest.approx(150.0)
+    assert swung["load_step_settling_s"] == pytest.approx(8.0)
+    # a dip inside the band before the excursion is not the excursion
+    damped = step_kpis([35.0, 34.85, 35.5, 35.3, 34.95, 35.0, 35.0])
+    assert damped["load_step_overshoot_pct"] == pytest.approx(10.0)
+    # never out of the band: no overshoot; out and back without crossing: none either
+    assert step_kpis([35.0, 35.1, 34.9, 35.0])["load_step_overshoot_pct"] == 0.0
+    assert step_kpis([35.0, 35.5, 35.3, 35.1, 35.05])["load_step_overshoot_pct"] == 0.0
+
+
 SHORT = "duration_s = 240\nseed = 1\n[plant]\ninitial_load = 0.5\n"
 
 

@@ -49,7 +49,8 @@ a fault that never happens is null in `--json`, one never answered counts to the
 - `load_step_settling_s` (s): after a `load` event, until the supply stays within ±0.2 K of
   the setpoint in force (a chip boost may lower it; the worst step; null without one);
 - `load_step_overshoot_pct` (%): after a `load` event, the swing past the setpoint the other
-  way, in % of the step's peak deviation (the worst step);
+  way after the supply's first excursion out of the ±0.2 K band, in % of that excursion's
+  peak (over 100 % when the swing back is the larger; 0 without an excursion; the worst step);
 - `chip_swing_k` (K): max − min of the hottest chip after warm-up (a drift counts: chips that
   cool as the caps follow warming facility water swing by what they cooled);
 - `chip_cycle_k` (K): the largest swing of the hottest chip that comes back: over every peak,
@@ -219,6 +220,27 @@ class Trace:
         return self.columns[name]
 
 
+def _overshoot_pct(error: FloatArray) -> float:
+    """The swing past the setpoint after a step's first excursion out of the settling band,
+    in % of that excursion's peak: the first excursion is what the step did, the swing back
+    is what the loop did with it (over 100 % when the loop swings back further). No
+    excursion: 0. (The largest deviation is not the measure: when the loop's swing back is
+    the largest, that would call a loop that overshoots by 140 % one that does not.)"""
+    outside = np.flatnonzero(np.abs(error) > SETTLING_BAND_K)
+    if not outside.size:
+        return 0.0
+    first = int(outside[0])
+    direction = math.copysign(1.0, float(error[first]))
+    toward = error[first:] * direction  # > 0: the first excursion's side
+    crossed = np.flatnonzero(toward <= 0.0)
+    end = int(crossed[0]) if crossed.size else toward.size
+    peak = float(toward[:end].max())
+    if not crossed.size:
+        return 0.0
+    back = float((-toward[end:]).max())
+    return 100.0 * max(0.0, back) / peak
+
+
 class Recorder:
     """Samples plant truth once per tick into the trace and the KPI sums."""
 
@@ -382,9 +404,9 @@ class Recorder:
 
     def _settling(self) -> tuple[float, float]:
         """Worst settling time (s) and overshoot (%) over the scored load steps: the supply's
-        last exit from the band before the next step, and its swing past the setpoint against
-        the direction of its peak deviation; both from the setpoint in force (a chip boost
-        lowers it on purpose: that is not an error of the loop)."""
+        last exit from the band before the next step, and `_overshoot_pct`; both from the
+        setpoint in force (a chip boost lowers it on purpose: that is not an error of the
+        loop)."""
         t = self.trace["t_s"]
         supply = self.trace["supply_c"]
         steps = [s for s in self._load_steps_s if s >= self._warmup_s - 1e-9]
@@ -402,12 +424,8 @@ class Recorder:
             if outside.size:
                 last = int(outside[-1])
                 settle = float(times[last + 1] - start) if last + 1 < times.size else math.inf
-            peak_at = int(np.argmax(np.abs(error)))
-            peak = float(error[peak_at])
-            past = -error[peak_at:] * math.copysign(1.0, peak)
-            over = 100.0 * max(0.0, float(past.max())) / abs(peak) if peak != 0.0 else 0.0
             worst_settle = max(worst_settle, settle)
-            worst_over = max(worst_over, over)
+            worst_over = max(worst_over, _overshoot_pct(error))
         return worst_settle, worst_over
 
     def _chip_cycle_k(self) -> float:
