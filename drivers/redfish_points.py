@@ -155,8 +155,9 @@ LINKS: Final[Mapping[Kind, tuple[Link, ...]]] = {
 }
 
 # A server's host (the chassis's ComputerSystem): its PowerState and the ComputerSystem.Reset
-# that shuts it down. Followed only for devices asked to (`host_power`): one more GET per poll
-# of every BMC, for a rack that shuts its servers down on a leak.
+# that shuts it down; every one a multi-node chassis links. Followed only for devices asked to
+# (`host_power`): one more GET per host per poll of every BMC, for a rack that shuts its
+# servers down on a leak.
 HOST_LINK: Final = Link("ComputerSystems", Role.SYSTEM, in_links=True)
 
 Match = Mapping[str, frozenset[str | None]]  # property -> accepted values (None: absent)
