@@ -155,6 +155,13 @@ class RedfishDevice:
     its concurrency limit (the caller then closes the transport). `host_power`: a server's
     host (its ComputerSystem) is read too, `power_state` and `server_power_command`, and the
     latter can be written (ComputerSystem.Reset).
+
+    A chassis may link several hosts (a multi-node chassis: Links.ComputerSystems lists
+    each). Every one is read and every one is written: a shutdown posts GracefulShutdown to
+    each host that is not already off or stopping. The one reading stands for all of them,
+    and is honest about the laggard: `server_power_command` reads 0 only once every host is
+    off or on its way, and `power_state` is the state of the host furthest from off (Off only
+    once every host is Off; PoweringOff while none is on and one is still stopping).
     """
 
     def __init__(
@@ -629,7 +636,15 @@ class RedfishDevice:
         The target is the one the resource's `Actions` names, read afresh each time (never a
         path coolctl makes up). A resource already there or on its way (`already`) is not sent
         the action again; a value the action does not allow (`check_allowed`) is refused
-        before anything is sent."""
+        before anything is sent; a resource whose Status.State is Absent (an empty slot of a
+        multi-node chassis) is left out.
+
+        Every resource is acted on, concurrently (the transport bounds how many requests are in
+        flight), and one that fails does not stop the others: every host a multi-node chassis
+        links is shut down, every isolation valve of a CDU closed, even when one of them
+        refuses. The write succeeds only when every resource reads back `value`; otherwise the
+        error names the first failure and how many failed, and it is `refused` only when every
+        failure was the service saying no (a lost link is retried sooner)."""
         if value not in (0.0, 1.0):
             raise WriteError(f"{self._label}: {point} takes 0 or 1, not {value:g}")
         if self._plan is None:
@@ -643,57 +658,78 @@ class RedfishDevice:
         )
         if not uris:
             raise WriteError(f"{self._label}: {point}: no resource offers {action.action}")
-        wanted = action.values[int(value)]
-        body = {action.parameter: wanted}
-        for uri in uris:
-            try:
-                fresh = await self._transport.get(uri)
-                if _shown(fresh.body, action.read_back) in action.already.get(value, ()):
-                    self._remember(fresh)
-                    continue  # there already, or on its way: the action is not sent twice
-                target = _action_target(fresh.body, action.action)
-                if target is None:
-                    raise WriteError(
-                        f"{self._label}: {point}: {safe_text(uri)} offers no {action.action}"
-                    )
-                if action.check_allowed:
-                    allowed = await self._allowed_values(fresh.body, action)
-                    if allowed is not None and wanted not in allowed:
-                        error = WriteError(
-                            f"{self._label}: {point}: {safe_text(uri)} does not allow"
-                            f" {action.parameter} {wanted} (it allows:"
-                            f" {', '.join(safe_text(a, 32) for a in allowed[:16]) or 'nothing'});"
-                            f" coolctl sends {wanted} only, nothing harsher"
-                        )
-                        error.refused = True
-                        raise error
-                await self._transport.post_action(target, body)
-                after = await self._transport.get(uri)
-            except Failure as failure:
-                self.stats.count(failure.kind)
-                self.stats.connected = self._transport.connected
-                error = WriteError(
-                    f"{self._label}: {action.action} for {point} on {safe_text(uri)} failed:"
-                    f" {failure}"
-                )
-                error.refused = (
-                    failure.kind not in LINK_FAILURES and failure.kind is not FailureKind.BACKOFF
-                )
-                raise error from None
-            self._remember(after)
-            shown = _shown(after.body, action.read_back)
-            read_back = action.states.get(shown) if shown is not None else None
-            if read_back != value:
-                self.stats.count(FailureKind.MISMATCH)
-                where = ".".join(action.read_back)
-                error = WriteError(
-                    f"{self._label}: {action.action} {body} but {safe_text(uri)} reads"
-                    f" {where} {safe_text(str(shown), 40)!r}"
-                )
-                error.refused = True
-                raise error
+        results = await asyncio.gather(
+            *(self._act_on(point, action, value, uri) for uri in uris), return_exceptions=True
+        )
+        errors: list[WriteError] = []
+        for result in results:
+            if isinstance(result, WriteError):
+                errors.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+        if errors:
+            if len(errors) == 1:
+                raise errors[0]
+            error = WriteError(
+                f"{errors[0]} (and {len(errors) - 1} more of the {len(uris)} resources failed)"
+            )
+            error.refused = all(e.refused for e in errors)
+            raise error
         self._last_good[point] = (value, time.monotonic())
         return value
+
+    async def _act_on(self, point: str, action: ActionPoint, value: float, uri: str) -> None:
+        """The action on one resource, and its read-back (see _write_action)."""
+        wanted = action.values[int(value)]
+        body = {action.parameter: wanted}
+        try:
+            fresh = await self._transport.get(uri)
+            if (
+                _shown(fresh.body, action.read_back) in action.already.get(value, ())
+                or _shown(fresh.body, ("Status", "State")) == "Absent"
+            ):
+                self._remember(fresh)
+                return  # there already, or on its way (or not there): not sent twice
+            target = _action_target(fresh.body, action.action)
+            if target is None:
+                raise WriteError(
+                    f"{self._label}: {point}: {safe_text(uri)} offers no {action.action}"
+                )
+            if action.check_allowed:
+                allowed = await self._allowed_values(fresh.body, action)
+                if allowed is not None and wanted not in allowed:
+                    error = WriteError(
+                        f"{self._label}: {point}: {safe_text(uri)} does not allow"
+                        f" {action.parameter} {wanted} (it allows:"
+                        f" {', '.join(safe_text(a, 32) for a in allowed[:16]) or 'nothing'});"
+                        f" coolctl sends {wanted} only, nothing harsher"
+                    )
+                    error.refused = True
+                    raise error
+            await self._transport.post_action(target, body)
+            after = await self._transport.get(uri)
+        except Failure as failure:
+            self.stats.count(failure.kind)
+            self.stats.connected = self._transport.connected
+            error = WriteError(
+                f"{self._label}: {action.action} for {point} on {safe_text(uri)} failed: {failure}"
+            )
+            error.refused = (
+                failure.kind not in LINK_FAILURES and failure.kind is not FailureKind.BACKOFF
+            )
+            raise error from None
+        self._remember(after)
+        shown = _shown(after.body, action.read_back)
+        read_back = action.states.get(shown) if shown is not None else None
+        if read_back != value:
+            self.stats.count(FailureKind.MISMATCH)
+            where = ".".join(action.read_back)
+            error = WriteError(
+                f"{self._label}: {action.action} {body} but {safe_text(uri)} reads"
+                f" {where} {safe_text(str(shown), 40)!r}"
+            )
+            error.refused = True
+            raise error
 
     async def _allowed_values(
         self, body: Mapping[str, Any], action: ActionPoint

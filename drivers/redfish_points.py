@@ -155,12 +155,13 @@ LINKS: Final[Mapping[Kind, tuple[Link, ...]]] = {
 }
 
 # A server's host (the chassis's ComputerSystem): its PowerState and the ComputerSystem.Reset
-# that shuts it down. Followed only for devices asked to (`host_power`): one more GET per poll
-# of every BMC, for a rack that shuts its servers down on a leak.
+# that shuts it down; every one a multi-node chassis links. Followed only for devices asked to
+# (`host_power`): one more GET per host per poll of every BMC, for a rack that shuts its
+# servers down on a leak.
 HOST_LINK: Final = Link("ComputerSystems", Role.SYSTEM, in_links=True)
 
 Match = Mapping[str, frozenset[str | None]]  # property -> accepted values (None: absent)
-Combine = Literal["first", "max", "min", "sum", "any"]
+Combine = Literal["first", "max", "min", "sum", "any", "most_on"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +171,8 @@ class Source:
     `members` leads from the resource to the object(s) holding the value ("*" spans an
     array); `match` filters them (any one alternative, all its properties); `leaf` leads from
     a member to the value. `combine` says how members make one value: the first in use, the
-    largest, the sum, or "any" (1 if any member says so). Values are multiplied by `scale`
+    largest, the sum, "any" (1 if any member says so), or "most_on" (of several hosts'
+    power states, the one furthest from off, HOST_POWER_RANK). Values are multiplied by `scale`
     (and by the member's `factor` property) into coolctl's units. A `setpoint` source is
     writable, within the member's `minimum`/`maximum` properties or else `default_range`
     (device units).
@@ -341,9 +343,16 @@ POINT_SOURCES: Final[Mapping[Kind, Mapping[str, tuple[Source, ...]]]] = {
         ),
         "leak_detected": _LEAK_SOURCES,
         # the host's PowerState (ServerPowerState codes), and the same read as what a
-        # ComputerSystem.Reset asked for: 0 once off or powering off, 1 once on or powering on
-        "power_state": (Source(Role.SYSTEM, ("PowerState",), decode="power_state"),),
-        "server_power_command": (Source(Role.SYSTEM, ("PowerState",), decode="powered"),),
+        # ComputerSystem.Reset asked for: 0 once off or powering off, 1 once on or powering on.
+        # A multi-node chassis links several hosts, every one bound: the point is the host
+        # furthest from off (HOST_POWER_RANK), so it reads Off only once every host is Off,
+        # and 0 only once every host is off or on its way
+        "power_state": (
+            Source(Role.SYSTEM, ("PowerState",), decode="power_state", combine="most_on"),
+        ),
+        "server_power_command": (
+            Source(Role.SYSTEM, ("PowerState",), decode="powered", combine="max"),
+        ),
     },
     "cdu": {
         "supply_temperature": (
@@ -516,6 +525,16 @@ POWER_STATES: Final[Mapping[str, float]] = {
     "PoweringOn": 2.0,
     "PoweringOff": 3.0,
     "Paused": 4.0,
+}
+# Several hosts (a multi-node chassis) read as one power_state: the one furthest from off, so
+# that Off means every host is Off, and PoweringOff that none is on and at least one still
+# stopping; a host On outweighs one Paused (powered, idle) and one powering on.
+HOST_POWER_RANK: Final[Mapping[float, int]] = {
+    POWER_STATES["Off"]: 0,
+    POWER_STATES["PoweringOff"]: 1,
+    POWER_STATES["PoweringOn"]: 2,
+    POWER_STATES["Paused"]: 3,
+    POWER_STATES["On"]: 4,
 }
 # ... and what a Reset to Off (0) or On (1) reads as: there, or on its way there
 POWERED: Final[Mapping[str, float]] = {
@@ -1016,6 +1035,8 @@ def evaluate(binding: Binding, bodies: Mapping[str, Mapping[str, Any]]) -> Evalu
         total = values[0]
     elif source.combine == "min":
         total = min(values)
+    elif source.combine == "most_on":
+        total = max(values, key=lambda code: HOST_POWER_RANK.get(code, 0))
     else:  # max, any (leak states are 0 or 1)
         total = max(values)
     if not math.isfinite(total):
@@ -1157,8 +1178,10 @@ def _member_value(
             raise _Bad(f"a {source.role} resource is no longer what it was")
         return _SKIP
     state = _state(member) or (None if resource_level else _state(resource))
-    if state in NOT_IN_USE and source.decode not in _HOST_POWER:
-        return _SKIP  # (a host powered off may say Disabled or StandbyOffline: still read)
+    if state in NOT_IN_USE and (source.decode not in _HOST_POWER or state == "Absent"):
+        # (a host powered off may say Disabled or StandbyOffline: still read; an Absent one,
+        # an empty slot of a multi-node chassis, is not there to read)
+        return _SKIP
     where = "/".join(source.leaf)
     if not _has_path(member, source.leaf):
         raise _Bad(f"{source.role} has no {where}")
