@@ -374,6 +374,25 @@ def test_an_isolation_valve_shuts_on_a_leak_and_nothing_else_moves_it() -> None:
     assert not [a for a in built().actuators if a.role is ActuatorRole.ISOLATION]
 
 
+def test_an_isolation_valve_stays_open_on_a_leak_while_the_pump_runs_at_its_safe_speed() -> None:
+    """With leak_response = "safe_speed" the pump keeps coolant moving through the servers:
+    shutting the isolation valve would stop that flow, so the leak leaves it open."""
+
+    def slowed_with_a_redfish_cdu(rack: dict[str, Any]) -> None:
+        rack["safety"]["leak_response"] = "safe_speed"
+        rack["devices"]["rfcdu"] = {
+            "driver": "redfish",
+            "kind": "cdu",
+            "url": "https://127.0.0.1:1",
+            "username": "admin",
+        }
+
+    (valve,) = [
+        a for a in built(slowed_with_a_redfish_cdu).actuators if a.role is ActuatorRole.ISOLATION
+    ]
+    assert valve.on_leak is None and valve.failsafe == 1.0
+
+
 def test_a_power_meter_that_only_publishes_over_mqtt_is_not_summed_as_the_racks(
     tmp_path: Path,
 ) -> None:

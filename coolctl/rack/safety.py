@@ -269,8 +269,12 @@ ISOLATION = "isolation_valve_command"
 def isolation_actuators(
     rack: RackConfig, devices: Mapping[str, DeviceFacts]
 ) -> tuple[ActuatorSafety, ...]:
-    """Every writable `isolation_valve_command` of the rack's devices: shut (its minimum) in
-    the pump step of a leak's sequence, opened again after the reset, left alone otherwise."""
+    """Every writable `isolation_valve_command` of the rack's devices: with `leak_response =
+    "stop"`, shut (its minimum) in the pump step of a leak's sequence, opened again after the
+    reset; left alone otherwise. Not with "safe_speed": the pump is kept turning slowly so
+    that coolant still carries the servers' heat away, and a shut isolation valve stops that
+    flow (a CDU stops its pumps on it, or runs them against a closed valve)."""
+    stops = rack.safety.leak_response == LeakResponse.STOP
     found = []
     for device_id, facts in devices.items():
         spec = facts.writable.get(ISOLATION)
@@ -287,7 +291,7 @@ def isolation_actuators(
                 failsafe=high,  # never written: failsafe leaves an isolation valve alone
                 hard_minimum=low,
                 hard_maximum=high,
-                on_leak=low,
+                on_leak=low if stops else None,
             )
         )
     return tuple(found)
