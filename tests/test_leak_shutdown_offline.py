@@ -34,14 +34,15 @@ CAP_LANDS_S = 3.0  # a cap write lands 0.5..2 s after it is sent (the runner's B
 DROPPED = ("[racks.r01.devices.cdu2]", "[racks.r01.devices.pdu2]")
 
 
-def demo_rack(tmp_path: Path, shutdown: bool) -> Path:
-    """The demo rack's config, with the key or without, less its Redfish CDU and PDU."""
+def demo_rack(tmp_path: Path, shutdown: bool, whole: bool = False) -> Path:
+    """The demo rack's config, with the key or without, less its Redfish CDU and PDU unless
+    `whole`."""
     text = resources.files("coolctl.data").joinpath("demo-rack.toml").read_text("utf-8")
     kept: list[str] = []
     dropping = False
     for line in text.splitlines():
         if line.startswith("["):
-            dropping = line.strip() in DROPPED
+            dropping = not whole and line.strip() in DROPPED
         if not dropping:
             kept.append(line)
     text = "\n".join(kept) + "\n"
@@ -49,7 +50,9 @@ def demo_rack(tmp_path: Path, shutdown: bool) -> Path:
         header = "[racks.r01.safety]\n"
         assert header in text
         text = text.replace(header, header + "leak_shutdown_servers = true\n", 1)
-    path = tmp_path / ("shutdown.toml" if shutdown else "plain.toml")
+    path = tmp_path / (
+        ("whole-" if whole else "") + ("shutdown.toml" if shutdown else "plain.toml")
+    )
     path.write_text(text)
     return path
 
@@ -60,6 +63,7 @@ class Seen:
 
     power_states: dict[float, dict[str, float | None]] = field(default_factory=dict)
     power_commands: list[tuple[float, str, float, Source]] = field(default_factory=list)
+    isolation_commands: list[tuple[float, str, float]] = field(default_factory=list)
 
     def hook(
         self, snapshot: Snapshot, now: float, _budget: float | None, decision: Decision
@@ -72,16 +76,20 @@ class Seen:
                 self.power_commands.append(
                     (now, command.point.device, command.value, command.source)
                 )
+            if command.point.name == "isolation_valve_command":
+                self.isolation_commands.append((now, command.point.device, command.value))
 
 
-def leak_at_full_load(tmp_path: Path, shutdown: bool) -> tuple[RunResult, Seen]:
-    config = demo_rack(tmp_path, shutdown)
+def leak_at_full_load(
+    tmp_path: Path, shutdown: bool, whole: bool = False
+) -> tuple[RunResult, Seen]:
+    config = demo_rack(tmp_path, shutdown, whole)
     text = (
         f'name = "leak-shutdown"\nduration_s = {DURATION_S}\nperiod_s = 1.0\nseed = 11\n'
         f'warmup_s = 120.0\n[rack]\nconfig = "{config}"\n[plant]\ninitial_load = 1.0\n'
         f'[[event]]\nat_s = {LEAK_AT_S}\nkind = "leak"\nvalue = 2.0\nduration_s = {LEAK_FOR_S}\n'
     )
-    scenario = parse_scenario(text, tmp_path / f"leak-{shutdown}.toml")
+    scenario = parse_scenario(text, tmp_path / f"leak-{shutdown}-{whole}.toml")
     rack = rack_config(scenario, "pid")
     assert rack.safety.leak_shutdown_servers is shutdown
     assert sorted(d for d in rack.devices if d.startswith("bmc")) == BMCS
@@ -167,3 +175,19 @@ def test_without_the_key_the_same_leak_leaves_every_server_on(
     late = result.trace["it_power_w"][t >= tripped + 60.0]
     assert np.all(late > 0.5 * SERVERS * CAP_MIN_W)
     assert not math.isclose(float(late.min()), SERVERS * PlantParams().server_standby_w)
+
+
+def test_the_whole_demo_rack_keeps_coolant_moving_through_a_leak(tmp_path: Path) -> None:
+    """The demo rack as shipped, its Redfish CDU included (which can shut its isolation
+    valves): at the leak's safe speed the valves stay open, so the pump keeps coolant moving
+    past the servers. (Shut, that CDU stops its pumps: the pump asked to run dry for minutes and
+    the chips at their throttle.)"""
+    result, seen = leak_at_full_load(tmp_path, shutdown=False, whole=True)
+    rack = rack_config(result.scenario, "pid")
+    assert "cdu2" in rack.devices and rack.safety.leak_response.value == "safe_speed"
+    assert_sane(result)
+    assert seen.isolation_commands == []
+    assert result.kpis["hardware_throttle_s"] == 0.0
+    tripped = leak_tripped_at(result)
+    t = result.trace["t_s"]
+    assert np.all(result.trace["flow_lpm"][t >= tripped + 15.0] > 40.0)  # the safe speed's flow
