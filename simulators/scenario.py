@@ -39,6 +39,10 @@ Format (every key but `duration_s` optional)::
                                      # range (one number: every BMC the same; default 0.5..2)
     room_sensor = true               # built-in rack: a room-air sensor (dew point) too
 
+    [rack.loops.supply]              # built-in rack: keys of one of its loops replaced, as a
+    kp = 0.1                         # site tunes a loop for its own sensor (any LoopConfig key;
+                                     # checked as the rack config is)
+
     [[event]]
     at_s = 600.0                     # when, in simulated seconds from the start
     kind = "load"                    # see below
@@ -229,6 +233,10 @@ class RackChoice:
 
     `room_sensor` gives the built-in rack an MQTT room-air sensor (`room1`, profile
     `sim-room-sensor`: temperature, humidity, dew point), which the supply floor reads.
+
+    `loops` replaces keys of the built-in rack's loops (loop name -> key -> value, as the rack
+    config writes them): a plant whose sensor or valve differs from the demo's is run with
+    the loop tuned for it, as a site commissions its own. Checked when the rack is built.
     """
 
     config: Path | None = None
@@ -236,6 +244,7 @@ class RackChoice:
     bmcs: bool | None = None
     cap_write_latency_s: tuple[float, float] = DEFAULT_CAP_WRITE_LATENCY_S
     room_sensor: bool = False
+    loops: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -578,7 +587,7 @@ class _Reader:
         section = ("rack", 0)
         try:
             table = self.table(raw, "rack")
-            known = {"config", "id", "bmcs", "cap_write_latency_s", "room_sensor"}
+            known = {"config", "id", "bmcs", "cap_write_latency_s", "room_sensor", "loops"}
             self.unknown(table, section, known)
             config = self.string(table, section, "config")
             rack_id = self.string(table, section, "id")
@@ -597,6 +606,7 @@ class _Reader:
             if room and config is not None:
                 self.problem(section, "room_sensor", "rack: room_sensor is for the built-in rack")
                 raise _Invalid
+            loops = self.loops(table, section, config)
         except _Invalid:
             return RackChoice()
         config_path = None
@@ -604,7 +614,22 @@ class _Reader:
             config_path = Path(config)
             if not config_path.is_absolute() and path is not None:
                 config_path = path.parent / config_path
-        return RackChoice(config_path, rack_id, bmcs, latency, room)
+        return RackChoice(config_path, rack_id, bmcs, latency, room, loops)
+
+    def loops(
+        self, table: Mapping[str, Any], section: tuple[str, int], config: str | None
+    ) -> dict[str, dict[str, Any]]:
+        """`[rack.loops.NAME]` tables: their keys are checked when the rack is built."""
+        loops = table.get("loops", {})
+        if not isinstance(loops, Mapping) or not all(
+            isinstance(keys, Mapping) for keys in loops.values()
+        ):
+            self.problem(section, "loops", "rack: write each loop's keys as [rack.loops.NAME]")
+            raise _Invalid
+        if loops and config is not None:
+            self.problem(section, "loops", "rack: loops is for the built-in rack, not a config")
+            raise _Invalid
+        return {str(name): dict(keys) for name, keys in loops.items()}
 
     def latency(self, table: Mapping[str, Any], section: tuple[str, int]) -> tuple[float, float]:
         key = "cap_write_latency_s"

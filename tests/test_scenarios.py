@@ -95,6 +95,44 @@ def test_every_shipped_scenario_parses_and_names_real_devices() -> None:
     assert day.duration_s - day.warmup_s == 24 * 3600
 
 
+def test_a_scenario_tunes_a_loop_of_the_built_in_rack() -> None:
+    """`[rack.loops.NAME]` replaces keys of that loop, as a site tunes its own; the rest of
+    the loop and the other loops are the demo rack's."""
+    demo = rack_config(scenario("duration_s = 60\n"), "pid")
+    tuned = rack_config(
+        scenario("duration_s = 60\n[rack.loops.supply]\nkp = 0.1\nfeedforward_lag_s = 5.0\n"),
+        "pid",
+    )
+    supply, before = tuned.loops["supply"], demo.loops["supply"]
+    assert (supply.kp, supply.feedforward_lag_s) == (0.1, 5.0)
+    assert (before.kp, before.feedforward_lag_s) != (0.1, 5.0)
+    assert (
+        dataclasses.replace(supply, kp=before.kp, feedforward_lag_s=before.feedforward_lag_s)
+        == before
+    )
+    assert tuned.loops["pump"] == demo.loops["pump"]
+
+
+@pytest.mark.parametrize(
+    ("table", "words"),
+    [
+        ("[rack.loops.chiller]\nkp = 1.0\n", "no such loop (pump, supply)"),
+        ("[rack.loops.supply]\nkp = -1.0\n", "kp"),
+        ("[rack.loops.supply]\nkq = 1.0\n", "kq"),
+    ],
+)
+def test_a_loop_key_the_rack_refuses_is_a_scenario_error(table: str, words: str) -> None:
+    with pytest.raises(ScenarioError) as caught:
+        rack_config(scenario("duration_s = 60\n" + table), "pid")
+    assert words in str(caught.value)
+
+
+def test_loops_are_for_the_built_in_rack() -> None:
+    text = 'duration_s = 60\n[rack]\nconfig = "site.toml"\n[rack.loops.supply]\nkp = 0.1\n'
+    assert any("loops is for the built-in rack" in p for p in problems(text))
+    assert any("[rack.loops.NAME]" in p for p in problems("duration_s = 60\n[rack]\nloops = 1\n"))
+
+
 BASE = "duration_s = 60\nseed = 1\n\n[plant]\ninitial_load = 0.5\n"
 
 

@@ -233,6 +233,14 @@ def _demo_rack(scenario: Scenario) -> RackConfig:
         for name, loop in rack.get("loops", {}).items()
         if kept(loop["measurement"]) and kept(loop["actuator"])
     }
+    for name, keys in scenario.rack.loops.items():
+        if name not in loops:
+            known = ", ".join(sorted(loops))
+            where = scenario.where(1)
+            raise ScenarioError(
+                [f"{where}: [rack.loops.{name}]: the rack has no such loop ({known})"]
+            )
+        loops[name] = {**loops[name], **keys}
     table: dict[str, Any] = {
         key: value
         for key, value in rack.items()
@@ -242,7 +250,11 @@ def _demo_rack(scenario: Scenario) -> RackConfig:
     document: dict[str, Any] = {"site": {"name": "scenario"}, "racks": {rack_id: table}}
     if scenario.rack.room_sensor:  # never connected: the runner serves the sensor itself
         document["mqtt"] = {"broker": "127.0.0.1:1883"}
-    config = parse_config(document)
+    try:
+        config = parse_config(document)
+    except ConfigError as exc:  # a [rack.loops] key the rack config refuses
+        where = scenario.where(1)
+        raise ScenarioError([f"{where}: [rack.loops]: {p}" for p in exc.problems]) from exc
     return config.racks[rack_id]
 
 
