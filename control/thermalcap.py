@@ -117,7 +117,14 @@ class ThermalCapLoop:
                 change = config.release_rate_w_per_s * dt_s  # cooling has room again: release
             change = min(change, config.release_rate_w_per_s * dt_s)  # rises are paced
             limit = max(config.floor_w, limit + change)
-            if power is not None and error > 0.0 and limit > power * config.let_go_ratio:
+            # let go once well above the power drawn, with the margin back, or with cooling
+            # that has room again (it is rising at the release rate then, margin or not: held,
+            # it would climb without bound and be that far off when cooling next runs out)
+            if (
+                power is not None
+                and (error > 0.0 or not at_top)
+                and limit > power * config.let_go_ratio
+            ):
                 limit = None
         self._limit_w = limit
         self._last_error = error if limit is not None else None

@@ -63,6 +63,21 @@ def test_release_is_paced_and_lets_go_above_the_power_drawn() -> None:
     assert thermal.limit_w is None
 
 
+def test_lets_go_when_cooling_has_room_again_even_short_of_margin() -> None:
+    """A controller that moves the pump off its top while the chips are still short of margin
+    (the MPC trading pump energy against caps): the limit rises at the release rate, and lets
+    go once it is well above what the rack draws rather than climbing on, unbounded."""
+    thermal = loop(release_rate_w_per_s=2000.0)
+    thermal.step(snap(0.0, chip=86.0), 0.0)
+    for t in range(1, 60):
+        limit = thermal.step(snap(float(t), chip=85.5, pump=0.8, power=100_000.0), float(t))
+        assert limit is None or limit <= 100_000.0 * 1.15 + 2000.0
+    assert thermal.limit_w is None
+    # cooling at its top again, still short: it engages afresh at what the rack draws
+    again = thermal.step(snap(60.0, chip=85.5, power=95_000.0), 60.0)
+    assert again == pytest.approx(95_000.0 - 400.0 * 2.5)  # from the draw, less one ki step
+
+
 def test_never_below_the_floor_and_holds_without_readings() -> None:
     thermal = loop(ki_w_per_k_s=100_000.0)
     thermal.step(snap(0.0, chip=95.0), 0.0)
