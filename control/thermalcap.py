@@ -97,8 +97,7 @@ class ThermalCapLoop:
     def step(self, snapshot: Snapshot, now: float) -> float | None:
         """The rack's IT limit now, or None while the loop does not limit."""
         config = self.config
-        worst, where = self._worst_margin(snapshot)
-        at_top = self._cooling_at_top(snapshot, self._flow_bound(where))
+        worst, where, at_top = self._binding_margin(snapshot)
         power = self._power(snapshot)
         dt_s = 0.0 if self._last_time is None else max(0.0, now - self._last_time)
         self._last_time = now
@@ -131,20 +130,32 @@ class ThermalCapLoop:
         self.state = ThermalCapState(limit, worst, where, at_top, power)
         return limit
 
-    def _worst_margin(self, snapshot: Snapshot) -> tuple[float | None, PointId | None]:
-        worst: float | None = None
-        where: PointId | None = None
+    def _binding_margin(self, snapshot: Snapshot) -> tuple[float | None, PointId | None, bool]:
+        """The margin the loop caps on, where it is, and whether its cooling is at its top:
+        the worst of the margins whose cooling is at its top (caps are all that is left for
+        those), else the worst of all (the cooling has room: the loop releases). Judging only
+        the worst of all would miss a supply short of margin with its valves wide open while a
+        chip, a little worse, waits for a pump that a controller holds below its top."""
+        worst: tuple[float, PointId] | None = None
+        capped: tuple[float, PointId] | None = None
+        tops: dict[bool, bool] = {}
         for margin in self.config.margins:
             value = snapshot.value(margin.point)
             if value is None or not math.isfinite(value):
                 continue
             room = margin.limit_c - value
-            if worst is None or room < worst:
-                worst, where = room, margin.point
-        return worst, where
-
-    def _flow_bound(self, where: PointId | None) -> bool:
-        return any(m.flow_bound for m in self.config.margins if m.point == where)
+            if worst is None or room < worst[0]:
+                worst = (room, margin.point)
+            at_top = tops.get(margin.flow_bound)
+            if at_top is None:
+                at_top = tops[margin.flow_bound] = self._cooling_at_top(snapshot, margin.flow_bound)
+            if at_top and (capped is None or room < capped[0]):
+                capped = (room, margin.point)
+        if capped is not None:
+            return capped[0], capped[1], True
+        if worst is not None:
+            return worst[0], worst[1], False
+        return None, None, False
 
     def _cooling_at_top(self, snapshot: Snapshot, flow_bound: bool = False) -> bool:
         """For a chip or an outlet (`flow_bound`), every pump at its top: a pump at full speed

@@ -106,3 +106,24 @@ def test_a_chip_margin_needs_only_the_pumps_at_their_top() -> None:
     assert thermal.step(snapshot, 0.0) == pytest.approx(100_000.0)
     plain = loop()  # the same chip without flow_bound: the valve's room keeps it out
     assert plain.step(snapshot, 0.0) is None
+
+
+def test_a_supply_short_with_its_valve_open_is_capped_on_while_a_worse_chip_waits_for_flow() -> (
+    None
+):
+    """The chips are the worst margin but the pump is below its top (a controller holds it
+    there): their cooling has room. The supply, with less room than its target and the valve
+    wide open, has none: the loop caps on the supply, and says so."""
+    supply = PointId("r01", "cdu1", "supply_temperature")
+    config = ThermalCapConfig(
+        margins=(MarginPoint(CHIP, 85.0, flow_bound=True), MarginPoint(supply, 45.0)),
+        cooling=(CoolingActuator(PUMP, 1.0, moves_flow=True), CoolingActuator(VALVE, 1.0)),
+        power=(POWER,),
+        floor_w=20_000.0,
+    )
+    values = {CHIP: 84.5, supply: 43.8, PUMP: 0.7, VALVE: 1.0, POWER: 100_000.0}
+    snapshot = Snapshot([Reading(p, v, 0.0, Quality.GOOD) for p, v in values.items()], 0.0)
+    thermal = ThermalCapLoop(config)
+    assert thermal.step(snapshot, 0.0) == pytest.approx(100_000.0)
+    assert thermal.state.worst_point == supply and thermal.state.cooling_at_top
+    assert thermal.state.worst_margin_c == pytest.approx(1.2)
