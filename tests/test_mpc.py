@@ -217,6 +217,30 @@ def test_mpc_commands_stay_within_pump_and_valve_bounds_and_rates(
             assert low <= command.value <= high, command
 
 
+def test_the_mpc_moves_the_valve_by_its_deadband_or_not_at_all(
+    load_step: tuple[RunResult, Recorded],
+) -> None:
+    """Every valve move the MPC asks for is at least its deadband (a smaller one would be a
+    reversal on the sensor's noise), unless it ends at one of the valve's bounds; and the
+    rack's chip limit is the MPC's (the thermal cap's chip limit, 83.5 degC on the demo rack)."""
+    _, seen = load_step
+    assert seen.controller is not None
+    s = seen.controller.settings
+    assert s.valve_deadband == 0.02 and s.chip_max_c == 83.5
+    last: float | None = None
+    moves = 0
+    for _, commands in seen.requested:
+        for command in commands:
+            if command.point.name != "valve_command" or command.source is not Source.AUTO:
+                continue
+            if last is not None and command.reason.startswith("MPC") and command.value != last:
+                moves += 1
+                at_bound = command.value in (s.valve_min, s.valve_max)
+                assert at_bound or abs(command.value - last) >= s.valve_deadband - 1e-9, command
+            last = command.value
+    assert moves > 0  # the load steps move it
+
+
 def test_load_step_under_mpc_holds_every_limit_without_throttling(
     load_step: tuple[RunResult, Recorded],
 ) -> None:
@@ -418,6 +442,8 @@ def test_settings_refuse_nonsense() -> None:
         MpcSettings(horizon=1)
     with pytest.raises(ValueError, match="finite"):
         MpcSettings(supply_max_c=float("nan"))
+    with pytest.raises(ValueError, match="valve_deadband"):
+        MpcSettings(valve_deadband=1.0)
 
 
 def test_a_model_that_does_not_fit_is_refused_with_why(

@@ -133,8 +133,9 @@ def mpc_settings(rack: RackConfig) -> MpcSettings:
 
     Pump and valve ranges and rates: the loops on those actuators (the same range the PID
     fallback keeps; the supervisor clamps both anyway). Supply limit: the safety supervisor's
-    limit on the CDU's supply temperature. The solver's time budget: a share of the control
-    period, so a slow solve still leaves the tick on time.
+    limit on the CDU's supply temperature. Chip limit: `safety.thermal_cap_chip_c`, where
+    set. The solver's time budget: a share of the control period, so a slow solve still
+    leaves the tick on time.
     """
     fields: dict[str, Any] = {}
     for loop in rack.loops.values():
@@ -149,5 +150,7 @@ def mpc_settings(rack: RackConfig) -> MpcSettings:
         limit for ref, limit in rack.safety.temperature_limits.items() if ref.point == SUPPLY_POINT
     ]
     fields["supply_max_c"] = min(supply_limits, default=DEFAULT_SUPPLY_MAX_C)
+    if rack.safety.thermal_cap_chip_c is not None:  # the chips' limit the thermal cap keeps
+        fields["chip_max_c"] = rack.safety.thermal_cap_chip_c
     fields["time_limit_s"] = min(MAX_SOLVER_BUDGET_S, SOLVER_BUDGET_SHARE * rack.control_period_s)
     return MpcSettings(**fields)
