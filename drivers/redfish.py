@@ -709,15 +709,8 @@ class RedfishDevice:
             await self._transport.post_action(target, body)
             after = await self._transport.get(uri)
         except Failure as failure:
-            self.stats.count(failure.kind)
-            self.stats.connected = self._transport.connected
-            error = WriteError(
-                f"{self._label}: {action.action} for {point} on {safe_text(uri)} failed: {failure}"
-            )
-            error.refused = (
-                failure.kind not in LINK_FAILURES and failure.kind is not FailureKind.BACKOFF
-            )
-            raise error from None
+            what = f"{action.action} for {point} on {safe_text(uri)}"
+            raise self._write_failure(what, failure) from None
         self._remember(after)
         shown = _shown(after.body, action.read_back)
         read_back = action.states.get(shown) if shown is not None else None
@@ -730,6 +723,17 @@ class RedfishDevice:
             )
             error.refused = True
             raise error
+
+    def _write_failure(self, what: str, failure: Failure) -> WriteError:
+        """A write the transport failed, counted, as the WriteError to raise: `refused` unless
+        the link failed or is backing off (those are retried sooner)."""
+        self.stats.count(failure.kind)
+        self.stats.connected = self._transport.connected
+        error = WriteError(f"{self._label}: {what} failed: {failure}")
+        error.refused = (
+            failure.kind not in LINK_FAILURES and failure.kind is not FailureKind.BACKOFF
+        )
+        return error
 
     async def _allowed_values(
         self, body: Mapping[str, Any], action: ActionPoint
@@ -800,15 +804,8 @@ class RedfishDevice:
             if read is None:
                 fresh = await self._transport.get(target.uri)
         except Failure as failure:
-            self.stats.count(failure.kind)
-            self.stats.connected = self._transport.connected
-            error = WriteError(
-                f"{self._label}: write of {point} to {safe_text(target.uri)} failed: {failure}"
-            )
-            error.refused = (
-                failure.kind not in LINK_FAILURES and failure.kind is not FailureKind.BACKOFF
-            )
-            raise error from None
+            what = f"write of {point} to {safe_text(target.uri)}"
+            raise self._write_failure(what, failure) from None
         if read is not None:
             fresh, read_back = read
             self._remember(fresh)

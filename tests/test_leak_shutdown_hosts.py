@@ -11,16 +11,15 @@ and records what it was sent.
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from aiohttp import web
 from mockup_server import MOCKUPS, ROOT, MockupServer, load_mockup
+from test_leak_shutdown_driver import bmc, polled
 
-from coolctl.drivers.redfish import RedfishDevice, RedfishSettings, WriteError
-from coolctl.model import Quality, ServerPowerState
+from coolctl.drivers.redfish import WriteError
+from coolctl.model import ServerPowerState
 
 pytestmark = pytest.mark.asyncio
 
@@ -83,28 +82,6 @@ class Hosts:
                 ]
                 return web.Response(status=204)
         return None
-
-
-@asynccontextmanager
-async def bmc(resources: dict[str, Any]) -> AsyncIterator[tuple[MockupServer, RedfishDevice]]:
-    server = MockupServer(resources)
-    url = await server.start()
-    device = RedfishDevice(
-        rack="r1",
-        device="bmc1",
-        kind="server",
-        settings=RedfishSettings(url, auth="none"),
-        host_power=True,
-    )
-    try:
-        async with device:
-            yield server, device
-    finally:
-        await server.stop()
-
-
-async def polled(device: RedfishDevice) -> dict[str, float | None]:
-    return {r.point.name: r.value for r in await device.poll() if r.quality is Quality.GOOD}
 
 
 async def test_every_host_the_chassis_links_is_shut_down_gracefully() -> None:
