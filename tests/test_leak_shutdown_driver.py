@@ -143,11 +143,10 @@ async def test_a_host_that_does_not_allow_a_graceful_shutdown_is_refused_before_
         assert host.posts == [] and server.resources[SYSTEM]["PowerState"] == "On"
 
 
-@pytest.mark.parametrize("allowed", [["On", "ForceOff"], ["On", "GracefulShutdown"]])
-async def test_the_allowed_reset_types_may_come_from_an_action_info(allowed: list[str]) -> None:
-    resources = liquid_cooled_server()
-    info = f"{SYSTEM}/ResetActionInfo"
-    reset = resources[SYSTEM]["Actions"]["#ComputerSystem.Reset"]
+def move_allowed_to_action_info(resources: dict[str, Any], system: str, allowed: list[str]) -> None:
+    """The system's Reset says what it allows in an @Redfish.ActionInfo resource, not inline."""
+    info = f"{system}/ResetActionInfo"
+    reset = resources[system]["Actions"]["#ComputerSystem.Reset"]
     del reset["ResetType@Redfish.AllowableValues"]
     reset["@Redfish.ActionInfo"] = info
     resources[info] = {
@@ -164,6 +163,12 @@ async def test_the_allowed_reset_types_may_come_from_an_action_info(allowed: lis
             }
         ],
     }
+
+
+@pytest.mark.parametrize("allowed", [["On", "ForceOff"], ["On", "GracefulShutdown"]])
+async def test_the_allowed_reset_types_may_come_from_an_action_info(allowed: list[str]) -> None:
+    resources = liquid_cooled_server()
+    info = move_allowed_to_action_info(resources, SYSTEM, allowed)
     async with bmc(resources) as (server, device):
         host = Host(server)
         await device.poll()

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from mockup_server import MOCKUPS, ROOT, MockupServer, load_mockup
-from test_leak_shutdown_driver import bmc, polled
+from test_leak_shutdown_driver import bmc, move_allowed_to_action_info, polled
 
 from coolctl.drivers.redfish import WriteError
 from coolctl.model import ServerPowerState
@@ -143,19 +143,7 @@ async def test_one_host_that_refuses_does_not_keep_the_others_running() -> None:
     resources = multi_node_server(3)
     # node 0 lists no GracefulShutdown; node 2 says what it allows in an ActionInfo
     resources[FIRST]["Actions"][RESET]["ResetType@Redfish.AllowableValues"] = ["On", "ForceOff"]
-    info = f"{system_uri(2)}/ResetActionInfo"
-    reset = resources[system_uri(2)]["Actions"][RESET]
-    del reset["ResetType@Redfish.AllowableValues"]
-    reset["@Redfish.ActionInfo"] = info
-    resources[info] = {
-        "@odata.id": info,
-        "@odata.type": "#ActionInfo.v1_4_2.ActionInfo",
-        "Id": "ResetActionInfo",
-        "Name": "Reset Action Info",
-        "Parameters": [
-            {"Name": "ResetType", "DataType": "String", "AllowableValues": ["GracefulShutdown"]}
-        ],
-    }
+    info = move_allowed_to_action_info(resources, system_uri(2), ["GracefulShutdown"])
     async with bmc(resources) as (server, device):
         hosts = Hosts(server, 3)
         await device.poll()
