@@ -301,16 +301,22 @@ def test_servers_and_the_rack_power_point() -> None:
     assert [device.id for device in server_caps(rack_of(cdu_kind))] == ["bmc01"]
 
 
+def add_redfish_cdu(rack: dict[str, Any]) -> None:
+    """A Redfish CDU `rfcdu` beside the rack's own devices (it reports no pump run or standby
+    points, and it can shut its isolation valves)."""
+    rack["devices"]["rfcdu"] = {
+        "driver": "redfish",
+        "kind": "cdu",
+        "url": "https://127.0.0.1:1",
+        "username": "admin",
+    }
+
+
 def test_a_pump_cdu_without_run_and_standby_points_has_none_to_watch() -> None:
     """A Redfish CDU reports neither whether its pump runs nor a standby pump."""
 
     def redfish_cdu(rack: dict[str, Any]) -> None:
-        rack["devices"]["rfcdu"] = {
-            "driver": "redfish",
-            "kind": "cdu",
-            "url": "https://127.0.0.1:1",
-            "username": "admin",
-        }
+        add_redfish_cdu(rack)
         rack["loops"]["pump"]["actuator"] = "rfcdu/pump_speed_command"
 
     config = built(redfish_cdu)
@@ -355,15 +361,7 @@ def test_an_isolation_valve_shuts_on_a_leak_and_nothing_else_moves_it() -> None:
     devices that cannot: it shuts to its minimum in a leak's pump step, and no other cause,
     failsafe included, closes it (failsafe is its open end, never written)."""
 
-    def redfish_cdu(rack: dict[str, Any]) -> None:
-        rack["devices"]["rfcdu"] = {
-            "driver": "redfish",
-            "kind": "cdu",
-            "url": "https://127.0.0.1:1",
-            "username": "admin",
-        }
-
-    config = built(redfish_cdu)
+    config = built(add_redfish_cdu)
     valves = [a for a in config.actuators if a.role is ActuatorRole.ISOLATION]
     assert [a.point for a in valves] == [p("rfcdu", "isolation_valve_command")]
     (valve,) = valves
@@ -380,12 +378,7 @@ def test_an_isolation_valve_stays_open_on_a_leak_while_the_pump_runs_at_its_safe
 
     def slowed_with_a_redfish_cdu(rack: dict[str, Any]) -> None:
         rack["safety"]["leak_response"] = "safe_speed"
-        rack["devices"]["rfcdu"] = {
-            "driver": "redfish",
-            "kind": "cdu",
-            "url": "https://127.0.0.1:1",
-            "username": "admin",
-        }
+        add_redfish_cdu(rack)
 
     (valve,) = [
         a for a in built(slowed_with_a_redfish_cdu).actuators if a.role is ActuatorRole.ISOLATION
