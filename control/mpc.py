@@ -986,9 +986,9 @@ class MpcController:
             np.minimum(high, current + window),
         )
         first = np.minimum(np.maximum(first, low), high)
-        held = low[-1] <= current[-1] <= high[-1]
-        if nu > 1 and held and abs(first[1] - current[1]) < s.valve_deadband:
-            first[1] = current[1]
+        valve_at, valve_move = current[-1], first[-1] - current[-1]  # inputs: pump, valve
+        if low[-1] <= valve_at <= high[-1] and abs(valve_move) < s.valve_deadband:
+            first[-1] = valve_at  # a move under the deadband is not made
         theta = max(float(z[self._it]), 0.0) * self._theta_unit_w
         it_power = float(d[self._it_index - nu]) if self._it_index is not None else 0.0
         wanted = max(it_power - theta, self.rack.cap_min_w) if theta >= s.caps_threshold_w else None
