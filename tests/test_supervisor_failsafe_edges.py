@@ -253,14 +253,19 @@ def test_a_setpoint_at_exactly_the_floor_passes_as_the_loop_asked() -> None:
     assert sent[SETPOINT].value == 25.0 and sent[SETPOINT].reason == "loop"
 
 
-def test_the_supply_valve_closes_at_its_rate_per_second_over_longer_ticks() -> None:
-    """0.02 per second over a 2 s tick is 0.04: the close rate scales with the time since the
-    last command, it is not a step per tick."""
+@pytest.mark.parametrize(("tick_s", "closed_to"), [(2.0, 0.56), (0.5, 0.59)])
+def test_the_supply_valve_closes_at_its_rate_per_second_over_ticks_of_any_length(
+    tick_s: float, closed_to: float
+) -> None:
+    """0.02 per second over a 2 s tick is 0.04, over a half-second tick 0.01: the close rate
+    scales with the time since the last command, it is neither a step per tick nor a whole
+    second's for a shorter one."""
     sup = floor_supervisor()
     sup.startup(0.0)
     floor_commands(sup, 1.0, floor_snapshot(1.0, 35.0), floor_auto(VALVE_POINT, 0.6))
-    held = floor_commands(sup, 3.0, floor_snapshot(3.0, 24.0), floor_auto(VALVE_POINT, 1.0))
-    assert held[VALVE_POINT].value == pytest.approx(0.56)
+    now = 1.0 + tick_s
+    held = floor_commands(sup, now, floor_snapshot(now, 24.0), floor_auto(VALVE_POINT, 1.0))
+    assert held[VALVE_POINT].value == pytest.approx(closed_to)
 
 
 def test_under_the_floor_the_loop_may_close_the_valve_at_or_beyond_the_close_rate() -> None:
@@ -362,16 +367,6 @@ def test_a_failsafe_valve_with_the_supply_read_is_not_held_for_the_dew_point() -
     config = replace(floor_supervisor().config, required=(FLOOR_SUPPLY, flow))
     values = {FLOOR_SUPPLY: 35.0, FACILITY: 18.0, AIR: 28.0, HUMIDITY: 0.75, flow: 150.0}
     assert blind_valve(config, values, flow, 0.2) == 1.0
-
-
-def test_the_supply_valve_closes_at_its_rate_per_second_over_shorter_ticks() -> None:
-    """0.02 per second over a half-second tick is 0.01: a tick shorter than a second closes the
-    valve by its share of the rate, not by a whole second's."""
-    sup = floor_supervisor()
-    sup.startup(0.0)
-    floor_commands(sup, 1.0, floor_snapshot(1.0, 35.0), floor_auto(VALVE_POINT, 0.6))
-    held = floor_commands(sup, 1.5, floor_snapshot(1.5, 24.0), floor_auto(VALVE_POINT, 1.0))
-    assert held[VALVE_POINT].value == pytest.approx(0.59)
 
 
 def test_a_blind_failsafe_with_no_dew_point_to_judge_by_opens_the_valve() -> None:
