@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from itertools import pairwise
 
+from coolctl.control.delay import DelayLine
 from coolctl.control.pid import Pid, PidConfig
 from coolctl.model import Command, Event, PointId, Severity, Snapshot, Source
 
@@ -27,12 +28,15 @@ class LoopMode(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class FeedForward:
-    """Output added per watt of measured IT power, seen through a first-order lag: a load step
-    reaches the actuator before the temperature it causes reaches the sensor."""
+    """Output added per watt of measured IT power, seen through a dead time and then a
+    first-order lag: a load step reaches the actuator before the temperature it causes reaches
+    the sensor, and no sooner than its heat reaches the exchanger (a valve opened for heat still
+    in the return pipe undercools the supply, and the loop's integral then overshoots)."""
 
     points: tuple[PointId, ...]  # summed: a PDU's power, or every server's
     gain_per_w: float  # output per watt, sign included (the supply valve opens: positive)
     lag_s: float = 0.0  # 0: no lag
+    delay_s: float = 0.0  # dead time before the lag (the return pipe's transit); 0: none
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +149,7 @@ class PidLoop:
         self.state = LoopState(LoopMode.DISABLED, spec.setpoint, None, None, "not run yet")
         self._ff_power_w: float | None = None  # the feedforward's power, after its lag
         self._ff_at: float | None = None
+        self._ff_delayed = DelayLine(spec.feedforward.delay_s if spec.feedforward else 0.0)
         self.boost_fraction = 0.0  # the chip boost in force, 0..1 (see ChipBoost)
         self._chip_fraction = 0.0
         self._power_fraction = 0.0
@@ -245,15 +250,18 @@ class PidLoop:
             self.pid.track(current, now, measured)
 
     def _feedforward(self, snapshot: Snapshot, now: float) -> float:
-        """The feedforward term: gain × the lagged sum of its power points. While a point is
-        not good the last lagged power holds (a lost PDU must not kick the actuator)."""
+        """The feedforward term: gain × the sum of its power points, delayed, then lagged.
+        While a point is not good the last lagged power holds (a lost PDU must not kick the
+        actuator)."""
         ff = self.spec.feedforward
         if ff is None:
             return 0.0
         values = [snapshot.value(point) for point in ff.points]
         known = [value for value in values if value is not None]
         if len(known) == len(values):
-            total = sum(known)
+            self._ff_delayed.push(now, sum(known))
+            total = self._ff_delayed.at(now)
+            assert total is not None  # a sample was just pushed
             previous, last_at = self._ff_power_w, self._ff_at
             if previous is None or last_at is None or ff.lag_s <= 0.0:
                 self._ff_power_w = total

@@ -165,7 +165,7 @@ def test_loops_driven_by_another_controller_follow_it_and_take_over_bumplessly()
 # -- feedforward from measured IT power --------------------------------------------------------
 
 
-def _ff_loop(lag_s: float) -> PidLoop:
+def _ff_loop(lag_s: float, delay_s: float = 0.0) -> PidLoop:
     power = PointId("r01", "pdu1", "power")
     spec = LoopSpec(
         name="supply",
@@ -173,7 +173,7 @@ def _ff_loop(lag_s: float) -> PidLoop:
         actuator=PointId("r01", "cdu1", "valve_command"),
         setpoint=35.0,
         pid=PidConfig(PidGains(kp=0.0, ki=0.0), output_min=0.0, output_max=1.0, action="direct"),
-        feedforward=FeedForward((power,), gain_per_w=5e-6, lag_s=lag_s),
+        feedforward=FeedForward((power,), gain_per_w=5e-6, lag_s=lag_s, delay_s=delay_s),
     )
     return PidLoop(spec)
 
@@ -203,6 +203,23 @@ def test_feedforward_lag_and_a_lost_power_reading() -> None:
     assert one == pytest.approx(0.5 + 5e-6 * 6_000.0)  # a tenth of the way after 1 s of 9 s
     held = loop.step(_ff_snapshot(2.0, None), 2.0)[0].value
     assert held == pytest.approx(one)  # the PDU went quiet: the lagged power holds
+
+
+def test_feedforward_waits_its_dead_time_then_moves_at_once() -> None:
+    loop = _ff_loop(lag_s=0.0, delay_s=6.0)
+    loop.step(_ff_snapshot(0.0, 40_000.0), 0.0)
+    moves = [loop.step(_ff_snapshot(float(t), 100_000.0), float(t))[0].value for t in range(1, 9)]
+    assert moves[:6] == pytest.approx([0.5] * 6)  # the heat is still in the return pipe
+    assert moves[6:] == pytest.approx([0.5 + 5e-6 * 60_000.0] * 2)  # 6 s after the step (1 s)
+
+
+def test_a_lost_power_reading_holds_the_delayed_feedforward() -> None:
+    loop = _ff_loop(lag_s=0.0, delay_s=2.0)
+    loop.step(_ff_snapshot(0.0, 40_000.0), 0.0)
+    loop.step(_ff_snapshot(1.0, 100_000.0), 1.0)
+    held = loop.step(_ff_snapshot(2.0, None), 2.0)[0].value
+    assert held == pytest.approx(0.5)  # quiet PDU: the step it saw has not come due, nothing moves
+    assert loop.step(_ff_snapshot(3.0, 100_000.0), 3.0)[0].value == pytest.approx(0.8)
 
 
 # -- a loop pinned at its top and short of its setpoint -----------------------------------------

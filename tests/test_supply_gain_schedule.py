@@ -39,4 +39,8 @@ def test_the_lagged_step_runs_the_supply_loop_on_its_flow_schedule() -> None:
     assert min(scales) == 1.0  # 160 L/min before the step: the gains as configured
     assert max(scales) == pytest.approx(1.25, abs=0.01)  # 200 L/min after it
     assert kpis["max_supply_temp_c"] - 35.0 <= 0.5  # the acceptance's supply peak
+    # The feedforward timed to the return pipe's transit: the step never takes the supply out
+    # of the +-0.2 K band (a lag alone, 5 s: 0.43 K out and a 20 % swing back).
+    assert kpis["supply_temp_max_dev_k"] < 0.2
+    assert kpis["load_step_overshoot_pct"] <= 10.0
     assert kpis["hardware_throttle_s"] == 0.0

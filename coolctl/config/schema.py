@@ -365,6 +365,10 @@ class LoopConfig:
     load step moves the actuator before the temperature does; default: none."""
     feedforward_lag_s: NonNegative = 0.0
     """The lag the measured power is seen through (about the loop's thermal lag)."""
+    feedforward_delay_s: NonNegative = 0.0
+    """A dead time before that lag: how long a load step's heat takes to reach the exchanger
+    (about the return pipe's volume over the flow). Opening the valve for heat still on its way
+    undercools the supply; default: none."""
     boost_above_c: Number | None = None
     """A cascade on the chips: while the hottest server chip is above this, the setpoint
     moves toward `boost_setpoint` (more flow, cooler supply); default: no boost."""

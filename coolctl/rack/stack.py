@@ -277,7 +277,7 @@ def loop_spec(
     measurement = loop.measurement
     gain = loop.feedforward_gain_per_kw
     feedforward = (
-        FeedForward(tuple(power), gain / 1000.0, loop.feedforward_lag_s)
+        FeedForward(tuple(power), gain / 1000.0, loop.feedforward_lag_s, loop.feedforward_delay_s)
         if gain is not None and power
         else None
     )
