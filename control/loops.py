@@ -233,6 +233,7 @@ class PidLoop:
         """Another controller (the MPC, a step test) drives this loop's actuator to `value`:
         track it, so that the loop takes over bumplessly when that controller stands down."""
         spec = self.spec
+        self._step_boost(snapshot, now)
         measured = self._measure(snapshot)
         measurement = None if isinstance(measured, str) else measured
         self.pid.track(value, now, measurement)

@@ -38,11 +38,13 @@ Structure, and why
   needs is not good, the solver fails, runs out of iterations or past its time budget — they
   run instead, with their own (or an operator's) setpoints, and the step is counted in
   `stats.fallback_reasons`.
-- Caps: "the MPC sets the caps the allocator then follows": it limits the rack's IT power only
-  when pump and valve cannot keep the temperatures within limits, and the allocator shares that
-  limit out. Only once the pump is at its top (`caps_only_at_full_pump`): far below the
-  model's operating point the linear model misjudges what more pump does for the chips, and
-  left free to choose, the MPC throttled servers to save pump watts. A limit is released at
+- Caps (`coordinate_caps`, off by default: the thermal cap loop bounds the caps of an MPC
+  rack, see MpcSettings): "the MPC sets the caps the allocator then follows": it limits the
+  rack's IT power only when pump and valve cannot keep the temperatures within limits, and
+  the allocator shares that limit out. Only once the pump is at its top
+  (`caps_only_at_full_pump`): far below the model's operating point the linear model
+  misjudges what more pump does for the chips, and left free to choose, the MPC throttled
+  servers to save pump watts. A limit is released at
   `it_limit_release_w_per_s`, not at once: capped servers draw less, which must not read as
   the load going away. During a fallback step the last limit is held: a timed-out solve is no
   reason for caps to jump.
@@ -65,7 +67,9 @@ Structure, and why
   quadratic on the slack, so they hold whenever they can be held and a violation that cannot be
   avoided is kept small instead of making the QP infeasible); flow at least
   `min_flow_lpm_per_kw` per kW of IT power (soft, PLANT.md's ~1 L/min per kW rule; more,
-  `min_flow_lpm_per_kw_blind`, on a rack whose chip temperatures it cannot read); the IT
+  `min_flow_lpm_per_kw_blind`, on a rack whose chip temperatures it cannot read), and never
+  under a reserve for the rack's rated power (`reserve_flow_lpm_per_kw`) nor, reading no
+  chips, under the pump loop's flow setpoint; the IT
   power limit between the caps' sum of minimums and the measured power.
 
 Solver: OSQP, called directly
@@ -173,7 +177,8 @@ class MpcRack:
     `signals` maps the model's signal names (control/identify.py) to points. `cap_min_w` and
     `cap_max_w` are the sums of the servers' cap ranges; with `cap_max_w` 0 the MPC never asks
     for less IT power. `rack_power` (the PDU) lets `allocator_budget_w` count the load no cap
-    governs.
+    governs. `rated_it_w` is the most IT power the rack may step to (its caps' sum, else its
+    power budget; 0: unknown): the flow floor keeps a reserve for it.
     """
 
     rack: str
@@ -183,6 +188,7 @@ class MpcRack:
     rack_power: Signal | None = None
     cap_min_w: float = 0.0
     cap_max_w: float = 0.0
+    rated_it_w: float = 0.0
 
     @classmethod
     def standard(
@@ -195,12 +201,13 @@ class MpcRack:
         valve: bool = True,
         cap_min_w: float = 0.0,
         cap_max_w: float = 0.0,
+        rated_it_w: float | None = None,
     ) -> MpcRack:
         """Canonical point names on a CDU, server BMCs and a PDU.
 
         IT power is the sum of the servers' power; without servers it is the PDU's power (which
         also counts the pump and overhead: a fair stand-in for a disturbance), and there is then
-        no outlet or chip temperature to constrain.
+        no outlet or chip temperature to constrain. `rated_it_w` None: `cap_max_w`.
         """
 
         def point(device: str, name: str) -> PointId:
@@ -233,6 +240,7 @@ class MpcRack:
             rack_power=Signal((point(pdu, "power"),)) if pdu is not None else None,
             cap_min_w=cap_min_w,
             cap_max_w=cap_max_w,
+            rated_it_w=cap_max_w if rated_it_w is None else rated_it_w,
         )
 
     def read(self, snapshot: Snapshot) -> dict[str, float | None]:
@@ -280,6 +288,13 @@ class MpcSettings:
     # 1.3 L/min per kW let bursts reach the chips' throttle point (0.5 kWh of work lost in a
     # day), 1.45 held them at 85 degC with none lost, 1.6 cost a third more pump energy.
     min_flow_lpm_per_kw_blind: float | None = 1.45
+    # ... and, whatever the load, this per kW of the rack's rated IT power (`MpcRack.rated_it_w`):
+    # a job landing on a few servers heats their chips in seconds, faster than the pump
+    # follows, and the rack's total (what the rule above reads) hardly moves. Load step up's
+    # second job (six servers to full) took the hottest chip from 70 to 86.9 degC at 57 L/min
+    # under the rule above; 1.0 held it to 82.7, 1.2 to 81.8 (pump energy on steady load
+    # 0.085 -> 0.39 kWh, the PID's 0.47).
+    reserve_flow_lpm_per_kw: float | None = 1.2
     pump_power_full_speed_w: float | None = None  # None: the model's, else 900 W
     pump_energy_weight_per_w: float = 1.0
     # 1000: at 100 the MPC let the supply sit ~0.2 K off for minutes after a load step to save
@@ -291,7 +306,12 @@ class MpcSettings:
     slack_weight_per_k: float = 1.0e5
     slack_weight_per_k2: float = 1.0e4
     flow_slack_factor: float = 0.2
-    coordinate_caps: bool = True
+    # The MPC's own IT-power limit, off: the thermal cap loop (a PI on the margins, only with
+    # cooling at its top) bounds the caps of an MPC rack as of a PID one. On its linear model
+    # the MPC's limit went from none to the caps' minimum whenever pump and valve topped out
+    # (load step up at full load: 27 kW for 126 drawn, once every 5-6 minutes, 25 kWh of work
+    # lost in the run), where the thermal cap lowers the power a little, as needed.
+    coordinate_caps: bool = False
     caps_threshold_w: float = 200.0  # a limit less than this below the measured power is none
     # Caps only once the pump is at its top (within one step's move): the model is linear
     # about its operating point, and far below it (low flow) it underrates what more pump
@@ -432,6 +452,8 @@ class MpcController:
         # the model's state and what the MPC knows of the actuators
         self._x: FloatArray | None = None
         self._bias = np.zeros(len(self._outputs))
+        # the servers' temperatures, whose bias rises at once (see `_advance`)
+        self._rises_at_once = np.array([o in (CHIP_MAX, OUTLET_MAX) for o in self._outputs])
         self._last_time: float | None = None
         self._last_d: FloatArray | None = None
         self._applied: dict[PointId, float] = {}
@@ -858,7 +880,13 @@ class MpcController:
                     x = self._a @ x + self._b @ v_last
                 self._x = x
                 gain = self.settings.bias_gain
-                self._bias += gain * (y - self._predict_y(x) - self._bias)
+                error = y - self._predict_y(x)
+                self._bias += gain * (error - self._bias)
+                # A server hotter than the model says is believed at once, a cooler one slowly:
+                # the model sees the rack's total power, not which servers draw it, and a job on
+                # a few servers heats their chips while the total hardly moves.
+                rising = self._rises_at_once & (error > self._bias)
+                self._bias[rising] = error[rising]
         self._last_time = now
         self._last_d = d
         return elapsed
@@ -871,14 +899,31 @@ class MpcController:
         predicted: FloatArray = self._op_y + self._scale_y * (self._c @ x)
         return predicted
 
+    def _flow_floor_lpm(self) -> float:
+        """The flow kept whatever the load: the reserve for the rack's rated power; and on a
+        rack whose chips it cannot read, at least the flow the pump loop would hold (its
+        setpoint, boost included): without chip readings the MPC has no ground to run the pump
+        lower than the flow the rack was commissioned with."""
+        per_kw = self.settings.reserve_flow_lpm_per_kw
+        floor = 0.0 if per_kw is None else per_kw * self.rack.rated_it_w / 1000.0
+        if CHIP_MAX in self._outputs:
+            return floor
+        flow = self.rack.signals[FLOW].points[0]
+        loop = self._loop_on(flow)
+        return floor if loop is None else max(floor, loop.setpoint)
+
+    def _loop_on(self, point: PointId) -> PidLoop | None:
+        """The fallback's loop that holds `point` (not a difference), if any."""
+        for loop in self.fallback.loops.values():
+            if loop.spec.measurement == point and loop.spec.measurement_subtrahend is None:
+                return loop
+        return None
+
     def _supply_setpoint(self) -> float:
         if self.settings.supply_setpoint_c is not None:
             return self.settings.supply_setpoint_c
-        supply = self.rack.signals[SUPPLY].points[0]
-        for loop in self.fallback.loops.values():
-            if loop.spec.measurement == supply and loop.spec.measurement_subtrahend is None:
-                return loop.setpoint
-        return 35.0
+        loop = self._loop_on(self.rack.signals[SUPPLY].points[0])
+        return 35.0 if loop is None else loop.setpoint
 
     # -- the QP --------------------------------------------------------------------------------
 
@@ -930,12 +975,13 @@ class MpcController:
             theta_max = max(0.0, it_power - self.rack.cap_min_w) / self._theta_unit_w
         hi[self._rows_t] = theta_max
         # soft output limits: the finite side
+        floor_lpm = self._flow_floor_lpm()
         for rows, o, is_max, limit in self._soft_rows:
             base = self._op_y[o] + self._bias[o]
             if is_max:
                 hi[rows] = (limit - base) / self._scale_y[o]
             else:
-                lo[rows] = (limit * it_power - base) / self._scale_y[o]
+                lo[rows] = (max(limit * it_power, floor_lpm) - base) / self._scale_y[o]
 
         # linear costs
         q = self._q

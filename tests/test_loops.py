@@ -302,6 +302,18 @@ def test_chip_boost_lowers_a_supply_setpoint_toward_its_boosted_value() -> None:
     assert loop.setpoint == pytest.approx(34.0)
 
 
+def test_a_followed_loop_keeps_its_chip_boost_current() -> None:
+    """While another controller (the MPC) drives the actuator, the loop's setpoint still moves
+    with the chips: the MPC holds the supply at that setpoint, and the loop takes over from it."""
+    loop = PidLoop(pump_loop(boost=ChipBoost(CHIPS, above_c=78.0, boosted=190.0)))
+    loop.follow(0.6, chips_at(0.0, 150.0, 70.0, 75.0), 0.0, "the MPC")
+    assert loop.setpoint == 150.0
+    for k in range(1, 200):
+        loop.follow(0.6, chips_at(float(k), 150.0, 70.0, 80.0), float(k), "the MPC")
+    assert loop.setpoint == pytest.approx(190.0)
+    assert loop.state.setpoint == pytest.approx(190.0) and loop.state.output == 0.6
+
+
 POWER = PointId("r01", "pdu1", "power")
 
 

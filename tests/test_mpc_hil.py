@@ -58,7 +58,7 @@ async def test_the_daemon_runs_a_rack_under_the_mpc_through_a_load_step(mpc_conf
         assert isinstance(mpc, MpcController)
         plant = rack.plant("r01")
         await rack.wait_until(lambda: mpc.stats.solves >= 50, 20.0)
-        before = plant.cdu_readings()["pump_speed_command"]
+        flow_before = rack.value("r01/cdu1/flow")
         plant.set_load(load_for(100_000.0))
         solves = mpc.stats.solves
         # 60 s of plant time: the load step, the pump and valve following it
@@ -70,8 +70,10 @@ async def test_the_daemon_runs_a_rack_under_the_mpc_through_a_load_step(mpc_conf
         flow = rack.value("r01/cdu1/flow")
         power = rack.value("r01/pdu1/power")
         assert flow is not None and power is not None and power > 90_000.0
-        # a rack without BMCs: the MPC cannot read the chips and keeps the flow per kW up
+        # a rack without BMCs: the MPC cannot read the chips and keeps the flow per kW up, and
+        # never under the flow the pump loop holds (160 L/min), at half load as at full
         assert flow > 1.2 * power / 1000.0
+        assert flow_before is not None and min(flow, flow_before) > 0.95 * 160.0
         assert truth.supply_temperature_c < 40.0
         # the MPC was in charge; the daemon never went to failsafe
         stats = mpc.stats
@@ -83,8 +85,6 @@ async def test_the_daemon_runs_a_rack_under_the_mpc_through_a_load_step(mpc_conf
         assert pumps and valves
         assert all(0.2 - 1e-3 <= v <= 1.0 + 1e-3 for v in pumps)
         assert all(0.05 - 1e-3 <= v <= 1.0 + 1e-3 for v in valves)
-        # the pump went up with the load
-        assert plant.cdu_readings()["pump_speed_command"] > before + 0.1
         # and /metrics tells operators how the MPC fares
         async with aiohttp.ClientSession() as session, session.get(rack.metrics_url) as reply:
             text = await reply.text()

@@ -39,6 +39,7 @@ SUPPLY_POINT = "supply_temperature"
 DEFAULT_SUPPLY_MAX_C = 45.0  # ASHRAE W45, the scenarios' default limit too
 SOLVER_BUDGET_SHARE = 0.2  # of the control period: the rest is the daemon's tick
 MAX_SOLVER_BUDGET_S = 0.2
+CHIP_STEP_ROOM_K = 1.5  # the MPC plans its chips this far under the thermal cap's limit
 
 
 class MpcModelError(ValueError):
@@ -107,6 +108,7 @@ def mpc_rack_of(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> MpcRack
     cdu = _pump_device(rack, devices)
     pdu = next((name for name, facts in devices.items() if facts.kind == "pdu"), None)
     servers = server_caps(rack)
+    cap_max_w = sum(d.cap_max_w for d in servers)
     return MpcRack.standard(
         rack.id,
         cdu=cdu,
@@ -114,7 +116,9 @@ def mpc_rack_of(rack: RackConfig, devices: Mapping[str, DeviceFacts]) -> MpcRack
         pdu=pdu,
         valve=VALVE_POINT in devices[cdu].writable,
         cap_min_w=sum(d.cap_min_w for d in servers),
-        cap_max_w=sum(d.cap_max_w for d in servers),
+        cap_max_w=cap_max_w,
+        # what the rack may step to: its caps' range, else (no BMCs) its power budget
+        rated_it_w=cap_max_w or (rack.power_budget_w or 0.0),
     )
 
 
@@ -150,7 +154,10 @@ def mpc_settings(rack: RackConfig) -> MpcSettings:
         limit for ref, limit in rack.safety.temperature_limits.items() if ref.point == SUPPLY_POINT
     ]
     fields["supply_max_c"] = min(supply_limits, default=DEFAULT_SUPPLY_MAX_C)
-    if rack.safety.thermal_cap_chip_c is not None:  # the chips' limit the thermal cap keeps
-        fields["chip_max_c"] = rack.safety.thermal_cap_chip_c
+    if rack.safety.thermal_cap_chip_c is not None:
+        # Under the chips' limit the thermal cap keeps, by room for a load step: the chips rise
+        # for seconds before pump and valve catch up, and a plan that rides the cap's own limit
+        # hands every step to the cap (load steps at 83.5: hottest chip 83.8 degC).
+        fields["chip_max_c"] = rack.safety.thermal_cap_chip_c - CHIP_STEP_ROOM_K
     fields["time_limit_s"] = min(MAX_SOLVER_BUDGET_S, SOLVER_BUDGET_SHARE * rack.control_period_s)
     return MpcSettings(**fields)
