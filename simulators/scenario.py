@@ -245,6 +245,13 @@ class RackChoice:
     cap_write_latency_s: tuple[float, float] = DEFAULT_CAP_WRITE_LATENCY_S
     room_sensor: bool = False
     loops: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # the file's line of each `[rack.loops.NAME]` table (NAME, "") and of its keys (NAME, key),
+    # for the errors the rack config finds in them when the rack is built
+    loop_lines: Mapping[tuple[str, str], int] = field(default_factory=dict)
+
+    def loop_line(self, loop: str, key: str = "") -> int:
+        """The line of a loop's key, else of its table, else 1."""
+        return self.loop_lines.get((loop, key)) or self.loop_lines.get((loop, ""), 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -609,12 +616,17 @@ class _Reader:
             loops = self.loops(table, section, config)
         except _Invalid:
             return RackChoice()
+        loop_lines: dict[tuple[str, str], int] = {}
+        for name, keys in loops.items():
+            loop_section = (f"rack.loops.{name}", 0)
+            loop_lines[(name, "")] = self.lines.line(loop_section)
+            loop_lines.update({(name, key): self.lines.line(loop_section, key) for key in keys})
         config_path = None
         if config is not None:
             config_path = Path(config)
             if not config_path.is_absolute() and path is not None:
                 config_path = path.parent / config_path
-        return RackChoice(config_path, rack_id, bmcs, latency, room, loops)
+        return RackChoice(config_path, rack_id, bmcs, latency, room, loops, loop_lines)
 
     def loops(
         self, table: Mapping[str, Any], section: tuple[str, int], config: str | None

@@ -127,6 +127,18 @@ def test_a_loop_key_the_rack_refuses_is_a_scenario_error(table: str, words: str)
     assert words in str(caught.value)
 
 
+def test_a_loop_key_the_rack_refuses_is_named_at_its_line() -> None:
+    text = "duration_s = 60\n\n[rack.loops.supply]\nkp = 0.1\nki = -1.0\n\n[rack.loops.chiller]\n"
+    with pytest.raises(ScenarioError) as caught:
+        rack_config(scenario(text.replace("[rack.loops.chiller]\n", "")), "pid")
+    assert caught.value.problems == [
+        "s.toml:5: [rack.loops.supply] ki: must be at least 0.0, not -1.0"
+    ]
+    with pytest.raises(ScenarioError) as caught:
+        rack_config(scenario(text.replace("ki = -1.0", "ki = 0.001") + "kp = 1.0\n"), "pid")
+    assert str(caught.value).startswith("s.toml:7: [rack.loops.chiller]: the rack has no such")
+
+
 def test_loops_are_for_the_built_in_rack() -> None:
     text = 'duration_s = 60\n[rack]\nconfig = "site.toml"\n[rack.loops.supply]\nkp = 0.1\n'
     assert any("loops is for the built-in rack" in p for p in problems(text))

@@ -87,6 +87,7 @@ import dataclasses
 import heapq
 import importlib
 import math
+import re
 import struct
 import time
 import tomllib
@@ -195,6 +196,19 @@ def rack_config(
     return rack
 
 
+_LOOP_PROBLEM = re.compile(r"racks\.[^.]+\.loops\.([^.:]+)\.([^.:]+): (.*)$", re.DOTALL)
+
+
+def _loop_problem(scenario: Scenario, problem: str) -> str:
+    """The rack config's problem with a `[rack.loops]` key, at that key's line of the scenario."""
+    found = _LOOP_PROBLEM.search(problem)
+    if found is None:
+        return f"{scenario.where(1)}: [rack.loops]: {problem}"
+    loop, key, message = found.groups()
+    where = scenario.where(scenario.rack.loop_line(loop, key))
+    return f"{where}: [rack.loops.{loop}] {key}: {message}"
+
+
 def _demo_rack(scenario: Scenario) -> RackConfig:
     """The built-in demo rack: its Modbus CDU and PDU, plus a BMC per server with a budget."""
     text = resources.files("coolctl.data").joinpath("demo-rack.toml").read_text("utf-8")
@@ -236,7 +250,7 @@ def _demo_rack(scenario: Scenario) -> RackConfig:
     for name, keys in scenario.rack.loops.items():
         if name not in loops:
             known = ", ".join(sorted(loops))
-            where = scenario.where(1)
+            where = scenario.where(scenario.rack.loop_line(name))
             raise ScenarioError(
                 [f"{where}: [rack.loops.{name}]: the rack has no such loop ({known})"]
             )
@@ -253,8 +267,7 @@ def _demo_rack(scenario: Scenario) -> RackConfig:
     try:
         config = parse_config(document)
     except ConfigError as exc:  # a [rack.loops] key the rack config refuses
-        where = scenario.where(1)
-        raise ScenarioError([f"{where}: [rack.loops]: {p}" for p in exc.problems]) from exc
+        raise ScenarioError([_loop_problem(scenario, p) for p in exc.problems]) from exc
     return config.racks[rack_id]
 
 
