@@ -309,8 +309,8 @@ class MpcSettings:
     # The MPC's own IT-power limit, off: the thermal cap loop (a PI on the margins, only with
     # cooling at its top) bounds the caps of an MPC rack as of a PID one. On its linear model
     # the MPC's limit went from none to the caps' minimum whenever pump and valve topped out
-    # (load step up at full load: 27 kW for 126 drawn, once every 5-6 minutes, 25 kWh of work
-    # lost in the run), where the thermal cap lowers the power a little, as needed.
+    # (load step up at full load: 27 kW for 118 drawn, once every 5-6 minutes, 24.5 kWh of the
+    # run's 105 lost), where the thermal cap lowers the power a little, as needed.
     coordinate_caps: bool = False
     caps_threshold_w: float = 200.0  # a limit less than this below the measured power is none
     # Caps only once the pump is at its top (within one step's move): the model is linear
