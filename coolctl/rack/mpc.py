@@ -137,9 +137,9 @@ def mpc_settings(rack: RackConfig) -> MpcSettings:
 
     Pump and valve ranges and rates: the loops on those actuators (the same range the PID
     fallback keeps; the supervisor clamps both anyway). Supply limit: the safety supervisor's
-    limit on the CDU's supply temperature. Chip limit: `safety.thermal_cap_chip_c`, where
-    set. The solver's time budget: a share of the control period, so a slow solve still
-    leaves the tick on time.
+    limit on the CDU's supply temperature. Chip limit: `safety.thermal_cap_chip_c` less
+    `CHIP_STEP_ROOM_K`, where set. The solver's time budget: a share of the control period, so a
+    slow solve still leaves the tick on time.
     """
     fields: dict[str, Any] = {}
     for loop in rack.loops.values():
