@@ -138,6 +138,31 @@ def test_held_caps_never_break_a_breaker() -> None:
     assert caps["s0"] + caps["s1"] <= BRANCH_W - 100.0 + TOL
 
 
+@pytest.mark.parametrize("branch_w", [BRANCH_W, 3400.0 - 1e-6])
+def test_a_small_fall_held_by_the_deadband_stays_held_under_a_breaker_it_fits(
+    branch_w: float,
+) -> None:
+    """A held cap is sent only when the branch it is on would be over its limit: not when the
+    branch has room, nor when it is at its limit to within the float slack (1e-6 W)."""
+    allocator = PowerCapAllocator(AllocatorConfig(RACK, SERVERS, cap_deadband_w=200.0))
+    allocator.step(busy(0.0), 0.0, budget_w=7600.0)  # 800 W kept back: caps at 1700 W
+    assert set(caps_of(allocator).values()) == {1700.0}
+    fitting = tuple(Circuit(c.name, c.servers, branch_w) for c in branches())
+    allocator.config = AllocatorConfig(RACK, SERVERS, circuits=fitting, cap_deadband_w=200.0)
+    # a budget 100 W lower: shares of 1675 W, 25 W under the caps, inside the deadband
+    assert allocator.step(busy(1.0), 1.0, budget_w=7500.0) == []
+    assert set(caps_of(allocator).values()) == {1700.0}
+
+
+def test_a_budget_short_of_the_minimums_by_the_float_slack_is_feasible() -> None:
+    """Sums of watts are compared with a 1e-6 W slack: minimums that miss the budget by no
+    more than that are feasible, and no `power_budget_infeasible` is raised for rounding."""
+    allocator = PowerCapAllocator(AllocatorConfig(RACK, SERVERS))
+    allocator.step(busy(0.0), 0.0, budget_w=4 * 500.0 - 1e-6)
+    assert allocator.allocation is not None and allocator.allocation.feasible
+    assert all(event.kind != "power_budget_infeasible" for event in allocator.events)
+
+
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     caps=st.lists(st.floats(500.0, 3000.0), min_size=4, max_size=4),

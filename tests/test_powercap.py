@@ -731,6 +731,20 @@ def test_a_budget_drop_lowers_every_cap_in_the_same_step_despite_the_deadband() 
     assert "450 W kept back for the caps' deadband" in commands[0].reason
 
 
+@pytest.mark.parametrize(("deadband_w", "kept"), [(0.0, None), (0.05, "1 W kept back")])
+def test_the_reason_names_the_deadbands_reserve_only_when_one_is_kept(
+    deadband_w: float, kept: str | None
+) -> None:
+    """An operator reading why a cap is what it is sees the deadband's reserve when there is
+    one, however small (18 x 0.05 W), and no such words when none is kept."""
+    allocator, servers = eighteen_under_a_binding_budget(deadband_w)
+    caps = {s.name: 7000.0 for s in servers}
+    commands = noisy_step(allocator, servers, caps, 0.0, 0.0)
+    assert len(commands) == 18
+    reason = commands[0].reason
+    assert (kept in reason) if kept is not None else ("kept back" not in reason)
+
+
 def test_a_drop_just_past_the_band_still_lowers_the_caps_at_once() -> None:
     """Noise that takes the available power below the held caps' sum: the caps fall in that
     step, whatever the deadband (the budget holds at every step, not on average)."""
