@@ -290,10 +290,11 @@ class MpcSettings:
     min_flow_lpm_per_kw_blind: float | None = 1.45
     # ... and, whatever the load, this per kW of the rack's rated IT power (`MpcRack.rated_it_w`):
     # a job landing on a few servers heats their chips in seconds, faster than the pump
-    # follows, and the rack's total (what the rule above reads) hardly moves. Load step up's
-    # second job (six servers to full) took the hottest chip from 70 to 86.9 degC at 57 L/min
-    # under the rule above; 1.0 held it to 82.7, 1.2 to 81.8 (pump energy on steady load
-    # 0.085 -> 0.39 kWh, the PID's 0.47).
+    # follows, and the rack's total (what the rule above reads) hardly moves. Under the rule
+    # above alone the MPC ran load step up's 30 % at 57 L/min, and the step to full load took
+    # the hottest chip from 77 to 86.9 degC; with the rest of this version, a reserve of 1.0
+    # held that run to 82.7, 1.2 to 81.8 (pump energy on steady load 0.085 -> 0.39 kWh, the
+    # PID's 0.47).
     reserve_flow_lpm_per_kw: float | None = 1.2
     pump_power_full_speed_w: float | None = None  # None: the model's, else 900 W
     pump_energy_weight_per_w: float = 1.0
