@@ -74,7 +74,8 @@ Tie rules, so every result is explainable:
 - Budget unknown (None): every cap goes to its maximum (rises still subject to the rate).
 
 Commands go out only for caps that moved by more than `CHANGE_THRESHOLD_W` (and whose share
-moved by more than the deadband) from the value last commanded, to spare the BMCs needless
+moved by more than the deadband, or whose paced rise is not yet at its share) from the value
+last commanded, to spare the BMCs needless
 writes; falls inside that band are still sent whenever holding them back would put the caps'
 sum over what is available. Re-writing a BMC that drifted
 from our value is the actuation layer's job (it reads back), not this module's.
@@ -455,6 +456,9 @@ class PowerCapAllocator:
         self.allocation: Allocation | None = None
         self.events: list[Event] = []
         self._commanded: dict[str, float] = {}
+        # servers whose cap in force is not their share yet (a paced rise, the supervisor's
+        # cap): sent on to the share even when the last step is inside the deadband
+        self._rising: set[str] = set()
         self._last_now: float | None = None
         self._non_server_w: float | None = None  # the last measured value, held through gaps
         self._budget_seen = False
@@ -476,10 +480,12 @@ class PowerCapAllocator:
     def applied(self, limit: PointId, value: float) -> None:
         """The cap in force on a server is `value`, not what the allocator last asked for (the
         supervisor lowered it: a leak, a pump failure, failsafe). The next allocation compares
-        with it, so the cap is raised again once the safety response is over."""
+        with it, so the cap is raised again once the safety response is over, to its share
+        even when that is within the deadband of `value`."""
         for server in self.config.servers:
             if server.limit == limit:
                 self._commanded[server.name] = value
+                self._rising.add(server.name)
                 return
 
     def drain_events(self) -> list[Event]:
@@ -641,7 +647,9 @@ class PowerCapAllocator:
         (`targets`, before pacing) left the deadband; the caps in force.
 
         The deadband is judged on the share, not on the paced value, so that a rise paced in
-        steps smaller than the deadband still goes out step by step. A fall inside the
+        steps smaller than the deadband still goes out step by step; and a rise the rate held
+        short of its share goes out to its end, even when its last step is inside the deadband
+        (else the cap would stay up to the deadband under its share for good). A fall inside the
         threshold or the deadband is held back only while the caps still fit: if holding the
         small falls back would leave the sum over what is available, they are sent too.
         """
@@ -649,7 +657,10 @@ class PowerCapAllocator:
         deadband = self.config.cap_deadband_w
         send = [
             (before := self._commanded.get(server.name)) is None
-            or (abs(value - before) > CHANGE_THRESHOLD_W and abs(target - before) > deadband)
+            or (
+                abs(value - before) > CHANGE_THRESHOLD_W
+                and (abs(target - before) > deadband or server.name in self._rising)
+            )
             for server, value, target in zip(servers, paced, targets, strict=True)
         ]
         caps = [
@@ -669,9 +680,13 @@ class PowerCapAllocator:
                     if caps[i] > paced[i]:
                         send[i], caps[i] = True, paced[i]
         commands = []
-        for server, value, go in zip(servers, caps, send, strict=True):
+        for server, value, target, go in zip(servers, caps, targets, send, strict=True):
             if go:
                 self._commanded[server.name] = value
+                if value < target - CHANGE_THRESHOLD_W:
+                    self._rising.add(server.name)
+                else:
+                    self._rising.discard(server.name)
                 want = wants.get(server.name)
                 why = f"{server.name} {want.value}: {reason}" if want else reason
                 commands.append(Command(server.limit, value, Source.AUTO, why))

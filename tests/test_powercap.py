@@ -642,6 +642,22 @@ def test_a_cap_the_supervisor_lowered_is_raised_again_once_it_lets_go() -> None:
     assert {c.value for c in again} == {6000.0}
 
 
+def test_a_cap_the_supervisor_held_just_under_the_share_goes_back_to_it() -> None:
+    """A blind failsafe keeps a share of each cap (a chip just over its healthy threshold):
+    a cap held within the deadband of its share is still raised to it once the supervisor
+    lets go, not left where the failsafe put it."""
+    servers = [server("bmc1"), server("bmc2")]
+    allocator = PowerCapAllocator(rack(servers, cap_deadband_w=50.0))
+    powers: dict[str, Power] = {"bmc1": 7000.0, "bmc2": 7000.0}
+    first = allocator.step(snapshot(0.0, servers, powers), 0.0, None)
+    assert {c.value for c in first} == {7000.0}
+    for s in servers:
+        allocator.applied(s.limit, 6970.0)
+    again = allocator.step(snapshot(1.0, servers, powers), 1.0, None)
+    assert {(c.point, c.value) for c in again} == {(s.limit, 7000.0) for s in servers}
+    assert allocator.step(snapshot(2.0, servers, powers), 2.0, None) == []
+
+
 # -- deadband --------------------------------------------------------------------------------
 
 
@@ -665,7 +681,7 @@ def noisy_step(
     caps: dict[str, float],
     now: float,
     noise_w: float,
-    budget_w: float = BUDGET_W,
+    budget_w: float | None = BUDGET_W,
 ) -> list[Command]:
     """One step with cap-limited servers (each draws its cap) and the PDU reading the servers
     plus the non-server load plus `noise_w`; the BMCs take the commanded caps."""
@@ -926,3 +942,29 @@ def test_the_trim_takes_the_excess_off_as_many_caps_as_it_needs() -> None:
     # the first cap gives up all it can above its floor (100 W), the second the rest
     assert _trim([1600.0, 1600.0], [1500.0, 1500.0], 3000.0) == [1500.0, 1500.0]
     assert _trim([1600.0, 1600.0], [1500.0, 1500.0], 3300.0) == [1600.0, 1600.0]
+
+
+@pytest.mark.parametrize("last_step_w", [10.0, 49.0, 50.0])
+def test_a_paced_rise_reaches_its_share_even_when_its_last_step_is_inside_the_deadband(
+    last_step_w: float,
+) -> None:
+    """Found by the fault matrix on a loaded machine: caps rising at the release rate whose
+    last paced step landed within the deadband of their share stayed there (6970 W of a
+    7000 W share) for good, because the deadband held the final step back. The deadband
+    spares the BMCs writes for noise in the share; a rise the rate held back is not noise."""
+    allocator, servers = eighteen_under_a_binding_budget(50.0, release_rate_w_per_s=1000.0)
+    caps = {s.name: 1500.0 for s in servers}
+    noisy_step(allocator, servers, caps, 0.0, 0.0, budget_w=None)
+    assert set(caps.values()) == {1500.0}
+    # 5.5 kW to go at 1 kW/s: five whole seconds, then the last step after `last_step_w` more
+    now = 0.0
+    for _ in range(5):
+        now += 1.0
+        noisy_step(allocator, servers, caps, now, 0.0, budget_w=None)
+    now += (500.0 - last_step_w) / 1000.0
+    noisy_step(allocator, servers, caps, now, 0.0, budget_w=None)
+    assert set(caps.values()) == {7000.0 - last_step_w}
+    now += 1.0
+    noisy_step(allocator, servers, caps, now, 0.0, budget_w=None)
+    assert set(caps.values()) == {7000.0}
+    assert noisy_step(allocator, servers, caps, now + 1.0, 0.0, budget_w=None) == []  # type: ignore[arg-type]
