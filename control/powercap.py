@@ -75,10 +75,9 @@ Tie rules, so every result is explainable:
 
 Commands go out only for caps that moved by more than `CHANGE_THRESHOLD_W` (and whose share
 moved by more than the deadband, or whose paced rise is not yet at its share) from the value
-last commanded, to spare the BMCs needless
-writes; falls inside that band are still sent whenever holding them back would put the caps'
-sum over what is available. Re-writing a BMC that drifted
-from our value is the actuation layer's job (it reads back), not this module's.
+last commanded, to spare the BMCs needless writes; falls inside that band are still sent
+whenever holding them back would put the caps' sum over what is available. Re-writing a BMC
+that drifted from our value is the actuation layer's job (it reads back), not this module's.
 
 Pure and deterministic: no I/O, no clock reads. `now` only paces rises.
 """
