@@ -951,20 +951,22 @@ def test_a_paced_rise_reaches_its_share_even_when_its_last_step_is_inside_the_de
     """Found by the fault matrix on a loaded machine: caps rising at the release rate whose
     last paced step landed within the deadband of their share stayed there (6970 W of a
     7000 W share) for good, because the deadband held the final step back. The deadband
-    spares the BMCs writes for noise in the share; a rise the rate held back is not noise."""
-    allocator, servers = eighteen_under_a_binding_budget(50.0, release_rate_w_per_s=1000.0)
+    spares the BMCs writes for noise in the share; a rise the rate held back is not noise,
+    and once the rise is over, noise is held back again."""
+    deadband_w = 50.0
+    allocator, servers = eighteen_under_a_binding_budget(deadband_w, release_rate_w_per_s=1000.0)
     caps = {s.name: 1500.0 for s in servers}
-    noisy_step(allocator, servers, caps, 0.0, 0.0, budget_w=None)
+    at_minimums_w = 18 * 1500.0 + NON_SERVER_W + 18 * deadband_w
+    noisy_step(allocator, servers, caps, 0.0, 0.0, budget_w=at_minimums_w)
     assert set(caps.values()) == {1500.0}
-    # 5.5 kW to go at 1 kW/s: five whole seconds, then the last step after `last_step_w` more
-    now = 0.0
-    for _ in range(5):
-        now += 1.0
-        noisy_step(allocator, servers, caps, now, 0.0, budget_w=None)
-    now += (500.0 - last_step_w) / 1000.0
-    noisy_step(allocator, servers, caps, now, 0.0, budget_w=None)
-    assert set(caps.values()) == {7000.0 - last_step_w}
-    now += 1.0
-    noisy_step(allocator, servers, caps, now, 0.0, budget_w=None)
-    assert set(caps.values()) == {7000.0}
-    assert noisy_step(allocator, servers, caps, now + 1.0, 0.0, budget_w=None) == []  # type: ignore[arg-type]
+    share_w = (BUDGET_W - NON_SERVER_W - 18 * deadband_w) / 18
+    for now in (1.0, 2.0, 3.0):  # 1 kW/s
+        noisy_step(allocator, servers, caps, now, 0.0)
+    assert set(caps.values()) == {4500.0}
+    now = 3.0 + (share_w - last_step_w - 4500.0) / 1000.0
+    noisy_step(allocator, servers, caps, now, 0.0)
+    assert list(caps.values()) == pytest.approx([share_w - last_step_w] * 18)
+    noisy_step(allocator, servers, caps, now + 1.0, 0.0)
+    assert list(caps.values()) == pytest.approx([share_w] * 18)
+    for tick, fraction in enumerate((0.9, -0.9, 0.5), start=2):  # noise within the band
+        assert noisy_step(allocator, servers, caps, now + tick, fraction * 18 * deadband_w) == []
