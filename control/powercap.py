@@ -74,10 +74,11 @@ Tie rules, so every result is explainable:
 - Budget unknown (None): every cap goes to its maximum (rises still subject to the rate).
 
 Commands go out only for caps that moved by more than `CHANGE_THRESHOLD_W` (and whose share
-moved by more than the deadband, or whose paced rise is not yet at its share) from the value
-last commanded, to spare the BMCs needless writes; falls inside that band are still sent
-whenever holding them back would put the caps' sum over what is available. Re-writing a BMC
-that drifted from our value is the actuation layer's job (it reads back), not this module's.
+moved by more than the deadband, or that is not yet at its share after a paced rise or a
+safety value) from the value last commanded, to spare the BMCs needless writes; falls inside
+that band are still sent whenever holding them back would put the caps' sum over what is
+available. Re-writing a BMC that drifted from our value is the actuation layer's job (it
+reads back), not this module's.
 
 Pure and deterministic: no I/O, no clock reads. `now` only paces rises.
 """

@@ -681,7 +681,7 @@ def noisy_step(
     caps: dict[str, float],
     now: float,
     noise_w: float,
-    budget_w: float | None = BUDGET_W,
+    budget_w: float = BUDGET_W,
 ) -> list[Command]:
     """One step with cap-limited servers (each draws its cap) and the PDU reading the servers
     plus the non-server load plus `noise_w`; the BMCs take the commanded caps."""
@@ -745,6 +745,34 @@ def test_a_budget_drop_lowers_every_cap_in_the_same_step_despite_the_deadband() 
     assert math.fsum(caps.values()) <= available + TOL
     assert math.fsum(caps.values()) == pytest.approx(available - 18 * 25.0)
     assert "450 W kept back for the caps' deadband" in commands[0].reason
+
+
+@pytest.mark.parametrize("last_step_w", [10.0, 49.0, 50.0])
+def test_a_paced_rise_reaches_its_share_even_when_its_last_step_is_inside_the_deadband(
+    last_step_w: float,
+) -> None:
+    """Found by the fault matrix on a loaded machine: caps rising at the release rate whose
+    last paced step landed within the deadband of their share stayed there (6970 W of a
+    7000 W share) for good, because the deadband held the final step back. The deadband
+    spares the BMCs writes for noise in the share; a rise the rate held back is not noise,
+    and once the rise is over, noise is held back again."""
+    deadband_w = 50.0
+    allocator, servers = eighteen_under_a_binding_budget(deadband_w, release_rate_w_per_s=1000.0)
+    caps = {s.name: 1500.0 for s in servers}
+    at_minimums_w = 18 * 1500.0 + NON_SERVER_W + 18 * deadband_w
+    noisy_step(allocator, servers, caps, 0.0, 0.0, budget_w=at_minimums_w)
+    assert set(caps.values()) == {1500.0}
+    share_w = (BUDGET_W - NON_SERVER_W - 18 * deadband_w) / 18
+    for now in (1.0, 2.0, 3.0):  # 1 kW/s
+        noisy_step(allocator, servers, caps, now, 0.0)
+    assert set(caps.values()) == {4500.0}
+    now = 3.0 + (share_w - last_step_w - 4500.0) / 1000.0
+    noisy_step(allocator, servers, caps, now, 0.0)
+    assert list(caps.values()) == pytest.approx([share_w - last_step_w] * 18)
+    noisy_step(allocator, servers, caps, now + 1.0, 0.0)
+    assert list(caps.values()) == pytest.approx([share_w] * 18)
+    for tick, fraction in enumerate((0.9, -0.9, 0.5), start=2):  # noise within the band
+        assert noisy_step(allocator, servers, caps, now + tick, fraction * 18 * deadband_w) == []
 
 
 @pytest.mark.parametrize(("deadband_w", "kept"), [(0.0, None), (0.05, "1 W kept back")])
@@ -942,31 +970,3 @@ def test_the_trim_takes_the_excess_off_as_many_caps_as_it_needs() -> None:
     # the first cap gives up all it can above its floor (100 W), the second the rest
     assert _trim([1600.0, 1600.0], [1500.0, 1500.0], 3000.0) == [1500.0, 1500.0]
     assert _trim([1600.0, 1600.0], [1500.0, 1500.0], 3300.0) == [1600.0, 1600.0]
-
-
-@pytest.mark.parametrize("last_step_w", [10.0, 49.0, 50.0])
-def test_a_paced_rise_reaches_its_share_even_when_its_last_step_is_inside_the_deadband(
-    last_step_w: float,
-) -> None:
-    """Found by the fault matrix on a loaded machine: caps rising at the release rate whose
-    last paced step landed within the deadband of their share stayed there (6970 W of a
-    7000 W share) for good, because the deadband held the final step back. The deadband
-    spares the BMCs writes for noise in the share; a rise the rate held back is not noise,
-    and once the rise is over, noise is held back again."""
-    deadband_w = 50.0
-    allocator, servers = eighteen_under_a_binding_budget(deadband_w, release_rate_w_per_s=1000.0)
-    caps = {s.name: 1500.0 for s in servers}
-    at_minimums_w = 18 * 1500.0 + NON_SERVER_W + 18 * deadband_w
-    noisy_step(allocator, servers, caps, 0.0, 0.0, budget_w=at_minimums_w)
-    assert set(caps.values()) == {1500.0}
-    share_w = (BUDGET_W - NON_SERVER_W - 18 * deadband_w) / 18
-    for now in (1.0, 2.0, 3.0):  # 1 kW/s
-        noisy_step(allocator, servers, caps, now, 0.0)
-    assert set(caps.values()) == {4500.0}
-    now = 3.0 + (share_w - last_step_w - 4500.0) / 1000.0
-    noisy_step(allocator, servers, caps, now, 0.0)
-    assert list(caps.values()) == pytest.approx([share_w - last_step_w] * 18)
-    noisy_step(allocator, servers, caps, now + 1.0, 0.0)
-    assert list(caps.values()) == pytest.approx([share_w] * 18)
-    for tick, fraction in enumerate((0.9, -0.9, 0.5), start=2):  # noise within the band
-        assert noisy_step(allocator, servers, caps, now + tick, fraction * 18 * deadband_w) == []
